@@ -1,0 +1,1 @@
+"""Backends behind an AET: DIMSE (a PACS) and, later, S3."""

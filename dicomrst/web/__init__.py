@@ -1,0 +1,1 @@
+"""The HTTP side: the Klein resource tree, the site, and the listening service."""
