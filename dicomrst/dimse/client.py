@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.test_dimse -*-
+"""Opening associations to a PACS from the reactor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory
+
+from dicomrst.dimse.connection import DimseConnection, RequestHandler
+from dicomrst.ul.errors import AssociationTimeout, ConnectFailed
+from dicomrst.ul.negotiation import AssociationRequest
+from dicomrst.ul.protocol import ULProtocol
+
+
+async def associate(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    request: AssociationRequest,
+    *,
+    timeout: float,
+    handlers: Mapping[int, RequestHandler] | None = None,
+) -> DimseConnection:
+    """Connect and negotiate; return the DIMSE connection once established.
+
+    `timeout` bounds the TCP connect and, separately, the wait for A-ASSOCIATE-AC
+    (the protocol's ARTIM timer).  Failures are `dicomrst.ul.errors` types.
+    """
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    connection = DimseConnection(clock, handlers)
+    protocol = ULProtocol(clock, connection, request=request, artim_timeout=timeout)
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    where = f"{request.called_aet}@{host}:{port}"
+    try:
+        await endpoint.connect(_QuietFactory(protocol))
+    except (ConnectError, ConnectingCancelledError, TimeoutError) as e:
+        if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower():
+            raise AssociationTimeout(f"cannot connect to {where}: timed out after {timeout:g} s") from e
+        raise ConnectFailed(f"cannot connect to {where}: {_reason(e)}") from e
+    await protocol.whenEstablished
+    return connection
+
+
+def _reason(e: BaseException) -> str:
+    # Twisted's text reads "Connection was refused by other side: 111: Connection refused."
+    return str(e).rstrip(". ").rsplit(": ", 1)[-1] or type(e).__name__
+
+
+class _QuietFactory(Factory):
+    """connectProtocol's factory logs two lines per connection; the UL logs one."""
+
+    noisy = False
+
+    def __init__(self, protocol: ULProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress) -> ULProtocol:
+        return self._protocol

@@ -1,0 +1,300 @@
+# -*- test-case-name: tests.test_dimse -*-
+"""DIMSE messages over one association: assembly from PDVs, requests and responses.
+
+A message's command set is small and is collected whole; its data set is not.  When
+the command set is complete, whoever the message is for (a pending request of ours,
+or the service handler for an incoming request) chooses an `IDataSetConsumer`, and the
+data set's fragments go to it one by one, as they arrive.  The consumer can pause the
+association (`DimseConnection.association.pauseProducing`), which stops the PACS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol as TypingProtocol
+
+import attrs
+from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.dimse import commands
+from dicomrst.logs import logger
+from dicomrst.ul.errors import AssociationClosed, AssociationTimeout
+from dicomrst.ul.pdu import PDV, ProtocolError
+from dicomrst.ul.protocol import ULProtocol
+
+log = logger("dicomrst.dimse")
+
+
+class IDataSetConsumer(TypingProtocol):
+    """Receives one message's data set, fragment by fragment."""
+
+    def dataReceived(self, fragment: bytes) -> None: ...
+
+    def dataFinished(self) -> None: ...
+
+    def dataFailed(self, reason: Failure) -> None: ...
+
+
+class BufferConsumer:
+    """Collects a (small) data set whole: identifiers, C-FIND results."""
+
+    def __init__(self, done: Callable[[bytes], None]) -> None:
+        self._parts: list[bytes] = []
+        self._done = done
+
+    def dataReceived(self, fragment: bytes) -> None:
+        self._parts.append(fragment)
+
+    def dataFinished(self) -> None:
+        self._done(b"".join(self._parts))
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._parts = []
+
+
+@attrs.define
+class IncomingMessage:
+    context_id: int
+    command: Dataset
+
+    @property
+    def command_field(self) -> int:
+        return int(self.command.CommandField)
+
+
+class RequestHandler(TypingProtocol):
+    """Serves one kind of incoming request (C-ECHO-RQ, C-STORE-RQ, ...)."""
+
+    def request_received(
+        self, connection: DimseConnection, message: IncomingMessage
+    ) -> IDataSetConsumer | None:
+        """Return a consumer for the data set, if the message has one."""
+
+
+ResponseCallback = Callable[[IncomingMessage], "IDataSetConsumer | None"]
+
+
+@attrs.define
+class _Pending:
+    message_id: int
+    name: str
+    deferred: Deferred[IncomingMessage]
+    on_response: ResponseCallback | None
+    timeout: float | None
+    timer: IDelayedCall | None = None
+
+
+class DimseConnection:
+    """The ULUser that speaks DIMSE on an association, in either role."""
+
+    def __init__(self, clock: IReactorTime, handlers: Mapping[int, RequestHandler] | None = None) -> None:
+        self.clock = clock
+        self.handlers = dict(handlers or {})
+        self.association: ULProtocol | None = None
+        self.ended: Failure | None = None
+        self.whenEnded: Deferred[None] = Deferred()
+        self._command_parts: list[bytes] = []
+        self._command_context: int | None = None
+        self._data_context: int | None = None
+        self._consumer: IDataSetConsumer | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 0
+
+    # -- ULUser ---------------------------------------------------------------------
+
+    def association_established(self, association: ULProtocol) -> None:
+        self.association = association
+
+    def release_requested(self) -> None:
+        pass
+
+    def association_ended(self, reason: Failure | None) -> None:
+        self.ended = reason
+        failure = reason or Failure(AssociationClosed("association released"))
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.dataFailed(failure)
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            _cancel(p.timer)
+            p.deferred.errback(failure)
+        if not self.whenEnded.called:
+            self.whenEnded.callback(None)
+
+    def pdv_received(self, pdv: PDV) -> None:
+        if pdv.is_command:
+            if self._consumer is not None:
+                raise ProtocolError("command fragment while a data set is in progress")
+            if self._command_context not in (None, pdv.context_id):
+                raise ProtocolError("command fragments on different presentation contexts")
+            self._command_context = pdv.context_id
+            self._command_parts.append(pdv.fragment)
+            if pdv.is_last:
+                data = b"".join(self._command_parts)
+                self._command_parts = []
+                self._command_context = None
+                try:
+                    ds = commands.decode_command(data)
+                except commands.CommandError as e:
+                    raise ProtocolError(str(e)) from e
+                self._message_received(IncomingMessage(pdv.context_id, ds))
+            return
+        if self._data_context is None:
+            raise ProtocolError("data set fragment without a command announcing it")
+        if pdv.context_id != self._data_context:
+            raise ProtocolError("data set fragments on a different presentation context than their command")
+        consumer = self._consumer
+        if pdv.fragment and consumer is not None:
+            consumer.dataReceived(pdv.fragment)
+        if pdv.is_last:
+            self._consumer = None
+            self._data_context = None
+            if consumer is not None:
+                consumer.dataFinished()
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _message_received(self, message: IncomingMessage) -> None:
+        field = message.command_field
+        consumer: IDataSetConsumer | None
+        if commands.is_response(field):
+            consumer = self._response_received(message)
+        else:
+            handler = self.handlers.get(field)
+            if handler is None:
+                raise ProtocolError(f"unexpected {commands.NAMES.get(field, hex(field))}")
+            consumer = handler.request_received(self, message)
+        if commands.has_dataset(message.command):
+            self._data_context = message.context_id
+            # No consumer means nobody wants the bytes: they are read and dropped.
+            self._consumer = consumer
+
+    def _response_received(self, message: IncomingMessage) -> IDataSetConsumer | None:
+        rsp = message.command
+        message_id = int(rsp.get("MessageIDBeingRespondedTo", -1))
+        pending = self._pending.get(message_id)
+        if pending is None:
+            raise ProtocolError(f"response to message {message_id}, which we did not send")
+        consumer = pending.on_response(message) if pending.on_response else None
+        status = int(rsp.get("Status", 0))
+        if commands.is_pending(status):
+            self._arm(pending)
+            return consumer
+        del self._pending[message_id]
+        _cancel(pending.timer)
+        if consumer is not None and commands.has_dataset(rsp):
+            # The final response carries a data set (e.g. a failed-SOP list): fire
+            # only after the consumer has it.
+            def finished(_: object = None) -> None:
+                pending.deferred.callback(message)
+
+            return _Chained(consumer, finished)
+        pending.deferred.callback(message)
+        return consumer
+
+    # -- requests we send -------------------------------------------------------------
+
+    def next_message_id(self) -> int:
+        for _ in range(0xFFFF):
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in self._pending:
+                return self._next_id
+        raise RuntimeError("no free DIMSE message ID")
+
+    def request(
+        self,
+        context_id: int,
+        command: Dataset,
+        dataset: bytes | None = None,
+        *,
+        timeout: float | None = None,
+        on_response: ResponseCallback | None = None,
+    ) -> Deferred[IncomingMessage]:
+        """Send a request; fire with its final response.
+
+        `on_response` sees every response (pending ones too) and may return a
+        consumer for that response's data set.  `timeout` bounds the wait for each
+        response, not the whole operation (as DICOM-RST documents its timeouts); on
+        expiry the association is aborted, since we no longer know the PACS's state.
+        """
+        association = self._require()
+        message_id = self.next_message_id()
+        command.MessageID = message_id
+        command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
+        name = commands.NAMES.get(int(command.CommandField), "request")
+        pending = _Pending(
+            message_id, name, Deferred(lambda d: self._cancelled(message_id)), on_response, timeout
+        )
+        self._pending[message_id] = pending
+        self._arm(pending)
+        try:
+            association.send_message(context_id, commands.encode_command(command), dataset)
+        except Exception:
+            self._pending.pop(message_id, None)
+            _cancel(pending.timer)
+            raise
+        return pending.deferred
+
+    def respond(self, context_id: int, command: Dataset, dataset: bytes | None = None) -> None:
+        command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
+        self._require().send_message(context_id, commands.encode_command(command), dataset)
+
+    def release(self) -> Deferred[None]:
+        if self.association is None:
+            return succeed(None)
+        return self.association.release()
+
+    def abort(self, message: str) -> None:
+        if self.association is not None:
+            self.association.abort(message)
+
+    def _require(self) -> ULProtocol:
+        if self.association is None or self.ended is not None or not self.association.established:
+            raise AssociationClosed("association is not established")
+        return self.association
+
+    def _arm(self, pending: _Pending) -> None:
+        _cancel(pending.timer)
+        if pending.timeout is not None:
+            pending.timer = self.clock.callLater(pending.timeout, self._timed_out, pending.message_id)
+
+    def _timed_out(self, message_id: int) -> None:
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return
+        pending.timer = None
+        pending.deferred.errback(
+            AssociationTimeout(f"no {pending.name[:-3]}-RSP within {pending.timeout:g} s")
+        )
+        self.abort(f"{pending.name} timed out")
+
+    def _cancelled(self, message_id: int) -> None:
+        # Cancelling our Deferred (the HTTP client went away) abandons the operation;
+        # the association carries on for the pool to judge.
+        pending = self._pending.pop(message_id, None)
+        if pending is not None:
+            _cancel(pending.timer)
+
+
+class _Chained:
+    def __init__(self, inner: IDataSetConsumer, after: Callable[[], None]) -> None:
+        self._inner = inner
+        self._after = after
+
+    def dataReceived(self, fragment: bytes) -> None:
+        self._inner.dataReceived(fragment)
+
+    def dataFinished(self) -> None:
+        self._inner.dataFinished()
+        self._after()
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._inner.dataFailed(reason)
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()

@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_dimse -*-
+"""Our DIMSE listeners (``server.dimse[]``): each connection is an acceptor association."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+
+from dicomrst.dimse import commands
+from dicomrst.dimse.connection import DimseConnection, RequestHandler
+from dicomrst.dimse.echo import VERIFICATION_CONTEXT, EchoSCP
+from dicomrst.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, ContextProposal
+from dicomrst.ul.protocol import DEFAULT_ARTIM_TIMEOUT, ULProtocol
+
+
+class DimseServerFactory(Factory):
+    """Accepts associations called `aet`; serves C-ECHO (later issues add C-STORE)."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        aet: str,
+        clock: IReactorTime,
+        *,
+        contexts: tuple[ContextProposal, ...] = (VERIFICATION_CONTEXT,),
+        handlers: dict[int, RequestHandler] | None = None,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+    ) -> None:
+        self.aet = aet
+        self.clock = clock
+        self.policy = AcceptorPolicy(aet, contexts, max_pdu=max_pdu)
+        self.handlers: dict[int, RequestHandler] = {commands.C_ECHO_RQ: EchoSCP(), **(handlers or {})}
+        self.artim_timeout = artim_timeout
+        self.open: set[ULProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress) -> ULProtocol:
+        protocol = ULProtocol(
+            self.clock,
+            DimseConnection(self.clock, self.handlers),
+            policy=self.policy,
+            artim_timeout=self.artim_timeout,
+        )
+        self.open.add(protocol)
+        protocol.whenClosed.addBoth(lambda _: self.open.discard(protocol))
+        return protocol
+
+    def abort_all(self) -> None:
+        """At shutdown: nothing we serve must outlive the process quietly."""
+        for protocol in list(self.open):
+            protocol.abort("gateway shutting down")

@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_ul_protocol -*-
+"""Association negotiation (PS3.7 Annex D, PS3.8 §9.3.2-9.3.4) on pynetdicom's helpers.
+
+What we propose as requestor and what we accept as acceptor are plain values here;
+turning them into A-ASSOCIATE primitives and reading the peer's answer back uses
+pynetdicom's presentation-context negotiation, which is pure code.
+"""
+
+from __future__ import annotations
+
+import attrs
+from pydicom.uid import UID
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import (
+    PresentationContext,
+    negotiate_as_acceptor,
+    negotiate_as_requestor,
+)
+
+import dicomrst
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+
+# Our own root under 2.25 (a UUID as an integer, PS3.5 §B.2): no registration needed.
+IMPLEMENTATION_CLASS_UID = "2.25.196292983424913393542839104419727407297"
+IMPLEMENTATION_VERSION_NAME = ("DICOMRST_" + dicomrst.__version__.replace(".", ""))[:16]
+
+# What we advertise as our maximum P-DATA-TF variable field.  DCMTK's own upper
+# bound is 128 KiB; larger PDUs mean fewer headers and syscalls on the retrieve path.
+DEFAULT_MAX_PDU = 131072
+
+# A-ASSOCIATE-RJ (PS3.8 §9.3.4)
+RESULT_REJECTED_PERMANENT = 1
+RESULT_REJECTED_TRANSIENT = 2
+SOURCE_USER = 1
+SOURCE_PROVIDER_ACSE = 2
+SOURCE_PROVIDER_PRESENTATION = 3
+REASON_NO_REASON = 1
+REASON_APP_CONTEXT_NOT_SUPPORTED = 2
+REASON_CALLING_AE_NOT_RECOGNIZED = 3
+REASON_CALLED_AE_NOT_RECOGNIZED = 7
+REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 2
+
+_RJ_REASONS = {
+    (SOURCE_USER, 1): "no reason given",
+    (SOURCE_USER, 2): "application context name not supported",
+    (SOURCE_USER, 3): "calling AE title not recognized",
+    (SOURCE_USER, 7): "called AE title not recognized",
+    (SOURCE_PROVIDER_ACSE, 1): "no reason given",
+    (SOURCE_PROVIDER_ACSE, 2): "protocol version not supported",
+    (SOURCE_PROVIDER_PRESENTATION, 1): "temporary congestion",
+    (SOURCE_PROVIDER_PRESENTATION, 2): "local limit exceeded",
+}
+
+
+def describe_reject(result: int, source: int, reason: int) -> str:
+    kind = "permanent" if result == RESULT_REJECTED_PERMANENT else "transient"
+    text = _RJ_REASONS.get((source, reason), f"source {source} reason {reason}")
+    return f"{kind}: {text}"
+
+
+@attrs.frozen
+class ContextProposal:
+    """An abstract syntax with the transfer syntaxes we take for it, best first.
+
+    `scp_role`/`scu_role` of None means no role selection item (the default roles).
+    """
+
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+    scu_role: bool | None = None
+    scp_role: bool | None = None
+
+
+@attrs.frozen
+class AcceptedContext:
+    """A presentation context both sides agreed on, with our roles on it."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    as_scu: bool
+    as_scp: bool
+
+
+@attrs.frozen
+class AssociationRequest:
+    """What we ask for when we open an association."""
+
+    calling_aet: str
+    called_aet: str
+    contexts: tuple[ContextProposal, ...]
+    max_pdu: int = DEFAULT_MAX_PDU
+
+    def presentation_contexts(self) -> list[PresentationContext]:
+        if not 1 <= len(self.contexts) <= 128:
+            raise ValueError("an association proposes 1 to 128 presentation contexts")
+        out = []
+        for i, proposal in enumerate(self.contexts):
+            cx = PresentationContext()
+            cx.context_id = 2 * i + 1
+            cx.abstract_syntax = UID(proposal.abstract_syntax)
+            cx.transfer_syntax = [UID(ts) for ts in proposal.transfer_syntaxes]
+            out.append(cx)
+        return out
+
+    def to_primitive(self) -> A_ASSOCIATE:
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = UID(APPLICATION_CONTEXT)
+        primitive.calling_ae_title = self.calling_aet
+        primitive.called_ae_title = self.called_aet
+        primitive.presentation_context_definition_list = self.presentation_contexts()
+        info: list[object] = _common_user_information(self.max_pdu)
+        for proposal in self.contexts:
+            if proposal.scu_role is not None or proposal.scp_role is not None:
+                role = SCP_SCU_RoleSelectionNegotiation()
+                role.sop_class_uid = UID(proposal.abstract_syntax)
+                role.scu_role = bool(proposal.scu_role)
+                role.scp_role = bool(proposal.scp_role)
+                info.append(role)
+        primitive.user_information = info  # type: ignore[assignment]
+        return primitive
+
+    def negotiated(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
+        """The contexts the acceptor took, keyed by context ID, with our roles."""
+        rq = self.presentation_contexts()
+        rq_roles = {
+            p.abstract_syntax: (p.scu_role, p.scp_role)
+            for p in self.contexts
+            if p.scu_role is not None or p.scp_role is not None
+        }
+        for cx in rq:
+            if cx.abstract_syntax in rq_roles:
+                scu, scp = rq_roles[cx.abstract_syntax]
+                cx.scu_role, cx.scp_role = bool(scu), bool(scp)
+        ac_roles = {
+            item.sop_class_uid: (item.scu_role, item.scp_role)
+            for item in accept.user_information
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+        }
+        result = negotiate_as_requestor(rq, accept.presentation_context_definition_results_list, ac_roles)
+        return {
+            int(cx.context_id): AcceptedContext(
+                int(cx.context_id),
+                str(cx.abstract_syntax),
+                str(cx.transfer_syntax[0]),
+                bool(cx.as_scu),
+                bool(cx.as_scp),
+            )
+            for cx in result
+            if cx.result == 0 and cx.transfer_syntax
+        }
+
+
+def _common_user_information(max_pdu: int) -> list[object]:
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
+
+
+def peer_max_pdu(primitive: A_ASSOCIATE) -> int:
+    """The peer's maximum P-DATA-TF length; 0 (no limit) when it sent none."""
+    for item in primitive.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            return int(item.maximum_length_received or 0)
+    return 0
+
+
+@attrs.frozen
+class Rejection:
+    result: int
+    source: int
+    reason: int
+
+    def describe(self) -> str:
+        return describe_reject(self.result, self.source, self.reason)
+
+
+@attrs.frozen
+class Acceptance:
+    primitive: A_ASSOCIATE
+    contexts: dict[int, AcceptedContext]
+
+
+@attrs.frozen
+class AcceptorPolicy:
+    """How a listener answers an A-ASSOCIATE-RQ.
+
+    `contexts` lists the abstract syntaxes served and the transfer syntaxes taken
+    for each, in our order of preference (pynetdicom's acceptor negotiation keeps it).
+    """
+
+    aet: str
+    contexts: tuple[ContextProposal, ...]
+    max_pdu: int = DEFAULT_MAX_PDU
+    check_called_aet: bool = True
+
+    def decide(self, request: A_ASSOCIATE) -> Acceptance | Rejection:
+        version = getattr(request, "_dicomrst_protocol_version", 1)
+        if not version & 1:
+            return Rejection(
+                RESULT_REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, REASON_PROTOCOL_VERSION_NOT_SUPPORTED
+            )
+        if str(request.application_context_name) != APPLICATION_CONTEXT:
+            return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_USER, REASON_APP_CONTEXT_NOT_SUPPORTED)
+        if self.check_called_aet and request.called_ae_title.strip() != self.aet.strip():
+            return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_USER, REASON_CALLED_AE_NOT_RECOGNIZED)
+        supported = []
+        for proposal in self.contexts:
+            cx = PresentationContext()
+            cx.abstract_syntax = UID(proposal.abstract_syntax)
+            cx.transfer_syntax = [UID(ts) for ts in proposal.transfer_syntaxes]
+            # pynetdicom reads None as "default roles only"
+            cx.scu_role = proposal.scu_role
+            cx.scp_role = proposal.scp_role
+            supported.append(cx)
+        rq_roles = {
+            item.sop_class_uid: (item.scu_role, item.scp_role)
+            for item in request.user_information
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+        }
+        results, reply_roles = negotiate_as_acceptor(
+            request.presentation_context_definition_list, supported, rq_roles
+        )
+        accept = A_ASSOCIATE()
+        accept.application_context_name = UID(APPLICATION_CONTEXT)
+        accept.calling_ae_title = request.calling_ae_title
+        accept.called_ae_title = request.called_ae_title
+        accept.result = 0
+        accept.result_source = 1
+        accept.presentation_context_definition_results_list = results
+        accept.user_information = _common_user_information(self.max_pdu) + list(reply_roles)  # type: ignore[assignment]
+        contexts = {
+            int(cx.context_id): AcceptedContext(
+                int(cx.context_id),
+                str(cx.abstract_syntax),
+                str(cx.transfer_syntax[0]),
+                bool(cx.as_scu),
+                bool(cx.as_scp),
+            )
+            for cx in results
+            if cx.result == 0
+        }
+        return Acceptance(accept, contexts)
+
+
+def reject_primitive(request: A_ASSOCIATE, rejection: Rejection) -> A_ASSOCIATE:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT)
+    primitive.calling_ae_title = request.calling_ae_title or "UNKNOWN"
+    primitive.called_ae_title = request.called_ae_title or "UNKNOWN"
+    primitive.result = rejection.result
+    primitive.result_source = rejection.source
+    primitive.diagnostic = rejection.reason
+    return primitive

@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.test_ul_pdu -*-
+"""PDU framing and codecs (PS3.8 §9.3), free of I/O.
+
+The framer is fed whatever TCP delivers and hands out whole PDUs; it checks each
+header before buffering a body, so a peer cannot make us hold more than one PDU of
+our own advertised size.  Association PDUs are decoded with pynetdicom's codecs after
+we have checked their item lengths ourselves (pynetdicom slices on trust).  P-DATA is
+parsed here: it is the hot path and its fragments must reach a consumer without
+being copied into a whole message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import attrs
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+)
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+ASSOCIATE_RQ = 0x01
+ASSOCIATE_AC = 0x02
+ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
+ABORT = 0x07
+
+PDU_NAMES = {
+    ASSOCIATE_RQ: "A-ASSOCIATE-RQ",
+    ASSOCIATE_AC: "A-ASSOCIATE-AC",
+    ASSOCIATE_RJ: "A-ASSOCIATE-RJ",
+    P_DATA_TF: "P-DATA-TF",
+    RELEASE_RQ: "A-RELEASE-RQ",
+    RELEASE_RP: "A-RELEASE-RP",
+    ABORT: "A-ABORT",
+}
+
+# A-ABORT sources and provider reasons (PS3.8 §9.3.8).
+SOURCE_SERVICE_USER = 0x00
+SOURCE_SERVICE_PROVIDER = 0x02
+REASON_NOT_SPECIFIED = 0x00
+REASON_UNRECOGNIZED_PDU = 0x01
+REASON_UNEXPECTED_PDU = 0x02
+REASON_UNRECOGNIZED_PARAMETER = 0x04
+REASON_UNEXPECTED_PARAMETER = 0x05
+REASON_INVALID_PARAMETER = 0x06
+
+ABORT_REASONS = {
+    REASON_NOT_SPECIFIED: "reason not specified",
+    REASON_UNRECOGNIZED_PDU: "unrecognized PDU",
+    REASON_UNEXPECTED_PDU: "unexpected PDU",
+    REASON_UNRECOGNIZED_PARAMETER: "unrecognized PDU parameter",
+    REASON_UNEXPECTED_PARAMETER: "unexpected PDU parameter",
+    REASON_INVALID_PARAMETER: "invalid PDU parameter value",
+}
+
+_HEADER = struct.Struct(">BBL")
+_PDV_HEADER = struct.Struct(">LBB")
+
+# Association PDUs carry one item per presentation context; a PACS proposing every
+# storage SOP class twice sends ~10 KB.  1 MiB is far beyond any real request and
+# still bounds what a hostile peer can make us buffer before we parse anything.
+MAX_ASSOCIATE_PDU = 1 << 20
+
+
+class ProtocolError(Exception):
+    """The peer broke PS3.8; the association is aborted with `reason`."""
+
+    def __init__(self, message: str, reason: int = REASON_INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@attrs.frozen
+class PDV:
+    """One presentation data value item: a fragment of a command or data set."""
+
+    context_id: int
+    is_command: bool
+    is_last: bool
+    fragment: bytes
+
+
+class PDUFramer:
+    """Cut a byte stream into PDUs, by offset, with limits checked at the header.
+
+    `max_pdata` is the largest P-DATA-TF variable field we advertised (0 = none).
+    """
+
+    def __init__(self, max_pdata: int) -> None:
+        self.max_pdata = max_pdata
+        self._buffer = bytearray()
+        self._offset = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def buffered(self) -> int:
+        return len(self._buffer) - self._offset
+
+    def next_pdu(self) -> tuple[int, bytes] | None:
+        """The next whole PDU as (type, body), or None until more bytes arrive.
+
+        Raises ProtocolError for an unknown type or a length over its limit, as
+        soon as the 6-byte header is in: there is no point waiting for the body.
+        """
+        buf = self._buffer
+        start = self._offset
+        if len(buf) - start < 6:
+            self._compact()
+            return None
+        pdu_type, _, length = _HEADER.unpack_from(buf, start)
+        self._check_header(pdu_type, length)
+        end = start + 6 + length
+        if len(buf) < end:
+            self._compact()
+            return None
+        body = bytes(buf[start + 6 : end])
+        self._offset = end
+        if self._offset == len(buf):
+            buf.clear()
+            self._offset = 0
+        return pdu_type, body
+
+    def _compact(self) -> None:
+        # Dropping consumed bytes only when we stall keeps the per-PDU cost O(PDU).
+        if self._offset:
+            del self._buffer[: self._offset]
+            self._offset = 0
+
+    def _check_header(self, pdu_type: int, length: int) -> None:
+        if pdu_type not in PDU_NAMES:
+            raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
+        if pdu_type == P_DATA_TF:
+            if self.max_pdata and length > self.max_pdata:
+                raise ProtocolError(
+                    f"P-DATA-TF of {length} bytes exceeds our maximum PDU length {self.max_pdata}",
+                    REASON_INVALID_PARAMETER,
+                )
+        elif pdu_type in (RELEASE_RQ, RELEASE_RP, ABORT):
+            if length != 4:
+                raise ProtocolError(
+                    f"{PDU_NAMES[pdu_type]} with length {length}, expected 4", REASON_INVALID_PARAMETER
+                )
+        elif length > MAX_ASSOCIATE_PDU:
+            raise ProtocolError(
+                f"{PDU_NAMES[pdu_type]} of {length} bytes is too large", REASON_INVALID_PARAMETER
+            )
+
+
+def parse_pdvs(body: bytes) -> list[PDV]:
+    """Split a P-DATA-TF variable field into PDV items, checking every length."""
+    pdvs = []
+    offset = 0
+    end = len(body)
+    if end == 0:
+        raise ProtocolError("P-DATA-TF without PDV items")
+    while offset < end:
+        if end - offset < 6:
+            raise ProtocolError("truncated PDV item header")
+        item_length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
+        if item_length < 2 or offset + 4 + item_length > end:
+            raise ProtocolError(f"PDV item length {item_length} does not fit the PDU")
+        fragment = body[offset + 6 : offset + 4 + item_length]
+        pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), fragment))
+        offset += 4 + item_length
+    return pdvs
+
+
+def encode_pdata(pdvs: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """One P-DATA-TF from (context_id, control, fragment) triples, as a writeSequence list."""
+    total = sum(6 + len(f) for _, _, f in pdvs)
+    out = [_HEADER.pack(P_DATA_TF, 0, total)]
+    for context_id, control, fragment in pdvs:
+        out.append(_PDV_HEADER.pack(len(fragment) + 2, context_id, control))
+        out.append(fragment)
+    return out
+
+
+def encode_release_rq() -> bytes:
+    return _HEADER.pack(RELEASE_RQ, 0, 4) + b"\x00" * 4
+
+
+def encode_release_rp() -> bytes:
+    return _HEADER.pack(RELEASE_RP, 0, 4) + b"\x00" * 4
+
+
+def encode_abort(source: int, reason: int) -> bytes:
+    return _HEADER.pack(ABORT, 0, 4) + bytes((0, 0, source, reason))
+
+
+def decode_abort(body: bytes) -> tuple[int, int]:
+    """(source, reason) of an A-ABORT body."""
+    return body[2], body[3]
+
+
+def decode_reject(body: bytes) -> tuple[int, int, int]:
+    """(result, source, reason) of an A-ASSOCIATE-RJ body."""
+    if len(body) != 4:
+        raise ProtocolError(f"A-ASSOCIATE-RJ with length {len(body)}, expected 4")
+    return body[1], body[2], body[3]
+
+
+def _check_items(body: bytes, offset: int) -> None:
+    """Walk the variable items (and user-information sub-items) checking lengths add up."""
+    end = len(body)
+    while offset < end:
+        if end - offset < 4:
+            raise ProtocolError("truncated item header")
+        item_type = body[offset]
+        (length,) = struct.unpack_from(">H", body, offset + 2)
+        if offset + 4 + length > end:
+            raise ProtocolError(f"item 0x{item_type:02X} length {length} runs past the PDU")
+        if item_type in (0x20, 0x21):
+            # presentation context: id, reserved, result, reserved, then sub-items
+            if length < 4:
+                raise ProtocolError(f"presentation context item with length {length}")
+            _check_subitems(body, offset + 8, offset + 4 + length)
+        elif item_type == 0x50:
+            _check_subitems(body, offset + 4, offset + 4 + length)
+        offset += 4 + length
+
+
+def _check_subitems(body: bytes, offset: int, end: int) -> None:
+    while offset < end:
+        if end - offset < 4:
+            raise ProtocolError("truncated sub-item header")
+        (length,) = struct.unpack_from(">H", body, offset + 2)
+        if offset + 4 + length > end:
+            raise ProtocolError(f"sub-item 0x{body[offset]:02X} length {length} runs past its item")
+        offset += 4 + length
+
+
+def _full(pdu_type: int, body: bytes) -> bytes:
+    return _HEADER.pack(pdu_type, 0, len(body)) + body
+
+
+def decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
+    """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive."""
+    if len(body) < 68:
+        raise ProtocolError(f"{PDU_NAMES[pdu_type]} of {len(body)} bytes is truncated")
+    _check_items(body, 68)
+    pdu = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
+    try:
+        pdu.decode(_full(pdu_type, body))
+        primitive = pdu.to_primitive()
+    except Exception as e:  # pynetdicom raises whatever its slicing hits
+        raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e
+    # pynetdicom's primitive drops the protocol version; keep it for AE-6.
+    primitive._dicomrst_protocol_version = struct.unpack_from(">H", body, 0)[0]  # type: ignore[attr-defined]
+    return primitive
+
+
+def encode_associate(primitive: A_ASSOCIATE) -> bytes:
+    """Encode an A-ASSOCIATE request, accept or reject primitive as its PDU."""
+    if primitive.result is None:
+        pdu: A_ASSOCIATE_RQ | A_ASSOCIATE_AC | A_ASSOCIATE_RJ = A_ASSOCIATE_RQ()
+    elif primitive.result == 0:
+        pdu = A_ASSOCIATE_AC()
+    else:
+        pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def iter_fragments(data: bytes | memoryview, size: int) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
+__all__ = [
+    "A_ABORT_RQ",
+    "PDV",
+    "PDUFramer",
+    "ProtocolError",
+]

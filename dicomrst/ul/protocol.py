@@ -1,0 +1,584 @@
+# -*- test-case-name: tests.test_ul_protocol -*-
+"""The DICOM Upper Layer as a Twisted protocol (PS3.8 §9), requestor or acceptor.
+
+Each received PDU and each local request becomes an event of `dicomrst.ul.fsm`; the
+table names the action, and the action is the method `_AE_6`, `_AA_8`, ... here.
+Everything above the Upper Layer (DIMSE) is the `ULUser`: it is told when the
+association is established, gets every PDV as it arrives, and is told once when the
+association ends.  The user can pause us: buffered PDUs then stay unparsed and the
+transport stops reading, which is how a slow HTTP client throttles a PACS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from dicomrst.logs import logger
+from dicomrst.ul import fsm, pdu
+from dicomrst.ul.errors import (
+    AssociationAborted,
+    AssociationClosed,
+    AssociationError,
+    AssociationRejected,
+    AssociationTimeout,
+    ConnectionLost,
+    NoAcceptableContext,
+)
+from dicomrst.ul.negotiation import (
+    Acceptance,
+    AcceptedContext,
+    AcceptorPolicy,
+    AssociationRequest,
+    Rejection,
+    describe_reject,
+    peer_max_pdu,
+    reject_primitive,
+)
+
+log = logger("dicomrst.ul")
+
+# Fragment size we use towards a peer that declares no maximum (0): big enough to
+# be efficient, small enough that one PDU never dominates memory.
+UNLIMITED_PDU_CHUNK = 1 << 20
+
+DEFAULT_ARTIM_TIMEOUT = 30.0
+
+
+class ULUser(TypingProtocol):
+    """What the Upper Layer reports to the layer above it (DIMSE)."""
+
+    def association_established(self, association: ULProtocol) -> None: ...
+
+    def pdv_received(self, pdv: pdu.PDV) -> None: ...
+
+    def release_requested(self) -> None: ...
+
+    def association_ended(self, reason: Failure | None) -> None:
+        """Called once; `reason` is None after an orderly release."""
+
+
+class ULProtocol(Protocol):
+    """One DICOM association over one TCP connection.
+
+    As requestor give `request`; as acceptor give `policy`.  `whenEstablished`
+    fires with this protocol once data can flow (or fails with an
+    `AssociationError`); `whenClosed` fires with the outcome text when the TCP
+    connection has gone, and never fails.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        user: ULUser,
+        *,
+        request: AssociationRequest | None = None,
+        policy: AcceptorPolicy | None = None,
+        artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+    ) -> None:
+        if (request is None) == (policy is None):
+            raise ValueError("give exactly one of request (requestor) or policy (acceptor)")
+        self.clock = clock
+        self.user = user
+        self.request = request
+        self.policy = policy
+        self.is_requestor = request is not None
+        self.artim_timeout = artim_timeout
+        max_pdu = request.max_pdu if request is not None else policy.max_pdu  # type: ignore[union-attr]
+        self.max_pdu = max_pdu
+        self.state = "Sta1"
+        self.contexts: dict[int, AcceptedContext] = {}
+        self.peer_max_pdu = 0
+        self.calling_aet = request.calling_aet if request else ""
+        self.called_aet = request.called_aet if request else ""
+        self.peer = ""
+        self.outcome = "open"
+        self.whenEstablished: Deferred[ULProtocol] = Deferred()
+        self.whenReleased: Deferred[None] = Deferred()
+        self.whenClosed: Deferred[str] = Deferred()
+        self._framer = pdu.PDUFramer(max_pdu)
+        self._artim: IDelayedCall | None = None
+        self._paused = False
+        self._processing = False
+        self._ended = False
+        self._started = 0.0
+        self._rejected_contexts: list[str] = []
+
+    # -- Twisted ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            # Nagle plus delayed ACKs stalls every small DIMSE response by ~40 ms.
+            transport.setTcpNoDelay(True)
+        peer = transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._started = self.clock.seconds()
+        if self.is_requestor:
+            self._event("Evt1")
+            self._event("Evt2")
+        else:
+            self._event("Evt5")
+
+    def dataReceived(self, data: bytes) -> None:
+        self._framer.feed(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self.state != "Sta1":
+            self._event("Evt17")
+        self._stop_artim()
+        if self.is_requestor and not self.whenEstablished.called:
+            self.whenEstablished.errback(
+                ConnectionLost("connection closed before the association was established")
+            )
+        self._end(Failure(ConnectionLost("connection closed without release or abort")))
+        duration_ms = (self.clock.seconds() - self._started) * 1000
+        log.info(
+            "association {role} peer={peer} calling={calling} called={called} outcome={outcome} "
+            "duration_ms={duration_ms:.1f}",
+            role="requestor" if self.is_requestor else "acceptor",
+            peer=self.peer,
+            calling=self.calling_aet,
+            called=self.called_aet,
+            outcome=self.outcome,
+            duration_ms=duration_ms,
+        )
+        self.whenClosed.callback(self.outcome)
+
+    # -- what the user may do -----------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        return self.state == "Sta6"
+
+    def send_message(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
+    ) -> None:
+        """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
+        if self.state not in ("Sta6", "Sta8"):
+            raise AssociationClosed(f"association is not established ({fsm.STATES[self.state]})")
+        if context_id not in self.contexts:
+            raise ValueError(f"presentation context {context_id} was not accepted")
+        limit = self.peer_max_pdu or UNLIMITED_PDU_CHUNK
+        # Fragments must have even length (PS3.8 E.1); each PDV costs 6 header bytes.
+        size = max(2, (limit - 6) & ~1)
+        pdvs: list[tuple[int, int, bytes]] = []
+        for fragments, bit in ((_fragments(command, size), 1), (_fragments(dataset, size), 0)):
+            for i, fragment in enumerate(fragments):
+                last = 2 if i == len(fragments) - 1 else 0
+                pdvs.append((context_id, bit | last, fragment))
+        self._event("Evt9", pdus=_pack(pdvs, limit))
+
+    def release(self) -> Deferred[None]:
+        """Ask for an orderly release; fires when the peer confirmed it."""
+        if self.state == "Sta6":
+            self._event("Evt11")
+        elif not self.whenReleased.called and self.state == "Sta1":
+            self.whenReleased.errback(AssociationClosed("association already closed"))
+        return self.whenReleased
+
+    def abort(self, message: str = "aborted locally") -> None:
+        """A-ABORT (service-user source) and close the connection."""
+        if fsm.action_for("Evt15", self.state):
+            self._event("Evt15", message=message)
+
+    def pauseProducing(self) -> None:
+        """Stop reading: no more PDUs are dispatched until resumeProducing."""
+        if not self._paused:
+            self._paused = True
+            if self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and self.state != "Sta1":
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._process()
+
+    def stopProducing(self) -> None:
+        self.abort("stopped by consumer")
+
+    def context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> AcceptedContext | None:
+        for cx in self.contexts.values():
+            if cx.abstract_syntax == abstract_syntax and transfer_syntax in (None, cx.transfer_syntax):
+                return cx
+        return None
+
+    # -- the event loop -----------------------------------------------------------
+
+    def _process(self) -> None:
+        # Re-entrant calls (a consumer resuming us from inside pdv_received) just
+        # return: the outer loop carries on with what is buffered.
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._paused and self.state not in ("Sta1",):
+                try:
+                    item = self._framer.next_pdu()
+                except pdu.ProtocolError as e:
+                    self._framer = pdu.PDUFramer(self.max_pdu)  # nothing after a bad header can be trusted
+                    self._event("Evt19", error=e)
+                    break
+                if item is None:
+                    break
+                self._pdu_received(*item)
+        finally:
+            self._processing = False
+
+    def _pdu_received(self, pdu_type: int, body: bytes) -> None:
+        event = fsm.PDU_EVENTS[pdu_type]
+        try:
+            if pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
+                payload: Any = pdu.decode_associate(pdu_type, body)
+            elif pdu_type == pdu.ASSOCIATE_RJ:
+                payload = pdu.decode_reject(body)
+            elif pdu_type == pdu.P_DATA_TF:
+                payload = pdu.parse_pdvs(body)
+            elif pdu_type == pdu.ABORT:
+                payload = pdu.decode_abort(body)
+            else:
+                payload = None
+        except pdu.ProtocolError as e:
+            self._event("Evt19", error=e)
+            return
+        self._event(event, payload=payload)
+
+    def _event(self, event: str, **kw: Any) -> None:
+        action = fsm.action_for(event, self.state)
+        if action is None:
+            raise AssociationClosed(f"{fsm.EVENTS[event]} is not possible in {self.state}")
+        getattr(self, "_" + action.replace("-", "_"))(**kw)
+
+    # -- timers -------------------------------------------------------------------
+
+    def _start_artim(self) -> None:
+        self._stop_artim()
+        self._artim = self.clock.callLater(self.artim_timeout, self._artim_expired)
+
+    def _stop_artim(self) -> None:
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        if fsm.action_for("Evt18", self.state):
+            self._event("Evt18")
+        elif self.state in ("Sta5", "Sta7", "Sta9", "Sta10", "Sta11", "Sta12"):
+            # PS3.8 puts no timer on these states; we do, or a silent peer would
+            # hold the connection forever.
+            what = "association request" if self.state == "Sta5" else "release request"
+            self._fail_pending(AssociationTimeout(f"no answer to our {what} within {self.artim_timeout:g} s"))
+            self._event("Evt15", message=f"timed out in {self.state}")
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _end(self, reason: Failure | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if reason is None:
+            self.outcome = "released"
+        elif self.outcome == "open":
+            self.outcome = str(reason.value)
+        if not self.whenReleased.called:
+            if reason is None:
+                self.whenReleased.callback(None)
+            else:
+                self.whenReleased.errback(reason)
+                self.whenReleased.addErrback(lambda _: None)
+        self.user.association_ended(reason)
+
+    def _fail_pending(self, error: AssociationError | AssociationTimeout) -> None:
+        if self.is_requestor and not self.whenEstablished.called:
+            self.whenEstablished.errback(error)
+        self._end(Failure(error))
+
+    def _abort_pdu(self, source: int, reason: int) -> None:
+        self._write(pdu.encode_abort(source, reason))
+
+    # -- AE: establishment (PS3.8 Table 9-6) ---------------------------------------
+
+    def _AE_1(self) -> None:
+        self.state = "Sta4"  # the endpoint has already connected us
+
+    def _AE_2(self) -> None:
+        assert self.request is not None
+        self._write(pdu.encode_associate(self.request.to_primitive()))
+        self.state = "Sta5"
+        self._start_artim()
+
+    def _AE_3(self, payload: Any) -> None:
+        assert self.request is not None
+        self._stop_artim()
+        self.peer_max_pdu = peer_max_pdu(payload)
+        self.contexts = self.request.negotiated(payload)
+        self.state = "Sta6"
+        if not self.contexts:
+            reasons = sorted(
+                {
+                    _CONTEXT_RESULTS.get(cx.result, str(cx.result))
+                    for cx in payload.presentation_context_definition_results_list
+                }
+            )
+            error = NoAcceptableContext(
+                f"{self.called_aet} accepted the association but none of our presentation contexts "
+                f"({', '.join(reasons)})"
+            )
+            self._fail_pending(error)
+            self._event("Evt15", message=str(error))
+            return
+        self.user.association_established(self)
+        self.whenEstablished.callback(self)
+
+    def _AE_4(self, payload: tuple[int, int, int]) -> None:
+        self._stop_artim()
+        result, source, reason = payload
+        error = AssociationRejected(result, source, reason, describe_reject(result, source, reason))
+        self.outcome = str(error)
+        self.whenEstablished.errback(error)
+        self._end(Failure(error))
+        self._close()
+        self.state = "Sta1"
+
+    def _AE_5(self) -> None:
+        self.state = "Sta2"
+        self._start_artim()
+
+    def _AE_6(self, payload: Any) -> None:
+        assert self.policy is not None
+        self._stop_artim()
+        self.calling_aet = payload.calling_ae_title.strip()
+        self.called_aet = payload.called_ae_title.strip()
+        self.peer_max_pdu = peer_max_pdu(payload)
+        decision = self.policy.decide(payload)
+        if isinstance(decision, Rejection) and decision.source != 1:
+            # Provider-level rejection (protocol version) happens in AE-6 itself.
+            self._write(pdu.encode_associate(reject_primitive(payload, decision)))
+            self.outcome = f"rejected ({decision.describe()})"
+            self._start_artim()
+            self.state = "Sta13"
+            return
+        self.state = "Sta3"
+        if isinstance(decision, Acceptance):
+            self._event("Evt7", decision=decision)
+        else:
+            self._event("Evt8", decision=decision, request=payload)
+
+    def _AE_7(self, decision: Acceptance) -> None:
+        self._write(pdu.encode_associate(decision.primitive))
+        self.contexts = decision.contexts
+        self.state = "Sta6"
+        self.user.association_established(self)
+        self.whenEstablished.callback(self)
+
+    def _AE_8(self, decision: Rejection, request: Any) -> None:
+        self._write(pdu.encode_associate(reject_primitive(request, decision)))
+        self.outcome = f"rejected ({decision.describe()})"
+        self.state = "Sta13"
+        self._start_artim()
+
+    # -- DT: data transfer (Table 9-7) --------------------------------------------
+
+    def _DT_1(self, pdus: list[list[bytes]]) -> None:
+        for parts in pdus:
+            self.transport.writeSequence(parts)  # type: ignore[union-attr]
+
+    def _DT_2(self, payload: list[pdu.PDV]) -> None:
+        self._deliver(payload)
+
+    def _deliver(self, pdvs: list[pdu.PDV]) -> None:
+        for item in pdvs:
+            if item.context_id not in self.contexts:
+                self._event(
+                    "Evt19",
+                    error=pdu.ProtocolError(
+                        f"PDV on presentation context {item.context_id} that was not accepted"
+                    ),
+                )
+                return
+            try:
+                self.user.pdv_received(item)
+            except pdu.ProtocolError as e:
+                self._event("Evt19", error=e)
+                return
+            except Exception:
+                log.failure("DIMSE layer failed on a PDV from {peer}; aborting", peer=self.peer)
+                self.abort("internal error")
+                return
+            if self.state not in ("Sta6", "Sta7"):
+                return
+
+    # -- AR: release (Table 9-8) --------------------------------------------------
+
+    def _AR_1(self) -> None:
+        self._write(pdu.encode_release_rq())
+        self.state = "Sta7"
+        self._start_artim()
+
+    def _AR_2(self, payload: None) -> None:
+        self.state = "Sta8"
+        self.user.release_requested()
+        # We have nothing to finish before agreeing: answer at once.
+        self._event("Evt14")
+
+    def _AR_3(self, payload: None = None) -> None:
+        self._stop_artim()
+        self._end(None)
+        self._close()
+        self.state = "Sta1"
+
+    def _AR_4(self) -> None:
+        self._write(pdu.encode_release_rp())
+        self._end(None)
+        self.state = "Sta13"
+        self._start_artim()
+
+    def _AR_5(self) -> None:
+        self._stop_artim()
+        self.state = "Sta1"
+
+    def _AR_6(self, payload: list[pdu.PDV]) -> None:
+        self._deliver(payload)
+
+    def _AR_7(self, pdus: list[list[bytes]]) -> None:
+        self._DT_1(pdus)
+
+    def _AR_8(self, payload: None) -> None:
+        # Release collision: both sides asked.  The requestor answers first.
+        if self.is_requestor:
+            self.state = "Sta9"
+            self._event("Evt14")
+        else:
+            self.state = "Sta10"
+
+    def _AR_9(self) -> None:
+        self._write(pdu.encode_release_rp())
+        self.state = "Sta11"
+
+    def _AR_10(self, payload: None) -> None:
+        self.state = "Sta12"
+        self._event("Evt14")
+
+    # -- AA: abort (Table 9-9) ----------------------------------------------------
+
+    def _AA_1(
+        self, message: str | None = None, error: pdu.ProtocolError | None = None, payload: Any = None
+    ) -> None:
+        if message is not None:
+            # A local A-ABORT request: service-user source, then we drop the connection
+            # rather than wait on a peer we no longer trust.
+            self._abort_pdu(pdu.SOURCE_SERVICE_USER, pdu.REASON_NOT_SPECIFIED)
+            self._fail_pending(AssociationAborted(message))
+            self.state = "Sta13"
+            self._start_artim()
+            if self._paused and self.transport is not None:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._close()
+            return
+        # Sta2: the peer sent something other than an A-ASSOCIATE-RQ.  We, the
+        # provider, detected it, so say so and why (more useful than source 0).
+        reason = error.reason if error is not None else pdu.REASON_UNEXPECTED_PDU
+        text = str(error) if error is not None else "PDU before A-ASSOCIATE-RQ"
+        self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, reason)
+        self.outcome = f"aborted by us: {text}"
+        log.warn("protocol error from {peer}: {text}; A-ABORT sent", peer=self.peer, text=text)
+        self.state = "Sta13"
+        self._start_artim()
+
+    def _AA_2(self, payload: Any = None) -> None:
+        self._stop_artim()
+        if self.outcome == "open":
+            self.outcome = (
+                "aborted by peer before association"
+                if payload is not None
+                else "ARTIM expired in " + self.state
+            )
+        self._close()
+        self.state = "Sta1"
+
+    def _AA_3(self, payload: tuple[int, int]) -> None:
+        source, reason = payload
+        who = "service user" if source == pdu.SOURCE_SERVICE_USER else "service provider"
+        text = f"aborted by peer ({who}"
+        if source == pdu.SOURCE_SERVICE_PROVIDER:
+            text += f": {pdu.ABORT_REASONS.get(reason, reason)}"
+        text += ")"
+        self._fail_pending(AssociationAborted(text, source, reason))
+        self._close()
+        self.state = "Sta1"
+
+    def _AA_4(self) -> None:
+        self._fail_pending(ConnectionLost("connection closed by peer without release or abort"))
+        self.state = "Sta1"
+
+    def _AA_5(self) -> None:
+        self._stop_artim()
+        if self.outcome == "open":
+            self.outcome = "closed before association request"
+        self.state = "Sta1"
+
+    def _AA_6(self, payload: Any = None) -> None:
+        self.state = "Sta13"
+
+    def _AA_7(self, payload: Any = None, error: pdu.ProtocolError | None = None) -> None:
+        self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, error.reason if error else pdu.REASON_UNEXPECTED_PDU)
+        self.state = "Sta13"
+
+    def _AA_8(self, payload: Any = None, error: pdu.ProtocolError | None = None) -> None:
+        reason = error.reason if error is not None else pdu.REASON_UNEXPECTED_PDU
+        text = str(error) if error is not None else f"unexpected PDU in {self.state}"
+        self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, reason)
+        log.warn("protocol error from {peer}: {text}; A-ABORT sent", peer=self.peer, text=text)
+        self._fail_pending(AssociationAborted(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
+        self.state = "Sta13"
+        self._start_artim()
+
+
+_CONTEXT_RESULTS = {
+    1: "user rejection",
+    2: "provider rejection",
+    3: "abstract syntax not supported",
+    4: "transfer syntaxes not supported",
+}
+
+
+def _fragments(data: bytes | memoryview | None, size: int) -> list[bytes]:
+    if not data:
+        return []
+    # Transports take bytes only, so each fragment is copied once, here.
+    view = memoryview(data)
+    return [bytes(view[i : i + size]) for i in range(0, len(view), size)]
+
+
+def _pack(pdvs: Iterable[tuple[int, int, bytes | memoryview]], limit: int) -> list[list[bytes]]:
+    """Group PDVs into as few P-DATA-TF PDUs as the peer's limit allows."""
+    pdus: list[list[bytes]] = []
+    batch: list[tuple[int, int, bytes]] = []
+    used = 0
+    for context_id, control, fragment in pdvs:
+        cost = 6 + len(fragment)
+        if batch and used + cost > limit:
+            pdus.append(pdu.encode_pdata(batch))
+            batch, used = [], 0
+        batch.append((context_id, control, fragment))  # type: ignore[arg-type]
+        used += cost
+    if batch:
+        pdus.append(pdu.encode_pdata(batch))
+    return pdus
