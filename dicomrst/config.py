@@ -1,0 +1,565 @@
+"""Configuration: DICOM-RST's YAML keys read into frozen, typed attrs objects.
+
+A DICOM-RST ``config.yaml`` loads unchanged. The attrs classes below are the schema:
+each field carries the check that validates and converts its YAML value (plus an
+optional alias and the backend it belongs to), its YAML key is the field name in
+kebab-case, and its attrs default is the DICOM-RST default. `_build` is the one walker
+over that schema; the few rules that span fields (unique AE titles, WADO receivers,
+host names that resolve) run afterwards in `parse_config`.
+
+Every problem raises `ConfigError` naming the full key path, e.g. ``aets[1].port``.
+Times are integer milliseconds, as in DICOM-RST's files; ``*_s`` properties give seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import yaml
+
+from dicomrst.logs import parse_level
+
+__all__ = [
+    "AetConfig",
+    "Config",
+    "ConfigError",
+    "DimseServerConfig",
+    "HttpConfig",
+    "MwlConfig",
+    "PoolConfig",
+    "QidoConfig",
+    "S3Credentials",
+    "ServerConfig",
+    "StowConfig",
+    "TelemetryConfig",
+    "WadoConfig",
+    "default_resolver",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``str()`` is ``"<key path>: <what is wrong>"``.
+
+    For file-level problems (unreadable file, YAML syntax) ``path`` is the file name,
+    with ``:line:column`` when known. `load_config` sets ``file`` on every error.
+    """
+
+    def __init__(self, path: str, message: str, *, file: str | None = None,
+                 line: int | None = None) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+        self.file = file
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"{self.path or 'top level'}: {self.message}"
+
+
+# -- checks: (yaml value, key path, environment) -> converted value, or ConfigError -----
+
+_Env = Mapping[str, str]
+_Check = Callable[[Any, str, _Env], Any]
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in YAML, short enough for one error line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _string(*, empty: bool = False, secret: bool = False) -> _Check:
+    def check(value: Any, path: str, env: _Env) -> str:
+        if not isinstance(value, str):
+            # A mistyped secret (e.g. all digits, so YAML made it an int) must not be echoed.
+            got = "another type" if secret else _show(value)
+            raise ConfigError(path, f"expected a string, got {got}")
+        if not empty and not value.strip():
+            raise ConfigError(path, "must not be empty")
+        return value
+
+    return check
+
+
+def _integer(lo: int = 0, hi: int | None = None) -> _Check:
+    def check(value: Any, path: str, env: _Env) -> int:
+        # YAML's true/false arrive as Python bools, which are ints; a port of `true` is a typo.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_show(value)}")
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(path, f"must be {bounds}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any, path: str, env: _Env) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _choice(*choices: str) -> _Check:
+    """Case-insensitive, as DICOM-RST accepts ``backend: dimse``; yields the canonical spelling."""
+    canonical = {c.casefold(): c for c in choices}
+
+    def check(value: Any, path: str, env: _Env) -> str:
+        if isinstance(value, str) and value.casefold() in canonical:
+            return canonical[value.casefold()]
+        raise ConfigError(path, f"expected one of {', '.join(choices)}, got {_show(value)}")
+
+    return check
+
+
+def _optional(check: _Check) -> _Check:
+    return lambda value, path, env: None if value is None else check(value, path, env)
+
+
+def _list_of(item: _Check) -> _Check:
+    def check(value: Any, path: str, env: _Env) -> tuple[Any, ...]:
+        if value is None:  # a key whose entries are all commented out
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {_show(value)}")
+        return tuple(item(v, f"{path}[{i}]", env) for i, v in enumerate(value))
+
+    return check
+
+
+def _section(cls: type) -> _Check:
+    """A mapping under a key; null there (every sub-key commented out) means all defaults."""
+    return lambda value, path, env: _build(cls, {} if value is None else value, path, env)
+
+
+def _entry(cls: type) -> _Check:
+    """A mapping as a list entry; null there (a bare ``-``) is a mistake, which `_build` reports."""
+    return lambda value, path, env: _build(cls, value, path, env)
+
+
+def _ae_title(value: Any, path: str, env: _Env) -> str:
+    """An AE title per the PS3.5 AE value representation."""
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected an AE title (a string), got {_show(value)}")
+    # Leading and trailing spaces are not significant in AE (PS3.5 6.2), so "ORTHANC "
+    # is the same AE as "ORTHANC" for duplicate checks and URL paths alike.
+    title = value.strip(" ")
+    if not title:
+        problem = "must not be empty or all spaces"
+    elif len(title) > 16:
+        problem = "is longer than 16 characters"
+    elif "\\" in title:
+        problem = "must not contain a backslash"
+    elif any(c < " " or c == "\x7f" for c in title):
+        problem = "must not contain control characters"
+    elif not title.isascii():
+        problem = "must contain only ASCII characters"
+    else:
+        return title
+    raise ConfigError(path, f"invalid AE title {value!r}: {problem}")
+
+
+def _level(value: Any, path: str, env: _Env) -> str:
+    name = _string()(value, path, env)
+    try:
+        parse_level(name)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+    return name.upper()
+
+
+def _base_path(value: Any, path: str, env: _Env) -> str:
+    text = _string(empty=True)(value, path, env)
+    if any(c.isspace() or c in "?#" for c in text):
+        raise ConfigError(path, f"must be a URL path without spaces, '?' or '#', got {text!r}")
+    return "/" + text.strip("/")
+
+
+def _url(value: Any, path: str, env: _Env) -> str:
+    text = _string()(value, path, env)
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a port like :99999 or :abc
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(path, f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+_PORT = _integer(1, 65535)
+_MS = _integer(0)  # a duration in milliseconds
+_BACKEND = _choice("DIMSE", "S3")
+
+
+def _key(check: _Check, default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
+         alias: str | None = None, backend: str | None = None, required: bool = False,
+         secret: bool = False) -> Any:
+    """An attrs field that is also a schema entry for `_build`.
+
+    ``backend`` restricts the key to AETs of that backend; ``required`` makes it
+    mandatory there even though the attrs default (None) lets other backends omit it.
+    """
+    return attrs.field(
+        default=attrs.Factory(factory) if factory is not None else default,
+        repr=not secret,
+        metadata={"check": check, "alias": alias, "backend": backend, "required": required},
+    )
+
+
+def _build(cls: type, value: Any, path: str, env: _Env, backend: str | None = None) -> Any:
+    """Validate mapping `value` against the schema metadata of `cls`'s fields and build one."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_show(value)}")
+    fields = attrs.fields(cls)
+    by_key = {f.name.replace("_", "-"): f for f in fields}
+    by_key.update({f.metadata["alias"]: f for f in fields if f.metadata["alias"]})
+
+    kwargs: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, raw in value.items():
+        key_path = _join(path, _show(key) if not isinstance(key, str) else key)
+        field = by_key.get(key) if isinstance(key, str) else None
+        if field is None:
+            raise ConfigError(key_path, "unknown key")
+        owner = field.metadata["backend"]
+        if owner not in (None, backend):
+            raise ConfigError(key_path, f"unknown key for backend {backend} (a {owner} key)")
+        if field.name in spelled:  # both `interface` and its alias `host`
+            raise ConfigError(key_path, f"same setting as {spelled[field.name]!r}; give only one")
+        spelled[field.name] = key
+        kwargs[field.name] = field.metadata["check"](raw, key_path, env)
+
+    for field in fields:
+        owner = field.metadata["backend"]
+        required = field.default is attrs.NOTHING or (
+            field.metadata["required"] and owner in (None, backend))
+        if required and field.name not in kwargs:
+            where = f" for backend {backend}" if owner else ""
+            raise ConfigError(_join(path, field.name.replace("_", "-")),
+                              f"missing required key{where}")
+    return cls(**kwargs)
+
+
+# -- the schema ---------------------------------------------------------------------------
+
+
+def _tcp_endpoint(port: int, interface: str) -> str:
+    # Twisted endpoint strings use ':' as separator, so IPv6 addresses need it escaped.
+    escaped = interface.replace(":", "\\:")
+    return f"tcp:{port}:interface={escaped}"
+
+
+class _Timed:
+    __slots__ = ()
+    timeout: int
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout / 1000
+
+
+@attrs.frozen
+class TelemetryConfig:
+    sentry: str | None = _key(_optional(_string()), None)  # accepted for DICOM-RST; unused
+    level: str = _key(_level, "INFO")
+
+
+@attrs.frozen
+class HttpConfig:
+    interface: str = _key(_string(), "0.0.0.0", alias="host")  # DICOM-RST's docs say `host`
+    port: int = _key(_PORT, 8080)
+    max_upload_size: int = _key(_integer(0), 50_000_000)  # bytes
+    # Milliseconds, as DICOM-RST documents it (its code reads seconds, a bug we don't copy).
+    request_timeout: int = _key(_MS, 60_000)
+    graceful_shutdown: bool = _key(_boolean, True)
+    base_path: str = _key(_base_path, "/")
+    endpoint: str | None = _key(_optional(_string()), None)  # checked where the site is built
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.request_timeout / 1000
+
+    def endpoint_description(self) -> str:
+        return self.endpoint or _tcp_endpoint(self.port, self.interface)
+
+
+@attrs.frozen
+class DimseServerConfig:
+    aet: str = _key(_ae_title, "DICOM-RST")
+    interface: str = _key(_string(), "0.0.0.0", alias="host")
+    port: int = _key(_PORT, 7001)
+    uncompressed: bool = _key(_boolean, True)
+    endpoint: str | None = _key(_optional(_string()), None)
+
+    def endpoint_description(self) -> str:
+        return self.endpoint or _tcp_endpoint(self.port, self.interface)
+
+
+@attrs.frozen
+class ServerConfig:
+    aet: str = _key(_ae_title, "DICOM-RST")  # our calling AE title towards PACS
+    http: HttpConfig = _key(_section(HttpConfig), factory=HttpConfig)
+    dimse: tuple[DimseServerConfig, ...] = _key(
+        _list_of(_entry(DimseServerConfig)), factory=lambda: (DimseServerConfig(),))
+
+
+@attrs.frozen
+class PoolConfig(_Timed):
+    size: int = _key(_integer(1), 16)
+    timeout: int = _key(_MS, 10_000)  # waiting for a free association
+    idle_timeout: int = _key(_MS, 60_000)  # not in DICOM-RST: release idle associations
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.idle_timeout / 1000
+
+
+@attrs.frozen
+class QidoConfig(_Timed):
+    timeout: int = _key(_MS, 30_000)
+
+
+@attrs.frozen
+class WadoConfig(_Timed):
+    timeout: int = _key(_MS, 60_000)
+    mode: str = _key(_choice("concurrent", "sequential"), "concurrent")
+    # AE titles of our own server.dimse listeners that C-MOVE may send to
+    receivers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
+    retrieve: str = _key(_choice("move", "get"), "move")  # not in DICOM-RST: C-MOVE or C-GET
+
+
+@attrs.frozen
+class StowConfig(_Timed):
+    timeout: int = _key(_MS, 30_000)
+
+
+@attrs.frozen
+class MwlConfig(_Timed):
+    timeout: int = _key(_MS, 30_000)  # accepted for DICOM-RST; no MWL-RS yet
+
+
+@attrs.frozen
+class S3Credentials:
+    """Resolved S3 credentials. ``source`` is "static", "env" or "chain" (the SDK's default chain)."""
+
+    source: str
+    access_key: str | None = None
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    access_key_env: str | None = None  # the variable names, for messages; values are above
+    secret_key_env: str | None = None
+
+
+@attrs.frozen
+class _CredentialKeys:
+    """The ``credentials`` mapping as written, before choosing its form."""
+
+    access_key: str | None = _key(_optional(_string()), None)
+    secret_key: str | None = _key(_optional(_string(secret=True)), None, secret=True)
+    access_key_env: str | None = _key(_optional(_string()), None)
+    secret_key_env: str | None = _key(_optional(_string()), None)
+    chain: bool = _key(_boolean, False)
+
+
+_CREDENTIAL_FORMS = ("access-key/secret-key", "access-key-env/secret-key-env", "chain: true")
+
+
+def _credentials(value: Any, path: str, env: _Env) -> S3Credentials | None:
+    if value is None:
+        return None  # anonymous, same as leaving `credentials` out
+    keys = _build(_CredentialKeys, value, path, env)
+    pairs = {
+        "static": (("access-key", keys.access_key), ("secret-key", keys.secret_key)),
+        "env": (("access-key-env", keys.access_key_env), ("secret-key-env", keys.secret_key_env)),
+    }
+    forms = [form for form, pair in pairs.items() if any(v is not None for _, v in pair)]
+    forms += ["chain"] if keys.chain else []
+    if len(forms) != 1:
+        given = "none" if not forms else "more than one"
+        raise ConfigError(path, f"give exactly one of {', '.join(_CREDENTIAL_FORMS)} "
+                                f"(got {given}; leave out `credentials` for anonymous access)")
+    form = forms[0]
+    if form == "chain":
+        return S3Credentials(source="chain")
+    (first, a), (second, b) = pairs[form]
+    if a is None or b is None:
+        missing, present = (first, second) if a is None else (second, first)
+        raise ConfigError(_join(path, missing), f"missing ({present} is given; both are needed)")
+    if form == "static":
+        return S3Credentials(source="static", access_key=a, secret_key=b)
+    values = []
+    for key, name in pairs["env"]:
+        found = env.get(name)
+        if not found:
+            state = "not set" if found is None else "empty"
+            raise ConfigError(_join(path, key), f"environment variable {name!r} is {state}")
+        values.append(found)
+    return S3Credentials(source="env", access_key=values[0], secret_key=values[1],
+                         access_key_env=a, secret_key_env=b)
+
+
+@attrs.frozen
+class AetConfig:
+    """One ``aets[]`` entry: a PACS reached over DIMSE, or an S3 bucket.
+
+    Fields mirror the YAML keys. Keys of the other backend are rejected, so for an S3
+    AET the DIMSE fields keep their defaults (``host``/``port`` None) and vice versa.
+    """
+
+    aet: str = _key(_ae_title)
+    backend: str = _key(_BACKEND, "DIMSE")
+    # backend: DIMSE
+    host: str | None = _key(_string(), None, backend="DIMSE", required=True)
+    port: int | None = _key(_PORT, None, backend="DIMSE", required=True)
+    pool: PoolConfig = _key(_section(PoolConfig), factory=PoolConfig, backend="DIMSE")
+    qido_rs: QidoConfig = _key(_section(QidoConfig), factory=QidoConfig, backend="DIMSE")
+    wado_rs: WadoConfig = _key(_section(WadoConfig), factory=WadoConfig, backend="DIMSE")
+    stow_rs: StowConfig = _key(_section(StowConfig), factory=StowConfig, backend="DIMSE")
+    mwl_rs: MwlConfig = _key(_section(MwlConfig), factory=MwlConfig, backend="DIMSE")
+    # backend: S3
+    endpoint: str | None = _key(_url, None, backend="S3", required=True)
+    endpoint_style: str = _key(_choice("path", "vhost"), "vhost", backend="S3")
+    bucket: str | None = _key(_string(), None, backend="S3", required=True)
+    region: str = _key(_string(), "us-east-1", backend="S3")
+    concurrency: int = _key(_integer(1), 32, backend="S3")
+    prefix: str = _key(_string(empty=True), "", backend="S3")
+    credentials: S3Credentials | None = _key(_credentials, None, backend="S3")  # None: anonymous
+
+
+def _aet_entry(value: Any, path: str, env: _Env) -> AetConfig:
+    # Which keys are allowed or required depends on `backend`, so read it first.
+    backend = "DIMSE"
+    if isinstance(value, Mapping) and "backend" in value:
+        backend = _BACKEND(value["backend"], _join(path, "backend"), env)
+    return _build(AetConfig, value, path, env, backend)
+
+
+@attrs.frozen
+class Config:
+    telemetry: TelemetryConfig = _key(_section(TelemetryConfig), factory=TelemetryConfig)
+    server: ServerConfig = _key(_section(ServerConfig), factory=ServerConfig)
+    aets: tuple[AetConfig, ...] = _key(_list_of(_aet_entry), factory=tuple)
+
+    def aet(self, name: str) -> AetConfig | None:
+        return next((a for a in self.aets if a.aet == name), None)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def default_resolver(host: str) -> object:
+    """Resolve `host`; raises OSError if it cannot be resolved.
+
+    Blocking, which is fine: the config is read before the reactor runs.
+    """
+    return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+
+
+def _unique_aets(titles: list[str], prefix: str) -> None:
+    first: dict[str, int] = {}
+    for i, title in enumerate(titles):
+        if title in first:
+            raise ConfigError(f"{prefix}[{i}].aet",
+                              f"duplicate AET {title!r} (also {prefix}[{first[title]}])")
+        first[title] = i
+
+
+def parse_config(data: object, resolve: Callable[[str], object] = default_resolver,
+                 environ: Mapping[str, str] = os.environ) -> Config:
+    """Validate already-parsed YAML (None = all defaults) and build the `Config`.
+
+    `resolve(host)` must raise OSError (or ValueError) for a host that does not resolve;
+    `environ` supplies ``credentials.*-env`` variables.
+    """
+    config: Config = _build(Config, {} if data is None else data, "", environ)
+    _unique_aets([a.aet for a in config.aets], "aets")
+    listeners = [d.aet for d in config.server.dimse]
+    _unique_aets(listeners, "server.dimse")
+    for i, entry in enumerate(config.aets):
+        for j, receiver in enumerate(entry.wado_rs.receivers):
+            if receiver not in listeners:
+                known = ", ".join(listeners) or "none configured"
+                raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
+                                  f"{receiver!r} names no server.dimse[].aet ({known})")
+    # DNS last, so a typo elsewhere is reported without waiting on the resolver.
+    for i, entry in enumerate(config.aets):
+        if entry.host is None:  # an S3 AET
+            continue
+        try:
+            resolve(entry.host)
+        except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
+            raise ConfigError(f"aets[{i}].host", f"cannot resolve {entry.host!r}: {e}") from None
+    return config
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may legitimately be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | os.PathLike[str] | None,
+                resolve: Callable[[str], object] = default_resolver,
+                environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the YAML file at `path` (None = built-in defaults) into a `Config`."""
+    if path is None:
+        return parse_config(None, resolve, environ)
+    where = os.fspath(path)
+    try:
+        with open(where, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(where, f"cannot read config file: {e.strerror or e}", file=where) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(where, f"not UTF-8 text (byte {e.start})", file=where) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "syntax error"
+        if mark is None:
+            raise ConfigError(where, f"invalid YAML: {problem}", file=where) from None
+        raise ConfigError(f"{where}:{mark.line + 1}:{mark.column + 1}", f"invalid YAML: {problem}",
+                          file=where, line=mark.line + 1) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(where, f"invalid YAML: {e}", file=where) from None
+    try:
+        return parse_config(data, resolve, environ)
+    except ConfigError as e:
+        e.file = where
+        raise
