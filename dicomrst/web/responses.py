@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.test_web -*-
+"""Small pieces every response shares: JSON bodies, the Server header, CORS.
+
+Kept apart from `dicomrst.web.app` so the site (request timeouts) writes the same
+JSON error shape without importing the routes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from dicomrst import NAME, __version__
+
+SERVER = f"{NAME}/{__version__}".encode()
+
+JSON_TYPE = b"application/json"
+
+ALLOW_METHODS = b"GET, HEAD, POST, OPTIONS"
+
+# Browsers hide every response header not listed here from cross-origin scripts;
+# viewers need Location/Content-Location after STOW and Retry-After on a 503.
+EXPOSE_HEADERS = b"Content-Type, Content-Length, Content-Location, Location, Warning, Retry-After"
+
+# Offered in a preflight that did not name its headers (rare; browsers always do).
+DEFAULT_ALLOW_HEADERS = b"Accept, Authorization, Content-Type, Cache-Control, X-Requested-With"
+
+PREFLIGHT_MAX_AGE = b"600"
+
+
+def set_common_headers(request: IRequest) -> None:
+    """Headers every response carries, errors and 404s included."""
+    request.setHeader(b"Server", SERVER)
+    request.setHeader(b"Access-Control-Allow-Origin", b"*")
+    request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+
+
+def json_body(request: IRequest, obj: Any, status: int = 200) -> bytes:
+    """Set status, Content-Type and Content-Length for `obj` and return its bytes.
+
+    An explicit Content-Length keeps small bodies from being sent chunked.
+    """
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def error_body(request: IRequest, status: int, message: str) -> bytes:
+    """The one shape of an error body: ``{"error": message}``."""
+    return json_body(request, {"error": message}, status)
