@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
@@ -33,7 +34,14 @@ async def associate(
     clock: IReactorTime = reactor  # type: ignore[assignment]
     connection = DimseConnection(clock, handlers)
     protocol = ULProtocol(clock, connection, request=request, artim_timeout=timeout)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(host):
+        # HostnameEndpoint's happy-eyeballs delay costs 300 ms on every refused connect.
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     where = f"{request.called_aet}@{host}:{port}"
     try:
         await endpoint.connect(_QuietFactory(protocol))

@@ -1,0 +1,176 @@
+# -*- test-case-name: tests.test_e2e -*-
+"""``twistd dicomrst``: command-line options and the service tree.
+
+The reactor is imported inside `makeService` only: importing it at module level
+would install the default reactor before twistd has read ``--reactor``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+import dicomrst
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.config import Config, ConfigError, load_config
+from dicomrst.logs import logger
+
+log = logger("dicomrst")
+
+
+def _die(message: str) -> NoReturn:
+    # One line, no traceback: the operator needs to know which key to fix.
+    sys.stderr.write(f"dicomrst: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "dicomrst answers QIDO-RS, WADO-RS and STOW-RS over HTTP by talking DIMSE to PACS "
+        "(and reading S3). It reads a DICOM-RST style YAML config; without --config it runs "
+        "on DICOM-RST's defaults (HTTP on 0.0.0.0:8080, a C-STORE/C-ECHO listener "
+        "DICOM-RST on 0.0.0.0:7001, no AETs). Config errors stop startup with one line "
+        "naming the key."
+    )
+    optParameters = [
+        ["config", "c", None, "YAML config file with DICOM-RST's keys (times in milliseconds)."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["loaded"] = load_config(self["config"])
+        except ConfigError as e:
+            _die(f"config error: {e}")
+
+
+class BackendsService(Service):
+    """Owns the backends; stopping it releases their associations."""
+
+    def __init__(self, backends: dict[str, IBackend]) -> None:
+        self.backends = backends
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
+
+
+class DimseListenerService(Service):
+    """One ``server.dimse[]`` listener; aborts its open associations when stopped."""
+
+    def __init__(self, endpoint_description: str, factory: Any, reactor: Any) -> None:
+        self.endpoint_description = endpoint_description
+        self.factory = factory
+        self._reactor = reactor
+        self.port: IListeningPort | None = None
+        self.whenListening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        from twisted.internet.endpoints import serverFromString
+
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.endpoint_description)
+        self.whenListening = endpoint.listen(self.factory)
+        failures: list[Failure] = []
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            log.info(
+                "DIMSE listener {aet} on {address}", aet=self.factory.aet, address=_address(port.getHost())
+            )
+            return port
+
+        self.whenListening.addCallbacks(listening, lambda f: failures.append(f) or f)
+        if failures:
+            failures[0].raiseException()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        self.factory.abort_all()
+        return maybeDeferred(port.stopListening) if port is not None else None
+
+
+def _address(address: Any) -> str:
+    host = getattr(address, "host", None)
+    return f"{host}:{address.port}" if host is not None else str(address)
+
+
+class GatewayService(MultiService):
+    """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, backends."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except Exception as e:
+            # The error is reported here, once; the listen Deferreds carry it too.
+            for child in self:
+                listening = getattr(child, "whenListening", None)
+                if listening is not None:
+                    listening.addErrback(lambda _: None)
+            _die(f"cannot listen: {e}")
+
+
+def build(config: Config, reactor: Any) -> GatewayService:
+    from twisted.internet.endpoints import serverFromString
+
+    from dicomrst.backends.dimse import DimseBackend
+    from dicomrst.backends.unsupported import UnsupportedBackend
+    from dicomrst.dimse.server import DimseServerFactory
+    from dicomrst.web.app import GatewayApp
+    from dicomrst.web.service import HTTPService
+    from dicomrst.web.site import make_site
+
+    top = GatewayService()
+    backends: dict[str, IBackend] = {}
+    for aet in config.aets:
+        if aet.backend == "DIMSE":
+            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor)
+        else:
+            backends[aet.aet] = UnsupportedBackend(aet.aet, aet.backend)
+    BackendsService(backends).setServiceParent(top)
+
+    for i, listener in enumerate(config.server.dimse):
+        description = listener.endpoint_description()
+        _check_endpoint(serverFromString, reactor, description, f"server.dimse[{i}].endpoint")
+        factory = DimseServerFactory(listener.aet, reactor)
+        DimseListenerService(description, factory, reactor).setServiceParent(top)
+
+    http = config.server.http
+    description = http.endpoint_description()
+    _check_endpoint(serverFromString, reactor, description, "server.http.endpoint")
+    app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
+    site = make_site(app.resource(), reactor, request_timeout=http.request_timeout_s)
+    grace = http.request_timeout_s
+    HTTPService(description, site, reactor, http.graceful_shutdown, grace).setServiceParent(top)
+    return top
+
+
+def _check_endpoint(parse: Any, reactor: Any, description: str, key: str) -> None:
+    try:
+        parse(reactor, description)
+    except Exception as e:
+        _die(f"config error: {key}: invalid endpoint {description!r}: {e}")
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from dicomrst.logs import set_level
+
+    config: Config = options["loaded"]
+    set_level(config.telemetry.level)
+    log.info(
+        "dicomrst {version} starting: {n} AET(s), config {path}",
+        version=dicomrst.__version__,
+        n=len(config.aets),
+        path=options["config"] or "(built-in defaults)",
+    )
+    return build(config, reactor)
