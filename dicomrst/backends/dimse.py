@@ -1,15 +1,35 @@
-# -*- test-case-name: tests.test_echo_interop -*-
-"""An AET served by a PACS over DIMSE."""
+# -*- test-case-name: tests.test_qido_pacs -*-
+"""An AET served by a PACS over DIMSE, through one association pool."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTCP
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.config import AetConfig
 from dicomrst.dimse.echo import echo_scu
+from dicomrst.dimse.find import c_find
+from dicomrst.dimse.pool import AssociationPool, Lease
+from dicomrst.ul.negotiation import VERIFICATION, AssociationRequest, ContextProposal
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+# Every pooled association proposes what every service needs, so any idle one
+# serves any request.  Verification is included so a PACS that strictly checks
+# contexts never sees a C-ECHO on a context it did not accept (DICOM-RST #64).
+POOL_CONTEXTS = (
+    ContextProposal(VERIFICATION),
+    ContextProposal(STUDY_ROOT_FIND),
+    ContextProposal(STUDY_ROOT_MOVE),
+    ContextProposal(STUDY_ROOT_GET),
+)
 
 
 @implementer(IBackend)
@@ -17,15 +37,26 @@ class DimseBackend:
     kind = "DIMSE"
 
     def __init__(self, config: AetConfig, calling_aet: str, reactor: IReactorTCP) -> None:
+        assert config.host is not None and config.port is not None
         self.config = config
         self.aet = config.aet
         self.calling_aet = calling_aet
         self.reactor = reactor
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.pool = AssociationPool(
+            reactor,
+            config.host,
+            config.port,
+            AssociationRequest(calling_aet, config.aet, POOL_CONTEXTS),
+            size=config.pool.size,
+            acquire_timeout=config.pool.timeout_s,
+            idle_timeout=config.pool.idle_timeout_s,
+            connect_timeout=config.pool.timeout_s,
+        )
 
     def echo(self) -> Deferred[float]:
-        # A fresh association each time: a health check must prove the PACS accepts
-        # new associations, which a reused one would not.  pool.timeout bounds the
-        # connect, the association request and the C-ECHO each.
+        # A fresh association each time, outside the pool: a health check must
+        # prove the PACS accepts new associations, which a reused one would not.
         assert self.config.host is not None and self.config.port is not None
         return echo_scu(
             self.reactor,
@@ -36,5 +67,30 @@ class DimseBackend:
             timeout=self.config.pool.timeout_s,
         )
 
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
+    def find(
+        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+    ) -> Deferred[None]:
+        async def once(lease: Lease) -> None:
+            def abandon(request: Deferred[object]) -> None:
+                # The client left: the association returns to the pool once the
+                # PACS confirms the C-CANCEL (or is dropped if it errs or stalls).
+                lease.detached = True
+                request.addCallbacks(
+                    lambda _: self.pool.release(lease), lambda _: self.pool.release(lease, reusable=False)
+                )
+
+            await c_find(
+                lease.connection,
+                self.clock,
+                identifier,
+                aet=self.aet,
+                limit=limit,
+                timeout=self.config.qido_rs.timeout_s,
+                on_result=on_result,
+                on_abandon=abandon,
+            )
+
+        return Deferred.fromCoroutine(self.pool.run(once))
+
+    def stop(self) -> Deferred[object]:
+        return self.pool.stop()

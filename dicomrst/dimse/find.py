@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_qido_pacs -*-
+"""C-FIND SCU (PS3.4 C.4.1) on a pooled association.
+
+Results are decoded one by one as their Pending responses arrive and handed to the
+caller; nothing accumulates here.  Once `limit` results are in we send C-CANCEL and
+drop whatever Pending responses were already on the wire.  A failure or an
+unexpected Cancel status is an error, never a short list that looks complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from dicomrst.dimse import commands
+from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IDataSetConsumer, IncomingMessage
+from dicomrst.dimse.status import describe_status
+from dicomrst.errors import UpstreamError
+from dicomrst.ul.errors import AssociationTimeout
+from dicomrst.ul.negotiation import IMPLICIT_VR_LE
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+class FindFailed(UpstreamError):
+    association_ok = True
+
+    def __init__(self, aet: str, status: int) -> None:
+        super().__init__(f"{aet} answered C-FIND with status 0x{status:04X} ({describe_status(status)})")
+        self.status = status
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    return read_dataset(
+        BytesIO(data), is_implicit_VR=transfer_syntax == IMPLICIT_VR_LE, is_little_endian=True
+    )
+
+
+class FindOperation:
+    """One C-FIND: request, pending results, the final status, C-CANCEL."""
+
+    def __init__(
+        self,
+        connection: DimseConnection,
+        clock: IReactorTime,
+        *,
+        aet: str,
+        limit: int | None,
+        timeout: float,
+        on_result: Callable[[Dataset], None],
+    ) -> None:
+        self.connection = connection
+        self.clock = clock
+        self.aet = aet
+        self.limit = limit
+        self.timeout = timeout
+        self.on_result = on_result
+        self.delivered = 0
+        self.cancel_sent = False
+        self.abandoned = False
+        self.timed_out = False
+        self._context_id = 0
+        self._transfer_syntax = IMPLICIT_VR_LE
+        self._message_id = 0
+        self._timer: IDelayedCall | None = None
+        self._request: Deferred[IncomingMessage] | None = None
+
+    def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
+        association = self.connection.association
+        assert association is not None
+        context = association.context(STUDY_ROOT_FIND)
+        if context is None:
+            raise UpstreamError(f"{self.aet} did not accept Study Root C-FIND")
+        self._context_id = context.context_id
+        self._transfer_syntax = context.transfer_syntax
+        rq = commands.command(
+            commands.C_FIND_RQ, AffectedSOPClassUID=STUDY_ROOT_FIND, Priority=commands.PRIORITY_MEDIUM
+        )
+        self._request = self.connection.request(
+            context.context_id,
+            rq,
+            encode_dataset(identifier, context.transfer_syntax),
+            on_response=self._response,
+        )
+        self._message_id = int(rq.MessageID)
+        self._arm()
+        self._request.addBoth(self._finished)
+        return self._request
+
+    def _finished(self, result: object) -> object:
+        _cancel(self._timer)
+        return result
+
+    def _arm(self) -> None:
+        _cancel(self._timer)
+        self._timer = self.clock.callLater(self.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        # The PACS went quiet: ask it to stop, then abort, since we cannot know
+        # whether it will ever answer; the pool must not reuse this association.
+        self._timer = None
+        self.timed_out = True
+        self.cancel()
+        self.connection.abort("C-FIND timed out")
+
+    def cancel(self) -> None:
+        """Send C-CANCEL (once); the PACS then ends the find with a Cancel status."""
+        if self.cancel_sent or self.connection.ended is not None:
+            return
+        self.cancel_sent = True
+        try:
+            self.connection.respond(
+                self._context_id,
+                commands.command(commands.C_CANCEL_RQ, MessageIDBeingRespondedTo=self._message_id),
+            )
+        except Exception:  # the association is going away; nothing to cancel on
+            pass
+
+    def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
+        self._arm()
+        status = int(message.command.get("Status", 0))
+        if not commands.is_pending(status) or not commands.has_dataset(message.command):
+            return None
+        if self.cancel_sent:
+            return None  # already past the limit: read and drop
+        return BufferConsumer(self._identifier)
+
+    def _identifier(self, data: bytes) -> None:
+        if self.cancel_sent:
+            return
+        ds = decode_dataset(data, self._transfer_syntax)
+        self.delivered += 1
+        if not self.abandoned:
+            self.on_result(ds)
+        if self.limit is not None and self.delivered >= self.limit:
+            self.cancel()
+
+    def check(self, final: IncomingMessage) -> None:
+        status = int(final.command.get("Status", 0))
+        if status == commands.SUCCESS:
+            return
+        if status == commands.CANCEL and self.cancel_sent:
+            return
+        if commands.status_category(status) == "warning":
+            return
+        raise FindFailed(self.aet, status)
+
+
+async def c_find(
+    connection: DimseConnection,
+    clock: IReactorTime,
+    identifier: Dataset,
+    *,
+    aet: str,
+    limit: int | None,
+    timeout: float,
+    on_result: Callable[[Dataset], None],
+    on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
+) -> int:
+    """Run one C-FIND; return the number of results delivered.
+
+    If we are cancelled (the HTTP client left) the find is C-CANCELled and the
+    request is handed to `on_abandon` so the association can go back to the pool
+    once the PACS has confirmed the cancel, instead of being torn down.
+    """
+    op = FindOperation(connection, clock, aet=aet, limit=limit, timeout=timeout, on_result=on_result)
+    request = op.start(identifier)
+    shield: Deferred[IncomingMessage] = Deferred()
+
+    def forward(result: object) -> None:
+        if not shield.called:
+            if isinstance(result, BaseException) or hasattr(result, "raiseException"):
+                shield.errback(result)  # type: ignore[arg-type]
+            else:
+                shield.callback(result)  # type: ignore[arg-type]
+
+    request.addBoth(forward)
+    try:
+        final = await shield
+    except CancelledError:
+        op.abandoned = True
+        op.cancel()
+        if on_abandon is not None:
+            on_abandon(request)
+        raise
+    except Exception as e:
+        if op.timed_out:
+            raise AssociationTimeout(f"no C-FIND response from {aet} within {timeout:g} s") from e
+        if op.delivered:
+            # Results already went out: not a stale association, so no retry.
+            raise UpstreamError(f"{aet}: C-FIND ended after {op.delivered} results: {e}") from e
+        raise
+    op.check(final)
+    return op.delivered
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()

@@ -1,0 +1,256 @@
+# -*- test-case-name: tests.test_pool -*-
+"""A pool of associations to one PACS, shared by every DIMSE service.
+
+Rules (issue 3, and what DICOM-RST got wrong):
+
+* at most `size` associations exist at once (open, busy or idle);
+* a caller waits at most `acquire_timeout` for one, else 503 with Retry-After;
+* idle associations are reused, most recently used first, and released after
+  `idle_timeout`; one the PACS closed or aborted is noticed (its UL reports the end)
+  and dropped, freeing its slot;
+* an association that could not be opened (refused, rejected, timed out) frees its
+  slot at once;
+* every association proposes the contexts all services need, so any request can use
+  any idle association;
+* `stop()` releases everything, and fails the waiters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+
+from dicomrst.dimse.client import associate
+from dicomrst.dimse.connection import DimseConnection
+from dicomrst.errors import ServiceUnavailable
+from dicomrst.logs import logger
+from dicomrst.ul.errors import AssociationAborted, AssociationClosed, ConnectionLost
+from dicomrst.ul.negotiation import AssociationRequest
+
+log = logger("dicomrst.pool")
+
+T = TypeVar("T")
+
+# Errors that mean "the association was dead before the PACS saw our request", for
+# a reused association: retrying once on a fresh one is safe.
+STALE_ERRORS = (AssociationClosed, ConnectionLost, AssociationAborted)
+
+
+@attrs.define(eq=False)
+class Lease:
+    """An association lent to one operation."""
+
+    connection: DimseConnection
+    reused: bool
+    idle_timer: IDelayedCall | None = None
+    # Set when an operation was abandoned but hands the association back itself
+    # once the PACS has finished (e.g. after C-CANCEL).
+    detached: bool = False
+
+
+class AssociationPool:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        host: str,
+        port: int,
+        request: AssociationRequest,
+        *,
+        size: int,
+        acquire_timeout: float,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.host = host
+        self.port = port
+        self.request = request
+        self.size = size
+        self.acquire_timeout = acquire_timeout
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self._idle: deque[Lease] = deque()
+        self._busy: set[Lease] = set()
+        self._opening = 0
+        self._waiters: deque[Deferred[Lease | None]] = deque()
+        self._stopped = False
+        self._all: set[DimseConnection] = set()
+
+    @property
+    def aet(self) -> str:
+        return self.request.called_aet
+
+    def stats(self) -> dict[str, int]:
+        return {"idle": len(self._idle), "busy": len(self._busy), "opening": self._opening}
+
+    def _count(self) -> int:
+        return len(self._idle) + len(self._busy) + self._opening
+
+    # -- lending ------------------------------------------------------------------
+
+    async def acquire(self) -> Lease:
+        if self._stopped:
+            raise ServiceUnavailable(f"{self.aet}: gateway is shutting down")
+        while self._idle:
+            lease = self._idle.pop()
+            _cancel(lease.idle_timer)
+            lease.idle_timer = None
+            if lease.connection.ended is None:
+                lease.reused = True
+                self._busy.add(lease)
+                return lease
+        if self._count() < self.size:
+            return await self._open()
+        return await self._wait()
+
+    async def _open(self) -> Lease:
+        self._opening += 1
+        try:
+            connection = await associate(
+                self.reactor, self.host, self.port, self.request, timeout=self.connect_timeout
+            )
+        except BaseException:
+            self._opening -= 1
+            # The slot is free again: a waiter may try its own luck.
+            self._wake()
+            raise
+        self._opening -= 1
+        lease = Lease(connection, reused=False)
+        self._busy.add(lease)
+        self._all.add(connection)
+        connection.whenEnded.addCallback(lambda _: self._ended(lease))
+        return lease
+
+    async def _wait(self) -> Lease:
+        waiter: Deferred[Lease | None] = Deferred()
+        self._waiters.append(waiter)
+        waiter.addTimeout(self.acquire_timeout, self.clock)
+        try:
+            lease = await waiter
+        except CancelledError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+        except DeferredTimeout:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise ServiceUnavailable(
+                f"{self.aet}: all {self.size} associations busy for {self.acquire_timeout * 1000:.0f} ms",
+                retry_after=max(1, math.ceil(self.acquire_timeout)),
+            ) from None
+        if lease is not None:
+            return lease
+        # A slot was freed rather than an association handed over.
+        if self._stopped:
+            raise ServiceUnavailable(f"{self.aet}: gateway is shutting down")
+        return await self.acquire()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.called:
+                waiter.callback(None)
+                return
+
+    def release(self, lease: Lease, reusable: bool = True) -> None:
+        """Give an association back; `reusable=False` ends it (state unknown)."""
+        lease.detached = False
+        if lease not in self._busy:
+            return
+        self._busy.discard(lease)
+        connection = lease.connection
+        if connection.ended is not None or self._stopped or not reusable:
+            if connection.ended is None:
+                connection.abort("not reusable" if not self._stopped else "gateway is shutting down")
+            self._wake()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.called:
+                lease.reused = True
+                self._busy.add(lease)
+                waiter.callback(lease)
+                return
+        lease.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_expired, lease)
+        self._idle.append(lease)
+
+    def _idle_expired(self, lease: Lease) -> None:
+        lease.idle_timer = None
+        if lease in self._idle:
+            self._idle.remove(lease)
+            lease.connection.release()
+            self._wake()
+
+    def _ended(self, lease: Lease) -> None:
+        # The PACS closed or aborted it (or we did): it no longer holds a slot.
+        self._all.discard(lease.connection)
+        if lease in self._idle:
+            self._idle.remove(lease)
+            _cancel(lease.idle_timer)
+            self._wake()
+
+    # -- running an operation -------------------------------------------------------
+
+    async def run(self, operation: Callable[[Lease], Awaitable[T]], *, retry_stale: bool = True) -> T:
+        """Run `operation` on a lent association and give it back.
+
+        If a reused association turns out dead before the operation got anything
+        back (`operation` raises one of STALE_ERRORS with `lease.reused`), it is run
+        once more on a fresh association.  The operation must raise for any outcome
+        that leaves the association unusable; a `CancelledError` ends it.
+        """
+        for attempt in (1, 2):
+            lease = await self.acquire()
+            try:
+                result = await operation(lease)
+            except STALE_ERRORS:
+                self.release(lease, reusable=False)
+                if attempt == 1 and retry_stale and lease.reused:
+                    log.info(
+                        "{aet}: reused association was closed by the PACS; retrying on a new one",
+                        aet=self.aet,
+                    )
+                    continue
+                raise
+            except BaseException as e:
+                # A DIMSE failure status leaves the association fine; anything else
+                # (timeouts, protocol errors, cancellation) leaves it in doubt.
+                if not lease.detached:
+                    self.release(lease, reusable=getattr(e, "association_ok", False))
+                raise
+            self.release(lease)
+            return result
+        raise AssertionError("unreachable")
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def stop(self) -> Deferred[object]:
+        self._stopped = True
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+        closing = []
+        while self._idle:
+            lease = self._idle.pop()
+            _cancel(lease.idle_timer)
+            lease.connection.release()
+        for connection in list(self._all):
+            if connection.association is not None:
+                if connection.ended is None and connection in {lease.connection for lease in self._busy}:
+                    connection.abort("gateway is shutting down")
+                closing.append(connection.association.whenClosed)
+        return DeferredList(closing, consumeErrors=True)
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()
