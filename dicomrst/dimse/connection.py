@@ -101,6 +101,8 @@ class DimseConnection:
         self._data_context: int | None = None
         self._consumer: IDataSetConsumer | None = None
         self._pending: dict[int, _Pending] = {}
+        # Message IDs of requests cancelled locally whose final response may still come.
+        self._abandoned: set[int] = set()
         self._next_id = 0
 
     # -- ULUser ---------------------------------------------------------------------
@@ -126,7 +128,9 @@ class DimseConnection:
 
     def pdv_received(self, pdv: PDV) -> None:
         if pdv.is_command:
-            if self._consumer is not None:
+            # A data set nobody consumes (no consumer) is still in progress: PS3.8 E.1
+            # forbids interleaving another message with it.
+            if self._data_context is not None:
                 raise ProtocolError("command fragment while a data set is in progress")
             if self._command_context not in (None, pdv.context_id):
                 raise ProtocolError("command fragments on different presentation contexts")
@@ -166,6 +170,11 @@ class DimseConnection:
             handler = self.handlers.get(field)
             if handler is None:
                 raise ProtocolError(f"unexpected {commands.NAMES.get(field, hex(field))}")
+            # Handlers answer by Message ID; without one the request is malformed, and
+            # that is the peer's protocol error, not a traceback of ours.
+            keyword = "MessageIDBeingRespondedTo" if field == commands.C_CANCEL_RQ else "MessageID"
+            if keyword not in message.command:
+                raise ProtocolError(f"{commands.NAMES.get(field, hex(field))} without {keyword}")
             consumer = handler.request_received(self, message)
         if commands.has_dataset(message.command):
             self._data_context = message.context_id
@@ -175,11 +184,16 @@ class DimseConnection:
     def _response_received(self, message: IncomingMessage) -> IDataSetConsumer | None:
         rsp = message.command
         message_id = int(rsp.get("MessageIDBeingRespondedTo", -1))
+        status = int(rsp.get("Status", 0))
         pending = self._pending.get(message_id)
         if pending is None:
+            if message_id in self._abandoned:
+                # We stopped waiting, the peer did not: read and drop its answers.
+                if not commands.is_pending(status):
+                    self._abandoned.discard(message_id)
+                return None
             raise ProtocolError(f"response to message {message_id}, which we did not send")
         consumer = pending.on_response(message) if pending.on_response else None
-        status = int(rsp.get("Status", 0))
         if commands.is_pending(status):
             self._arm(pending)
             return consumer
@@ -200,7 +214,7 @@ class DimseConnection:
     def next_message_id(self) -> int:
         for _ in range(0xFFFF):
             self._next_id = self._next_id % 0xFFFF + 1
-            if self._next_id not in self._pending:
+            if self._next_id not in self._pending and self._next_id not in self._abandoned:
                 return self._next_id
         raise RuntimeError("no free DIMSE message ID")
 
@@ -273,10 +287,12 @@ class DimseConnection:
 
     def _cancelled(self, message_id: int) -> None:
         # Cancelling our Deferred (the HTTP client went away) abandons the operation;
-        # the association carries on for the pool to judge.
+        # the association carries on for the pool to judge, and the peer's late
+        # responses to it are not protocol errors.
         pending = self._pending.pop(message_id, None)
         if pending is not None:
             _cancel(pending.timer)
+            self._abandoned.add(message_id)
 
 
 class _Chained:

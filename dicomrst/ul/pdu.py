@@ -4,7 +4,8 @@
 The framer is fed whatever TCP delivers and hands out whole PDUs; it checks each
 header before buffering a body, so a peer cannot make us hold more than one PDU of
 our own advertised size.  Association PDUs are decoded with pynetdicom's codecs after
-we have checked their item lengths ourselves (pynetdicom slices on trust).  P-DATA is
+we have checked their item lengths ourselves (pynetdicom slices on trust) and dropped
+the items it does not know (it raises on them; PS3.8 says skip them).  P-DATA is
 parsed here: it is the hot path and its fragments must reach a consumer without
 being copied into a whole message.
 """
@@ -207,34 +208,52 @@ def decode_reject(body: bytes) -> tuple[int, int, int]:
     return body[1], body[2], body[3]
 
 
-def _check_items(body: bytes, offset: int) -> None:
-    """Walk the variable items (and user-information sub-items) checking lengths add up."""
+# Item types pynetdicom decodes, per level (PS3.8 §9.3.2, PS3.7 D.3.3).  Any other item
+# is skipped, as PS3.8 §9.3.1 requires; pynetdicom would raise KeyError on it.
+_ITEMS = frozenset((0x10, 0x20, 0x21, 0x50))
+_CONTEXT_SUB_ITEMS = frozenset((0x30, 0x40))
+_USER_SUB_ITEMS = frozenset(range(0x51, 0x5A))
+
+
+def _known_items(body: bytes, offset: int) -> bytes:
+    """The variable items from `offset`, lengths checked, unrecognized (sub-)items dropped."""
+    out = bytearray()
     end = len(body)
     while offset < end:
         if end - offset < 4:
             raise ProtocolError("truncated item header")
         item_type = body[offset]
         (length,) = struct.unpack_from(">H", body, offset + 2)
-        if offset + 4 + length > end:
+        item_end = offset + 4 + length
+        if item_end > end:
             raise ProtocolError(f"item 0x{item_type:02X} length {length} runs past the PDU")
         if item_type in (0x20, 0x21):
             # presentation context: id, reserved, result, reserved, then sub-items
             if length < 4:
                 raise ProtocolError(f"presentation context item with length {length}")
-            _check_subitems(body, offset + 8, offset + 4 + length)
+            subs = _known_sub_items(body, offset + 8, item_end, _CONTEXT_SUB_ITEMS)
+            out += struct.pack(">BBH", item_type, 0, 4 + len(subs)) + body[offset + 4 : offset + 8] + subs
         elif item_type == 0x50:
-            _check_subitems(body, offset + 4, offset + 4 + length)
-        offset += 4 + length
+            subs = _known_sub_items(body, offset + 4, item_end, _USER_SUB_ITEMS)
+            out += struct.pack(">BBH", item_type, 0, len(subs)) + subs
+        elif item_type in _ITEMS:
+            out += body[offset:item_end]
+        offset = item_end
+    return bytes(out)
 
 
-def _check_subitems(body: bytes, offset: int, end: int) -> None:
+def _known_sub_items(body: bytes, offset: int, end: int, known: frozenset[int]) -> bytes:
+    out = bytearray()
     while offset < end:
         if end - offset < 4:
             raise ProtocolError("truncated sub-item header")
         (length,) = struct.unpack_from(">H", body, offset + 2)
         if offset + 4 + length > end:
             raise ProtocolError(f"sub-item 0x{body[offset]:02X} length {length} runs past its item")
+        if body[offset] in known:
+            out += body[offset : offset + 4 + length]
         offset += 4 + length
+    return bytes(out)
 
 
 def _full(pdu_type: int, body: bytes) -> bytes:
@@ -245,10 +264,10 @@ def decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
     """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive."""
     if len(body) < 68:
         raise ProtocolError(f"{PDU_NAMES[pdu_type]} of {len(body)} bytes is truncated")
-    _check_items(body, 68)
+    items = _known_items(body, 68)
     pdu = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
     try:
-        pdu.decode(_full(pdu_type, body))
+        pdu.decode(_full(pdu_type, body[:68] + items))
         primitive = pdu.to_primitive()
     except Exception as e:  # pynetdicom raises whatever its slicing hits
         raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e

@@ -100,11 +100,17 @@ class ULProtocol(Protocol):
         self.peer = ""
         self.outcome = "open"
         self.whenEstablished: Deferred[ULProtocol] = Deferred()
-        self.whenReleased: Deferred[None] = Deferred()
         self.whenClosed: Deferred[str] = Deferred()
         self._framer = pdu.PDUFramer(max_pdu)
+        # After a bad PDU header the stream has no PDU boundaries left: what follows
+        # (say, the body of an oversized P-DATA) is dropped, not parsed as more PDUs.
+        self._desynchronized = False
+        self._release_waiters: list[Deferred[None]] = []
+        self._end_reason: Failure | None = None
         self._artim: IDelayedCall | None = None
         self._paused = False
+        # PDVs of a P-DATA the user paused us in the middle of; delivered on resume.
+        self._held: list[pdu.PDV] = []
         self._processing = False
         self._ended = False
         self._started = 0.0
@@ -127,6 +133,8 @@ class ULProtocol(Protocol):
             self._event("Evt5")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._desynchronized:
+            return
         self._framer.feed(data)
         self._process()
 
@@ -177,12 +185,24 @@ class ULProtocol(Protocol):
         self._event("Evt9", pdus=_pack(pdvs, limit))
 
     def release(self) -> Deferred[None]:
-        """Ask for an orderly release; fires when the peer confirmed it."""
+        """Ask for an orderly release; fires when the peer confirmed it.
+
+        Fails with the reason the association ended if it ended any other way; when
+        that happened before this call, the Deferred returned has already failed.
+        """
         if self.state == "Sta6":
             self._event("Evt11")
-        elif not self.whenReleased.called and self.state == "Sta1":
-            self.whenReleased.errback(AssociationClosed("association already closed"))
-        return self.whenReleased
+        released: Deferred[None] = Deferred()
+        if self._ended:
+            if self._end_reason is None:
+                released.callback(None)
+            else:
+                released.errback(self._end_reason)
+        elif self.state == "Sta1":
+            released.errback(AssociationClosed("association is not open"))
+        else:
+            self._release_waiters.append(released)
+        return released
 
     def abort(self, message: str = "aborted locally") -> None:
         """A-ABORT (service-user source) and close the connection."""
@@ -222,10 +242,16 @@ class ULProtocol(Protocol):
         self._processing = True
         try:
             while not self._paused and self.state not in ("Sta1",):
+                if self._held:
+                    held, self._held = self._held, []
+                    if self.state in ("Sta6", "Sta7"):
+                        self._deliver(held)
+                    continue
                 try:
                     item = self._framer.next_pdu()
                 except pdu.ProtocolError as e:
-                    self._framer = pdu.PDUFramer(self.max_pdu)  # nothing after a bad header can be trusted
+                    self._desynchronized = True
+                    self._framer = pdu.PDUFramer(self.max_pdu)
                     self._event("Evt19", error=e)
                     break
                 if item is None:
@@ -293,16 +319,20 @@ class ULProtocol(Protocol):
         if self._ended:
             return
         self._ended = True
+        self._end_reason = reason
         if reason is None:
             self.outcome = "released"
         elif self.outcome == "open":
             self.outcome = str(reason.value)
-        if not self.whenReleased.called:
+        waiters, self._release_waiters = self._release_waiters, []
+        for waiter in waiters:
             if reason is None:
-                self.whenReleased.callback(None)
+                waiter.callback(None)
             else:
-                self.whenReleased.errback(reason)
-                self.whenReleased.addErrback(lambda _: None)
+                waiter.errback(reason)
+                # Whoever waits has its callbacks on already; a fire-and-forget release
+                # (an idle pool entry) must not log an unhandled error.
+                waiter.addErrback(lambda _: None)
         self.user.association_ended(reason)
 
     def _fail_pending(self, error: AssociationError | AssociationTimeout) -> None:
@@ -404,7 +434,11 @@ class ULProtocol(Protocol):
         self._deliver(payload)
 
     def _deliver(self, pdvs: list[pdu.PDV]) -> None:
-        for item in pdvs:
+        for i, item in enumerate(pdvs):
+            if self._paused:
+                # Paused by the consumer of an earlier PDV of this same P-DATA.
+                self._held = pdvs[i:]
+                return
             if item.context_id not in self.contexts:
                 self._event(
                     "Evt19",
