@@ -11,6 +11,7 @@ import struct
 from pynetdicom.tests import encoded_pdu_items as golden
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
 from dicomrst.dimse import commands
@@ -627,3 +628,24 @@ class SendTests(ULTestCase):
             [(p.is_command, p.is_last) for p in pdvs_written(transport.value())],
             [(True, True), (False, True)],
         )
+
+
+class AbortBeforeAssociationTests(SynchronousTestCase):
+    """abort() on an acceptor that never got an A-ASSOCIATE-RQ closes at once."""
+
+    def test_abort_in_sta2_closes(self) -> None:
+        from twisted.internet.task import Clock
+
+        from dicomrst.ul.negotiation import VERIFICATION, AcceptorPolicy, ContextProposal
+        from dicomrst.ul.protocol import ULProtocol
+
+        clock = Clock()
+        protocol = ULProtocol(
+            clock, DimseConnection(clock), policy=AcceptorPolicy("SCP", (ContextProposal(VERIFICATION),))
+        )
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(protocol.state, "Sta2")
+        protocol.abort("gateway is shutting down")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")

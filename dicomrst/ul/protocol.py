@@ -208,6 +208,12 @@ class ULProtocol(Protocol):
         """A-ABORT (service-user source) and close the connection."""
         if fsm.action_for("Evt15", self.state):
             self._event("Evt15", message=message)
+        elif self.state == "Sta2":
+            # No association yet, so no A-ABORT to send (PS3.8 has no Evt15 in Sta2);
+            # at shutdown we still must not wait for ARTIM.
+            if self.outcome == "open":
+                self.outcome = message
+            self._close()
 
     def pauseProducing(self) -> None:
         """Stop reading: no more PDUs are dispatched until resumeProducing."""
@@ -583,6 +589,9 @@ class ULProtocol(Protocol):
         self._fail_pending(AssociationAborted(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
         self.state = "Sta13"
         self._start_artim()
+        # A paused transport would not see the peer close; read again so Sta13 ends.
+        if self._paused and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
 
 _CONTEXT_RESULTS = {
