@@ -70,6 +70,9 @@ class FakeBackend:
         self.echoes.append(d)
         return d
 
+    def find(self, identifier: Any, *, limit: int | None, on_result: Any) -> Deferred[None]:
+        return succeed(None)  # searches are tested in tests.test_qido_web
+
     def stop(self) -> Deferred[None]:
         return succeed(None)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
@@ -18,6 +21,17 @@ class IBackend(Interface):
         Errbacks with `dicomrst.errors.UpstreamError` (refused, rejected, aborted) or
         `dicomrst.errors.UpstreamTimeout`.
         """
+
+    def find(
+        identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+    ) -> Deferred[None]:
+        """Run a Study Root C-FIND with `identifier` (it carries QueryRetrieveLevel,
+        SpecificCharacterSet, match keys with values and return keys empty).  Call
+        `on_result` with each match's identifier (a decoded pydicom Dataset) in PACS order, as
+        it arrives.  After `limit` results, stop pulling (C-CANCEL) and fire.  Fires None on
+        success; errbacks with `dicomrst.errors.UpstreamError` (the message names the PACS status, e.g.
+        'C-FIND failed with status 0xA700 (Out of resources)') → 502, `UpstreamTimeout` → 504,
+        `ServiceUnavailable(retry_after=…)` → 503.  Cancelling the Deferred cancels the find."""
 
     def stop() -> Deferred[None]:
         """Release every association or connection held; called once at shutdown."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
@@ -17,6 +20,18 @@ class UnsupportedBackend:
 
     def echo(self) -> Deferred[float]:
         return fail(NotImplementedService(f"the {self.kind} backend of {self.aet} is not supported yet"))
+
+    def find(
+        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+    ) -> Deferred[None]:
+        # QIDO over an object store needs an index of the stored instances' attributes,
+        # which does not exist yet; 501 is what PS3.18 §8.5 gives for "not supported".
+        return fail(
+            NotImplementedService(
+                f"search (QIDO-RS) on {self.aet} is not supported: the {self.kind} backend "
+                "has no index of instance attributes to search"
+            )
+        )
 
     def stop(self) -> Deferred[None]:
         return succeed(None)

@@ -26,6 +26,8 @@ from dicomrst import NAME, __version__
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.errors import BadRequest, DicomrstError, NotFound, ServiceUnavailable, UpstreamTimeout
 from dicomrst.logs import logger
+from dicomrst.qido.query import Target
+from dicomrst.web import qido
 from dicomrst.web.responses import (
     ALLOW_METHODS,
     DEFAULT_ALLOW_HEADERS,
@@ -230,3 +232,29 @@ class GatewayApp:
                 f"{aet} did not answer the echo within {round(self.echo_timeout * 1000)} ms"
             ) from None
         return json_body(request, {"aet": aet, "status": "ok", "round_trip_ms": float(round_trip_ms)})
+
+    # -- QIDO-RS (dicomrst.web.qido); HEAD is answered from the same handlers ----------
+
+    @app.route("/aets/<aet>/studies", methods=["GET"])
+    async def search_studies(self, request: IRequest, aet: str) -> bytes:
+        return await qido.search(self, request, aet, Target.studies)
+
+    @app.route("/aets/<aet>/studies/<study>/series", methods=["GET"])
+    async def search_study_series(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await qido.search(self, request, aet, Target.study_series, study)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances", methods=["GET"])
+    async def search_series_instances(self, request: IRequest, aet: str, study: str, series: str) -> bytes:
+        return await qido.search(self, request, aet, Target.study_series_instances, study, series)
+
+    @app.route("/aets/<aet>/studies/<study>/instances", methods=["GET"])
+    async def search_study_instances(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await qido.search(self, request, aet, Target.study_instances, study)
+
+    @app.route("/aets/<aet>/series", methods=["GET"])
+    async def search_series(self, request: IRequest, aet: str) -> bytes:
+        return await qido.search(self, request, aet, Target.all_series)
+
+    @app.route("/aets/<aet>/instances", methods=["GET"])
+    async def search_instances(self, request: IRequest, aet: str) -> bytes:
+        return await qido.search(self, request, aet, Target.all_instances)

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.test_qido_query -*-
+"""Query levels, the level each attribute belongs to, and each level's default return keys.
+
+Study Root C-FIND has three levels; the Patient IE's attributes are STUDY-level keys
+there. The level tables are what the gateway needs to (a) drop ``includefield``
+attributes of a level below the query level (PS3.18 §10.6.3.3: they "shall not be
+returned"), (b) refuse to *match* on an attribute of a lower level, and (c) expand
+``includefield=all``. They hold the attributes of the Patient, Study, Series and
+Instance Q/R key tables (PS3.4 C.6.1.1, C.6.2.1) and of the modules of those IEs that
+PACS commonly index; an attribute in none of them is treated as belonging to whatever
+level is queried (sent as asked, never dropped), so a gap in the tables costs nothing
+but an unfiltered key.
+"""
+
+from __future__ import annotations
+
+from pydicom.datadict import tag_for_keyword
+
+STUDY = "STUDY"
+SERIES = "SERIES"
+IMAGE = "IMAGE"
+LEVELS = (STUDY, SERIES, IMAGE)
+RANK = {STUDY: 0, SERIES: 1, IMAGE: 2}
+
+Path = tuple[int, ...]
+"""An attribute as a path of tags: ``(tag,)``, or ``(sequence, ..., tag)`` for an item key."""
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # a typo in the tables below; tests check every name
+        raise KeyError(keyword)
+    return tag
+
+
+def _tags(keywords: str) -> frozenset[int]:
+    return frozenset(_tag(k) for k in keywords.split())
+
+
+# Patient IE (Study Root: STUDY-level keys).
+_PATIENT = """
+    PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence TypeOfPatientID
+    PatientBirthDate PatientBirthTime PatientSex OtherPatientIDsSequence OtherPatientNames
+    PatientBirthName PatientMotherBirthName EthnicGroup PatientComments PatientSpeciesDescription
+    PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence ResponsiblePerson
+    ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved DeidentificationMethod
+    PatientSexNeutered StrainDescription QualityControlSubject PatientAddress PatientTelephoneNumbers
+    MilitaryRank BranchOfService CountryOfResidence RegionOfResidence MedicalAlerts Allergies
+    SmokingStatus PatientReligiousPreference ReferencedPatientSequence
+    NumberOfPatientRelatedStudies NumberOfPatientRelatedSeries NumberOfPatientRelatedInstances
+"""
+
+# Study IE (General Study, Patient Study modules and the study-level Q/R keys).
+_STUDY = """
+    StudyDate StudyTime AccessionNumber IssuerOfAccessionNumberSequence StudyInstanceUID StudyID
+    StudyDescription ReferringPhysicianName ReferringPhysicianIdentificationSequence
+    ConsultingPhysicianName PhysiciansOfRecord NameOfPhysiciansReadingStudy ProcedureCodeSequence
+    ModalitiesInStudy SOPClassesInStudy AnatomicRegionsInStudyCodeSequence
+    NumberOfStudyRelatedSeries NumberOfStudyRelatedInstances OtherStudyNumbers
+    AdmittingDiagnosesDescription AdmittingDiagnosesCodeSequence PatientAge PatientSize
+    PatientWeight Occupation AdditionalPatientHistory AdmissionID IssuerOfAdmissionIDSequence
+    ServiceEpisodeID ServiceEpisodeDescription ReasonForPerformedProcedureCodeSequence
+    RequestingService ReferencedStudySequence ReasonForVisit ReasonForVisitCodeSequence
+    PregnancyStatus LastMenstrualDate
+"""
+
+# Series IE (General Series, General Equipment, Frame of Reference modules).
+_SERIES = """
+    Modality SeriesInstanceUID SeriesNumber SeriesDate SeriesTime SeriesDescription
+    SeriesDescriptionCodeSequence NumberOfSeriesRelatedInstances BodyPartExamined Laterality
+    ProtocolName PatientPosition PerformingPhysicianName OperatorsName Manufacturer
+    ManufacturerModelName InstitutionName InstitutionAddress InstitutionalDepartmentName StationName
+    DeviceSerialNumber SoftwareVersions PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+    PerformedProcedureStepEndDate PerformedProcedureStepEndTime PerformedProcedureStepID
+    PerformedProcedureStepDescription PerformedProtocolCodeSequence RequestAttributesSequence
+    ReferencedPerformedProcedureStepSequence CommentsOnThePerformedProcedureStep FrameOfReferenceUID
+    PositionReferenceIndicator SmallestPixelValueInSeries LargestPixelValueInSeries
+    AnatomicalOrientationType RelatedSeriesSequence
+"""
+
+# Instance level (SOP Common, General/Image Pixel, SR and document modules).
+_IMAGE = """
+    SOPClassUID SOPInstanceUID InstanceNumber Rows Columns BitsAllocated BitsStored HighBit
+    NumberOfFrames SamplesPerPixel PhotometricInterpretation PixelRepresentation ImageType
+    ContentDate ContentTime AcquisitionDate AcquisitionTime AcquisitionDateTime AcquisitionNumber
+    InstanceCreationDate InstanceCreationTime InstanceCreatorUID ImageComments ContentLabel
+    ContentDescription ContentCreatorName ConceptNameCodeSequence CompletionFlag VerificationFlag
+    DocumentTitle MIMETypeOfEncapsulatedDocument PresentationCreationDate PresentationCreationTime
+    ObservationDateTime ImagePositionPatient ImageOrientationPatient SliceLocation SliceThickness
+    PixelSpacing WindowCenter WindowWidth LossyImageCompression BurnedInAnnotation
+    RecognizableVisualFeatures AvailableTransferSyntaxUID ContentTemplateSequence
+    ReferencedSOPSequence TemporalPositionIdentifier
+"""
+
+# Q/R attributes that belong to every level (PS3.4 C.3.4, C.4.1.1.3.2).
+ANY_LEVEL = _tags(
+    """
+    SpecificCharacterSet QueryRetrieveLevel RetrieveAETitle InstanceAvailability
+    TimezoneOffsetFromUTC RetrieveURL StorageMediaFileSetID StorageMediaFileSetUID
+    """
+)
+
+_BY_LEVEL: dict[str, frozenset[int]] = {
+    STUDY: _tags(_PATIENT) | _tags(_STUDY),
+    SERIES: _tags(_SERIES),
+    IMAGE: _tags(_IMAGE),
+}
+
+_LEVEL_OF: dict[int, str] = {tag: level for level, tags in _BY_LEVEL.items() for tag in tags}
+
+
+def level_of(tag: int) -> str | None:
+    """STUDY, SERIES or IMAGE for a known attribute; None for any-level or unclassified ones."""
+    return _LEVEL_OF.get(tag)
+
+
+def level_tags(level: str) -> frozenset[int]:
+    """Every attribute the tables place at `level` (what ``includefield=all`` asks for)."""
+    return _BY_LEVEL[level]
+
+
+# Keys a C-FIND SCP must match on (Required and Unique, PS3.4 C.6.2.1); every other
+# key is optional and the SCU must be ready to filter on it itself.
+REQUIRED_KEYS: dict[str, frozenset[int]] = {
+    STUDY: _tags("StudyDate StudyTime AccessionNumber PatientName PatientID StudyID StudyInstanceUID"),
+    SERIES: _tags("Modality SeriesNumber SeriesInstanceUID"),
+    IMAGE: _tags("InstanceNumber SOPInstanceUID"),
+}
+
+UNIQUE_KEY = {
+    STUDY: _tag("StudyInstanceUID"),
+    SERIES: _tag("SeriesInstanceUID"),
+    IMAGE: _tag("SOPInstanceUID"),
+}
+
+
+def _paths(keywords: str) -> tuple[Path, ...]:
+    return tuple(tuple(_tag(k) for k in word.split(".")) for word in keywords.split())
+
+
+# The attributes a QIDO response must carry at each level (PS3.18 T10.6.3-3…5),
+# including the "if known" ones, as C-FIND return keys. Timezone Offset From UTC is
+# left out: in a C-FIND identifier it states the query's timezone and may not be
+# empty (PS3.4 C.4.1.1.3.1). Retrieve URL is added by the gateway.
+DEFAULT_KEYS: dict[str, tuple[Path, ...]] = {
+    STUDY: _paths(
+        """
+        StudyDate StudyTime AccessionNumber InstanceAvailability ModalitiesInStudy
+        ReferringPhysicianName PatientName PatientID PatientBirthDate PatientSex StudyInstanceUID
+        StudyID NumberOfStudyRelatedSeries NumberOfStudyRelatedInstances
+        """
+    ),
+    SERIES: _paths(
+        """
+        StudyInstanceUID Modality SeriesDescription SeriesInstanceUID SeriesNumber
+        NumberOfSeriesRelatedInstances PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+        RequestAttributesSequence.ScheduledProcedureStepID RequestAttributesSequence.RequestedProcedureID
+        """
+    ),
+    IMAGE: _paths(
+        """
+        StudyInstanceUID SeriesInstanceUID SOPClassUID SOPInstanceUID InstanceAvailability
+        InstanceNumber Rows Columns BitsAllocated NumberOfFrames
+        """
+    ),
+}

@@ -1,0 +1,189 @@
+# -*- test-case-name: tests.test_qido_web -*-
+"""pydicom datasets → the DICOM JSON Model (PS3.18 Annex F), one dataset at a time.
+
+Written by hand rather than with ``Dataset.to_json_dict`` because results from a PACS
+are not always tidy: that method fails on an empty value inside a multi-valued DS,
+and it cannot keep a DS's written precision. Here:
+
+* keys are the tags as 8 uppercase hex digits, ascending; group lengths are dropped;
+* ``"vr"`` comes first, then ``"Value"`` or ``"InlineBinary"``; a zero-length element
+  has neither (``{"vr":"PN"}``); an empty value among several is ``null``;
+* PN values are objects with ``Alphabetic``/``Ideographic``/``Phonetic``, empty
+  groups left out; SQ values are item objects (an empty item is ``{}``);
+* IS, DS and the binary numbers are JSON numbers (a DS keeps its digits as written
+  when they are a valid JSON number; NaN and infinities, which JSON lacks, are
+  ``null``); SV/UV beyond ±2**53 are strings so JavaScript keeps them exact; an IS or
+  DS that is not a number stays a string (the model allows both);
+* AT values are 8 uppercase hex digits; OB/OW/UN/… are base64 ``InlineBinary``;
+* text is whatever pydicom decoded with the dataset's Specific Character Set, written
+  as UTF-8.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Iterator
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+CONTENT_TYPE = b"application/dicom+json"
+
+_STRING_VRS = frozenset("AE AS CS DA DT LO LT SH ST TM UC UI UR UT".split())
+_STRIP_BOTH = frozenset("AE AS CS LO SH DS IS".split())  # leading spaces are padding too
+_INT_VRS = frozenset("SL SS UL US".split())
+_BIG_INT_VRS = frozenset("SV UV".split())
+_FLOAT_VRS = frozenset("FL FD".split())
+_BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_SAFE_INTEGER = 2**53
+
+
+def _string(text: str) -> str:
+    encoded = json.dumps(text, ensure_ascii=False)
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a broken decode: escape it
+        encoded = json.dumps(text)
+    return encoded
+
+
+def _clean(vr: str, text: str) -> str:
+    text = text.rstrip(" \x00")
+    return text.lstrip(" ") if vr in _STRIP_BOTH else text
+
+
+def _float(value: float, single: bool) -> str:
+    if not math.isfinite(value):
+        return "null"
+    if single:
+        # The shortest decimal that reads back as the same 32-bit float.
+        packed = struct.pack("<f", value)
+        for digits in range(1, 10):
+            text = f"{value:.{digits}g}"
+            if struct.pack("<f", float(text)) == packed:
+                return _number_text(text)
+    return _number_text(repr(value))
+
+
+def _number_text(text: str) -> str:
+    """A Python number's text as a JSON number (``1e+20`` is fine; ``inf`` is not)."""
+    return text if _JSON_NUMBER.fullmatch(text) else json.dumps(float(text))
+
+
+def _decimal(vr: str, value: object) -> str:
+    """An IS or DS value as a JSON number, keeping the written digits when JSON allows."""
+    original = getattr(value, "original_string", None)
+    text = _clean(vr, original if isinstance(original, str) else str(value))
+    if text.startswith("+"):
+        text = text[1:]
+    if _JSON_NUMBER.fullmatch(text):
+        return text
+    try:
+        number = int(text) if vr == "IS" else float(text)
+    except ValueError:
+        return _string(text)  # not a number at all: keep it as the string it is
+    if isinstance(number, float):
+        return _float(number, single=False)
+    return str(number)
+
+
+def _person_name(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    components = getattr(value, "components", None)
+    groups = list(components) if components is not None else str(value).split("=")
+    names = ("Alphabetic", "Ideographic", "Phonetic")
+    parts = [
+        f'"{name}":{_string(group.rstrip(" "))}'
+        for name, group in zip(names, groups, strict=False)
+        if group and group.rstrip(" ")
+    ]
+    return "{" + ",".join(parts) + "}" if parts else "null"
+
+
+def _value(vr: str, value: object) -> str:
+    if value is None or value == "":
+        return "null"
+    if vr == "PN":
+        return _person_name(value)
+    if vr in ("IS", "DS"):
+        return _decimal(vr, value)
+    if vr in _INT_VRS:
+        return str(int(value))  # type: ignore[call-overload]
+    if vr in _BIG_INT_VRS:
+        number = int(value)  # type: ignore[call-overload]
+        return str(number) if abs(number) <= _SAFE_INTEGER else f'"{number}"'
+    if vr in _FLOAT_VRS:
+        return _float(float(value), single=vr == "FL")  # type: ignore[arg-type]
+    if vr == "AT":
+        return f'"{int(value):08X}"'  # type: ignore[call-overload]
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    original = getattr(value, "original_string", None)  # DA/DT/TM objects keep their text
+    text = _clean(vr, original if isinstance(original, str) else str(value))
+    return _string(text) if text else "null"
+
+
+def _is_empty(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str | bytes | bytearray | list | tuple | MultiValue):
+        return len(value) == 0
+    return str(value) == ""  # an empty PersonName
+
+
+def element_json(element: DataElement) -> str | None:
+    """One attribute object, e.g. ``{"vr":"PN","Value":[{"Alphabetic":"Doe^J"}]}``.
+
+    None for elements the model leaves out (group lengths).
+    """
+    if element.tag.element == 0:
+        return None
+    vr = str(element.VR).split(" or ")[0]
+    value = element.value
+    if vr == "SQ":
+        items = [dataset_json(item) for item in value or ()]
+        return f'{{"vr":"SQ","Value":[{",".join(items)}]}}' if items else '{"vr":"SQ"}'
+    if _is_empty(value):
+        return f'{{"vr":"{vr}"}}'
+    if vr in _BINARY_VRS or (isinstance(value, bytes) and vr not in _STRING_VRS and vr != "PN"):
+        raw = bytes(value) if isinstance(value, bytes | bytearray) else b""
+        if not raw:
+            return f'{{"vr":"{vr}"}}'
+        return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(raw).decode("ascii")}"}}'
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    rendered = [_value(vr, v) for v in values]
+    return f'{{"vr":"{vr}","Value":[{",".join(rendered)}]}}'
+
+
+def dataset_json(dataset: Dataset) -> str:
+    """One data set as a JSON object (text)."""
+    members = []
+    for element in dataset:  # ascending tag order
+        encoded = element_json(element)
+        if encoded is not None:
+            members.append(f'"{int(element.tag):08X}":{encoded}')
+    return "{" + ",".join(members) + "}"
+
+
+def encode_dataset(dataset: Dataset) -> bytes:
+    """One data set as a UTF-8 JSON object, to be placed in an array by `json_array`."""
+    return dataset_json(dataset).encode("utf-8")
+
+
+def json_array(encoded: Iterable[bytes]) -> Iterator[bytes]:
+    """Pieces of the top-level JSON array around already-encoded data sets."""
+    yield b"["
+    first = True
+    for item in encoded:
+        if not first:
+            yield b","
+        first = False
+        yield item
+    yield b"]"
