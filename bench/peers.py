@@ -1,0 +1,158 @@
+"""Processes the benchmarks run: Orthanc, the gateway, DCMTK tools.
+
+Plain subprocesses on 127.0.0.1 and free ports, stopped by PID.  Deliberately
+independent of the trial harness in tests/: benchmarks run outside trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dcmtk(name: str) -> str:
+    # pynetdicom installs Python scripts with DCMTK's names earlier on PATH.
+    path = f"/usr/bin/{name}"
+    if not os.path.exists(path):
+        sys.exit(f"bench: DCMTK's {name} is missing (apt-get install dcmtk)")
+    return path
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Process:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.log = log
+        out = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Orthanc(Process):
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
+        for path in (ORTHANC, DICOMWEB_PLUGIN):
+            if not os.path.exists(path):
+                sys.exit(f"bench: {path} is missing (apt-get install orthanc orthanc-dicomweb)")
+        self.aet = aet
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(workdir / "orthanc-db"),
+            "IndexDirectory": str(workdir / "orthanc-db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomCheckCalledAet": False,
+            "DicomCheckModalityHost": False,
+            "UnknownSopClassAccepted": True,
+            "SynchronousCMove": True,
+            "SaveJobs": False,
+            "KeepAlive": True,
+            "DicomModalities": modalities or {},
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = workdir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        super().__init__([ORTHANC, str(path)], env={"TCP_NODELAY": "1"}, log=workdir / "orthanc.log")
+        wait_http(self.url + "/system")
+
+    def upload(self, data: bytes) -> None:
+        req = urllib.request.Request(self.url + "/instances", data=data, method="POST")
+        with urllib.request.urlopen(req) as r:
+            r.read()
+
+
+class Gateway(Process):
+    """``twistd -n dicomrst`` on a config written into `workdir`."""
+
+    def __init__(self, workdir: Path, aets: list[dict], dimse_aet: str = "DICOMRST") -> None:
+        import yaml
+
+        self.http_port = free_port()
+        self.dimse_port = free_port()
+        self.dimse_aet = dimse_aet
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        config = {
+            "telemetry": {"level": "WARN"},
+            "server": {
+                "aet": dimse_aet,
+                "http": {"interface": "127.0.0.1", "port": self.http_port},
+                "dimse": [{"aet": dimse_aet, "interface": "127.0.0.1", "port": self.dimse_port}],
+            },
+            "aets": aets,
+        }
+        path = workdir / "dicomrst.yaml"
+        path.write_text(yaml.safe_dump(config))
+        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+        env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        super().__init__(
+            [twistd, "-n", "--pidfile=", "dicomrst", "--config", str(path)],
+            env=env,
+            log=workdir / "dicomrst.log",
+        )
+        wait_http(self.url + "/")
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="dicomrst-bench-"))

@@ -1,0 +1,181 @@
+"""QIDO-RS: study search by PatientID through dicomrst, against Orthanc's own QIDO and
+pynetdicom's C-FIND on a reused association (issue 3)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from bench import data, peers
+from bench.stats import pct, row, summary
+
+N_STUDIES = 100
+N_PATIENTS = 20
+
+
+def _http_session(port: int) -> Callable[[str], int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+
+    def get(path: str) -> int:
+        nonlocal conn
+        for attempt in (1, 2):
+            try:
+                conn.request("GET", path, headers={"Accept": "application/dicom+json"})
+                r = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # A server may close an idle keep-alive connection; reconnect once.
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port)
+                if attempt == 2:
+                    raise
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"GET {path} -> {r.status}: {body[:200]!r}")
+        return len(body)
+
+    return get
+
+
+def _cfind_session(orthanc: peers.Orthanc) -> tuple[Callable[[str], int], Callable[[], None]]:
+    ae = AE(ae_title="BENCHSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", orthanc.dicom_port, ae_title=orthanc.aet)
+    if not assoc.is_established:
+        raise RuntimeError("pynetdicom could not associate with Orthanc")
+    # pynetdicom leaves Nagle on; without this every C-FIND-RQ stalls ~40 ms on a
+    # delayed ACK and the anchor would be unfairly slow.
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def find(patient: str) -> int:
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.PatientID = patient
+        for kw in (
+            "StudyInstanceUID",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "PatientName",
+            "ModalitiesInStudy",
+            "StudyID",
+            "NumberOfStudyRelatedInstances",
+        ):
+            setattr(q, kw, "")
+        n = 0
+        for status, _ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            if status and status.Status in (0xFF00, 0xFF01):
+                n += 1
+        return n
+
+    return find, assoc.release
+
+
+def _latencies(call: Callable[[str], int], n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        patient = f"BENCH{i % N_PATIENTS:03d}"
+        t = time.perf_counter()
+        call(patient)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _throughput(make: Callable[[], Callable[[str], int]], clients: int, per_client: int) -> float:
+    sessions = [make() for _ in range(clients)]
+    errors: list[BaseException] = []
+
+    def work(call: Callable[[str], int], k: int) -> None:
+        try:
+            for i in range(per_client):
+                call(f"BENCH{(i + k) % N_PATIENTS:03d}")
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s, k)) for k, s in enumerate(sessions)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        raise errors[0]
+    return clients * per_client / elapsed
+
+
+def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
+    work = peers.workdir()
+    orthanc = peers.Orthanc(work)
+    gateway = None
+    try:
+        for blob in data.small_studies(N_STUDIES, N_PATIENTS):
+            orthanc.upload(blob)
+        gateway = peers.Gateway(
+            work,
+            [{"aet": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "pool": {"size": 16}}],
+        )
+        gw_get = _http_session(gateway.http_port)
+        or_get = _http_session(orthanc.http_port)
+        gw = lambda p: gw_get(f"/aets/{orthanc.aet}/studies?PatientID={p}")  # noqa: E731
+        oq = lambda p: or_get(f"/dicom-web/studies?PatientID={p}")  # noqa: E731
+        find, release = _cfind_session(orthanc)
+        # Warm up: the pool's first association, Orthanc's caches, imports.
+        for call in (gw, oq, find):
+            _latencies(call, 20)
+        results: dict[str, dict[str, list[float]]] = {}
+        for name, call in (
+            ("dicomrst QIDO (warm pool)", gw),
+            ("Orthanc QIDO (its DICOMweb plugin)", oq),
+            ("pynetdicom C-FIND, reused association", find),
+        ):
+            med, p95 = [], []
+            for _ in range(runs):
+                lat = _latencies(call, queries)
+                med.append(pct(lat, 50))
+                p95.append(pct(lat, 95))
+            results[name] = {"median": med, "p95": p95}
+        release()
+        tp_gw = [
+            _throughput(
+                lambda: (lambda s: lambda p: s(f"/aets/{orthanc.aet}/studies?PatientID={p}"))(
+                    _http_session(gateway.http_port)
+                ),
+                clients,
+                queries // clients * 4,
+            )
+            for _ in range(runs)
+        ]
+        tp_or = [
+            _throughput(
+                lambda: (lambda s: lambda p: s(f"/dicom-web/studies?PatientID={p}"))(
+                    _http_session(orthanc.http_port)
+                ),
+                clients,
+                queries // clients * 4,
+            )
+            for _ in range(runs)
+        ]
+        anchor = summary(results["Orthanc QIDO (its DICOMweb plugin)"]["median"])[0]
+        print(
+            f"\nQIDO-RS /studies?PatientID= ({N_STUDIES} studies, {N_PATIENTS} patients; "
+            f"{queries} queries per run, {runs} runs; per-run median and p95 latency; "
+            "ratios to Orthanc's own QIDO)"
+        )
+        for name, figures in results.items():
+            print(row(f"{name}: median", figures["median"], "ms", anchor))
+            print(row(f"{name}: p95", figures["p95"], "ms"))
+        print(row(f"dicomrst QIDO, {clients} concurrent clients", tp_gw, "q/s", fmt="{:.0f}"))
+        print(row(f"Orthanc QIDO, {clients} concurrent clients", tp_or, "q/s", fmt="{:.0f}"))
+        print(f"  dicomrst peak RSS {peers.peak_rss_mb(gateway.pid):.0f} MB")
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        orthanc.stop()
