@@ -49,7 +49,13 @@ async def associate(
         if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower():
             raise AssociationTimeout(f"cannot connect to {where}: timed out after {timeout:g} s") from e
         raise ConnectFailed(f"cannot connect to {where}: {_reason(e)}") from e
-    await protocol.whenEstablished
+    try:
+        await protocol.whenEstablished
+    except BaseException:
+        # Cancelled (or failed) after connecting: whatever state the association is
+        # in, it must not outlive the caller who gave up on it.
+        protocol.abort("association setup abandoned")
+        raise
     return connection
 
 

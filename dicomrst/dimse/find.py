@@ -143,6 +143,9 @@ class FindOperation:
     def _identifier(self, data: bytes) -> None:
         if self.cancel_sent:
             return
+        if self.limit is not None and self.delivered >= self.limit:  # limit=0
+            self.cancel()
+            return
         ds = decode_dataset(data, self._transfer_syntax)
         self.delivered += 1
         if not self.abandoned:

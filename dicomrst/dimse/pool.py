@@ -3,16 +3,18 @@
 
 Rules (issue 3, and what DICOM-RST got wrong):
 
-* at most `size` associations exist at once (open, busy or idle);
+* at most `size` associations exist at once (opening, busy, idle, or being released
+  until the PACS confirms);
 * a caller waits at most `acquire_timeout` for one, else 503 with Retry-After;
 * idle associations are reused, most recently used first, and released after
   `idle_timeout`; one the PACS closed or aborted is noticed (its UL reports the end)
   and dropped, freeing its slot;
 * an association that could not be opened (refused, rejected, timed out) frees its
-  slot at once;
+  slot at once; one whose caller gave up while it was opening joins the pool;
 * every association proposes the contexts all services need, so any request can use
   any idle association;
-* `stop()` releases everything, and fails the waiters.
+* `stop()` releases everything, fails the waiters, and fires once every connection
+  (also one still being opened) is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.python.failure import Failure
 
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
@@ -79,9 +82,14 @@ class AssociationPool:
         self.connect_timeout = connect_timeout
         self._idle: deque[Lease] = deque()
         self._busy: set[Lease] = set()
+        # Released for being idle: they hold their slot until the PACS has confirmed.
+        self._releasing: set[Lease] = set()
         self._opening = 0
+        # Associations being opened (each fires with None once settled).
+        self._attempts: set[Deferred[None]] = set()
         self._waiters: deque[Deferred[Lease | None]] = deque()
         self._stopped = False
+        # Every connection of ours whose TCP connection is not closed yet.
         self._all: set[DimseConnection] = set()
 
     @property
@@ -89,10 +97,15 @@ class AssociationPool:
         return self.request.called_aet
 
     def stats(self) -> dict[str, int]:
-        return {"idle": len(self._idle), "busy": len(self._busy), "opening": self._opening}
+        return {
+            "idle": len(self._idle),
+            "busy": len(self._busy),
+            "opening": self._opening,
+            "releasing": len(self._releasing),
+        }
 
     def _count(self) -> int:
-        return len(self._idle) + len(self._busy) + self._opening
+        return len(self._idle) + len(self._busy) + self._opening + len(self._releasing)
 
     # -- lending ------------------------------------------------------------------
 
@@ -103,7 +116,7 @@ class AssociationPool:
             lease = self._idle.pop()
             _cancel(lease.idle_timer)
             lease.idle_timer = None
-            if lease.connection.ended is None:
+            if not lease.connection.whenEnded.called:
                 lease.reused = True
                 self._busy.add(lease)
                 return lease
@@ -112,22 +125,43 @@ class AssociationPool:
         return await self._wait()
 
     async def _open(self) -> Lease:
+        # The attempt is not cancelled when our caller gives up: cancelling it half-way
+        # would leave an association established behind our back, in no list, until the
+        # PACS times it out.  Once up, it joins the pool like any released one.
         self._opening += 1
-        try:
-            connection = await associate(
-                self.reactor, self.host, self.port, self.request, timeout=self.connect_timeout
-            )
-        except BaseException:
-            self._opening -= 1
+        opened: Deferred[Lease] = Deferred()
+        attempt: Deferred[None] = Deferred.fromCoroutine(
+            associate(self.reactor, self.host, self.port, self.request, timeout=self.connect_timeout)
+        ).addBoth(self._settled, opened)
+        if not attempt.called:
+            self._attempts.add(attempt)
+            attempt.addBoth(lambda _: self._attempts.discard(attempt))
+        return await opened
+
+    def _settled(self, result: DimseConnection | Failure, opened: Deferred[Lease]) -> None:
+        self._opening -= 1
+        if isinstance(result, Failure):
             # The slot is free again: a waiter may try its own luck.
             self._wake()
-            raise
-        self._opening -= 1
+            if not opened.called:
+                opened.errback(result)
+            return
+        connection = result
+        self._all.add(connection)
+        assert connection.association is not None
+        connection.association.whenClosed.addBoth(_passing(self._all.discard, connection))
+        if self._stopped:
+            connection.abort("gateway is shutting down")
+            if not opened.called:
+                opened.errback(ServiceUnavailable(f"{self.aet}: gateway is shutting down"))
+            return
         lease = Lease(connection, reused=False)
         self._busy.add(lease)
-        self._all.add(connection)
         connection.whenEnded.addCallback(lambda _: self._ended(lease))
-        return lease
+        if opened.called:  # cancelled: whoever waits next gets it, else it idles
+            self.release(lease)
+        else:
+            opened.callback(lease)
 
     async def _wait(self) -> Lease:
         waiter: Deferred[Lease | None] = Deferred()
@@ -167,8 +201,9 @@ class AssociationPool:
             return
         self._busy.discard(lease)
         connection = lease.connection
-        if connection.ended is not None or self._stopped or not reusable:
-            if connection.ended is None:
+        # `ended` stays None after an orderly release: whenEnded says whether it is over.
+        if connection.whenEnded.called or self._stopped or not reusable:
+            if not connection.whenEnded.called:
                 connection.abort("not reusable" if not self._stopped else "gateway is shutting down")
             self._wake()
             return
@@ -186,15 +221,20 @@ class AssociationPool:
         lease.idle_timer = None
         if lease in self._idle:
             self._idle.remove(lease)
-            lease.connection.release()
-            self._wake()
+            # Its slot stays taken until the release is confirmed (`_ended`), so the
+            # PACS never sees more than `size` associations from us.
+            self._releasing.add(lease)
+            lease.connection.release().addErrback(_ignore)
 
     def _ended(self, lease: Lease) -> None:
         # The PACS closed or aborted it (or we did): it no longer holds a slot.
-        self._all.discard(lease.connection)
         if lease in self._idle:
             self._idle.remove(lease)
             _cancel(lease.idle_timer)
+            lease.idle_timer = None
+            self._wake()
+        elif lease in self._releasing:
+            self._releasing.discard(lease)
             self._wake()
 
     # -- running an operation -------------------------------------------------------
@@ -218,9 +258,15 @@ class AssociationPool:
                         "{aet}: reused association was closed by the PACS; retrying on a new one",
                         aet=self.aet,
                     )
+                    # Idle ones are reused most recent first, so those left are older than
+                    # the one found dead (a PACS restart or idle timeout took them too):
+                    # drop them, so the retry runs on a new association.
+                    for idle in list(self._idle):
+                        idle.connection.abort("presumed closed by the PACS")
+                        self._ended(idle)  # if the abort has not ended it already
                     continue
                 raise
-            except BaseException as e:
+            except Exception as e:  # CancelledError included; not GeneratorExit
                 # A DIMSE failure status leaves the association fine; anything else
                 # (timeouts, protocol errors, cancellation) leaves it in doubt.
                 if not lease.detached:
@@ -232,25 +278,48 @@ class AssociationPool:
 
     # -- shutdown -------------------------------------------------------------------
 
-    def stop(self) -> Deferred[object]:
+    def stop(self) -> Deferred[None]:
+        """Release idle associations, abort busy ones, fail waiters; fire once every
+        connection of ours is closed (also those still being opened now)."""
         self._stopped = True
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(None)
-        closing = []
         while self._idle:
             lease = self._idle.pop()
             _cancel(lease.idle_timer)
-            lease.connection.release()
-        for connection in list(self._all):
-            if connection.association is not None:
-                if connection.ended is None and connection in {lease.connection for lease in self._busy}:
-                    connection.abort("gateway is shutting down")
-                closing.append(connection.association.whenClosed)
-        return DeferredList(closing, consumeErrors=True)
+            lease.idle_timer = None
+            self._releasing.add(lease)
+            lease.connection.release().addErrback(_ignore)
+        for lease in list(self._busy):
+            if not lease.connection.whenEnded.called:
+                lease.connection.abort("gateway is shutting down")
+        return Deferred.fromCoroutine(self._closed())
+
+    async def _closed(self) -> None:
+        # An attempt that completes now aborts its association at once (`_settled`).
+        await DeferredList(list(self._attempts))
+        closing = [c.association.whenClosed for c in self._all if c.association is not None]
+        await DeferredList(closing)
 
 
 def _cancel(call: IDelayedCall | None) -> None:
     if call is not None and call.active():
         call.cancel()
+
+
+def _passing(f: Callable[[T], object], arg: T) -> Callable[[object], object]:
+    """A callback that calls f(arg) and passes the result on (others wait on it too)."""
+
+    def callback(result: object) -> object:
+        f(arg)
+        return result
+
+    return callback
+
+
+def _ignore(_: object) -> None:
+    # release() fails if the association ended some other way meanwhile; `_ended` has
+    # already dealt with that.
+    return None
