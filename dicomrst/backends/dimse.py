@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom.dataset import Dataset
+from pynetdicom import StoragePresentationContexts
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from zope.interface import implementer
@@ -14,8 +15,16 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.config import AetConfig
 from dicomrst.dimse.echo import echo_scu
 from dicomrst.dimse.find import c_find
-from dicomrst.dimse.pool import AssociationPool, Lease
-from dicomrst.ul.negotiation import VERIFICATION, AssociationRequest, ContextProposal
+from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
+from dicomrst.dimse.retrieve import InstanceSink, RetrieveResult, c_get
+from dicomrst.errors import UpstreamError
+from dicomrst.ul.negotiation import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    VERIFICATION,
+    AssociationRequest,
+    ContextProposal,
+)
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -24,11 +33,20 @@ STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 # Every pooled association proposes what every service needs, so any idle one
 # serves any request.  Verification is included so a PACS that strictly checks
 # contexts never sees a C-ECHO on a context it did not accept (DICOM-RST #64).
+# C-GET brings its instances back on the same association, so it also carries a
+# context with the SCP role for every storage SOP class pynetdicom knows (120, which
+# with the four above stays under the limit of 128).  Explicit VR Little Endian comes
+# first: what arrives in it streams to HTTP untouched (PS3.18 forbids Implicit VR).
+STORAGE_CONTEXTS = tuple(
+    ContextProposal(cx.abstract_syntax, (EXPLICIT_VR_LE, IMPLICIT_VR_LE), scu_role=True, scp_role=True)
+    for cx in StoragePresentationContexts
+)
 POOL_CONTEXTS = (
     ContextProposal(VERIFICATION),
     ContextProposal(STUDY_ROOT_FIND),
     ContextProposal(STUDY_ROOT_MOVE),
     ContextProposal(STUDY_ROOT_GET),
+    *STORAGE_CONTEXTS,
 )
 
 
@@ -89,6 +107,48 @@ class DimseBackend:
                 on_result=on_result,
                 on_abandon=abandon,
             )
+
+        return Deferred.fromCoroutine(self.pool.run(once))
+
+    def retrieve(
+        self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
+    ) -> Deferred[RetrieveResult]:
+        """C-GET at the level asked for (not always the study, as DICOM-RST does)."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
+        identifier.StudyInstanceUID = study
+        if series:
+            identifier.SeriesInstanceUID = series
+        if instance:
+            identifier.SOPInstanceUID = instance
+
+        async def once(lease: Lease) -> RetrieveResult:
+            attach = getattr(sink, "attach", None)
+            if attach is not None:
+                attach(lease.connection.association)
+
+            def abandon(request: Deferred[object]) -> None:
+                lease.detached = True
+                request.addCallbacks(
+                    lambda _: self.pool.release(lease), lambda _: self.pool.release(lease, reusable=False)
+                )
+
+            get = c_get(
+                lease.connection,
+                self.clock,
+                identifier,
+                aet=self.aet,
+                timeout=self.config.wado_rs.timeout_s,
+                sink=sink,
+                on_abandon=abandon,
+            )
+            try:
+                return await get
+            except STALE_ERRORS as e:
+                if getattr(sink, "parts", 0):
+                    # Instances already went out: retrying would send them twice.
+                    raise UpstreamError(f"{self.aet}: association lost during C-GET: {e}") from e
+                raise
 
         return Deferred.fromCoroutine(self.pool.run(once))
 

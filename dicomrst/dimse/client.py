@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime, IStreamClientEndpoint
@@ -51,9 +52,11 @@ async def associate(
         raise ConnectFailed(f"cannot connect to {where}: {_reason(e)}") from e
     try:
         await protocol.whenEstablished
-    except BaseException:
-        # Cancelled (or failed) after connecting: whatever state the association is
-        # in, it must not outlive the caller who gave up on it.
+    except CancelledError:
+        # Cancelled after connecting: whatever state the association is in, it must
+        # not outlive the caller who gave up on it.  (A *failed* setup is not aborted
+        # here: the protocol fails whenEstablished from inside its own actions, and
+        # those close or abort the association themselves right after.)
         protocol.abort("association setup abandoned")
         raise
     return connection

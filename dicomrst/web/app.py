@@ -27,7 +27,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.errors import BadRequest, DicomrstError, NotFound, ServiceUnavailable, UpstreamTimeout
 from dicomrst.logs import logger
 from dicomrst.qido.query import Target
-from dicomrst.web import qido
+from dicomrst.web import qido, wado
 from dicomrst.web.responses import (
     ALLOW_METHODS,
     DEFAULT_ALLOW_HEADERS,
@@ -258,3 +258,19 @@ class GatewayApp:
     @app.route("/aets/<aet>/instances", methods=["GET"])
     async def search_instances(self, request: IRequest, aet: str) -> bytes:
         return await qido.search(self, request, aet, Target.all_instances)
+
+    # -- WADO-RS instances (dicomrst.web.wado) --------------------------------------------
+
+    @app.route("/aets/<aet>/studies/<study>", methods=["GET"])
+    async def retrieve_study(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await wado.retrieve(self, request, aet, study)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>", methods=["GET"])
+    async def retrieve_series(self, request: IRequest, aet: str, study: str, series: str) -> bytes:
+        return await wado.retrieve(self, request, aet, study, series)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<instance>", methods=["GET"])
+    async def retrieve_instance(
+        self, request: IRequest, aet: str, study: str, series: str, instance: str
+    ) -> bytes:
+        return await wado.retrieve(self, request, aet, study, series, instance)

@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.test_wado_pacs -*-
+"""C-GET SCU (PS3.4 C.4.3) whose C-STORE sub-operations stream to a sink.
+
+The sub-operations arrive on the same association as C-STORE-RQs.  When a command set
+arrives the sink is asked for a consumer, and the data set's fragments go to it as
+they come off the wire; the C-STORE-RSP is sent only once the sink says the instance
+was handed on (or failed), so the PACS's sub-operation counts are true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
+
+import attrs
+from pydicom.dataset import Dataset
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.dimse import commands
+from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
+from dicomrst.dimse.find import encode_dataset
+from dicomrst.dimse.status import describe_status
+from dicomrst.errors import UpstreamError
+from dicomrst.logs import logger
+from dicomrst.ul.errors import AssociationTimeout
+
+log = logger("dicomrst.retrieve")
+
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+STORE_SUCCESS = 0x0000
+STORE_OUT_OF_RESOURCES = 0xA700
+STORE_CANNOT_UNDERSTAND = 0xC000
+
+
+class InstanceConsumer(IDataSetConsumer, TypingProtocol):
+    """An instance's data set on its way out; `done` fires with the C-STORE status."""
+
+    done: Deferred[int]
+
+
+class InstanceSink(TypingProtocol):
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> InstanceConsumer:
+        """A consumer for one arriving instance; raise to refuse it."""
+
+
+class RetrieveFailed(UpstreamError):
+    association_ok = True
+
+    def __init__(self, aet: str, status: int, result: RetrieveResult) -> None:
+        super().__init__(
+            f"{aet} answered C-GET with status 0x{status:04X} ({describe_status(status)}); "
+            f"{result.completed} instance(s) received, {result.failed} failed"
+        )
+        self.status = status
+        self.result = result
+
+
+@attrs.define
+class RetrieveResult:
+    status: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    received: int = 0  # C-STORE-RQs that reached the sink
+
+
+class _StoreHandler:
+    """Serves the C-STORE-RQs of one C-GET."""
+
+    def __init__(self, operation: GetOperation) -> None:
+        self.operation = operation
+
+    def request_received(
+        self, connection: DimseConnection, message: IncomingMessage
+    ) -> IDataSetConsumer | None:
+        op = self.operation
+        rq = message.command
+        assert connection.association is not None
+        context = connection.association.contexts[message.context_id]
+        reply = commands.command(
+            commands.C_STORE_RSP,
+            MessageIDBeingRespondedTo=rq.MessageID,
+            AffectedSOPClassUID=rq.AffectedSOPClassUID,
+            AffectedSOPInstanceUID=rq.AffectedSOPInstanceUID,
+        )
+        op.activity()
+
+        def respond(status: object) -> None:
+            reply.Status = status if isinstance(status, int) else STORE_OUT_OF_RESOURCES
+            if isinstance(status, Failure):
+                log.warn(
+                    "instance {uid} not delivered: {why}",
+                    uid=rq.AffectedSOPInstanceUID,
+                    why=status.getErrorMessage(),
+                )
+            if connection.ended is None:
+                connection.respond(message.context_id, reply)
+
+        try:
+            consumer = op.sink.begin(
+                str(rq.AffectedSOPClassUID), str(rq.AffectedSOPInstanceUID), context.transfer_syntax
+            )
+        except Exception as e:
+            respond(Failure(e))
+            return None
+        op.result.received += 1
+        consumer.done.addBoth(respond)
+        return _Watched(consumer, op)
+
+
+class _Watched:
+    """Passes fragments on and tells the operation something is happening."""
+
+    def __init__(self, inner: InstanceConsumer, op: GetOperation) -> None:
+        self.inner = inner
+        self.op = op
+
+    def dataReceived(self, fragment: bytes) -> None:
+        self.inner.dataReceived(fragment)
+
+    def dataFinished(self) -> None:
+        self.op.activity()
+        self.inner.dataFinished()
+
+    def dataFailed(self, reason: Failure) -> None:
+        self.inner.dataFailed(reason)
+
+
+class GetOperation:
+    """One C-GET: the request, its pending responses, the sub-operations, C-CANCEL."""
+
+    def __init__(
+        self,
+        connection: DimseConnection,
+        clock: IReactorTime,
+        *,
+        aet: str,
+        timeout: float,
+        sink: InstanceSink,
+    ) -> None:
+        self.connection = connection
+        self.clock = clock
+        self.aet = aet
+        self.timeout = timeout
+        self.sink = sink
+        self.result = RetrieveResult()
+        self.cancel_sent = False
+        self.timed_out = False
+        self._timer: IDelayedCall | None = None
+        self._context_id = 0
+        self._message_id = 0
+
+    def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
+        association = self.connection.association
+        assert association is not None
+        context = association.context(STUDY_ROOT_GET)
+        if context is None:
+            raise UpstreamError(f"{self.aet} did not accept Study Root C-GET")
+        self._context_id = context.context_id
+        self.connection.handlers[commands.C_STORE_RQ] = _StoreHandler(self)
+        rq = commands.command(
+            commands.C_GET_RQ, AffectedSOPClassUID=STUDY_ROOT_GET, Priority=commands.PRIORITY_MEDIUM
+        )
+        request = self.connection.request(
+            context.context_id,
+            rq,
+            encode_dataset(identifier, context.transfer_syntax),
+            on_response=self._response,
+        )
+        self._message_id = int(rq.MessageID)
+        self.activity()
+        request.addBoth(self._finished)
+        return request
+
+    def _finished(self, result: object) -> object:
+        _cancel(self._timer)
+        self.connection.handlers.pop(commands.C_STORE_RQ, None)
+        return result
+
+    def activity(self) -> None:
+        """A response or a sub-operation came: the PACS is alive."""
+        _cancel(self._timer)
+        self._timer = self.clock.callLater(self.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        association = self.connection.association
+        if association is not None and association._paused:
+            # We stopped reading (a slow HTTP client): the silence is ours, not the
+            # PACS's.  The HTTP request timeout bounds the whole retrieve.
+            self.activity()
+            return
+        self._timer = None
+        self.timed_out = True
+        self.cancel()
+        self.connection.abort("C-GET timed out")
+
+    def cancel(self) -> None:
+        if self.cancel_sent or self.connection.ended is not None:
+            return
+        self.cancel_sent = True
+        try:
+            self.connection.respond(
+                self._context_id,
+                commands.command(commands.C_CANCEL_RQ, MessageIDBeingRespondedTo=self._message_id),
+            )
+        except Exception:
+            pass
+
+    def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
+        self.activity()
+        rsp = message.command
+        for keyword, field in (
+            ("NumberOfCompletedSuboperations", "completed"),
+            ("NumberOfFailedSuboperations", "failed"),
+            ("NumberOfWarningSuboperations", "warning"),
+        ):
+            if keyword in rsp:
+                setattr(self.result, field, int(rsp.get(keyword) or 0))
+        self.result.status = int(rsp.get("Status", 0))
+        return None  # a failed-SOP list, if any, is read and dropped
+
+
+async def c_get(
+    connection: DimseConnection,
+    clock: IReactorTime,
+    identifier: Dataset,
+    *,
+    aet: str,
+    timeout: float,
+    sink: InstanceSink,
+    on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
+) -> RetrieveResult:
+    """Run one C-GET into `sink`; return the sub-operation counts.
+
+    Raises RetrieveFailed for a failure status (the caller decides, by how much was
+    already sent, whether that is a 502 or a truncated response), AssociationTimeout
+    when the PACS goes quiet for `timeout` seconds.
+    """
+    op = GetOperation(connection, clock, aet=aet, timeout=timeout, sink=sink)
+    request = op.start(identifier)
+    shield: Deferred[IncomingMessage] = Deferred()
+
+    def forward(result: object) -> None:
+        if not shield.called:
+            if isinstance(result, Failure):
+                shield.errback(result)
+            else:
+                shield.callback(result)  # type: ignore[arg-type]
+
+    request.addBoth(forward)
+    try:
+        await shield
+    except CancelledError:
+        op.cancel()
+        if on_abandon is not None:
+            on_abandon(request)
+        raise
+    except Exception as e:
+        if op.timed_out:
+            raise AssociationTimeout(
+                f"no C-GET response or sub-operation from {aet} within {timeout:g} s"
+            ) from e
+        raise
+    status = op.result.status
+    category = commands.status_category(status)
+    if category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent):
+        return op.result
+    raise RetrieveFailed(aet, status, op.result)
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()

@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.test_wado_pacs -*-
+"""WADO-RS instance retrieves: C-GET sub-operations streamed as multipart parts.
+
+The response starts with the first instance, so a retrieve that yields nothing is a
+404 and one that fails before anything arrived is a 502.  After that a failure can
+only truncate the body (the web error handler aborts the connection): a multipart
+that ends cleanly always holds every instance the PACS delivered.
+
+This object is also the request's push producer: when the HTTP client reads slower
+than the PACS sends, twisted.web pauses it and it pauses the association, which stops
+reading from the PACS socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from dicomrst.dimse.peek import UIDPeeker
+from dicomrst.dimse.retrieve import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, RetrieveFailed
+from dicomrst.logs import logger
+from dicomrst.ul.negotiation import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicomrst.wado import part10
+from dicomrst.wado.multipart import MultipartWriter
+from dicomrst.wado.negotiation import part_transfer_syntax
+
+log = logger("dicomrst.wado")
+
+# Bytes we hold back at most while looking for the study/series UIDs of a part.
+PEEK_LIMIT = 1 << 20
+
+
+@implementer(IPushProducer)
+class MultipartSink:
+    """Receives retrieved instances and writes them as parts of one response."""
+
+    def __init__(
+        self,
+        request: IRequest,
+        clock: IReactorTime,
+        choice: Any,
+        location: str,
+        study: str,
+        series: str | None,
+        source_aet: str | None = None,
+    ) -> None:
+        self.request = request
+        self.clock = clock
+        self.choice = choice
+        self.location = location  # .../aets/{aet}
+        self.study = study
+        self.series = series
+        self.source_aet = source_aet
+        self.writer = MultipartWriter()
+        self.started = False
+        self.parts = 0
+        self.bytes = 0
+        self.client_gone = False
+        self._association: Any = None
+        self._paused = False
+        self._writing: PartConsumer | None = None
+        self._queue: list[PartConsumer] = []
+
+    # -- wiring ------------------------------------------------------------------
+
+    def attach(self, association: Any) -> None:
+        self._association = association
+        if self._paused:
+            association.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._association is not None:
+            self._association.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._association is not None:
+            self._association.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The client went away; Klein cancels the handler, which C-CANCELs the get.
+        self.client_gone = True
+
+    # -- InstanceSink ------------------------------------------------------------
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> PartConsumer:
+        if self.client_gone:
+            raise ConnectionError("HTTP client disconnected")
+        out = part_transfer_syntax(self.choice, transfer_syntax)
+        if out is None:
+            raise ValueError(f"transfer syntax {transfer_syntax} cannot be served as requested")
+        return PartConsumer(self, sop_class_uid, sop_instance_uid, transfer_syntax, out)
+
+    def _start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", self.writer.content_type("application/dicom").encode("ascii"))
+        request.registerProducer(self, True)
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def finish(self) -> None:
+        """After the last instance: the closing delimiter."""
+        if self.started:
+            self.write(self.writer.close())
+            self.request.unregisterProducer()
+
+    def part_location(self, series: str | None, sop_instance_uid: str) -> str:
+        path = f"{self.location}/studies/{self.study}"
+        if series:
+            path += f"/series/{series}/instances/{sop_instance_uid}"
+        return path
+
+
+class PartConsumer:
+    """One instance: part header, Part-10 meta, then the data set as it arrives."""
+
+    def __init__(
+        self, sink: MultipartSink, sop_class: str, sop_instance: str, stored_ts: str, out_ts: str
+    ) -> None:
+        self.sink = sink
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.stored_ts = stored_ts
+        self.out_ts = out_ts
+        self.done: Deferred[int] = Deferred()
+        self.convert = out_ts != stored_ts
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._header_written = False
+        self._series = sink.series
+        self._peeker: UIDPeeker | None = None
+        if self._series is None and stored_ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            self._peeker = UIDPeeker(implicit=stored_ts == IMPLICIT_VR_LE)
+
+    def dataReceived(self, fragment: bytes) -> None:
+        if self.convert or not self._header_written:
+            if self._peeker is not None and not self._peeker.done:
+                if self._peeker.feed(fragment) and self._peeker.uids.series:
+                    self._series = self._peeker.uids.series
+            self._held.append(fragment)
+            self._held_bytes += len(fragment)
+            if self.convert:
+                return
+            if self._peeker is None or self._peeker.done or self._held_bytes > PEEK_LIMIT:
+                self._write_header()
+                self._flush()
+            return
+        self.sink.write(fragment)
+
+    def _write_header(self) -> None:
+        sink = self.sink
+        sink._start()
+        location = sink.part_location(self._series, self.sop_instance)
+        content_type = f"application/dicom; transfer-syntax={self.out_ts}"
+        sink.write(sink.writer.part_header(content_type, location))
+        sink.write(part10.file_meta(self.sop_class, self.sop_instance, self.out_ts, sink.source_aet))
+        self._header_written = True
+
+    def _flush(self) -> None:
+        held, self._held, self._held_bytes = self._held, [], 0
+        for piece in held:
+            self.sink.write(piece)
+
+    def dataFinished(self) -> None:
+        if self.sink.client_gone:
+            self.done.callback(STORE_OUT_OF_RESOURCES)
+            return
+        if not self.convert:
+            if not self._header_written:
+                self._write_header()
+                self._flush()
+            self.sink.parts += 1
+            self.done.callback(STORE_SUCCESS)
+            return
+        # Implicit VR or big endian must not go out over HTTP (PS3.18 8.7.3): convert,
+        # off the reactor, then write.  Such instances are held whole; Explicit VR LE
+        # ones (what we propose first) stream through untouched.
+        data = b"".join(self._held)
+        self._held = []
+        d = deferToThread(part10.to_explicit_le, data, self.stored_ts)
+
+        def converted(explicit: bytes) -> int:
+            if self.sink.client_gone:
+                return STORE_OUT_OF_RESOURCES
+            self._write_header()
+            self.sink.write(explicit)
+            self.sink.parts += 1
+            return STORE_SUCCESS
+
+        def failed(f: Failure) -> Failure:
+            log.warn(
+                "cannot convert {uid} from {ts}: {why}",
+                uid=self.sop_instance,
+                ts=self.stored_ts,
+                why=f.getErrorMessage(),
+            )
+            return f
+
+        d.addCallbacks(converted, failed)
+        d.chainDeferred(self.done)
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._held = []
+        if not self.done.called:
+            self.done.errback(reason)
+            self.done.addErrback(lambda _: None)
+
+
+NO_CONVERSION = (EXPLICIT_VR_LE,)
+MUST_CONVERT = (IMPLICIT_VR_LE, EXPLICIT_VR_BE)
+
+
+async def retrieve(
+    app: Any, request: IRequest, aet: str, study: str, series: str | None = None, instance: str | None = None
+) -> bytes:
+    """Answer a WADO-RS instance retrieve at the study, series or instance level."""
+    from urllib.parse import quote
+
+    from dicomrst.errors import BadRequest, NotFound
+    from dicomrst.qido.query import is_uid
+    from dicomrst.wado.negotiation import select_instance_media
+    from dicomrst.web.qido import _base_url
+
+    backend = app.backend(aet)
+    for name, uid in (("study", study), ("series", series), ("instance", instance)):
+        if uid is not None and not is_uid(uid):
+            raise BadRequest(f"malformed {name} UID {uid!r}")
+    accept = request.getHeader(b"accept")
+    accept_param = request.args.get(b"accept", [None])[0]
+    choice = select_instance_media(
+        accept.decode("latin-1") if accept else None, accept_param.decode("latin-1") if accept_param else None
+    )
+    if request.method == b"HEAD":
+        request.setHeader(b"Content-Type", b'multipart/related; type="application/dicom"')
+        return b""
+    location = f"{_base_url(app, request)}/aets/{quote(aet, safe='')}"
+    sink = MultipartSink(request, app.clock, choice, location, study, series, source_aet=aet)
+    what = (
+        f"study {study}"
+        + (f" series {series}" if series else "")
+        + (f" instance {instance}" if instance else "")
+    )
+    try:
+        await backend.retrieve(study, series, instance, sink=sink)
+    except RetrieveFailed as e:
+        # Some PACS (Orthanc among them) answer a C-GET for an unknown UID with a
+        # failure and no sub-operations instead of Success with none.  Ask with a
+        # C-FIND whether the entity exists: if not, that is a 404, not a PACS failure.
+        nothing = e.result.completed == e.result.failed == e.result.received == 0
+        if not nothing or await _exists(backend, study, series, instance):
+            raise
+    if sink.parts == 0:
+        raise NotFound(f"{aet} has no instance for {what}")
+    sink.finish()
+    log.info(
+        "retrieved {n} instance(s), {bytes} bytes from {aet} for {what}",
+        n=sink.parts,
+        bytes=sink.bytes,
+        aet=aet,
+        what=what,
+    )
+    return b""
+
+
+async def _exists(backend: Any, study: str, series: str | None, instance: str | None) -> bool:
+    from pydicom.dataset import Dataset
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
+    identifier.StudyInstanceUID = study
+    if series or instance:
+        identifier.SeriesInstanceUID = series or ""
+    if instance:
+        identifier.SOPInstanceUID = instance
+    found: list[object] = []
+    await backend.find(identifier, limit=1, on_result=found.append)
+    return bool(found)
