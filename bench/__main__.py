@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import qido
+from bench import qido, wado
 
-SUITES = {"qido": qido.run}
+SUITES = {"qido": qido.run, "wado": wado.run}
 
 
 def main() -> None:

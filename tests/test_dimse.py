@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from pydicom.dataset import Dataset
 from pynetdicom.tests import encoded_pdu_items as golden
 from twisted.internet.address import IPv4Address
@@ -10,6 +12,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, IncomingMessage
@@ -471,3 +474,84 @@ class _FailingEcho:
                 commands.C_ECHO_RSP, MessageIDBeingRespondedTo=message.command.MessageID, Status=0x0110
             ),
         )
+
+
+class CommandCodecTests(SynchronousTestCase):
+    """The struct codec for command sets writes what pydicom would, and reads it back."""
+
+    CASES = (
+        dict(
+            CommandField=0x0001,
+            MessageID=7,
+            Priority=0,
+            CommandDataSetType=0x0000,
+            AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+            AffectedSOPInstanceUID="1.2.3.45",
+            MoveOriginatorApplicationEntityTitle="ORTHANC",
+            MoveOriginatorMessageID=3,
+        ),
+        dict(
+            CommandField=0x8010,
+            MessageIDBeingRespondedTo=65535,
+            CommandDataSetType=0x0101,
+            Status=0xFF00,
+            AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.3",
+            NumberOfRemainingSuboperations=199,
+            NumberOfCompletedSuboperations=1,
+            NumberOfFailedSuboperations=0,
+            NumberOfWarningSuboperations=0,
+        ),
+        dict(
+            CommandField=0x0021,
+            MessageID=1,
+            Priority=0,
+            CommandDataSetType=0x0000,
+            MoveDestination="DICOMRST",
+            AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.2",
+        ),
+        dict(
+            CommandField=0x8030,
+            MessageIDBeingRespondedTo=1,
+            CommandDataSetType=0x0101,
+            Status=0x0107,
+            ErrorComment="odd",
+            OffendingElement=[0x00100010, 0x00100020],
+        ),
+    )
+
+    def _pydicom(self, fields: dict) -> bytes:
+        from pydicom.dataset import Dataset
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
+        ds = Dataset()
+        for keyword, value in fields.items():
+            setattr(ds, keyword, value)
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = True
+        write_dataset(fp, ds)
+        rest = fp.getvalue()
+        return struct.pack("<HHLL", 0, 0, 4, len(rest)) + rest
+
+    def test_encode_matches_pydicom(self) -> None:
+        for fields in self.CASES:
+            built = commands.command(
+                fields["CommandField"], **{k: v for k, v in fields.items() if k != "CommandField"}
+            )
+            self.assertEqual(commands.encode_command(built), self._pydicom(fields), fields)
+
+    def test_decode_reads_pydicom(self) -> None:
+        for fields in self.CASES:
+            decoded = commands.decode_command(self._pydicom(fields))
+            for keyword, value in fields.items():
+                self.assertEqual(getattr(decoded, keyword), value, keyword)
+
+    def test_malformed(self) -> None:
+        good = self._pydicom(self.CASES[0])
+        for bad in (
+            good[:-3],
+            good + b"\x08\x00\x10\x00\x02\x00\x00\x00CT",
+            b"\x00\x00\x00\x01\x02\x00\x00\x00\x01",
+        ):
+            self.assertRaises(commands.CommandError, commands.decode_command, bad)
