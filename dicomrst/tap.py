@@ -103,8 +103,26 @@ def _address(address: Any) -> str:
     return f"{host}:{address.port}" if host is not None else str(address)
 
 
+#: At stop, how long to wait for connections that are closing to write out what they were given.
+FLUSH_TIMEOUT = 5.0
+
+
 class GatewayService(MultiService):
     """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, backends."""
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+
+    def stopService(self) -> Deferred[Any]:
+        # The graceful HTTP stop fires as soon as the last response is *finished*, i.e. handed
+        # to its transport; twistd's shutdown then drops every connection at once
+        # (reactor.disconnectAll), bytes still in the write buffers included.  Let the closing
+        # connections flush first.
+        stopped: Deferred[Any] = super().stopService()
+        if self._reactor is None:
+            return stopped
+        return stopped.addCallback(lambda _: Deferred.fromCoroutine(_flushed(self._reactor, FLUSH_TIMEOUT)))
 
     def startService(self) -> None:
         try:
@@ -118,6 +136,18 @@ class GatewayService(MultiService):
             _die(f"cannot listen: {e}")
 
 
+async def _flushed(reactor: Any, bound: float) -> None:
+    """Return once no closing connection has unwritten data (or after `bound` s)."""
+    from twisted.internet.task import deferLater
+
+    get_writers = getattr(reactor, "getWriters", None)
+    if get_writers is None:
+        return
+    deadline = reactor.seconds() + bound
+    while any(getattr(w, "disconnecting", False) for w in get_writers()) and reactor.seconds() < deadline:
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 def build(config: Config, reactor: Any) -> GatewayService:
     from twisted.internet.endpoints import serverFromString
 
@@ -128,11 +158,17 @@ def build(config: Config, reactor: Any) -> GatewayService:
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
 
-    top = GatewayService()
+    top = GatewayService(reactor)
     backends: dict[str, IBackend] = {}
     for aet in config.aets:
         if aet.backend == "DIMSE":
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor)
+            if aet.wado_rs.retrieve == "move":
+                log.warn(
+                    "{aet}: wado-rs.retrieve is 'move' (DICOM-RST's only mode), which this version does "
+                    "not implement yet; WADO-RS retrieves from {aet} use C-GET",
+                    aet=aet.aet,
+                )
         else:
             backends[aet.aet] = UnsupportedBackend(aet.aet, aet.backend)
     BackendsService(backends).setServiceParent(top)
