@@ -369,7 +369,9 @@ def _spawn(
     grace: float = STOP_GRACE,
 ) -> _Child:
     proto = _ChildProtocol(log_path, keep_output, on_stdout_line)
-    transport = _reactor().spawnProcess(proto, executable, [name, *args], env=dict(env), path=cwd)
+    # argv[0] must be the executable's path: a venv's python finds its site-packages
+    # through it, and CI runs the tests from a venv.
+    transport = _reactor().spawnProcess(proto, executable, [executable, *args], env=dict(env), path=cwd)
     transport.closeStdin()
     child = _Child(name=name, transport=transport, proto=proto, pid=transport.pid)
     case.addCleanup(child.stop, grace)

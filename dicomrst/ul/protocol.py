@@ -310,7 +310,7 @@ class ULProtocol(Protocol):
             # hold the connection forever.
             what = "association request" if self.state == "Sta5" else "release request"
             self._fail_pending(AssociationTimeout(f"no answer to our {what} within {self.artim_timeout:g} s"))
-            self._event("Evt15", message=f"timed out in {self.state}")
+            self.abort(f"timed out in {self.state}")
 
     # -- helpers ------------------------------------------------------------------
 
@@ -378,7 +378,7 @@ class ULProtocol(Protocol):
                 f"({', '.join(reasons)})"
             )
             self._fail_pending(error)
-            self._event("Evt15", message=str(error))
+            self.abort(str(error))
             return
         self.user.association_established(self)
         self.whenEstablished.callback(self)
