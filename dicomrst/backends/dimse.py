@@ -145,10 +145,18 @@ class DimseBackend:
             try:
                 return await get
             except STALE_ERRORS as e:
-                if getattr(sink, "parts", 0):
-                    # Instances already went out: retrying would send them twice.
+                if getattr(sink, "started", False) or getattr(sink, "parts", 0):
+                    # Bytes already went out (a part's header is written before its
+                    # data set has all arrived): a retry would send instances twice, or
+                    # follow a cut-off part with whole ones in a body that ends cleanly.
                     raise UpstreamError(f"{self.aet}: association lost during C-GET: {e}") from e
                 raise
+            finally:
+                if attach is not None:
+                    # The sink must not pause (or resume) the association once it is
+                    # back in the pool; if it was paused, it reads again (a C-GET that
+                    # was cancelled then drains).
+                    attach(None)
 
         return Deferred.fromCoroutine(self.pool.run(once))
 

@@ -269,8 +269,9 @@ class GatewayApp:
     async def retrieve_series(self, request: IRequest, aet: str, study: str, series: str) -> bytes:
         return await wado.retrieve(self, request, aet, study, series)
 
-    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<instance>", methods=["GET"])
+    # Not <instance>: Klein's route executor takes the bound object as `instance`.
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>", methods=["GET"])
     async def retrieve_instance(
-        self, request: IRequest, aet: str, study: str, series: str, instance: str
+        self, request: IRequest, aet: str, study: str, series: str, sop: str
     ) -> bytes:
-        return await wado.retrieve(self, request, aet, study, series, instance)
+        return await wado.retrieve(self, request, aet, study, series, sop)

@@ -70,8 +70,14 @@ class MultipartSink:
     # -- wiring ------------------------------------------------------------------
 
     def attach(self, association: Any) -> None:
-        self._association = association
-        if self._paused:
+        """Pause and resume `association` with the response.  None lets go of the one
+        attached (resumed if we paused it): once its operation has ended it may serve
+        another request, which this response must no longer pause."""
+        previous, self._association = self._association, association
+        if association is None:
+            if previous is not None and self._paused:
+                previous.resumeProducing()
+        elif self._paused:
             association.pauseProducing()
 
     def pauseProducing(self) -> None:
@@ -86,7 +92,13 @@ class MultipartSink:
 
     def stopProducing(self) -> None:
         # The client went away; Klein cancels the handler, which C-CANCELs the get.
+        # The association must read again, or it would never see the end of the get
+        # (what still arrives is refused or dropped, as client_gone says).
         self.client_gone = True
+        if self._paused:
+            self._paused = False
+            if self._association is not None:
+                self._association.resumeProducing()
 
     # -- InstanceSink ------------------------------------------------------------
 
@@ -225,11 +237,11 @@ MUST_CONVERT = (IMPLICIT_VR_LE, EXPLICIT_VR_BE)
 
 async def retrieve(
     app: Any, request: IRequest, aet: str, study: str, series: str | None = None, instance: str | None = None
-) -> bytes:
+) -> Any:
     """Answer a WADO-RS instance retrieve at the study, series or instance level."""
     from urllib.parse import quote
 
-    from dicomrst.errors import BadRequest, NotFound
+    from dicomrst.errors import BadRequest, DicomrstError, NotFound
     from dicomrst.qido.query import is_uid
     from dicomrst.wado.negotiation import select_instance_media
     from dicomrst.web.qido import _base_url
@@ -254,14 +266,30 @@ async def retrieve(
         + (f" instance {instance}" if instance else "")
     )
     try:
-        await backend.retrieve(study, series, instance, sink=sink)
-    except RetrieveFailed as e:
-        # Some PACS (Orthanc among them) answer a C-GET for an unknown UID with a
-        # failure and no sub-operations instead of Success with none.  Ask with a
-        # C-FIND whether the entity exists: if not, that is a 404, not a PACS failure.
-        nothing = e.result.completed == e.result.failed == e.result.received == 0
-        if not nothing or await _exists(backend, study, series, instance):
+        try:
+            await backend.retrieve(study, series, instance, sink=sink)
+        except RetrieveFailed as e:
+            # Some PACS (Orthanc among them) answer a C-GET for an unknown UID with a
+            # failure and no sub-operations instead of Success with none.  Ask with a
+            # C-FIND whether the entity exists: if not, that is a 404, not a PACS failure.
+            nothing = e.result.completed == e.result.failed == e.result.received == 0
+            if not nothing or await _exists(backend, study, series, instance):
+                raise
+    except DicomrstError as e:
+        if not sink.started:
             raise
+        # The status line is out: only a cut-off body can tell the client.  An expected
+        # PACS failure, logged in one line (its message has the sub-operation counts),
+        # not as an unhandled error with a traceback.
+        log.warn(
+            "{aet} failed after {n} instance(s), {bytes} bytes for {what}: {why}; response cut off",
+            aet=aet,
+            n=sink.parts,
+            bytes=sink.bytes,
+            what=what,
+            why=e.message,
+        )
+        return _cut_off(request)
     if sink.parts == 0:
         raise NotFound(f"{aet} has no instance for {what}")
     sink.finish()
@@ -273,6 +301,16 @@ async def retrieve(
         what=what,
     )
     return b""
+
+
+def _cut_off(request: IRequest) -> Any:
+    """Abort the connection under a started response; a resource for Klein that writes
+    nothing and never finishes."""
+    from dicomrst.web.app import _NoResponse
+    from dicomrst.web.site import abort_connection
+
+    abort_connection(request)
+    return _NoResponse()
 
 
 async def _exists(backend: Any, study: str, series: str | None, instance: str | None) -> bool:
