@@ -462,9 +462,41 @@ class GatewayFilterTests(SynchronousTestCase):
         self.assertTrue(query.accepts(result(PatientName="DOE^JOHN")))
         self.assertFalse(query.accepts(result(PatientName="DOE^JANE")))
 
-    def test_sequence_item_keys_are_left_to_the_pacs(self) -> None:
-        query = q(Target.all_series(), **{"RequestAttributesSequence.ScheduledProcedureStepID": "X"})
-        self.assertEqual(query.filters, [])
+    def test_sequence_item_keys_match_any_item(self) -> None:
+        # Orthanc ignores item keys but returns the sequence: some item must match.
+        query = q(Target.all_series(), **{"RequestAttributesSequence.ScheduledProcedureStepID": "X*"})
+        self.assertIsNone(query.backend_limit)
+
+        def with_items(*ids: str) -> Dataset:
+            items = []
+            for sps_id in ids:
+                item = Dataset()
+                item.ScheduledProcedureStepID = sps_id
+                items.append(item)
+            return result(RequestAttributesSequence=DicomSequence(items))
+
+        self.assertTrue(query.accepts(with_items("A", "X1")))
+        self.assertFalse(query.accepts(with_items("A", "B")))
+        self.assertTrue(query.accepts(with_items()))  # no items: not supported, kept
+        self.assertTrue(query.accepts(with_items("")))
+        self.assertTrue(query.accepts(result(Modality="CT")))  # absent: kept
+        tagged = q(Target.all_series(), **{"00400275.00400009": "X1"})
+        self.assertFalse(tagged.accepts(with_items("A")))
+
+    def test_value_the_result_charset_cannot_hold_is_not_judged(self) -> None:
+        # Orthanc answers in Latin-1 and drops what Latin-1 lacks: it matched, we cannot tell.
+        query = q(Target.all_series(), PatientName="*王*")
+        lossy = result(SpecificCharacterSet="ISO_IR 100", PatientName="Wang^XiaoDong=^")
+        self.assertTrue(query.accepts(lossy))
+        utf8 = result(SpecificCharacterSet="ISO_IR 192", PatientName="Wang^XiaoDong=^")
+        self.assertFalse(query.accepts(utf8))
+        self.assertTrue(query.accepts(result(SpecificCharacterSet="ISO_IR 192", PatientName="Wang=王")))
+        # Latin-1 holds these accents, so the filter applies.
+        query = q(Target.all_series(), PatientName="Buc^Jérôme")
+        self.assertTrue(query.accepts(result(SpecificCharacterSet="ISO_IR 100", PatientName="Buc^Jérôme")))
+        self.assertFalse(query.accepts(result(SpecificCharacterSet="ISO_IR 100", PatientName="Buc^Jerome")))
+        # No Specific Character Set: decoded as Latin-1 like pydicom does, so judged.
+        self.assertFalse(query.accepts(result(PatientName="Buc^J?r?me")))
 
 
 class CombinedDateTimeTests(SynchronousTestCase):

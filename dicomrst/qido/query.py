@@ -30,10 +30,15 @@ Decisions on the points the standard leaves open:
 * **Gateway filtering**: the PACS must honour its level's required and unique keys;
   every other match key (optional keys, upper-level keys) is checked again on each
   result that carries the attribute with a value: single values and wildcards
-  (PN case-insensitively), UID lists, DA/TM/DT ranges and numbers. Sequence item keys
-  are left to the PACS. An empty or absent attribute passes: an SCP that does not
-  support a key returns it empty. Combined date-time matching (both ``xDate`` and
-  ``xTime`` ranges) is always done here: the PACS gets the date range only.
+  (PN case-insensitively), UID lists, DA/TM/DT ranges and numbers. A sequence item key
+  (``RequestAttributesSequence.ScheduledProcedureStepID``) is checked the same way on
+  the items of the result's sequence: some item must match (Orthanc ignores item keys
+  but returns the sequence). An empty or absent attribute passes: an SCP that does not
+  support a key returns it empty. So does a non-ASCII value the result's Specific
+  Character Set cannot hold (Orthanc answers in Latin-1 whatever the query's character
+  set): the PACS matched it, and the answer cannot show whether rightly. Combined
+  date-time matching (both ``xDate`` and ``xTime`` ranges) is always done here: the
+  PACS gets the date range only.
 * **Limits**: no ``limit`` means `DEFAULT_LIMIT`, which is also the most one response
   holds (the standard lets the server cap results); the gateway asks the PACS for
   ``offset + limit + 1`` results to know whether to add the "additional results"
@@ -48,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom import config as pydicom_config
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -456,6 +462,37 @@ def _result_values(dataset: Dataset, tag: int) -> list[object]:
     return [v for v in values if v is not None and v != ""]
 
 
+def _path_values(dataset: Dataset, path: Path) -> list[object]:
+    """The non-empty values at `path` in a result; for an item key, those of every item."""
+    if len(path) == 1:
+        return _result_values(dataset, path[0])
+    element = dataset.get(path[0])
+    if element is None or element.VR != "SQ" or not element.value:
+        return []
+    return [v for item in element.value for v in _path_values(item, path[1:])]
+
+
+def _representable(text: str, dataset: Dataset) -> bool:
+    """Whether the character set a result is encoded in can hold every character of `text`."""
+    element = dataset.get(_CHARSET)
+    value = element.value if element is not None else None
+    terms = [value] if isinstance(value, str) else list(value or [])
+    codecs = {python_encoding.get((term or "").strip()) for term in terms or [""]}
+    if None in codecs:
+        return False  # a character set pydicom does not know: its decoding is a guess
+
+    def encodes(char: str, codec: str) -> bool:
+        try:
+            char.encode(codec)
+        except (UnicodeError, LookupError):
+            return False
+        return True
+
+    return all(
+        any(encodes(char, codec) for codec in codecs if codec) for char in set(text) if not char.isascii()
+    )
+
+
 def _text(value: object) -> str:
     text = getattr(value, "original_string", None)
     if not isinstance(text, str):
@@ -470,15 +507,29 @@ def _wildcard_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class MatchFilter:
-    """A match key the gateway checks on each result (see the module docstring)."""
+    """A match key the gateway checks on each result (see the module docstring).
 
-    tag: int
+    :ivar path: the attribute, or a sequence item key as (sequence, …, key).
+    :ivar text: the match value when it is not ASCII (it may not survive the
+        result's character set), else None.
+    """
+
+    path: Path
     predicate: Callable[[object], bool]
+    text: str | None = None
+
+    @property
+    def tag(self) -> int:
+        return self.path[-1]
 
     def __call__(self, dataset: Dataset) -> bool:
-        values = _result_values(dataset, self.tag)
+        values = _path_values(dataset, self.path)
         # Absent or empty: the SCP may not support the key; keep the result.
-        return not values or any(self.predicate(v) for v in values)
+        if not values:
+            return True
+        if self.text is not None and not _representable(self.text, dataset):
+            return True  # the PACS matched what its answer cannot show
+        return any(self.predicate(v) for v in values)
 
 
 def _value_filter(attribute: Attribute, value: str) -> MatchFilter | None:
@@ -546,7 +597,7 @@ def _value_filter(attribute: Attribute, value: str) -> MatchFilter | None:
             def predicate(v: object) -> bool:
                 return _text(v) == wanted
 
-    return MatchFilter(attribute.tag, predicate)
+    return MatchFilter(attribute.path, predicate, None if value.isascii() else value)
 
 
 @dataclass(frozen=True)
@@ -791,7 +842,7 @@ def parse_query(target: Target, args: Mapping[str, Sequence[str]]) -> Query:
         stored = _match_value(attribute, value, combined=attribute.tag in combined)
         keys.set(path, attribute.vr, stored)
         non_ascii = non_ascii or not value.isascii()
-        if len(path) == 1 and attribute.tag not in combined and path[0] not in REQUIRED_KEYS[level]:
+        if len(path) > 1 or (attribute.tag not in combined and path[0] not in REQUIRED_KEYS[level]):
             value_filter = _value_filter(attribute, value)
             if value_filter is not None:
                 filters.append(value_filter)
