@@ -11,6 +11,7 @@ handling, CORS, the Server header and the error mapping from `resource()`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
@@ -275,3 +276,17 @@ class GatewayApp:
         self, request: IRequest, aet: str, study: str, series: str, sop: str
     ) -> bytes:
         return await wado.retrieve(self, request, aet, study, series, sop)
+
+    # -- WADO-RS metadata -----------------------------------------------------------------
+
+    @app.route("/aets/<aet>/studies/<study>/metadata", methods=["GET"])
+    async def study_metadata(self, request: IRequest, aet: str, study: str) -> Any:
+        return await wado.retrieve(self, request, aet, study, metadata=True)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/metadata", methods=["GET"])
+    async def series_metadata(self, request: IRequest, aet: str, study: str, series: str) -> Any:
+        return await wado.retrieve(self, request, aet, study, series, metadata=True)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET"])
+    async def instance_metadata(self, request: IRequest, aet: str, study: str, series: str, sop: str) -> Any:
+        return await wado.retrieve(self, request, aet, study, series, sop, metadata=True)

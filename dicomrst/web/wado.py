@@ -236,14 +236,21 @@ MUST_CONVERT = (IMPLICIT_VR_LE, EXPLICIT_VR_BE)
 
 
 async def retrieve(
-    app: Any, request: IRequest, aet: str, study: str, series: str | None = None, instance: str | None = None
+    app: Any,
+    request: IRequest,
+    aet: str,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    metadata: bool = False,
 ) -> Any:
-    """Answer a WADO-RS instance retrieve at the study, series or instance level."""
+    """Answer a WADO-RS instance (or, with `metadata`, metadata) retrieve at the study,
+    series or instance level."""
     from urllib.parse import quote
 
     from dicomrst.errors import BadRequest, DicomrstError, NotFound
     from dicomrst.qido.query import is_uid
-    from dicomrst.wado.negotiation import select_instance_media
+    from dicomrst.wado.negotiation import select_instance_media, select_metadata_media
     from dicomrst.web.qido import _base_url
 
     backend = app.backend(aet)
@@ -252,14 +259,22 @@ async def retrieve(
             raise BadRequest(f"malformed {name} UID {uid!r}")
     accept = request.getHeader(b"accept")
     accept_param = request.args.get(b"accept", [None])[0]
-    choice = select_instance_media(
-        accept.decode("latin-1") if accept else None, accept_param.decode("latin-1") if accept_param else None
-    )
-    if request.method == b"HEAD":
-        request.setHeader(b"Content-Type", b'multipart/related; type="application/dicom"')
-        return b""
+    accept_text = accept.decode("latin-1") if accept else None
+    param_text = accept_param.decode("latin-1") if accept_param else None
     location = f"{_base_url(app, request)}/aets/{quote(aet, safe='')}"
-    sink = MultipartSink(request, app.clock, choice, location, study, series, source_aet=aet)
+    sink: MultipartSink | MetadataSink
+    if metadata:
+        media = select_metadata_media(accept_text, param_text)
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Type", media.encode("ascii"))
+            return b""
+        sink = MetadataSink(request, media, location, study, series)
+    else:
+        choice = select_instance_media(accept_text, param_text)
+        if request.method == b"HEAD":
+            request.setHeader(b"Content-Type", b'multipart/related; type="application/dicom"')
+            return b""
+        sink = MultipartSink(request, app.clock, choice, location, study, series, source_aet=aet)
     what = (
         f"study {study}"
         + (f" series {series}" if series else "")
@@ -294,7 +309,8 @@ async def retrieve(
         raise NotFound(f"{aet} has no instance for {what}")
     sink.finish()
     log.info(
-        "retrieved {n} instance(s), {bytes} bytes from {aet} for {what}",
+        "retrieved {n} instance(s){kind}, {bytes} bytes from {aet} for {what}",
+        kind=" as metadata" if metadata else "",
         n=sink.parts,
         bytes=sink.bytes,
         aet=aet,
@@ -326,3 +342,117 @@ async def _exists(backend: Any, study: str, series: str | None, instance: str | 
     found: list[object] = []
     await backend.find(identifier, limit=1, on_result=found.append)
     return bool(found)
+
+
+@implementer(IPushProducer)
+class MetadataSink:
+    """Retrieved instances written as one DICOM JSON array, an object per instance.
+
+    Each instance is held until it is complete (the JSON needs the whole data set to
+    place its BulkDataURIs), converted off the reactor, written, and dropped; C-GET
+    sends instances one at a time, so one is held at most.
+    """
+
+    def __init__(
+        self, request: IRequest, media_type: str, location: str, study: str, series: str | None
+    ) -> None:
+        self.request = request
+        self.media_type = media_type
+        self.location = location
+        self.study = study
+        self.series = series
+        self.started = False
+        self.parts = 0
+        self.bytes = 0
+        self.client_gone = False
+        self._association: Any = None
+        self._paused = False
+
+    def attach(self, association: Any) -> None:
+        previous, self._association = self._association, association
+        if association is not None and self._paused:
+            association.pauseProducing()
+        if association is None and previous is not None and self._paused:
+            previous.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._association is not None:
+            self._association.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._association is not None:
+            self._association.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.client_gone = True
+        if self._association is not None and self._paused:
+            self._association.resumeProducing()
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
+        if self.client_gone:
+            raise ConnectionError("HTTP client disconnected")
+        return MetadataConsumer(self, sop_instance_uid, transfer_syntax)
+
+    def write_object(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self.request.setResponseCode(200)
+            self.request.setHeader(b"Content-Type", self.media_type.encode("ascii"))
+            self.request.registerProducer(self, True)
+            data = b"[" + data
+        else:
+            data = b"," + data
+        self.parts += 1
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def finish(self) -> None:
+        if self.started:
+            self.bytes += 1
+            self.request.write(b"]")
+            self.request.unregisterProducer()
+
+
+class MetadataConsumer:
+    def __init__(self, sink: MetadataSink, sop_instance: str, transfer_syntax: str) -> None:
+        self.sink = sink
+        self.sop_instance = sop_instance
+        self.transfer_syntax = transfer_syntax
+        self.done: Deferred[int] = Deferred()
+        self._parts: list[bytes] = []
+
+    def dataReceived(self, fragment: bytes) -> None:
+        self._parts.append(fragment)
+
+    def dataFinished(self) -> None:
+        from dicomrst.wado.metadata import instance_metadata_json
+
+        data = b"".join(self._parts)
+        self._parts = []
+        series = self.sink.series
+        if series is None and self.transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            peeker = UIDPeeker(implicit=self.transfer_syntax == IMPLICIT_VR_LE)
+            peeker.feed(data)
+            series = peeker.uids.series
+        bulk_base = (
+            f"{self.sink.location}/studies/{self.sink.study}/series/{series or ''}"
+            f"/instances/{self.sop_instance}/bulkdata"
+        )
+        d = deferToThread(instance_metadata_json, data, self.transfer_syntax, bulk_base)
+
+        def write(encoded: bytes) -> int:
+            if self.sink.client_gone:
+                return STORE_OUT_OF_RESOURCES
+            self.sink.write_object(encoded)
+            return STORE_SUCCESS
+
+        d.addCallback(write)
+        d.chainDeferred(self.done)
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._parts = []
+        if not self.done.called:
+            self.done.errback(reason)
+            self.done.addErrback(lambda _: None)
