@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IDataSetConsumer, IncomingMessage
+from dicomrst.dimse.operation import send_cancel, shielded
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.ul.errors import AssociationTimeout
@@ -119,17 +120,9 @@ class FindOperation:
         self.connection.abort("C-FIND timed out")
 
     def cancel(self) -> None:
-        """Send C-CANCEL (once); the PACS then ends the find with a Cancel status."""
-        if self.cancel_sent or self.connection.ended is not None:
-            return
-        self.cancel_sent = True
-        try:
-            self.connection.respond(
-                self._context_id,
-                commands.command(commands.C_CANCEL_RQ, MessageIDBeingRespondedTo=self._message_id),
-            )
-        except Exception:  # the association is going away; nothing to cancel on
-            pass
+        """Send C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
+        if not self.cancel_sent:
+            self.cancel_sent = send_cancel(self.connection, self._context_id, self._message_id)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self._arm()
@@ -183,16 +176,7 @@ async def c_find(
     """
     op = FindOperation(connection, clock, aet=aet, limit=limit, timeout=timeout, on_result=on_result)
     request = op.start(identifier)
-    shield: Deferred[IncomingMessage] = Deferred()
-
-    def forward(result: object) -> None:
-        if not shield.called:
-            if isinstance(result, BaseException) or hasattr(result, "raiseException"):
-                shield.errback(result)  # type: ignore[arg-type]
-            else:
-                shield.callback(result)  # type: ignore[arg-type]
-
-    request.addBoth(forward)
+    shield = shielded(request)
     try:
         final = await shield
     except CancelledError:

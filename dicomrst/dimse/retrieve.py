@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
 from dicomrst.dimse.find import encode_dataset
+from dicomrst.dimse.operation import send_cancel, shielded
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
@@ -198,16 +199,9 @@ class GetOperation:
         self.connection.abort("C-GET timed out")
 
     def cancel(self) -> None:
-        if self.cancel_sent or self.connection.ended is not None:
-            return
-        self.cancel_sent = True
-        try:
-            self.connection.respond(
-                self._context_id,
-                commands.command(commands.C_CANCEL_RQ, MessageIDBeingRespondedTo=self._message_id),
-            )
-        except Exception:
-            pass
+        """Send C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
+        if not self.cancel_sent:
+            self.cancel_sent = send_cancel(self.connection, self._context_id, self._message_id)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self.activity()
@@ -241,16 +235,7 @@ async def c_get(
     """
     op = GetOperation(connection, clock, aet=aet, timeout=timeout, sink=sink)
     request = op.start(identifier)
-    shield: Deferred[IncomingMessage] = Deferred()
-
-    def forward(result: object) -> None:
-        if not shield.called:
-            if isinstance(result, Failure):
-                shield.errback(result)
-            else:
-                shield.callback(result)  # type: ignore[arg-type]
-
-    request.addBoth(forward)
+    shield = shielded(request)
     try:
         await shield
     except CancelledError:

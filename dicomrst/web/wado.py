@@ -37,37 +37,20 @@ PEEK_LIMIT = 1 << 20
 
 
 @implementer(IPushProducer)
-class MultipartSink:
-    """Receives retrieved instances and writes them as parts of one response."""
+class _AssociationThrottle:
+    """The HTTP request's push producer: pauses the association feeding the response.
 
-    def __init__(
-        self,
-        request: IRequest,
-        clock: IReactorTime,
-        choice: Any,
-        location: str,
-        study: str,
-        series: str | None,
-        source_aet: str | None = None,
-    ) -> None:
-        self.request = request
-        self.clock = clock
-        self.choice = choice
-        self.location = location  # .../aets/{aet}
-        self.study = study
-        self.series = series
-        self.source_aet = source_aet
-        self.writer = MultipartWriter()
+    Shared by the multipart and the metadata sinks; they set `started`, `parts` and
+    `bytes` as they write.
+    """
+
+    def __init__(self) -> None:
         self.started = False
         self.parts = 0
         self.bytes = 0
         self.client_gone = False
         self._association: Any = None
         self._paused = False
-        self._writing: PartConsumer | None = None
-        self._queue: list[PartConsumer] = []
-
-    # -- wiring ------------------------------------------------------------------
 
     def attach(self, association: Any) -> None:
         """Pause and resume `association` with the response.  None lets go of the one
@@ -99,6 +82,30 @@ class MultipartSink:
             self._paused = False
             if self._association is not None:
                 self._association.resumeProducing()
+
+
+class MultipartSink(_AssociationThrottle):
+    """Receives retrieved instances and writes them as parts of one response."""
+
+    def __init__(
+        self,
+        request: IRequest,
+        clock: IReactorTime,
+        choice: Any,
+        location: str,
+        study: str,
+        series: str | None,
+        source_aet: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.request = request
+        self.clock = clock
+        self.choice = choice
+        self.location = location  # .../aets/{aet}
+        self.study = study
+        self.series = series
+        self.source_aet = source_aet
+        self.writer = MultipartWriter()
 
     # -- InstanceSink ------------------------------------------------------------
 
@@ -344,8 +351,7 @@ async def _exists(backend: Any, study: str, series: str | None, instance: str | 
     return bool(found)
 
 
-@implementer(IPushProducer)
-class MetadataSink:
+class MetadataSink(_AssociationThrottle):
     """Retrieved instances written as one DICOM JSON array, an object per instance.
 
     Each instance is held until it is complete (the JSON needs the whole data set to
@@ -356,39 +362,12 @@ class MetadataSink:
     def __init__(
         self, request: IRequest, media_type: str, location: str, study: str, series: str | None
     ) -> None:
+        super().__init__()
         self.request = request
         self.media_type = media_type
         self.location = location
         self.study = study
         self.series = series
-        self.started = False
-        self.parts = 0
-        self.bytes = 0
-        self.client_gone = False
-        self._association: Any = None
-        self._paused = False
-
-    def attach(self, association: Any) -> None:
-        previous, self._association = self._association, association
-        if association is not None and self._paused:
-            association.pauseProducing()
-        if association is None and previous is not None and self._paused:
-            previous.resumeProducing()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self._association is not None:
-            self._association.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._association is not None:
-            self._association.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.client_gone = True
-        if self._association is not None and self._paused:
-            self._association.resumeProducing()
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
         if self.client_gone:
