@@ -126,7 +126,9 @@ class Orthanc(Process):
 class Gateway(Process):
     """``twistd -n dicomrst`` on a config written into `workdir`."""
 
-    def __init__(self, workdir: Path, aets: list[dict], dimse_aet: str = "DICOMRST") -> None:
+    def __init__(
+        self, workdir: Path, aets: list[dict], dimse_aet: str = "DICOMRST", request_timeout_ms: int = 600000
+    ) -> None:
         import yaml
 
         self.http_port = free_port()
@@ -137,7 +139,12 @@ class Gateway(Process):
             "telemetry": {"level": "WARN"},
             "server": {
                 "aet": dimse_aet,
-                "http": {"interface": "127.0.0.1", "port": self.http_port},
+                # Long enough for the slow-client run (1 GB at 10 MB/s is ~110 s).
+                "http": {
+                    "interface": "127.0.0.1",
+                    "port": self.http_port,
+                    "request-timeout": request_timeout_ms,
+                },
                 "dimse": [{"aet": dimse_aet, "interface": "127.0.0.1", "port": self.dimse_port}],
             },
             "aets": aets,

@@ -101,7 +101,7 @@ def _pynetdicom_get(orthanc: peers.Orthanc, study: str) -> float:
     return time.perf_counter() - t
 
 
-def run(runs: int = 5, slices: int = 200, slow: bool = False) -> None:
+def run(runs: int = 5, slices: int = 200, slow: bool = False, only_slow: bool = False) -> None:
     work = peers.workdir()
     orthanc = peers.Orthanc(work)
     gateway = None
@@ -124,6 +124,14 @@ def run(runs: int = 5, slices: int = 200, slow: bool = False) -> None:
         )
         gw_url = f"{gateway.url}/aets/{orthanc.aet}/studies/{study}"
         or_url = f"{orthanc.url}/dicom-web/studies/{study}"
+        if only_slow:
+            total, first, got = _curl(gw_url, limit_rate="10M")
+            print(
+                f"\nslow client on {slices} slices ({size_mb:.0f} MB): curl --limit-rate 10M took "
+                f"{total:.1f} s for {got / 1e6:.0f} MB, first byte {first * 1000:.0f} ms; gateway peak RSS "
+                f"{peers.peak_rss_mb(gateway.pid):.0f} MB"
+            )
+            return
         # Warm up each path once (pool, Orthanc's caches, imports).
         _curl(gw_url), _curl(or_url), _getscu(orthanc, study)
         gw, ttfb, gw_bytes = [], [], 0
