@@ -115,14 +115,24 @@ class GatewayService(MultiService):
         self._reactor = reactor
 
     def stopService(self) -> Deferred[Any]:
-        # The graceful HTTP stop fires as soon as the last response is *finished*, i.e. handed
-        # to its transport; twistd's shutdown then drops every connection at once
-        # (reactor.disconnectAll), bytes still in the write buffers included.  Let the closing
-        # connections flush first.
-        stopped: Deferred[Any] = super().stopService()
-        if self._reactor is None:
-            return stopped
-        return stopped.addCallback(lambda _: Deferred.fromCoroutine(_flushed(self._reactor, FLUSH_TIMEOUT)))
+        # One child after another, last added first, each waited for: MultiService would
+        # stop them all at once, and the pool would abort the associations of requests
+        # the HTTP service is still letting finish.
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_order())
+
+    async def _stop_in_order(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {child} failed", child=child)
+        # The graceful HTTP stop fires as soon as the last response is *finished*, i.e.
+        # handed to its transport; twistd's shutdown then drops every connection at once
+        # (reactor.disconnectAll), bytes still in the write buffers included.  Let the
+        # closing connections flush first.
+        if self._reactor is not None:
+            await _flushed(self._reactor, FLUSH_TIMEOUT)
 
     def startService(self) -> None:
         try:

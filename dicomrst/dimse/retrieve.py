@@ -25,7 +25,7 @@ from dicomrst.dimse.operation import send_cancel, shielded
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
-from dicomrst.ul.errors import AssociationTimeout
+from dicomrst.ul.errors import AssociationError, AssociationTimeout
 
 log = logger("dicomrst.retrieve")
 
@@ -90,6 +90,8 @@ class _StoreHandler:
         op.activity()
 
         def respond(status: object) -> None:
+            op.outstanding -= 1
+            op.activity()
             reply.Status = status if isinstance(status, int) else STORE_OUT_OF_RESOURCES
             if isinstance(status, Failure):
                 log.warn(
@@ -108,6 +110,7 @@ class _StoreHandler:
             respond(Failure(e))
             return None
         op.result.received += 1
+        op.outstanding += 1
         consumer.done.addBoth(respond)
         return _Watched(consumer, op)
 
@@ -150,6 +153,9 @@ class GetOperation:
         self.result = RetrieveResult()
         self.cancel_sent = False
         self.timed_out = False
+        # Sub-operations received whose C-STORE-RSP we still owe (the sink is writing
+        # or converting them): while any is, the silence is ours, not the PACS's.
+        self.outstanding = 0
         self._timer: IDelayedCall | None = None
         self._context_id = 0
         self._message_id = 0
@@ -188,7 +194,7 @@ class GetOperation:
 
     def _timed_out(self) -> None:
         association = self.connection.association
-        if association is not None and association._paused:
+        if self.outstanding or (association is not None and association._paused):
             # We stopped reading (a slow HTTP client): the silence is ours, not the
             # PACS's.  The HTTP request timeout bounds the whole retrieve.
             self.activity()
@@ -248,6 +254,10 @@ async def c_get(
             raise AssociationTimeout(
                 f"no C-GET response or sub-operation from {aet} within {timeout:g} s"
             ) from e
+        if op.result.received and isinstance(e, AssociationError):
+            # Instances already reached the sink (some may still be converting): not a
+            # stale association to retry on, or they would be sent twice.
+            raise UpstreamError(f"{aet}: C-GET ended after {op.result.received} instance(s): {e}") from e
         raise
     status = op.result.status
     category = commands.status_category(status)

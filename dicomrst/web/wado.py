@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -49,8 +49,18 @@ class _AssociationThrottle:
         self.parts = 0
         self.bytes = 0
         self.client_gone = False
+        # Instances the PACS delivered that we could not write (conversion failed,
+        # syntax not servable): a response missing them must not end cleanly.
+        self.dropped = 0
         self._association: Any = None
         self._paused = False
+
+    def refuse_if_gone(self) -> None:
+        """Called for every arriving instance.  Once the handler was cancelled (client
+        gone, or the request timed out and was answered) a late C-STORE of the
+        cancelled retrieve must be refused here, not written into a dead request."""
+        if self.client_gone:
+            raise ConnectionError("HTTP client disconnected or request already answered")
 
     def attach(self, association: Any) -> None:
         """Pause and resume `association` with the response.  None lets go of the one
@@ -110,10 +120,10 @@ class MultipartSink(_AssociationThrottle):
     # -- InstanceSink ------------------------------------------------------------
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> PartConsumer:
-        if self.client_gone:
-            raise ConnectionError("HTTP client disconnected")
+        self.refuse_if_gone()
         out = part_transfer_syntax(self.choice, transfer_syntax)
         if out is None:
+            self.dropped += 1
             raise ValueError(f"transfer syntax {transfer_syntax} cannot be served as requested")
         return PartConsumer(self, sop_class_uid, sop_instance_uid, transfer_syntax, out)
 
@@ -226,6 +236,7 @@ class PartConsumer:
                 ts=self.stored_ts,
                 why=f.getErrorMessage(),
             )
+            self.sink.dropped += 1
             return f
 
         d.addCallbacks(converted, failed)
@@ -255,7 +266,7 @@ async def retrieve(
     series or instance level."""
     from urllib.parse import quote
 
-    from dicomrst.errors import BadRequest, DicomrstError, NotFound
+    from dicomrst.errors import BadRequest, DicomrstError, NotAcceptable, NotFound, UpstreamError
     from dicomrst.qido.query import is_uid
     from dicomrst.wado.negotiation import select_instance_media, select_metadata_media
     from dicomrst.web.qido import _base_url
@@ -281,6 +292,13 @@ async def retrieve(
         if request.method == b"HEAD":
             request.setHeader(b"Content-Type", b'multipart/related; type="application/dicom"')
             return b""
+        if all(part_transfer_syntax(choice, ts) is None for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)):
+            # We take instances in Explicit or Implicit VR LE only: nothing we could
+            # receive could be served as asked, so say so before moving anything.
+            raise NotAcceptable(
+                "only Explicit VR Little Endian (1.2.840.10008.1.2.1) can be produced; "
+                "compressed transfer syntaxes are not passed through yet"
+            )
         sink = MultipartSink(request, app.clock, choice, location, study, series, source_aet=aet)
     what = (
         f"study {study}"
@@ -290,6 +308,10 @@ async def retrieve(
     try:
         try:
             await backend.retrieve(study, series, instance, sink=sink)
+        except CancelledError:
+            # Client gone or request timed out: C-STOREs still in flight are refused.
+            sink.client_gone = True
+            raise
         except RetrieveFailed as e:
             # Some PACS (Orthanc among them) answer a C-GET for an unknown UID with a
             # failure and no sub-operations instead of Success with none.  Ask with a
@@ -310,6 +332,18 @@ async def retrieve(
             bytes=sink.bytes,
             what=what,
             why=e.message,
+        )
+        return _cut_off(request)
+    if sink.dropped:
+        # The PACS delivered instances we could not write: a body that ends cleanly
+        # would claim a complete study.
+        if not sink.started:
+            raise UpstreamError(f"{aet}: none of the {sink.dropped} instance(s) for {what} could be served")
+        log.warn(
+            "{n} instance(s) for {what} from {aet} could not be served; response cut off",
+            n=sink.dropped,
+            what=what,
+            aet=aet,
         )
         return _cut_off(request)
     if sink.parts == 0:
@@ -370,8 +404,7 @@ class MetadataSink(_AssociationThrottle):
         self.series = series
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
-        if self.client_gone:
-            raise ConnectionError("HTTP client disconnected")
+        self.refuse_if_gone()
         return MetadataConsumer(self, sop_instance_uid, transfer_syntax)
 
     def write_object(self, data: bytes) -> None:
@@ -401,8 +434,16 @@ class MetadataConsumer:
         self.transfer_syntax = transfer_syntax
         self.done: Deferred[int] = Deferred()
         self._parts: list[bytes] = []
+        self._series = sink.series
+        self._peeker: UIDPeeker | None = None
+        if self._series is None and transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            self._peeker = UIDPeeker(implicit=transfer_syntax == IMPLICIT_VR_LE)
 
     def dataReceived(self, fragment: bytes) -> None:
+        # The series UID is in the first kilobytes: look for it as they arrive rather
+        # than copy the whole instance once more at the end.
+        if self._peeker is not None and not self._peeker.done:
+            self._peeker.feed(fragment)
         self._parts.append(fragment)
 
     def dataFinished(self) -> None:
@@ -410,11 +451,7 @@ class MetadataConsumer:
 
         data = b"".join(self._parts)
         self._parts = []
-        series = self.sink.series
-        if series is None and self.transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
-            peeker = UIDPeeker(implicit=self.transfer_syntax == IMPLICIT_VR_LE)
-            peeker.feed(data)
-            series = peeker.uids.series
+        series = self._series or (self._peeker.uids.series if self._peeker is not None else None)
         bulk_base = (
             f"{self.sink.location}/studies/{self.sink.study}/series/{series or ''}"
             f"/instances/{self.sop_instance}/bulkdata"
@@ -427,7 +464,12 @@ class MetadataConsumer:
             self.sink.write_object(encoded)
             return STORE_SUCCESS
 
-        d.addCallback(write)
+        def failed(f: Failure) -> Failure:
+            log.warn("cannot describe {uid}: {why}", uid=self.sop_instance, why=f.getErrorMessage())
+            self.sink.dropped += 1
+            return f
+
+        d.addCallbacks(write, failed)
         d.chainDeferred(self.done)
 
     def dataFailed(self, reason: Failure) -> None:
