@@ -105,6 +105,12 @@ class DimseConnection:
         self._abandoned: set[int] = set()
         self._next_id = 0
 
+    @property
+    def is_ended(self) -> bool:
+        """True once the association ended in any way, orderly release included
+        (`ended` holds the failure, and is None after a release)."""
+        return self.whenEnded.called
+
     # -- ULUser ---------------------------------------------------------------------
 
     def association_established(self, association: ULProtocol) -> None:

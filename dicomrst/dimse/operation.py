@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 def send_cancel(connection: DimseConnection, context_id: int, message_id: int) -> bool:
     """C-CANCEL-RQ for `message_id`; False when the association is already gone."""
-    if connection.ended is not None:
+    if connection.is_ended:
         return False
     try:
         connection.respond(

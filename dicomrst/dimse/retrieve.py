@@ -99,7 +99,7 @@ class _StoreHandler:
                     uid=rq.AffectedSOPInstanceUID,
                     why=status.getErrorMessage(),
                 )
-            if connection.ended is None:
+            if not connection.is_ended:
                 connection.respond(message.context_id, reply)
 
         try:
