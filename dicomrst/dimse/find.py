@@ -17,11 +17,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IDataSetConsumer, IncomingMessage
-from dicomrst.dimse.operation import send_cancel, shielded
+from dicomrst.dimse.operation import DimseOperation, shielded
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.ul.errors import AssociationTimeout
@@ -52,8 +52,10 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     )
 
 
-class FindOperation:
+class FindOperation(DimseOperation):
     """One C-FIND: request, pending results, the final status, C-CANCEL."""
+
+    name = "C-FIND"
 
     def __init__(
         self,
@@ -65,20 +67,12 @@ class FindOperation:
         timeout: float,
         on_result: Callable[[Dataset], None],
     ) -> None:
-        self.connection = connection
-        self.clock = clock
-        self.aet = aet
+        super().__init__(connection, clock, aet=aet, timeout=timeout)
         self.limit = limit
-        self.timeout = timeout
         self.on_result = on_result
         self.delivered = 0
-        self.cancel_sent = False
         self.abandoned = False
-        self.timed_out = False
-        self._context_id = 0
         self._transfer_syntax = IMPLICIT_VR_LE
-        self._message_id = 0
-        self._timer: IDelayedCall | None = None
         self._request: Deferred[IncomingMessage] | None = None
 
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
@@ -99,33 +93,16 @@ class FindOperation:
             on_response=self._response,
         )
         self._message_id = int(rq.MessageID)
-        self._arm()
+        self.activity()
         self._request.addBoth(self._finished)
         return self._request
 
     def _finished(self, result: object) -> object:
-        _cancel(self._timer)
+        self._stop_timer()
         return result
 
-    def _arm(self) -> None:
-        _cancel(self._timer)
-        self._timer = self.clock.callLater(self.timeout, self._timed_out)
-
-    def _timed_out(self) -> None:
-        # The PACS went quiet: ask it to stop, then abort, since we cannot know
-        # whether it will ever answer; the pool must not reuse this association.
-        self._timer = None
-        self.timed_out = True
-        self.cancel()
-        self.connection.abort("C-FIND timed out")
-
-    def cancel(self) -> None:
-        """Send C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
-        if not self.cancel_sent:
-            self.cancel_sent = send_cancel(self.connection, self._context_id, self._message_id)
-
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
-        self._arm()
+        self.activity()
         status = int(message.command.get("Status", 0))
         if not commands.is_pending(status) or not commands.has_dataset(message.command):
             return None
@@ -194,8 +171,3 @@ async def c_find(
         raise
     op.check(final)
     return op.delivered
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()

@@ -15,13 +15,13 @@ from typing import Protocol as TypingProtocol
 import attrs
 from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
 from dicomrst.dimse.find import encode_dataset
-from dicomrst.dimse.operation import send_cancel, shielded
+from dicomrst.dimse.operation import DimseOperation, shielded
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
@@ -133,8 +133,10 @@ class _Watched:
         self.inner.dataFailed(reason)
 
 
-class GetOperation:
+class GetOperation(DimseOperation):
     """One C-GET: the request, its pending responses, the sub-operations, C-CANCEL."""
+
+    name = "C-GET"
 
     def __init__(
         self,
@@ -145,20 +147,12 @@ class GetOperation:
         timeout: float,
         sink: InstanceSink,
     ) -> None:
-        self.connection = connection
-        self.clock = clock
-        self.aet = aet
-        self.timeout = timeout
+        super().__init__(connection, clock, aet=aet, timeout=timeout)
         self.sink = sink
         self.result = RetrieveResult()
-        self.cancel_sent = False
-        self.timed_out = False
         # Sub-operations received whose C-STORE-RSP we still owe (the sink is writing
         # or converting them): while any is, the silence is ours, not the PACS's.
         self.outstanding = 0
-        self._timer: IDelayedCall | None = None
-        self._context_id = 0
-        self._message_id = 0
 
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
         association = self.connection.association
@@ -183,31 +177,15 @@ class GetOperation:
         return request
 
     def _finished(self, result: object) -> object:
-        _cancel(self._timer)
+        self._stop_timer()
         self.connection.handlers.pop(commands.C_STORE_RQ, None)
         return result
 
-    def activity(self) -> None:
-        """A response or a sub-operation came: the PACS is alive."""
-        _cancel(self._timer)
-        self._timer = self.clock.callLater(self.timeout, self._timed_out)
-
-    def _timed_out(self) -> None:
+    def silence_is_ours(self) -> bool:
+        # We owe a C-STORE-RSP (the sink is still writing or converting), or we stopped
+        # reading for a slow HTTP client; the HTTP request timeout bounds the whole retrieve.
         association = self.connection.association
-        if self.outstanding or (association is not None and association._paused):
-            # We stopped reading (a slow HTTP client): the silence is ours, not the
-            # PACS's.  The HTTP request timeout bounds the whole retrieve.
-            self.activity()
-            return
-        self._timer = None
-        self.timed_out = True
-        self.cancel()
-        self.connection.abort("C-GET timed out")
-
-    def cancel(self) -> None:
-        """Send C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
-        if not self.cancel_sent:
-            self.cancel_sent = send_cancel(self.connection, self._context_id, self._message_id)
+        return bool(self.outstanding) or (association is not None and association._paused)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self.activity()
@@ -264,8 +242,3 @@ async def c_get(
     if category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent):
         return op.result
     raise RetrieveFailed(aet, status, op.result)
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()

@@ -148,18 +148,24 @@ class AssociationRequest:
             for item in accept.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
-        result = negotiate_as_requestor(rq, accept.presentation_context_definition_results_list, ac_roles)
-        return {
-            int(cx.context_id): AcceptedContext(
-                int(cx.context_id),
-                str(cx.abstract_syntax),
-                str(cx.transfer_syntax[0]),
-                bool(cx.as_scu),
-                bool(cx.as_scp),
-            )
-            for cx in result
-            if cx.result == 0 and cx.transfer_syntax
-        }
+        return _accepted(
+            negotiate_as_requestor(rq, accept.presentation_context_definition_results_list, ac_roles)
+        )
+
+
+def _accepted(results: list[PresentationContext]) -> dict[int, AcceptedContext]:
+    """The accepted contexts of a negotiation result, by context ID, with our roles."""
+    return {
+        int(cx.context_id): AcceptedContext(
+            int(cx.context_id),
+            str(cx.abstract_syntax),
+            str(cx.transfer_syntax[0]),
+            bool(cx.as_scu),
+            bool(cx.as_scp),
+        )
+        for cx in results
+        if cx.result == 0 and cx.transfer_syntax
+    }
 
 
 def _common_user_information(max_pdu: int) -> list[object]:
@@ -244,18 +250,7 @@ class AcceptorPolicy:
         accept.result_source = 1
         accept.presentation_context_definition_results_list = results
         accept.user_information = _common_user_information(self.max_pdu) + list(reply_roles)  # type: ignore[assignment]
-        contexts = {
-            int(cx.context_id): AcceptedContext(
-                int(cx.context_id),
-                str(cx.abstract_syntax),
-                str(cx.transfer_syntax[0]),
-                bool(cx.as_scu),
-                bool(cx.as_scp),
-            )
-            for cx in results
-            if cx.result == 0
-        }
-        return Acceptance(accept, contexts)
+        return Acceptance(accept, _accepted(results))
 
 
 def reject_primitive(request: A_ASSOCIATE, rejection: Rejection) -> A_ASSOCIATE:
