@@ -50,6 +50,18 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+def wait_tcp(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -127,12 +139,20 @@ class Gateway(Process):
     """``twistd -n dicomrst`` on a config written into `workdir`."""
 
     def __init__(
-        self, workdir: Path, aets: list[dict], dimse_aet: str = "DICOMRST", request_timeout_ms: int = 600000
+        self,
+        workdir: Path,
+        aets: list[dict],
+        dimse_aet: str = "DICOMRST",
+        request_timeout_ms: int = 600000,
+        dimse_port: int | None = None,
+        name: str = "dicomrst",
     ) -> None:
+        """`dimse_port`: the listener's port when a C-MOVE source must know it beforehand;
+        `name`: for the config and log file names, when several gateways run."""
         import yaml
 
         self.http_port = free_port()
-        self.dimse_port = free_port()
+        self.dimse_port = dimse_port or free_port()
         self.dimse_aet = dimse_aet
         self.url = f"http://127.0.0.1:{self.http_port}"
         config = {
@@ -149,16 +169,35 @@ class Gateway(Process):
             },
             "aets": aets,
         }
-        path = workdir / "dicomrst.yaml"
+        path = workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
         env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         super().__init__(
             [twistd, "-n", "--pidfile=", "dicomrst", "--config", str(path)],
             env=env,
-            log=workdir / "dicomrst.log",
+            log=workdir / f"{name}.log",
         )
         wait_http(self.url + "/")
+
+
+class Storescp(Process):
+    """DCMTK ``storescp --ignore``: receives every C-STORE in full and answers Success, but
+    writes nothing, as the gateway writes nothing (it streams to the HTTP client). With
+    `output_dir`, it writes the files there instead (e.g. a tmpfs directory)."""
+
+    def __init__(
+        self, workdir: Path, aet: str = "STORESCP", port: int | None = None, output_dir: str | None = None
+    ) -> None:
+        self.aet = aet
+        self.port = port or free_port()
+        where = ["--output-directory", output_dir] if output_dir else ["--ignore"]
+        super().__init__(
+            [dcmtk("storescp"), *where, "-aet", aet, str(self.port)],
+            env={"TCP_NODELAY": "1"},
+            log=workdir / f"storescp-{aet}.log",
+        )
+        wait_tcp(self.port)
 
 
 def workdir() -> Path:

@@ -1,5 +1,12 @@
-"""WADO-RS study retrieve through dicomrst (C-GET) against DCMTK getscu, pynetdicom's
-C-GET and Orthanc's own WADO-RS, on the same ~105 MB CT study in the same run (issue 4)."""
+"""WADO-RS study retrieve through dicomrst, with C-GET and with C-MOVE, against DCMTK getscu,
+DCMTK movescu -> storescp, pynetdicom's C-GET and C-MOVE and Orthanc's own WADO-RS, on the
+same ~105 MB CT study in the same run (issue 4).
+
+The C-MOVE anchors: DCMTK ``storescp --ignore`` as destination (it reads every byte of every
+C-STORE and answers Success but writes nothing, as the gateway writes nothing but its HTTP
+response, which curl throws away); a pynetdicom storage SCP in this process that counts the
+bytes of each data set. Orthanc lists the gateway's listener, storescp and the pynetdicom SCP
+as modalities. The C-MOVE gateway is a process of its own, so its peak RSS is its own."""
 
 from __future__ import annotations
 
@@ -12,7 +19,10 @@ import time
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from bench import data, peers
 from bench.stats import row
@@ -101,11 +111,103 @@ def _pynetdicom_get(orthanc: peers.Orthanc, study: str) -> float:
     return time.perf_counter() - t
 
 
+def _movescu(orthanc: peers.Orthanc, study: str, destination: str) -> float:
+    t = time.perf_counter()
+    subprocess.run(
+        [
+            peers.dcmtk("movescu"),
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            orthanc.aet,
+            "-aem",
+            destination,
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "127.0.0.1",
+            str(orthanc.dicom_port),
+        ],
+        check=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+    )
+    # Orthanc runs with SynchronousCMove: the final C-MOVE-RSP comes after the last C-STORE-RSP.
+    return time.perf_counter() - t
+
+
+def _nodelay(event: evt.Event) -> None:
+    # pynetdicom leaves Nagle on; be fair to it.
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class PynetdicomStoreSCP:
+    """A pynetdicom storage SCP in this process (its own threads), counting bytes."""
+
+    def __init__(self, aet: str = "PYSTORESCP", port: int | None = None) -> None:
+        self.aet = aet
+        self.port = port or peers.free_port()
+        self.received = 0
+        ae = AE(ae_title=aet)
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, _nodelay)],
+        )
+
+    def _on_store(self, event: evt.Event) -> int:
+        self.received += len(event.request.DataSet.getvalue())
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _pynetdicom_move(orthanc: peers.Orthanc, study: str, scp: PynetdicomStoreSCP) -> float:
+    ae = AE(ae_title="PYMOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    t = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", orthanc.dicom_port, ae_title=orthanc.aet)
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = study
+    statuses = [
+        int(status.Status)
+        for status, _ in assoc.send_c_move(q, scp.aet, StudyRootQueryRetrieveInformationModelMove)
+        if status
+    ]
+    assoc.release()
+    if not statuses or statuses[-1] != 0:
+        raise RuntimeError(f"pynetdicom C-MOVE ended with {statuses[-1:]}")
+    return time.perf_counter() - t
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def run(runs: int = 5, slices: int = 200, slow: bool = False, only_slow: bool = False) -> None:
     work = peers.workdir()
-    orthanc = peers.Orthanc(work)
-    gateway = None
+    # The C-MOVE destinations listen on ports Orthanc must know when it starts.
+    listener_aet, listener_port = "DICOMRST-SCP", peers.free_port()
+    tmpfs = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    storescp = storescp_disk = pyscp = orthanc = gateway = mover = None
     try:
+        if not only_slow:
+            storescp = peers.Storescp(work)
+            # For context only: the same, writing each file to tmpfs as the getscu anchor does.
+            storescp_disk = peers.Storescp(work, "STORESCP-DISK", output_dir=tmpfs)
+            pyscp = PynetdicomStoreSCP()
+        modalities = {"dicomrst": {"AET": listener_aet, "Host": "127.0.0.1", "Port": listener_port}}
+        for name, scp in (("storescp", storescp), ("storescp-disk", storescp_disk), ("pynetdicom", pyscp)):
+            if scp is not None:
+                modalities[name] = {"AET": scp.aet, "Host": "127.0.0.1", "Port": scp.port}
+        orthanc = peers.Orthanc(work, modalities=modalities)
         study, files = data.ct_study(slices)
         size_mb = sum(len(f) for f in files) / 1e6
         for blob in files:
@@ -124,6 +226,21 @@ def run(runs: int = 5, slices: int = 200, slow: bool = False, only_slow: bool = 
         )
         gw_url = f"{gateway.url}/aets/{orthanc.aet}/studies/{study}"
         or_url = f"{orthanc.url}/dicom-web/studies/{study}"
+        if not only_slow:
+            mover = peers.Gateway(
+                work,
+                [
+                    {
+                        "aet": orthanc.aet,
+                        "host": "127.0.0.1",
+                        "port": orthanc.dicom_port,
+                        "wado-rs": {"retrieve": "move", "receivers": [listener_aet]},
+                    }
+                ],
+                dimse_aet=listener_aet,
+                dimse_port=listener_port,
+                name="dicomrst-move",
+            )
         if only_slow:
             total, first, got = _curl(gw_url, limit_rate="10M")
             print(
@@ -164,6 +281,52 @@ def run(runs: int = 5, slices: int = 200, slow: bool = False, only_slow: bool = 
             )
         )
         print(f"  dicomrst peak RSS after these runs: {rss:.0f} MB")
+        assert mover is not None and storescp is not None and pyscp is not None and storescp_disk is not None
+        mv_url = f"{mover.url}/aets/{orthanc.aet}/studies/{study}"
+        _curl(mv_url), _movescu(orthanc, study, storescp.aet), _pynetdicom_move(orthanc, study, pyscp)
+        mv, mv_ttfb, mv_bytes = [], [], 0
+        for _ in range(runs):
+            total, first, mv_bytes = _curl(mv_url)
+            mv.append(total)
+            mv_ttfb.append(first)
+        mv_rss = peers.peak_rss_mb(mover.pid)
+        movescu = [_movescu(orthanc, study, storescp.aet) for _ in range(runs)]
+        to_disk = []
+        for _ in range(runs + 1):
+            to_disk.append(_movescu(orthanc, study, storescp_disk.aet))
+            # Each run writes the study anew (storescp would add suffixes to existing names).
+            for name in os.listdir(tmpfs):
+                os.remove(os.path.join(tmpfs, name))
+        del to_disk[0]  # the warm-up
+        pymove = [_pynetdicom_move(orthanc, study, pyscp) for _ in range(runs)]
+        anchor, py_anchor = _median(movescu), _median(pymove)
+        print(
+            f"\nWADO-RS study retrieve via C-MOVE, same study ({mv_bytes / 1e6:.0f} MB multipart); "
+            f"seconds, {runs} runs; ratios (time) to DCMTK movescu -> storescp"
+        )
+        print(row("dicomrst WADO-RS via C-MOVE (curl > /dev/null)", mv, "s", anchor, fmt="{:.3f}"))
+        print(row("DCMTK movescu -> storescp --ignore", movescu, "s", anchor, fmt="{:.3f}"))
+        print(row("DCMTK movescu -> storescp (to tmpfs; context)", to_disk, "s", anchor, fmt="{:.3f}"))
+        print(row("pynetdicom C-MOVE -> own SCP (counting, TCP_NODELAY)", pymove, "s", anchor, fmt="{:.3f}"))
+        print(row("dicomrst C-MOVE throughput", [size_mb / t for t in mv], "MB/s", fmt="{:.0f}"))
+        print(
+            row("DCMTK movescu -> storescp throughput", [size_mb / t for t in movescu], "MB/s", fmt="{:.0f}")
+        )
+        print(row("pynetdicom C-MOVE throughput", [size_mb / t for t in pymove], "MB/s", fmt="{:.0f}"))
+        print(
+            f"  dicomrst C-MOVE throughput: {anchor / _median(mv):.2f}x DCMTK movescu -> storescp, "
+            f"{py_anchor / _median(mv):.2f}x pynetdicom C-MOVE (medians)"
+        )
+        print(row("dicomrst C-MOVE time to first byte", [t * 1000 for t in mv_ttfb], "ms", fmt="{:.1f}"))
+        print(
+            row(
+                "dicomrst C-MOVE first byte as share of total",
+                [f / t * 100 for f, t in zip(mv_ttfb, mv, strict=True)],
+                "%",
+                fmt="{:.1f}",
+            )
+        )
+        print(f"  dicomrst (C-MOVE gateway) peak RSS after these runs: {mv_rss:.0f} MB")
         if slow:
             total, first, _ = _curl(gw_url, limit_rate="10M")
             print(
@@ -171,6 +334,11 @@ def run(runs: int = 5, slices: int = 200, slow: bool = False, only_slow: bool = 
                 f"{peers.peak_rss_mb(gateway.pid):.0f} MB"
             )
     finally:
-        if gateway is not None:
-            gateway.stop()
-        orthanc.stop()
+        for process in (gateway, mover, storescp, storescp_disk, orthanc):
+            if process is not None:
+                process.stop()
+        if pyscp is not None:
+            pyscp.stop()
+        # Orthanc's storage holds the whole study.
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmpfs, ignore_errors=True)

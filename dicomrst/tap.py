@@ -163,22 +163,39 @@ def build(config: Config, reactor: Any) -> GatewayService:
 
     from dicomrst.backends.dimse import DimseBackend
     from dicomrst.backends.unsupported import UnsupportedBackend
-    from dicomrst.dimse.server import DimseServerFactory
+    from dicomrst.dimse.contexts import receivable_syntaxes
+    from dicomrst.dimse.moves import MoveReceiver, MoveRegistry
+    from dicomrst.dimse.server import listener_factory
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
 
     top = GatewayService(reactor)
     backends: dict[str, IBackend] = {}
-    for aet in config.aets:
+    # The C-MOVEs in flight, shared by the backends that start them and the listeners
+    # their sub-operations arrive on.
+    moves = MoveRegistry(config.server.aet)
+    listeners = {listener.aet: listener for listener in config.server.dimse}
+    for i, aet in enumerate(config.aets):
         if aet.backend == "DIMSE":
-            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor)
+            receiver = None
             if aet.wado_rs.retrieve == "move":
-                log.warn(
-                    "{aet}: wado-rs.retrieve is 'move' (DICOM-RST's only mode), which this version does "
-                    "not implement yet; WADO-RS retrieves from {aet} use C-GET",
-                    aet=aet.aet,
-                )
+                if aet.wado_rs.receivers:
+                    # DICOM-RST too moves to the first receiver only.
+                    listener = listeners[aet.wado_rs.receivers[0]]
+                    receiver = MoveReceiver(
+                        moves, listener.aet, receivable_syntaxes(listener.uncompressed)
+                    )
+                else:
+                    # retrieve: move is the default, so a config without receivers (most
+                    # that only search) keeps working; DICOM-RST answers 500 here.
+                    log.warn(
+                        "{aet}: wado-rs.retrieve is 'move' but aets[{i}].wado-rs.receivers names no "
+                        "listener to move to; WADO-RS retrieves from {aet} use C-GET",
+                        aet=aet.aet,
+                        i=i,
+                    )
+            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
         else:
             backends[aet.aet] = UnsupportedBackend(aet.aet, aet.backend)
     BackendsService(backends).setServiceParent(top)
@@ -186,7 +203,7 @@ def build(config: Config, reactor: Any) -> GatewayService:
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
         _check_endpoint(serverFromString, reactor, description, f"server.dimse[{i}].endpoint")
-        factory = DimseServerFactory(listener.aet, reactor)
+        factory = listener_factory(listener.aet, reactor, moves, uncompressed=listener.uncompressed)
         DimseListenerService(description, factory, reactor).setServiceParent(top)
 
     http = config.server.http

@@ -82,13 +82,17 @@ def gateway_config(
     dimse_port: int,
     aets: Sequence[Mapping[str, Any]] = (),
     http: Mapping[str, Any] | None = None,
+    listener: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``listener``: more keys for the one ``server.dimse`` entry (e.g. ``uncompressed``)."""
     return {
         "telemetry": {"level": "INFO"},
         "server": {
             "aet": OUR_AET,
             "http": {"interface": peers.LOCALHOST, "port": http_port, **(http or {})},
-            "dimse": [{"aet": LISTENER_AET, "interface": peers.LOCALHOST, "port": dimse_port}],
+            "dimse": [
+                {"aet": LISTENER_AET, "interface": peers.LOCALHOST, "port": dimse_port, **(listener or {})}
+            ],
         },
         "aets": [dict(a) for a in aets],
     }
@@ -167,16 +171,22 @@ def start_gateway(
     aets: Sequence[Mapping[str, Any]] = (),
     http: Mapping[str, Any] | None = None,
     ready_path: str = "/",
+    dimse_port: int | None = None,
+    listener: Mapping[str, Any] | None = None,
 ) -> Deferred[Gateway]:
     """Start the gateway on free ports; fire once ``GET ready_path`` answers 200.
+
+    ``dimse_port``: the listener's port when the caller chose it (a C-MOVE source must know it
+    before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry.
 
     At cleanup: close our HTTP connections, SIGTERM the gateway, and fail the test unless it
     exits 0 within `STOP_TIMEOUT`.
     """
 
     async def start() -> Gateway:
-        http_port, dimse_port = peers.free_ports(2)
-        directory, config_path = write_config(case, gateway_config(http_port, dimse_port, aets, http))
+        http_port, free_dimse_port = peers.free_ports(2)
+        port = free_dimse_port if dimse_port is None else dimse_port
+        directory, config_path = write_config(case, gateway_config(http_port, port, aets, http, listener))
         log_path = os.path.join(directory, "gateway.log")
         # argv[0] is the interpreter's path: a venv's python finds its venv through it.
         child = peers._spawn(
@@ -194,7 +204,7 @@ def start_gateway(
         gateway = Gateway(
             url=f"http://{peers.LOCALHOST}:{http_port}",
             http_port=http_port,
-            dimse_port=dimse_port,
+            dimse_port=port,
             config_path=config_path,
             log_path=log_path,
             http=client,

@@ -6,15 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom.dataset import Dataset
-from pynetdicom import StoragePresentationContexts
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.config import AetConfig
+from dicomrst.dimse.contexts import STORAGE_CONTEXTS
 from dicomrst.dimse.echo import echo_scu
 from dicomrst.dimse.find import c_find
+from dicomrst.dimse.move import MoveOperation, c_move
+from dicomrst.dimse.moves import MoveReceiver
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.dimse.retrieve import InstanceSink, RetrieveResult, c_get
 from dicomrst.errors import UpstreamError
@@ -33,14 +35,7 @@ STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 # Every pooled association proposes what every service needs, so any idle one
 # serves any request.  Verification is included so a PACS that strictly checks
 # contexts never sees a C-ECHO on a context it did not accept (DICOM-RST #64).
-# C-GET brings its instances back on the same association, so it also carries a
-# context with the SCP role for every storage SOP class pynetdicom knows (120, which
-# with the four above stays under the limit of 128).  Explicit VR Little Endian comes
-# first: what arrives in it streams to HTTP untouched (PS3.18 forbids Implicit VR).
-STORAGE_CONTEXTS = tuple(
-    ContextProposal(cx.abstract_syntax, (EXPLICIT_VR_LE, IMPLICIT_VR_LE), scu_role=True, scp_role=True)
-    for cx in StoragePresentationContexts
-)
+# STORAGE_CONTEXTS (dimse/contexts.py) carry C-GET's instances back with our SCP role.
 POOL_CONTEXTS = (
     ContextProposal(VERIFICATION),
     ContextProposal(STUDY_ROOT_FIND),
@@ -54,9 +49,19 @@ POOL_CONTEXTS = (
 class DimseBackend:
     kind = "DIMSE"
 
-    def __init__(self, config: AetConfig, calling_aet: str, reactor: IReactorTCP) -> None:
+    def __init__(
+        self, config: AetConfig, calling_aet: str, reactor: IReactorTCP, receiver: MoveReceiver | None = None
+    ) -> None:
         assert config.host is not None and config.port is not None
         self.config = config
+        # C-MOVE to `receiver` (a listener of ours) when configured so, else C-GET.
+        self.receiver = receiver if config.wado_rs.retrieve == "move" else None
+        # The transfer syntaxes retrieved instances may arrive in (the up-front 406 check).
+        self.retrieve_syntaxes: tuple[str, ...] = (
+            self.receiver.transfer_syntaxes if self.receiver is not None else (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+        )
+        # wado-rs.mode: sequential (DICOM-RST): one C-MOVE at a time to this AET.
+        self._move_lock = DeferredLock() if config.wado_rs.mode == "sequential" else None
         self.aet = config.aet
         self.calling_aet = calling_aet
         self.reactor = reactor
@@ -113,7 +118,9 @@ class DimseBackend:
     def retrieve(
         self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
     ) -> Deferred[RetrieveResult]:
-        """C-GET at the level asked for (not always the study, as DICOM-RST does)."""
+        """C-MOVE or C-GET at the level asked for (not always the study, as DICOM-RST does)."""
+        if self.receiver is not None:
+            return Deferred.fromCoroutine(self._move(study, series, instance, sink))
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
         identifier.StudyInstanceUID = study
@@ -159,6 +166,57 @@ class DimseBackend:
                     attach(None)
 
         return Deferred.fromCoroutine(self.pool.run(once))
+
+    async def _move(
+        self, study: str, series: str | None, instance: str | None, sink: InstanceSink
+    ) -> RetrieveResult:
+        receiver = self.receiver
+        assert receiver is not None
+        lock = self._move_lock
+        if lock is not None:
+            await lock.acquire()
+        ops: list[MoveOperation] = []
+
+        async def once(lease: Lease) -> RetrieveResult:
+            def abandon(request: Deferred[object]) -> None:
+                # The client left: the association returns to the pool once the PACS
+                # confirms the C-CANCEL (or is dropped if it errs or stalls).
+                lease.detached = True
+                request.addCallbacks(
+                    lambda _: self.pool.release(lease), lambda _: self.pool.release(lease, reusable=False)
+                )
+
+            try:
+                return await c_move(
+                    lease.connection,
+                    self.clock,
+                    aet=self.aet,
+                    timeout=self.config.wado_rs.timeout_s,
+                    sink=sink,
+                    registry=receiver.registry,
+                    destination=receiver.aet,
+                    study=study,
+                    series=series,
+                    instance=instance,
+                    on_abandon=abandon,
+                    on_start=ops.append,
+                )
+            except STALE_ERRORS as e:
+                if getattr(sink, "started", False) or getattr(sink, "parts", 0):
+                    raise UpstreamError(f"{self.aet}: association lost during C-MOVE: {e}") from e
+                raise
+
+        try:
+            return await self.pool.run(once)
+        finally:
+            if lock is not None:
+                # Held until the move has really ended: one the client abandoned runs on
+                # until the PACS confirms the C-CANCEL, and its stragglers must not meet
+                # the next move.
+                if ops and not ops[-1].ended.called:
+                    ops[-1].ended.addBoth(lambda _: lock.release())
+                else:
+                    lock.release()
 
     def stop(self) -> Deferred[object]:
         return self.pool.stop()

@@ -37,11 +37,20 @@ class UIDs:
     series: str | None = None
 
 
+_IMPLICIT = struct.Struct("<HHL")  # group, element, length
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_UL = struct.Struct("<L")
+_DELIMITERS = frozenset((_ITEM, _ITEM_END, _SEQ_END))
+
+
 class UIDPeeker:
     """Fed data-set fragments in order; `done` once both UIDs are known or past.
 
     `implicit` is True for Implicit VR Little Endian; big endian and deflated data
     sets are not walked (`feed` reports failure), the caller falls back.
+
+    It runs for every retrieved instance, on the reactor: a fragment is walked where it
+    lies (not copied), and only an element cut off at its end is kept for the next one.
     """
 
     def __init__(self, implicit: bool) -> None:
@@ -49,9 +58,8 @@ class UIDPeeker:
         self.uids = UIDs()
         self.done = False
         self.failed: str | None = None
-        self._buf = bytearray()
-        self._pos = 0  # offset in _buf of the next top-level element
-        self._skip = 0  # bytes of a value still to skip past the buffer
+        self._buf = bytearray()  # the start of an element cut off at a fragment's end
+        self._skip = 0  # bytes of a value still to skip past the data seen
         self._depth: list[int] = []  # nesting of undefined-length sequences/items
 
     def feed(self, fragment: bytes) -> bool:
@@ -64,58 +72,59 @@ class UIDPeeker:
                 return False
             fragment = fragment[self._skip :]
             self._skip = 0
-        self._buf += fragment
+        data: bytes | bytearray = self._buf + fragment if self._buf else fragment
         try:
-            self._walk()
+            rest = self._walk(data)
         except PeekFailed as e:
             self.failed = str(e)
             self.done = True
+            rest = len(data)
+        self._buf = bytearray(data[rest:]) if not self.done and rest < len(data) else bytearray()
         return self.done
 
-    def _walk(self) -> None:
-        buf = self._buf
-        while not self.done:
-            pos = self._pos
-            if len(buf) - pos < 8:
-                break
-            group, element = struct.unpack_from("<HH", buf, pos)
-            tag = group << 16 | element
-            if tag in (_ITEM, _ITEM_END, _SEQ_END):
-                (length,) = struct.unpack_from("<L", buf, pos + 4)
+    def _walk(self, buf: bytes | bytearray) -> int:
+        """Walk the top-level elements from the start of `buf`; the offset of the first
+        byte not consumed (an element not complete yet)."""
+        depth = self._depth
+        implicit = self.implicit
+        n = len(buf)
+        pos = 0
+        while True:
+            if n - pos < 8:
+                return pos
+            if implicit:
+                group, element, length = _IMPLICIT.unpack_from(buf, pos)
                 header = 8
-                vr = b""
-            elif self.implicit:
-                (length,) = struct.unpack_from("<L", buf, pos + 4)
-                header = 8
-                vr = b"SQ" if length == _UNDEFINED else b""
+                tag = group << 16 | element
             else:
-                vr = bytes(buf[pos + 4 : pos + 6])
-                if vr in _LONG_VRS:
-                    if len(buf) - pos < 12:
-                        break
-                    (length,) = struct.unpack_from("<L", buf, pos + 8)
+                group, element, vr, length = _EXPLICIT.unpack_from(buf, pos)
+                header = 8
+                tag = group << 16 | element
+                if tag in _DELIMITERS:
+                    (length,) = _UL.unpack_from(buf, pos + 4)
+                elif vr in _LONG_VRS:
+                    if n - pos < 12:
+                        return pos
+                    (length,) = _UL.unpack_from(buf, pos + 8)
                     header = 12
-                else:
-                    (length,) = struct.unpack_from("<H", buf, pos + 6)
-                    header = 8
-            if not self._depth and group > 0x0020:
+            if not depth and group > 0x0020:
                 self._finish()
-                return
-            if tag in (_ITEM_END, _SEQ_END):
-                if not self._depth:
+                return n
+            if tag == _ITEM_END or tag == _SEQ_END:
+                if not depth:
                     raise PeekFailed("delimiter outside a sequence")
-                self._depth.pop()
-                self._advance(pos + header)
+                depth.pop()
+                pos += header
                 continue
             if length == _UNDEFINED:
                 # An undefined-length sequence or item: walk into it.
-                self._depth.append(tag)
-                self._advance(pos + header)
+                depth.append(tag)
+                pos += header
                 continue
             end = pos + header + length
-            if not self._depth and tag in (STUDY_UID, SERIES_UID):
-                if len(buf) < end:
-                    break
+            if not depth and (tag == STUDY_UID or tag == SERIES_UID):
+                if n < end:
+                    return pos
                 value = bytes(buf[pos + header : end]).rstrip(b"\x00 ").decode("ascii", "replace")
                 if tag == STUDY_UID:
                     self.uids.study = value
@@ -123,20 +132,11 @@ class UIDPeeker:
                     self.uids.series = value
                 if self.uids.study and self.uids.series:
                     self._finish()
-                    return
-            if end > len(buf):
-                self._skip = end - len(buf)
-                self._buf = bytearray()
-                self._pos = 0
-                return
-            self._advance(end)
-
-    def _advance(self, offset: int) -> None:
-        self._pos = offset
-        if offset > 65536:
-            del self._buf[:offset]
-            self._pos = 0
+                    return n
+            if end > n:
+                self._skip = end - n
+                return n
+            pos = end
 
     def _finish(self) -> None:
         self.done = True
-        self._buf = bytearray()

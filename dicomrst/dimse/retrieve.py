@@ -4,13 +4,16 @@
 The sub-operations arrive on the same association as C-STORE-RQs.  When a command set
 arrives the sink is asked for a consumer, and the data set's fragments go to it as
 they come off the wire; the C-STORE-RSP is sent only once the sink says the instance
-was handed on (or failed), so the PACS's sub-operation counts are true.
+was handed on (or failed), so the PACS's sub-operation counts are true.  `deliver`
+does that for C-MOVE's sub-operations too (they arrive on our listener: moves.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from typing import Protocol as TypingProtocol
+from weakref import WeakKeyDictionary
 
 import attrs
 from pydicom.dataset import Dataset
@@ -49,10 +52,13 @@ class InstanceSink(TypingProtocol):
 
 class RetrieveFailed(UpstreamError):
     association_ok = True
+    #: A failure with nothing moved may mean the PACS has no such entity (some answer an
+    #: unknown UID with a failure): the web layer then asks with a C-FIND.
+    maybe_not_found = True
 
-    def __init__(self, aet: str, status: int, result: RetrieveResult) -> None:
+    def __init__(self, aet: str, status: int, result: RetrieveResult, operation: str = "C-GET") -> None:
         super().__init__(
-            f"{aet} answered C-GET with status 0x{status:04X} ({describe_status(status)}); "
+            f"{aet} answered {operation} with status 0x{status:04X} ({describe_status(status)}); "
             f"{result.completed} instance(s) received, {result.failed} failed"
         )
         self.status = status
@@ -68,6 +74,128 @@ class RetrieveResult:
     received: int = 0  # C-STORE-RQs that reached the sink
 
 
+class StoreTarget(TypingProtocol):
+    """What C-STORE sub-operations are delivered into: one C-GET or one C-MOVE."""
+
+    sink: InstanceSink
+    result: RetrieveResult
+    # Sub-operations received whose C-STORE-RSP we still owe (the sink is writing or
+    # converting them): while any is, the silence is ours, not the PACS's.
+    outstanding: int
+
+    def activity(self) -> None:
+        """Something arrived: restart the inactivity timer."""
+
+
+# Who wants an association paused (see `hold_paused`), by association.
+_pause_holders: WeakKeyDictionary[Any, set[object]] = WeakKeyDictionary()
+
+
+def hold_paused(association: Any, holder: object) -> None:
+    """Pause `association` (stop reading from the PACS) on behalf of `holder`.
+
+    An association the sub-operations of several retrieves arrive on (a PACS may send
+    two C-MOVEs' instances over one association to our listener, or one move's over
+    several) must read again only once none of their responses wants it paused: a
+    plain pause/resume would let one response's resume override another's pause
+    (buffering without bound for a slow client), and a response moving on to another
+    association would leave the first one paused for good (the PACS then waits for a
+    C-STORE-RSP that never comes).
+    """
+    holders = _pause_holders.setdefault(association, set())
+    holders.add(holder)
+    association.pauseProducing()
+
+
+def release_paused(association: Any, holder: object) -> None:
+    """`holder` no longer wants `association` paused; it reads again once nobody does."""
+    holders = _pause_holders.get(association)
+    if holders is None or holder not in holders:
+        return
+    holders.discard(holder)
+    if not holders:
+        del _pause_holders[association]
+        association.resumeProducing()
+
+
+class StoreReply:
+    """The C-STORE-RSP owed for one C-STORE-RQ; sent once."""
+
+    def __init__(self, connection: DimseConnection, message: IncomingMessage) -> None:
+        rq = message.command
+        self.connection = connection
+        self.context_id = message.context_id
+        self.sop_class = str(rq.AffectedSOPClassUID)
+        self.sop_instance = str(rq.AffectedSOPInstanceUID)
+        self.command = commands.command(
+            commands.C_STORE_RSP,
+            MessageIDBeingRespondedTo=rq.MessageID,
+            AffectedSOPClassUID=rq.AffectedSOPClassUID,
+            AffectedSOPInstanceUID=rq.AffectedSOPInstanceUID,
+        )
+        self.sent = False
+
+    def send(self, status: int) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        self.command.Status = status
+        if not self.connection.is_ended:
+            self.connection.respond(self.context_id, self.command)
+            _send_now(self.connection.association)
+
+
+def _send_now(association: Any) -> None:
+    """Hand what was just written on `association` to the kernel now.
+
+    The PACS sends its next instance only once it has our C-STORE-RSP, so the response
+    is on the critical path of every sub-operation; a TCP transport would send it on the
+    reactor's next turn, after whatever else is ready then (the HTTP response's writes,
+    hundreds of kilobytes).  An error is left for that turn to find, as it would be.
+    """
+    transport = getattr(association, "transport", None)
+    do_write = getattr(transport, "doWrite", None)
+    if (
+        do_write is None
+        or not getattr(transport, "connected", False)
+        or getattr(transport, "disconnecting", True)
+    ):
+        return
+    do_write()
+
+
+def deliver(target: StoreTarget, reply: StoreReply, transfer_syntax: str) -> IDataSetConsumer | None:
+    """Hand one sub-operation's instance to `target.sink`.
+
+    The C-STORE-RSP goes out only when the sink's consumer says the instance was handed
+    on (or failed), so the PACS's sub-operation counts are true.  None (the sink refused
+    the instance, already answered with a failure) means the data set is read and dropped.
+    """
+
+    def respond(status: object) -> None:
+        if isinstance(status, Failure):
+            log.warn(
+                "instance {uid} not delivered: {why}", uid=reply.sop_instance, why=status.getErrorMessage()
+            )
+        reply.send(status if isinstance(status, int) else STORE_OUT_OF_RESOURCES)
+
+    try:
+        consumer = target.sink.begin(reply.sop_class, reply.sop_instance, transfer_syntax)
+    except Exception as e:
+        respond(Failure(e))
+        return None
+    target.result.received += 1
+    target.outstanding += 1
+
+    def handed(status: object) -> None:
+        target.outstanding -= 1
+        target.activity()
+        respond(status)
+
+    consumer.done.addBoth(handed)
+    return _Watched(consumer, target)
+
+
 class _StoreHandler:
     """Serves the C-STORE-RQs of one C-GET."""
 
@@ -77,48 +205,16 @@ class _StoreHandler:
     def request_received(
         self, connection: DimseConnection, message: IncomingMessage
     ) -> IDataSetConsumer | None:
-        op = self.operation
-        rq = message.command
         assert connection.association is not None
         context = connection.association.contexts[message.context_id]
-        reply = commands.command(
-            commands.C_STORE_RSP,
-            MessageIDBeingRespondedTo=rq.MessageID,
-            AffectedSOPClassUID=rq.AffectedSOPClassUID,
-            AffectedSOPInstanceUID=rq.AffectedSOPInstanceUID,
-        )
-        op.activity()
-
-        def respond(status: object) -> None:
-            op.outstanding -= 1
-            op.activity()
-            reply.Status = status if isinstance(status, int) else STORE_OUT_OF_RESOURCES
-            if isinstance(status, Failure):
-                log.warn(
-                    "instance {uid} not delivered: {why}",
-                    uid=rq.AffectedSOPInstanceUID,
-                    why=status.getErrorMessage(),
-                )
-            if not connection.is_ended:
-                connection.respond(message.context_id, reply)
-
-        try:
-            consumer = op.sink.begin(
-                str(rq.AffectedSOPClassUID), str(rq.AffectedSOPInstanceUID), context.transfer_syntax
-            )
-        except Exception as e:
-            respond(Failure(e))
-            return None
-        op.result.received += 1
-        op.outstanding += 1
-        consumer.done.addBoth(respond)
-        return _Watched(consumer, op)
+        self.operation.activity()
+        return deliver(self.operation, StoreReply(connection, message), context.transfer_syntax)
 
 
 class _Watched:
     """Passes fragments on and tells the operation something is happening."""
 
-    def __init__(self, inner: InstanceConsumer, op: GetOperation) -> None:
+    def __init__(self, inner: InstanceConsumer, op: StoreTarget) -> None:
         self.inner = inner
         self.op = op
 
@@ -150,8 +246,6 @@ class GetOperation(DimseOperation):
         super().__init__(connection, clock, aet=aet, timeout=timeout)
         self.sink = sink
         self.result = RetrieveResult()
-        # Sub-operations received whose C-STORE-RSP we still owe (the sink is writing
-        # or converting them): while any is, the silence is ours, not the PACS's.
         self.outstanding = 0
 
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:

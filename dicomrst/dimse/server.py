@@ -8,13 +8,16 @@ from twisted.internet.protocol import Factory
 
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
+from dicomrst.dimse.contexts import listener_policy
 from dicomrst.dimse.echo import VERIFICATION_CONTEXT, EchoSCP
+from dicomrst.dimse.moves import MoveRegistry, MoveStoreSCP
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, ContextProposal
 from dicomrst.ul.protocol import DEFAULT_ARTIM_TIMEOUT, ULProtocol
 
 
 class DimseServerFactory(Factory):
-    """Accepts associations called `aet`; serves C-ECHO (later issues add C-STORE)."""
+    """Accepts associations called `aet`; serves C-ECHO, and whatever `handlers` add
+    (C-STORE for C-MOVE sub-operations: `listener_factory`)."""
 
     noisy = False
 
@@ -27,10 +30,11 @@ class DimseServerFactory(Factory):
         handlers: dict[int, RequestHandler] | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+        policy: AcceptorPolicy | None = None,
     ) -> None:
         self.aet = aet
         self.clock = clock
-        self.policy = AcceptorPolicy(aet, contexts, max_pdu=max_pdu)
+        self.policy = policy or AcceptorPolicy(aet, contexts, max_pdu=max_pdu)
         self.handlers: dict[int, RequestHandler] = {commands.C_ECHO_RQ: EchoSCP(), **(handlers or {})}
         self.artim_timeout = artim_timeout
         self.open: set[ULProtocol] = set()
@@ -50,3 +54,27 @@ class DimseServerFactory(Factory):
         """At shutdown: nothing we serve must outlive the process quietly."""
         for protocol in list(self.open):
             protocol.abort("gateway shutting down")
+
+
+def listener_factory(
+    aet: str,
+    clock: IReactorTime,
+    registry: MoveRegistry,
+    *,
+    uncompressed: bool = True,
+    max_pdu: int = DEFAULT_MAX_PDU,
+    artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+) -> DimseServerFactory:
+    """A ``server.dimse[]`` listener: C-ECHO, and C-STORE for the moves in `registry`.
+
+    It takes every storage SOP class in Explicit or Implicit VR Little Endian, and the
+    compressed transfer syntaxes only when `uncompressed` is false.
+    """
+    return DimseServerFactory(
+        aet,
+        clock,
+        handlers={commands.C_STORE_RQ: MoveStoreSCP(registry, aet)},
+        max_pdu=max_pdu,
+        artim_timeout=artim_timeout,
+        policy=listener_policy(aet, uncompressed, max_pdu),
+    )

@@ -23,7 +23,13 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from dicomrst.dimse.peek import UIDPeeker
-from dicomrst.dimse.retrieve import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, RetrieveFailed
+from dicomrst.dimse.retrieve import (
+    STORE_OUT_OF_RESOURCES,
+    STORE_SUCCESS,
+    RetrieveFailed,
+    hold_paused,
+    release_paused,
+)
 from dicomrst.logs import logger
 from dicomrst.ul.negotiation import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.wado import part10
@@ -34,6 +40,19 @@ log = logger("dicomrst.wado")
 
 # Bytes we hold back at most while looking for the study/series UIDs of a part.
 PEEK_LIMIT = 1 << 20
+# Syntaxes whose top-level elements are not Explicit or Implicit VR LE (the compressed
+# ones are Explicit VR LE up to the pixel data's fragments).
+UNPEEKABLE = frozenset((EXPLICIT_VR_BE, part10.DEFLATED_EXPLICIT_VR_LE))
+# Bytes the response's transport may hold unsent before it pauses the association,
+# from the second part on.  Twisted's default (64 KiB) is less than one PDU's fragment
+# (128 KiB): every fragment of every instance then paused the PACS until the kernel took
+# it, a round trip through the reactor per PDU that kept C-MOVE retrieves well below
+# DCMTK's rate.  With this a 512x512 slice goes through unpaused when the client keeps
+# up.  It bounds each response, so memory still does not grow with the study.  The
+# first part goes out under the default: a failure inside it aborts the connection,
+# which drops what is still buffered, and the status line and the part's start must
+# have reached the client by then (or it sees no response, and retries a GET).
+RESPONSE_BUFFER = 1 << 20
 
 
 @implementer(IPushProducer)
@@ -63,25 +82,28 @@ class _AssociationThrottle:
             raise ConnectionError("HTTP client disconnected or request already answered")
 
     def attach(self, association: Any) -> None:
-        """Pause and resume `association` with the response.  None lets go of the one
-        attached (resumed if we paused it): once its operation has ended it may serve
-        another request, which this response must no longer pause."""
+        """Pause and resume `association` with the response.  Another association (a
+        PACS may send one move's instances over several) takes its place, and the one
+        left reads again if we paused it; None lets go of the one attached: once its
+        operation has ended it may serve another request, which this response must no
+        longer pause.  Several responses may pause one association (hold_paused)."""
         previous, self._association = self._association, association
-        if association is None:
-            if previous is not None and self._paused:
-                previous.resumeProducing()
-        elif self._paused:
-            association.pauseProducing()
+        if previous is association or not self._paused:
+            return
+        if previous is not None:
+            release_paused(previous, self)
+        if association is not None:
+            hold_paused(association, self)
 
     def pauseProducing(self) -> None:
         self._paused = True
         if self._association is not None:
-            self._association.pauseProducing()
+            hold_paused(self._association, self)
 
     def resumeProducing(self) -> None:
         self._paused = False
         if self._association is not None:
-            self._association.resumeProducing()
+            release_paused(self._association, self)
 
     def stopProducing(self) -> None:
         # The client went away; Klein cancels the handler, which C-CANCELs the get.
@@ -91,7 +113,7 @@ class _AssociationThrottle:
         if self._paused:
             self._paused = False
             if self._association is not None:
-                self._association.resumeProducing()
+                release_paused(self._association, self)
 
 
 class MultipartSink(_AssociationThrottle):
@@ -116,6 +138,7 @@ class MultipartSink(_AssociationThrottle):
         self.series = series
         self.source_aet = source_aet
         self.writer = MultipartWriter()
+        self._narrow: tuple[Any, int] | None = None  # the transport widened, its size before
 
     # -- InstanceSink ------------------------------------------------------------
 
@@ -140,11 +163,26 @@ class MultipartSink(_AssociationThrottle):
         self.bytes += len(data)
         self.request.write(data)
 
+    def part_written(self) -> None:
+        self.parts += 1
+        if self.parts == 1:
+            transport = getattr(self.request, "transport", None)
+            size = getattr(transport, "bufferSize", RESPONSE_BUFFER)
+            if size < RESPONSE_BUFFER:
+                transport.bufferSize = RESPONSE_BUFFER
+                self._narrow = (transport, size)
+
     def finish(self) -> None:
         """After the last instance: the closing delimiter."""
         if self.started:
             self.write(self.writer.close())
             self.request.unregisterProducer()
+        if self._narrow is not None:
+            # The connection may carry another request, whose first part must again go
+            # out under the default.
+            transport, size = self._narrow
+            transport.bufferSize = size
+            self._narrow = None
 
     def part_location(self, series: str | None, sop_instance_uid: str) -> str:
         path = f"{self.location}/studies/{self.study}"
@@ -171,7 +209,7 @@ class PartConsumer:
         self._header_written = False
         self._series = sink.series
         self._peeker: UIDPeeker | None = None
-        if self._series is None and stored_ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+        if self._series is None and stored_ts not in UNPEEKABLE:
             self._peeker = UIDPeeker(implicit=stored_ts == IMPLICIT_VR_LE)
 
     def dataReceived(self, fragment: bytes) -> None:
@@ -211,7 +249,7 @@ class PartConsumer:
             if not self._header_written:
                 self._write_header()
                 self._flush()
-            self.sink.parts += 1
+            self.sink.part_written()
             self.done.callback(STORE_SUCCESS)
             return
         # Implicit VR or big endian must not go out over HTTP (PS3.18 8.7.3): convert,
@@ -226,7 +264,7 @@ class PartConsumer:
                 return STORE_OUT_OF_RESOURCES
             self._write_header()
             self.sink.write(explicit)
-            self.sink.parts += 1
+            self.sink.part_written()
             return STORE_SUCCESS
 
         def failed(f: Failure) -> Failure:
@@ -244,6 +282,11 @@ class PartConsumer:
 
     def dataFailed(self, reason: Failure) -> None:
         self._held = []
+        if self._header_written and not self.done.called:
+            # Part of it is in the body already.  A C-MOVE goes on after its
+            # sub-operation association died (the PACS reports the instance failed,
+            # perhaps with a warning only): the body must not then end cleanly.
+            self.sink.dropped += 1
         if not self.done.called:
             self.done.errback(reason)
             self.done.addErrback(lambda _: None)
@@ -292,12 +335,13 @@ async def retrieve(
         if request.method == b"HEAD":
             request.setHeader(b"Content-Type", b'multipart/related; type="application/dicom"')
             return b""
-        if all(part_transfer_syntax(choice, ts) is None for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)):
-            # We take instances in Explicit or Implicit VR LE only: nothing we could
-            # receive could be served as asked, so say so before moving anything.
+        receivable = getattr(backend, "retrieve_syntaxes", (EXPLICIT_VR_LE, IMPLICIT_VR_LE))
+        if all(part_transfer_syntax(choice, ts) is None for ts in receivable):
+            # Nothing the backend's retrieves could deliver could be served as asked:
+            # say so before moving anything.
             raise NotAcceptable(
-                "only Explicit VR Little Endian (1.2.840.10008.1.2.1) can be produced; "
-                "compressed transfer syntaxes are not passed through yet"
+                "none of the transfer syntaxes instances arrive in from this AET "
+                f"({', '.join(receivable)}) can be produced as asked"
             )
         sink = MultipartSink(request, app.clock, choice, location, study, series, source_aet=aet)
     what = (
@@ -316,7 +360,7 @@ async def retrieve(
             # Some PACS (Orthanc among them) answer a C-GET for an unknown UID with a
             # failure and no sub-operations instead of Success with none.  Ask with a
             # C-FIND whether the entity exists: if not, that is a 404, not a PACS failure.
-            nothing = e.result.completed == e.result.failed == e.result.received == 0
+            nothing = e.maybe_not_found and e.result.completed == e.result.failed == e.result.received == 0
             if not nothing or await _exists(backend, study, series, instance):
                 raise
     except DicomrstError as e:
@@ -393,6 +437,10 @@ class MetadataSink(_AssociationThrottle):
     sends instances one at a time, so one is held at most.
     """
 
+    # Pixel Data only ever becomes a BulkDataURI here, so a backend that can read just the
+    # head of an object (S3, with a ranged GET) may hand over a placeholder instead.
+    wants_bulk_data = False
+
     def __init__(
         self, request: IRequest, media_type: str, location: str, study: str, series: str | None
     ) -> None:
@@ -436,7 +484,7 @@ class MetadataConsumer:
         self._parts: list[bytes] = []
         self._series = sink.series
         self._peeker: UIDPeeker | None = None
-        if self._series is None and transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+        if self._series is None and transfer_syntax not in UNPEEKABLE:
             self._peeker = UIDPeeker(implicit=transfer_syntax == IMPLICIT_VR_LE)
 
     def dataReceived(self, fragment: bytes) -> None:

@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.test_move -*-
+"""C-MOVE SCU (PS3.4 C.4.2) whose sub-operations, arriving on our listener, stream to a sink.
+
+The C-MOVE-RQ goes out on a pooled association; the PACS opens another one to our
+listener (the Move Destination) and sends the instances there as C-STOREs, which the
+listener's `MoveStoreSCP` hands to this operation (moves.py says how they are matched).
+The C-MOVE-RSPs and the sub-operations both count as signs of life for the inactivity
+timer.  Two associations means two orders: the final C-MOVE-RSP may be read before the
+last instance has been handled here (a PACS may even send it before that instance's
+C-STORE-RSP), so the operation ends only once every instance the PACS reports stored
+has arrived and been handed on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.dimse import commands
+from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
+from dicomrst.dimse.find import encode_dataset
+from dicomrst.dimse.moves import MoveRegistry
+from dicomrst.dimse.operation import DimseOperation, shielded
+from dicomrst.dimse.retrieve import InstanceSink, RetrieveFailed, RetrieveResult
+from dicomrst.errors import UpstreamError
+from dicomrst.logs import logger
+from dicomrst.ul.errors import AssociationError, AssociationTimeout
+
+log = logger("dicomrst.move")
+
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+class MoveDestinationUnknown(RetrieveFailed):
+    """A801: the PACS has no address for our listener's AE title."""
+
+    maybe_not_found = False
+
+    def __init__(self, aet: str, status: int, result: RetrieveResult, destination: str) -> None:
+        super().__init__(aet, status, result, "C-MOVE")
+        self.message = (
+            f"{aet} does not know the move destination {destination!r} (C-MOVE status 0x{status:04X}): "
+            f"register this gateway's listener (AE title {destination}, its host and port) "
+            f"as a DICOM node on {aet}, or retrieve with C-GET (wado-rs.retrieve: get)"
+        )
+        self.args = (self.message,)
+
+
+class SubOperationsMissing(AssociationTimeout):
+    """After the final C-MOVE-RSP, instances it reports stored never arrived."""
+
+    association_ok = True  # the C-MOVE association itself is fine
+
+
+def identifier_for(study: str, series: str | None, instance: str | None) -> Dataset:
+    """A C-MOVE/C-GET identifier at the level asked for, with the unique keys above it."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
+    identifier.StudyInstanceUID = study
+    if series or instance:
+        identifier.SeriesInstanceUID = series or ""
+    if instance:
+        identifier.SOPInstanceUID = instance
+    return identifier
+
+
+def _claim_message_id(connection: DimseConnection, registry: MoveRegistry) -> int:
+    """A message ID free on `connection` and unused by every active move.
+
+    The Move Originator Message ID is all a PACS echoes back, and Message IDs are per
+    association: two pooled associations to one PACS would both send ID 1.  So the ID of
+    a C-MOVE must be unique across the registry; the connection's counter is set so that
+    its next request gets the ID found.
+    """
+    for _ in range(0xFFFF):
+        candidate = connection.next_message_id()
+        if not registry.message_id_taken(candidate):
+            connection._next_id = candidate - 1  # request() takes the next one: this
+            return candidate
+    raise UpstreamError("no free message ID for another C-MOVE")
+
+
+class MoveOperation(DimseOperation):
+    """One C-MOVE: the request, its responses, its sub-operations (via the registry)."""
+
+    name = "C-MOVE"
+
+    def __init__(
+        self,
+        connection: DimseConnection,
+        clock: IReactorTime,
+        *,
+        aet: str,
+        timeout: float,
+        sink: InstanceSink,
+        registry: MoveRegistry,
+        destination: str,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+    ) -> None:
+        super().__init__(connection, clock, aet=aet, timeout=timeout)
+        self.sink = sink
+        self.registry = registry
+        self.pacs_aet = aet
+        self.destination = destination
+        self.study = study
+        self.series = series
+        self.instance = instance
+        self.message_id = 0
+        self.result = RetrieveResult()
+        self.outstanding = 0
+        self.delivered: set[str] = set()
+        self.final: IncomingMessage | None = None
+        self.abandoned = False
+        self.ended: Deferred[None] = Deferred()
+        self._store_association: Any = None
+        self._drained: Deferred[None] | None = None
+
+    # -- ActiveMove ------------------------------------------------------------------
+
+    def store_association(self, association: Any) -> None:
+        if association is not self._store_association:
+            self._store_association = association
+            attach = getattr(self.sink, "attach", None)
+            if attach is not None and not self.abandoned:
+                attach(association)
+
+    def activity(self) -> None:
+        if self.ended.called:
+            return
+        super().activity()
+        self._check_drained()
+
+    # -- the request -----------------------------------------------------------------
+
+    def start(self) -> Deferred[IncomingMessage]:
+        association = self.connection.association
+        assert association is not None
+        context = association.context(STUDY_ROOT_MOVE)
+        if context is None:
+            raise UpstreamError(f"{self.aet} did not accept Study Root C-MOVE")
+        self._context_id = context.context_id
+        rq = commands.command(
+            commands.C_MOVE_RQ,
+            AffectedSOPClassUID=STUDY_ROOT_MOVE,
+            Priority=commands.PRIORITY_MEDIUM,
+            MoveDestination=self.destination,
+        )
+        self.message_id = _claim_message_id(self.connection, self.registry)
+        request = self.connection.request(
+            context.context_id,
+            rq,
+            encode_dataset(identifier_for(self.study, self.series, self.instance), context.transfer_syntax),
+            on_response=self._response,
+        )
+        # Registered in the same reactor turn as the send: no sub-operation can come first.
+        self.message_id = int(rq.MessageID)
+        self.registry.register(self)
+        self._message_id = self.message_id
+        self.activity()
+        request.addBoth(self._request_done)
+        return request
+
+    def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
+        self.activity()
+        rsp = message.command
+        for keyword, field in (
+            ("NumberOfCompletedSuboperations", "completed"),
+            ("NumberOfFailedSuboperations", "failed"),
+            ("NumberOfWarningSuboperations", "warning"),
+        ):
+            if keyword in rsp:
+                setattr(self.result, field, int(rsp.get(keyword) or 0))
+        self.result.status = int(rsp.get("Status", 0))
+        return None  # a failed-SOP list, if any, is read and dropped
+
+    def _request_done(self, result: object) -> object:
+        if isinstance(result, Failure) or self.abandoned:
+            self._stop_timer()
+        else:
+            self.final = result  # type: ignore[assignment]
+        return result
+
+    # -- after the final response ------------------------------------------------------
+
+    def missing(self) -> int:
+        """Instances the PACS reports stored that have not reached the sink yet."""
+        return max(0, self.result.completed + self.result.warning - self.result.received)
+
+    def drained(self) -> Deferred[None]:
+        """Fires once nothing the PACS sent is still being handled here; fails with
+        SubOperationsMissing if instances it reports stored do not come within the timeout."""
+        self._drained = Deferred()
+        d = self._drained
+        self._check_drained()
+        return d
+
+    def _check_drained(self) -> None:
+        d = self._drained
+        if d is not None and not d.called and self.outstanding == 0 and self.missing() == 0:
+            self._drained = None
+            d.callback(None)
+
+    def silence_is_ours(self) -> bool:
+        # We owe a C-STORE-RSP (the sink is still writing or converting), or the
+        # response paused the listener's association for a slow HTTP client.
+        store = self._store_association
+        return bool(self.outstanding) or (store is not None and getattr(store, "_paused", False))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.silence_is_ours():
+            self.activity()
+            return
+        self.timed_out = True
+        if self.final is None:
+            self.cancel()
+            self.connection.abort(f"{self.name} timed out")
+            return
+        d, self._drained = self._drained, None
+        if d is not None and not d.called:
+            d.errback(
+                SubOperationsMissing(
+                    f"{self.aet} reported {self.result.completed + self.result.warning} instance(s) "
+                    f"moved to {self.destination}, {self.result.received} arrived within {self.timeout:g} s"
+                )
+            )
+
+    def abandon(self, request: Deferred[IncomingMessage]) -> None:
+        """The client went away: C-CANCEL, and refuse whatever still comes; the operation
+        ends (and the association is judged) when the PACS answers the cancel."""
+        self.abandoned = True
+        self.cancel()
+        self.registry.unregister(self)
+        if request.called:
+            self.end()
+        else:
+
+            def ended(result: object) -> object:
+                self.end()
+                return result
+
+            request.addBoth(ended)
+
+    def end(self) -> None:
+        """Late C-STOREs are refused from now on; the response no longer pauses the listener."""
+        self._stop_timer()
+        self.registry.unregister(self)
+        attach = getattr(self.sink, "attach", None)
+        if attach is not None and self._store_association is not None:
+            attach(None)
+        self._store_association = None
+        if not self.ended.called:
+            self.ended.callback(None)
+
+
+async def c_move(
+    connection: DimseConnection,
+    clock: IReactorTime,
+    *,
+    aet: str,
+    timeout: float,
+    sink: InstanceSink,
+    registry: MoveRegistry,
+    destination: str,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
+    on_start: Callable[[MoveOperation], None] | None = None,
+) -> RetrieveResult:
+    """Run one C-MOVE to `destination` into `sink`; return the sub-operation counts.
+
+    Same outcomes as `c_get`: RetrieveFailed for a failure status (MoveDestinationUnknown
+    for A801), AssociationTimeout when neither a response nor a sub-operation comes for
+    `timeout` seconds.
+    """
+    op = MoveOperation(
+        connection,
+        clock,
+        aet=aet,
+        timeout=timeout,
+        sink=sink,
+        registry=registry,
+        destination=destination,
+        study=study,
+        series=series,
+        instance=instance,
+    )
+    request = op.start()
+    if on_start is not None:
+        on_start(op)
+    shield = shielded(request)
+    abandoned = False
+    try:
+        try:
+            await shield
+            status = op.result.status
+            if commands.status_category(status) in ("success", "warning", "cancel"):
+                # A failure status may still come with instances already sent, but the
+                # retrieve fails anyway: do not wait for them.
+                await op.drained()
+        except CancelledError:
+            abandoned = True
+            # The caller's callbacks first: the association goes back to the pool
+            # before `ended` lets a queued move (sequential mode) take one.
+            if on_abandon is not None:
+                on_abandon(request)
+            op.abandon(request)
+            raise
+        except SubOperationsMissing:
+            raise
+        except Exception as e:
+            if op.timed_out:
+                raise AssociationTimeout(
+                    f"no C-MOVE response or sub-operation from {aet} within {timeout:g} s"
+                ) from e
+            if op.result.received and isinstance(e, AssociationError):
+                # Instances already reached the sink: not a stale association to retry
+                # on, or they would be sent twice.
+                raise UpstreamError(f"{aet}: C-MOVE ended after {op.result.received} instance(s): {e}") from e
+            raise
+    finally:
+        if not abandoned:
+            op.end()
+    status = op.result.status
+    category = commands.status_category(status)
+    if category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent):
+        return op.result
+    if status == MOVE_DESTINATION_UNKNOWN:
+        raise MoveDestinationUnknown(aet, status, op.result, destination)
+    raise RetrieveFailed(aet, status, op.result, "C-MOVE")
