@@ -210,7 +210,9 @@ def build(config: Config, reactor: Any) -> GatewayService:
     description = http.endpoint_description()
     _check_endpoint(serverFromString, reactor, description, "server.http.endpoint")
     app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
-    site = make_site(app.resource(), reactor, request_timeout=http.request_timeout_s)
+    site = make_site(
+        app.resource(), reactor, request_timeout=http.request_timeout_s, max_upload_size=http.max_upload_size
+    )
     grace = http.request_timeout_s
     HTTPService(description, site, reactor, http.graceful_shutdown, grace).setServiceParent(top)
     return top

@@ -94,6 +94,12 @@ class FakeBackend:
             call.finish()
         return call.deferred
 
+    def retrieve(self, study: str, series: Any, instance: Any, *, sink: Any) -> Deferred[object]:
+        return fail(NotImplementedError("not used by these tests"))
+
+    def store_instance(self, instance: Any) -> Deferred[Any]:
+        return fail(NotImplementedError("not used by these tests"))
+
     def stop(self) -> Deferred[None]:
         return Deferred()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
@@ -72,6 +72,12 @@ class FakeBackend:
 
     def find(self, identifier: Any, *, limit: int | None, on_result: Any) -> Deferred[None]:
         return succeed(None)  # searches are tested in tests.test_qido_web
+
+    def retrieve(self, study: str, series: Any, instance: Any, *, sink: Any) -> Deferred[object]:
+        return fail(NotImplementedError("not used by these tests"))
+
+    def store_instance(self, instance: Any) -> Deferred[Any]:
+        return fail(NotImplementedError("not used by these tests"))
 
     def stop(self) -> Deferred[None]:
         return succeed(None)

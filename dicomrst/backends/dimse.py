@@ -19,7 +19,9 @@ from dicomrst.dimse.move import MoveOperation, c_move
 from dicomrst.dimse.moves import MoveReceiver
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.dimse.retrieve import InstanceSink, RetrieveResult, c_get
+from dicomrst.dimse.store import store_instance
 from dicomrst.errors import UpstreamError
+from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.ul.negotiation import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
@@ -217,6 +219,12 @@ class DimseBackend:
                     ops[-1].ended.addBoth(lambda _: lock.release())
                 else:
                     lock.release()
+
+    def store_instance(self, instance: UploadedInstance) -> Deferred[StoreOutcome]:
+        """C-STORE one STOW-RS instance (dicomrst.dimse.store has the rules)."""
+        return Deferred.fromCoroutine(
+            store_instance(self.pool, self.reactor, instance, timeout=self.config.stow_rs.timeout_s)
+        )
 
     def stop(self) -> Deferred[object]:
         return self.pool.stop()

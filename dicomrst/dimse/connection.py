@@ -232,8 +232,12 @@ class DimseConnection:
         *,
         timeout: float | None = None,
         on_response: ResponseCallback | None = None,
+        streamed: bool = False,
     ) -> Deferred[IncomingMessage]:
         """Send a request; fire with its final response.
+
+        With `streamed`, the command announces a data set that the caller then sends
+        piece by piece with `send_data` (C-STORE of a large instance).
 
         `on_response` sees every response (pending ones too) and may return a
         consumer for that response's data set.  `timeout` bounds the wait for each
@@ -243,7 +247,9 @@ class DimseConnection:
         association = self._require()
         message_id = self.next_message_id()
         command.MessageID = message_id
-        command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
+        command.CommandDataSetType = (
+            commands.HAS_DATASET if dataset is not None or streamed else commands.NO_DATASET
+        )
         name = commands.NAMES.get(int(command.CommandField), "request")
         pending = _Pending(
             message_id, name, Deferred(lambda d: self._cancelled(message_id)), on_response, timeout
@@ -257,6 +263,10 @@ class DimseConnection:
             _cancel(pending.timer)
             raise
         return pending.deferred
+
+    def send_data(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
+        """The next piece of a `streamed` request's data set."""
+        self._require().send_data(context_id, data, last)
 
     def respond(self, context_id: int, command: Dataset, dataset: bytes | None = None) -> None:
         command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET

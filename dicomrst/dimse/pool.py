@@ -12,7 +12,11 @@ Rules (issue 3, and what DICOM-RST got wrong):
 * an association that could not be opened (refused, rejected, timed out) frees its
   slot at once; one whose caller gave up while it was opening joins the pool;
 * every association proposes the contexts all services need, so any request can use
-  any idle association;
+  any idle association; the exception is a C-STORE whose SOP class or transfer syntax
+  the common contexts lack (compressed syntaxes: 128 contexts do not hold them all),
+  which gets an association proposing what it needs, keyed by that request: reused
+  by the next instance that needs the same, counted against `size` like any other,
+  and retired (released) when its slot is wanted for another kind;
 * `stop()` releases everything, fails the waiters, and fires once every connection
   (also one still being opened) is closed.
 """
@@ -25,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
@@ -56,6 +60,8 @@ class Lease:
     # Set when an operation was abandoned but hands the association back itself
     # once the PACS has finished (e.g. after C-CANCEL).
     detached: bool = False
+    # What it was opened with (None: the pool's common request).
+    request: AssociationRequest | None = None
 
 
 class AssociationPool:
@@ -88,9 +94,15 @@ class AssociationPool:
         # Associations being opened (each fires with None once settled).
         self._attempts: set[Deferred[None]] = set()
         self._waiters: deque[Deferred[Lease | None]] = deque()
+        # What each waiter needs, when that is not the common request.
+        self._wants: dict[Deferred[Lease | None], AssociationRequest] = {}
         self._stopped = False
         # Every connection of ours whose TCP connection is not closed yet.
         self._all: set[DimseConnection] = set()
+        # C-STOREs of STOW-RS queue here, `size` at a time, before asking for an
+        # association: a study of many instances must not wait out `acquire_timeout`
+        # behind its own earlier instances.
+        self.store_slots = DeferredSemaphore(size)
 
     @property
     def aet(self) -> str:
@@ -109,11 +121,18 @@ class AssociationPool:
 
     # -- lending ------------------------------------------------------------------
 
-    async def acquire(self) -> Lease:
+    def _key(self, request: AssociationRequest | None) -> AssociationRequest | None:
+        return None if request is None or request == self.request else request
+
+    async def acquire(self, request: AssociationRequest | None = None) -> Lease:
+        """An association opened with `request` (default: the common one)."""
+        key = self._key(request)
         if self._stopped:
             raise ServiceUnavailable(f"{self.aet}: gateway is shutting down")
-        while self._idle:
-            lease = self._idle.pop()
+        for lease in reversed(list(self._idle)):
+            if lease.request != key:
+                continue
+            self._idle.remove(lease)
             _cancel(lease.idle_timer)
             lease.idle_timer = None
             if not lease.connection.whenEnded.called:
@@ -121,24 +140,40 @@ class AssociationPool:
                 self._busy.add(lease)
                 return lease
         if self._count() < self.size:
-            return await self._open()
-        return await self._wait()
+            return await self._open(key)
+        # Full: an idle association opened for other contexts makes room once released.
+        for lease in list(self._idle):
+            if lease.request != key:
+                self._retire(lease)
+                break
+        return await self._wait(key)
 
-    async def _open(self) -> Lease:
+    def _retire(self, lease: Lease) -> None:
+        """Release an idle association; its slot frees when the PACS confirms."""
+        if lease in self._idle:
+            self._idle.remove(lease)
+        _cancel(lease.idle_timer)
+        lease.idle_timer = None
+        self._releasing.add(lease)
+        lease.connection.release().addErrback(_ignore)
+
+    async def _open(self, key: AssociationRequest | None = None) -> Lease:
         # The attempt is not cancelled when our caller gives up: cancelling it half-way
         # would leave an association established behind our back, in no list, until the
         # PACS times it out.  Once up, it joins the pool like any released one.
         self._opening += 1
         opened: Deferred[Lease] = Deferred()
         attempt: Deferred[None] = Deferred.fromCoroutine(
-            associate(self.reactor, self.host, self.port, self.request, timeout=self.connect_timeout)
-        ).addBoth(self._settled, opened)
+            associate(self.reactor, self.host, self.port, key or self.request, timeout=self.connect_timeout)
+        ).addBoth(self._settled, opened, key)
         if not attempt.called:
             self._attempts.add(attempt)
             attempt.addBoth(lambda _: self._attempts.discard(attempt))
         return await opened
 
-    def _settled(self, result: DimseConnection | Failure, opened: Deferred[Lease]) -> None:
+    def _settled(
+        self, result: DimseConnection | Failure, opened: Deferred[Lease], key: AssociationRequest | None
+    ) -> None:
         self._opening -= 1
         if isinstance(result, Failure):
             # The slot is free again: a waiter may try its own luck.
@@ -155,7 +190,7 @@ class AssociationPool:
             if not opened.called:
                 opened.errback(ServiceUnavailable(f"{self.aet}: gateway is shutting down"))
             return
-        lease = Lease(connection, reused=False)
+        lease = Lease(connection, reused=False, request=key)
         self._busy.add(lease)
         connection.whenEnded.addCallback(lambda _: self._ended(lease))
         if opened.called:  # cancelled: whoever waits next gets it, else it idles
@@ -163,9 +198,11 @@ class AssociationPool:
         else:
             opened.callback(lease)
 
-    async def _wait(self) -> Lease:
+    async def _wait(self, key: AssociationRequest | None = None) -> Lease:
         waiter: Deferred[Lease | None] = Deferred()
         self._waiters.append(waiter)
+        if key is not None:
+            self._wants[waiter] = key
         waiter.addTimeout(self.acquire_timeout, self.clock)
         try:
             lease = await waiter
@@ -180,12 +217,14 @@ class AssociationPool:
                 f"{self.aet}: all {self.size} associations busy for {self.acquire_timeout * 1000:.0f} ms",
                 retry_after=max(1, math.ceil(self.acquire_timeout)),
             ) from None
+        finally:
+            self._wants.pop(waiter, None)
         if lease is not None:
             return lease
         # A slot was freed rather than an association handed over.
         if self._stopped:
             raise ServiceUnavailable(f"{self.aet}: gateway is shutting down")
-        return await self.acquire()
+        return await self.acquire(key)
 
     def _wake(self) -> None:
         while self._waiters:
@@ -207,13 +246,19 @@ class AssociationPool:
                 connection.abort("not reusable" if not self._stopped else "gateway is shutting down")
             self._wake()
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.called:
+        for waiter in list(self._waiters):
+            if waiter.called:
+                self._waiters.remove(waiter)
+            elif self._wants.get(waiter) == lease.request:
+                self._waiters.remove(waiter)
                 lease.reused = True
                 self._busy.add(lease)
                 waiter.callback(lease)
                 return
+        if self._waiters:
+            # Everyone waiting needs other contexts: this slot serves them better free.
+            self._retire(lease)
+            return
         lease.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_expired, lease)
         self._idle.append(lease)
 
@@ -239,7 +284,13 @@ class AssociationPool:
 
     # -- running an operation -------------------------------------------------------
 
-    async def run(self, operation: Callable[[Lease], Awaitable[T]], *, retry_stale: bool = True) -> T:
+    async def run(
+        self,
+        operation: Callable[[Lease], Awaitable[T]],
+        *,
+        retry_stale: bool = True,
+        request: AssociationRequest | None = None,
+    ) -> T:
         """Run `operation` on a lent association and give it back.
 
         If a reused association turns out dead before the operation got anything
@@ -248,7 +299,7 @@ class AssociationPool:
         that leaves the association unusable; a `CancelledError` ends it.
         """
         for attempt in (1, 2):
-            lease = await self.acquire()
+            lease = await self.acquire(request)
             try:
                 result = await operation(lease)
             except STALE_ERRORS:

@@ -184,6 +184,32 @@ class ULProtocol(Protocol):
                 pdvs.append((context_id, bit | last, fragment))
         self._event("Evt9", pdus=_pack(pdvs, limit))
 
+    def send_data(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
+        """Send the next piece of a data set whose command went out with `send_message`
+        (no data set): a message streamed piece by piece, the last one flagged.  The
+        caller must send nothing else on this association until the last piece."""
+        if self.state not in ("Sta6", "Sta8"):
+            raise AssociationClosed(f"association is not established ({fsm.STATES[self.state]})")
+        if context_id not in self.contexts:
+            raise ValueError(f"presentation context {context_id} was not accepted")
+        limit = self.peer_max_pdu or UNLIMITED_PDU_CHUNK
+        fragments = _fragments(data, max(2, (limit - 6) & ~1)) or [b""]
+        pdvs = [
+            (context_id, 2 if last and i == len(fragments) - 1 else 0, fragment)
+            for i, fragment in enumerate(fragments)
+        ]
+        self._event("Evt9", pdus=_pack(pdvs, limit))
+
+    def register_write_producer(self, producer: Any) -> None:
+        """Let the TCP send buffer pause and resume `producer` (an IPushProducer): a data
+        set streamed with `send_data` then goes no faster than the peer reads it."""
+        if self.transport is not None:
+            self.transport.registerProducer(producer, True)  # type: ignore[attr-defined]
+
+    def unregister_write_producer(self) -> None:
+        if self.transport is not None and getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
     def release(self) -> Deferred[None]:
         """Ask for an orderly release; fires when the peer confirmed it.
 

@@ -28,7 +28,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.errors import BadRequest, DicomrstError, NotFound, ServiceUnavailable, UpstreamTimeout
 from dicomrst.logs import logger
 from dicomrst.qido.query import Target
-from dicomrst.web import qido, wado
+from dicomrst.web import qido, stow, wado
 from dicomrst.web.responses import (
     ALLOW_METHODS,
     DEFAULT_ALLOW_HEADERS,
@@ -119,10 +119,15 @@ class _GatewayRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: IResource, base: list[bytes]) -> None:
+    def __init__(self, routes: IResource, base: list[bytes], app: GatewayApp | None = None) -> None:
         super().__init__()
         self._routes = routes
         self._base = base
+        self._app = app
+
+    def bodyConsumerFactory(self, request: IRequest) -> Any:
+        """`GatewaySite`'s hook: STOW-RS bodies are parsed as they arrive."""
+        return stow.body_consumer(self._app, request) if self._app is not None else None
 
     def render(self, request: IRequest) -> bytes | int:
         set_common_headers(request)
@@ -176,6 +181,8 @@ class GatewayApp:
     :param clock: the reactor, for timeouts (a `Clock` in tests).
     :param base_path: URL prefix all routes live under, e.g. ``"/dicomweb"``.
     :param echo_timeout: seconds ``GET /aets/{aet}`` waits for the echo.
+    :param stow_spool_dir: where STOW-RS parts larger than `stow_spool_threshold` bytes
+        are spooled (None: the system's temporary directory).
     """
 
     app = Klein()
@@ -192,15 +199,19 @@ class GatewayApp:
         clock: IReactorTime,
         base_path: str = "/",
         echo_timeout: float = 10.0,
+        stow_spool_dir: str | None = None,
+        stow_spool_threshold: int = 1024 * 1024,
     ) -> None:
         self.backends = backends
         self.clock = clock
         self.base_path = base_path
         self.echo_timeout = echo_timeout
+        self.stow_spool_dir = stow_spool_dir
+        self.stow_spool_threshold = stow_spool_threshold
 
     def resource(self) -> IResource:
         """The root resource for a `Site`: base path, CORS, Server header, errors, routes."""
-        return _GatewayRoot(self.app.resource(), _split_base(self.base_path))
+        return _GatewayRoot(self.app.resource(), _split_base(self.base_path), self)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""
@@ -290,3 +301,13 @@ class GatewayApp:
     @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET"])
     async def instance_metadata(self, request: IRequest, aet: str, study: str, series: str, sop: str) -> Any:
         return await wado.retrieve(self, request, aet, study, series, sop, metadata=True)
+
+    # -- STOW-RS (dicomrst.web.stow) ------------------------------------------------------
+
+    @app.route("/aets/<aet>/studies", methods=["POST"])
+    async def store_instances(self, request: IRequest, aet: str) -> bytes:
+        return await stow.store(self, request, aet, None)
+
+    @app.route("/aets/<aet>/studies/<study>", methods=["POST"])
+    async def store_study_instances(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await stow.store(self, request, aet, study)

@@ -9,7 +9,9 @@ hold the connection forever.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -19,7 +21,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from dicomrst.logs import logger
-from dicomrst.web.responses import error_body
+from dicomrst.web.responses import error_body, set_common_headers
 
 log = logger("dicomrst.web")
 
@@ -73,11 +75,35 @@ def format_address(address: IAddress | None) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
+class BodyConsumer(Protocol):
+    """Takes a request body as it arrives, instead of twisted.web buffering it whole.
+
+    Made by the site's `bodyConsumerFactory` once the request headers are in (STOW-RS
+    uploads); the request's ``content`` then stays empty.
+    """
+
+    def dataReceived(self, data: bytes) -> None: ...
+
+    def bodyFinished(self) -> None:
+        """The whole body arrived (the resource is about to render)."""
+
+    def requestOver(self) -> None:
+        """The request ended, whichever way: answered, rejected as too large, or lost."""
+
+
 class GatewayRequest(Request):
-    """A `Request` that reports its end to its `GatewaySite` and keeps a deadline."""
+    """A `Request` that reports its end to its `GatewaySite` and keeps a deadline.
+
+    It also enforces ``max-upload-size`` (413 from Content-Length before the body is
+    read, or as soon as a chunked body passes it) and hands bodies to a `BodyConsumer`
+    where the site has one for the request.
+    """
 
     abortReason: str | None = None
     timedOut: bool = False
+    bodyConsumer: BodyConsumer | None = None
+    _bodyReceived = 0
+    _bodyRejected = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -91,6 +117,98 @@ class GatewayRequest(Request):
         if self._gateway is not None:
             self._started = self._gateway.clock.seconds()
             self._gateway._request_started(self)
+
+    def gotLength(self, length: int | None) -> None:
+        gateway = self._gateway
+        channel = self.channel
+        command = getattr(channel, "_command", None)
+        uri = getattr(channel, "_path", None)
+        version = getattr(channel, "_version", None)
+        if gateway is None or command is None or uri is None or version is None:
+            super().gotLength(length)
+            return
+        # The request line is known (HTTPChannel keeps it until the body is in); set it
+        # now so a body consumer can route and a 413 can be answered and logged.
+        self.method, self.uri, self.clientproto = command, uri, version
+        self.path = uri.split(b"?", 1)[0]
+        limit = gateway.maxUploadSize
+        if limit is not None and length is not None and length > limit:
+            self.content = BytesIO()
+            self._bodyRejected = True
+            # Answered before the body is read: no "100 Continue" after the 413.
+            self.requestHeaders.removeHeader(b"Expect")
+            self._reject_body()
+            return
+        factory = gateway.bodyConsumerFactory
+        consumer = factory(self) if factory is not None else None
+        if consumer is None:
+            super().gotLength(length)
+            return
+        self.bodyConsumer = consumer
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._bodyRejected:
+            return
+        self._bodyReceived += len(data)
+        gateway = self._gateway
+        limit = gateway.maxUploadSize if gateway is not None else None
+        if gateway is not None and limit is not None and self._bodyReceived > limit:
+            # A chunked body (no Content-Length) grew past the limit.  Answered from the
+            # reactor, not from inside the channel's body decoder, which may still hold
+            # the rest of this read.
+            self._bodyRejected = True
+            self._release_body()
+            gateway.clock.callLater(0, self._reject_body)
+            return
+        if self.bodyConsumer is not None:
+            self.bodyConsumer.dataReceived(data)
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._bodyRejected:
+            self._reject_body()  # the rest of the body came in the read that crossed the limit
+            return
+        if self.bodyConsumer is not None:
+            self.bodyConsumer.bodyFinished()
+        super().requestReceived(command, path, version)
+
+    def pauseBody(self) -> None:
+        """Stop reading the request body (a body consumer is behind)."""
+        transport = getattr(getattr(self, "channel", None), "transport", None)
+        if transport is not None and not self.finished and not self._disconnected:
+            transport.pauseProducing()
+
+    def resumeBody(self) -> None:
+        transport = getattr(getattr(self, "channel", None), "transport", None)
+        if transport is not None and not self.finished and not self._disconnected:
+            transport.resumeProducing()
+
+    def bodyProgress(self) -> None:
+        """Reading is paused but work is getting done: hold off the idle timeout."""
+        channel = getattr(self, "channel", None)
+        reset = getattr(channel, "resetTimeout", None)
+        if reset is not None:
+            reset()
+
+    def _reject_body(self) -> None:
+        if self.finished or self._disconnected or self._gateway is None:
+            return
+        self._release_body()
+        limit = self._gateway.maxUploadSize
+        set_common_headers(self)
+        # The rest of the body is not read: the connection cannot carry another request.
+        self.setHeader(b"Connection", b"close")
+        if hasattr(self.channel, "persistent"):
+            self.channel.persistent = False
+        self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
+        self.finish()
+
+    def _release_body(self) -> None:
+        consumer, self.bodyConsumer = self.bodyConsumer, None
+        if consumer is not None:
+            consumer.requestOver()
 
     def process(self) -> None:
         gateway = self._gateway
@@ -153,6 +271,7 @@ class GatewayRequest(Request):
         if self._outcome is not None:
             return
         self._outcome = outcome
+        self._release_body()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -167,6 +286,10 @@ class GatewaySite(Site):
     :ivar requestTimeout: seconds from a fully received request to a finished
         response; 0 disables the deadline.
     :ivar draining: set by `drain`; responses then close their connection.
+    :ivar maxUploadSize: largest request body in bytes (413 beyond); None: no limit.
+    :ivar bodyConsumerFactory: called with each request once its headers are in; a
+        `BodyConsumer` it returns takes the body as it arrives.  Taken from the
+        resource's ``bodyConsumerFactory`` attribute when it has one.
     """
 
     requestFactory = GatewayRequest
@@ -179,6 +302,7 @@ class GatewaySite(Site):
         clock: IReactorTime,
         request_timeout: float,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_upload_size: int | None = None,
     ) -> None:
         # parsePOSTFormSubmission: STOW bodies are never forms; parsing would only
         # cost memory on large uploads.
@@ -186,6 +310,10 @@ class GatewaySite(Site):
         self.clock = clock
         self.requestTimeout = request_timeout
         self.draining = False
+        self.maxUploadSize = max_upload_size
+        self.bodyConsumerFactory: Callable[[GatewayRequest], BodyConsumer | None] | None = getattr(
+            resource, "bodyConsumerFactory", None
+        )
         self._inflight: dict[GatewayRequest, None] = {}
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -256,6 +384,7 @@ def make_site(
     clock: IReactorTime,
     request_timeout: float,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_upload_size: int | None = None,
 ) -> GatewaySite:
     """The `Site` the gateway listens with.
 
@@ -264,5 +393,6 @@ def make_site(
     :param request_timeout: seconds a fully received request has to finish its
         response: 504 if nothing was sent yet, else the connection is aborted.
     :param idle_timeout: seconds an idle or stalled connection is kept open.
+    :param max_upload_size: ``server.http.max-upload-size``: larger bodies get 413.
     """
-    return GatewaySite(resource, clock, request_timeout, idle_timeout)
+    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size)

@@ -1,0 +1,219 @@
+# -*- test-case-name: tests.test_stow_web -*-
+"""STOW-RS: ``POST /aets/{aet}/studies[/{study}]`` (PS3.18 §10.5).
+
+The body is consumed while it arrives: `body_consumer` is the site's hook, called once
+the request headers are in, and returns the `StowUpload` that parses the body and
+stores each instance as its part completes.  The route handler (`store`) then only waits
+for the outcomes and writes the Store Instances Response.  Behind a plain twisted.web
+Site (no hook) the handler feeds the buffered body to the same upload.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_to_bytes
+
+from twisted.web.iweb import IRequest
+
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.errors import (
+    BadRequest,
+    DicomrstError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from dicomrst.logs import logger
+from dicomrst.stow.multipart import MultipartError, check_boundary, parse_media_type
+from dicomrst.stow.response import encode, store_instances_response, summarize
+from dicomrst.stow.upload import ReadControl, StowUpload, UploadTarget
+from dicomrst.web.qido import _base_url
+
+if TYPE_CHECKING:
+    from dicomrst.web.app import GatewayApp
+
+log = logger("dicomrst.web")
+
+DICOM_JSON = b"application/dicom+json"
+#: When a backend says nothing about its own limit.
+DEFAULT_CONCURRENCY = 16
+_METADATA_TYPES = ("application/dicom+json", "application/dicom+xml", "application/json")
+_EXPECTED = 'multipart/related; type="application/dicom"'
+
+
+def store_concurrency(backend: IBackend) -> int:
+    """How many instances of one upload may be in flight: the AET's ``pool.size`` (DIMSE)
+    or ``concurrency`` (S3)."""
+    config = getattr(backend, "config", None)
+    if getattr(backend, "kind", None) == "S3":
+        n = getattr(config, "concurrency", None)
+    else:
+        n = getattr(getattr(config, "pool", None), "size", None)
+    return n if isinstance(n, int) and n > 0 else DEFAULT_CONCURRENCY
+
+
+def boundary_of(content_type: bytes | None) -> bytes:
+    """The boundary of a STOW-RS body; 415 for a media type we do not take, 400 for no boundary."""
+    if content_type is None:
+        raise UnsupportedMediaType(f"a Content-Type is required: {_EXPECTED}")
+    text = content_type.decode("latin-1")
+    try:
+        media = parse_media_type(text)
+    except MultipartError as e:
+        raise UnsupportedMediaType(f"{e}; expected {_EXPECTED}") from None
+    part_type = media.params.get("type", "application/dicom").split(";", 1)[0].strip().lower()
+    if media.essence in _METADATA_TYPES or part_type in _METADATA_TYPES:
+        raise UnsupportedMediaType(
+            "STOW-RS of metadata and bulk data (application/dicom+json or application/dicom+xml) is "
+            f"not supported; send Part-10 instances as {_EXPECTED}"
+        )
+    if media.essence != "multipart/related" or part_type != "application/dicom":
+        raise UnsupportedMediaType(f"Content-Type {text!r} is not supported; expected {_EXPECTED}")
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise BadRequest("the multipart/related Content-Type has no boundary parameter")
+    try:
+        return check_boundary(boundary)
+    except MultipartError as e:
+        raise BadRequest(str(e)) from None
+
+
+class _RequestReading:
+    """Throttles a `GatewayRequest`'s body (`ReadControl`)."""
+
+    def __init__(self, request: IRequest) -> None:
+        self._request = request
+
+    def pause(self) -> None:
+        self._request.pauseBody()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        self._request.resumeBody()  # type: ignore[attr-defined]
+
+    def progress(self) -> None:
+        self._request.bodyProgress()  # type: ignore[attr-defined]
+
+
+def new_upload(
+    app: GatewayApp, request: IRequest, aet: str, study: str | None, reading: ReadControl | None = None
+) -> StowUpload:
+    """An upload for `request`; errors found in its headers are kept in ``upload.error``."""
+    service_url = f"{_base_url(app, request)}/aets/{quote(aet, safe='')}"
+    target = UploadTarget(aet=aet, study=study, service_url=service_url)
+    error: DicomrstError | None = None
+    backend: IBackend | None = None
+    boundary: bytes | None = None
+    try:
+        backend = app.backend(aet)
+        boundary = boundary_of(request.getHeader(b"content-type"))
+    except DicomrstError as e:
+        error = e
+    return StowUpload(
+        target,
+        backend,
+        boundary=boundary,
+        concurrency=store_concurrency(backend) if backend is not None else 1,
+        spool_dir=app.stow_spool_dir,
+        spool_threshold=app.stow_spool_threshold,
+        error=error,
+        reading=reading,
+    )
+
+
+def _route(app: GatewayApp, path: bytes) -> tuple[str, str | None] | None:
+    """(aet, study) if `path` is a STOW-RS resource of `app`, else None.
+
+    Segments are unquoted as twisted.web does for the routes, so both agree.
+    """
+    segments = path.split(b"/")[1:]
+    base = [s.encode("utf-8") for s in app.base_path.split("/") if s]
+    if segments[: len(base)] != base:
+        return None
+    rest = segments[len(base) :]
+    while rest and rest[-1] == b"":
+        rest.pop()
+    try:
+        names = [unquote_to_bytes(s).decode("utf-8") for s in rest]
+    except UnicodeDecodeError:
+        return None
+    if len(names) in (3, 4) and names[0] == "aets" and names[2] == "studies" and names[1]:
+        study = names[3] if len(names) == 4 else None
+        if study == "":
+            return None
+        return names[1], study
+    return None
+
+
+def body_consumer(app: GatewayApp, request: IRequest) -> StowUpload | None:
+    """The site's hook: a `StowUpload` for a STOW-RS request, None for any other."""
+    if request.method != b"POST" or request.path is None:
+        return None
+    route = _route(app, request.path)
+    if route is None:
+        return None
+    aet, study = route
+    return new_upload(app, request, aet, study, reading=_RequestReading(request))
+
+
+async def store(app: GatewayApp, request: IRequest, aet: str, study: str | None) -> bytes:
+    """Wait for the upload's outcomes and answer with the Store Instances Response."""
+    upload = getattr(request, "bodyConsumer", None)
+    own = False
+    if not (isinstance(upload, StowUpload) and (upload.target.aet, upload.target.study) == (aet, study)):
+        # No site hook (a plain twisted.web Site): the body was buffered; feed it now.
+        upload = new_upload(app, request, aet, study)
+        own = True
+    try:
+        if upload.error is not None:
+            raise upload.error
+        if own:
+            content = getattr(request, "content", None)
+            if content is None:
+                upload.bodyFinished()
+            else:
+                await upload.feed_from(content)
+        results = await upload.wait()
+        summary = summarize(results)
+        unavailable = upload.unavailable
+        status = summary.status
+        if unavailable is not None and results and all(r.unavailable for r in results):
+            status = 503
+        _log_request(upload, summary.stored, summary.warnings, summary.failed, summary.other, status)
+        upload.answered = True
+        if status == 503:
+            assert unavailable is not None
+            raise ServiceUnavailable(
+                f"no instance could be stored: {unavailable.message}", retry_after=unavailable.retry_after
+            )
+        if study is not None:
+            study_url: str | None = f"{upload.target.service_url}/studies/{study}"
+        else:
+            studies = {r.study_instance_uid for r in results if r.outcome is not None and r.outcome.stored}
+            study_url = f"{upload.target.service_url}/studies/{studies.pop()}" if len(studies) == 1 else None
+        body = encode(store_instances_response(results, study_url))
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", DICOM_JSON)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+    finally:
+        if own:
+            upload.requestOver()
+
+
+def _log_request(
+    upload: StowUpload, stored: int, warnings: int, failed: int, other: int, status: int
+) -> None:
+    target = upload.target
+    where = f"{target.aet} study {target.study}" if target.study else target.aet
+    log.info(
+        "STOW {where}: {parts} part(s), {stored} stored ({warnings} with warnings), {failed} failed, "
+        "{other} other failure(s) -> {status}",
+        where=where,
+        aet=target.aet,
+        parts=upload.parts,
+        stored=stored,
+        warnings=warnings,
+        failed=failed,
+        other=other,
+        status=status,
+    )
+
