@@ -1,12 +1,12 @@
-"""``python -m bench [qido] [wado] [wado-slow]``: start the peers, measure dicomrst and the
-anchors in the same run."""
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow): start the peers, measure
+dicomrst and the anchors in the same run."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-from bench import qido, wado
+from bench import qido, s3, stow, wado
 
 
 def _wado_slow(runs: int) -> None:
@@ -18,14 +18,17 @@ SUITES: dict[str, Callable[[int], None]] = {
     "qido": lambda runs: qido.run(runs=runs),
     "wado": lambda runs: wado.run(runs=runs),
     "wado-slow": _wado_slow,
+    # The 105 MB study against storescu and Orthanc's STOW-RS, then a ~1 GB upload for peak RSS.
+    "stow": lambda runs: stow.run(runs=runs),
+    "s3": lambda runs: s3.run(runs=runs),
 }
-DEFAULT = ("qido", "wado")
+DEFAULT = ("qido", "wado", "stow", "s3")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "suites", nargs="*", metavar="SUITE", help=f"one of {', '.join(SUITES)}; default qido wado"
+        "suites", nargs="*", metavar="SUITE", help=f"one of {', '.join(SUITES)}; default {' '.join(DEFAULT)}"
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median, min, max reported)")
     args = parser.parse_args()

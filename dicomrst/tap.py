@@ -162,7 +162,6 @@ def build(config: Config, reactor: Any) -> GatewayService:
     from twisted.internet.endpoints import serverFromString
 
     from dicomrst.backends.dimse import DimseBackend
-    from dicomrst.backends.unsupported import UnsupportedBackend
     from dicomrst.dimse.contexts import receivable_syntaxes
     from dicomrst.dimse.moves import MoveReceiver, MoveRegistry
     from dicomrst.dimse.server import listener_factory
@@ -197,7 +196,11 @@ def build(config: Config, reactor: Any) -> GatewayService:
                     )
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
         else:
-            backends[aet.aet] = UnsupportedBackend(aet.aet, aet.backend)
+            # Imported only when a bucket is configured: botocore alone adds ~25 MB of
+            # resident memory to every gateway that never talks to S3.
+            from dicomrst.backends.s3 import S3Backend
+
+            backends[aet.aet] = S3Backend(aet, reactor)
     BackendsService(backends).setServiceParent(top)
 
     for i, listener in enumerate(config.server.dimse):

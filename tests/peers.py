@@ -800,3 +800,109 @@ def start_orthanc(
         )
 
     return Deferred.fromCoroutine(start())
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (moto's server mode)
+
+MOTO_START_TIMEOUT = 60.0
+MOTO_REGION = "us-east-1"
+
+
+@attrs.define(eq=False)
+class Moto:
+    """A moto S3 server we started (``python -m moto.server``), in-memory.
+
+    Until ``enable_auth`` it accepts anything; after it, every request must carry a valid SigV4
+    signature of ``access_key``/``secret_key`` (an IAM user allowed ``*``), and a wrong secret
+    gets ``SignatureDoesNotMatch`` (docs/test-peers.md). ``boto3()`` is a client for setting up
+    and checking data (blocking: call it in a thread).
+    """
+
+    host: str
+    port: int
+    url: str
+    pid: int
+    log_path: str
+    _child: _Child = attrs.field(repr=False)
+    access_key: str = "anything"
+    secret_key: str = attrs.field(default="anything", repr=False)
+
+    def stop(self, grace: float = STOP_GRACE) -> Deferred[int]:
+        return self._child.stop(grace)
+
+    @property
+    def running(self) -> bool:
+        return not self._child.exited
+
+    def log_tail(self) -> str:
+        return _tail(self.log_path)
+
+    def boto3(self, service: str = "s3") -> Any:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=MOTO_REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def enable_auth(self) -> Deferred[None]:
+        """Create an IAM user allowed everything, keep its key, then turn signature checks on."""
+
+        def blocking() -> None:
+            import requests
+
+            iam = self.boto3("iam")
+            iam.create_user(UserName="dicomrst")
+            key = iam.create_access_key(UserName="dicomrst")["AccessKey"]
+            policy = iam.create_policy(
+                PolicyName="everything",
+                PolicyDocument=json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                    }
+                ),
+            )
+            iam.attach_user_policy(UserName="dicomrst", PolicyArn=policy["Policy"]["Arn"])
+            self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+            # moto's own switch: every request from now on is authenticated.
+            response = requests.post(self.url + "/moto-api/reset-auth", data=b"0", timeout=10)
+            response.raise_for_status()
+
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(blocking)
+
+
+def start_moto(case: TestCase, port: int | None = None) -> Deferred[Moto]:
+    """moto's S3 server on 127.0.0.1 (a free port, or ``port``); fires once it answers."""
+
+    async def start() -> Moto:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise PeerBinaryMissing("moto is not installed (pip install 'moto[server]')") from None
+        directory = _temp_dir(case, "moto")
+        log_path = os.path.join(directory, "moto.log")
+        chosen = port or free_port()
+        args = ["-m", "moto.server", "-H", LOCALHOST, "-p", str(chosen)]
+        child = _spawn(case, "moto", sys.executable, args, dict(os.environ), cwd=directory, log_path=log_path)
+        url = f"http://{LOCALHOST}:{chosen}"
+        pool = HTTPConnectionPool(_reactor(), persistent=False)
+        http = HTTPClient(Agent(_reactor(), pool=pool))
+
+        async def ready() -> bool:
+            response = await http.get(url + "/moto-api/", timeout=2)
+            await treq.content(response)
+            return response.code == 200
+
+        await _wait_until(ready, f"moto on port {chosen}", MOTO_START_TIMEOUT, child)
+        return Moto(LOCALHOST, chosen, url, child.pid, log_path, child=child)
+
+    return Deferred.fromCoroutine(start())

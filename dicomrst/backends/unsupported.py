@@ -1,4 +1,8 @@
-"""A configured AET whose backend this version cannot serve yet (S3, until it lands)."""
+"""A backend that serves nothing: every service answers 501.
+
+No configuration builds one any more (S3 AETs get `dicomrst.backends.s3.S3Backend`); the web
+tests use it as a backend kind without support for a service.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.dimse.retrieve import InstanceSink
 from dicomrst.errors import NotImplementedService
+from dicomrst.stow.model import StoreOutcome, UploadedInstance
 
 
 @implementer(IBackend)
@@ -32,6 +38,14 @@ class UnsupportedBackend:
                 "has no index of instance attributes to search"
             )
         )
+
+    def retrieve(
+        self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
+    ) -> Deferred[object]:
+        return fail(NotImplementedService(f"retrieve (WADO-RS) on {self.aet} is not supported"))
+
+    def store_instance(self, instance: UploadedInstance) -> Deferred[StoreOutcome]:
+        return fail(NotImplementedService(f"store (STOW-RS) on {self.aet} is not supported"))
 
     def stop(self) -> Deferred[None]:
         return succeed(None)

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_s3 -*-
+"""An AET served from an S3 bucket (``backend: S3``), on the reactor.
+
+Objects are ``{prefix}{study}/{series}/{sop}.dcm`` Part-10 files, DICOM-RST's layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes
+from twisted.internet.defer import Deferred, fail
+from zope.interface import implementer
+
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.s3 import retrieve as _retrieve
+from dicomrst.backends.s3.client import (
+    ATTEMPTS,
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    CredentialSource,
+    S3Client,
+)
+from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
+from dicomrst.config import AetConfig
+from dicomrst.dimse.retrieve import InstanceSink
+from dicomrst.errors import NotImplementedService
+from dicomrst.logs import logger
+from dicomrst.stow.model import StoreOutcome, UploadedInstance
+
+log = logger("dicomrst.s3")
+
+
+@implementer(IBackend)
+class S3Backend:
+    kind = "S3"
+    #: Objects are served in the syntax they were stored in (or converted, as the web
+    #: layer decides per part), so any syntax may arrive from a bucket.
+    retrieve_syntaxes: tuple[str, ...] = tuple(str(uid) for uid in AllTransferSyntaxes)
+
+    def __init__(
+        self,
+        config: AetConfig,
+        reactor: Any,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        attempts: int = ATTEMPTS,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        assert config.endpoint is not None and config.bucket is not None
+        self.config = config
+        self.aet = config.aet
+        self.reactor = reactor
+        self.credentials = CredentialSource(config.credentials, reactor)
+        self.client = S3Client(
+            reactor,
+            endpoint=config.endpoint,
+            style=config.endpoint_style,
+            bucket=config.bucket,
+            region=config.region,
+            credentials=self.credentials,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            attempts=attempts,
+            persistent=config.concurrency,
+        )
+        self.store = Store(self.client, config.prefix, multipart_threshold, part_size)
+        # The chain may call instance metadata: resolve it now, off the reactor.
+        started = self.credentials.start()
+        started.addErrback(lambda f: None)  # logged by the source; requests will retry
+
+    def echo(self) -> Deferred[float]:
+        async def head_bucket() -> float:
+            start = self.reactor.seconds()
+            response = await self.client.request("HEAD", None)
+            await self.client.discard(response)
+            return (self.reactor.seconds() - start) * 1000.0
+
+        return Deferred.fromCoroutine(head_bucket())
+
+    def find(
+        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+    ) -> Deferred[None]:
+        # An object store cannot be searched by attribute; QIDO needs an index of the
+        # stored instances, which a later version builds.  501: not a crash, not a 503.
+        return fail(
+            NotImplementedService(
+                f"search (QIDO-RS) on {self.aet} is not supported: the S3 backend has no index "
+                "of instance attributes to search yet"
+            )
+        )
+
+    def retrieve(
+        self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
+    ) -> Deferred[int]:
+        return Deferred.fromCoroutine(
+            _retrieve.retrieve(
+                self.client,
+                prefix=self.config.prefix,
+                concurrency=self.config.concurrency,
+                aet=self.aet,
+                study=study,
+                series=series,
+                instance=instance,
+                sink=sink,
+            )
+        )
+
+    def store_instance(self, instance: UploadedInstance) -> Deferred[StoreOutcome]:
+        return Deferred.fromCoroutine(self.store.store(instance))
+
+    def stop(self) -> Deferred[None]:
+        return self.client.stop()

@@ -1,0 +1,649 @@
+# -*- test-case-name: tests.test_s3 -*-
+"""WADO-RS from S3: GetObject bodies streamed to an `InstanceSink` in a stable order.
+
+Parts of a multipart response must not interleave, so instances go to the sink one after
+the other, in listing order (S3 lists keys in byte order: series UID, then SOP Instance
+UID).  To keep `concurrency` GETs busy anyway, the objects that come next are requested
+ahead of their turn, and each of those holds at most `prefetch_cap` bytes before its
+connection is paused (TCP then holds the server back).  Memory is therefore bounded by
+``concurrency * prefetch_cap`` plus the part being written, whatever the study's size; when
+an object's turn comes its held bytes go out and its connection resumes.  The alternative,
+downloading whole objects ahead, would hold up to `concurrency` instances (large ones are
+hundreds of MB); downloading strictly one after another would pay a round trip per
+instance.
+
+The object's turn starts once its Part-10 header has arrived: preamble and file meta are
+parsed here (the sink gets the SOP class, instance and transfer syntax, then the data set
+bytes only).  While it is being written the connection follows the HTTP response: the
+sink pauses and resumes it through the object attached with ``sink.attach``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from zope.interface import implementer
+
+from dicomrst.backends.s3.client import S3Client, S3Error
+from dicomrst.dimse.operation import shielded
+from dicomrst.dimse.retrieve import InstanceSink
+from dicomrst.errors import NotFound, UpstreamError, UpstreamTimeout
+from dicomrst.logs import logger
+from dicomrst.ul.negotiation import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+
+log = logger("dicomrst.s3")
+
+#: Total bytes held by objects waiting for their turn, shared out per object.
+PREFETCH_BUDGET = 8 << 20
+MIN_PREFETCH_CAP = 256 << 10
+MAX_META = 64 << 10
+#: Times an object cut off mid-body is asked for again from where it stopped.
+RESUMES = 2
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_DONE = Failure(net_error.ConnectionDone())
+
+
+class NotPart10(UpstreamError):
+    """An object in the bucket is not a DICOM Part-10 file."""
+
+
+def parse_file_meta(data: bytes, complete: bool = False) -> tuple[int, str, str, str] | None:
+    """(data set offset, SOP Class UID, SOP Instance UID, Transfer Syntax UID) from the
+    start of a Part-10 object, or None if more bytes are needed (`complete`: there are no
+    more).  Raises `NotPart10`."""
+    if len(data) < 132:
+        if complete:
+            raise NotPart10("shorter than a DICOM preamble")
+        return None
+    if data[128:132] != b"DICM":
+        raise NotPart10("no DICM prefix after the preamble")
+    pos = 132
+    values: dict[int, bytes] = {}
+    while True:
+        if len(data) < pos + 8:
+            if complete and len(data) == pos:
+                break
+            if complete:
+                raise NotPart10("cut off inside the file meta information")
+            return None
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 2:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if len(data) < pos + 12:
+                return None if not complete else _cut()
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            header = 8
+        end = pos + header + length
+        if end > MAX_META:
+            raise NotPart10("file meta information longer than 64 KiB")
+        if len(data) < end:
+            return None if not complete else _cut()
+        values[element] = data[pos + header : end]
+        pos = end
+    uids = []
+    for element, name in ((0x0002, "Media Storage SOP Class UID"), (0x0003, "Media Storage SOP Instance UID"),
+                          (0x0010, "Transfer Syntax UID")):  # fmt: skip
+        value = values.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+        if not value:
+            raise NotPart10(f"no {name} in the file meta information")
+        uids.append(value)
+    return pos, uids[0], uids[1], uids[2]
+
+
+def _cut() -> None:
+    raise NotPart10("cut off inside the file meta information")
+
+
+_UNDEFINED = 0xFFFFFFFF
+PIXEL_DATA_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
+#: Bytes a metadata retrieve reads first; most headers end well before.
+HEAD_BYTES = 64 << 10
+
+
+def find_pixel_data(data: bytes, start: int, implicit: bool) -> tuple[int, int, int] | None:
+    """(offset, header length, value length) of the top-level pixel data element of the
+    little-endian data set in `data` from `start`, or None when it is not within `data`
+    (or the walk meets something it does not follow, such as UN of undefined length)."""
+    pos, depth, end = start, 0, len(data)
+    while pos + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group == 0xFFFE:  # items and delimiters: a 4-byte length, no VR
+            (length,) = struct.unpack_from("<I", data, pos + 4)
+            if element == 0xE000 and length != _UNDEFINED:
+                pos += 8 + length
+            elif element == 0xE000:
+                depth, pos = depth + 1, pos + 8
+            elif element in (0xE00D, 0xE0DD) and depth > 0:
+                depth, pos = depth - 1, pos + 8
+            else:
+                return None
+            continue
+        vr = None
+        if implicit:
+            (length,) = struct.unpack_from("<I", data, pos + 4)
+            header = 8
+        else:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = struct.unpack_from("<I", data, pos + 8)
+                header = 12
+            else:
+                (length,) = struct.unpack_from("<H", data, pos + 6)
+                header = 8
+        if depth == 0 and (group << 16 | element) in PIXEL_DATA_TAGS:
+            return (pos, header, length) if length != _UNDEFINED else None
+        if length == _UNDEFINED:
+            if vr == b"UN":  # its items are Implicit VR: not followed here
+                return None
+            depth, pos = depth + 1, pos + header
+            continue
+        pos += header + length
+    return None
+
+
+def without_bulk_tail(data: bytes, start: int, implicit: bool, total: int) -> bytes | None:
+    """The data set `data[start:]` with its pixel data value replaced by two zero bytes, when
+    that value is what ends the object of `total` bytes (so nothing after it is lost); None
+    when `data` does not show that.  Metadata describes pixel data by a BulkDataURI only, so
+    the placeholder gives the same metadata as the whole object."""
+    found = find_pixel_data(data, start, implicit)
+    if found is None:
+        return None
+    pos, header, length = found
+    if pos + header + length != total:
+        return None
+    size = struct.pack("<I", 2)
+    head = data[pos : pos + 4] + size if implicit else data[pos : pos + 8] + size
+    if not implicit and header != 12:
+        return None
+    return data[start:pos] + head + b"\x00\x00"
+
+
+class _Body(Protocol):
+    def __init__(self, fetch: _Fetch) -> None:
+        self.fetch = fetch
+
+    def connectionMade(self) -> None:
+        self.fetch.connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.fetch.received(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self.fetch.lost(reason)
+
+
+class _Fetch:
+    """One GetObject, started ahead of its turn; holds at most `cap` bytes until then."""
+
+    def __init__(self, run: Retrieval, key: str) -> None:
+        self.run = run
+        self.key = key
+        self.head = b""
+        self.meta: tuple[str, str, str] | None = None
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.consumer: Any = None
+        self.transport: Any = None
+        self.ended = False
+        self.failure: Failure | None = None
+        self.missing = False  # deleted between listing and GET
+        self.bytes = 0
+        self.size = run.sizes.get(key)
+        # Metadata only: the object's head first, the rest only if it is needed.
+        self.ranged = run.metadata_only
+        self.ranged_head = b""
+        self.meta_offset = 0
+        self.etag: str | None = None
+        self.resumes = 0
+        self.aborted = False
+        self._paused = False
+        self._timer: IDelayedCall | None = None
+        self._ready: list[Deferred[None]] = []
+        self._request: Deferred[None] = Deferred.fromCoroutine(self._get())
+
+    async def _get(self) -> None:
+        headers = {}
+        if self.ranged:
+            headers = {"Range": f"bytes=0-{HEAD_BYTES - 1}"}
+        elif self.bytes:
+            # Resuming after a reset: the rest of the same object, or nothing.
+            headers = {"Range": f"bytes={self.bytes}-"}
+            if self.etag:
+                headers["If-Match"] = self.etag
+        try:
+            response = await self.run.client.request("GET", self.key, headers=headers, ok=(200, 206))
+            if self.bytes and response.code != 206:
+                response.deliverBody(_Discard())
+                raise UpstreamError(f"S3 did not resume {self.key!r} at byte {self.bytes}")
+        except CancelledError:
+            self._end(Failure(UpstreamError("cancelled")))
+            return
+        except S3Error as e:
+            if e.code == "NoSuchKey":
+                self.missing = True
+            self._end(Failure(e))
+            return
+        except Exception:
+            self._end(Failure())
+            return
+        if self.run.stopped or self.aborted:
+            response.deliverBody(_Discard())
+            return
+        if not self.bytes:
+            self.etag = (response.headers.getRawHeaders("ETag") or [None])[0]
+            if self.ranged and response.code == 206:
+                content_range = (response.headers.getRawHeaders("Content-Range") or [""])[0]
+                total = content_range.rpartition("/")[2]
+                if self.size is None and total.isdigit():
+                    self.size = int(total)
+            else:
+                self.ranged = False  # the whole object came: read it as usual
+        response.deliverBody(_Body(self))
+
+    # -- from the connection --------------------------------------------------------------
+
+    def connected(self, transport: Any) -> None:
+        self.transport = transport
+        self.update()
+
+    def received(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.run.bytes_read += len(data)
+        self._arm()
+        if self.ranged:
+            # Held until the head is complete and it is known how much of it to pass on.
+            self.ranged_head += data
+            if self.meta is None:
+                try:
+                    parsed = parse_file_meta(self.ranged_head)
+                except NotPart10 as e:
+                    self._fail(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}"))
+                    return
+                if parsed is not None:
+                    self.meta_offset = parsed[0]
+                    self.meta = parsed[1:]
+                    self._wake()
+            return
+        if self.meta is None:
+            self.head += data
+            try:
+                parsed = parse_file_meta(self.head)
+            except NotPart10 as e:
+                self._fail(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}"))
+                return
+            if parsed is None:
+                return
+            offset, sop_class, sop_instance, syntax = parsed
+            self.meta = (sop_class, sop_instance, syntax)
+            data, self.head = self.head[offset:], b""
+            self._wake()
+            if not data:
+                return
+        if self.consumer is not None:
+            self.consumer.dataReceived(data)
+            return
+        self.held.append(data)
+        self.held_bytes += len(data)
+        self.update()
+
+    def lost(self, reason: Failure) -> None:
+        if self.ranged and reason.check(ResponseDone):
+            self._head_done()
+            return
+        if reason.check(ResponseDone):
+            if self.meta is None:
+                try:
+                    parsed = parse_file_meta(self.head, complete=True)
+                except NotPart10 as e:
+                    self._end(Failure(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}")))
+                    return
+                assert parsed is not None
+                self.meta = parsed[1:]
+            self._end(None)
+        elif self.failure is None and not self.aborted and not self.run.stopped and self.resumes < RESUMES:
+            # A reset mid-body (S3 drops connections, paused ones too): ask for the rest.
+            self.resumes += 1
+            self.transport = None
+            self._paused = False
+            self._disarm()
+            log.info(
+                "S3 object {key} cut off after {n} bytes ({why}); resuming",
+                key=self.key,
+                n=self.bytes,
+                why=reason.getErrorMessage(),
+            )
+            self._request = Deferred.fromCoroutine(self._resume())
+        elif self.failure is None:
+            self._end(
+                Failure(
+                    UpstreamError(
+                        f"S3 object {self.key!r} cut off after {self.bytes} bytes: {reason.getErrorMessage()}"
+                    )
+                )
+            )
+
+    def _head_done(self) -> None:
+        """The ranged head has arrived: pass on the data set up to the pixel data if that
+        is all metadata needs, else everything so far, and ask for the rest."""
+        self.ranged = False
+        head, self.ranged_head = self.ranged_head, b""
+        if self.meta is None:
+            self.head = head
+            self.lost(Failure(ResponseDone()))  # the whole object was shorter than the head
+            return
+        syntax = self.meta[2]
+        if self.size is None or self.bytes >= self.size:
+            self._deliver(head[self.meta_offset :])
+            self._end(None)
+            return
+        cut = None
+        if syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            cut = without_bulk_tail(head, self.meta_offset, syntax == IMPLICIT_VR_LE, self.size)
+        if cut is not None:
+            self._deliver(cut)
+            self._end(None)
+            return
+        self._deliver(head[self.meta_offset :])
+        self.transport = None
+        self._paused = False
+        self._disarm()
+        self._request = Deferred.fromCoroutine(self._get())
+
+    def _deliver(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.consumer is not None:
+            self.consumer.dataReceived(data)
+            return
+        self.held.append(data)
+        self.held_bytes += len(data)
+        self.update()
+
+    async def _resume(self) -> None:
+        try:
+            await deferLater(self.run.client.clock, self.run.client.backoff * self.resumes, lambda: None)
+        except CancelledError:
+            self._end(Failure(UpstreamError("cancelled")))
+            return
+        await self._get()
+
+    def _fail(self, error: Exception) -> None:
+        # Our decision (bad data, timeout): drop the connection, then report.
+        failure = Failure(error)
+        self.failure = failure
+        if self.transport is not None:
+            self.transport.stopProducing()
+        self._end(failure)
+
+    def _end(self, failure: Failure | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._disarm()
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        self._wake()
+        if self.consumer is not None:
+            self._finish_consumer()
+
+    def _finish_consumer(self) -> None:
+        if self.failure is None:
+            self.consumer.dataFinished()
+        else:
+            self.consumer.dataFailed(self.failure)
+
+    # -- turn ---------------------------------------------------------------------------------
+
+    def ready(self) -> Deferred[None]:
+        """Fires once the header is parsed, or the fetch ended without one."""
+        d: Deferred[None] = Deferred()
+        if self.meta is not None or self.ended:
+            d.callback(None)
+        else:
+            self._ready.append(d)
+        return d
+
+    def _wake(self) -> None:
+        waiting, self._ready = self._ready, []
+        for d in waiting:
+            d.callback(None)
+
+    def attach(self, consumer: Any) -> None:
+        """Its turn: held bytes to `consumer`, then the rest as it arrives."""
+        self.consumer = consumer
+        held, self.held, self.held_bytes = self.held, [], 0
+        for data in held:
+            consumer.dataReceived(data)
+        if self.ended:
+            self._finish_consumer()
+        else:
+            self.update()
+
+    def update(self) -> None:
+        """Pause or resume the connection: ahead of its turn when its buffer is full,
+        during its turn when the HTTP response is paused."""
+        if self.transport is None or self.ended:
+            return
+        if self.consumer is None:
+            pause = self.held_bytes >= self.run.prefetch_cap
+        else:
+            pause = self.run.paused
+        if pause and not self._paused:
+            self._paused = True
+            self._disarm()
+            self.transport.pauseProducing()
+        elif not pause and self._paused:
+            self._paused = False
+            self._arm()
+            self.transport.resumeProducing()
+        elif not pause:
+            self._arm()
+
+    def _arm(self) -> None:
+        # A read timeout only counts while we are reading.
+        if self._paused or self.ended:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.run.client.read_timeout)
+        else:
+            self._timer = self.run.client.clock.callLater(self.run.client.read_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeout(f"S3 stopped sending {self.key!r} for {self.run.client.read_timeout:g} s"))
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.held = []
+        self._disarm()
+        if not self._request.called:
+            self._request.cancel()
+        if self.transport is not None and not self.ended:
+            self.transport.stopProducing()
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+@implementer(IPushProducer)
+class Retrieval:
+    """One retrieve: the listing, the window of GETs, and the turns."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        sink: InstanceSink,
+        keys: list[str],
+        concurrency: int,
+        sizes: dict[str, int] | None = None,
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.keys = keys
+        self.sizes = sizes or {}
+        # A sink that says it does not need bulk data (metadata) gets data sets whose pixel
+        # data may be a placeholder: only the head of each object is read when that is so.
+        self.metadata_only = getattr(sink, "wants_bulk_data", True) is False
+        self.concurrency = max(1, concurrency)
+        self.prefetch_cap = max(MIN_PREFETCH_CAP, PREFETCH_BUDGET // self.concurrency)
+        self.paused = False
+        self.stopped = False
+        self.window: deque[_Fetch] = deque()
+        self.current: _Fetch | None = None
+        self.delivered = 0
+        self.missing = 0
+        self.bytes_read = 0
+        self._next = 0
+
+    # -- the sink's throttle (sink.attach) -------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.current is not None:
+            self.current.update()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.current is not None:
+            self.current.update()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while len(self.window) < self.concurrency and self._next < len(self.keys):
+            self.window.append(_Fetch(self, self.keys[self._next]))
+            self._next += 1
+
+    async def run(self) -> int:
+        attach = getattr(self.sink, "attach", None)
+        if attach is not None:
+            attach(self)
+        try:
+            self._fill()
+            while self.window:
+                fetch = self.window[0]
+                await shielded(fetch.ready())
+                await self._turn(fetch)
+                self.window.popleft()
+                self.current = None
+                self._fill()
+            return self.delivered
+        finally:
+            self.abort()
+            if attach is not None:
+                attach(None)
+
+    async def _turn(self, fetch: _Fetch) -> None:
+        if fetch.meta is None:
+            assert fetch.failure is not None
+            if fetch.missing:
+                self.missing += 1
+                if len(self.keys) > 1:
+                    log.warn("S3 object {key} disappeared after listing; skipped", key=fetch.key)
+                return
+            fetch.failure.raiseException()
+        assert fetch.meta is not None
+        try:
+            consumer = self.sink.begin(*fetch.meta)
+        except Exception as e:
+            if getattr(self.sink, "client_gone", False):
+                raise CancelledError() from e
+            log.warn("instance {key} not delivered: {why}", key=fetch.key, why=str(e))
+            fetch.abort()
+            return
+        self.current = fetch
+        fetch.attach(consumer)
+        try:
+            await shielded(consumer.done)
+            self.delivered += 1
+        except Exception as e:
+            if fetch.failure is not None:
+                fetch.failure.raiseException()
+            log.warn("instance {key} not delivered: {why}", key=fetch.key, why=str(e))
+        if fetch.failure is not None:
+            fetch.failure.raiseException()
+
+    def abort(self) -> None:
+        self.stopped = True
+        for fetch in self.window:
+            fetch.abort()
+        self.window.clear()
+
+
+def level_prefix(prefix: str, study: str, series: str | None) -> str:
+    return f"{prefix}{study}/" + (f"{series}/" if series else "")
+
+
+def matching_keys(listed: list[tuple[str, int]], under: str, series_level: bool) -> list[str]:
+    """The keys that are instances exactly at this level: ``{series}/{sop}.dcm`` under a
+    study, ``{sop}.dcm`` under a series; nothing deeper, nothing without ``.dcm``."""
+    keys = []
+    depth = 0 if series_level else 1
+    for key, _size in listed:
+        rest = key[len(under) :]
+        if not key.startswith(under) or not rest.endswith(".dcm") or rest.count("/") != depth:
+            continue
+        if any(not part or part == ".dcm" for part in rest.split("/")):
+            continue
+        keys.append(key)
+    return keys
+
+
+async def retrieve(
+    client: S3Client,
+    *,
+    prefix: str,
+    concurrency: int,
+    aet: str,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    sink: InstanceSink,
+) -> int:
+    """Deliver the study, series or instance to `sink`; return the number delivered."""
+    if instance is not None:
+        assert series is not None
+        keys = [f"{level_prefix(prefix, study, series)}{instance}.dcm"]
+        sizes: dict[str, int] = {}
+    else:
+        under = level_prefix(prefix, study, series)
+        listed = await client.list_keys(under)
+        sizes = dict(listed)
+        keys = matching_keys(listed, under, series_level=series is not None)
+        if not keys:
+            what = f"study {study}" + (f" series {series}" if series else "")
+            raise NotFound(f"{aet} has no instance for {what}")
+    run = Retrieval(client, sink, keys, concurrency, sizes)
+    delivered = await run.run()
+    if instance is not None and run.missing:
+        raise NotFound(f"{aet} has no instance {instance} in study {study} series {series}")
+    return delivered
