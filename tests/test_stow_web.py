@@ -39,9 +39,9 @@ from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
-from tests import peers
+from tests import peers, test_stow_dimse
 from tests.test_e2e import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
-from tests.test_stow_dimse import TEST_FILES, OrthancStoreTests, fresh
+from tests.test_stow_dimse import TEST_FILES, fresh
 from tests.test_stow_dimse import part10_bytes as dataset_bytes
 from tests.test_stow_multipart import multipart_body
 from tests.test_stow_part10 import expected_info, part10_bytes
@@ -670,8 +670,9 @@ class OrthancStowTests(TestCase):
     """
 
     timeout = INTEGRATION_TIMEOUT
-    orthanc_dataset = OrthancStoreTests.orthanc_dataset
-    _lookup = OrthancStoreTests._lookup
+    # Borrowed through the module: a TestCase imported by name would be run here again.
+    orthanc_dataset = test_stow_dimse.OrthancStoreTests.orthanc_dataset
+    _lookup = test_stow_dimse.OrthancStoreTests._lookup
 
     async def start(self, max_upload_size: int = 20_000_000) -> tuple[peers.Orthanc, Gateway]:
         orthanc = await peers.start_orthanc(self)
