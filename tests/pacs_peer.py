@@ -1446,7 +1446,7 @@ def _profile_store(p: Profile) -> None:
     status to answer, default 0x0000), `abort_after_bytes` (A-ABORT once that many data set bytes of
     one C-STORE have arrived, `aborts` times, default 1; nothing more is stored on that association),
     `stall` (SOP Instance UIDs whose C-STORE it
-    never answers)."""
+    never answers), `max_associations` (more at once are rejected, "local limit exceeded")."""
     import os
     import socket
 
@@ -1463,6 +1463,8 @@ def _profile_store(p: Profile) -> None:
     aborted: set[int] = set()
     lock = threading.Lock()
     os.makedirs("received", exist_ok=True)
+    if "max_associations" in p.options:
+        p.ae.maximum_associations = int(p.options["max_associations"])
     p.ae.add_supported_context(Verification)
     for cx in StoragePresentationContexts:
         if str(cx.abstract_syntax) not in unsupported:

@@ -38,7 +38,7 @@ from dicomrst.ul.errors import (
     ConnectFailed,
     ConnectionLost,
 )
-from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest
+from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, Rejection
 from dicomrst.ul.protocol import ULProtocol
 from tests.ulhelpers import ARTIM, TICK, RecordingTransport, ULTestCase, messages_written, split_pdus
 
@@ -49,6 +49,17 @@ CALLED = "PACS"
 REQUEST = AssociationRequest(CALLING, CALLED, POOL_CONTEXTS)
 POLICY = AcceptorPolicy(CALLED, POOL_CONTEXTS)
 WRONG_AET_POLICY = AcceptorPolicy("SOMEONE-ELSE", POOL_CONTEXTS)
+
+
+@attrs.frozen
+class BusyPolicy(AcceptorPolicy):
+    """A PACS at its association limit: transient rejection, "local limit exceeded" (3/2)."""
+
+    def decide(self, request: Any) -> Any:
+        return Rejection(2, 3, 2)
+
+
+BUSY_POLICY = BusyPolicy(CALLED, POOL_CONTEXTS)
 IDLE = 7.5  # binary fractions: "one TICK earlier" is exact on the float clock
 WAIT = 2.5
 QIDO = 5.0
@@ -471,6 +482,41 @@ class OpenFailureTests(PoolTestCase):
             self.failureResultOf(d, AssociationRejected)
             self.assertStats(pool)
         self.assertEqual(len(self.reactor.tcpClients), 3)
+
+    def test_transient_rejection_while_holding_one_waits_for_it(self) -> None:
+        # A PACS that serves one association per peer (storescp without --fork): the
+        # second request waits for the first association instead of failing.
+        from dicomrst.dimse.pool import CEILING_HOLD
+
+        pool = self.make_pool(size=3)
+        (l1,) = self.opened(pool, 1)
+        d2 = self.acquire(pool)
+        self.connect(BUSY_POLICY)
+        self.assertNoResult(d2)
+        self.assertStats(pool, busy=1)
+        pool.release(l1)
+        l2 = self.successResultOf(d2)
+        self.assertIs(l2.connection, l1.connection)
+        # The ceiling holds: a third request waits too, without trying the PACS again.
+        d3 = self.acquire(pool)
+        self.assertEqual(self.pending_connects(), 0)
+        self.assertNoResult(d3)
+        pool.release(l2)
+        l3 = self.successResultOf(d3)
+        # After the hold, the pool tries for more again.
+        self.reactor.advance(CEILING_HOLD)
+        d4 = self.acquire(pool)
+        self.assertEqual(self.pending_connects(), 1)
+        self.connect()
+        self.assertIsNot(self.successResultOf(d4).connection, l3.connection)
+
+    def test_transient_rejection_holding_none_fails(self) -> None:
+        pool = self.make_pool(size=3)
+        d = self.acquire(pool)
+        self.connect(BUSY_POLICY)
+        error = self.failureResultOf(d, AssociationRejected).value
+        self.assertEqual((error.result, error.source, error.reason), (2, 3, 2))
+        self.assertStats(pool)
 
     def test_cancelled_while_opening_joins_the_pool(self) -> None:
         pool = self.make_pool(size=1)

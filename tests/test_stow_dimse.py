@@ -381,6 +381,16 @@ class PynetdicomStoreTests(StoreTestCase):
         )
         await self.no_leaked_associations(scp, backend)
 
+    async def test_a_pacs_taking_one_association_at_a_time_gets_every_instance(self) -> None:
+        # It rejects a second association ("local limit exceeded", transient): the pool
+        # waits for the one it holds instead of failing those instances.
+        scp = await peers.start_pynetdicom_scp(self, "store", aet="PYONE", max_associations=1)
+        backend = self.store_backend(scp.aet, scp.port, size=4)
+        cts = [get_instance(0, i) for i in range(8)]
+        outcomes = await self.store_all(backend, [uploaded(self, ds) for ds in cts])
+        self.assertEqual([o.status for o in outcomes], [0] * 8, [o.reason for o in outcomes])
+        self.assertEqual(set(self.stored_events(scp)), {str(ds.SOPInstanceUID) for ds in cts})
+
     async def test_associations_for_other_contexts_share_the_pool_size(self) -> None:
         scp = await peers.start_pynetdicom_scp(
             self, "store", aet="PYMIX", transfer_syntaxes=[EXPLICIT_VR_LE, IMPLICIT_VR_LE, JPEG_BASELINE]

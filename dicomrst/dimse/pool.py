@@ -38,8 +38,8 @@ from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.logs import logger
-from dicomrst.ul.errors import AssociationAborted, AssociationClosed, ConnectionLost
-from dicomrst.ul.negotiation import AssociationRequest
+from dicomrst.ul.errors import AssociationAborted, AssociationClosed, AssociationRejected, ConnectionLost
+from dicomrst.ul.negotiation import RESULT_REJECTED_TRANSIENT, AssociationRequest
 
 log = logger("dicomrst.pool")
 
@@ -48,6 +48,9 @@ T = TypeVar("T")
 # Errors that mean "the association was dead before the PACS saw our request", for
 # a reused association: retrying once on a fresh one is safe.
 STALE_ERRORS = (AssociationClosed, ConnectionLost, AssociationAborted)
+
+# Seconds a lowered association ceiling holds before we try `size` again.
+CEILING_HOLD = 60.0
 
 
 @attrs.define(eq=False)
@@ -103,6 +106,9 @@ class AssociationPool:
         # association: a study of many instances must not wait out `acquire_timeout`
         # behind its own earlier instances.
         self.store_slots = DeferredSemaphore(size)
+        # Lowered when the PACS turns away associations we would be allowed to open.
+        self._ceiling: int | None = None
+        self._ceiling_until = 0.0
 
     @property
     def aet(self) -> str:
@@ -139,14 +145,49 @@ class AssociationPool:
                 lease.reused = True
                 self._busy.add(lease)
                 return lease
-        if self._count() < self.size:
-            return await self._open(key)
+        if self._count() < self._limit():
+            try:
+                return await self._open(key)
+            except AssociationRejected as e:
+                if not self._pacs_limit_reached(e):
+                    raise
         # Full: an idle association opened for other contexts makes room once released.
         for lease in list(self._idle):
             if lease.request != key:
                 self._retire(lease)
                 break
         return await self._wait(key)
+
+    def _limit(self) -> int:
+        if self._ceiling is not None and self.clock.seconds() < self._ceiling_until:
+            return min(self.size, self._ceiling)
+        self._ceiling = None
+        return self.size
+
+    def _pacs_limit_reached(self, error: AssociationRejected) -> bool:
+        """A transient rejection while we hold other associations to this PACS: it
+        limits associations per peer below `size` (storescp without --fork, PACS with
+        a per-AE cap).  Wait for one of ours instead of failing the request, and open
+        no more than we now hold for a while."""
+        held = len(self._busy) + len(self._idle) + len(self._releasing)
+        if error.result != RESULT_REJECTED_TRANSIENT or self._stopped or not (held or self._opening):
+            return False
+        # Some PACS reject every one of several associations that arrive together
+        # (pynetdicom counts them all against its limit), so one still being opened
+        # counts as a reason to wait too, and the ceiling is at least one.
+        held = max(1, held)
+        if self._ceiling != held:
+            log.warn(
+                "{aet} rejected association {n} ({why}); using at most {held} for {seconds:g} s",
+                aet=self.aet,
+                n=held + 1,
+                why=error,
+                held=held,
+                seconds=CEILING_HOLD,
+            )
+        self._ceiling = held
+        self._ceiling_until = self.clock.seconds() + CEILING_HOLD
+        return True
 
     def _retire(self, lease: Lease) -> None:
         """Release an idle association; its slot frees when the PACS confirms."""

@@ -417,7 +417,10 @@ async def store_instance(
                 raise ServiceUnavailable(f"{aet}: no association for C-STORE: {e}") from e
 
     result = await run()
-    log.info(
+    # One line per STOW request comes from the web layer; per instance only failures
+    # and warnings are worth the operator's attention at the default level.
+    emit = log.debug if result.status == SUCCESS else log.warn
+    emit(
         "C-STORE {aet} sop={sop} ts={ts} bytes={size} status=0x{status:04X} ms={ms:.1f}{reason}",
         aet=aet,
         sop=instance.sop_instance_uid,
