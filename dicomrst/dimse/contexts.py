@@ -121,7 +121,7 @@ class StoragePolicy(AcceptorPolicy):
             decision = self._decisions[key] = self._decide(request)
         if isinstance(decision, Acceptance):
             # One dict per association, whatever its user does with it.
-            return Acceptance(decision.primitive, dict(decision.contexts))
+            return Acceptance(decision.primitive, dict(decision.contexts), decision.encoded)
         return decision
 
     def _decide(self, request: A_ASSOCIATE) -> Acceptance | Rejection:

@@ -8,6 +8,8 @@ pynetdicom's presentation-context negotiation, which is pure code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from pydicom.uid import UID
 from pynetdicom.pdu_primitives import (
@@ -24,6 +26,7 @@ from pynetdicom.presentation import (
 )
 
 import dicomrst
+from dicomrst.ul import pdu
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -101,6 +104,19 @@ class AssociationRequest:
     called_aet: str
     contexts: tuple[ContextProposal, ...]
     max_pdu: int = DEFAULT_MAX_PDU
+    # A pool opens every association with the same request: its PDU and its outcome for
+    # a given answer are worked out once (pynetdicom validates each of ~124 contexts'
+    # UIDs every time it builds or negotiates them, some 15 ms per association).
+    _encoded: list[bytes] = attrs.field(init=False, factory=list, eq=False, repr=False, hash=False)
+    _outcomes: dict[tuple[Any, ...], dict[int, AcceptedContext]] = attrs.field(
+        init=False, factory=dict, eq=False, repr=False, hash=False
+    )
+
+    def encoded(self) -> bytes:
+        """The A-ASSOCIATE-RQ PDU of `to_primitive()`."""
+        if not self._encoded:
+            self._encoded.append(pdu.encode_associate(self.to_primitive()))
+        return self._encoded[0]
 
     def presentation_contexts(self) -> list[PresentationContext]:
         if not 1 <= len(self.contexts) <= 128:
@@ -133,6 +149,15 @@ class AssociationRequest:
 
     def negotiated(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
         """The contexts the acceptor took, keyed by context ID, with our roles."""
+        key = _answer_key(accept)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            if len(self._outcomes) >= OUTCOMES_KEPT:
+                self._outcomes.clear()
+            outcome = self._outcomes[key] = self._negotiate(accept)
+        return dict(outcome)
+
+    def _negotiate(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
         rq = self.presentation_contexts()
         rq_roles = {
             p.abstract_syntax: (p.scu_role, p.scp_role)
@@ -151,6 +176,30 @@ class AssociationRequest:
         return _accepted(
             negotiate_as_requestor(rq, accept.presentation_context_definition_results_list, ac_roles)
         )
+
+
+#: Distinct answers whose outcome an AssociationRequest keeps (it forgets all past that).
+OUTCOMES_KEPT = 16
+
+
+def _answer_key(accept: A_ASSOCIATE) -> tuple[Any, ...]:
+    """All of an A-ASSOCIATE-AC that negotiate_as_requestor reads."""
+    return (
+        tuple(
+            (
+                cx.context_id,
+                cx.result,
+                None if cx.abstract_syntax is None else str(cx.abstract_syntax),
+                tuple(str(ts) for ts in cx.transfer_syntax),
+            )
+            for cx in accept.presentation_context_definition_results_list
+        ),
+        tuple(
+            (str(item.sop_class_uid), item.scu_role, item.scp_role)
+            for item in accept.user_information
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+        ),
+    )
 
 
 def _accepted(results: list[PresentationContext]) -> dict[int, AcceptedContext]:
@@ -200,6 +249,9 @@ class Rejection:
 class Acceptance:
     primitive: A_ASSOCIATE
     contexts: dict[int, AcceptedContext]
+    #: `primitive` as its A-ASSOCIATE-AC PDU, encoded once with the decision so that a
+    #: cached decision (StoragePolicy) is answered without pynetdicom's encoder.
+    encoded: bytes = b""
 
 
 @attrs.frozen
@@ -250,7 +302,7 @@ class AcceptorPolicy:
         accept.result_source = 1
         accept.presentation_context_definition_results_list = results
         accept.user_information = _common_user_information(self.max_pdu) + list(reply_roles)  # type: ignore[assignment]
-        return Acceptance(accept, _accepted(results))
+        return Acceptance(accept, _accepted(results), pdu.encode_associate(accept))
 
 
 def reject_primitive(request: A_ASSOCIATE, rejection: Rejection) -> A_ASSOCIATE:

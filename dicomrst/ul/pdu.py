@@ -5,14 +5,17 @@ The framer is fed whatever TCP delivers and hands out whole PDUs; it checks each
 header before buffering a body, so a peer cannot make us hold more than one PDU of
 our own advertised size.  Association PDUs are decoded with pynetdicom's codecs after
 we have checked their item lengths ourselves (pynetdicom slices on trust) and dropped
-the items it does not know (it raises on them; PS3.8 says skip them).  P-DATA is
+the items it does not know (it raises on them; PS3.8 says skip them); a proposal seen
+before is not decoded again.  P-DATA is
 parsed here: it is the hot path and its fragments must reach a consumer without
 being copied into a whole message.
 """
 
 from __future__ import annotations
 
+import copy
 import struct
+from collections import deque
 from collections.abc import Iterator
 
 import attrs
@@ -88,52 +91,103 @@ class PDV:
     fragment: bytes
 
 
+# Received chunks smaller than this are appended to a small predecessor.
+_SMALL_CHUNK = 4096
+
+
 class PDUFramer:
     """Cut a byte stream into PDUs, by offset, with limits checked at the header.
 
     `max_pdata` is the largest P-DATA-TF variable field we advertised (0 = none).
+    What TCP delivers is kept as received (bytes are immutable): a PDU within one
+    chunk is handed out as a view of it, one spread over several is joined once.
     """
 
     def __init__(self, max_pdata: int) -> None:
         self.max_pdata = max_pdata
-        self._buffer = bytearray()
-        self._offset = 0
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0  # into _chunks[0]
+        self._size = 0  # bytes buffered from _offset on
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if not data:
+            return
+        chunks = self._chunks
+        if len(data) < _SMALL_CHUNK and chunks and len(chunks[-1]) < _SMALL_CHUNK:
+            # A peer trickling bytes must not cost us an object per byte.
+            chunks[-1] += data
+        else:
+            chunks.append(data if type(data) is bytes else bytes(data))
+        self._size += len(data)
 
     def buffered(self) -> int:
-        return len(self._buffer) - self._offset
+        return self._size
 
-    def next_pdu(self) -> tuple[int, bytes] | None:
+    def next_pdu(self) -> tuple[int, bytes | memoryview] | None:
         """The next whole PDU as (type, body), or None until more bytes arrive.
 
-        Raises ProtocolError for an unknown type or a length over its limit, as
-        soon as the 6-byte header is in: there is no point waiting for the body.
+        A P-DATA-TF body comes as a memoryview (its fragments are copied out once,
+        by parse_pdvs), any other as bytes.  Raises ProtocolError for an unknown type
+        or a length over its limit, as soon as the 6-byte header is in: there is no
+        point waiting for the body.
         """
-        buf = self._buffer
+        if self._size < 6:
+            return None
+        first = self._chunks[0]
         start = self._offset
-        if len(buf) - start < 6:
-            self._compact()
-            return None
-        pdu_type, _, length = _HEADER.unpack_from(buf, start)
+        if len(first) - start >= 6:
+            pdu_type, _, length = _HEADER.unpack_from(first, start)
+        else:
+            pdu_type, _, length = _HEADER.unpack(self._peek(6))
         self._check_header(pdu_type, length)
-        end = start + 6 + length
-        if len(buf) < end:
-            self._compact()
+        total = 6 + length
+        if self._size < total:
             return None
-        body = bytes(buf[start + 6 : end])
-        self._offset = end
-        if self._offset == len(buf):
-            buf.clear()
-            self._offset = 0
+        if len(first) - start >= total:
+            body: bytes | memoryview = memoryview(first)[start + 6 : start + total]
+            self._consume_in_first(total)
+        else:
+            body = memoryview(self._take(total))[6:]
+        if pdu_type != P_DATA_TF:
+            body = bytes(body)
         return pdu_type, body
 
-    def _compact(self) -> None:
-        # Dropping consumed bytes only when we stall keeps the per-PDU cost O(PDU).
-        if self._offset:
-            del self._buffer[: self._offset]
+    def _consume_in_first(self, count: int) -> None:
+        self._offset += count
+        self._size -= count
+        if self._offset == len(self._chunks[0]):
+            self._chunks.popleft()
             self._offset = 0
+
+    def _peek(self, count: int) -> bytes:
+        out = bytearray()
+        offset = self._offset
+        for chunk in self._chunks:
+            out += chunk[offset : offset + count - len(out)]
+            offset = 0
+            if len(out) == count:
+                break
+        return bytes(out)
+
+    def _take(self, count: int) -> bytes:
+        """`count` bytes spread over several chunks, joined in one copy."""
+        chunks = self._chunks
+        parts: list[bytes | memoryview] = []
+        need = count
+        while need:
+            chunk = chunks[0]
+            view = memoryview(chunk)[self._offset :]
+            if len(view) <= need:
+                parts.append(view)
+                need -= len(view)
+                chunks.popleft()
+                self._offset = 0
+            else:
+                parts.append(view[:need])
+                self._offset += need
+                need = 0
+        self._size -= count
+        return b"".join(parts)
 
     def _check_header(self, pdu_type: int, length: int) -> None:
         if pdu_type not in PDU_NAMES:
@@ -155,8 +209,11 @@ class PDUFramer:
             )
 
 
-def parse_pdvs(body: bytes) -> list[PDV]:
-    """Split a P-DATA-TF variable field into PDV items, checking every length."""
+def parse_pdvs(body: bytes | memoryview) -> list[PDV]:
+    """Split a P-DATA-TF variable field into PDV items, checking every length.
+
+    Each fragment is copied out of `body` once, as bytes: its consumers keep and write it.
+    """
     pdvs = []
     offset = 0
     end = len(body)
@@ -168,7 +225,7 @@ def parse_pdvs(body: bytes) -> list[PDV]:
         item_length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
         if item_length < 2 or offset + 4 + item_length > end:
             raise ProtocolError(f"PDV item length {item_length} does not fit the PDU")
-        fragment = body[offset + 6 : offset + 4 + item_length]
+        fragment = bytes(body[offset + 6 : offset + 4 + item_length])
         pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), fragment))
         offset += 4 + item_length
     return pdvs
@@ -260,10 +317,55 @@ def _full(pdu_type: int, body: bytes) -> bytes:
     return _HEADER.pack(pdu_type, 0, len(body)) + body
 
 
+# Decoded A-ASSOCIATE PDUs by their bytes less the two AE titles.  A peer opens every
+# association with the same proposal (Orthanc: ~126 contexts per C-MOVE), and
+# pynetdicom's decode validates every UID in it: milliseconds before the first PDV.
+# The titles are left out of the key so that one proposal from many AEs is one entry.
+DECODED_KEPT = 32
+_decoded: dict[tuple[int, bytes], A_ASSOCIATE] = {}
+
+
 def decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
-    """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive."""
+    """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive.
+
+    The presentation context and user information items of the primitive returned
+    may be shared with other calls' primitives: read them, do not change them.
+    """
     if len(body) < 68:
         raise ProtocolError(f"{PDU_NAMES[pdu_type]} of {len(body)} bytes is truncated")
+    body = bytes(body)
+    key = (pdu_type, body[:4] + body[36:])
+    cached = _decoded.get(key)
+    if cached is None:
+        primitive = _decode_associate(pdu_type, body)
+        if len(_decoded) >= DECODED_KEPT:
+            _decoded.clear()
+        _decoded[key] = primitive
+        return _copy_primitive(primitive)
+    primitive = _copy_primitive(cached)
+    # Only the fixed fields go through pynetdicom again, so the titles are checked and
+    # stripped exactly as a whole decode would (an invalid one still raises).
+    fixed = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
+    try:
+        fixed.decode(_full(pdu_type, body[:68]))
+        primitive.calling_ae_title = fixed.calling_ae_title
+        primitive.called_ae_title = fixed.called_ae_title
+    except Exception as e:
+        raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e
+    return primitive
+
+
+def _copy_primitive(primitive: A_ASSOCIATE) -> A_ASSOCIATE:
+    # Fresh lists, shared items: nothing of ours or of pynetdicom's negotiation changes
+    # a received context or user information item, but callers may extend the lists.
+    copied = copy.copy(primitive)
+    for name, value in vars(primitive).items():
+        if isinstance(value, list):
+            setattr(copied, name, list(value))
+    return copied
+
+
+def _decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
     items = _known_items(body, 68)
     pdu = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
     try:

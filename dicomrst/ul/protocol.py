@@ -292,7 +292,7 @@ class ULProtocol(Protocol):
         finally:
             self._processing = False
 
-    def _pdu_received(self, pdu_type: int, body: bytes) -> None:
+    def _pdu_received(self, pdu_type: int, body: bytes | memoryview) -> None:
         event = fsm.PDU_EVENTS[pdu_type]
         try:
             if pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
@@ -382,7 +382,7 @@ class ULProtocol(Protocol):
 
     def _AE_2(self) -> None:
         assert self.request is not None
-        self._write(pdu.encode_associate(self.request.to_primitive()))
+        self._write(self.request.encoded())
         self.state = "Sta5"
         self._start_artim()
 
@@ -444,7 +444,7 @@ class ULProtocol(Protocol):
             self._event("Evt8", decision=decision, request=payload)
 
     def _AE_7(self, decision: Acceptance) -> None:
-        self._write(pdu.encode_associate(decision.primitive))
+        self._write(decision.encoded or pdu.encode_associate(decision.primitive))
         self.contexts = decision.contexts
         self.state = "Sta6"
         self.user.association_established(self)
