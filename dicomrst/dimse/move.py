@@ -170,15 +170,7 @@ class MoveOperation(DimseOperation):
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self.activity()
-        rsp = message.command
-        for keyword, field in (
-            ("NumberOfCompletedSuboperations", "completed"),
-            ("NumberOfFailedSuboperations", "failed"),
-            ("NumberOfWarningSuboperations", "warning"),
-        ):
-            if keyword in rsp:
-                setattr(self.result, field, int(rsp.get(keyword) or 0))
-        self.result.status = int(rsp.get("Status", 0))
+        self.result.count(message.command)
         return None  # a failed-SOP list, if any, is read and dropped
 
     def _request_done(self, result: object) -> object:

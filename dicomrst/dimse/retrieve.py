@@ -73,6 +73,17 @@ class RetrieveResult:
     warning: int = 0
     received: int = 0  # C-STORE-RQs that reached the sink
 
+    def count(self, rsp: Dataset) -> None:
+        """Take the status and sub-operation counts of a C-GET-RSP or C-MOVE-RSP."""
+        for keyword, field in (
+            ("NumberOfCompletedSuboperations", "completed"),
+            ("NumberOfFailedSuboperations", "failed"),
+            ("NumberOfWarningSuboperations", "warning"),
+        ):
+            if keyword in rsp:
+                setattr(self, field, int(rsp.get(keyword) or 0))
+        self.status = int(rsp.get("Status", 0))
+
 
 class StoreTarget(TypingProtocol):
     """What C-STORE sub-operations are delivered into: one C-GET or one C-MOVE."""
@@ -283,15 +294,7 @@ class GetOperation(DimseOperation):
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self.activity()
-        rsp = message.command
-        for keyword, field in (
-            ("NumberOfCompletedSuboperations", "completed"),
-            ("NumberOfFailedSuboperations", "failed"),
-            ("NumberOfWarningSuboperations", "warning"),
-        ):
-            if keyword in rsp:
-                setattr(self.result, field, int(rsp.get(keyword) or 0))
-        self.result.status = int(rsp.get("Status", 0))
+        self.result.count(message.command)
         return None  # a failed-SOP list, if any, is read and dropped
 
 
