@@ -26,10 +26,10 @@ from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, Incomin
 from dicomrst.dimse.find import encode_dataset
 from dicomrst.dimse.moves import MoveRegistry
 from dicomrst.dimse.operation import DimseOperation, shielded
-from dicomrst.dimse.retrieve import InstanceSink, RetrieveFailed, RetrieveResult
+from dicomrst.dimse.retrieve import InstanceSink, RetrieveFailed, RetrieveResult, ended_well, retrieve_error
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
-from dicomrst.ul.errors import AssociationError, AssociationTimeout
+from dicomrst.ul.errors import AssociationTimeout
 
 log = logger("dicomrst.move")
 
@@ -310,22 +310,16 @@ async def c_move(
         except SubOperationsMissing:
             raise
         except Exception as e:
-            if op.timed_out:
-                raise AssociationTimeout(
-                    f"no C-MOVE response or sub-operation from {aet} within {timeout:g} s"
-                ) from e
-            if op.result.received and isinstance(e, AssociationError):
-                # Instances already reached the sink: not a stale association to retry
-                # on, or they would be sent twice.
-                raise UpstreamError(f"{aet}: C-MOVE ended after {op.result.received} instance(s): {e}") from e
+            instead = retrieve_error(op, e)
+            if instead is not None:
+                raise instead from e
             raise
     finally:
         if not abandoned:
             op.end()
-    status = op.result.status
-    category = commands.status_category(status)
-    if category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent):
+    if ended_well(op):
         return op.result
+    status = op.result.status
     if status == MOVE_DESTINATION_UNKNOWN:
         raise MoveDestinationUnknown(aet, status, op.result, destination)
     raise RetrieveFailed(aet, status, op.result, "C-MOVE")

@@ -325,17 +325,30 @@ async def c_get(
             on_abandon(request)
         raise
     except Exception as e:
-        if op.timed_out:
-            raise AssociationTimeout(
-                f"no C-GET response or sub-operation from {aet} within {timeout:g} s"
-            ) from e
-        if op.result.received and isinstance(e, AssociationError):
-            # Instances already reached the sink (some may still be converting): not a
-            # stale association to retry on, or they would be sent twice.
-            raise UpstreamError(f"{aet}: C-GET ended after {op.result.received} instance(s): {e}") from e
+        instead = retrieve_error(op, e)
+        if instead is not None:
+            raise instead from e
         raise
+    if ended_well(op):
+        return op.result
+    raise RetrieveFailed(aet, op.result.status, op.result)
+
+
+def retrieve_error(op: GetOperation | Any, error: Exception) -> Exception | None:
+    """What a C-GET or C-MOVE that failed with `error` raises instead (None: `error` itself)."""
+    if op.timed_out:
+        return AssociationTimeout(
+            f"no {op.name} response or sub-operation from {op.aet} within {op.timeout:g} s"
+        )
+    if op.result.received and isinstance(error, AssociationError):
+        # Instances already reached the sink (some may still be converting): not a
+        # stale association to retry on, or they would be sent twice.
+        return UpstreamError(f"{op.aet}: {op.name} ended after {op.result.received} instance(s): {error}")
+    return None
+
+
+def ended_well(op: GetOperation | Any) -> bool:
+    """The final status lets the response end cleanly: success, warning, or the cancel we asked for."""
     status = op.result.status
     category = commands.status_category(status)
-    if category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent):
-        return op.result
-    raise RetrieveFailed(aet, status, op.result)
+    return category in ("success", "warning") or (status == commands.CANCEL and op.cancel_sent)
