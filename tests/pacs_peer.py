@@ -582,7 +582,7 @@ def _profile_find_idle_close(p: Profile) -> None:
 #   get_done    (message_id, sent, status): the handler's last word
 #   assoc_count (count, max): open connections to this peer
 #   get_rsp     (status, remaining, completed, failed, warning): each C-GET-RSP as sent
-# The faulty profiles serve the first `skip` (0) C-GETs like `get`, misbehave on the next `times`
+# The faulty profiles serve the first `healthy` (0) C-GETs like `get`, misbehave on the next `times`
 # (default 1; null = always) and serve the later ones like `get` again.
 
 GET_UID_ROOT = "1.2.826.0.1.3680043.8.498.78"
@@ -668,7 +668,7 @@ class _GetSCP:
         self.delay = float(p.options.get("delay", 0))
         times = p.options.get("times", 1)
         self.times = None if times is None else int(times)
-        self.skip = int(p.options.get("skip", 0))
+        self.healthy = int(p.options.get("healthy", 0))
         syntaxes = p.options.get("transfer_syntaxes", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         for context in (
             Verification,
@@ -760,7 +760,7 @@ class _GetSCP:
             n=n,
             **_assoc_fields(event),
         )
-        faulty = n > self.skip and (self.times is None or n <= self.skip + self.times)
+        faulty = n > self.healthy and (self.times is None or n <= self.healthy + self.times)
         return found, faulty
 
     def instance(self, series: int, index: int) -> Dataset:
@@ -985,7 +985,7 @@ def _profile_get_stall(p: Profile) -> None:
 #   omit_originator   (false) send the C-STORE-RQs without Move Originator AE Title/Message ID
 #                     (else they carry the C-MOVE requestor's calling AET and the C-MOVE's ID)
 # Options shared with get-*: series, instances, rows, columns, delay (s before each C-STORE),
-# skip, times (which C-MOVEs misbehave).
+# healthy, times (which C-MOVEs misbehave).
 #
 # Besides the common events (for the C-MOVE associations this peer accepts) they log:
 #   c_move      (message_id, level, study, series, sop, destination, matches, n)
@@ -1178,7 +1178,7 @@ class _MoveSCP(_GetSCP):
             n=n,
             **_assoc_fields(event),
         )
-        faulty = n > self.skip and (self.times is None or n <= self.skip + self.times)
+        faulty = n > self.healthy and (self.times is None or n <= self.healthy + self.times)
         return found, faulty
 
     def done(self, event: evt.Event, sent: int, status: int) -> None:

@@ -597,7 +597,7 @@ class PacsTests(RetrieveTestCase):
         pool. The part header is already out, so the retrieve must not be retried on a new
         association (that would put a cut-off part in a body that then ends cleanly)."""
         scp, gw = await self.start(
-            "get-abort", instances=2, rows=512, columns=512, skip=1, ok_before=0, partial=True
+            "get-abort", instances=2, rows=512, columns=512, healthy=1, ok_before=0, partial=True
         )
         path = instance_path(PACS_AET, get_study_uid())
         response = await gw.get(path)
