@@ -1,16 +1,15 @@
-"""Errors that reach an HTTP client, each with the status it maps to.
+"""What can go wrong with a request, as exception types every layer may raise.
 
-Every error a request can end in is one of these types; `dicomrst.web` maps them to
-a status and a short body in exactly one place.
+These name the *kind* of failure (the client's request is bad, the PACS or object store
+failed or did not answer, we cannot take the request now); they carry no HTTP status.
+`dicomrst.web.errors` maps each kind to a status in exactly one place.
 """
 
 from __future__ import annotations
 
 
 class DicomrstError(Exception):
-    """Base class; ``http_status`` is the status the web layer answers with."""
-
-    http_status: int = 500
+    """Base class: a failure whose message may be shown to the client."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -21,43 +20,39 @@ class DicomrstError(Exception):
 
 
 class BadRequest(DicomrstError):
-    http_status = 400
+    """The request is malformed (a parameter, a UID, the body)."""
 
 
 class NotFound(DicomrstError):
-    http_status = 404
+    """The AET, study, series or instance does not exist."""
 
 
 class NotAcceptable(DicomrstError):
-    http_status = 406
+    """Nothing the client accepts can be produced."""
 
 
 class Conflict(DicomrstError):
-    http_status = 409
+    """None of the instances of an upload could be stored."""
 
 
 class PayloadTooLarge(DicomrstError):
-    http_status = 413
+    """The request body is larger than ``max-upload-size``."""
 
 
 class UnsupportedMediaType(DicomrstError):
-    http_status = 415
+    """The request body is of a media type we do not take."""
 
 
 class NotImplementedService(DicomrstError):
-    http_status = 501
+    """The service is not available on this kind of AET."""
 
 
 class UpstreamError(DicomrstError):
-    """The PACS or object store refused, failed or went away (502)."""
-
-    http_status = 502
+    """The PACS or object store refused, failed or went away."""
 
 
 class ServiceUnavailable(DicomrstError):
-    """We cannot take the request now (pool exhausted, shutting down): 503."""
-
-    http_status = 503
+    """We cannot take the request now (pool exhausted, shutting down)."""
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -65,6 +60,4 @@ class ServiceUnavailable(DicomrstError):
 
 
 class UpstreamTimeout(DicomrstError):
-    """The PACS or object store did not answer in time (504)."""
-
-    http_status = 504
+    """The PACS or object store did not answer in time."""

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_e2e -*-
 """``twistd dicomrst``: command-line options and the service tree.
 
-The reactor is imported inside `makeService` only: importing it at module level
-would install the default reactor before twistd has read ``--reactor``.
+The reactor is imported inside `makeService` only, and the web app (Klein installs the
+default reactor when imported) inside `build`: importing either at module level would
+install the default reactor before twistd has read ``--reactor``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 import dicomrst
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.pacs import DimseBackend
+from dicomrst.common.listening import ListeningService
+from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.twisted_internals import closing_connections_pending
 from dicomrst.config import Config, ConfigError, load_config
-from dicomrst.logs import logger
+from dicomrst.dimse.contexts import receivable_syntaxes
+from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
+from dicomrst.dimse.server import DimseServerFactory, listener_factory
+from dicomrst.logs import logger, set_level
 
 log = logger("dicomrst")
 
@@ -62,45 +70,17 @@ class BackendsService(Service):
         return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
 
 
-class DimseListenerService(Service):
+class DimseListenerService(ListeningService):
     """One ``server.dimse[]`` listener; aborts its open associations when stopped."""
 
-    def __init__(self, endpoint_description: str, factory: Any, reactor: Any) -> None:
-        self.endpoint_description = endpoint_description
-        self.factory = factory
-        self._reactor = reactor
-        self.port: IListeningPort | None = None
-        self.whenListening: Deferred[IListeningPort] | None = None
+    def __init__(self, reactor: IGatewayReactor, description: str, factory: DimseServerFactory) -> None:
+        super().__init__(reactor, description, factory, f"DIMSE listener {factory.aet}")
+        self.listener = factory
 
-    def startService(self) -> None:
-        from twisted.internet.endpoints import serverFromString
-
-        super().startService()
-        endpoint = serverFromString(self._reactor, self.endpoint_description)
-        self.whenListening = endpoint.listen(self.factory)
-        failures: list[Failure] = []
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            log.info(
-                "DIMSE listener {aet} on {address}", aet=self.factory.aet, address=_address(port.getHost())
-            )
-            return port
-
-        self.whenListening.addCallbacks(listening, lambda f: failures.append(f) or f)
-        if failures:
-            failures[0].raiseException()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        self.factory.abort_all()
-        return maybeDeferred(port.stopListening) if port is not None else None
-
-
-def _address(address: Any) -> str:
-    host = getattr(address, "host", None)
-    return f"{host}:{address.port}" if host is not None else str(address)
+    def stopService(self) -> Deferred[None]:
+        self.listener.abort_all()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
 
 #: At stop, how long to wait for connections that are closing to write out what they were given.
@@ -110,11 +90,11 @@ FLUSH_TIMEOUT = 5.0
 class GatewayService(MultiService):
     """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, backends."""
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: IGatewayReactor | None = None) -> None:
         super().__init__()
         self._reactor = reactor
 
-    def stopService(self) -> Deferred[Any]:
+    def stopService(self) -> Deferred[None]:
         # One child after another, last added first, each waited for: MultiService would
         # stop them all at once, and the pool would abort the associations of requests
         # the HTTP service is still letting finish.
@@ -134,37 +114,38 @@ class GatewayService(MultiService):
         if self._reactor is not None:
             await _flushed(self._reactor, FLUSH_TIMEOUT)
 
+    def privilegedStartService(self) -> None:
+        # twistd calls this first: the listening services listen here (as root, when
+        # started as root, before dropping privileges).
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            self._cannot_listen(e)
+
     def startService(self) -> None:
         try:
             super().startService()
         except Exception as e:
-            # The error is reported here, once; the listen Deferreds carry it too.
-            for child in self:
-                listening = getattr(child, "whenListening", None)
-                if listening is not None:
-                    listening.addErrback(lambda _: None)
-            _die(f"cannot listen: {e}")
+            self._cannot_listen(e)
+
+    def _cannot_listen(self, error: Exception) -> NoReturn:
+        # The error is reported here, once; the listen Deferreds carry it too.
+        for child in self:
+            if isinstance(child, ListeningService):
+                child.whenListening.addErrback(lambda _: None)
+        _die(f"cannot listen: {error}")
 
 
-async def _flushed(reactor: Any, bound: float) -> None:
+async def _flushed(reactor: IGatewayReactor, bound: float) -> None:
     """Return once no closing connection has unwritten data (or after `bound` s)."""
-    from twisted.internet.task import deferLater
-
-    get_writers = getattr(reactor, "getWriters", None)
-    if get_writers is None:
-        return
     deadline = reactor.seconds() + bound
-    while any(getattr(w, "disconnecting", False) for w in get_writers()) and reactor.seconds() < deadline:
+    while closing_connections_pending(reactor) and reactor.seconds() < deadline:
         await deferLater(reactor, 0.01, lambda: None)
 
 
-def build(config: Config, reactor: Any) -> GatewayService:
-    from twisted.internet.endpoints import serverFromString
-
-    from dicomrst.backends.dimse import DimseBackend
-    from dicomrst.dimse.contexts import receivable_syntaxes
-    from dicomrst.dimse.moves import MoveReceiver, MoveRegistry
-    from dicomrst.dimse.server import listener_factory
+def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
+    """The gateway's services for `config`, in the order they start (and the reverse of
+    the order they stop): the backends, the DIMSE listeners, HTTP."""
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
@@ -182,9 +163,7 @@ def build(config: Config, reactor: Any) -> GatewayService:
                 if aet.wado_rs.receivers:
                     # DICOM-RST too moves to the first receiver only.
                     listener = listeners[aet.wado_rs.receivers[0]]
-                    receiver = MoveReceiver(
-                        moves, listener.aet, receivable_syntaxes(listener.uncompressed)
-                    )
+                    receiver = MoveReceiver(moves, listener.aet, receivable_syntaxes(listener.uncompressed))
                 else:
                     # retrieve: move is the default, so a config without receivers (most
                     # that only search) keeps working; DICOM-RST answers 500 here.
@@ -205,13 +184,13 @@ def build(config: Config, reactor: Any) -> GatewayService:
 
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
-        _check_endpoint(serverFromString, reactor, description, f"server.dimse[{i}].endpoint")
+        _check_endpoint(reactor, description, f"server.dimse[{i}].endpoint")
         factory = listener_factory(listener.aet, reactor, moves, uncompressed=listener.uncompressed)
-        DimseListenerService(description, factory, reactor).setServiceParent(top)
+        DimseListenerService(reactor, description, factory).setServiceParent(top)
 
     http = config.server.http
     description = http.endpoint_description()
-    _check_endpoint(serverFromString, reactor, description, "server.http.endpoint")
+    _check_endpoint(reactor, description, "server.http.endpoint")
     app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
     site = make_site(
         app.resource(), reactor, request_timeout=http.request_timeout_s, max_upload_size=http.max_upload_size
@@ -221,17 +200,15 @@ def build(config: Config, reactor: Any) -> GatewayService:
     return top
 
 
-def _check_endpoint(parse: Any, reactor: Any, description: str, key: str) -> None:
+def _check_endpoint(reactor: IGatewayReactor, description: str, key: str) -> None:
     try:
-        parse(reactor, description)
+        serverFromString(reactor, description)
     except Exception as e:
         _die(f"config error: {key}: invalid endpoint {description!r}: {e}")
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
-
-    from dicomrst.logs import set_level
 
     config: Config = options["loaded"]
     set_level(config.telemetry.level)

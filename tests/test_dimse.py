@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common.uids import VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, IncomingMessage
 from dicomrst.dimse.echo import EchoFailed, echo_scu
@@ -26,7 +27,7 @@ from dicomrst.ul.errors import (
     AssociationTimeout,
     ConnectFailed,
 )
-from dicomrst.ul.negotiation import VERIFICATION, AssociationRequest, ContextProposal
+from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from tests.ulhelpers import (
     ARTIM,
     CT_IMAGE_STORAGE,

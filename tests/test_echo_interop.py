@@ -32,6 +32,7 @@ from dicomrst.ul.errors import (
 )
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU
 from dicomrst.ul.protocol import ULProtocol
+from dicomrst.web.errors import http_status
 from tests import peers
 
 INTEGRATION_TIMEOUT = 120
@@ -296,7 +297,7 @@ class OurScuTests(TestCase):
         error = caught.exception
         self.assertEqual((error.result, error.source, error.reason), (1, 1, 7))
         self.assertIn("called AE title not recognized", str(error))
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertEqual(len(scp.events("rejected")), 1)
 
     async def test_aborted(self) -> None:
@@ -307,7 +308,7 @@ class OurScuTests(TestCase):
         self.assertIn("aborted by peer", str(error))
         # pynetdicom's Association.abort() is an A-ABORT with source 0 (service user).
         self.assertEqual(error.source, pdu.SOURCE_SERVICE_USER)
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertEqual(len(scp.events("abort_sent")), 1)
 
     async def test_stall_times_out_and_aborts(self) -> None:
@@ -319,7 +320,7 @@ class OurScuTests(TestCase):
         elapsed = reactor.seconds() - started
         self.assertGreaterEqual(elapsed, timeout - 0.05)
         self.assertLess(elapsed, timeout + 3.0)
-        self.assertEqual(caught.exception.http_status, 504)
+        self.assertEqual(http_status(caught.exception), 504)
         self.assertIn("C-ECHO", str(caught.exception))
         self.assertEqual(len(scp.events("stalling")), 1)
         # We abort and drop the connection at once: nothing of ours outlives the timeout.
@@ -374,4 +375,4 @@ class OurScuTests(TestCase):
         with self.assertRaises(ConnectFailed) as caught:
             await self.echo(peers.LOCALHOST, port, "NOBODY", timeout=5)
         self.assertTrue(re.search(r"refused", str(caught.exception), re.IGNORECASE), str(caught.exception))
-        self.assertEqual(caught.exception.http_status, 502)
+        self.assertEqual(http_status(caught.exception), 502)

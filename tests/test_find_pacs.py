@@ -22,11 +22,12 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from dicomrst.backends.dimse import DimseBackend
+from dicomrst.backends.pacs import DimseBackend
 from dicomrst.config import parse_config
 from dicomrst.dimse.find import FindFailed
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.ul.errors import AssociationAborted, AssociationRejected, AssociationTimeout
+from dicomrst.web.errors import http_status
 from tests import peers
 
 INTEGRATION_TIMEOUT = 120
@@ -169,7 +170,7 @@ class PynetdicomFindTests(FindTestCase):
         self.assertIsInstance(error, FindFailed)
         assert isinstance(error, FindFailed)
         self.assertEqual(error.status, status)
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertIn(f"0x{status:04X}", str(error))
         self.assertEqual(len(results), 2)  # delivered, but the find as a whole failed
         # The association is fine after a failure status: the next find reuses it.
@@ -188,7 +189,7 @@ class PynetdicomFindTests(FindTestCase):
         backend = self.backend(scp.aet, scp.port, qido_timeout_ms=1000)
         error, _, took = await self.find_error(backend)
         self.assertIsInstance(error, AssociationTimeout)
-        self.assertEqual(getattr(error, "http_status", None), 504)
+        self.assertEqual(http_status(error), 504)
         self.assertTrue(0.9 <= took < 2.5, f"timed out after {took:.2f} s")
         self.assertEqual(backend.pool.stats(), {"idle": 0, "busy": 0, "opening": 0, "releasing": 0})
         (c_find,) = scp.events("c_find")
@@ -209,7 +210,7 @@ class PynetdicomFindTests(FindTestCase):
         for _ in range(3):
             error, _, took = await self.find_error(backend)
             self.assertIsInstance(error, AssociationRejected)
-            self.assertEqual(getattr(error, "http_status", None), 502)
+            self.assertEqual(http_status(error), 502)
             self.assertLess(took, 2.0)
             self.assertEqual(backend.pool.stats(), {"idle": 0, "busy": 0, "opening": 0, "releasing": 0})
         self.assertEqual(len(await self.peer_event(scp, "rejected", 3)), 3)
@@ -297,12 +298,12 @@ class PoolLimitTests(FindTestCase):
         self.assertEqual((len(busy), len(slow)), (4, 2), errors)
         for error, took in busy:
             assert isinstance(error, ServiceUnavailable)
-            self.assertEqual(error.http_status, 503)
+            self.assertEqual(http_status(error), 503)
             self.assertIsNotNone(error.retry_after)
             self.assertGreaterEqual(error.retry_after or 0, 1)
             self.assertTrue(0.4 <= took < 1.5, took)
         for error, took in slow:
-            self.assertEqual(getattr(error, "http_status", None), 504)
+            self.assertEqual(http_status(error), 504)
             self.assertTrue(2.4 <= took < 4.0, took)
         self.assertLessEqual(max(e["count"] for e in scp.events("assoc_count")), 2)
         self.assertEqual(len(scp.events("c_find")), 2)

@@ -27,44 +27,34 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 
-from dicomrst.backends.dimse import DimseBackend
+from dicomrst.backends.pacs import DimseBackend
+from dicomrst.common.identifiers import decode_identifier
+from dicomrst.common.twisted_internals import flush_now
+from dicomrst.common.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    STUDY_ROOT_MOVE,
+    VERIFICATION,
+)
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection
-from dicomrst.dimse.contexts import (
-    COMPRESSED_SYNTAXES,
-    DEFLATED_EXPLICIT_VR_LE,
-    JPEG_2000_LOSSLESS,
-    JPEG_BASELINE,
-    listener_policy,
-    receivable_syntaxes,
-)
+from dicomrst.dimse.contexts import COMPRESSED_SYNTAXES, listener_policy, receivable_syntaxes
 from dicomrst.dimse.echo import EchoSCP
-from dicomrst.dimse.find import decode_dataset
-from dicomrst.dimse.move import (
-    MOVE_DESTINATION_UNKNOWN,
-    STUDY_ROOT_MOVE,
-    MoveDestinationUnknown,
-    MoveOperation,
-    c_move,
-)
-from dicomrst.dimse.moves import STORE_NOT_AUTHORIZED, MoveReceiver, MoveRegistry
-from dicomrst.dimse.retrieve import STORE_SUCCESS, RetrieveFailed, _send_now
+from dicomrst.dimse.move import MOVE_DESTINATION_UNKNOWN, MoveDestinationUnknown, MoveOperation, c_move
+from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
+from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
+from dicomrst.dimse.retrieval import STORE_SUCCESS, RetrieveFailed
 from dicomrst.dimse.server import listener_factory
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationTimeout
-from dicomrst.ul.negotiation import (
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    VERIFICATION,
-    Acceptance,
-    AcceptorPolicy,
-    AssociationRequest,
-    ContextProposal,
-    Rejection,
-)
+from dicomrst.ul.negotiation import Acceptance, AcceptorPolicy, AssociationRequest, ContextProposal, Rejection
 from dicomrst.ul.protocol import ULProtocol
-from dicomrst.web.wado import _AssociationThrottle
+from dicomrst.wado.throttle import ResponseThrottle
+from dicomrst.web.errors import http_status
 from tests import peers
 from tests.test_e2e import LISTENER_AET, start_gateway
 from tests.test_pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
@@ -160,11 +150,24 @@ class RecordingPart:
 class RecordingSink:
     """An InstanceSink that keeps every instance; `auto_done` False leaves `done` to the test."""
 
+    started = False
+    gone = False
+    wants_bulk_data = True
+
     def __init__(self, auto_done: bool = True) -> None:
         self.auto_done = auto_done
         self.parts: list[RecordingPart] = []
         self.attached: list[Any] = []
         self.refuse = False
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> RecordingPart:
         if self.refuse:
@@ -217,7 +220,7 @@ class MoveAssociation:
         for _, command, data in self.sent():
             if int(command.CommandField) == commands.C_MOVE_RQ:
                 ts = self.proto.contexts[self.context_id].transfer_syntax
-                out.append((command, decode_dataset(data, ts)))
+                out.append((command, decode_identifier(data, ts)))
         return out
 
     def cancels(self) -> list[int]:
@@ -532,9 +535,8 @@ class MoveOperationTests(MoveTestCase):
         d, op, _sink, association = self.start_move()
         association.respond(op.message_id, MOVE_DESTINATION_UNKNOWN)
         error = self.failureResultOf(d, MoveDestinationUnknown).value
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertIn(f"does not know the move destination '{LISTENER}'", str(error))
-        self.assertFalse(error.maybe_not_found)
 
     def test_failure_and_warning_statuses(self) -> None:
         d, op, _sink, association = self.start_move()
@@ -555,7 +557,7 @@ class MoveOperationTests(MoveTestCase):
 # -- pausing the listener's associations --------------------------------------------------------
 
 
-class ThrottledSink(_AssociationThrottle):
+class ThrottledSink(ResponseThrottle):
     """A RecordingSink paused and resumed as the HTTP response is by its transport."""
 
     def __init__(self) -> None:
@@ -656,13 +658,13 @@ class SendNowTests(TestCase):
         transport = SentTransport()
         association = SimpleNamespace(transport=transport)
         transport.write(b"C-STORE-RSP")
-        _send_now(association)
+        flush_now(association.transport)
         self.assertEqual(transport.sent, [b"C-STORE-RSP"])
         transport.write(b"late")
         transport.disconnecting = True
-        _send_now(association)
+        flush_now(association.transport)
         self.assertEqual(transport.sent, [b"C-STORE-RSP"])
-        _send_now(SimpleNamespace(transport=StringTransport()))  # no kernel to push to: nothing happens
+        flush_now(StringTransport())  # no kernel to push to: nothing happens
 
 
 # -- correlation -------------------------------------------------------------------------------
@@ -948,7 +950,7 @@ class MoveRequest:
     def received(self, data: bytes) -> None:
         assert self.connection.association is not None
         ts = self.connection.association.contexts[self.message.context_id].transfer_syntax
-        self.identifier = decode_dataset(data, ts)
+        self.identifier = decode_identifier(data, ts)
 
     def respond(self, status: int, completed: int = 0, failed: int = 0) -> None:
         self.connection.respond(
@@ -1044,6 +1046,18 @@ class BackendMoveTests(PoolTestCase):
         self.assertIn(JPEG_2000_LOSSLESS, compressed)
         by_get = self.move_backend("concurrent", retrieve="get", uncompressed=False)
         self.assertEqual(by_get.retrieve_syntaxes, plain)
+
+    def test_destination_unknown_is_not_taken_for_a_missing_study(self) -> None:
+        # A801 comes with nothing moved, as a failure for an unknown UID does from some
+        # PACS; but the PACS's configuration is at fault, so no C-FIND asks whether the
+        # study exists (this PACS has no C-FIND SCP: asking would abort the association).
+        backend = self.move_backend("concurrent")
+        d = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect()
+        self.move_scp.requests[0].respond(MOVE_DESTINATION_UNKNOWN)
+        self.flush()
+        self.failureResultOf(d, MoveDestinationUnknown)
+        self.assertStats(backend.pool, idle=1)
 
     def test_concurrent_moves_go_out_at_once(self) -> None:
         backend = self.move_backend("concurrent")

@@ -10,7 +10,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from twisted.trial.unittest import TestCase
 
-from dicomrst.dimse.peek import UIDPeeker
+from dicomrst.common.walker import UIDPeeker
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -103,14 +103,14 @@ class PeekTests(TestCase):
         for offset in range(0, len(data), 65536):
             if peeker.feed(data[offset : offset + 65536]):
                 break
-            self.assertLess(len(peeker._buf), 70_000)
+            self.assertLess(peeker.buffered, 70_000)
 
     def test_a_large_first_fragment_is_not_kept(self) -> None:
         data = encode(instance(self.study, self.series, pixels=400_000))
         peeker = UIDPeeker(False)
         self.assertTrue(peeker.feed(data))
         self.assertEqual((peeker.uids.study, peeker.uids.series), (self.study, self.series))
-        self.assertEqual(len(peeker._buf), 0)
+        self.assertEqual(peeker.buffered, 0)
 
     def test_a_stray_delimiter_ends_the_walk_without_uids(self) -> None:
         data = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + encode(instance(self.study, self.series))

@@ -21,12 +21,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from dicomrst.backends.dimse import POOL_CONTEXTS, STUDY_ROOT_FIND, DimseBackend
+from dicomrst.backends.pacs import POOL_CONTEXTS, DimseBackend
+from dicomrst.common.identifiers import decode_identifier, encode_identifier
+from dicomrst.common.uids import STUDY_ROOT_FIND
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
 from dicomrst.dimse.echo import EchoSCP
-from dicomrst.dimse.find import FindFailed, decode_dataset, encode_dataset
+from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.ul import pdu
@@ -40,6 +42,7 @@ from dicomrst.ul.errors import (
 )
 from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, Rejection
 from dicomrst.ul.protocol import ULProtocol
+from dicomrst.web.errors import http_status
 from tests.ulhelpers import ARTIM, TICK, RecordingTransport, ULTestCase, messages_written, split_pdus
 
 HOST = "192.0.2.1"
@@ -55,7 +58,7 @@ WRONG_AET_POLICY = AcceptorPolicy("SOMEONE-ELSE", POOL_CONTEXTS)
 class BusyPolicy(AcceptorPolicy):
     """A PACS at its association limit: transient rejection, "local limit exceeded" (3/2)."""
 
-    def decide(self, request: Any) -> Any:
+    def decide(self, request: Any, protocol_version: int = 1) -> Any:
         return Rejection(2, 3, 2)
 
 
@@ -89,7 +92,7 @@ class FindRequest:
         self.identifier: Dataset | None = None
 
     def received(self, data: bytes) -> None:
-        self.identifier = decode_dataset(data, self.transfer_syntax)
+        self.identifier = decode_identifier(data, self.transfer_syntax)
         if self.scp.auto is not None:
             self.pending(*self.scp.auto)
             self.final(self.scp.auto_status)
@@ -108,7 +111,7 @@ class FindRequest:
 
     def pending(self, *datasets: Dataset) -> None:
         for ds in datasets:
-            self._rsp(0xFF00, encode_dataset(ds, self.transfer_syntax))
+            self._rsp(0xFF00, encode_identifier(ds, self.transfer_syntax))
 
     def final(self, status: int = commands.SUCCESS) -> None:
         self._rsp(status, None)
@@ -343,7 +346,7 @@ class SizeTests(PoolTestCase):
         self.assertNoResult(d)
         self.reactor.advance(TICK)
         error = self.failureResultOf(d, ServiceUnavailable).value
-        self.assertEqual(error.http_status, 503)
+        self.assertEqual(http_status(error), 503)
         self.assertEqual(error.retry_after, 3)
         self.assertIn("all 1 associations busy for 2500 ms", str(error))
         # The waiter that gave up gets nothing; the association goes idle.
@@ -465,7 +468,7 @@ class OpenFailureTests(PoolTestCase):
         self.connect(WRONG_AET_POLICY)
         error = self.failureResultOf(d1, AssociationRejected).value
         self.assertEqual((error.result, error.source, error.reason), (1, 1, 7))
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertEqual(self.pending_connects(), 1)
         self.connect(WRONG_AET_POLICY)
         self.failureResultOf(d2, AssociationRejected)
@@ -675,7 +678,7 @@ class RunTests(PoolTestCase):
             raise FindFailed(CALLED, 0xA700)
 
         error = self.failureResultOf(self.run_op(pool, op), FindFailed).value
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertStats(pool, idle=1)
         self.assertNotIn(pdu.ABORT, self.links[0].pdus())
         self.assertIs(self.successResultOf(self.acquire(pool)).connection, lease.connection)
@@ -909,7 +912,7 @@ class BackendFindTests(PoolTestCase):
         self.flush()
         error = self.failureResultOf(d, FindFailed).value
         self.assertEqual(error.status, status)
-        self.assertEqual(error.http_status, 502)
+        self.assertEqual(http_status(error), 502)
         self.assertIn(f"0x{status:04X}", str(error))
         self.assertEqual(len(results), 2)  # delivered, but the find is an error
         self.assertStats(backend.pool, idle=1)
@@ -950,7 +953,7 @@ class BackendFindTests(PoolTestCase):
         self.assertEqual(link.messages(), [commands.C_FIND_RQ])
         self.reactor.advance(TICK)
         error = self.failureResultOf(d, AssociationTimeout).value
-        self.assertEqual(error.http_status, 504)
+        self.assertEqual(http_status(error), 504)
         self.assertEqual(link.messages(), [commands.C_FIND_RQ, commands.C_CANCEL_RQ])
         self.assertEqual(link.pdus()[-1], pdu.ABORT)
         self.assertStats(backend.pool)

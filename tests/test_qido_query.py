@@ -11,22 +11,20 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest
 from dicomrst.qido import attributes
-from dicomrst.qido.attributes import IMAGE, SERIES, STUDY
+from dicomrst.qido.attributes import IMAGE, SERIES, STUDY, looks_like_attribute, resolve_attribute
+from dicomrst.qido.matching import DateTimeFilter
 from dicomrst.qido.query import (
     DEFAULT_LIMIT,
     EMPTY_VALUE_WARNING,
     FUZZY_WARNING,
     MULTIPLE_VALUE_WARNING,
-    DateTimeFilter,
     Query,
-    Target,
-    is_uid,
-    looks_like_attribute,
     parse_query,
-    resolve_attribute,
 )
+from dicomrst.qido.target import Target
 
 STUDY_UID = "1.2.840.113619.2.1"
 SERIES_UID = "1.2.840.113619.2.1.2"

@@ -25,13 +25,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from dicomrst.backends.interfaces import IBackend
-from dicomrst.backends.unsupported import UnsupportedBackend
+from dicomrst.common.dicomjson import dataset_json
 from dicomrst.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
-from dicomrst.qido.dicomjson import dataset_json
 from dicomrst.qido.query import DEFAULT_LIMIT, FUZZY_WARNING, MORE_RESULTS_WARNING
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
 from tests.test_web import Connection
+from tests.unsupported_backend import UnsupportedBackend
 
 STUDY = "1.2.840.113619.2.55.3"
 SERIES = "1.2.840.113619.2.55.3.1"
@@ -74,6 +74,8 @@ class FakeBackend:
     """An IBackend whose finds replay `results` (unless `hold`) and then succeed."""
 
     kind = "DIMSE"
+    retrieve_syntaxes = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    store_concurrency = 16
 
     def __init__(self, aet: str) -> None:
         self.aet = aet

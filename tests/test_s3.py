@@ -28,9 +28,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
+from dicomrst.backends import values as model
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.s3 import S3Backend
-from dicomrst.backends.s3.retrieve import HEAD_BYTES, NotPart10, matching_keys, parse_file_meta
+from dicomrst.backends.s3.objects import HEAD_BYTES, NotPart10, parse_file_meta
+from dicomrst.backends.s3.retrieve import matching_keys
+from dicomrst.backends.values import UploadedInstance
 from dicomrst.config import parse_config
 from dicomrst.errors import (
     NotFound,
@@ -39,8 +42,6 @@ from dicomrst.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from dicomrst.stow import model
-from dicomrst.stow.model import UploadedInstance
 from dicomrst.wado.metadata import instance_metadata_json
 from tests import peers
 from tests.pacs_peer import get_instance
@@ -161,8 +162,24 @@ class _Consumer:
 
 
 class CollectingSink:
+    started = False
+    gone = False
+    wants_bulk_data = True
+
     def __init__(self) -> None:
         self.parts: list[_Consumer] = []
+
+    def attach(self, producer: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
 
     def begin(self, sop_class: str, sop_instance: str, transfer_syntax: str) -> _Consumer:
         consumer = _Consumer((sop_class, sop_instance, transfer_syntax))

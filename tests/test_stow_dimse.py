@@ -25,14 +25,16 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from dicomrst.backends.dimse import DimseBackend
+from dicomrst.backends import values as model
+from dicomrst.backends.pacs import DimseBackend
+from dicomrst.backends.pacs.store import store_request
+from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.transcode import convert_dataset
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection
-from dicomrst.dimse.store import c_store, convert_dataset, store_request
+from dicomrst.dimse.store import c_store
 from dicomrst.errors import ServiceUnavailable
-from dicomrst.stow import model
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
@@ -584,7 +586,7 @@ class ConversionTests(TestCase):
         self.assertEqual(back, dataset)
 
     def test_request_for_an_instance(self) -> None:
-        from dicomrst.backends.dimse import POOL_CONTEXTS
+        from dicomrst.backends.pacs import POOL_CONTEXTS
 
         class FakePool:
             request = AssociationRequest("A", "B", POOL_CONTEXTS)

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-from types import SimpleNamespace
 from typing import Any
 
 from dicomweb_client.api import DICOMwebClient
@@ -32,10 +31,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from dicomrst.backends import values as model
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.errors import ServiceUnavailable
-from dicomrst.stow import model
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
@@ -71,7 +70,8 @@ class RecordingBackend:
 
     def __init__(self, aet: str = "PACS", pool_size: int = 16) -> None:
         self.aet = aet
-        self.config = SimpleNamespace(pool=SimpleNamespace(size=pool_size))
+        self.store_concurrency = pool_size
+        self.retrieve_syntaxes: tuple[str, ...] = ()
         self.received: list[tuple[UploadedInstance, bytes]] = []
         self.statuses: dict[str, int | Exception] = {}
         self.manual = False

@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.tap import GatewayService
+from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
-from dicomrst.web.wado import MultipartSink
 
 
 class Recorder(Service):
@@ -52,6 +52,8 @@ class RetrieveBackend:
     def __init__(self) -> None:
         self.aet = "PACS"
         self.retrieves: list[Any] = []
+        self.retrieve_syntaxes = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+        self.store_concurrency = 1
 
     def echo(self) -> Deferred[float]:
         return succeed(1.0)
@@ -91,7 +93,7 @@ class UpFrontNotAcceptableTests(SynchronousTestCase):
 class LateStoreTests(SynchronousTestCase):
     def test_instances_arriving_after_the_handler_gave_up_are_refused(self) -> None:
         sink = MultipartSink(object(), Clock(), None, "http://gw/aets/PACS", "1.2.3", None)  # type: ignore[arg-type]
-        sink.client_gone = True
+        sink.abandon()
         self.assertRaises(
             ConnectionError, sink.begin, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"
         )

@@ -16,23 +16,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from dicomrst.backends.dimse import POOL_CONTEXTS
+from dicomrst.backends.pacs import POOL_CONTEXTS
+from dicomrst.common.uids import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION
 from dicomrst.dimse.contexts import (
     COMPRESSED_SYNTAXES,
     STORAGE_SOP_CLASSES,
     listener_policy,
 )
 from dicomrst.ul import pdu
-from dicomrst.ul.negotiation import (
-    EXPLICIT_VR_BE,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    VERIFICATION,
-    Acceptance,
-    AcceptorPolicy,
-    AssociationRequest,
-    ContextProposal,
-)
+from dicomrst.ul.negotiation import Acceptance, AcceptorPolicy, AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 from tests.ulhelpers import CT_IMAGE_STORAGE, pdata
 
@@ -127,7 +119,7 @@ class DecodeCacheTests(SynchronousTestCase):
                 ours = pdu.decode_associate(pdu_type, variant)
                 self.assertEqual(described(ours), described(pynetdicom_decode(pdu_type, variant)))
                 self.assertEqual(ours.called_ae_title, called.decode().strip())
-                self.assertEqual(ours._dicomrst_protocol_version, 1)  # type: ignore[attr-defined]
+                self.assertEqual(pdu.protocol_version(variant), 1)
             self.assertEqual(len(pdu._decoded), 1)
 
     def test_hit_shares_items_but_not_lists(self) -> None:
@@ -148,8 +140,8 @@ class DecodeCacheTests(SynchronousTestCase):
         body = bytearray(golden.a_associate_rq[6:])
         pdu.decode_associate(pdu.ASSOCIATE_RQ, bytes(body))
         body[0:2] = b"\x00\x03"  # protocol version
-        version = pdu.decode_associate(pdu.ASSOCIATE_RQ, bytes(body))
-        self.assertEqual(version._dicomrst_protocol_version, 3)  # type: ignore[attr-defined]
+        pdu.decode_associate(pdu.ASSOCIATE_RQ, bytes(body))
+        self.assertEqual(pdu.protocol_version(bytes(body)), 3)
         body[40] = 1  # a reserved byte
         pdu.decode_associate(pdu.ASSOCIATE_RQ, bytes(body))
         self.assertEqual(len(pdu._decoded), 3)

@@ -8,8 +8,8 @@ import struct
 from pynetdicom.tests import encoded_pdu_items as golden
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common.uids import IMPLEMENTATION_CLASS_UID
 from dicomrst.ul import pdu
-from dicomrst.ul.negotiation import IMPLEMENTATION_CLASS_UID
 from tests.ulhelpers import header, pdata, pdv_item
 
 STREAM = golden.a_associate_rq + golden.p_data_tf + golden.a_release_rq

@@ -14,6 +14,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
+from dicomrst.common.uids import (
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LE,
+    VERIFICATION,
+)
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.ul import pdu
@@ -25,16 +33,7 @@ from dicomrst.ul.errors import (
     ConnectionLost,
     NoAcceptableContext,
 )
-from dicomrst.ul.negotiation import (
-    EXPLICIT_VR_BE,
-    EXPLICIT_VR_LE,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    IMPLICIT_VR_LE,
-    VERIFICATION,
-    AssociationRequest,
-    ContextProposal,
-)
+from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 from tests.ulhelpers import (
     ARTIM,
@@ -636,7 +635,8 @@ class AbortBeforeAssociationTests(SynchronousTestCase):
     def test_abort_in_sta2_closes(self) -> None:
         from twisted.internet.task import Clock
 
-        from dicomrst.ul.negotiation import VERIFICATION, AcceptorPolicy, ContextProposal
+        from dicomrst.common.uids import VERIFICATION
+        from dicomrst.ul.negotiation import AcceptorPolicy, ContextProposal
         from dicomrst.ul.protocol import ULProtocol
 
         clock = Clock()

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.negotiation import select_instance_media
-from dicomrst.web.wado import RESPONSE_BUFFER, MultipartSink
+from dicomrst.wado.sinks import RESPONSE_BUFFER, MultipartSink
 from tests.test_peek import encode, instance
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"

@@ -41,7 +41,8 @@ from dicomrst.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from dicomrst.web.app import GatewayApp, error_response
+from dicomrst.web.app import GatewayApp
+from dicomrst.web.errors import error_response, http_status
 from dicomrst.web.service import HTTPService
 from dicomrst.web.site import GatewaySite, RequestTimedOut, make_site
 
@@ -56,6 +57,8 @@ class FakeBackend:
     """An IBackend whose echo() hands out Deferreds the test fires (or not)."""
 
     kind = "DIMSE"
+    retrieve_syntaxes = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    store_concurrency = 16
 
     def __init__(self, aet: str) -> None:
         self.aet = aet
@@ -327,7 +330,7 @@ class ErrorMappingTests(AppTestCase):
             UpstreamTimeout("slow"),
         ):
             response, body = self.fail_echo(error)
-            self.assertJSON(response, body, error.http_status, {"error": error.message})
+            self.assertJSON(response, body, http_status(error), {"error": error.message})
             self.assertIsNone(response.headers.getRawHeaders(b"Retry-After"))
             self.assertCommonHeaders(response)
 

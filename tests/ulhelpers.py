@@ -18,18 +18,12 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE, VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 from dicomrst.dimse.echo import EchoSCP
 from dicomrst.ul import pdu
-from dicomrst.ul.negotiation import (
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    VERIFICATION,
-    AcceptorPolicy,
-    AssociationRequest,
-    ContextProposal,
-)
+from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

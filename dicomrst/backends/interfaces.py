@@ -1,4 +1,9 @@
-"""Where backends plug in: the web layer talks to an AET only through IBackend."""
+"""Where backends plug in: the web layer talks to an AET only through `IBackend`.
+
+An interface module holds contracts only: it imports no implementation.  The DIMSE
+backend (`dicomrst.backends.pacs`) and the S3 backend (`dicomrst.backends.s3`) provide
+it, and so does the tests' fake.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from dicomrst.dimse.retrieve import InstanceSink
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
+from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.interfaces import IInstanceSink
 
 
 class IBackend(Interface):
@@ -17,6 +22,14 @@ class IBackend(Interface):
 
     aet: str = Attribute("The AE title this backend is published under (``/aets/{aet}``).")
     kind: str = Attribute('"DIMSE" or "S3".')
+    retrieve_syntaxes: tuple[str, ...] = Attribute(
+        "The transfer syntaxes retrieved instances may arrive in, best first: a WADO-RS "
+        "request none of which can be answered as asked is a 406 before anything moves."
+    )
+    store_concurrency: int = Attribute(
+        "How many instances of one STOW-RS upload may be stored at once (``pool.size`` for "
+        "DIMSE, ``concurrency`` for S3)."
+    )
 
     def echo() -> Deferred[float]:
         """Check the backend is alive; fire with the round trip in milliseconds.
@@ -32,19 +45,20 @@ class IBackend(Interface):
         SpecificCharacterSet, match keys with values and return keys empty).  Call
         `on_result` with each match's identifier (a decoded pydicom Dataset) in PACS order, as
         it arrives.  After `limit` results, stop pulling (C-CANCEL) and fire.  Fires None on
-        success; errbacks with `dicomrst.errors.UpstreamError` (the message names the PACS status, e.g.
-        'C-FIND failed with status 0xA700 (Out of resources)') → 502, `UpstreamTimeout` → 504,
-        `ServiceUnavailable(retry_after=…)` → 503.  Cancelling the Deferred cancels the find."""
+        success; errbacks with `dicomrst.errors.UpstreamError` (the message names the PACS
+        status, e.g. 'C-FIND failed with status 0xA700 (Out of resources)'), `UpstreamTimeout`,
+        `ServiceUnavailable(retry_after=…)` or `NotImplementedService` (a backend that cannot
+        search).  Cancelling the Deferred cancels the find."""
 
     def retrieve(
-        study: str, series: str | None, instance: str | None, *, sink: InstanceSink
-    ) -> Deferred[object]:
-        """Deliver the instances of a study, series or instance to `sink` as they arrive:
-        `sink.begin(sop_class_uid, sop_instance_uid, transfer_syntax)` per instance, then
-        the instance's data set (without preamble and file meta) through the returned
-        consumer; an instance counts as delivered when the consumer's `done` fires.
-        Errbacks with `UpstreamError` (502), `UpstreamTimeout` (504), `NotFound` (404) or
-        `ServiceUnavailable` (503); cancelling the Deferred stops the retrieve."""
+        study: str, series: str | None, instance: str | None, *, sink: IInstanceSink
+    ) -> Deferred[None]:
+        """Deliver the instances of a study, series or instance to `sink` as they arrive
+        (`IInstanceSink` says how); fire once every instance was handed on.
+
+        Errbacks with `NotFound` (no such study, series or instance), `UpstreamError`,
+        `UpstreamTimeout` or `ServiceUnavailable`; cancelling the Deferred stops the
+        retrieve (C-CANCEL, or the downloads are dropped)."""
 
     def store_instance(instance: UploadedInstance) -> Deferred[StoreOutcome]:
         """Store one checked STOW-RS instance; fire with its outcome (a failure status is

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol as TypingProtocol
 
 import attrs
-from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.dimse import commands
+from dicomrst.dimse.commands import Command
 from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationClosed, AssociationTimeout
 from dicomrst.ul.pdu import PDV, ProtocolError
@@ -28,16 +30,7 @@ from dicomrst.ul.protocol import ULProtocol
 log = logger("dicomrst.dimse")
 
 
-class IDataSetConsumer(TypingProtocol):
-    """Receives one message's data set, fragment by fragment."""
-
-    def dataReceived(self, fragment: bytes) -> None: ...
-
-    def dataFinished(self) -> None: ...
-
-    def dataFailed(self, reason: Failure) -> None: ...
-
-
+@implementer(IDataSetConsumer)
 class BufferConsumer:
     """Collects a (small) data set whole: identifiers, C-FIND results."""
 
@@ -58,7 +51,7 @@ class BufferConsumer:
 @attrs.define
 class IncomingMessage:
     context_id: int
-    command: Dataset
+    command: Command
 
     @property
     def command_field(self) -> int:
@@ -227,12 +220,13 @@ class DimseConnection:
     def request(
         self,
         context_id: int,
-        command: Dataset,
+        command: Command,
         dataset: bytes | None = None,
         *,
         timeout: float | None = None,
         on_response: ResponseCallback | None = None,
         streamed: bool = False,
+        message_id: int | None = None,
     ) -> Deferred[IncomingMessage]:
         """Send a request; fire with its final response.
 
@@ -243,9 +237,13 @@ class DimseConnection:
         consumer for that response's data set.  `timeout` bounds the wait for each
         response, not the whole operation (as DICOM-RST documents its timeouts); on
         expiry the association is aborted, since we no longer know the PACS's state.
+        `message_id` is one the caller chose (a C-MOVE's must be unique gateway-wide).
         """
         association = self._require()
-        message_id = self.next_message_id()
+        if message_id is None:
+            message_id = self.next_message_id()
+        elif message_id in self._pending or message_id in self._abandoned:
+            raise ValueError(f"message ID {message_id} is in use on this association")
         command.MessageID = message_id
         command.CommandDataSetType = (
             commands.HAS_DATASET if dataset is not None or streamed else commands.NO_DATASET
@@ -268,7 +266,7 @@ class DimseConnection:
         """The next piece of a `streamed` request's data set."""
         self._require().send_data(context_id, data, last)
 
-    def respond(self, context_id: int, command: Dataset, dataset: bytes | None = None) -> None:
+    def respond(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
         command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
         self._require().send_message(context_id, commands.encode_command(command), dataset)
 
@@ -311,6 +309,7 @@ class DimseConnection:
             self._abandoned.add(message_id)
 
 
+@implementer(IDataSetConsumer)
 class _Chained:
     def __init__(self, inner: IDataSetConsumer, after: Callable[[], None]) -> None:
         self._inner = inner

@@ -16,26 +16,27 @@ import attrs
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 
-from dicomrst.dimse.echo import VERIFICATION_CONTEXT
-from dicomrst.ul.negotiation import (
+from dicomrst.common.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    RLE_LOSSLESS,
+)
+from dicomrst.dimse.echo import VERIFICATION_CONTEXT
+from dicomrst.ul.negotiation import (
     Acceptance,
     AcceptorPolicy,
     ContextProposal,
     Rejection,
 )
-
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JPEG_2000 = "1.2.840.10008.1.2.4.91"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 UNCOMPRESSED_SYNTAXES: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
 # Lossless first.  All come after the uncompressed ones: where a PACS offers a choice in
@@ -112,19 +113,19 @@ class StoragePolicy(AcceptorPolicy):
         init=False, factory=dict, eq=False, repr=False, hash=False
     )
 
-    def decide(self, request: A_ASSOCIATE) -> Acceptance | Rejection:
-        key = _proposal_key(request)
+    def decide(self, request: A_ASSOCIATE, protocol_version: int = 1) -> Acceptance | Rejection:
+        key = _proposal_key(request, protocol_version)
         decision = self._decisions.get(key)
         if decision is None:
             if len(self._decisions) >= DECISIONS_KEPT:
                 self._decisions.clear()
-            decision = self._decisions[key] = self._decide(request)
+            decision = self._decisions[key] = self._decide(request, protocol_version)
         if isinstance(decision, Acceptance):
             # One dict per association, whatever its user does with it.
             return Acceptance(decision.primitive, dict(decision.contexts), decision.encoded)
         return decision
 
-    def _decide(self, request: A_ASSOCIATE) -> Acceptance | Rejection:
+    def _decide(self, request: A_ASSOCIATE, protocol_version: int) -> Acceptance | Rejection:
         # Only the SOP classes proposed go to the negotiation: each one listed costs
         # pynetdicom objects, and a listener lists some 120.
         proposed = {str(cx.abstract_syntax) for cx in request.presentation_context_definition_list}
@@ -139,17 +140,17 @@ class StoragePolicy(AcceptorPolicy):
             tuple(contexts),
             max_pdu=self.max_pdu,
             check_called_aet=self.check_called_aet,
-        ).decide(request)
+        ).decide(request, protocol_version)
 
 
 #: Distinct proposals whose decisions a listener keeps (it forgets all past that).
 DECISIONS_KEPT = 32
 
 
-def _proposal_key(request: A_ASSOCIATE) -> tuple[Any, ...]:
+def _proposal_key(request: A_ASSOCIATE, protocol_version: int) -> tuple[Any, ...]:
     """All of an A-ASSOCIATE-RQ that AcceptorPolicy.decide reads."""
     return (
-        getattr(request, "_dicomrst_protocol_version", 1),
+        protocol_version,
         str(request.application_context_name),
         request.calling_ae_title,
         request.called_ae_title,

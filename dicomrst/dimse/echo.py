@@ -6,11 +6,13 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
+from dicomrst.common.interfaces import IDataSetConsumer
+from dicomrst.common.uids import VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.client import associate
-from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
+from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 from dicomrst.errors import UpstreamError
-from dicomrst.ul.negotiation import VERIFICATION, AssociationRequest, ContextProposal
+from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 
 VERIFICATION_CONTEXT = ContextProposal(VERIFICATION)
 

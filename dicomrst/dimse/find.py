@@ -10,46 +10,30 @@ unexpected Cancel status is an error, never a short list that looks complete.
 from __future__ import annotations
 
 from collections.abc import Callable
-from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from dicomrst.common.deferreds import shielded
+from dicomrst.common.identifiers import decode_identifier, encode_identifier
+from dicomrst.common.interfaces import IDataSetConsumer
+from dicomrst.common.uids import IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from dicomrst.dimse import commands
-from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IDataSetConsumer, IncomingMessage
-from dicomrst.dimse.operation import DimseOperation, shielded
+from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
+from dicomrst.dimse.errors import AssociationIntact
+from dicomrst.dimse.operation import DimseOperation
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.ul.errors import AssociationTimeout
-from dicomrst.ul.negotiation import IMPLICIT_VR_LE
-
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
-class FindFailed(UpstreamError):
-    association_ok = True
+class FindFailed(AssociationIntact, UpstreamError):
+    """The PACS ended a C-FIND with a failure status."""
 
     def __init__(self, aet: str, status: int) -> None:
         super().__init__(f"{aet} answered C-FIND with status 0x{status:04X} ({describe_status(status)})")
         self.status = status
-
-
-def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
-    return read_dataset(
-        BytesIO(data), is_implicit_VR=transfer_syntax == IMPLICIT_VR_LE, is_little_endian=True
-    )
 
 
 class FindOperation(DimseOperation):
@@ -89,7 +73,7 @@ class FindOperation(DimseOperation):
         self._request = self.connection.request(
             context.context_id,
             rq,
-            encode_dataset(identifier, context.transfer_syntax),
+            encode_identifier(identifier, context.transfer_syntax),
             on_response=self._response,
         )
         self._message_id = int(rq.MessageID)
@@ -116,7 +100,7 @@ class FindOperation(DimseOperation):
         if self.limit is not None and self.delivered >= self.limit:  # limit=0
             self.cancel()
             return
-        ds = decode_dataset(data, self._transfer_syntax)
+        ds = decode_identifier(data, self._transfer_syntax)
         self.delivered += 1
         if not self.abandoned:
             self.on_result(ds)

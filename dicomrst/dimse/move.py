@@ -14,33 +14,33 @@ has arrived and been handed on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from dicomrst.common.deferreds import shielded
+from dicomrst.common.identifiers import encode_identifier, retrieve_identifier
+from dicomrst.common.interfaces import IDataSetConsumer, IInstanceSink
+from dicomrst.common.uids import STUDY_ROOT_MOVE
 from dicomrst.dimse import commands
-from dicomrst.dimse.connection import DimseConnection, IDataSetConsumer, IncomingMessage
-from dicomrst.dimse.find import encode_dataset
-from dicomrst.dimse.moves import MoveRegistry
-from dicomrst.dimse.operation import DimseOperation, shielded
-from dicomrst.dimse.retrieve import InstanceSink, RetrieveFailed, RetrieveResult, ended_well, retrieve_error
+from dicomrst.dimse.connection import DimseConnection, IncomingMessage
+from dicomrst.dimse.errors import AssociationIntact
+from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.operation import DimseOperation
+from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult, ended_well, retrieve_error
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationTimeout
+from dicomrst.ul.protocol import ULProtocol
 
 log = logger("dicomrst.move")
 
-STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 class MoveDestinationUnknown(RetrieveFailed):
     """A801: the PACS has no address for our listener's AE title."""
-
-    maybe_not_found = False
 
     def __init__(self, aet: str, status: int, result: RetrieveResult, destination: str) -> None:
         super().__init__(aet, status, result, "C-MOVE")
@@ -52,22 +52,9 @@ class MoveDestinationUnknown(RetrieveFailed):
         self.args = (self.message,)
 
 
-class SubOperationsMissing(AssociationTimeout):
-    """After the final C-MOVE-RSP, instances it reports stored never arrived."""
-
-    association_ok = True  # the C-MOVE association itself is fine
-
-
-def identifier_for(study: str, series: str | None, instance: str | None) -> Dataset:
-    """A C-MOVE/C-GET identifier at the level asked for, with the unique keys above it."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
-    identifier.StudyInstanceUID = study
-    if series or instance:
-        identifier.SeriesInstanceUID = series or ""
-    if instance:
-        identifier.SOPInstanceUID = instance
-    return identifier
+class SubOperationsMissing(AssociationIntact, AssociationTimeout):
+    """After the final C-MOVE-RSP, instances it reports stored never arrived (the C-MOVE
+    association itself is fine)."""
 
 
 def _claim_message_id(connection: DimseConnection, registry: MoveRegistry) -> int:
@@ -76,12 +63,11 @@ def _claim_message_id(connection: DimseConnection, registry: MoveRegistry) -> in
     The Move Originator Message ID is all a PACS echoes back, and Message IDs are per
     association: two pooled associations to one PACS would both send ID 1.  So the ID of
     a C-MOVE must be unique across the registry; the connection's counter is set so that
-    its next request gets the ID found.
+    its request is sent with the ID found.
     """
     for _ in range(0xFFFF):
         candidate = connection.next_message_id()
         if not registry.message_id_taken(candidate):
-            connection._next_id = candidate - 1  # request() takes the next one: this
             return candidate
     raise UpstreamError("no free message ID for another C-MOVE")
 
@@ -98,7 +84,7 @@ class MoveOperation(DimseOperation):
         *,
         aet: str,
         timeout: float,
-        sink: InstanceSink,
+        sink: IInstanceSink,
         registry: MoveRegistry,
         destination: str,
         study: str,
@@ -120,17 +106,16 @@ class MoveOperation(DimseOperation):
         self.final: IncomingMessage | None = None
         self.abandoned = False
         self.ended: Deferred[None] = Deferred()
-        self._store_association: Any = None
+        self._store_association: ULProtocol | None = None
         self._drained: Deferred[None] | None = None
 
     # -- ActiveMove ------------------------------------------------------------------
 
-    def store_association(self, association: Any) -> None:
+    def store_association(self, association: ULProtocol) -> None:
         if association is not self._store_association:
             self._store_association = association
-            attach = getattr(self.sink, "attach", None)
-            if attach is not None and not self.abandoned:
-                attach(association)
+            if not self.abandoned:
+                self.sink.attach(association)
 
     def activity(self) -> None:
         if self.ended.called:
@@ -154,11 +139,13 @@ class MoveOperation(DimseOperation):
             MoveDestination=self.destination,
         )
         self.message_id = _claim_message_id(self.connection, self.registry)
+        identifier = retrieve_identifier(self.study, self.series, self.instance)
         request = self.connection.request(
             context.context_id,
             rq,
-            encode_dataset(identifier_for(self.study, self.series, self.instance), context.transfer_syntax),
+            encode_identifier(identifier, context.transfer_syntax),
             on_response=self._response,
+            message_id=self.message_id,
         )
         # Registered in the same reactor turn as the send: no sub-operation can come first.
         self.message_id = int(rq.MessageID)
@@ -204,7 +191,7 @@ class MoveOperation(DimseOperation):
         # We owe a C-STORE-RSP (the sink is still writing or converting), or the
         # response paused the listener's association for a slow HTTP client.
         store = self._store_association
-        return bool(self.outstanding) or (store is not None and getattr(store, "_paused", False))
+        return bool(self.outstanding) or (store is not None and store.paused)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -245,9 +232,8 @@ class MoveOperation(DimseOperation):
         """Late C-STOREs are refused from now on; the response no longer pauses the listener."""
         self._stop_timer()
         self.registry.unregister(self)
-        attach = getattr(self.sink, "attach", None)
-        if attach is not None and self._store_association is not None:
-            attach(None)
+        if self._store_association is not None:
+            self.sink.attach(None)
         self._store_association = None
         if not self.ended.called:
             self.ended.callback(None)
@@ -259,7 +245,7 @@ async def c_move(
     *,
     aet: str,
     timeout: float,
-    sink: InstanceSink,
+    sink: IInstanceSink,
     registry: MoveRegistry,
     destination: str,
     study: str,

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
+from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationAborted, AssociationClosed, AssociationRejected, ConnectionLost
@@ -362,7 +363,7 @@ class AssociationPool:
                 # A DIMSE failure status leaves the association fine; anything else
                 # (timeouts, protocol errors, cancellation) leaves it in doubt.
                 if not lease.detached:
-                    self.release(lease, reusable=getattr(e, "association_ok", False))
+                    self.release(lease, reusable=isinstance(e, AssociationIntact))
                 raise
             self.release(lease)
             return result

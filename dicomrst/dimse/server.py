@@ -10,7 +10,8 @@ from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
 from dicomrst.dimse.contexts import listener_policy
 from dicomrst.dimse.echo import VERIFICATION_CONTEXT, EchoSCP
-from dicomrst.dimse.moves import MoveRegistry, MoveStoreSCP
+from dicomrst.dimse.move_destination import MoveStoreSCP
+from dicomrst.dimse.move_registry import MoveRegistry
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, ContextProposal
 from dicomrst.ul.protocol import DEFAULT_ARTIM_TIMEOUT, ULProtocol
 

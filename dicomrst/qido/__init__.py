@@ -4,7 +4,7 @@
   the default return keys of each level (PS3.18 §10.6.3.3).
 * `dicomrst.qido.query`: the QIDO target and query parameters → a `Query` (the
   identifier, limit/offset, Warning texts, and the matching the gateway does itself).
-* `dicomrst.qido.dicomjson`: pydicom datasets → DICOM JSON (PS3.18 Annex F), one
+* `dicomrst.common.dicomjson`: pydicom datasets → DICOM JSON (PS3.18 Annex F), one
   dataset at a time.
 
 Nothing here touches the network; `dicomrst.web.qido` runs the find.

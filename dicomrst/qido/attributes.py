@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_qido_query -*-
-"""Query levels, the level each attribute belongs to, and each level's default return keys.
+"""Query levels, the level each attribute belongs to, each level's default return keys,
+and attribute IDs (keyword, tag, dotted path) as they appear in query parameters.
 
 Study Root C-FIND has three levels; the Patient IE's attributes are STUDY-level keys
 there. The level tables are what the gateway needs to (a) drop ``includefield``
@@ -14,7 +15,12 @@ but an unfiltered key.
 
 from __future__ import annotations
 
-from pydicom.datadict import tag_for_keyword
+import re
+from dataclasses import dataclass
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from dicomrst.errors import BadRequest
 
 STUDY = "STUDY"
 SERIES = "SERIES"
@@ -164,3 +170,76 @@ DEFAULT_KEYS: dict[str, tuple[Path, ...]] = {
         """
     ),
 }
+
+
+# -- attribute names in query parameters ------------------------------------------------
+
+_COMPONENT = r"(?:[0-9A-Fa-f]{8}|[A-Z][A-Za-z0-9]*)"
+_ATTRIBUTE_NAME = re.compile(rf"{_COMPONENT}(?:\.{_COMPONENT})*")
+HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+def looks_like_attribute(name: str) -> bool:
+    """Whether a parameter name is an attribute ID (a keyword, a tag or a dotted path of them).
+
+    Keywords start with a capital letter (PS3.6), so names like ``_``, ``accept``,
+    ``charset`` or ``token`` are other parameters, which are ignored if unsupported.
+    """
+    return _ATTRIBUTE_NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A resolved attribute ID: its tag path, the VR of its last element, and how it was written."""
+
+    path: Path
+    vr: str
+    name: str
+
+    @property
+    def tag(self) -> int:
+        return self.path[-1]
+
+
+def vr_of(tag: int) -> str:
+    vr = dictionary_VR(tag)
+    # Ambiguous VRs ("US or SS", "OB or OW"): the first is the usual one and any
+    # choice encodes the same in Implicit VR, which is what a query needs.
+    return vr.split(" or ")[0]
+
+
+def resolve_attribute(name: str) -> Attribute:
+    """``PatientID``, ``00100020`` or ``RequestAttributesSequence.00400009`` → `Attribute`.
+
+    Raises `BadRequest` naming the unknown keyword or tag.
+    """
+    path: list[int] = []
+    vr = ""
+    components = name.split(".")
+    for i, component in enumerate(components):
+        if HEX_TAG.fullmatch(component):
+            tag = int(component, 16)
+            if tag >> 16 & 1:
+                raise BadRequest(f"private attribute {component.upper()} is not supported (in '{name}')")
+            if tag & 0xFFFF == 0 or tag >> 16 in (0x0000, 0x0002, 0xFFFE):
+                raise BadRequest(f"{component.upper()} is not a data set attribute (in '{name}')")
+            try:
+                vr = vr_of(tag)
+            except KeyError:
+                raise BadRequest(f"unknown attribute tag {component.upper()} (in '{name}')") from None
+        else:
+            found = tag_for_keyword(component)
+            if found is None or found >> 16 in (0x0000, 0x0002, 0xFFFE):
+                raise BadRequest(f"unknown attribute keyword '{component}' (in '{name}')")
+            tag = found
+            vr = vr_of(tag)
+        if vr == "NONE":
+            raise BadRequest(f"{component} is not a data set attribute (in '{name}')")
+        if i < len(components) - 1 and vr != "SQ":
+            raise BadRequest(f"{component} is not a sequence, so it cannot be followed by '.' (in '{name}')")
+        path.append(tag)
+    return Attribute(tuple(path), vr, name)
+
+
+def keyword_of(tag: int) -> str:
+    return keyword_for_tag(tag) or f"{tag:08X}"

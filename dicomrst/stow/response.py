@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from dicomrst.stow.model import StoreOutcome
+from dicomrst.backends.values import StoreOutcome
 
 RETRIEVE_URL = "00081190"
 FAILED_SOP_SEQUENCE = "00081198"

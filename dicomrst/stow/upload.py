@@ -26,9 +26,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IBackend
-from dicomrst.errors import BadRequest, DicomrstError, ServiceUnavailable
-from dicomrst.logs import logger
-from dicomrst.stow.model import (
+from dicomrst.backends.values import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_OUT_OF_RESOURCES,
     FAILURE_PROCESSING,
@@ -36,6 +34,8 @@ from dicomrst.stow.model import (
     StoreOutcome,
     UploadedInstance,
 )
+from dicomrst.errors import BadRequest, DicomrstError, ServiceUnavailable
+from dicomrst.logs import logger
 from dicomrst.stow.multipart import MultipartError, MultipartParser
 from dicomrst.stow.part10 import NotPart10, Part10Checker
 from dicomrst.stow.response import InstanceResult

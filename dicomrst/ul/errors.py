@@ -1,4 +1,9 @@
-"""How an association can fail, as errors the web layer already knows how to answer."""
+"""How an association can fail.
+
+Each error is one of the gateway's failure kinds (`dicomrst.errors`): a peer that refuses
+or breaks an association is an upstream failure, one that does not answer in time an
+upstream timeout.  Which HTTP status those become is not decided here.
+"""
 
 from __future__ import annotations
 

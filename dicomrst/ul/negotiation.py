@@ -25,18 +25,14 @@ from pynetdicom.presentation import (
     negotiate_as_requestor,
 )
 
-import dicomrst
+from dicomrst.common.uids import (
+    APPLICATION_CONTEXT,
+    EXPLICIT_VR_LE,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LE,
+)
 from dicomrst.ul import pdu
-
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-
-# Our own root under 2.25 (a UUID as an integer, PS3.5 §B.2): no registration needed.
-IMPLEMENTATION_CLASS_UID = "2.25.196292983424913393542839104419727407297"
-IMPLEMENTATION_VERSION_NAME = ("DICOMRST_" + dicomrst.__version__.replace(".", ""))[:16]
 
 # What we advertise as our maximum P-DATA-TF variable field.  DCMTK's own upper
 # bound is 128 KiB; larger PDUs mean fewer headers and syscalls on the retrieve path.
@@ -267,9 +263,9 @@ class AcceptorPolicy:
     max_pdu: int = DEFAULT_MAX_PDU
     check_called_aet: bool = True
 
-    def decide(self, request: A_ASSOCIATE) -> Acceptance | Rejection:
-        version = getattr(request, "_dicomrst_protocol_version", 1)
-        if not version & 1:
+    def decide(self, request: A_ASSOCIATE, protocol_version: int = 1) -> Acceptance | Rejection:
+        """Accept or reject `request` (an A-ASSOCIATE-RQ with `protocol_version`)."""
+        if not protocol_version & 1:
             return Rejection(
                 RESULT_REJECTED_PERMANENT, SOURCE_PROVIDER_ACSE, REASON_PROTOCOL_VERSION_NOT_SUPPORTED
             )

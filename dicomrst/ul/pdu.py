@@ -16,15 +16,9 @@ from __future__ import annotations
 import copy
 import struct
 from collections import deque
-from collections.abc import Iterator
 
 import attrs
-from pynetdicom.pdu import (
-    A_ABORT_RQ,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_ASSOCIATE_RQ,
-)
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 ASSOCIATE_RQ = 0x01
@@ -373,9 +367,13 @@ def _decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
         primitive = pdu.to_primitive()
     except Exception as e:  # pynetdicom raises whatever its slicing hits
         raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e
-    # pynetdicom's primitive drops the protocol version; keep it for AE-6.
-    primitive._dicomrst_protocol_version = struct.unpack_from(">H", body, 0)[0]  # type: ignore[attr-defined]
     return primitive
+
+
+def protocol_version(body: bytes | memoryview) -> int:
+    """The protocol version bits of an A-ASSOCIATE-RQ body (pynetdicom's primitive drops
+    them; AE-6 must reject a request without bit 0)."""
+    return int(struct.unpack_from(">H", body, 0)[0])
 
 
 def encode_associate(primitive: A_ASSOCIATE) -> bytes:
@@ -390,15 +388,3 @@ def encode_associate(primitive: A_ASSOCIATE) -> bytes:
     return bytes(pdu.encode())
 
 
-def iter_fragments(data: bytes | memoryview, size: int) -> Iterator[memoryview]:
-    view = memoryview(data)
-    for start in range(0, len(view), size):
-        yield view[start : start + size]
-
-
-__all__ = [
-    "A_ABORT_RQ",
-    "PDV",
-    "PDUFramer",
-    "ProtocolError",
-]

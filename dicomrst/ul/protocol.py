@@ -115,6 +115,7 @@ class ULProtocol(Protocol):
         self._ended = False
         self._started = 0.0
         self._rejected_contexts: list[str] = []
+        self._request_version = 1  # of the A-ASSOCIATE-RQ received (acceptor)
 
     # -- Twisted ----------------------------------------------------------------
 
@@ -241,6 +242,11 @@ class ULProtocol(Protocol):
                 self.outcome = message
             self._close()
 
+    @property
+    def paused(self) -> bool:
+        """Whether the user paused us (we are not reading from the peer)."""
+        return self._paused
+
     def pauseProducing(self) -> None:
         """Stop reading: no more PDUs are dispatched until resumeProducing."""
         if not self._paused:
@@ -297,6 +303,8 @@ class ULProtocol(Protocol):
         try:
             if pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
                 payload: Any = pdu.decode_associate(pdu_type, body)
+                if pdu_type == pdu.ASSOCIATE_RQ:
+                    self._request_version = pdu.protocol_version(body)
             elif pdu_type == pdu.ASSOCIATE_RJ:
                 payload = pdu.decode_reject(body)
             elif pdu_type == pdu.P_DATA_TF:
@@ -429,7 +437,7 @@ class ULProtocol(Protocol):
         self.calling_aet = payload.calling_ae_title.strip()
         self.called_aet = payload.called_ae_title.strip()
         self.peer_max_pdu = peer_max_pdu(payload)
-        decision = self.policy.decide(payload)
+        decision = self.policy.decide(payload, self._request_version)
         if isinstance(decision, Rejection) and decision.source != 1:
             # Provider-level rejection (protocol version) happens in AE-6 itself.
             self._write(pdu.encode_associate(reject_primitive(payload, decision)))

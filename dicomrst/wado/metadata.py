@@ -2,7 +2,7 @@
 """WADO-RS metadata: one instance's data set → a DICOM JSON object with BulkDataURIs.
 
 `instance_metadata_json` parses the data set with pydicom and writes the object with
-`dicomrst.qido.dicomjson.element_json` for every attribute it keeps inline, so search and
+`dicomrst.common.dicomjson.element_json` for every attribute it keeps inline, so search and
 retrieve speak the same DICOM JSON. Values replaced by ``{"vr": …, "BulkDataURI": …}``:
 
 * the pixel data elements (7FE0,0010), (7FE0,0008), (7FE0,0009), whenever not empty
@@ -34,15 +34,9 @@ from pydicom.dataset import Dataset
 from pydicom.hooks import hooks
 from pydicom.valuerep import AMBIGUOUS_VR
 
-from dicomrst.qido.dicomjson import element_json
-from dicomrst.ul.negotiation import EXPLICIT_VR_BE, IMPLICIT_VR_LE
-from dicomrst.wado.part10 import (
-    DEFLATED_EXPLICIT_VR_LE,
-    DataSetError,
-    check_length,
-    parse_dataset,
-    resolve_ambiguous,
-)
+from dicomrst.common.dicomjson import element_json
+from dicomrst.common.transcode import DataSetError, check_length, parse_dataset, resolve_ambiguous
+from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 DEFAULT_THRESHOLD = 1024
 PIXEL_DATA_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))

@@ -43,23 +43,25 @@ Rules, as implemented:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dicomrst.common.accept import MediaRange, best_json_media, sources
+from dicomrst.common.transcode import can_decompress
+from dicomrst.common.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    NOT_FOR_WEB,
+    is_uid,
+)
 from dicomrst.errors import BadRequest, NotAcceptable
-from dicomrst.ul.negotiation import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from dicomrst.wado.part10 import DEFLATED_EXPLICIT_VR_LE, can_decompress
 
-# Never sent over HTTP (PS3.18 §8.7.3); converted to Explicit VR LE instead.
-NOT_FOR_WEB = frozenset((IMPLICIT_VR_LE, EXPLICIT_VR_BE))
 # Syntaxes whose data set we can turn into Explicit VR LE without a pixel codec.
 REENCODABLE = frozenset((IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))
 
 INSTANCE_MEDIA_TYPE = 'multipart/related; type="application/dicom"'
 METADATA_MEDIA_TYPE = "application/dicom+json"
-
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 # Media types that make an Accept "DICOM" or "rendered" for the mixing rule (§8.7.5).
 _DICOM_TYPES = frozenset(
@@ -70,13 +72,6 @@ _RENDERED_OTHER = frozenset(("application/pdf",))
 
 # Media-range specificity for the instance media types.
 _TYPED, _UNTYPED, _WILDCARD = 2, 1, 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    media: str  # "type/subtype", lower case
-    params: dict[str, str]  # lower-case names; values unquoted (type lower-cased)
-    q: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,84 +113,7 @@ class TransferSyntaxChoice:
 DEFAULT_CHOICE = TransferSyntaxChoice(((EXPLICIT_VR_LE, 1.0),))
 
 
-# -- parsing ----------------------------------------------------------------------------
-
-
-def _split(text: str, separator: str) -> list[str]:
-    """`text` split at `separator` outside double quotes."""
-    pieces, current, quoted, escaped = [], [], False, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == separator and not quoted:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
-    return pieces
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
-def _qvalue(text: str) -> float | None:
-    """A q-value; lenient about digits (``q=.5``, ``q=0.8125``), None when invalid."""
-    try:
-        q = float(text)
-    except ValueError:
-        return None
-    return q if 0.0 <= q <= 1.0 else None  # also rejects NaN
-
-
-def parse_accept(text: str, *, query: bool = False) -> list[_Range]:
-    """An Accept value → media ranges; entries that cannot be parsed are dropped.
-
-    With `query`, the text came from an ``accept=`` query parameter, where a ``+`` may
-    have been decoded to a space (``application/dicom json``): such spaces are read as
-    ``+``.
-    """
-    ranges = []
-    for entry in _split(text, ","):
-        media, *params = _split(entry, ";")
-        media = media.strip().lower()
-        if query:
-            media = re.sub(r"(?<=[a-z0-9]) +(?=[a-z0-9])", "+", media)
-        main, slash, sub = media.partition("/")
-        if not slash or not main or not sub or " " in media or (main == "*" and sub != "*"):
-            continue
-        parameters: dict[str, str] = {}
-        q: float | None = 1.0
-        valid = True
-        for param in params:
-            if not param.strip():
-                continue
-            name, equals, value = param.partition("=")
-            name = name.strip().lower()
-            value = _unquote(value)
-            if not equals or not name:
-                valid = False
-                break
-            if name == "q":
-                q = _qvalue(value)
-                if q is None:
-                    valid = False
-                    break
-            else:
-                if query and name == "type":
-                    value = re.sub(r"(?<=[a-z0-9]) +(?=[a-z0-9])", "+", value.lower())
-                parameters[name] = value.lower() if name == "type" else value
-        if valid and q is not None:
-            ranges.append(_Range(media, parameters, q))
-    return ranges
+# -- the mixing rule ------------------------------------------------------------------
 
 
 def _is_rendered(media: str) -> bool:
@@ -203,32 +121,23 @@ def _is_rendered(media: str) -> bool:
     return main in _RENDERED_MAIN or media in _RENDERED_OTHER
 
 
-def _is_dicom(rng: _Range) -> bool:
+def _is_dicom(rng: MediaRange) -> bool:
     if rng.media in _DICOM_TYPES:
         return True
     return rng.media == "multipart/related" and rng.params.get("type", "application/dicom") in _DICOM_TYPES
 
 
-def _check_mixing(ranges: list[_Range]) -> None:
+def _check_mixing(ranges: list[MediaRange]) -> None:
     acceptable = [r for r in ranges if r.q > 0]
     if any(_is_dicom(r) for r in acceptable) and any(_is_rendered(r.media) for r in acceptable):
         raise BadRequest("the Accept mixes DICOM and rendered media types (PS3.18 8.7.5)")
-
-
-def _sources(accept_header: str | None, accept_param: str | None) -> Iterable[list[_Range]]:
-    if accept_param is not None and accept_param.strip():
-        yield parse_accept(accept_param, query=True)
-    if accept_header is None or not accept_header.strip():
-        yield [_Range("*/*", {}, 1.0)]
-    else:
-        yield parse_accept(accept_header)
 
 
 # -- instances --------------------------------------------------------------------------
 
 
 def _valid_syntax(value: str) -> bool:
-    return value == "*" or (len(value) <= 64 and _UID.fullmatch(value) is not None)
+    return value == "*" or is_uid(value)
 
 
 class _Table:
@@ -268,7 +177,7 @@ class _Table:
         return TransferSyntaxChoice(tuple(syntaxes), max(wildcard_q, 0.0), frozenset(excluded), multipart)
 
 
-def _instance_tables(ranges: list[_Range], single_instance: bool) -> tuple[_Table, _Table]:
+def _instance_tables(ranges: list[MediaRange], single_instance: bool) -> tuple[_Table, _Table]:
     multipart, single = _Table(), _Table()
     for rng in ranges:
         syntax = rng.params.get("transfer-syntax", EXPLICIT_VR_LE)
@@ -310,7 +219,7 @@ def select_instance_media(
     Raises `BadRequest` for DICOM mixed with rendered types and `NotAcceptable` when
     nothing we produce is acceptable.
     """
-    for ranges in _sources(accept_header, accept_param):
+    for ranges in sources(accept_header, accept_param):
         _check_mixing(ranges)
         multipart, single = _instance_tables(ranges, single_instance)
         as_multipart, as_single = multipart.choice(multipart=True), single.choice(multipart=False)
@@ -344,35 +253,15 @@ def part_transfer_syntax(choice: TransferSyntaxChoice, stored_ts: str) -> str | 
 
 # -- metadata ---------------------------------------------------------------------------
 
-_METADATA_TYPES = (METADATA_MEDIA_TYPE, "application/json")
-
-
 def select_metadata_media(accept_header: str | None, accept_param: str | None = None) -> str:
     """The media type of a ``.../metadata`` response: ``application/dicom+json`` (the
     default; also for ``*/*``, ``application/*`` and a missing Accept) or
     ``application/json`` when only that is asked for. Else `NotAcceptable` (406);
     `BadRequest` for DICOM mixed with rendered types.
     """
-    for ranges in _sources(accept_header, accept_param):
+    for ranges in sources(accept_header, accept_param):
         _check_mixing(ranges)
-        best: dict[str, tuple[int, float]] = {}
-        for rng in ranges:
-            charset = rng.params.get("charset")
-            if charset is not None and charset.lower() not in ("utf-8", "utf8"):
-                continue  # DICOM JSON is UTF-8 (PS3.18 F.2)
-            for media in _METADATA_TYPES:
-                if rng.media == media:
-                    spec = 2
-                elif media == METADATA_MEDIA_TYPE and rng.media in ("application/*", "*/*"):
-                    spec = 1 if rng.media == "application/*" else 0
-                else:
-                    continue
-                old = best.get(media)
-                if old is None or spec > old[0] or (spec == old[0] and rng.q > old[1]):
-                    best[media] = (spec, rng.q)
-        scored = [(best[m][1], -i, m) for i, m in enumerate(_METADATA_TYPES) if m in best]
-        if scored:
-            q, _, media = max(scored)
-            if q > 0:
-                return media
+        media = best_json_media(ranges)
+        if media is not None:
+            return media
     raise NotAcceptable("metadata is available as application/dicom+json or application/json")

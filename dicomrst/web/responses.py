@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_web -*-
-"""Small pieces every response shares: JSON bodies, the Server header, CORS.
+"""Small pieces every response shares: JSON bodies, the Server header, CORS, and the
+resource that answers nothing (a response already cut off).
 
 Kept apart from `dicomrst.web.app` so the site (request timeouts) writes the same
 JSON error shape without importing the routes.
@@ -10,7 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from dicomrst import NAME, __version__
 
@@ -37,6 +41,11 @@ def set_common_headers(request: IRequest) -> None:
     request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
 
 
+def response_started(request: IRequest) -> bool:
+    """The status line and headers went out: an error can no longer change them."""
+    return isinstance(request, Request) and bool(request.startedWriting)
+
+
 def json_body(request: IRequest, obj: Any, status: int = 200) -> bytes:
     """Set status, Content-Type and Content-Length for `obj` and return its bytes.
 
@@ -52,3 +61,12 @@ def json_body(request: IRequest, obj: Any, status: int = 200) -> bytes:
 def error_body(request: IRequest, status: int, message: str) -> bytes:
     """The one shape of an error body: ``{"error": message}``."""
     return json_body(request, {"error": message}, status)
+
+
+class NoResponse(Resource):
+    """Handed to Klein after a response was cut off, so it neither writes nor finishes."""
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> int:
+        return NOT_DONE_YET

@@ -1,25 +1,36 @@
 # -*- test-case-name: tests.test_web -*-
-"""The HTTP site: one structured log line per request, request timeouts, in-flight tracking.
+"""The HTTP site: one structured log line per request, request timeouts, streamed
+request bodies and ``max-upload-size``, in-flight tracking for a graceful stop.
 
 Twisted's own pieces are kept where they fit (`Site`, `HTTPChannel`'s idle timeout);
 what it lacks is a deadline on the *response*: once a request is fully received the
 channel switches its idle timeout off, so a handler waiting on a stuck PACS would
-hold the connection forever.
+hold the connection forever.  The Twisted internals this needs are in
+`dicomrst.common.twisted_internals`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from io import BytesIO
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import Interface, implementer
 
+from dicomrst.common.addresses import format_address
+from dicomrst.common.machine import Machine, Run, transitions
+from dicomrst.common.twisted_internals import (
+    BodyReading,
+    fail_finish_waiters,
+    request_disconnected,
+    request_line,
+)
 from dicomrst.logs import logger
 from dicomrst.web.responses import error_body, set_common_headers
 
@@ -57,22 +68,18 @@ def abort_connection(request: IRequest, why: str = ERROR) -> None:
     For failures after the status line went out: the client must see a truncated
     body, not a response that looks complete. `why` names the outcome in the log.
     """
-    if isinstance(request, GatewayRequest) and request.abortReason is None:
-        request.abortReason = why
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
-    if transport is not None:
-        transport.abortConnection()
+    if isinstance(request, GatewayRequest):
+        request.abort(why)
+    elif isinstance(request, Request) and request.channel is not None:
+        request.channel.transport.abortConnection()
 
 
-def format_address(address: IAddress | None) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address) if address is not None else "-"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}" if port is not None else host
+class IStreamedBodies(Interface):
+    """A resource that takes some request bodies as they arrive (STOW-RS)."""
+
+    def bodyConsumerFactory(request: GatewayRequest) -> BodyConsumer | None:
+        """Called once `request`'s headers are in: a `BodyConsumer` for its body, or None
+        to let twisted.web buffer it."""
 
 
 class BodyConsumer(Protocol):
@@ -91,136 +98,145 @@ class BodyConsumer(Protocol):
         """The request ended, whichever way: answered, rejected as too large, or lost."""
 
 
-class GatewayRequest(Request):
-    """A `Request` that reports its end to its `GatewaySite` and keeps a deadline.
+REQUEST = Machine(
+    name="http-request",
+    initial="head",
+    states={
+        "head": "request line in, headers arriving",
+        "body": "headers in, body arriving (to a body consumer, or buffered)",
+        "rejected": "body over max-upload-size: 413 answered, the rest discarded",
+        "handling": "body in, the resource is rendering; the deadline runs",
+        "responding": "the status line is out",
+        "timing-out": "deadline passed before the response began: the 504 is written",
+        "aborting": "the connection is being aborted under the response",
+        "finished": "the response was finished (logged)",
+        "lost": "the connection went before the response was finished (logged)",
+    },
+    events={
+        "headers": "gotLength: all headers in, the body may stream",
+        "too-large": "the declared or received body is over max-upload-size",
+        "chunk": "a piece of the body arrived",
+        "complete": "requestReceived: the whole body is in",
+        "written": "the first write: the status line goes out",
+        "finish": "finish(): the response is complete",
+        "deadline": "request-timeout passed",
+        "abort": "abort_connection(): a failure after the status line, or shutdown",
+        "lost": "connectionLost",
+    },
+    transitions=transitions(
+        [
+            ("head", "headers", "body", "_take_body"),
+            ("head", "too-large", "rejected", "_reject_now"),
+            ("head", "abort", "aborting", "_abort"),
+            ("head", "lost", "lost", "_lost"),
+            ("body", "chunk", "body", "_feed"),
+            ("body", "too-large", "rejected", "_reject_later"),
+            ("body", "complete", "handling", "_handle"),
+            ("body", "abort", "aborting", "_abort"),
+            ("body", "lost", "lost", "_lost"),
+            ("rejected", "chunk", "rejected", None),
+            ("rejected", "complete", "rejected", "_reject_now"),
+            ("rejected", "written", "rejected", None),
+            ("rejected", "finish", "finished", "_finished"),
+            ("rejected", "abort", "aborting", "_abort"),
+            ("rejected", "lost", "lost", "_lost"),
+            ("handling", "written", "responding", None),
+            ("handling", "deadline", "timing-out", "_answer_timeout"),
+            ("handling", "abort", "aborting", "_abort"),
+            ("handling", "lost", "lost", "_lost"),
+            ("responding", "finish", "finished", "_finished"),
+            ("responding", "deadline", "aborting", "_abort_late"),
+            ("responding", "abort", "aborting", "_abort"),
+            ("responding", "lost", "lost", "_lost"),
+            ("timing-out", "written", "timing-out", None),
+            ("timing-out", "finish", "finished", "_finished"),
+            ("timing-out", "abort", "aborting", "_abort"),
+            ("timing-out", "lost", "lost", "_lost"),
+            ("aborting", "chunk", "aborting", None),
+            ("aborting", "complete", "aborting", None),
+            ("aborting", "written", "aborting", None),
+            ("aborting", "finish", "finished", "_finished"),
+            ("aborting", "deadline", "aborting", None),
+            ("aborting", "abort", "aborting", None),
+            ("aborting", "lost", "lost", "_lost"),
+            ("finished", "chunk", "finished", None),
+            ("finished", "complete", "finished", None),
+            ("finished", "abort", "finished", None),
+            ("finished", "lost", "finished", None),
+        ]
+    ),
+)
 
-    It also enforces ``max-upload-size`` (413 from Content-Length before the body is
-    read, or as soon as a chunked body passes it) and hands bodies to a `BodyConsumer`
-    where the site has one for the request.
+
+@implementer(IStreamedBodies)
+class _NoStreamedBodies:
+    def bodyConsumerFactory(self, request: GatewayRequest) -> BodyConsumer | None:
+        return None
+
+
+class GatewayRequest(Request):
+    """A `Request` that keeps a deadline, enforces ``max-upload-size``, streams bodies to
+    a `BodyConsumer` where the site has one for the request, and reports its end to its
+    `GatewaySite` (one log line).
+
+    Its lifecycle is the machine `REQUEST` (``docs/state-machines/http-request.dot``):
+    the overridden twisted.web methods fire its events, its actions do the work.  413 is
+    answered from Content-Length before the body is read, or as soon as a chunked body
+    passes the limit.
     """
 
-    abortReason: str | None = None
-    timedOut: bool = False
-    bodyConsumer: BodyConsumer | None = None
-    _bodyReceived = 0
-    _bodyRejected = False
-
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
-        site = getattr(channel, "site", None)
-        self._gateway: GatewaySite | None = site if isinstance(site, GatewaySite) else None
+        site = channel.site
+        if not isinstance(site, GatewaySite):
+            raise TypeError("a GatewayRequest is served by a GatewaySite")
+        self.gateway = site
+        self.bodyConsumer: BodyConsumer | None = None
+        self.abortReason: str | None = None
+        self.reading = BodyReading(channel)
+        self._run = Run(REQUEST, self)
+        self._body_received = 0
         self._deadline: IDelayedCall | None = None
-        self._outcome: str | None = None
         # Created at the request line, so an upload in progress counts as in flight
         # and the logged duration includes receiving the body.
-        self._started = 0.0
-        if self._gateway is not None:
-            self._started = self._gateway.clock.seconds()
-            self._gateway._request_started(self)
+        self.started = site.clock.seconds()
+        self.timed_out = False
+        site.request_started(self)
+
+    @property
+    def state(self) -> str:
+        return self._run.state
+
+    # -- twisted.web's calls, as events -----------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
-        gateway = self._gateway
-        channel = self.channel
-        command = getattr(channel, "_command", None)
-        uri = getattr(channel, "_path", None)
-        version = getattr(channel, "_version", None)
-        if gateway is None or command is None or uri is None or version is None:
-            super().gotLength(length)
+        line = request_line(self.channel)
+        if line is None:
+            # This Twisted keeps the request line elsewhere: no early routing or 413
+            # (the body consumers see no method and decline).
+            self._run.fire("headers", length)
             return
         # The request line is known (HTTPChannel keeps it until the body is in); set it
         # now so a body consumer can route and a 413 can be answered and logged.
-        self.method, self.uri, self.clientproto = command, uri, version
-        self.path = uri.split(b"?", 1)[0]
-        limit = gateway.maxUploadSize
+        self.method, self.uri, self.clientproto = line
+        self.path = self.uri.split(b"?", 1)[0]
+        limit = self.gateway.maxUploadSize
         if limit is not None and length is not None and length > limit:
-            self.content = BytesIO()
-            self._bodyRejected = True
-            # Answered before the body is read: no "100 Continue" after the 413.
-            self.requestHeaders.removeHeader(b"Expect")
-            self._reject_body()
-            return
-        factory = gateway.bodyConsumerFactory
-        consumer = factory(self) if factory is not None else None
-        if consumer is None:
-            super().gotLength(length)
-            return
-        self.bodyConsumer = consumer
-        self.content = BytesIO()
+            self._run.fire("too-large")
+        else:
+            self._run.fire("headers", length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._bodyRejected:
-            return
-        self._bodyReceived += len(data)
-        gateway = self._gateway
-        limit = gateway.maxUploadSize if gateway is not None else None
-        if gateway is not None and limit is not None and self._bodyReceived > limit:
-            # A chunked body (no Content-Length) grew past the limit.  Answered from the
-            # reactor, not from inside the channel's body decoder, which may still hold
-            # the rest of this read.
-            self._bodyRejected = True
-            self._release_body()
-            gateway.clock.callLater(0, self._reject_body)
-            return
-        if self.bodyConsumer is not None:
-            self.bodyConsumer.dataReceived(data)
-        else:
-            super().handleContentChunk(data)
+        self._run.fire("chunk", data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._bodyRejected:
-            self._reject_body()  # the rest of the body came in the read that crossed the limit
-            return
-        if self.bodyConsumer is not None:
-            self.bodyConsumer.bodyFinished()
-        super().requestReceived(command, path, version)
-
-    def pauseBody(self) -> None:
-        """Stop reading the request body (a body consumer is behind)."""
-        transport = getattr(getattr(self, "channel", None), "transport", None)
-        if transport is not None and not self.finished and not self._disconnected:
-            transport.pauseProducing()
-
-    def resumeBody(self) -> None:
-        transport = getattr(getattr(self, "channel", None), "transport", None)
-        if transport is not None and not self.finished and not self._disconnected:
-            transport.resumeProducing()
-
-    def bodyProgress(self) -> None:
-        """Reading is paused but work is getting done: hold off the idle timeout."""
-        channel = getattr(self, "channel", None)
-        reset = getattr(channel, "resetTimeout", None)
-        if reset is not None:
-            reset()
-
-    def _reject_body(self) -> None:
-        if self.finished or self._disconnected or self._gateway is None:
-            return
-        self._release_body()
-        limit = self._gateway.maxUploadSize
-        set_common_headers(self)
-        # The rest of the body is not read: the connection cannot carry another request.
-        self.setHeader(b"Connection", b"close")
-        if hasattr(self.channel, "persistent"):
-            self.channel.persistent = False
-        self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
-        self.finish()
-
-    def _release_body(self) -> None:
-        consumer, self.bodyConsumer = self.bodyConsumer, None
-        if consumer is not None:
-            consumer.requestOver()
-
-    def process(self) -> None:
-        gateway = self._gateway
-        # Armed only once the body is in: until then HTTPChannel's idle timeout
-        # guards a stalled upload, and a large STOW is not cut off by this deadline.
-        if gateway is not None and gateway.requestTimeout and self._outcome is None:
-            self._deadline = gateway.clock.callLater(gateway.requestTimeout, self._deadline_passed)
-        super().process()
+        self._run.fire("complete", command, path, version)
 
     def write(self, data: bytes) -> None:
-        if not self.startedWriting and self._draining():
-            self._close_after_response()
+        if not self.startedWriting:
+            if self._draining():
+                self._close_after_response()
+            self._run.fire("written")
         super().write(data)
 
     def finish(self) -> None:
@@ -228,55 +244,143 @@ class GatewayRequest(Request):
             self._close_after_response()
         super().finish()
         if self.finished:
-            self._over(TIMEOUT if self.timedOut else COMPLETE)
+            self._run.fire("finish")
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        if not self.finished:
-            self._over(self.abortReason or DISCONNECTED)
+        self._run.fire("lost")
+
+    def abort(self, why: str) -> None:
+        """Drop the connection without finishing the response (see `abort_connection`)."""
+        if self.abortReason is None:
+            self.abortReason = why
+        self._run.fire("abort")
+
+    # -- the body ---------------------------------------------------------------------------
+
+    def pause_body(self, holder: object) -> None:
+        """`holder` (a body consumer that is behind) wants the body paused."""
+        if not (self.finished or request_disconnected(self)):
+            self.reading.hold(holder)
+
+    def resume_body(self, holder: object) -> None:
+        if not (self.finished or request_disconnected(self)):
+            self.reading.release(holder)
+
+    def body_progress(self) -> None:
+        """Reading is paused but work is getting done: hold off the idle timeout."""
+        if self.channel is not None:
+            self.channel.resetTimeout()
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _take_body(self, length: int | None) -> None:
+        consumer = self.gateway.bodyConsumers.bodyConsumerFactory(self)
+        if consumer is None:
+            super().gotLength(length)
+            return
+        self.bodyConsumer = consumer
+        self.content = BytesIO()
+
+    def _feed(self, data: bytes) -> None:
+        self._body_received += len(data)
+        limit = self.gateway.maxUploadSize
+        if limit is not None and self._body_received > limit:
+            # A chunked body (no Content-Length) grew past the limit.  Answered from the
+            # reactor, not from inside the channel's body decoder, which may still hold
+            # the rest of this read.
+            self._run.fire("too-large")
+            return
+        if self.bodyConsumer is not None:
+            self.bodyConsumer.dataReceived(data)
+        else:
+            super().handleContentChunk(data)
+
+    def _reject_now(self, *ignored: object) -> None:
+        self.content = BytesIO()
+        # Answered before the body is read: no "100 Continue" after the 413.
+        self.requestHeaders.removeHeader(b"Expect")
+        self._answer_too_large()
+
+    def _reject_later(self) -> None:
+        self._release_body()
+        self.gateway.clock.callLater(0, self._answer_too_large)
+
+    def _answer_too_large(self) -> None:
+        if self.finished or request_disconnected(self):
+            return
+        self._release_body()
+        limit = self.gateway.maxUploadSize
+        set_common_headers(self)
+        # The rest of the body is not read: the connection cannot carry another request.
+        self.setHeader(b"Connection", b"close")
+        self.channel.persistent = False
+        self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
+        self.finish()
+
+    def _handle(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.bodyConsumer is not None:
+            self.bodyConsumer.bodyFinished()
+        # Armed only once the body is in: until then HTTPChannel's idle timeout guards a
+        # stalled upload, and a large STOW is not cut off by this deadline.
+        if self.gateway.requestTimeout:
+            self._deadline = self.gateway.clock.callLater(
+                self.gateway.requestTimeout, self._run.fire, "deadline"
+            )
+        super().requestReceived(command, path, version)
+
+    def _answer_timeout(self) -> None:
+        self._deadline = None
+        self.timed_out = True
+        timeout_ms = round(self.gateway.requestTimeout * 1000)
+        # Cancel the handler (Klein listens on notifyFinish) before answering, so it
+        # releases what it holds and does not write into our 504.
+        fail_finish_waiters(self, Failure(RequestTimedOut(timeout_ms)))
+        if self.finished or request_disconnected(self):
+            return
+        self.write(error_body(self, 504, f"request timed out after {timeout_ms} ms"))
+        self.finish()
+
+    def _abort_late(self) -> None:
+        # The status line is out; only a truncated body can say "failed".
+        self._deadline = None
+        self.timed_out = True
+        if self.abortReason is None:
+            self.abortReason = TIMEOUT
+        self._abort()
+
+    def _abort(self) -> None:
+        self.channel.transport.abortConnection()
+
+    def _finished(self) -> None:
+        self._over(TIMEOUT if self.timed_out else COMPLETE)
+
+    def _lost(self) -> None:
+        self._over(self.abortReason or DISCONNECTED)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _release_body(self) -> None:
+        consumer, self.bodyConsumer = self.bodyConsumer, None
+        if consumer is not None:
+            consumer.requestOver()
 
     def _draining(self) -> bool:
-        gateway = self._gateway
-        return gateway is not None and gateway.draining and not (self.finished or self._disconnected)
+        return self.gateway.draining and not (self.finished or request_disconnected(self))
 
     def _close_after_response(self) -> None:
         # During a graceful stop, keep-alive connections must not outlive their
         # last response or the stop would wait on idle browsers.
         if not self.startedWriting:
             self.setHeader(b"Connection", b"close")
-        if hasattr(self.channel, "persistent"):
-            self.channel.persistent = False
-
-    def _deadline_passed(self) -> None:
-        self._deadline = None
-        if self.finished or self._disconnected or self._gateway is None:
-            return
-        self.timedOut = True
-        timeout_ms = round(self._gateway.requestTimeout * 1000)
-        if self.startedWriting:
-            # The status line is out; only a truncated body can say "failed".
-            abort_connection(self, TIMEOUT)
-            return
-        # Cancel the handler (Klein listens on notifyFinish) before answering, so it
-        # releases what it holds and does not write into our 504.
-        waiting, self.notifications = self.notifications, []
-        for d in waiting:
-            d.errback(Failure(RequestTimedOut(timeout_ms)))
-        if self.finished or self._disconnected:
-            return
-        self.write(error_body(self, 504, f"request timed out after {timeout_ms} ms"))
-        self.finish()
+        self.channel.persistent = False
 
     def _over(self, outcome: str) -> None:
-        if self._outcome is not None:
-            return
-        self._outcome = outcome
         self._release_body()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        if self._gateway is not None:
-            self._gateway._request_over(self, outcome)
+        self.gateway.request_over(self, outcome)
 
 
 class GatewaySite(Site):
@@ -287,9 +391,9 @@ class GatewaySite(Site):
         response; 0 disables the deadline.
     :ivar draining: set by `drain`; responses then close their connection.
     :ivar maxUploadSize: largest request body in bytes (413 beyond); None: no limit.
-    :ivar bodyConsumerFactory: called with each request once its headers are in; a
-        `BodyConsumer` it returns takes the body as it arrives.  Taken from the
-        resource's ``bodyConsumerFactory`` attribute when it has one.
+    :ivar bodyConsumers: asked for each request once its headers are in; a
+        `BodyConsumer` it returns takes the body as it arrives.  The resource, when it
+        provides `IStreamedBodies`.
     """
 
     requestFactory = GatewayRequest
@@ -311,8 +415,8 @@ class GatewaySite(Site):
         self.requestTimeout = request_timeout
         self.draining = False
         self.maxUploadSize = max_upload_size
-        self.bodyConsumerFactory: Callable[[GatewayRequest], BodyConsumer | None] | None = getattr(
-            resource, "bodyConsumerFactory", None
+        self.bodyConsumers: IStreamedBodies = (
+            resource if IStreamedBodies.providedBy(resource) else _NoStreamedBodies()
         )
         self._inflight: dict[GatewayRequest, None] = {}
         self._idle_waiters: list[Deferred[None]] = []
@@ -351,10 +455,10 @@ class GatewaySite(Site):
         # which Site.log never sees.
         pass
 
-    def _request_started(self, request: GatewayRequest) -> None:
+    def request_started(self, request: GatewayRequest) -> None:
         self._inflight[request] = None
 
-    def _request_over(self, request: GatewayRequest, outcome: str) -> None:
+    def request_over(self, request: GatewayRequest, outcome: str) -> None:
         self._inflight.pop(request, None)
         path = request.path if request.path is not None else b"-"
         fields = dict(
@@ -364,7 +468,7 @@ class GatewaySite(Site):
             # 0: no status line was sent (lost or aborted before the response began).
             status=request.code if request.startedWriting else 0,
             bytes_sent=request.sentLength,
-            duration_ms=(self.clock.seconds() - request._started) * 1000.0,
+            duration_ms=(self.clock.seconds() - request.started) * 1000.0,
             client=format_address(request.getClientAddress()),
             outcome=outcome,
         )

@@ -1,17 +1,15 @@
 # -*- test-case-name: tests.test_stow_web -*-
 """STOW-RS: ``POST /aets/{aet}/studies[/{study}]`` (PS3.18 §10.5).
 
-The body is consumed while it arrives: `body_consumer` is the site's hook, called once
-the request headers are in, and returns the `StowUpload` that parses the body and
+The body is consumed while it arrives: `body_consumer` is called through the site's hook
+(`GatewayRoot.bodyConsumerFactory`, which finds STOW-RS requests through Klein's URL map)
+once the request headers are in, and returns the `StowUpload` that parses the body and
 stores each instance as its part completes.  The route handler (`store`) then only waits
 for the outcomes and writes the Store Instances Response.  Behind a plain twisted.web
 Site (no hook) the handler feeds the buffered body to the same upload.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
@@ -26,29 +24,14 @@ from dicomrst.logs import logger
 from dicomrst.stow.multipart import MultipartError, check_boundary, parse_media_type
 from dicomrst.stow.response import encode, store_instances_response, summarize
 from dicomrst.stow.upload import ReadControl, StowUpload, UploadTarget
-from dicomrst.web.qido import _base_url
-
-if TYPE_CHECKING:
-    from dicomrst.web.app import GatewayApp
+from dicomrst.web.context import WebContext
+from dicomrst.web.site import GatewayRequest
 
 log = logger("dicomrst.web")
 
 DICOM_JSON = b"application/dicom+json"
-#: When a backend says nothing about its own limit.
-DEFAULT_CONCURRENCY = 16
 _METADATA_TYPES = ("application/dicom+json", "application/dicom+xml", "application/json")
 _EXPECTED = 'multipart/related; type="application/dicom"'
-
-
-def store_concurrency(backend: IBackend) -> int:
-    """How many instances of one upload may be in flight: the AET's ``pool.size`` (DIMSE)
-    or ``concurrency`` (S3)."""
-    config = getattr(backend, "config", None)
-    if getattr(backend, "kind", None) == "S3":
-        n = getattr(config, "concurrency", None)
-    else:
-        n = getattr(getattr(config, "pool", None), "size", None)
-    return n if isinstance(n, int) and n > 0 else DEFAULT_CONCURRENCY
 
 
 def boundary_of(content_type: bytes | None) -> bytes:
@@ -78,32 +61,36 @@ def boundary_of(content_type: bytes | None) -> bytes:
 
 
 class _RequestReading:
-    """Throttles a `GatewayRequest`'s body (`ReadControl`)."""
+    """Throttles a `GatewayRequest`'s body (`ReadControl`): the upload holds its pause
+    through the request's one owner of it."""
 
-    def __init__(self, request: IRequest) -> None:
+    def __init__(self, request: GatewayRequest) -> None:
         self._request = request
 
     def pause(self) -> None:
-        self._request.pauseBody()  # type: ignore[attr-defined]
+        self._request.pause_body(self)
 
     def resume(self) -> None:
-        self._request.resumeBody()  # type: ignore[attr-defined]
+        self._request.resume_body(self)
 
     def progress(self) -> None:
-        self._request.bodyProgress()  # type: ignore[attr-defined]
+        self._request.body_progress()
 
 
 def new_upload(
-    app: GatewayApp, request: IRequest, aet: str, study: str | None, reading: ReadControl | None = None
+    context: WebContext,
+    request: IRequest,
+    aet: str,
+    study: str | None,
+    reading: ReadControl | None = None,
 ) -> StowUpload:
     """An upload for `request`; errors found in its headers are kept in ``upload.error``."""
-    service_url = f"{_base_url(app, request)}/aets/{quote(aet, safe='')}"
-    target = UploadTarget(aet=aet, study=study, service_url=service_url)
+    target = UploadTarget(aet=aet, study=study, service_url=context.service_url(request, aet))
     error: DicomrstError | None = None
     backend: IBackend | None = None
     boundary: bytes | None = None
     try:
-        backend = app.backend(aet)
+        backend = context.backend(aet)
         boundary = boundary_of(request.getHeader(b"content-type"))
     except DicomrstError as e:
         error = e
@@ -111,62 +98,32 @@ def new_upload(
         target,
         backend,
         boundary=boundary,
-        concurrency=store_concurrency(backend) if backend is not None else 1,
-        spool_dir=app.stow_spool_dir,
-        spool_threshold=app.stow_spool_threshold,
+        concurrency=backend.store_concurrency if backend is not None else 1,
+        spool_dir=context.stow_spool_dir,
+        spool_threshold=context.stow_spool_threshold,
         error=error,
         reading=reading,
     )
 
 
-def _route(app: GatewayApp, path: bytes) -> tuple[str, str | None] | None:
-    """(aet, study) if `path` is a STOW-RS resource of `app`, else None.
-
-    Segments are unquoted as twisted.web does for the routes, so both agree.
-    """
-    segments = path.split(b"/")[1:]
-    base = [s.encode("utf-8") for s in app.base_path.split("/") if s]
-    if segments[: len(base)] != base:
-        return None
-    rest = segments[len(base) :]
-    while rest and rest[-1] == b"":
-        rest.pop()
-    try:
-        names = [unquote_to_bytes(s).decode("utf-8") for s in rest]
-    except UnicodeDecodeError:
-        return None
-    if len(names) in (3, 4) and names[0] == "aets" and names[2] == "studies" and names[1]:
-        study = names[3] if len(names) == 4 else None
-        if study == "":
-            return None
-        return names[1], study
-    return None
+def body_consumer(context: WebContext, request: GatewayRequest, aet: str, study: str | None) -> StowUpload:
+    """The upload that takes the body of a STOW-RS request to `aet` (and `study`) as it arrives."""
+    return new_upload(context, request, aet, study, reading=_RequestReading(request))
 
 
-def body_consumer(app: GatewayApp, request: IRequest) -> StowUpload | None:
-    """The site's hook: a `StowUpload` for a STOW-RS request, None for any other."""
-    if request.method != b"POST" or request.path is None:
-        return None
-    route = _route(app, request.path)
-    if route is None:
-        return None
-    aet, study = route
-    return new_upload(app, request, aet, study, reading=_RequestReading(request))
-
-
-async def store(app: GatewayApp, request: IRequest, aet: str, study: str | None) -> bytes:
+async def store(context: WebContext, request: IRequest, aet: str, study: str | None) -> bytes:
     """Wait for the upload's outcomes and answer with the Store Instances Response."""
-    upload = getattr(request, "bodyConsumer", None)
+    upload = request.bodyConsumer if isinstance(request, GatewayRequest) else None
     own = False
     if not (isinstance(upload, StowUpload) and (upload.target.aet, upload.target.study) == (aet, study)):
         # No site hook (a plain twisted.web Site): the body was buffered; feed it now.
-        upload = new_upload(app, request, aet, study)
+        upload = new_upload(context, request, aet, study)
         own = True
     try:
         if upload.error is not None:
             raise upload.error
         if own:
-            content = getattr(request, "content", None)
+            content = request.content
             if content is None:
                 upload.bodyFinished()
             else:
@@ -216,4 +173,3 @@ def _log_request(
         other=other,
         status=status,
     )
-

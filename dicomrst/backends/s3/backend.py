@@ -7,7 +7,6 @@ Objects are ``{prefix}{study}/{series}/{sop}.dcm`` Part-10 files, DICOM-RST's la
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
@@ -15,7 +14,6 @@ from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend
-from dicomrst.backends.s3 import retrieve as _retrieve
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
     CONNECT_TIMEOUT,
@@ -23,12 +21,14 @@ from dicomrst.backends.s3.client import (
     CredentialSource,
     S3Client,
 )
+from dicomrst.backends.s3.retrieve import retrieve_objects
 from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
+from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.config import AetConfig
-from dicomrst.dimse.retrieve import InstanceSink
 from dicomrst.errors import NotImplementedService
 from dicomrst.logs import logger
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
 
 log = logger("dicomrst.s3")
 
@@ -43,7 +43,7 @@ class S3Backend:
     def __init__(
         self,
         config: AetConfig,
-        reactor: Any,
+        reactor: IGatewayReactor,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
@@ -54,6 +54,7 @@ class S3Backend:
         assert config.endpoint is not None and config.bucket is not None
         self.config = config
         self.aet = config.aet
+        self.store_concurrency = config.concurrency
         self.reactor = reactor
         self.credentials = CredentialSource(config.credentials, reactor)
         self.client = S3Client(
@@ -95,10 +96,10 @@ class S3Backend:
         )
 
     def retrieve(
-        self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
+        self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink
     ) -> Deferred[int]:
         return Deferred.fromCoroutine(
-            _retrieve.retrieve(
+            retrieve_objects(
                 self.client,
                 prefix=self.config.prefix,
                 concurrency=self.config.concurrency,

@@ -20,7 +20,6 @@ sink pauses and resumes it through the object attached with ``sink.attach``.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from typing import Any
 
@@ -34,147 +33,21 @@ from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from dicomrst.backends.s3.client import S3Client, S3Error
-from dicomrst.dimse.operation import shielded
-from dicomrst.dimse.retrieve import InstanceSink
+from dicomrst.backends.s3.objects import HEAD_BYTES, NotPart10, parse_file_meta, without_bulk_tail
+from dicomrst.common.deferreds import shielded
+from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.errors import NotFound, UpstreamError, UpstreamTimeout
 from dicomrst.logs import logger
-from dicomrst.ul.negotiation import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
 log = logger("dicomrst.s3")
 
 #: Total bytes held by objects waiting for their turn, shared out per object.
 PREFETCH_BUDGET = 8 << 20
 MIN_PREFETCH_CAP = 256 << 10
-MAX_META = 64 << 10
 #: Times an object cut off mid-body is asked for again from where it stopped.
 RESUMES = 2
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
 _DONE = Failure(net_error.ConnectionDone())
-
-
-class NotPart10(UpstreamError):
-    """An object in the bucket is not a DICOM Part-10 file."""
-
-
-def parse_file_meta(data: bytes, complete: bool = False) -> tuple[int, str, str, str] | None:
-    """(data set offset, SOP Class UID, SOP Instance UID, Transfer Syntax UID) from the
-    start of a Part-10 object, or None if more bytes are needed (`complete`: there are no
-    more).  Raises `NotPart10`."""
-    if len(data) < 132:
-        if complete:
-            raise NotPart10("shorter than a DICOM preamble")
-        return None
-    if data[128:132] != b"DICM":
-        raise NotPart10("no DICM prefix after the preamble")
-    pos = 132
-    values: dict[int, bytes] = {}
-    while True:
-        if len(data) < pos + 8:
-            if complete and len(data) == pos:
-                break
-            if complete:
-                raise NotPart10("cut off inside the file meta information")
-            return None
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 2:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if len(data) < pos + 12:
-                return None if not complete else _cut()
-            (length,) = struct.unpack_from("<I", data, pos + 8)
-            header = 12
-        else:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
-            header = 8
-        end = pos + header + length
-        if end > MAX_META:
-            raise NotPart10("file meta information longer than 64 KiB")
-        if len(data) < end:
-            return None if not complete else _cut()
-        values[element] = data[pos + header : end]
-        pos = end
-    uids = []
-    for element, name in ((0x0002, "Media Storage SOP Class UID"), (0x0003, "Media Storage SOP Instance UID"),
-                          (0x0010, "Transfer Syntax UID")):  # fmt: skip
-        value = values.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
-        if not value:
-            raise NotPart10(f"no {name} in the file meta information")
-        uids.append(value)
-    return pos, uids[0], uids[1], uids[2]
-
-
-def _cut() -> None:
-    raise NotPart10("cut off inside the file meta information")
-
-
-_UNDEFINED = 0xFFFFFFFF
-PIXEL_DATA_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
-#: Bytes a metadata retrieve reads first; most headers end well before.
-HEAD_BYTES = 64 << 10
-
-
-def find_pixel_data(data: bytes, start: int, implicit: bool) -> tuple[int, int, int] | None:
-    """(offset, header length, value length) of the top-level pixel data element of the
-    little-endian data set in `data` from `start`, or None when it is not within `data`
-    (or the walk meets something it does not follow, such as UN of undefined length)."""
-    pos, depth, end = start, 0, len(data)
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group == 0xFFFE:  # items and delimiters: a 4-byte length, no VR
-            (length,) = struct.unpack_from("<I", data, pos + 4)
-            if element == 0xE000 and length != _UNDEFINED:
-                pos += 8 + length
-            elif element == 0xE000:
-                depth, pos = depth + 1, pos + 8
-            elif element in (0xE00D, 0xE0DD) and depth > 0:
-                depth, pos = depth - 1, pos + 8
-            else:
-                return None
-            continue
-        vr = None
-        if implicit:
-            (length,) = struct.unpack_from("<I", data, pos + 4)
-            header = 8
-        else:
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return None
-                (length,) = struct.unpack_from("<I", data, pos + 8)
-                header = 12
-            else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                header = 8
-        if depth == 0 and (group << 16 | element) in PIXEL_DATA_TAGS:
-            return (pos, header, length) if length != _UNDEFINED else None
-        if length == _UNDEFINED:
-            if vr == b"UN":  # its items are Implicit VR: not followed here
-                return None
-            depth, pos = depth + 1, pos + header
-            continue
-        pos += header + length
-    return None
-
-
-def without_bulk_tail(data: bytes, start: int, implicit: bool, total: int) -> bytes | None:
-    """The data set `data[start:]` with its pixel data value replaced by two zero bytes, when
-    that value is what ends the object of `total` bytes (so nothing after it is lost); None
-    when `data` does not show that.  Metadata describes pixel data by a BulkDataURI only, so
-    the placeholder gives the same metadata as the whole object."""
-    found = find_pixel_data(data, start, implicit)
-    if found is None:
-        return None
-    pos, header, length = found
-    if pos + header + length != total:
-        return None
-    size = struct.pack("<I", 2)
-    head = data[pos : pos + 4] + size if implicit else data[pos : pos + 8] + size
-    if not implicit and header != 12:
-        return None
-    return data[start:pos] + head + b"\x00\x00"
 
 
 class _Body(Protocol):
@@ -201,7 +74,7 @@ class _Fetch:
         self.meta: tuple[str, str, str] | None = None
         self.held: list[bytes] = []
         self.held_bytes = 0
-        self.consumer: Any = None
+        self.consumer: IInstanceConsumer | None = None
         self.transport: Any = None
         self.ended = False
         self.failure: Failure | None = None
@@ -498,7 +371,7 @@ class Retrieval:
     def __init__(
         self,
         client: S3Client,
-        sink: InstanceSink,
+        sink: IInstanceSink,
         keys: list[str],
         concurrency: int,
         sizes: dict[str, int] | None = None,
@@ -509,7 +382,7 @@ class Retrieval:
         self.sizes = sizes or {}
         # A sink that says it does not need bulk data (metadata) gets data sets whose pixel
         # data may be a placeholder: only the head of each object is read when that is so.
-        self.metadata_only = getattr(sink, "wants_bulk_data", True) is False
+        self.metadata_only = not sink.wants_bulk_data
         self.concurrency = max(1, concurrency)
         self.prefetch_cap = max(MIN_PREFETCH_CAP, PREFETCH_BUDGET // self.concurrency)
         self.paused = False
@@ -544,9 +417,7 @@ class Retrieval:
             self._next += 1
 
     async def run(self) -> int:
-        attach = getattr(self.sink, "attach", None)
-        if attach is not None:
-            attach(self)
+        self.sink.attach(self)
         try:
             self._fill()
             while self.window:
@@ -559,8 +430,7 @@ class Retrieval:
             return self.delivered
         finally:
             self.abort()
-            if attach is not None:
-                attach(None)
+            self.sink.attach(None)
 
     async def _turn(self, fetch: _Fetch) -> None:
         if fetch.meta is None:
@@ -575,7 +445,7 @@ class Retrieval:
         try:
             consumer = self.sink.begin(*fetch.meta)
         except Exception as e:
-            if getattr(self.sink, "client_gone", False):
+            if self.sink.gone:
                 raise CancelledError() from e
             log.warn("instance {key} not delivered: {why}", key=fetch.key, why=str(e))
             fetch.abort()
@@ -618,7 +488,7 @@ def matching_keys(listed: list[tuple[str, int]], under: str, series_level: bool)
     return keys
 
 
-async def retrieve(
+async def retrieve_objects(
     client: S3Client,
     *,
     prefix: str,
@@ -627,7 +497,7 @@ async def retrieve(
     study: str,
     series: str | None,
     instance: str | None,
-    sink: InstanceSink,
+    sink: IInstanceSink,
 ) -> int:
     """Deliver the study, series or instance to `sink`; return the number delivered."""
     if instance is not None:

@@ -32,9 +32,7 @@ from dicomrst.backends.s3.client import (
     S3Throttled,
     S3Unreachable,
 )
-from dicomrst.errors import ServiceUnavailable
-from dicomrst.logs import logger
-from dicomrst.stow.model import (
+from dicomrst.backends.values import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_CONFLICT,
     FAILURE_OUT_OF_RESOURCES,
@@ -43,6 +41,8 @@ from dicomrst.stow.model import (
     StoreOutcome,
     UploadedInstance,
 )
+from dicomrst.errors import ServiceUnavailable
+from dicomrst.logs import logger
 
 log = logger("dicomrst.s3")
 

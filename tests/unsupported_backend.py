@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend
-from dicomrst.dimse.retrieve import InstanceSink
+from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.errors import NotImplementedService
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
 
 
 @implementer(IBackend)
@@ -23,6 +23,8 @@ class UnsupportedBackend:
     def __init__(self, aet: str, kind: str) -> None:
         self.aet = aet
         self.kind = kind
+        self.retrieve_syntaxes: tuple[str, ...] = ()
+        self.store_concurrency = 1
 
     def echo(self) -> Deferred[float]:
         return fail(NotImplementedService(f"the {self.kind} backend of {self.aet} is not supported yet"))
@@ -40,7 +42,7 @@ class UnsupportedBackend:
         )
 
     def retrieve(
-        self, study: str, series: str | None, instance: str | None, *, sink: InstanceSink
+        self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink
     ) -> Deferred[object]:
         return fail(NotImplementedService(f"retrieve (WADO-RS) on {self.aet} is not supported"))
 

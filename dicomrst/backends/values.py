@@ -1,6 +1,6 @@
-"""Values passed between the STOW-RS web layer and the backends that store instances.
+"""Values passed between STOW-RS (`dicomrst.stow`) and the backends that store instances.
 
-The web layer parses the multipart body, checks each part as a Part-10 object and hands
+The upload parses the multipart body, checks each part as a Part-10 object and hands
 every valid one to `IBackend.store_instance` as an `UploadedInstance`; the backend
 answers with a `StoreOutcome`, from which the Store Instances Response is built.
 """

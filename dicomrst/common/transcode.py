@@ -1,8 +1,6 @@
 # -*- test-case-name: tests.test_wado_parts -*-
-"""Part-10 objects for WADO-RS parts: the file meta header, and transfer syntax changes.
+"""Data sets in another transfer syntax: what goes out over HTTP, and what a PACS takes.
 
-* `file_meta` builds preamble + ``DICM`` + group 0002 (PS3.10 §7.1) by hand: it runs once
-  per instance on the streaming path, before the data set bytes that follow verbatim.
 * `to_explicit_le` turns a data set in Implicit VR LE, Explicit VR BE or Deflated Explicit
   VR LE into Explicit VR LE (PS3.18 §8.7.3: the first two never go out over HTTP), and
   a compressed one via `decompress_to_explicit_le`. The re-encoding keeps every value's
@@ -13,6 +11,10 @@
 * `decompress_to_explicit_le` uses pydicom's pixel decoders; the plugins (pylibjpeg,
   Pillow, GDCM) and numpy are optional, and without one for the syntax it raises
   `CannotTranscode`, so the caller can fail the part or answer 406.
+* `convert_dataset` turns a data set into Explicit or Implicit VR LE, for a PACS that
+  accepted an instance only in one of those (STOW-RS over C-STORE).
+
+All of these are CPU work on whole data sets: callers run them in a thread.
 """
 
 from __future__ import annotations
@@ -32,17 +34,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
+from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.errors import NotAcceptable, UpstreamError
-from dicomrst.ul.negotiation import (
-    EXPLICIT_VR_BE,
-    EXPLICIT_VR_LE,
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    IMPLICIT_VR_LE,
-)
-
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
-PREAMBLE = bytes(128) + b"DICM"
 
 
 class CannotTranscode(NotAcceptable):
@@ -52,63 +45,6 @@ class CannotTranscode(NotAcceptable):
 
 class DataSetError(UpstreamError):
     """The data set from the PACS cannot be parsed in its transfer syntax (502)."""
-
-
-# -- file meta --------------------------------------------------------------------------
-
-
-def _element(element: int, vr: bytes, value: bytes) -> bytes:
-    """A group-0002 element with a 16-bit length, in Explicit VR LE."""
-    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
-
-
-def _ui(element: int, uid: str, name: str) -> bytes:
-    value = uid.rstrip("\x00 ").encode("ascii")
-    if not value or len(value) > 64:
-        raise ValueError(f"{name} {uid!r} is empty or longer than 64 characters")
-    if len(value) & 1:
-        value += b"\x00"
-    return _element(element, b"UI", value)
-
-
-def _padded(text: str) -> bytes:
-    value = text.encode("ascii")
-    return value + b" " if len(value) & 1 else value
-
-
-# Constant elements: version (OB, 32-bit length), implementation class and version name.
-_VERSION = struct.pack("<HH2sHI", 2, 0x0001, b"OB", 0, 2) + b"\x00\x01"
-_IMPLEMENTATION = _ui(0x0012, IMPLEMENTATION_CLASS_UID, "Implementation Class UID") + _element(
-    0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME)
-)
-
-
-def file_meta(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_aet: str | None = None
-) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information (group 0002) of one instance.
-
-    UIDs may carry their trailing NUL/space padding; they must be ASCII and 1-64
-    characters (else ValueError). `source_aet` becomes (0002,0016) Source Application
-    Entity Title when given (1-16 ASCII characters).
-    """
-    body = [
-        _VERSION,
-        _ui(0x0002, sop_class_uid, "SOP Class UID"),
-        _ui(0x0003, sop_instance_uid, "SOP Instance UID"),
-        _ui(0x0010, transfer_syntax, "Transfer Syntax UID"),
-        _IMPLEMENTATION,
-    ]
-    if source_aet is not None and source_aet.strip(" "):
-        aet = source_aet.strip(" ")
-        if len(aet) > 16 or "\\" in aet or not aet.isprintable():
-            raise ValueError(f"invalid Source AE Title {source_aet!r}")
-        body.append(_element(0x0016, b"AE", _padded(aet)))
-    meta = b"".join(body)
-    return PREAMBLE + struct.pack("<HH2sHI", 2, 0x0000, b"UL", 4, len(meta)) + meta
-
-
-# -- transfer syntaxes ------------------------------------------------------------------
 
 
 @lru_cache(maxsize=64)
@@ -308,3 +244,25 @@ def decompress_to_explicit_le(dataset_bytes: bytes, transfer_syntax: str) -> byt
         return _write(ds)
     except Exception as e:
         raise DataSetError(f"cannot encode the decompressed data set: {e}") from None
+
+
+def convert_dataset(data: bytes, transfer_syntax: str, target: str) -> bytes:
+    """`data` (a data set without meta, in `transfer_syntax`) in `target`, which is
+    Explicit or Implicit VR LE.  Raises `CannotTranscode` when the pixel data cannot be
+    decompressed here, `DataSetError` when the bytes do not parse."""
+    if transfer_syntax == target:
+        return data
+    explicit = to_explicit_le(data, transfer_syntax)
+    if target == EXPLICIT_VR_LE:
+        return explicit
+    if target != IMPLICIT_VR_LE:
+        raise CannotTranscode(f"cannot convert {transfer_syntax} to {target}")
+    ds = parse_dataset(explicit, implicit=False, little=True)
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = True
+    try:
+        write_dataset(out, ds)
+    except Exception as e:
+        raise DataSetError(f"cannot encode the data set in Implicit VR LE: {e}") from None
+    return out.getvalue()

@@ -1,0 +1,51 @@
+# -*- test-case-name: tests.test_move -*-
+"""Q/R identifiers (PS3.4 C.4): the data set a C-FIND, C-GET or C-MOVE request carries."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+
+from dicomrst.common.uids import IMPLICIT_VR_LE
+
+
+def retrieve_identifier(study: str, series: str | None = None, instance: str | None = None) -> Dataset:
+    """The identifier of a study, series or instance, at that level, with the unique keys
+    of the levels above it (a C-GET or C-MOVE of it, or the C-FIND asking if it exists)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE" if instance else "SERIES" if series else "STUDY"
+    identifier.StudyInstanceUID = study
+    if series or instance:
+        identifier.SeriesInstanceUID = series or ""
+    if instance:
+        identifier.SOPInstanceUID = instance
+    return identifier
+
+
+def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
+    """`ds` as the bytes of a DIMSE data set in `transfer_syntax` (Explicit or Implicit VR LE)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
+    """A received identifier (a C-FIND match) as a pydicom Dataset."""
+    implicit = transfer_syntax == IMPLICIT_VR_LE
+    return read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+
+
+def describe_target(study: str, series: str | None = None, instance: str | None = None) -> str:
+    """``study S[ series SE][ instance I]``, for messages and log lines."""
+    what = f"study {study}"
+    if series:
+        what += f" series {series}"
+    if instance:
+        what += f" instance {instance}"
+    return what

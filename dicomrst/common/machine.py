@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_machines -*-
+"""Explicit state machines: states, events and transitions as data, as `dicomrst.ul.fsm`
+does for PS3.8.
+
+A `Machine` is a table: for each (state, event) the state it leads to and the name of the
+owner's method that carries it out.  An owner (a DIMSE operation, a response throttle, an
+HTTP request) keeps a `Run` and feeds it events; an event the table does not list for the
+current state is a bug of ours, raised as `InvalidTransition` rather than acted on.  The
+same table draws the diagram in ``docs/state-machines/`` (`Machine.dot`), so the picture
+cannot drift from the code: a test compares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+
+class InvalidTransition(RuntimeError):
+    """An event arrived in a state that does not expect it."""
+
+
+@attrs.frozen
+class Transition:
+    """In `source`, `event` leads to `target`, carried out by the owner's method `action`."""
+
+    source: str
+    event: str
+    target: str
+    action: str | None = None
+
+
+@attrs.frozen
+class Machine:
+    """A state machine as data.
+
+    :ivar states: every state with a line saying what it means.
+    :ivar events: every event with a line saying where it comes from.
+    """
+
+    name: str
+    initial: str
+    states: Mapping[str, str]
+    events: Mapping[str, str]
+    transitions: tuple[Transition, ...]
+    _table: dict[tuple[str, str], Transition] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        table: dict[tuple[str, str], Transition] = {}
+        if self.initial not in self.states:
+            raise ValueError(f"{self.name}: initial state {self.initial!r} is not a state")
+        for t in self.transitions:
+            if t.source not in self.states or t.target not in self.states:
+                raise ValueError(f"{self.name}: {t} names an unknown state")
+            if t.event not in self.events:
+                raise ValueError(f"{self.name}: {t} names an unknown event")
+            if (t.source, t.event) in table:
+                raise ValueError(f"{self.name}: two transitions for {t.event} in {t.source}")
+            table[(t.source, t.event)] = t
+        object.__setattr__(self, "_table", table)
+
+    def transition(self, state: str, event: str) -> Transition:
+        try:
+            return self._table[(state, event)]
+        except KeyError:
+            raise InvalidTransition(f"{self.name}: {event} is not possible in {state}") from None
+
+    def actions(self) -> set[str]:
+        return {t.action for t in self.transitions if t.action is not None}
+
+    def dot(self) -> str:
+        """The machine as a Graphviz digraph (``dot -Tsvg``)."""
+        lines = [
+            f"// {self.name}: generated from the transition table by docs/state-machines/generate.py.",
+            f'digraph "{self.name}" {{',
+            "  rankdir=LR;",
+            '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=10];',
+            '  edge [fontname="Helvetica", fontsize=9];',
+            '  "start" [shape=point];',
+            f'  "start" -> "{self.initial}";',
+        ]
+        for state, meaning in self.states.items():
+            lines.append(f'  "{state}" [label="{state}\\n{_wrap(meaning)}"];')
+        for t in self.transitions:
+            label = t.event + (f" /\\n{t.action}" if t.action else "")
+            lines.append(f'  "{t.source}" -> "{t.target}" [label="{label}"];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def transitions(rows: Iterable[tuple[str, str, str, str | None]]) -> tuple[Transition, ...]:
+    """(source, event, target, action) rows as transitions."""
+    return tuple(Transition(*row) for row in rows)
+
+
+def _wrap(text: str, width: int = 28) -> str:
+    words, lines, line = text.replace('"', "'").split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\\n".join(lines)
+
+
+class Run:
+    """One owner's position in a machine.
+
+    `fire` moves to the transition's target first and then calls the action, so an action
+    may itself fire the next event (the state it sees is its transition's target).
+    """
+
+    def __init__(self, machine: Machine, owner: object) -> None:
+        self.machine = machine
+        self.owner = owner
+        self.state = machine.initial
+
+    def fire(self, event: str, *args: object, **kwargs: object) -> None:
+        t = self.machine.transition(self.state, event)
+        self.state = t.target
+        if t.action is not None:
+            getattr(self.owner, t.action)(*args, **kwargs)
+
+    def can(self, event: str) -> bool:
+        """Whether `event` is possible in the current state."""
+        try:
+            self.machine.transition(self.state, event)
+        except InvalidTransition:
+            return False
+        return True

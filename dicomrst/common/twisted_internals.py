@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_twisted_internals -*-
+"""Every place the gateway relies on a private or undocumented part of Twisted.
+
+Each function below wraps one such item, says why it is needed, and degrades to the
+public behaviour when the item is missing, so a Twisted upgrade that removes one makes
+the gateway slower or less precise, never broken.  tests.test_twisted_internals
+exercises every item on real Twisted objects, so an upgrade that removes or changes
+one fails a test that names it.
+
+Items (Twisted 24.3 to 26.10):
+
+1. ``HTTPChannel._command``, ``._path``, ``._version``: the request line, kept by the
+   channel until the body is in.  A STOW-RS body is routed and parsed as it arrives, so
+   it is needed at ``Request.gotLength``, before ``requestReceived`` sets it on the request.
+2. ``Request._disconnected``: whether the connection under a request is gone.  Twisted
+   has no public way to ask before writing (``notifyFinish`` only tells once).
+3. ``Request.notifications``: the ``notifyFinish`` Deferreds.  A request deadline fails
+   them so Klein cancels the handler before the 504 is written.
+4. ``transport.doWrite()``: hand a TCP transport's buffered bytes to the kernel now.  A
+   C-STORE-RSP is on the critical path of every C-MOVE/C-GET sub-operation; the next
+   reactor turn would send it after the HTTP response's writes.
+5. ``transport.bufferSize``: how much a TCP transport buffers before pausing its producer
+   (64 KiB).  A multipart response raises it to 1 MiB so a fragment of 128 KiB does not
+   pause the PACS for every PDU.
+6. Pausing the TCP transport under an ``HTTPChannel`` while a request body arrives: the
+   channel pauses and resumes that transport itself (its send buffer is full, a pipelined
+   request waits), with no public way to share it.  `BodyReading` is the one owner of our
+   pause: it resumes only when no holder wants the body paused and the channel is not
+   waiting for its transport (``HTTPChannel._waitingForTransport``).  What it cannot
+   prevent: the channel resuming the transport itself when its send buffer drains while
+   a body is paused; the upload then parses a part more than it asked for, which its
+   spool bounds.
+7. ``FileDescriptor.disconnecting`` on the reactor's writers: at shutdown, whether a
+   closing connection still has bytes to write.
+8. ``StreamServerEndpointService._raiseSynchronously``: raise a listen error from
+   ``startService`` (as twistd's own ``--listen`` services do), so "address in use" stops
+   startup with one line rather than leaving a gateway that answers nothing.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IReactorFDSet, ITransport
+from twisted.web.http import HTTPChannel, Request
+
+
+def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes] | None:
+    """Item 1: (method, URI, version) of the request whose headers just arrived, or None
+    if this Twisted keeps them elsewhere."""
+    try:
+        line = (channel._command, channel._path, channel._version)
+    except AttributeError:
+        return None
+    return line if all(isinstance(part, bytes) for part in line) else None
+
+
+def request_disconnected(request: Request) -> bool:
+    """Item 2: the connection under `request` is gone."""
+    try:
+        return bool(request._disconnected)
+    except AttributeError:
+        return False
+
+
+def fail_finish_waiters(request: Request, reason: BaseException) -> None:
+    """Item 3: errback the Deferreds `request.notifyFinish()` handed out (Klein cancels the
+    handler on that), as a lost connection would."""
+    try:
+        waiting, request.notifications = request.notifications, []
+    except AttributeError:
+        return
+    for d in waiting:
+        d.errback(reason)
+
+
+def flush_now(transport: ITransport | None) -> None:
+    """Item 4: write what `transport` buffered to the socket now, if it is a connected TCP
+    transport that can; an error is left for the reactor's next turn to find."""
+    try:
+        ready = transport.connected and not transport.disconnecting  # type: ignore[union-attr]
+        do_write = transport.doWrite  # type: ignore[union-attr]
+    except AttributeError:
+        return  # not a TCP transport (a test double, TLS): it writes on its own schedule
+    if ready:
+        do_write()
+
+
+def set_write_buffer(transport: ITransport | None, size: int) -> int | None:
+    """Item 5: let `transport` buffer up to `size` bytes before it pauses its producer;
+    the previous size (None if the transport has no such setting)."""
+    try:
+        previous = transport.bufferSize  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+    transport.bufferSize = size  # type: ignore[union-attr]
+    return int(previous)
+
+
+def closing_connections_pending(reactor: IReactorFDSet) -> bool:
+    """Item 7: some connection the reactor writes to is closing with bytes still to send."""
+    return any(writer.disconnecting for writer in reactor.getWriters() if hasattr(writer, "disconnecting"))
+
+
+def raise_listen_errors(service: StreamServerEndpointService) -> None:
+    """Item 8: a listen error known at once is raised from `service`'s startService."""
+    service._raiseSynchronously = True
+
+
+@attrs.define(eq=False)
+class BodyReading:
+    """Item 6: the one owner of pausing a request body's transport.
+
+    Holders (an upload whose instances are behind, a body rejected as too large) `hold`
+    and `release` the pause; the transport reads again only when none holds it and the
+    channel itself is not waiting for its transport to drain.
+    """
+
+    channel: HTTPChannel
+    _holders: set[object] = attrs.field(factory=set)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._holders)
+
+    def hold(self, holder: object) -> None:
+        if holder in self._holders:
+            return
+        self._holders.add(holder)
+        if len(self._holders) == 1 and self.channel.transport is not None:
+            self.channel.transport.pauseProducing()
+
+    def release(self, holder: object) -> None:
+        if holder not in self._holders:
+            return
+        self._holders.discard(holder)
+        if self._holders or self.channel.transport is None:
+            return
+        try:
+            if self.channel._waitingForTransport:
+                return  # the channel resumes it when its send buffer drains
+        except AttributeError:
+            pass
+        self.channel.transport.resumeProducing()

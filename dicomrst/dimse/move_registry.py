@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_move -*-
+"""The C-MOVEs in flight, and how an incoming C-STORE-RQ is matched with one of them.
+
+A C-MOVE's instances come back on another association, which the PACS opens to one of
+our ``server.dimse[]`` listeners (`dicomrst.dimse.move_destination`).  Every C-STORE-RQ
+arriving there is matched with the retrieve waiting for it:
+
+* by the Move Originator Message ID (0000,1031), when the PACS sends it (with the Move
+  Originator AE Title (0000,1030), which must then be our calling AE title), among the
+  moves of the PACS whose AE title calls us;
+* else by the UIDs: the SOP Instance UID of the command and the Study and Series Instance
+  UIDs peeked from the first bytes of the data set, against those moves' identifiers.
+
+Moves are looked for among those of the PACS that calls (the calling AE title equals the
+AET of the move's PACS), or among all when that AE title has none (PACS that send their
+sub-operations from another AE title).  Message IDs of moves are unique across the
+registry, so two moves on two pooled associations to one PACS are never confused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol as TypingProtocol
+
+import attrs
+
+from dicomrst.dimse.commands import Command
+from dicomrst.dimse.retrieval import StoreTarget
+from dicomrst.ul.protocol import ULProtocol
+
+
+class ActiveMove(StoreTarget, TypingProtocol):
+    """A C-MOVE waiting for its sub-operations (dicomrst.dimse.move.MoveOperation)."""
+
+    pacs_aet: str  # the AE title the C-MOVE was sent to
+    destination: str  # our listener's AE title named as Move Destination
+    message_id: int
+    study: str
+    series: str | None
+    instance: str | None
+    delivered: set[str]  # SOP Instance UIDs handed to the sink
+
+    def store_association(self, association: ULProtocol) -> None:
+        """A sub-operation arrived on `association` (the response may pause it)."""
+
+
+@attrs.frozen
+class MoveReceiver:
+    """What a backend needs to retrieve with C-MOVE: the registry, the listener's AE title
+    (the Move Destination) and the transfer syntaxes that listener accepts."""
+
+    registry: MoveRegistry
+    aet: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@attrs.frozen
+class Correlation:
+    """Where a C-STORE-RQ goes: one move, one of several (by the data set's UIDs), or nowhere."""
+
+    move: ActiveMove | None = None
+    candidates: tuple[ActiveMove, ...] = ()
+    refused: str | None = None
+
+
+class MoveRegistry:
+    """The active moves of the whole gateway, shared by the backends and the listeners."""
+
+    def __init__(self, our_aet: str) -> None:
+        self.our_aet = our_aet
+        self._moves: list[ActiveMove] = []
+
+    @property
+    def active(self) -> tuple[ActiveMove, ...]:
+        return tuple(self._moves)
+
+    def message_id_taken(self, message_id: int) -> bool:
+        return any(m.message_id == message_id for m in self._moves)
+
+    def register(self, move: ActiveMove) -> None:
+        if self.message_id_taken(move.message_id):
+            raise ValueError(f"message ID {move.message_id} is already used by an active move")
+        self._moves.append(move)
+
+    def unregister(self, move: ActiveMove) -> None:
+        if move in self._moves:
+            self._moves.remove(move)
+
+    def is_active(self, move: ActiveMove) -> bool:
+        return move in self._moves
+
+    def correlate(self, destination: str, calling_aet: str, command: Command) -> Correlation:
+        """Match a C-STORE-RQ's command set, received on listener `destination` from
+        `calling_aet`; the data set is not needed unless `candidates` is returned."""
+        mine = [m for m in self._moves if m.destination == destination]
+        if not mine:
+            return Correlation(refused="no retrieve is waiting for instances")
+        from_caller = [m for m in mine if m.pacs_aet == calling_aet]
+        pool = from_caller or mine
+        originator = str(command.get("MoveOriginatorApplicationEntityTitle") or "").strip()
+        originator_id = command.get("MoveOriginatorMessageID")
+        if originator and originator != self.our_aet:
+            return Correlation(refused=f"its Move Originator AE Title {originator!r} is not ours")
+        if originator_id is not None:
+            for m in pool:
+                if m.message_id == originator_id:
+                    return Correlation(move=m)
+            return Correlation(refused=f"no retrieve of ours is C-MOVE message {originator_id}")
+        sop = str(command.get("AffectedSOPInstanceUID") or "")
+        candidates = tuple(m for m in pool if m.instance is None or m.instance == sop)
+        if not candidates:
+            return Correlation(refused="no active retrieve asked for that instance")
+        return Correlation(candidates=candidates)
+
+    def choose(
+        self, candidates: Iterable[ActiveMove], sop: str, study: str | None, series: str | None
+    ) -> ActiveMove | None:
+        """The first (oldest) of `candidates` still active whose identifier the instance
+        matches and which has not had it yet: two retrieves of one series each get it once."""
+        if not study:
+            return None
+        for m in candidates:
+            if not self.is_active(m) or m.study != study or sop in m.delivered:
+                continue
+            if m.series is not None and m.series != series:
+                continue
+            if m.instance is not None and m.instance != sop:
+                continue
+            return m
+        return None

@@ -1,0 +1,23 @@
+# -*- test-case-name: tests.test_qido_web -*-
+"""The media type of a QIDO-RS response (PS3.18 §8.7.8.1, §10.6.3)."""
+
+from __future__ import annotations
+
+from dicomrst.common.accept import best_json_media, sources
+from dicomrst.errors import NotAcceptable
+
+_NOT_YET = "application/dicom+xml (multipart/related) is not supported yet"
+
+
+def select_search_media(accept_header: str | None, accept_param: str | None) -> str:
+    """``application/dicom+json`` (the default, also for ``*/*`` and no Accept at all) or
+    ``application/json``; else `NotAcceptable`.  ``accept=`` in the query is consulted
+    first and takes no wildcards (PS3.18 §8.3.3.1)."""
+    for i, ranges in enumerate(sources(accept_header, accept_param)):
+        from_query = i == 0 and accept_param is not None and bool(accept_param.strip())
+        media = best_json_media([r for r in ranges if not (from_query and r.wildcard)])
+        if media is not None:
+            return media
+    raise NotAcceptable(
+        "search results are available as application/dicom+json or application/json; " + _NOT_YET
+    )

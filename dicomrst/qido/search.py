@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_qido_web -*-
+"""Running one search: the find, the gateway's own matching, offset and limit, DICOM JSON.
+
+Results are encoded one by one as the backend delivers them, after `Query.accepts` and
+the offset; at most ``limit`` are held, so memory is bounded.  The caller writes the
+response only once the find has ended: a failure status, a timeout or a full pool is
+then an error and never a 200 with part of the results.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import attrs
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.common.dicomjson import encode_dataset, json_array
+from dicomrst.common.tags import (
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_URL,
+    SERIES_INSTANCE_UID,
+    SOP_INSTANCE_UID,
+    SPECIFIC_CHARACTER_SET,
+    STUDY_INSTANCE_UID,
+)
+from dicomrst.qido.attributes import IMAGE, SERIES
+from dicomrst.qido.query import Query
+
+
+@attrs.frozen
+class SearchOutcome:
+    """The response body (a DICOM JSON array) and whether more results exist."""
+
+    body: bytes
+    more: bool
+
+
+class SearchResults:
+    """Receives `IBackend.find` results: filters, skips the offset, encodes, keeps `limit`.
+
+    :param service: the service URL (``{base}/aets/{aet}``) RetrieveURLs start with.
+    """
+
+    def __init__(self, query: Query, service: str, clock: IReactorTime) -> None:
+        self.query = query
+        self._service = service
+        self._clock = clock
+        self._path_uids = query.target.path_keys()
+        self.skipped = 0
+        self.encoded: list[bytes] = []
+        self.more = False
+        self.error: Failure | None = None
+        self.done = False  # nothing more is wanted; later results are ignored
+        self.find: Deferred[None] | None = None
+        self.stopped_by_us = False
+        self._stop_call: IDelayedCall | None = None
+
+    def __call__(self, dataset: Dataset) -> None:
+        if self.done:
+            return
+        try:
+            if not self.query.accepts(dataset):
+                return
+            if self.skipped < self.query.offset:
+                self.skipped += 1
+                return
+            if len(self.encoded) >= self.query.limit:
+                self.more = True
+                self._stop()
+                return
+            self.encoded.append(encode_dataset(self._prepare(dataset)))
+        except Exception:
+            self.error = Failure()
+            self._stop()
+
+    def _stop(self) -> None:
+        self.done = True
+        if self.query.backend_limit is not None and self.error is None:
+            return  # the backend stops by itself after backend_limit results
+        # Cancel outside the backend's own call stack: it is delivering a result.
+        self._stop_call = self._clock.callLater(0, self._cancel_find)
+
+    def _cancel_find(self) -> None:
+        self._stop_call = None
+        if self.find is not None and not self.find.called:
+            self.stopped_by_us = True
+            self.find.cancel()
+
+    def forget(self) -> None:
+        if self._stop_call is not None and self._stop_call.active():
+            self._stop_call.cancel()
+        self._stop_call = None
+
+    def _prepare(self, dataset: Dataset) -> Dataset:
+        """What the client sees of a C-FIND result."""
+        level = self.query.target.level
+        if QUERY_RETRIEVE_LEVEL in dataset:
+            del dataset[QUERY_RETRIEVE_LEVEL]  # a C-FIND artefact, not data
+        # Path UIDs the PACS left out (StudyInstanceUID at series level, …).
+        for tag, uid in self._path_uids.items():
+            current = dataset.get(tag)
+            if current is None or current.value in (None, ""):
+                dataset.add(DataElement(tag, "UI", uid))
+        if SPECIFIC_CHARACTER_SET in dataset:
+            # The values are decoded now and JSON is UTF-8: say so (PS3.18 F.2).
+            charset = dataset[SPECIFIC_CHARACTER_SET].value
+            dataset[SPECIFIC_CHARACTER_SET].value = "ISO_IR 192" if charset else None
+        url = self._retrieve_url(dataset, level)
+        if url is not None:
+            dataset.add(DataElement(RETRIEVE_URL, "UR", url))
+        return dataset
+
+    def _retrieve_url(self, dataset: Dataset, level: str) -> str | None:
+        keys = [(STUDY_INSTANCE_UID, "studies")]
+        if level in (SERIES, IMAGE):
+            keys.append((SERIES_INSTANCE_UID, "series"))
+        if level == IMAGE:
+            keys.append((SOP_INSTANCE_UID, "instances"))
+        parts = [self._service]
+        for tag, segment in keys:
+            element = dataset.get(tag)
+            value = element.value if element is not None else None
+            uid = value.strip(" \x00") if isinstance(value, str) else ""  # not absent, empty or a list
+            if not uid or "/" in uid:
+                return None
+            parts.append(f"{segment}/{quote(uid, safe='.')}")
+        return "/".join(parts)
+
+
+async def search(backend: IBackend, query: Query, service: str, clock: IReactorTime) -> SearchOutcome:
+    """Run `query` on `backend`; the encoded page of results.
+
+    Raises what the backend's find raises (`UpstreamError`, `UpstreamTimeout`,
+    `ServiceUnavailable`, `NotImplementedService`); `CancelledError` when cancelled (the
+    client went away or the request timed out), which cancels the find.
+    """
+    results = SearchResults(query, service, clock)
+    find = backend.find(query.identifier, limit=query.backend_limit, on_result=results)
+    results.find = find
+    try:
+        await find
+    except CancelledError:
+        if not results.stopped_by_us:
+            raise
+    finally:
+        results.forget()
+    if results.error is not None:
+        results.error.raiseException()
+    return SearchOutcome(b"".join(json_array(results.encoded)), results.more)

@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_wado_metadata -*-
+"""WADO-RS metadata as it arrives: one DICOM JSON array, an object per retrieved instance.
+
+`MetadataSink` is the `IInstanceSink` a metadata retrieve writes into (and, like the
+multipart sink, the request's push producer, `ResponseThrottle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.uids import IMPLICIT_VR_LE
+from dicomrst.common.walker import UIDPeeker
+from dicomrst.logs import logger
+from dicomrst.wado.metadata import instance_metadata_json
+from dicomrst.wado.sinks import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, UNPEEKABLE
+from dicomrst.wado.throttle import ResponseThrottle
+
+log = logger("dicomrst.wado")
+
+
+@implementer(IInstanceSink)
+class MetadataSink(ResponseThrottle):
+    """Retrieved instances written as one DICOM JSON array, an object per instance.
+
+    Each instance is held until it is complete (the JSON needs the whole data set to
+    place its BulkDataURIs), converted off the reactor, written, and dropped; C-GET
+    sends instances one at a time, so one is held at most.
+    """
+
+    # Pixel Data only ever becomes a BulkDataURI here, so a backend that can read just the
+    # head of an object (S3, with a ranged GET) may hand over a placeholder instead.
+    wants_bulk_data = False
+
+    def __init__(
+        self,
+        request: IRequest,
+        reactor: IGatewayReactor,
+        media_type: str,
+        location: str,
+        study: str,
+        series: str | None,
+        abort: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.request = request
+        self.reactor = reactor
+        self.abort = abort
+        self.media_type = media_type
+        self.location = location
+        self.study = study
+        self.series = series
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
+        self.refuse_if_gone()
+        return MetadataConsumer(self, sop_instance_uid, transfer_syntax)
+
+    def write_object(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self.request.setResponseCode(200)
+            self.request.setHeader(b"Content-Type", self.media_type.encode("ascii"))
+            self.request.registerProducer(self, True)
+            data = b"[" + data
+        else:
+            data = b"," + data
+        self.parts += 1
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def finish(self) -> None:
+        if self.started:
+            self.bytes += 1
+            self.request.write(b"]")
+            self.request.unregisterProducer()
+
+    def fail(self, reason: str) -> None:
+        """Cut the started response off (the client sees a truncated body)."""
+        if self.abort is not None:
+            self.abort(reason)
+
+
+@implementer(IInstanceConsumer)
+class MetadataConsumer:
+    def __init__(self, sink: MetadataSink, sop_instance: str, transfer_syntax: str) -> None:
+        self.sink = sink
+        self.sop_instance = sop_instance
+        self.transfer_syntax = transfer_syntax
+        self.done: Deferred[int] = Deferred()
+        self._parts: list[bytes] = []
+        self._series = sink.series
+        self._peeker: UIDPeeker | None = None
+        if self._series is None and transfer_syntax not in UNPEEKABLE:
+            self._peeker = UIDPeeker(implicit=transfer_syntax == IMPLICIT_VR_LE)
+
+    def dataReceived(self, fragment: bytes) -> None:
+        # The series UID is in the first kilobytes: look for it as they arrive rather
+        # than copy the whole instance once more at the end.
+        if self._peeker is not None and not self._peeker.done:
+            self._peeker.feed(fragment)
+        self._parts.append(fragment)
+
+    def dataFinished(self) -> None:
+        data = b"".join(self._parts)
+        self._parts = []
+        series = self._series or (self._peeker.uids.series if self._peeker is not None else None)
+        bulk_base = (
+            f"{self.sink.location}/studies/{self.sink.study}/series/{series or ''}"
+            f"/instances/{self.sop_instance}/bulkdata"
+        )
+        reactor = self.sink.reactor
+        d = deferToThreadPool(
+            reactor, reactor.getThreadPool(), instance_metadata_json, data, self.transfer_syntax, bulk_base
+        )
+
+        def write(encoded: bytes) -> int:
+            if self.sink.gone:
+                return STORE_OUT_OF_RESOURCES
+            self.sink.write_object(encoded)
+            return STORE_SUCCESS
+
+        def failed(f: Failure) -> Failure:
+            log.warn("cannot describe {uid}: {why}", uid=self.sop_instance, why=f.getErrorMessage())
+            self.sink.dropped += 1
+            return f
+
+        d.addCallbacks(write, failed)
+        d.chainDeferred(self.done)
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._parts = []
+        if not self.done.called:
+            self.done.errback(reason)
+            self.done.addErrback(lambda _: None)

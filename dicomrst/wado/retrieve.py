@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_wado_pacs -*-
+"""Running one WADO-RS retrieve into its response, and how it ends.
+
+The response starts with the first instance, so a retrieve that yields nothing is a
+404 and one that fails before anything arrived is an error status.  After that a failure
+can only cut the body off (`IInstanceSink.fail`): a multipart that ends cleanly always
+holds every instance the source delivered.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.common.identifiers import describe_target
+from dicomrst.errors import DicomrstError, NotFound, UpstreamError
+from dicomrst.logs import logger
+from dicomrst.wado.metadata_sink import MetadataSink
+from dicomrst.wado.sinks import MultipartSink
+
+log = logger("dicomrst.wado")
+
+
+async def send(
+    backend: IBackend,
+    sink: MultipartSink | MetadataSink,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+) -> bool:
+    """Retrieve the study, series or instance from `backend` into `sink`.
+
+    True: the response ended cleanly.  False: it was cut off after it began (the failure
+    is logged here, in one line).  Raises when nothing was written yet: the backend's
+    error (`NotFound`, `UpstreamError`, ...), `NotFound` when nothing was retrieved,
+    `UpstreamError` when nothing retrieved could be served; `CancelledError` when the
+    request was cancelled (instances still in flight are then refused).
+    """
+    aet = backend.aet
+    what = describe_target(study, series, instance)
+    try:
+        await backend.retrieve(study, series, instance, sink=sink)
+    except CancelledError:
+        sink.abandon()
+        raise
+    except DicomrstError as e:
+        if not sink.started:
+            raise
+        # The status line is out: only a cut-off body can tell the client.  An expected
+        # failure, logged in one line (its message has the sub-operation counts), not as
+        # an unhandled error with a traceback.
+        log.warn(
+            "{aet} failed after {n} instance(s), {bytes} bytes for {what}: {why}; response cut off",
+            aet=aet,
+            n=sink.parts,
+            bytes=sink.bytes,
+            what=what,
+            why=e.message,
+        )
+        sink.fail("error")
+        return False
+    if sink.dropped:
+        # The source delivered instances we could not write: a body that ends cleanly
+        # would claim a complete study.
+        if not sink.started:
+            raise UpstreamError(f"{aet}: none of the {sink.dropped} instance(s) for {what} could be served")
+        log.warn(
+            "{n} instance(s) for {what} from {aet} could not be served; response cut off",
+            n=sink.dropped,
+            what=what,
+            aet=aet,
+        )
+        sink.fail("error")
+        return False
+    if sink.parts == 0:
+        raise NotFound(f"{aet} has no instance for {what}")
+    sink.finish()
+    log.info(
+        "retrieved {n} instance(s){kind}, {bytes} bytes from {aet} for {what}",
+        kind=" as metadata" if isinstance(sink, MetadataSink) else "",
+        n=sink.parts,
+        bytes=sink.bytes,
+        aet=aet,
+        what=what,
+    )
+    return True

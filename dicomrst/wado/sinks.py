@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_wado_sink -*-
+"""WADO-RS instances as the parts of one ``multipart/related`` response, as they arrive.
+
+`MultipartSink` is the `IInstanceSink` a retrieve of instances writes into: each instance
+becomes a part (header, Part-10 file meta, then the data set's bytes as they come off the
+wire), so an instance is never held whole when its transfer syntax can pass through.  A
+part in Implicit VR or big endian is held and converted (off the reactor) to Explicit VR
+LE, which is all PS3.18 allows over HTTP.  It is also the request's push producer
+(`ResponseThrottle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITransport
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.part10 import file_meta
+from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.transcode import to_explicit_le
+from dicomrst.common.twisted_internals import set_write_buffer
+from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomrst.common.walker import UIDPeeker
+from dicomrst.logs import logger
+from dicomrst.wado.multipart import MultipartWriter
+from dicomrst.wado.negotiation import TransferSyntaxChoice, part_transfer_syntax
+from dicomrst.wado.throttle import ResponseThrottle
+
+log = logger("dicomrst.wado")
+
+#: C-STORE statuses a part's ``done`` fires with.
+STORE_SUCCESS = 0x0000
+STORE_OUT_OF_RESOURCES = 0xA700
+
+# Bytes we hold back at most while looking for the study/series UIDs of a part.
+PEEK_LIMIT = 1 << 20
+# Syntaxes whose top-level elements are not Explicit or Implicit VR LE (the compressed
+# ones are Explicit VR LE up to the pixel data's fragments).
+UNPEEKABLE = frozenset((EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))
+# Bytes the response's transport may hold unsent before it pauses the association,
+# from the second part on.  Twisted's default (64 KiB) is less than one PDU's fragment
+# (128 KiB): every fragment of every instance then paused the PACS until the kernel took
+# it, a round trip through the reactor per PDU that kept C-MOVE retrieves well below
+# DCMTK's rate.  With this a 512x512 slice goes through unpaused when the client keeps
+# up.  It bounds each response, so memory still does not grow with the study.  The
+# first part goes out under the default: a failure inside it aborts the connection,
+# which drops what is still buffered, and the status line and the part's start must
+# have reached the client by then (or it sees no response, and retries a GET).
+RESPONSE_BUFFER = 1 << 20
+
+
+@implementer(IInstanceSink)
+class MultipartSink(ResponseThrottle):
+    """Receives retrieved instances and writes them as parts of one response."""
+
+    wants_bulk_data = True
+
+    def __init__(
+        self,
+        request: IRequest,
+        reactor: IGatewayReactor,
+        choice: TransferSyntaxChoice,
+        location: str,
+        study: str,
+        series: str | None,
+        source_aet: str | None = None,
+        abort: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.request = request
+        self.reactor = reactor
+        self.choice = choice
+        self.abort = abort
+        self.location = location  # .../aets/{aet}
+        self.study = study
+        self.series = series
+        self.source_aet = source_aet
+        self.writer = MultipartWriter()
+        self._narrow: tuple[ITransport, int] | None = None  # the transport widened, its size before
+
+    # -- IInstanceSink -----------------------------------------------------------
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> PartConsumer:
+        self.refuse_if_gone()
+        out = part_transfer_syntax(self.choice, transfer_syntax)
+        if out is None:
+            self.dropped += 1
+            raise ValueError(f"transfer syntax {transfer_syntax} cannot be served as requested")
+        return PartConsumer(self, sop_class_uid, sop_instance_uid, transfer_syntax, out)
+
+    def start(self) -> None:
+        """Status line and headers (once), before the first part's header."""
+        if self.started:
+            return
+        self.started = True
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", self.writer.content_type("application/dicom").encode("ascii"))
+        request.registerProducer(self, True)
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def part_written(self) -> None:
+        self.parts += 1
+        if self.parts == 1:
+            transport = self.request.transport
+            size = set_write_buffer(transport, RESPONSE_BUFFER)
+            if size is not None and size < RESPONSE_BUFFER:
+                self._narrow = (transport, size)
+            elif size is not None:
+                set_write_buffer(transport, size)  # already larger: leave it
+
+    def finish(self) -> None:
+        """After the last instance: the closing delimiter."""
+        if self.started:
+            self.write(self.writer.close())
+            self.request.unregisterProducer()
+        self._restore_buffer()
+
+    def fail(self, reason: str) -> None:
+        """Cut the started response off (the client sees a truncated body)."""
+        self._restore_buffer()
+        if self.abort is not None:
+            self.abort(reason)
+
+    def _restore_buffer(self) -> None:
+        if self._narrow is not None:
+            # The connection may carry another request, whose first part must again go
+            # out under the default.
+            transport, size = self._narrow
+            set_write_buffer(transport, size)
+            self._narrow = None
+
+    def part_location(self, series: str | None, sop_instance_uid: str) -> str:
+        path = f"{self.location}/studies/{self.study}"
+        if series:
+            path += f"/series/{series}/instances/{sop_instance_uid}"
+        return path
+
+
+@implementer(IInstanceConsumer)
+class PartConsumer:
+    """One instance: part header, Part-10 meta, then the data set as it arrives."""
+
+    def __init__(
+        self, sink: MultipartSink, sop_class: str, sop_instance: str, stored_ts: str, out_ts: str
+    ) -> None:
+        self.sink = sink
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        self.stored_ts = stored_ts
+        self.out_ts = out_ts
+        self.done: Deferred[int] = Deferred()
+        self.convert = out_ts != stored_ts
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._header_written = False
+        self._series = sink.series
+        self._peeker: UIDPeeker | None = None
+        if self._series is None and stored_ts not in UNPEEKABLE:
+            self._peeker = UIDPeeker(implicit=stored_ts == IMPLICIT_VR_LE)
+
+    def dataReceived(self, fragment: bytes) -> None:
+        if self.convert or not self._header_written:
+            if self._peeker is not None and not self._peeker.done:
+                if self._peeker.feed(fragment) and self._peeker.uids.series:
+                    self._series = self._peeker.uids.series
+            self._held.append(fragment)
+            self._held_bytes += len(fragment)
+            if self.convert:
+                return
+            if self._peeker is None or self._peeker.done or self._held_bytes > PEEK_LIMIT:
+                self._write_header()
+                self._flush()
+            return
+        self.sink.write(fragment)
+
+    def _write_header(self) -> None:
+        sink = self.sink
+        sink.start()
+        location = sink.part_location(self._series, self.sop_instance)
+        content_type = f"application/dicom; transfer-syntax={self.out_ts}"
+        sink.write(sink.writer.part_header(content_type, location))
+        sink.write(file_meta(self.sop_class, self.sop_instance, self.out_ts, sink.source_aet))
+        self._header_written = True
+
+    def _flush(self) -> None:
+        held, self._held, self._held_bytes = self._held, [], 0
+        for piece in held:
+            self.sink.write(piece)
+
+    def dataFinished(self) -> None:
+        if self.sink.gone:
+            self.done.callback(STORE_OUT_OF_RESOURCES)
+            return
+        if not self.convert:
+            if not self._header_written:
+                self._write_header()
+                self._flush()
+            self.sink.part_written()
+            self.done.callback(STORE_SUCCESS)
+            return
+        # Implicit VR or big endian must not go out over HTTP (PS3.18 8.7.3): convert,
+        # off the reactor, then write.  Such instances are held whole; Explicit VR LE
+        # ones (what we propose first) stream through untouched.
+        data = b"".join(self._held)
+        self._held = []
+        reactor = self.sink.reactor
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), to_explicit_le, data, self.stored_ts)
+
+        def converted(explicit: bytes) -> int:
+            if self.sink.gone:
+                return STORE_OUT_OF_RESOURCES
+            self._write_header()
+            self.sink.write(explicit)
+            self.sink.part_written()
+            return STORE_SUCCESS
+
+        def failed(f: Failure) -> Failure:
+            log.warn(
+                "cannot convert {uid} from {ts}: {why}",
+                uid=self.sop_instance,
+                ts=self.stored_ts,
+                why=f.getErrorMessage(),
+            )
+            self.sink.dropped += 1
+            return f
+
+        d.addCallbacks(converted, failed)
+        d.chainDeferred(self.done)
+
+    def dataFailed(self, reason: Failure) -> None:
+        self._held = []
+        if self._header_written and not self.done.called:
+            # Part of it is in the body already.  A C-MOVE goes on after its
+            # sub-operation association died (the PACS reports the instance failed,
+            # perhaps with a warning only): the body must not then end cleanly.
+            self.sink.dropped += 1
+        if not self.done.called:
+            self.done.errback(reason)
+            self.done.addErrback(lambda _: None)

@@ -1,0 +1,68 @@
+# -*- test-case-name: tests.test_web -*-
+"""What a route handler may use: the AETs, the clock, and how this gateway's URLs look.
+
+Handlers get this small object rather than the whole app, so the service modules
+(`dicomrst.web.qido`, `.wado`, `.stow`) depend on what they use and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote
+
+import attrs
+from twisted.web.iweb import IRequest
+
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.common.addresses import format_address
+from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.errors import NotFound
+
+#: STOW-RS parts larger than this are spooled to a temporary file.
+DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+
+
+@attrs.frozen
+class WebContext:
+    """:ivar backends: the configured AETs, keyed by AE title (``/aets/{aet}``).
+    :ivar reactor: timers and the thread pool (a `Clock` in tests that need no threads).
+    :ivar base_path: URL prefix all routes live under, e.g. ``"/dicomweb"``.
+    :ivar echo_timeout: seconds ``GET /aets/{aet}`` waits for the echo.
+    :ivar stow_spool_dir: where large STOW-RS parts are spooled (None: the system's
+        temporary directory).
+    :ivar stow_spool_threshold: parts larger than this many bytes are spooled.
+    """
+
+    backends: Mapping[str, IBackend]
+    reactor: IGatewayReactor
+    base_path: str = "/"
+    echo_timeout: float = 10.0
+    stow_spool_dir: str | None = None
+    stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
+
+    def backend(self, aet: str) -> IBackend:
+        """The backend for `aet`; `NotFound` (404) if no such AET is configured."""
+        try:
+            return self.backends[aet]
+        except KeyError:
+            raise NotFound(f"unknown AET '{aet}'") from None
+
+    def base_url(self, request: IRequest) -> str:
+        """``{scheme}://{Host}{base-path}`` as the client addressed us.
+
+        The scheme of the connection and the request's Host header; ``X-Forwarded-*``
+        headers are not trusted (anyone can send them): a proxy in front should pass
+        Host through.
+        """
+        scheme = "https" if request.isSecure() else "http"
+        host_header = request.getHeader(b"host")
+        if host_header:
+            host = host_header.decode("latin-1")
+        else:
+            host = format_address(request.getHost())  # HTTP/1.0 without Host
+        base = "/" + self.base_path.strip("/") if self.base_path.strip("/") else ""
+        return f"{scheme}://{host}{base}"
+
+    def service_url(self, request: IRequest, aet: str) -> str:
+        """``{base}/aets/{aet}``: where RetrieveURLs and Content-Locations start."""
+        return f"{self.base_url(request)}/aets/{quote(aet, safe='')}"
