@@ -27,7 +27,7 @@ from dicomrst.ul.errors import (
     ConnectFailed,
 )
 from dicomrst.ul.negotiation import VERIFICATION, AssociationRequest, ContextProposal
-from tests.ulhelpers import (
+from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
     RELEASE_RP,

@@ -30,7 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
 import dicomrst
-from tests import peers
+from tests.support import peers
 
 reactor: Any = _global_reactor
 

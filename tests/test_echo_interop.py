@@ -32,7 +32,7 @@ from dicomrst.ul.errors import (
 )
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU
 from dicomrst.ul.protocol import ULProtocol
-from tests import peers
+from tests.support import peers
 
 INTEGRATION_TIMEOUT = 120
 OUR_AET = "DICOMRST"

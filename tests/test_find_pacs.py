@@ -27,7 +27,7 @@ from dicomrst.config import parse_config
 from dicomrst.dimse.find import FindFailed
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.ul.errors import AssociationAborted, AssociationRejected, AssociationTimeout
-from tests import peers
+from tests.support import peers
 
 INTEGRATION_TIMEOUT = 120
 CALLING = "DICOMRST"

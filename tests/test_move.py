@@ -65,18 +65,8 @@ from dicomrst.ul.negotiation import (
 )
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.web.wado import _AssociationThrottle
-from tests import peers
-from tests.test_e2e import LISTENER_AET, start_gateway
-from tests.test_pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
-from tests.test_wado_pacs import (
-    RetrieveTestCase,
-    assert_same_dataset,
-    get_aet,
-    instance_path,
-    orthanc_data,
-    parse_multipart,
-)
-from tests.ulhelpers import (
+from tests.support import peers
+from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
     TICK,
@@ -88,6 +78,16 @@ from tests.ulhelpers import (
     messages_written,
     pdata,
     split_pdus,
+)
+from tests.test_e2e import LISTENER_AET, start_gateway
+from tests.test_pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
+from tests.test_wado_pacs import (
+    RetrieveTestCase,
+    assert_same_dataset,
+    get_aet,
+    instance_path,
+    orthanc_data,
+    parse_multipart,
 )
 
 OUR_AET = "DICOMRST"

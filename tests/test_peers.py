@@ -11,7 +11,7 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests import peers
+from tests.support import peers
 
 INTEGRATION_TIMEOUT = 120
 

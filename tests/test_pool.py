@@ -40,7 +40,7 @@ from dicomrst.ul.errors import (
 )
 from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, Rejection
 from dicomrst.ul.protocol import ULProtocol
-from tests.ulhelpers import ARTIM, TICK, RecordingTransport, ULTestCase, messages_written, split_pdus
+from tests.support.ul import ARTIM, TICK, RecordingTransport, ULTestCase, messages_written, split_pdus
 
 HOST = "192.0.2.1"
 PORT = 104

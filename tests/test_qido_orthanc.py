@@ -1,6 +1,6 @@
 """QIDO-RS through the real gateway (``twistd dicomrst``) to a real Orthanc, checked against Orthanc.
 
-Each test starts its own Orthanc (with the DICOMweb plugin), loads `tests.qido_data` into it over
+Each test starts its own Orthanc (with the DICOMweb plugin), loads `tests.support.qido_data` into it over
 its REST API while the gateway starts (`tests.test_e2e.start_gateway`), and stops both by PID at
 cleanup (trial has no per-class fixture that keeps processes across tests cleanly).
 
@@ -42,8 +42,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests import peers, qido_data
-from tests.qido_data import Instance, Manifest
+from tests.support import peers, qido_data
+from tests.support.qido_data import Instance, Manifest
 from tests.test_e2e import Gateway, Response, pacs_aet, start_gateway
 
 TIMEOUT = 180

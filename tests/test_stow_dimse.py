@@ -36,14 +36,10 @@ from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
-from tests import peers
 from tests import test_pool as pool_tests
 from tests.pacs_peer import get_instance
-from tests.test_e2e import Gateway, Response, _stop_gateway, pacs_aet, start_gateway
-from tests.test_find_pacs import CALLING, FindTestCase, _reactor
-from tests.test_stow_multipart import multipart_body
-from tests.test_wado_pacs import assert_same_dataset
-from tests.ulhelpers import (
+from tests.support import peers
+from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
     TICK,
@@ -59,6 +55,10 @@ from tests.ulhelpers import (
     policy,
     split_pdus,
 )
+from tests.test_e2e import Gateway, Response, _stop_gateway, pacs_aet, start_gateway
+from tests.test_find_pacs import CALLING, FindTestCase, _reactor
+from tests.test_stow_multipart import multipart_body
+from tests.test_wado_pacs import assert_same_dataset
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"

@@ -39,7 +39,8 @@ from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
-from tests import peers, test_stow_dimse
+from tests import test_stow_dimse
+from tests.support import peers
 from tests.test_e2e import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
 from tests.test_stow_dimse import TEST_FILES, fresh
 from tests.test_stow_dimse import part10_bytes as dataset_bytes

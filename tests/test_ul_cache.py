@@ -34,7 +34,7 @@ from dicomrst.ul.negotiation import (
     ContextProposal,
 )
 from dicomrst.ul.protocol import ULProtocol
-from tests.ulhelpers import CT_IMAGE_STORAGE, pdata
+from tests.support.ul import CT_IMAGE_STORAGE, pdata
 
 PRIVATE_SOP_CLASS = "1.3.6.1.4.1.9590.100.1.2.999"
 

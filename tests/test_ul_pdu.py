@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.ul import pdu
 from dicomrst.ul.negotiation import IMPLEMENTATION_CLASS_UID
-from tests.ulhelpers import header, pdata, pdv_item
+from tests.support.ul import header, pdata, pdv_item
 
 STREAM = golden.a_associate_rq + golden.p_data_tf + golden.a_release_rq
 EXPECTED = [
@@ -245,7 +245,7 @@ class AssociateCodecTests(SynchronousTestCase):
         self.assertEqual(pdu.encode_release_rp(), golden.a_release_rp)
 
     def test_encoded_rq_round_trips_through_pynetdicom(self) -> None:
-        from tests.ulhelpers import associate_rq
+        from tests.support.ul import associate_rq
 
         rq = associate_rq()
         self.assertIn(IMPLEMENTATION_CLASS_UID.encode(), rq)

@@ -36,7 +36,7 @@ from dicomrst.ul.negotiation import (
     ContextProposal,
 )
 from dicomrst.ul.protocol import ULProtocol
-from tests.ulhelpers import (
+from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
     RELEASE_RP,

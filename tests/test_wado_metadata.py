@@ -32,8 +32,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.metadata import instance_metadata_json
-from tests import peers
 from tests.pacs_peer import CT_IMAGE_STORAGE, get_instance, get_series_uid, get_sop_uid, get_study_uid
+from tests.support import peers
 from tests.test_e2e import Gateway, Response, start_gateway
 from tests.test_wado_pacs import (
     EXPLICIT_VR_LE,

@@ -30,10 +30,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
 from dicomrst.wado.metadata import instance_metadata_json
-from tests import peers
 from tests import test_wado_metadata as md
 from tests import test_wado_pacs as wp
 from tests.pacs_peer import CT_IMAGE_STORAGE, get_instance, get_series_uid, get_sop_uid, get_study_uid
+from tests.support import peers
 from tests.test_e2e import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
 from tests.test_wado_pacs import (
     ANY_SYNTAX,

@@ -34,8 +34,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
-from tests import peers
 from tests.pacs_peer import get_instance, get_series_uid, get_sop_uid, get_study_uid
+from tests.support import peers
 from tests.test_e2e import Gateway, Response, eventually, pacs_aet, start_gateway
 
 reactor: Any = _global_reactor

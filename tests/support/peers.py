@@ -41,7 +41,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 LOCALHOST = "127.0.0.1"
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-PACS_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pacs_peer.py")
+PACS_PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pacs_peer.py")
 
 #: Bounds (seconds). Orthanc 1.10 with the DICOMweb plugin is usually up in well under a second
 #: here; the bound is for slow CI machines.
