@@ -2,7 +2,7 @@
 
 Our SCP (``DimseServerFactory``) is called by DCMTK's ``echoscu`` and by pynetdicom; our SCU
 (``echo_scu``) calls DCMTK's ``storescp``, Orthanc and the scriptable pynetdicom PACS of
-``tests/pacs_peer.py`` in each of its profiles. Every socket we open is waited on until it is
+``tests/support/pacs/`` in each of its profiles. Every socket we open is waited on until it is
 closed, so trial sees a clean reactor.
 """
 

@@ -1,6 +1,6 @@
 """DimseBackend.find and its association pool against real peers, on the real reactor.
 
-The misbehaving PACS is tests/pacs_peer.py (pynetdicom, in a subprocess) with its find-*
+The misbehaving PACS is tests/support/pacs/ (pynetdicom, in a subprocess) with its find-*
 profiles; the well-behaved one is Orthanc.  Everything is on 127.0.0.1; every test stops its
 backend in cleanup (before its peer), so no association outlives the test.
 """

@@ -42,8 +42,8 @@ from dicomrst.errors import (
 from dicomrst.stow import model
 from dicomrst.stow.model import UploadedInstance
 from dicomrst.wado.metadata import instance_metadata_json
-from tests.pacs_peer import get_instance
 from tests.support import peers
+from tests.support.pacs.datasets import get_instance
 from tests.test_e2e import Gateway, Response, eventually, start_gateway
 from tests.test_wado_metadata import compare_metadata, metadata_data, pydicom_json
 from tests.test_wado_pacs import (

@@ -2,7 +2,7 @@
 
 Orthanc is the well-behaved PACS: what it stored is read back over its REST API and compared,
 element by element, with what was sent. DCMTK's storescp takes only Implicit VR LE, so the
-gateway must convert. The pynetdicom PACS of tests/pacs_peer.py (its store-* profiles)
+gateway must convert. The pynetdicom PACS of tests/support/pacs/ (its store-* profiles)
 rejects a SOP class, answers failure or warning statuses, or aborts in the middle of an
 instance; its event log says what it really stored, which the outcomes must not overstate.
 """
@@ -37,8 +37,8 @@ from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from tests import test_pool as pool_tests
-from tests.pacs_peer import get_instance
 from tests.support import peers
+from tests.support.pacs.datasets import get_instance
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,

@@ -8,7 +8,7 @@ object the gateway returns is compared attribute by attribute with Orthanc's own
 metadata for the same instance, apart from bulk data (see `compare_metadata` and
 `ORTHANC_ONLY` for what may differ and why), and every BulkDataURI is checked against the
 documented shape. Instances that arrive in Implicit VR LE come from the pynetdicom PACS of
-tests/pacs_peer.py (get-implicit profile).
+tests/support/pacs/ (get-implicit profile).
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.metadata import instance_metadata_json
-from tests.pacs_peer import CT_IMAGE_STORAGE, get_instance, get_series_uid, get_sop_uid, get_study_uid
 from tests.support import peers
+from tests.support.pacs.datasets import (
+    CT_IMAGE_STORAGE,
+    get_instance,
+    get_series_uid,
+    get_sop_uid,
+    get_study_uid,
+)
 from tests.test_e2e import Gateway, Response, start_gateway
 from tests.test_wado_pacs import (
     EXPLICIT_VR_LE,

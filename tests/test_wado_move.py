@@ -3,8 +3,8 @@
 The gateway runs as ``twistd dicomrst`` with ``wado-rs.retrieve: move`` and its own STORE-SCP
 listener (``server.dimse[0]``, AE title `LISTENER_AET`) as the only receiver. The C-MOVE sources
 are Orthanc, which must know that listener as a modality (so its port is chosen before Orthanc
-starts), and the pynetdicom PACS of tests/pacs_peer.py (its move-* profiles, which send the
-instances `pacs_peer.get_instance` builds to the destination their `destinations` option
+starts), and the pynetdicom PACS of tests/support/pacs/ (its move-* profiles, which send the
+instances `pacs.datasets.get_instance` builds to the destination their `destinations` option
 names, and log from their side what the sub-operations got back).
 
 The Orthanc tests of tests/test_wado_pacs.py (instances) and tests/test_wado_metadata.py
@@ -32,8 +32,14 @@ from twisted.web.client import ResponseFailed
 from dicomrst.wado.metadata import instance_metadata_json
 from tests import test_wado_metadata as md
 from tests import test_wado_pacs as wp
-from tests.pacs_peer import CT_IMAGE_STORAGE, get_instance, get_series_uid, get_sop_uid, get_study_uid
 from tests.support import peers
+from tests.support.pacs.datasets import (
+    CT_IMAGE_STORAGE,
+    get_instance,
+    get_series_uid,
+    get_sop_uid,
+    get_study_uid,
+)
 from tests.test_e2e import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
 from tests.test_wado_pacs import (
     ANY_SYNTAX,
@@ -264,7 +270,7 @@ class MoveMetadataTests(md.MetadataTests):
 
 
 class PacsMoveTests(wp.RetrieveTestCase):
-    """The pynetdicom PACS of tests/pacs_peer.py: the move-* profiles."""
+    """The pynetdicom PACS of tests/support/pacs/: the move-* profiles."""
 
     async def start(
         self,

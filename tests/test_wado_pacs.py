@@ -2,8 +2,8 @@
 
 The gateway runs as ``twistd dicomrst`` (tests/test_e2e.py's helpers) with ``wado-rs.retrieve:
 get`` against Orthanc (pydicom's test files and a generated study, each given fresh UIDs) and
-against the pynetdicom PACS of tests/pacs_peer.py (its get-* profiles, which serve generated
-instances that `pacs_peer.get_instance` rebuilds here for comparison). Every part of every
+against the pynetdicom PACS of tests/support/pacs/ (its get-* profiles, which serve generated
+instances that `pacs.datasets.get_instance` rebuilds here for comparison). Every part of every
 response is parsed as a Part-10 object and its data set compared, element by element and pixel
 data included, with the original.
 
@@ -34,8 +34,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
-from tests.pacs_peer import get_instance, get_series_uid, get_sop_uid, get_study_uid
 from tests.support import peers
+from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
 from tests.test_e2e import Gateway, Response, eventually, pacs_aet, start_gateway
 
 reactor: Any = _global_reactor
@@ -473,7 +473,7 @@ class OrthancTests(RetrieveTestCase):
 
 
 class PacsTests(RetrieveTestCase):
-    """The pynetdicom PACS of tests/pacs_peer.py: the get-* profiles."""
+    """The pynetdicom PACS of tests/support/pacs/: the get-* profiles."""
 
     async def start(
         self, profile: str, wado_timeout_ms: int = 20_000, pool_size: int | None = None, **options: Any

@@ -41,7 +41,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 LOCALHOST = "127.0.0.1"
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-PACS_PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pacs_peer.py")
+#: The pynetdicom PACS (tests/support/pacs/), run as ``python -m PACS_PEER`` with CHECKOUT, the
+#: directory holding this ``tests`` package, first on its PYTHONPATH (it runs in a temp dir).
+PACS_PEER = "tests.support.pacs"
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Bounds (seconds). Orthanc 1.10 with the DICOMweb plugin is usually up in well under a second
 #: here; the bound is for slow CI machines.
@@ -378,6 +381,14 @@ def _spawn(
     return child
 
 
+def _pacs_peer_env() -> dict[str, str]:
+    """Our environment with CHECKOUT prepended to PYTHONPATH, so ``-m PACS_PEER`` finds it."""
+    env = dict(os.environ)
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = CHECKOUT + (os.pathsep + existing if existing else "")
+    return env
+
+
 def _temp_dir(case: TestCase, prefix: str) -> str:
     path = tempfile.mkdtemp(prefix=f"dicomrst-{prefix}-")
     if os.environ.get("DICOMRST_KEEP_PEER_DIRS") == "1":
@@ -534,9 +545,10 @@ def start_pynetdicom_scp(
     max_pdu: int = 16384,
     **options: Any,
 ) -> Deferred[Peer]:
-    """Run ``tests/pacs_peer.py`` (a pynetdicom SCP) as a subprocess with ``profile``.
+    """Run the pynetdicom PACS (``python -m tests.support.pacs``) as a subprocess with ``profile``.
 
-    Profiles: echo, reject, abort, stall, no-echo (see pacs_peer.PROFILES). ``options`` go to the
+    Profiles: echo, reject, abort, stall, no-echo, find-*, get-*, move-*, store (see
+    ``tests.support.pacs``: one module per service). ``options`` go to the
     profile as ``--opt key=<json>``. The peer listens on a port it picks itself and reports with
     ``READY <port>`` on stdout, so no probe connection ever shows up in its event log.
     """
@@ -551,7 +563,7 @@ def start_pynetdicom_scp(
             if line.startswith("READY ") and not ready.called:
                 ready.callback(int(line.split()[1]))
 
-        args = ["-u", PACS_PEER, "--profile", profile, "--aet", aet, "--host", LOCALHOST]
+        args = ["-u", "-m", PACS_PEER, "--profile", profile, "--aet", aet, "--host", LOCALHOST]
         args += ["--port", "0", "--max-pdu", str(max_pdu), "--log", events_path]
         for key, value in options.items():
             args += ["--opt", f"{key}={json.dumps(value)}"]
@@ -560,7 +572,7 @@ def start_pynetdicom_scp(
             "pacs_peer",
             sys.executable,
             args,
-            dict(os.environ),
+            _pacs_peer_env(),
             cwd=directory,
             log_path=log_path,
             on_stdout_line=on_line,
@@ -594,10 +606,10 @@ def pynetdicom_echo(
     """
 
     async def echo() -> int:
-        args = ["-u", PACS_PEER, "--scu-echo", "--host", host, "--port", str(port)]
+        args = ["-u", "-m", PACS_PEER, "--scu-echo", "--host", host, "--port", str(port)]
         args += ["--called-aet", called_aet, "--aet", calling_aet, "--timeout", str(timeout)]
         args += ["--max-pdu", str(max_pdu)]
-        child = _spawn(case, "pacs_peer-scu", sys.executable, args, dict(os.environ), keep_output=True)
+        child = _spawn(case, "pacs_peer-scu", sys.executable, args, _pacs_peer_env(), keep_output=True)
         reactor = _reactor()
         # pynetdicom's own timeouts bound the run; this bounds the process on top of them.
         killer = reactor.callLater(3 * timeout + 10, child.stop, 2.0)
