@@ -1,7 +1,7 @@
 """QIDO-RS through the real gateway (``twistd dicomrst``) to a real Orthanc, checked against Orthanc.
 
 Each test starts its own Orthanc (with the DICOMweb plugin), loads `tests.support.qido_data` into it over
-its REST API while the gateway starts (`tests.test_e2e.start_gateway`), and stops both by PID at
+its REST API while the gateway starts (`tests.support.gateway.start_gateway`), and stops both by PID at
 cleanup (trial has no per-class fixture that keeps processes across tests cleanly).
 
 Ground truth, for which entities match a query: Orthanc's own QIDO-RS (``/dicom-web/...``) *and*
@@ -43,8 +43,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from tests.support import peers, qido_data
+from tests.support.gateway import Gateway, Response, pacs_aet, start_gateway
 from tests.support.qido_data import Instance, Manifest
-from tests.test_e2e import Gateway, Response, pacs_aet, start_gateway
 
 TIMEOUT = 180
 AET = "ORTHANC"

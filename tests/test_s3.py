@@ -3,7 +3,7 @@
 moto runs with signature checks on (`peers.Moto.enable_auth`) except in the anonymous test,
 where a public-read bucket is read without credentials. Data is uploaded and checked with
 boto3 (in a thread), an S3 client independent of the gateway's. The gateway runs as
-``twistd dicomrst`` (tests/test_e2e.py); ``store_instance`` and the timeouts are also tested
+``twistd dicomrst`` (tests/support/gateway.py); ``store_instance`` and the timeouts are also tested
 on an `S3Backend` in this process, against the same moto.
 """
 
@@ -43,8 +43,8 @@ from dicomrst.stow import model
 from dicomrst.stow.model import UploadedInstance
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.support import peers
+from tests.support.gateway import Gateway, Response, eventually, start_gateway
 from tests.support.pacs.datasets import get_instance
-from tests.test_e2e import Gateway, Response, eventually, start_gateway
 from tests.test_wado_metadata import compare_metadata, metadata_data, pydicom_json
 from tests.test_wado_pacs import (
     ANY_SYNTAX,

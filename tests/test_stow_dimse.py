@@ -38,6 +38,7 @@ from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from tests import test_pool as pool_tests
 from tests.support import peers
+from tests.support.gateway import Gateway, Response, pacs_aet, start_gateway, stop_gateway
 from tests.support.pacs.datasets import get_instance
 from tests.support.ul import (
     ARTIM,
@@ -55,7 +56,6 @@ from tests.support.ul import (
     policy,
     split_pdus,
 )
-from tests.test_e2e import Gateway, Response, _stop_gateway, pacs_aet, start_gateway
 from tests.test_find_pacs import CALLING, FindTestCase, _reactor
 from tests.test_stow_multipart import multipart_body
 from tests.test_wado_pacs import assert_same_dataset
@@ -684,7 +684,7 @@ class GatewayStowTests(StoreTestCase):
         # The gateway and its pool still serve.
         response = await self.post(gateway, scp.aet, [get_instance(1, 0)])
         self.assertEqual(response.code, 200, response.body)
-        await _stop_gateway(self, gateway)
+        await stop_gateway(self, gateway)
         await self.pacs_closed_everything(scp)
 
     async def test_all_failed_is_409(self) -> None:
@@ -696,7 +696,7 @@ class GatewayStowTests(StoreTestCase):
         self.assertEqual(response.code, 409, response.body)
         self.assertEqual(self.failures(response.json()), statuses)
         self.assertNotIn("00081199", response.json())
-        await _stop_gateway(self, gateway)
+        await stop_gateway(self, gateway)
         await self.pacs_closed_everything(scp)
 
     async def test_abort_mid_upload_then_the_next_request_works(self) -> None:
@@ -714,7 +714,7 @@ class GatewayStowTests(StoreTestCase):
         self.assertNotIn(str(big.SOPInstanceUID), self.stored_events(scp))
         response = await self.post(gateway, scp.aet, [small[2]])
         self.assertEqual(response.code, 200, response.body)
-        await _stop_gateway(self, gateway)
+        await stop_gateway(self, gateway)
         await self.pacs_closed_everything(scp)
 
     async def test_no_pacs_is_503(self) -> None:

@@ -41,7 +41,7 @@ from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
 from tests import test_stow_dimse
 from tests.support import peers
-from tests.test_e2e import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
+from tests.support.gateway import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
 from tests.test_stow_dimse import TEST_FILES, fresh
 from tests.test_stow_dimse import part10_bytes as dataset_bytes
 from tests.test_stow_multipart import multipart_body

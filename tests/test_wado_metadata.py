@@ -33,6 +33,7 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.support import peers
+from tests.support.gateway import Gateway, Response, start_gateway
 from tests.support.pacs.datasets import (
     CT_IMAGE_STORAGE,
     get_instance,
@@ -40,7 +41,6 @@ from tests.support.pacs.datasets import (
     get_sop_uid,
     get_study_uid,
 )
-from tests.test_e2e import Gateway, Response, start_gateway
 from tests.test_wado_pacs import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,

@@ -33,6 +33,7 @@ from dicomrst.wado.metadata import instance_metadata_json
 from tests import test_wado_metadata as md
 from tests import test_wado_pacs as wp
 from tests.support import peers
+from tests.support.gateway import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
 from tests.support.pacs.datasets import (
     CT_IMAGE_STORAGE,
     get_instance,
@@ -40,7 +41,6 @@ from tests.support.pacs.datasets import (
     get_sop_uid,
     get_study_uid,
 )
-from tests.test_e2e import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
 from tests.test_wado_pacs import (
     ANY_SYNTAX,
     EXPLICIT_VR_LE,

@@ -1,6 +1,6 @@
 """WADO-RS instance retrieves over C-GET, end to end: the gateway as a process, real peers.
 
-The gateway runs as ``twistd dicomrst`` (tests/test_e2e.py's helpers) with ``wado-rs.retrieve:
+The gateway runs as ``twistd dicomrst`` (tests/support/gateway.py) with ``wado-rs.retrieve:
 get`` against Orthanc (pydicom's test files and a generated study, each given fresh UIDs) and
 against the pynetdicom PACS of tests/support/pacs/ (its get-* profiles, which serve generated
 instances that `pacs.datasets.get_instance` rebuilds here for comparison). Every part of every
@@ -35,8 +35,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
 from tests.support import peers
+from tests.support.gateway import Gateway, Response, eventually, pacs_aet, start_gateway
 from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
-from tests.test_e2e import Gateway, Response, eventually, pacs_aet, start_gateway
 
 reactor: Any = _global_reactor
 
