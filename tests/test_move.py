@@ -67,6 +67,7 @@ from dicomrst.ul.protocol import ULProtocol
 from dicomrst.web.wado import _AssociationThrottle
 from tests.support import peers
 from tests.support.gateway import LISTENER_AET, start_gateway
+from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -80,7 +81,6 @@ from tests.support.ul import (
     pdata,
     split_pdus,
 )
-from tests.test_pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
 from tests.test_wado_pacs import (
     RetrieveTestCase,
     assert_same_dataset,

@@ -36,8 +36,8 @@ from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
-from tests import test_pool as pool_tests
 from tests.support import peers
+from tests.support import pool as pool_fixtures
 from tests.support.gateway import Gateway, Response, pacs_aet, start_gateway, stop_gateway
 from tests.support.pacs.datasets import get_instance
 from tests.support.ul import (
@@ -752,8 +752,8 @@ class DicomwebClientStowTests(StoreTestCase):
 # -- the pool's associations for other contexts ------------------------------------------------
 
 OTHER_REQUEST = AssociationRequest(
-    pool_tests.CALLING,
-    pool_tests.CALLED,
+    pool_fixtures.CALLING,
+    pool_fixtures.CALLED,
     (
         ContextProposal(CT_IMAGE_STORAGE, (JPEG_BASELINE,)),
         ContextProposal(CT_IMAGE_STORAGE, (EXPLICIT_VR_LE, IMPLICIT_VR_LE)),
@@ -761,7 +761,7 @@ OTHER_REQUEST = AssociationRequest(
 )
 
 
-class KeyedPoolTests(pool_tests.PoolTestCase):
+class KeyedPoolTests(pool_fixtures.PoolTestCase):
     """AssociationPool.acquire(request): associations keyed by what they propose, one `size`."""
 
     def acquire_other(self, pool: Any) -> Deferred[Any]:
