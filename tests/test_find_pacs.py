@@ -9,124 +9,20 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import generate_uid
-from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
 
-from dicomrst.backends.dimse import DimseBackend
-from dicomrst.config import parse_config
 from dicomrst.dimse.find import FindFailed
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.ul.errors import AssociationAborted, AssociationRejected, AssociationTimeout
 from tests.support import peers
-
-INTEGRATION_TIMEOUT = 120
-CALLING = "DICOMRST"
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return task.deferLater(_reactor(), seconds, lambda: None)
-
-
-def study_query(**keys: str) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.PatientID = ""
-    ds.StudyInstanceUID = ""
-    ds.StudyDate = ""
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-class FindTestCase(TestCase):
-    timeout = INTEGRATION_TIMEOUT
-
-    def backend(
-        self,
-        aet: str,
-        port: int,
-        *,
-        size: int = 4,
-        pool_timeout_ms: int = 10_000,
-        idle_timeout_ms: int = 60_000,
-        qido_timeout_ms: int = 30_000,
-    ) -> DimseBackend:
-        config = parse_config(
-            {
-                "aets": [
-                    {
-                        "aet": aet,
-                        "host": peers.LOCALHOST,
-                        "port": port,
-                        "pool": {"size": size, "timeout": pool_timeout_ms, "idle-timeout": idle_timeout_ms},
-                        "qido-rs": {"timeout": qido_timeout_ms},
-                    }
-                ]
-            }
-        )
-        backend = DimseBackend(config.aets[0], CALLING, _reactor())
-        # Registered after the peer's own cleanup, so it runs first: associations end before the peer.
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.stop_backend(backend)))
-        return backend
-
-    async def stop_backend(self, backend: DimseBackend) -> None:
-        connections = list(backend.pool._all)
-        await backend.stop()
-        for connection in connections:
-            assert connection.association is not None
-            self.assertTrue(connection.association.whenClosed.called, "an association outlived stop()")
-        self.assertEqual(backend.pool._all, set())
-
-    async def find(
-        self, backend: DimseBackend, identifier: Dataset | None = None, limit: int | None = None
-    ) -> list[Dataset]:
-        results: list[Dataset] = []
-        await backend.find(identifier or study_query(), limit=limit, on_result=results.append)
-        return results
-
-    async def find_error(
-        self, backend: DimseBackend, identifier: Dataset | None = None
-    ) -> tuple[BaseException, list[Dataset], float]:
-        """Run a find that must fail: (the error, results delivered before it, seconds taken)."""
-        results: list[Dataset] = []
-        start = _reactor().seconds()
-        try:
-            await backend.find(identifier or study_query(), limit=None, on_result=results.append)
-        except Exception as e:
-            return e, results, _reactor().seconds() - start
-        self.fail(f"the find succeeded with {len(results)} results")
-
-    async def until(self, check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-        start = _reactor().seconds()
-        while not check():
-            if _reactor().seconds() - start > timeout:
-                self.fail(f"not within {timeout} s: {what}")
-            await sleep(0.02)
-
-    async def peer_event(
-        self, peer: peers.Peer, kind: str, count: int = 1, timeout: float = 15.0
-    ) -> list[dict[str, Any]]:
-        await self.until(
-            lambda: len(peer.events(kind)) >= count, f"{count} {kind} event(s) from the peer", timeout
-        )
-        return peer.events(kind)
-
+from tests.support.dimse_backend import CALLING, FindTestCase, global_reactor, sleep, study_query
 
 # -- a pynetdicom PACS -----------------------------------------------------------------------------
 
@@ -281,14 +177,14 @@ class PoolLimitTests(FindTestCase):
     async def test_stalled_pacs_excess_requests_get_503(self) -> None:
         scp = await peers.start_pynetdicom_scp(self, "find-stall", times=None)
         backend = self.backend(scp.aet, scp.port, size=2, pool_timeout_ms=500, qido_timeout_ms=2500)
-        start = _reactor().seconds()
+        start = global_reactor().seconds()
         ended: list[float] = [0.0] * 6
 
         async def one(i: int) -> list[Dataset]:
             try:
                 return await self.find(backend)
             finally:
-                ended[i] = _reactor().seconds() - start
+                ended[i] = global_reactor().seconds() - start
 
         outcomes = await DeferredList([Deferred.fromCoroutine(one(i)) for i in range(6)], consumeErrors=True)
         errors = [r.value if isinstance(r, Failure) else r for _, r in outcomes]

@@ -66,6 +66,7 @@ from dicomrst.ul.negotiation import (
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.web.wado import _AssociationThrottle
 from tests.support import peers
+from tests.support.datasets import assert_same_dataset
 from tests.support.gateway import LISTENER_AET, start_gateway
 from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
 from tests.support.ul import (
@@ -81,14 +82,7 @@ from tests.support.ul import (
     pdata,
     split_pdus,
 )
-from tests.test_wado_pacs import (
-    RetrieveTestCase,
-    assert_same_dataset,
-    get_aet,
-    instance_path,
-    orthanc_data,
-    parse_multipart,
-)
+from tests.support.wado import RetrieveTestCase, get_aet, instance_path, orthanc_data, parse_multipart
 
 OUR_AET = "DICOMRST"
 LISTENER = "GWSCP"

@@ -3,44 +3,13 @@ fed in fragments of every size, as they come off an association."""
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from twisted.trial.unittest import TestCase
 
 from dicomrst.dimse.peek import UIDPeeker
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def encode(ds: Dataset, implicit: bool = False) -> bytes:
-    ds.file_meta = FileMetaDataset()
-    out = DicomBytesIO()
-    out.is_little_endian = True
-    out.is_implicit_VR = implicit
-    write_dataset(out, ds)
-    return out.getvalue()
-
-
-def instance(study: str | None, series: str | None, pixels: int = 4096) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyDate = "20240101"
-    ds.PatientName = "Peek^Test"
-    ds.PatientID = "P1"
-    if study is not None:
-        ds.StudyInstanceUID = study
-    if series is not None:
-        ds.SeriesInstanceUID = series
-    ds.InstanceNumber = 1
-    ds.Rows = 1
-    ds.Columns = min(pixels // 2, 0xFFFF)
-    ds.BitsAllocated = 16
-    ds.PixelData = bytes(range(256)) * (pixels // 256)
-    return ds
+from tests.support.datasets import encode, instance
 
 
 def peek(data: bytes, size: int, implicit: bool = False) -> UIDPeeker:

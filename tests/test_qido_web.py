@@ -31,7 +31,7 @@ from dicomrst.qido.dicomjson import dataset_json
 from dicomrst.qido.query import DEFAULT_LIMIT, FUZZY_WARNING, MORE_RESULTS_WARNING
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
-from tests.test_web import Connection
+from tests.support.http import Connection
 
 STUDY = "1.2.840.113619.2.55.3"
 SERIES = "1.2.840.113619.2.55.3.1"

@@ -43,24 +43,22 @@ from dicomrst.stow import model
 from dicomrst.stow.model import UploadedInstance
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.support import peers
+from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_dataset, part10
 from tests.support.gateway import Gateway, Response, eventually, start_gateway
+from tests.support.metadata import compare_metadata, metadata_data, pydicom_json
 from tests.support.pacs.datasets import get_instance
-from tests.test_wado_metadata import compare_metadata, metadata_data, pydicom_json
-from tests.test_wado_pacs import (
+from tests.support.stow import multipart_body
+from tests.support.wado import (
     ANY_SYNTAX,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
     PART_CONTENT_TYPE,
     RESPONSE_CONTENT_TYPE,
     RawClient,
     Stored,
-    assert_same_dataset,
     fresh,
     instance_path,
     orthanc_data,
     parse_http,
     parse_multipart,
-    part10,
 )
 
 reactor: Any = _global_reactor
@@ -516,8 +514,6 @@ class GatewayStowTests(S3TestCase):
     async def test_stow_round_trip_and_conflict(self) -> None:
         """POST /studies/{study} into the bucket: every object byte for byte what was sent, a
         repeat is 200 again, changed content for a stored SOP Instance UID is 409."""
-        from tests.test_stow_multipart import multipart_body
-
         boundary = b"s3-stow-boundary"
         content_type = b'multipart/related; type="application/dicom"; boundary=' + boundary
         moto = await self.moto()

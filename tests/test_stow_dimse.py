@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from typing import Any
 
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import generate_uid
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.testing import StringTransport
@@ -38,8 +35,17 @@ from dicomrst.ul.errors import AssociationAborted, AssociationTimeout
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from tests.support import peers
 from tests.support import pool as pool_fixtures
+from tests.support.datasets import assert_same_dataset, part10
+from tests.support.dimse_backend import CALLING, FindTestCase, global_reactor
 from tests.support.gateway import Gateway, Response, pacs_aet, start_gateway, stop_gateway
 from tests.support.pacs.datasets import get_instance
+from tests.support.stow import (
+    TEST_FILES,
+    OrthancStored,
+    fresh_test_file,
+    multipart_body,
+    uploaded,
+)
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -56,69 +62,12 @@ from tests.support.ul import (
     policy,
     split_pdus,
 )
-from tests.test_find_pacs import CALLING, FindTestCase, _reactor
-from tests.test_stow_multipart import multipart_body
-from tests.test_wado_pacs import assert_same_dataset
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-
-#: pydicom's test files in the transfer syntaxes STOW-RS clients send.
-TEST_FILES = {
-    "explicit": "CT_small.dcm",
-    "implicit": "MR_small_implicit.dcm",
-    "jpeg": "SC_rgb_jpeg_dcmtk.dcm",
-    "jpeg2000": "JPEG2000.dcm",
-    "rle": "MR_small_RLE.dcm",
-}
-
-
-def part10_bytes(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
-
-
-def fresh(name: str, study: str | None = None) -> Dataset:
-    """A pydicom test file with new Study/Series/SOP Instance UIDs (Orthanc keeps what it got)."""
-    path = get_testdata_file(name)
-    assert path is not None, f"pydicom test file {name} is missing"
-    ds = dcmread(path)
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
-
-
-def uploaded(case: TestCase, ds: Dataset, *, in_memory: bool = False) -> UploadedInstance:
-    """`ds` as the web layer hands it over: a Part-10 object spooled to a file (or in memory)."""
-    data = part10_bytes(ds)
-    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
-        raise AssertionError("not a Part-10 object starting with (0002,0000)")
-    (group_length,) = struct.unpack("<I", data[140:144])
-    offset = 144 + group_length
-    meta = ds.file_meta
-    path = None
-    if not in_memory:
-        path = os.path.join(case.mktemp())
-        with open(path, "wb") as f:
-            f.write(data)
-    return UploadedInstance(
-        sop_class_uid=str(meta.MediaStorageSOPClassUID),
-        sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-        transfer_syntax=str(meta.TransferSyntaxUID),
-        dataset_offset=offset,
-        size=len(data),
-        path=path,
-        data=data if in_memory else None,
-    )
-
 
 class StoreTestCase(FindTestCase):
     def store_backend(
@@ -143,7 +92,7 @@ class StoreTestCase(FindTestCase):
                 ]
             }
         )
-        backend = DimseBackend(config.aets[0], CALLING, _reactor())
+        backend = DimseBackend(config.aets[0], CALLING, global_reactor())
         self.addCleanup(self.stop_backend_deferred, backend)
         return backend
 
@@ -176,30 +125,12 @@ class StoreTestCase(FindTestCase):
 # -- Orthanc -----------------------------------------------------------------------------------
 
 
-class OrthancStoreTests(StoreTestCase):
-    async def orthanc_dataset(self, orthanc: peers.Orthanc, sop_instance_uid: str) -> Dataset:
-        found = await self._lookup(orthanc, sop_instance_uid)
-        response = await orthanc.http.get(f"{orthanc.url}/instances/{found}/file", timeout=30)
-        body = await response.content()
-        self.assertEqual(response.code, 200)
-        return dcmread(io.BytesIO(body))
-
-    async def _lookup(self, orthanc: peers.Orthanc, sop_instance_uid: str) -> str:
-        response = await orthanc.http.post(
-            f"{orthanc.url}/tools/lookup", data=sop_instance_uid.encode("ascii"), timeout=30
-        )
-        import json
-
-        hits = json.loads(await response.text())
-        ids = [hit["ID"] for hit in hits if hit["Type"] == "Instance"]
-        self.assertEqual(len(ids), 1, f"Orthanc has no instance {sop_instance_uid}")
-        return str(ids[0])
-
+class OrthancStoreTests(OrthancStored, StoreTestCase):
     async def test_every_transfer_syntax_is_stored_unchanged(self) -> None:
         orthanc = await peers.start_orthanc(self)
         backend = self.store_backend(orthanc.aet, orthanc.dicom_port)
         study = generate_uid()
-        datasets = {label: fresh(name, study) for label, name in TEST_FILES.items()}
+        datasets = {label: fresh_test_file(name, study) for label, name in TEST_FILES.items()}
         instances = {label: uploaded(self, ds, in_memory=label == "rle") for label, ds in datasets.items()}
         outcomes = await self.store_all(backend, list(instances.values()))
         for (label, instance), outcome in zip(instances.items(), outcomes, strict=True):
@@ -246,9 +177,9 @@ class StorescpStoreTests(StoreTestCase):
         # --fork: storescp serves one association at a time otherwise, and ours stay open in the pool.
         scp = await peers.start_storescp(self, "STORESCP", ("+xi", "--fork"))
         backend = self.store_backend(scp.aet, scp.port)
-        explicit = fresh(TEST_FILES["explicit"])
-        jpeg = fresh(TEST_FILES["jpeg"])
-        rle = fresh(TEST_FILES["rle"])
+        explicit = fresh_test_file(TEST_FILES["explicit"])
+        jpeg = fresh_test_file(TEST_FILES["jpeg"])
+        rle = fresh_test_file(TEST_FILES["rle"])
         outcomes = await self.store_all(backend, [uploaded(self, ds) for ds in (explicit, jpeg, rle)])
         self.assertEqual([o.status for o in outcomes], [0, 0, 0], [o.reason for o in outcomes])
         assert scp.output_dir is not None
@@ -270,9 +201,9 @@ class StorescpStoreTests(StoreTestCase):
     async def test_a_sop_class_storescp_does_not_know_fails_fast(self) -> None:
         scp = await peers.start_storescp(self, "STORESCP", ("--fork",))
         backend = self.store_backend(scp.aet, scp.port)
-        private = fresh(TEST_FILES["explicit"])
+        private = fresh_test_file(TEST_FILES["explicit"])
         private.SOPClassUID = private.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9999.1"
-        known = fresh(TEST_FILES["explicit"])
+        known = fresh_test_file(TEST_FILES["explicit"])
         outcomes = await self.store_all(backend, [uploaded(self, private), uploaded(self, known)])
         self.assertEqual(
             [o.status for o in outcomes],
@@ -304,10 +235,10 @@ class PynetdicomStoreTests(StoreTestCase):
             self, "store", aet="PYSTORE", statuses=statuses, unsupported=[SECONDARY_CAPTURE]
         )
         backend = self.store_backend(scp.aet, scp.port)
-        unsupported = fresh("SC_rgb_jpeg_dcmtk.dcm")  # Secondary Capture, which this PACS refuses
+        unsupported = fresh_test_file("SC_rgb_jpeg_dcmtk.dcm")  # Secondary Capture, which this PACS refuses
         # The same SOP class decompressed to Explicit VR LE, so it goes on a pooled association,
         # where the PACS refused the SOP class's context.
-        unsupported_explicit = fresh("SC_rgb_jpeg_dcmtk.dcm")
+        unsupported_explicit = fresh_test_file("SC_rgb_jpeg_dcmtk.dcm")
         unsupported_explicit.decompress(generate_instance_uid=False)
         datasets = [ok, out_of_resources, cannot_understand, coerced, unsupported, unsupported_explicit]
         outcomes = await self.store_all(backend, [uploaded(self, ds) for ds in datasets])
@@ -339,12 +270,12 @@ class PynetdicomStoreTests(StoreTestCase):
         )
         backend = self.store_backend(scp.aet, scp.port)
         ct = get_instance(0, 0)
-        jpeg = fresh(TEST_FILES["jpeg"])
-        jpeg2000 = fresh(TEST_FILES["jpeg2000"])
+        jpeg = fresh_test_file(TEST_FILES["jpeg"])
+        jpeg2000 = fresh_test_file(TEST_FILES["jpeg2000"])
         # Labelled MPEG-2 video, a syntax pydicom has no decoder for (whatever codecs are installed).
-        lossless = fresh(TEST_FILES["jpeg"])
+        lossless = fresh_test_file(TEST_FILES["jpeg"])
         lossless.file_meta.TransferSyntaxUID = MPEG2_MAIN_PROFILE
-        big_endian = fresh("MR_small_bigendian.dcm")  # Explicit VR Big Endian: re-encoded
+        big_endian = fresh_test_file("MR_small_bigendian.dcm")  # Explicit VR Big Endian: re-encoded
         sent = (ct, jpeg, jpeg2000, lossless, big_endian)
         outcomes = await self.store_all(backend, [uploaded(self, ds) for ds in sent])
         self.assertEqual(
@@ -406,7 +337,7 @@ class PynetdicomStoreTests(StoreTestCase):
             return await opener(key)
 
         pool._open = counting_open
-        jpegs = [fresh(TEST_FILES["jpeg"]) for _ in range(3)]
+        jpegs = [fresh_test_file(TEST_FILES["jpeg"]) for _ in range(3)]
         cts = [get_instance(0, i) for i in range(3)]
         mixed = [ds for pair in zip(jpegs, cts, strict=True) for ds in pair]
         outcomes = await self.store_all(backend, [uploaded(self, ds) for ds in mixed])
@@ -575,8 +506,8 @@ class StoreScuTests(ULTestCase):
 
 class ConversionTests(TestCase):
     def test_explicit_to_implicit_and_back(self) -> None:
-        ds = fresh(TEST_FILES["explicit"])
-        data = part10_bytes(ds)
+        ds = fresh_test_file(TEST_FILES["explicit"])
+        data = part10(ds)
         instance = uploaded(self, ds, in_memory=True)
         dataset = data[instance.dataset_offset :]
         implicit = convert_dataset(dataset, EXPLICIT_VR_LE, IMPLICIT_VR_LE)
@@ -613,7 +544,7 @@ DICOM_PART = [("Content-Type", "application/dicom")]
 
 
 def stow_body(datasets: list[Dataset]) -> bytes:
-    return multipart_body([(DICOM_PART, part10_bytes(ds)) for ds in datasets], HTTP_BOUNDARY)
+    return multipart_body([(DICOM_PART, part10(ds)) for ds in datasets], HTTP_BOUNDARY)
 
 
 def us_value(value: int) -> dict[str, Any]:
@@ -662,7 +593,7 @@ class GatewayStowTests(StoreTestCase):
             self, "store", aet="PYHTTP", statuses=statuses, unsupported=[SECONDARY_CAPTURE]
         )
         gateway = await self.gateway_for(scp)
-        refused = fresh(TEST_FILES["jpeg"])  # Secondary Capture, which this PACS does not take
+        refused = fresh_test_file(TEST_FILES["jpeg"])  # Secondary Capture, which this PACS does not take
         response = await self.post(gateway, scp.aet, [ok, full, coerced, refused])
         self.assertEqual(response.code, 202, response.body)
         body = response.json()
@@ -726,15 +657,12 @@ class GatewayStowTests(StoreTestCase):
         self.assertEqual(response.code, 503, response.body)
 
 
-class DicomwebClientStowTests(StoreTestCase):
-    orthanc_dataset = OrthancStoreTests.orthanc_dataset
-    _lookup = OrthancStoreTests._lookup
-
+class DicomwebClientStowTests(OrthancStored, StoreTestCase):
     async def test_dicomweb_client_store_instances(self) -> None:
         orthanc = await peers.start_orthanc(self)
         gateway = await start_gateway(self, [pacs_aet(orthanc.aet, orthanc.host, orthanc.dicom_port)])
         study = generate_uid()
-        datasets = [fresh(name, study) for name in TEST_FILES.values()]
+        datasets = [fresh_test_file(name, study) for name in TEST_FILES.values()]
 
         def store() -> Dataset:
             client = DICOMwebClient(url=f"{gateway.url}/aets/{orthanc.aet}")

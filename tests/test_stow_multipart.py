@@ -8,7 +8,7 @@ call that found it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,28 +18,7 @@ from dicomrst.stow.multipart import (
     check_boundary,
     parse_media_type,
 )
-
-BOUNDARY = b"dicomrst-test.boundary=1"
-
-
-def multipart_body(
-    parts: Sequence[tuple[Sequence[tuple[str, str]], bytes]],
-    boundary: bytes = BOUNDARY,
-    preamble: bytes = b"",
-    epilogue: bytes = b"",
-    padding: bytes = b"",
-) -> bytes:
-    """A multipart body as RFC 2046 writes it; `padding` is transport padding after each delimiter."""
-    out = bytearray(preamble + b"\r\n" if preamble else b"")
-    for headers, content in parts:
-        out += b"--" + boundary + padding + b"\r\n"
-        for name, value in headers:
-            out += f"{name}: {value}\r\n".encode("latin-1")
-        out += b"\r\n" + content + b"\r\n"
-    out += b"--" + boundary + b"--" + padding
-    if epilogue:
-        out += b"\r\n" + epilogue
-    return bytes(out)
+from tests.support.stow import BOUNDARY, multipart_body
 
 
 def dicom_parts(*contents: bytes) -> list[tuple[list[tuple[str, str]], bytes]]:

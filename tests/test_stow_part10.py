@@ -6,19 +6,16 @@ from pydicom itself; the expected UIDs and data set offsets are what pydicom rea
 
 from __future__ import annotations
 
-import io
 import struct
 
-import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.stow.part10 import NotPart10, Part10Checker, Part10Info
+from tests.support.stow import expected_info, part10_bytes
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 TEST_FILES = (
     "CT_small.dcm",  # Explicit VR LE
     "MR_small_implicit.dcm",
@@ -28,65 +25,6 @@ TEST_FILES = (
     "MR_small_RLE.dcm",
     "SC_rgb_jpeg_dcmtk.dcm",
 )
-
-
-def part10_bytes(
-    *,
-    study: str | None = None,
-    series: str | None = None,
-    sop: str | None = None,
-    sop_class: str = CT_IMAGE_STORAGE,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    pixel_bytes: int = 512,
-    extra: Dataset | None = None,
-) -> bytes:
-    """A small but real Part-10 object written by pydicom."""
-    ds = Dataset()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop or generate_uid()
-    ds.PatientName = "STOW^TEST"
-    ds.PatientID = "STOW-1"
-    if study != "":
-        ds.StudyInstanceUID = study or generate_uid()
-    if series != "":
-        ds.SeriesInstanceUID = series or generate_uid()
-    ds.Modality = "OT"
-    if extra is not None:
-        ds.update(extra)
-    ds.Rows = max(1, pixel_bytes // 512)
-    ds.Columns = 256
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(range(256)) * 2 * ds.Rows
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def expected_info(data: bytes) -> Part10Info:
-    """What pydicom says about the same bytes."""
-    fp = io.BytesIO(data)
-    read_preamble(fp, False)
-    meta = _read_file_meta_info(fp)
-    offset = fp.tell()
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return Part10Info(
-        sop_class_uid=str(meta.MediaStorageSOPClassUID),
-        sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
-        transfer_syntax=str(meta.TransferSyntaxUID),
-        dataset_offset=offset,
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None,
-    )
 
 
 def check(data: bytes, step: int | None = None) -> Part10Info:

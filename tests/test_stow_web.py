@@ -39,15 +39,18 @@ from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
-from tests import test_stow_dimse
 from tests.support import peers
+from tests.support.datasets import assert_same_dataset, part10
 from tests.support.gateway import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
-from tests.test_stow_dimse import TEST_FILES, fresh
-from tests.test_stow_dimse import part10_bytes as dataset_bytes
-from tests.test_stow_multipart import multipart_body
-from tests.test_stow_part10 import expected_info, part10_bytes
-from tests.test_wado_pacs import assert_same_dataset
-from tests.test_web import CLIENT
+from tests.support.http import CLIENT
+from tests.support.stow import (
+    TEST_FILES,
+    OrthancStored,
+    expected_info,
+    fresh_test_file,
+    multipart_body,
+    part10_bytes,
+)
 
 reactor: Any = _reactor
 
@@ -663,7 +666,7 @@ class FlowTests(StowTestCase):
 # -- the gateway as a process, Orthanc behind it ---------------------------------------------
 
 
-class OrthancStowTests(TestCase):
+class OrthancStowTests(OrthancStored, TestCase):
     """``twistd dicomrst`` (its real DIMSE backend) in front of Orthanc, over real HTTP.
 
     The gateway's temporary directory is one of the test's own, so its spool files can be
@@ -671,9 +674,6 @@ class OrthancStowTests(TestCase):
     """
 
     timeout = INTEGRATION_TIMEOUT
-    # Borrowed through the module: a TestCase imported by name would be run here again.
-    orthanc_dataset = test_stow_dimse.OrthancStoreTests.orthanc_dataset
-    _lookup = test_stow_dimse.OrthancStoreTests._lookup
 
     async def start(self, max_upload_size: int = 20_000_000) -> tuple[peers.Orthanc, Gateway]:
         orthanc = await peers.start_orthanc(self)
@@ -700,10 +700,10 @@ class OrthancStowTests(TestCase):
     async def test_upload_is_stored_in_orthanc_unchanged(self) -> None:
         orthanc, gateway = await self.start()
         study = generate_uid()
-        datasets = [fresh(name, study) for name in TEST_FILES.values()]
+        datasets = [fresh_test_file(name, study) for name in TEST_FILES.values()]
         big = dcmread(io.BytesIO(part10_bytes(study=study, series=generate_uid(), pixel_bytes=3_000_000)))
         datasets.append(big)  # over the 1 MiB threshold: spooled to a file
-        parts = [(DICOM, dataset_bytes(ds)) for ds in datasets]
+        parts = [(DICOM, part10(ds)) for ds in datasets]
         parts.insert(1, ([("Content-Type", "text/plain")], b"not an instance"))
         response = await gateway.request(
             "POST",
@@ -733,7 +733,7 @@ class OrthancStowTests(TestCase):
     async def test_dicomweb_client_store_instances(self) -> None:
         orthanc, gateway = await self.start()
         study = generate_uid()
-        datasets = [fresh("CT_small.dcm", study), fresh("MR_small.dcm", study)]
+        datasets = [fresh_test_file("CT_small.dcm", study), fresh_test_file("MR_small.dcm", study)]
         client = DICOMwebClient(f"{gateway.url}/aets/{orthanc.aet}")
         self.addCleanup(client._session.close)
         answer = await threads.deferToThread(
@@ -768,11 +768,11 @@ class OrthancStowTests(TestCase):
             "POST", path, data=b"{}", headers={"Content-Type": "application/dicom+json"}
         )
         self.assertEqual(response.code, 415, response.body)
-        ds = fresh("CT_small.dcm")
+        ds = fresh_test_file("CT_small.dcm")
         response = await gateway.request(
             "POST",
             path,
-            data=multipart_body([(DICOM, dataset_bytes(ds))], BOUNDARY),
+            data=multipart_body([(DICOM, part10(ds))], BOUNDARY),
             headers={"Content-Type": CONTENT_TYPE},
         )
         self.assertEqual(response.code, 200, response.body)

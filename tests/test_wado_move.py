@@ -7,10 +7,11 @@ starts), and the pynetdicom PACS of tests/support/pacs/ (its move-* profiles, wh
 instances `pacs.datasets.get_instance` builds to the destination their `destinations` option
 names, and log from their side what the sub-operations got back).
 
-The Orthanc tests of tests/test_wado_pacs.py (instances) and tests/test_wado_metadata.py
-(metadata) run here again over C-MOVE: their classes are subclassed with a `start` that
-configures C-MOVE. Every part of every response is parsed as a Part-10 object and compared,
-element by element and pixel data included, with the original.
+The Orthanc tests that test_wado_pacs.py (instances) and test_wado_metadata.py (metadata) run
+over C-GET run here again over C-MOVE: their mixins (`tests.support.wado.OrthancRetrieveTests`,
+`tests.support.metadata.OrthancMetadataTests`) get a `start` that configures C-MOVE. Every part
+of every response is parsed as a Part-10 object and compared, element by element and pixel data
+included, with the original.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed
 
 from dicomrst.wado.metadata import instance_metadata_json
-from tests import test_wado_metadata as md
-from tests import test_wado_pacs as wp
-from tests.support import peers
+from tests.support import metadata, peers, wado
+from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_dataset, part10
 from tests.support.gateway import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
 from tests.support.pacs.datasets import (
     CT_IMAGE_STORAGE,
@@ -41,19 +41,15 @@ from tests.support.pacs.datasets import (
     get_sop_uid,
     get_study_uid,
 )
-from tests.test_wado_pacs import (
+from tests.support.wado import (
     ANY_SYNTAX,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
     Part,
     RawClient,
     Stored,
-    assert_same_dataset,
     fresh,
     instance_path,
     parse_http,
     parse_multipart,
-    part10,
     read_partial,
 )
 
@@ -138,13 +134,13 @@ def sop_of_part(part: Part) -> str:
 # -- Orthanc -----------------------------------------------------------------------------------
 
 
-class OrthancMoveTests(wp.OrthancTests):
-    """tests/test_wado_pacs.py's Orthanc tests (levels, transfer-syntax=*, errors,
+class OrthancMoveTests(wado.OrthancRetrieveTests, wado.RetrieveTestCase):
+    """The Orthanc tests of test_wado_pacs.py (levels, transfer-syntax=*, errors,
     dicomweb-client), over C-MOVE; plus compressed pass-through and concurrency."""
 
     async def start(self) -> tuple[peers.Orthanc, Gateway, dict[str, list[Stored]]]:
         orthanc, listener_port = await start_orthanc_for_move(self)
-        data = wp.orthanc_data()
+        data = wado.orthanc_data()
         await upload_all(self, orthanc, data)
         gw = await start_move_gateway(self, orthanc, listener_port)
         return orthanc, gw, data
@@ -216,13 +212,13 @@ class OrthancMoveTests(wp.OrthancTests):
             self.assert_originals(parts, group)
 
 
-class MoveMetadataTests(md.MetadataTests):
-    """tests/test_wado_metadata.py's tests over C-MOVE: metadata equals Orthanc's own
+class MoveMetadataTests(metadata.OrthancMetadataTests, TestCase):
+    """The tests of test_wado_metadata.py over C-MOVE: metadata equals Orthanc's own
     `/metadata` apart from bulk data; media types, errors, dicomweb-client."""
 
     async def start(self) -> tuple[peers.Orthanc, Gateway, dict[str, list[Stored]]]:
         orthanc, listener_port = await start_orthanc_for_move(self)
-        data = md.metadata_data()
+        data = metadata.metadata_data()
         await upload_all(self, orthanc, data)
         gw = await start_move_gateway(self, orthanc, listener_port)
         return orthanc, gw, data
@@ -258,9 +254,9 @@ class MoveMetadataTests(md.MetadataTests):
         accepted = scp.events("sub_accepted")[0]["accepted_contexts"]
         self.assertEqual([cx["transfer_syntax"] for cx in accepted], [IMPLICIT_VR_LE])
         for obj in objects:
-            item = next(item for item in items if item.sop == md.sop_of(obj))
-            base = md.bulk_base(gw, item, MOVE_PACS_AET)
-            twin = instance_metadata_json(md.encoded(item.dataset()), EXPLICIT_VR_LE, base)
+            item = next(item for item in items if item.sop == metadata.sop_of(obj))
+            base = metadata.bulk_base(gw, item, MOVE_PACS_AET)
+            twin = instance_metadata_json(metadata.encoded(item.dataset()), EXPLICIT_VR_LE, base)
             self.assertEqual(obj, json.loads(twin), item.label)
         self.assertEqual([e["status"] for e in scp.events("store_rsp")], [0] * 4)
         self.assert_clean_log(gw)
@@ -269,7 +265,7 @@ class MoveMetadataTests(md.MetadataTests):
 # -- the pynetdicom PACS -----------------------------------------------------------------------
 
 
-class PacsMoveTests(wp.RetrieveTestCase):
+class PacsMoveTests(wado.RetrieveTestCase):
     """The pynetdicom PACS of tests/support/pacs/: the move-* profiles."""
 
     async def start(
@@ -612,12 +608,12 @@ class PacsMoveTests(wp.RetrieveTestCase):
         scp, gw = await self.start("move", instances=instances, rows=rows, columns=columns)
         path = instance_path(MOVE_PACS_AET, get_study_uid())
         pid = gw.child.pid
-        baseline = wp.rss_mb(pid)
+        baseline = wado.rss_mb(pid)
 
-        def sample(seconds: float, received: int) -> wp.Sample:
-            return wp.Sample(seconds, received, len(scp.events("store_done")), wp.rss_mb(pid))
+        def sample(seconds: float, received: int) -> wado.Sample:
+            return wado.Sample(seconds, received, len(scp.events("store_done")), wado.rss_mb(pid))
 
-        def run() -> tuple[list[wp.Sample], bytes]:
+        def run() -> tuple[list[wado.Sample], bytes]:
             client = RawClient(gw.http_port, path)
             try:
                 samples = client.slowly(5.0, sample)

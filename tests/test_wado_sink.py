@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.negotiation import select_instance_media
 from dicomrst.web.wado import RESPONSE_BUFFER, MultipartSink
-from tests.test_peek import encode, instance
+from tests.support.datasets import encode, instance
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -11,15 +11,13 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionAborted
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactorClock,
     RaisingMemoryReactor,
-    StringTransport,
 )
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -44,11 +42,11 @@ from dicomrst.errors import (
 from dicomrst.web.app import GatewayApp, error_response
 from dicomrst.web.service import HTTPService
 from dicomrst.web.site import GatewaySite, RequestTimedOut, make_site
+from tests.support.http import Connection
 
 SERVER = f"dicomrst/{dicomrst.__version__}".encode()
 ROOT_URL = "http://gateway.example"
 LINE_FIELDS = ("method", "path", "status", "bytes_sent", "duration_ms", "client", "outcome")
-CLIENT = IPv4Address("TCP", "192.0.2.7", 50123)
 
 
 @implementer(IBackend)
@@ -360,26 +358,6 @@ class SlowResource(Resource):
     def render(self, request: IRequest) -> int:
         self.requests.append(request)
         return NOT_DONE_YET
-
-
-class Connection:
-    """One client connection to a site, held in memory."""
-
-    def __init__(self, site: GatewaySite, client: IPv4Address = CLIENT) -> None:
-        self.transport = StringTransport(peerAddress=client)
-        self.protocol = site.buildProtocol(client)
-        assert self.protocol is not None
-        self.protocol.makeConnection(self.transport)
-
-    def send(self, method: str = "GET", path: str = "/slow") -> None:
-        self.protocol.dataReceived(f"{method} {path} HTTP/1.1\r\nHost: gateway.example\r\n\r\n".encode())
-
-    def lose(self, reason: BaseException | None = None) -> None:
-        self.protocol.connectionLost(Failure(reason or ConnectionDone()))
-
-    def head_and_body(self) -> tuple[bytes, bytes]:
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        return head, body
 
 
 class SiteTests(SynchronousTestCase):
