@@ -1,13 +1,12 @@
 """Tests for QIDO-RS through the web layer (dicomrst.web.qido) and the DICOM JSON encoder.
 
-A fake IBackend records each find's identifier and limit and replays results the
-test controls; the real PACS tests (Orthanc, pynetdicom) live elsewhere.
+A fake IBackend (tests.support.fakes) records each find's identifier and limit and replays
+results the test controls; the real PACS tests (Orthanc, pynetdicom) live elsewhere.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -21,16 +20,15 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from dicomrst.backends.interfaces import IBackend
-from dicomrst.backends.unsupported import UnsupportedBackend
 from dicomrst.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
 from dicomrst.qido.dicomjson import dataset_json
 from dicomrst.qido.query import DEFAULT_LIMIT, FUZZY_WARNING, MORE_RESULTS_WARNING
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
+from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 
 STUDY = "1.2.840.113619.2.55.3"
@@ -38,70 +36,6 @@ SERIES = "1.2.840.113619.2.55.3.1"
 SOP = "1.2.840.113619.2.55.3.1.1"
 ROOT = "http://gateway.example"
 DICOM_JSON = [b"application/dicom+json"]
-
-
-class FindCall:
-    """One `find` the fake backend received; the test drives it."""
-
-    def __init__(self, identifier: Dataset, limit: int | None, on_result: Callable[[Dataset], None]) -> None:
-        self.identifier = identifier
-        self.limit = limit
-        self.on_result = on_result
-        self.sent = 0
-        self.cancelled = False
-        self.deferred: Deferred[None] = Deferred(self._cancel)
-
-    def _cancel(self, d: Deferred[None]) -> None:
-        self.cancelled = True  # the Deferred then errbacks with CancelledError
-
-    def send(self, *datasets: Dataset) -> None:
-        """Deliver results as a PACS would: stop (and succeed) after `limit` of them."""
-        for ds in datasets:
-            if self.deferred.called:
-                return
-            self.on_result(ds)
-            self.sent += 1
-            if self.limit is not None and self.sent >= self.limit:
-                self.deferred.callback(None)
-
-    def finish(self) -> None:
-        if not self.deferred.called:
-            self.deferred.callback(None)
-
-
-@implementer(IBackend)
-class FakeBackend:
-    """An IBackend whose finds replay `results` (unless `hold`) and then succeed."""
-
-    kind = "DIMSE"
-
-    def __init__(self, aet: str) -> None:
-        self.aet = aet
-        self.finds: list[FindCall] = []
-        self.results: list[Dataset] = []
-        self.hold = False
-
-    def echo(self) -> Deferred[float]:
-        return Deferred()
-
-    def find(
-        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
-    ) -> Deferred[None]:
-        call = FindCall(identifier, limit, on_result)
-        self.finds.append(call)
-        if not self.hold:
-            call.send(*self.results)
-            call.finish()
-        return call.deferred
-
-    def retrieve(self, study: str, series: Any, instance: Any, *, sink: Any) -> Deferred[object]:
-        return fail(NotImplementedError("not used by these tests"))
-
-    def store_instance(self, instance: Any) -> Deferred[Any]:
-        return fail(NotImplementedError("not used by these tests"))
-
-    def stop(self) -> Deferred[None]:
-        return Deferred()
 
 
 def ds(**values: Any) -> Dataset:
@@ -137,7 +71,7 @@ class QidoTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.pacs = FakeBackend("PACS")
-        self.s3 = UnsupportedBackend("BUCKET", "S3")
+        self.s3 = FakeBackend("BUCKET", "S3", unsupported=True)
         self.app = GatewayApp({"PACS": self.pacs, "BUCKET": self.s3}, self.clock, base_path=self.base_path)
         self.stub = StubTreq(self.app.resource())
 

@@ -2,7 +2,7 @@
 
 The gateway's real site (`make_site`: GatewayRequest streams the body into the real
 multipart parser, Part-10 checks and response code) runs on a StringTransport and a Clock.
-The backend here is a test double of `IBackend.store_instance` that records what it was
+The backend is the fake of tests.support.fakes, whose `store_instance` records what it was
 handed: what is under test is the web layer, and the real C-STORE side is tested against
 Orthanc, DCMTK and pynetdicom peers in tests.test_stow_dimse and in `OrthancStowTests` below.
 """
@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-from types import SimpleNamespace
 from typing import Any
 
 from dicomweb_client.api import DICOMwebClient
@@ -22,25 +21,24 @@ from pydicom.uid import generate_uid
 from treq.testing import StubTreq
 from twisted.internet import protocol, task, threads
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.stow import model
-from dicomrst.stow.model import StoreOutcome, UploadedInstance
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewaySite, make_site
 from tests.support import peers
 from tests.support.datasets import assert_same_dataset, part10
+from tests.support.fakes import FakeBackend
 from tests.support.gateway import INTEGRATION_TIMEOUT, Gateway, pacs_aet, start_gateway
 from tests.support.http import CLIENT
 from tests.support.stow import (
@@ -60,60 +58,6 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
 BASE = "http://gateway.example/aets/PACS"
 DICOM = [("Content-Type", "application/dicom")]
-
-
-@implementer(IBackend)
-class RecordingBackend:
-    """A test double of IBackend.store_instance (see the module docstring for why).
-
-    Records each instance with the bytes `instance.open()` gave at that moment (a spooled
-    part must still be on disk while it is stored).  Outcomes come from `statuses` (by SOP
-    Instance UID; an exception errbacks), or, with `manual`, from the test firing `pending`.
-    """
-
-    kind = "DIMSE"
-
-    def __init__(self, aet: str = "PACS", pool_size: int = 16) -> None:
-        self.aet = aet
-        self.config = SimpleNamespace(pool=SimpleNamespace(size=pool_size))
-        self.received: list[tuple[UploadedInstance, bytes]] = []
-        self.statuses: dict[str, int | Exception] = {}
-        self.manual = False
-        self.pending: list[tuple[UploadedInstance, Deferred[StoreOutcome]]] = []
-        self.cancelled = 0
-
-    def store_instance(self, instance: UploadedInstance) -> Deferred[StoreOutcome]:
-        with instance.open() as f:
-            self.received.append((instance, f.read()))
-        if self.manual:
-
-            def cancel(d: Deferred[StoreOutcome]) -> None:
-                self.cancelled += 1
-
-            d: Deferred[StoreOutcome] = Deferred(cancel)
-            self.pending.append((instance, d))
-            return d
-        status = self.statuses.get(instance.sop_instance_uid, model.SUCCESS)
-        if isinstance(status, Exception):
-            return fail(status)
-        return succeed(StoreOutcome(instance.sop_class_uid, instance.sop_instance_uid, status))
-
-    def fire(self, status: int = model.SUCCESS) -> UploadedInstance:
-        instance, d = self.pending.pop(0)
-        d.callback(StoreOutcome(instance.sop_class_uid, instance.sop_instance_uid, status))
-        return instance
-
-    def echo(self) -> Deferred[float]:
-        return succeed(1.0)
-
-    def find(self, identifier: Any, *, limit: int | None, on_result: Any) -> Deferred[None]:
-        return succeed(None)
-
-    def retrieve(self, study: str, series: str | None, instance: str | None, *, sink: Any) -> Deferred[Any]:
-        return succeed(None)
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
 
 
 class Client:
@@ -205,7 +149,7 @@ class StowTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.pacs = RecordingBackend("PACS", self.pool_size)
+        self.pacs = FakeBackend("PACS", pool_size=self.pool_size)
         self.spool = os.path.abspath(self.mktemp())
         os.makedirs(self.spool)
         self.app = GatewayApp(
@@ -638,7 +582,7 @@ class FlowTests(StowTestCase):
         self.assertGreaterEqual(len(self.spooled()), 3)
         client.protocol.connectionLost(Failure(ConnectionError("client went away")))
         # Instances already handed to the backend are not cancelled; nothing else is sent.
-        self.assertEqual(self.pacs.cancelled, 0)
+        self.assertEqual(self.pacs.store_cancels, 0)
         self.assertEqual(len(self.spooled()), 2)  # the two being stored still need theirs
         self.pacs.fire()
         self.pacs.fire()
@@ -657,7 +601,7 @@ class FlowTests(StowTestCase):
         self.clock.advance(60)
         status, _, _ = client.response()
         self.assertEqual(status, 504)
-        self.assertEqual(self.pacs.cancelled, 0)
+        self.assertEqual(self.pacs.store_cancels, 0)
         self.assertEqual(len(self.spooled()), 1)
         self.pacs.fire()
         self.assertEqual(self.spooled(), [])

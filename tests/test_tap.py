@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -13,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dicomrst.tap import GatewayService
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.wado import MultipartSink
+from tests.support.fakes import FakeBackend
 
 
 class Recorder(Service):
@@ -46,30 +45,9 @@ class ShutdownOrderTests(SynchronousTestCase):
         self.successResultOf(stopping)
 
 
-class RetrieveBackend:
-    kind = "DIMSE"
-
-    def __init__(self) -> None:
-        self.aet = "PACS"
-        self.retrieves: list[Any] = []
-
-    def echo(self) -> Deferred[float]:
-        return succeed(1.0)
-
-    def find(self, identifier: Any, *, limit: int | None, on_result: Any) -> Deferred[None]:
-        return succeed(None)
-
-    def retrieve(self, *args: Any, **kwargs: Any) -> Deferred[None]:
-        self.retrieves.append((args, kwargs))
-        return Deferred()
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
-
-
 class UpFrontNotAcceptableTests(SynchronousTestCase):
     def test_unproducible_transfer_syntax_is_406_without_a_retrieve(self) -> None:
-        backend = RetrieveBackend()
+        backend = FakeBackend("PACS")
         stub = StubTreq(GatewayApp({"PACS": backend}, Clock()).resource())
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
         response = self.successResultOf(
@@ -79,7 +57,7 @@ class UpFrontNotAcceptableTests(SynchronousTestCase):
         self.assertEqual(backend.retrieves, [])
 
     def test_default_accept_starts_the_retrieve(self) -> None:
-        backend = RetrieveBackend()
+        backend = FakeBackend("PACS")
         stub = StubTreq(GatewayApp({"PACS": backend}, Clock()).resource())
         stub.get(
             "http://gw/aets/PACS/studies/1.2.3",

@@ -1,8 +1,8 @@
 """Tests for dicomrst.web: routes, site (logging, request timeout) and the HTTP service.
 
 Everything runs in memory: StubTreq for the app, StringTransport + Clock for the
-site, MemoryReactorClock for the service. The backend is a fake whose echo
-Deferreds the tests fire by hand.
+site, MemoryReactorClock for the service. The backend is tests.support.fakes's FakeBackend,
+whose echo Deferreds the tests fire by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionAborted
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
@@ -25,7 +25,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import dicomrst
@@ -42,43 +41,12 @@ from dicomrst.errors import (
 from dicomrst.web.app import GatewayApp, error_response
 from dicomrst.web.service import HTTPService
 from dicomrst.web.site import GatewaySite, RequestTimedOut, make_site
+from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 
 SERVER = f"dicomrst/{dicomrst.__version__}".encode()
 ROOT_URL = "http://gateway.example"
 LINE_FIELDS = ("method", "path", "status", "bytes_sent", "duration_ms", "client", "outcome")
-
-
-@implementer(IBackend)
-class FakeBackend:
-    """An IBackend whose echo() hands out Deferreds the test fires (or not)."""
-
-    kind = "DIMSE"
-
-    def __init__(self, aet: str) -> None:
-        self.aet = aet
-        self.echoes: list[Deferred[float]] = []
-        self.cancelled = 0
-
-    def echo(self) -> Deferred[float]:
-        def cancel(d: Deferred[float]) -> None:
-            self.cancelled += 1
-
-        d: Deferred[float] = Deferred(cancel)
-        self.echoes.append(d)
-        return d
-
-    def find(self, identifier: Any, *, limit: int | None, on_result: Any) -> Deferred[None]:
-        return succeed(None)  # searches are tested in tests.test_qido_web
-
-    def retrieve(self, study: str, series: Any, instance: Any, *, sink: Any) -> Deferred[object]:
-        return fail(NotImplementedError("not used by these tests"))
-
-    def store_instance(self, instance: Any) -> Deferred[Any]:
-        return fail(NotImplementedError("not used by these tests"))
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
 
 
 def web_events(observer: EventLoggingObserver) -> list[dict[str, Any]]:
@@ -192,11 +160,11 @@ class RouteTests(AppTestCase):
         self.clock.advance(9.999)
         self.stub.flush()
         self.assertNoResult(d)
-        self.assertEqual(self.pacs.cancelled, 0)
+        self.assertEqual(self.pacs.echo_cancels, 0)
         self.clock.advance(0.001)
         response, body = self.finish(d)
         self.assertJSON(response, body, 504, {"error": "PACS did not answer the echo within 10000 ms"})
-        self.assertEqual(self.pacs.cancelled, 1)
+        self.assertEqual(self.pacs.echo_cancels, 1)
         self.assertCommonHeaders(response)
 
     def test_health_unknown_aet_is_404(self) -> None:
@@ -466,7 +434,7 @@ class SiteTests(SynchronousTestCase):
         self.assertIn(b"Server: " + SERVER, head)
         self.assertIn(b"Access-Control-Allow-Origin: *", head)
         self.assertEqual(json.loads(body), {"error": "request timed out after 2000 ms"})
-        self.assertEqual(pacs.cancelled, 1)
+        self.assertEqual(pacs.echo_cancels, 1)
 
     def test_error_after_headers_aborts_instead_of_finishing(self) -> None:
         conn = Connection(self.site)
