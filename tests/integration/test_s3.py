@@ -4,7 +4,8 @@ moto runs with signature checks on (`peers.Moto.enable_auth`) except in the anon
 where a public-read bucket is read without credentials. Data is uploaded and checked with
 boto3 (in a thread), an S3 client independent of the gateway's. The gateway runs as
 ``twistd dicomrst`` (tests/support/gateway.py); ``store_instance`` and the timeouts are also tested
-on an `S3Backend` in this process, against the same moto.
+on an `S3Backend` in this process, against the same moto. The backend's parsing (URLs, file
+meta, keys) is tested without any server in tests/unit/test_s3_parsing.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from zope.interface.verify import verifyObject
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.s3 import S3Backend
-from dicomrst.backends.s3.retrieve import HEAD_BYTES, NotPart10, matching_keys, parse_file_meta
+from dicomrst.backends.s3.retrieve import HEAD_BYTES, parse_file_meta
 from dicomrst.config import parse_config
 from dicomrst.errors import (
     NotFound,
@@ -773,68 +774,6 @@ class UnreachableTests(TestCase):
         with self.assertRaises(UpstreamTimeout) as raised:
             await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
         self.assertIn("did not answer in time", str(raised.exception))
-
-
-class ParsingTests(TestCase):
-    def test_urls(self) -> None:
-        def url(endpoint: str, style: str) -> str:
-            config = {
-                "aet": AET,
-                "backend": "S3",
-                "endpoint": endpoint,
-                "bucket": "bkt",
-                "endpoint-style": style,
-            }
-            backend = backend_for(config)
-            self.addCleanup(backend.stop)
-            return backend.client.url("p/1.2/3.dcm", [("list-type", "2"), ("prefix", "a/b c")])
-
-        self.assertEqual(
-            url("https://s3.example", "vhost"),
-            "https://bkt.s3.example/p/1.2/3.dcm?list-type=2&prefix=a%2Fb%20c",
-        )
-        self.assertEqual(
-            url("http://minio:9000/base/", "path"),
-            "http://minio:9000/base/bkt/p/1.2/3.dcm?list-type=2&prefix=a%2Fb%20c",
-        )
-        # No host name to put the bucket in: path style, as the AWS SDKs do.
-        self.assertEqual(
-            url("http://10.0.0.5:9000", "vhost"),
-            "http://10.0.0.5:9000/bkt/p/1.2/3.dcm?list-type=2&prefix=a%2Fb%20c",
-        )
-
-    def test_file_meta(self) -> None:
-        data = open(get_testdata_file("CT_small.dcm"), "rb").read()
-        ds = dcmread(io.BytesIO(data))
-        for cut in (0, 100, 132, 140, 200):
-            self.assertIsNone(parse_file_meta(data[:cut]))
-        offset, sop_class, sop, syntax = parse_file_meta(data)  # type: ignore[misc]
-        self.assertEqual((sop_class, sop, syntax), (ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE))
-        self.assertEqual(data[offset : offset + 4], b"\x08\x00\x05\x00")  # (0008,0005) comes first
-        with self.assertRaises(NotPart10):
-            parse_file_meta(b"\0" * 200)
-        with self.assertRaises(NotPart10):
-            parse_file_meta(data[:150], complete=True)
-
-    def test_exact_instance_keys(self) -> None:
-        listed = [
-            (k, 1)
-            for k in (
-                "p/1.2/1.3/1.4.dcm",
-                "p/1.2/1.3/1.4.dcm.bak",
-                "p/1.2/1.3/x/1.5.dcm",
-                "p/1.2/1.3/.dcm",
-                "p/1.2/1.6.dcm",
-                "p/1.2/1.3/1.45.dcm",
-            )
-        ]
-        self.assertEqual(
-            matching_keys(listed, "p/1.2/", series_level=False), ["p/1.2/1.3/1.4.dcm", "p/1.2/1.3/1.45.dcm"]
-        )
-        self.assertEqual(
-            matching_keys(listed, "p/1.2/1.3/", series_level=True),
-            ["p/1.2/1.3/1.4.dcm", "p/1.2/1.3/1.45.dcm"],
-        )
 
 
 class _FaultyS3(Resource):

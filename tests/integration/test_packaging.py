@@ -17,7 +17,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "twisted/plugins/dicomrst_plugin.py"
 
 # Build from a copy of the tree: pip builds in place, and setuptools' build/ directory

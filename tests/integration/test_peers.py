@@ -1,4 +1,4 @@
-"""The peer harness (tests/peers.py) against real peers, without any dicomrst code."""
+"""The peer harness (tests/support/peers.py) against real peers, without any dicomrst code."""
 
 from __future__ import annotations
 
