@@ -14,8 +14,6 @@ from tests.support.datasets import assert_same_dataset
 from tests.support.gateway import LISTENER_AET, start_gateway
 from tests.support.wado import RetrieveTestCase, get_aet, instance_path, orthanc_data, parse_multipart
 
-# -- against Orthanc ---------------------------------------------------------------------------
-
 
 class OrthancMoveTests(TestCase):
     """The gateway as a process retrieving from Orthanc 1.10 with C-MOVE to its listener."""

@@ -44,6 +44,7 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
+
 # -- the C-STORE SCU on an in-memory association -----------------------------------------------
 
 
