@@ -1,0 +1,1 @@
+"""Tests that use memory transports and clocks only: no subprocess, socket or real time."""

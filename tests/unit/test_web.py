@@ -1,0 +1,556 @@
+"""Tests for dicomrst.web: routes, site (logging, request timeout) and the HTTP service.
+
+Everything runs in memory: StubTreq for the app, StringTransport + Clock for the
+site, MemoryReactorClock for the service. The backend is tests.support.fakes's FakeBackend,
+whose echo Deferreds the tests fire by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, ConnectionAborted
+from twisted.internet.task import Clock
+from twisted.internet.testing import (
+    EventLoggingObserver,
+    MemoryReactorClock,
+    RaisingMemoryReactor,
+)
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface.verify import verifyObject
+
+import dicomrst
+from dicomrst.backends.interfaces import IBackend
+from dicomrst.errors import (
+    BadRequest,
+    NotAcceptable,
+    NotImplementedService,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from dicomrst.web.app import GatewayApp
+from dicomrst.web.errors import error_response, http_status
+from dicomrst.web.service import HTTPService
+from dicomrst.web.site import GatewaySite, RequestTimedOut, make_site
+from tests.support.fakes import FakeBackend
+from tests.support.http import Connection
+
+SERVER = f"dicomrst/{dicomrst.__version__}".encode()
+ROOT_URL = "http://gateway.example"
+LINE_FIELDS = ("method", "path", "status", "bytes_sent", "duration_ms", "client", "outcome")
+
+
+def web_events(observer: EventLoggingObserver) -> list[dict[str, Any]]:
+    return [e for e in observer if e.get("log_namespace") == "dicomrst.web"]
+
+
+def request_lines(observer: EventLoggingObserver) -> list[dict[str, Any]]:
+    """The per-request log events (the ones carrying an outcome)."""
+    return [e for e in web_events(observer) if "outcome" in e]
+
+
+class AppTestCase(SynchronousTestCase):
+    """Routes and cross-cutting behaviour of GatewayApp through StubTreq."""
+
+    base_path = "/"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pacs = FakeBackend("PACS")
+        self.other = FakeBackend("ARCHIVE")
+        self.app = GatewayApp(
+            {"PACS": self.pacs, "ARCHIVE": self.other},
+            self.clock,
+            base_path=self.base_path,
+            echo_timeout=10.0,
+        )
+        self.stub = StubTreq(self.app.resource())
+
+    def start(self, method: str, path: str, **kwargs: Any) -> Deferred[Any]:
+        d = self.stub.request(method, ROOT_URL + path, **kwargs)
+        self.stub.flush()
+        return d
+
+    def finish(self, d: Deferred[Any]) -> tuple[Any, bytes]:
+        self.stub.flush()
+        response = self.successResultOf(d)
+        return response, self.successResultOf(response.content())
+
+    def fetch(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
+        return self.finish(self.start(method, path, **kwargs))
+
+    def assertJSON(self, response: Any, body: bytes, status: int, expected: object) -> None:
+        self.assertEqual(response.code, status, body)
+        self.assertEqual(response.headers.getRawHeaders(b"Content-Type"), [b"application/json"])
+        self.assertEqual(json.loads(body), expected)
+
+    def assertCommonHeaders(self, response: Any) -> None:
+        headers = response.headers
+        self.assertEqual(headers.getRawHeaders(b"Server"), [SERVER])
+        self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Origin"), [b"*"])
+        [exposed] = headers.getRawHeaders(b"Access-Control-Expose-Headers")
+        names = {h.strip().lower() for h in exposed.decode().split(",")}
+        self.assertTrue(
+            {"content-type", "content-length", "content-location", "location", "warning", "retry-after"}
+            <= names,
+            exposed,
+        )
+
+
+class RouteTests(AppTestCase):
+    def test_fake_backend_provides_ibackend(self) -> None:
+        verifyObject(IBackend, self.pacs)
+
+    def test_root(self) -> None:
+        response, body = self.fetch("GET", "/")
+        self.assertJSON(response, body, 200, {"name": "dicomrst", "version": dicomrst.__version__})
+        self.assertCommonHeaders(response)
+
+    def test_aets_lists_names_in_configured_order(self) -> None:
+        response, body = self.fetch("GET", "/aets")
+        self.assertJSON(response, body, 200, ["PACS", "ARCHIVE"])
+
+    def test_head_has_headers_and_no_body(self) -> None:
+        response, body = self.fetch("HEAD", "/aets")
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertCommonHeaders(response)
+
+    def test_health_waits_for_the_echo(self) -> None:
+        d = self.start("GET", "/aets/PACS")
+        self.assertNoResult(d)
+        self.assertEqual(len(self.pacs.echoes), 1)
+        self.pacs.echoes[0].callback(12.5)
+        response, body = self.finish(d)
+        self.assertJSON(response, body, 200, {"aet": "PACS", "status": "ok", "round_trip_ms": 12.5})
+        self.assertCommonHeaders(response)
+
+    def test_health_echoes_the_named_aet_only(self) -> None:
+        d = self.start("GET", "/aets/ARCHIVE")
+        self.assertEqual((len(self.pacs.echoes), len(self.other.echoes)), (0, 1))
+        self.other.echoes[0].callback(1)
+        response, body = self.finish(d)
+        self.assertJSON(response, body, 200, {"aet": "ARCHIVE", "status": "ok", "round_trip_ms": 1.0})
+
+    def test_health_upstream_error_is_502_naming_the_pacs_error(self) -> None:
+        d = self.start("GET", "/aets/PACS")
+        self.pacs.echoes[0].errback(UpstreamError("association rejected: called AE title not recognised"))
+        response, body = self.finish(d)
+        self.assertJSON(
+            response, body, 502, {"error": "association rejected: called AE title not recognised"}
+        )
+        self.assertCommonHeaders(response)
+
+    def test_health_upstream_timeout_is_504(self) -> None:
+        d = self.start("GET", "/aets/PACS")
+        self.pacs.echoes[0].errback(UpstreamTimeout("no A-ASSOCIATE-AC within 5 s"))
+        response, body = self.finish(d)
+        self.assertJSON(response, body, 504, {"error": "no A-ASSOCIATE-AC within 5 s"})
+
+    def test_health_slow_echo_is_cancelled_and_504(self) -> None:
+        d = self.start("GET", "/aets/PACS")
+        self.clock.advance(9.999)
+        self.stub.flush()
+        self.assertNoResult(d)
+        self.assertEqual(self.pacs.echo_cancels, 0)
+        self.clock.advance(0.001)
+        response, body = self.finish(d)
+        self.assertJSON(response, body, 504, {"error": "PACS did not answer the echo within 10000 ms"})
+        self.assertEqual(self.pacs.echo_cancels, 1)
+        self.assertCommonHeaders(response)
+
+    def test_health_unknown_aet_is_404(self) -> None:
+        response, body = self.fetch("GET", "/aets/NOPE")
+        self.assertJSON(response, body, 404, {"error": "unknown AET 'NOPE'"})
+        self.assertCommonHeaders(response)
+
+    def test_unknown_route_is_404(self) -> None:
+        response, body = self.fetch("GET", "/no/such/thing")
+        self.assertJSON(response, body, 404, {"error": "not found"})
+        self.assertCommonHeaders(response)
+
+    def test_double_slash_is_not_redirected(self) -> None:
+        response, body = self.fetch("GET", "/aets//PACS")
+        self.assertJSON(response, body, 404, {"error": "not found"})
+
+    def test_wrong_method_is_405_with_allow(self) -> None:
+        response, body = self.fetch("POST", "/aets", data=b"x")
+        self.assertJSON(response, body, 405, {"error": "method POST not allowed"})
+        [allow] = response.headers.getRawHeaders(b"Allow")
+        self.assertEqual(allow, b"GET, HEAD, OPTIONS")
+        self.assertCommonHeaders(response)
+
+    def test_non_utf8_path_is_400(self) -> None:
+        response, body = self.fetch("GET", "/aets/%FF")
+        self.assertJSON(response, body, 400, {"error": "path is not UTF-8"})
+
+
+class TrailingSlashTests(AppTestCase):
+    def test_every_route_ignores_one_trailing_slash(self) -> None:
+        for path in ("/aets", "/aets/PACS", "/aets/NOPE", "/no/such/thing"):
+            answers = []
+            for variant in (path, path + "/"):
+                d = self.start("GET", variant)
+                if self.pacs.echoes and not self.pacs.echoes[-1].called:
+                    self.pacs.echoes[-1].callback(2.0)
+                response, body = self.finish(d)
+                answers.append((response.code, json.loads(body)))
+            self.assertEqual(answers[0], answers[1], path)
+
+    def test_root_with_and_without_slash(self) -> None:
+        self.assertEqual(self.fetch("GET", "")[1], self.fetch("GET", "/")[1])
+
+
+class BasePathTests(AppTestCase):
+    base_path = "/dicomweb/"
+
+    def test_routes_live_under_the_base_path(self) -> None:
+        response, body = self.fetch("GET", "/dicomweb/aets")
+        self.assertJSON(response, body, 200, ["PACS", "ARCHIVE"])
+
+    def test_base_path_itself_is_the_root(self) -> None:
+        for path in ("/dicomweb", "/dicomweb/"):
+            response, body = self.fetch("GET", path)
+            self.assertJSON(response, body, 200, {"name": "dicomrst", "version": dicomrst.__version__})
+
+    def test_paths_outside_the_base_are_404(self) -> None:
+        for path in ("/", "/aets", "/dicomwebx/aets", "/other/dicomweb/aets"):
+            response, body = self.fetch("GET", path)
+            self.assertJSON(response, body, 404, {"error": "not found"})
+            self.assertCommonHeaders(response)
+
+    def test_trailing_slash_under_the_base(self) -> None:
+        response, body = self.fetch("GET", "/dicomweb/aets/")
+        self.assertJSON(response, body, 200, ["PACS", "ARCHIVE"])
+
+
+class CORSTests(AppTestCase):
+    def test_preflight_echoes_requested_headers(self) -> None:
+        response, body = self.fetch(
+            "OPTIONS",
+            "/aets/PACS/studies",
+            headers={
+                "Origin": "https://viewer.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "accept, authorization",
+            },
+        )
+        self.assertEqual((response.code, body), (204, b""))
+        headers = response.headers
+        self.assertEqual(
+            headers.getRawHeaders(b"Access-Control-Allow-Methods"), [b"GET, HEAD, POST, OPTIONS"]
+        )
+        self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Headers"), [b"accept, authorization"])
+        self.assertEqual(headers.getRawHeaders(b"Access-Control-Max-Age"), [b"600"])
+        self.assertCommonHeaders(response)
+        self.assertEqual(self.pacs.echoes, [])
+
+    def test_preflight_without_requested_headers_offers_a_safe_list(self) -> None:
+        response, _ = self.fetch("OPTIONS", "/anything/at/all")
+        self.assertEqual(response.code, 204)
+        [allowed] = response.headers.getRawHeaders(b"Access-Control-Allow-Headers")
+        names = {h.strip().lower() for h in allowed.decode().split(",")}
+        self.assertTrue({"accept", "authorization", "content-type"} <= names, allowed)
+
+    def test_cors_and_server_on_every_kind_of_response(self) -> None:
+        responses = [
+            self.fetch("GET", "/")[0],
+            self.fetch("GET", "/aets/NOPE")[0],
+            self.fetch("GET", "/nope")[0],
+            self.fetch("PUT", "/aets", data=b"")[0],
+            self.fetch("OPTIONS", "/aets")[0],
+        ]
+        d = self.start("GET", "/aets/PACS")
+        self.pacs.echoes[0].errback(UpstreamError("refused"))
+        responses.append(self.finish(d)[0])
+        self.assertEqual([r.code for r in responses], [200, 404, 404, 405, 204, 502])
+        for response in responses:
+            self.assertCommonHeaders(response)
+
+
+class ErrorMappingTests(AppTestCase):
+    def fail_echo(self, error: BaseException) -> tuple[Any, bytes]:
+        d = self.start("GET", "/aets/PACS")
+        self.pacs.echoes[-1].errback(error)
+        return self.finish(d)
+
+    def test_each_error_type_maps_to_its_status(self) -> None:
+        for error in (
+            BadRequest("bad"),
+            NotAcceptable("no such type"),
+            PayloadTooLarge("too big"),
+            NotImplementedService("not yet"),
+            UpstreamError("refused"),
+            ServiceUnavailable("busy"),
+            UpstreamTimeout("slow"),
+        ):
+            response, body = self.fail_echo(error)
+            self.assertJSON(response, body, http_status(error), {"error": error.message})
+            self.assertIsNone(response.headers.getRawHeaders(b"Retry-After"))
+            self.assertCommonHeaders(response)
+
+    def test_service_unavailable_sets_retry_after(self) -> None:
+        response, body = self.fail_echo(ServiceUnavailable("association pool exhausted", retry_after=7))
+        self.assertJSON(response, body, 503, {"error": "association pool exhausted"})
+        self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"7"])
+
+    def test_unexpected_error_is_500_and_logged_once(self) -> None:
+        response, body = self.fail_echo(RuntimeError("secret: /etc/dicomrst/key.pem"))
+        self.assertJSON(response, body, 500, {"error": "internal error"})
+        self.assertNotIn(b"secret", body)
+        self.assertNotIn(b"Traceback", body)
+        self.assertCommonHeaders(response)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+# -- site ------------------------------------------------------------------
+
+
+class SlowResource(Resource):
+    """Answers nothing until the test says so; remembers its requests."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render(self, request: IRequest) -> int:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class SiteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = SlowResource()
+        self.site = make_site(self.resource, self.clock, request_timeout=5.0)
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_site_settings(self) -> None:
+        self.assertIsInstance(self.site, GatewaySite)
+        self.assertFalse(self.site.noisy)
+        self.assertEqual(self.site.timeOut, 60.0)
+        self.assertEqual(make_site(self.resource, self.clock, 5.0, idle_timeout=15).timeOut, 15)
+
+    def test_one_log_line_per_request_with_fields(self) -> None:
+        conn = Connection(self.site)
+        conn.send("GET", "/slow/path?PatientName=DOE%5EJOHN")
+        [request] = self.resource.requests
+        self.clock.advance(1.5)
+        request.write(b"hello")
+        request.finish()
+        self.assertTrue(conn.transport.value().startswith(b"HTTP/1.1 200 "))
+        [line] = request_lines(self.logs)
+        self.assertEqual(
+            {k: line[k] for k in LINE_FIELDS},
+            {
+                "method": "GET",
+                "path": "/slow/path",
+                "status": 200,
+                "bytes_sent": 5,
+                "duration_ms": 1500.0,
+                "client": "192.0.2.7:50123",
+                "outcome": "complete",
+            },
+        )
+        text = formatEvent(line)
+        self.assertEqual(text, "GET /slow/path 200 5B 1500.0ms 192.0.2.7:50123 complete")
+        self.assertNotIn("DOE", text)
+        self.assertEqual(self.site.inflight, 0)
+
+    def test_finished_request_is_not_timed_out_later(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        request.finish()
+        sent = conn.transport.value()
+        self.clock.advance(30)
+        self.assertEqual(conn.transport.value(), sent)
+        self.assertFalse(conn.transport.disconnected)
+        self.assertEqual(len(request_lines(self.logs)), 1)
+
+    def test_client_disconnect_logs_one_line(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        self.clock.advance(0.25)
+        conn.lose()
+        [line] = request_lines(self.logs)
+        self.assertEqual((line["outcome"], line["status"], line["duration_ms"]), ("disconnected", 0, 250.0))
+        self.assertEqual(self.site.inflight, 0)
+        self.clock.advance(10)
+        self.assertEqual(len(request_lines(self.logs)), 1)
+
+    def test_timeout_before_headers_is_504_and_cancels_the_handler(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        finished = request.notifyFinish()
+        self.clock.advance(4.999)
+        self.assertEqual(conn.transport.value(), b"")
+        self.assertNoResult(finished)
+        self.clock.advance(0.001)
+        head, body = conn.head_and_body()
+        self.assertTrue(head.startswith(b"HTTP/1.1 504 "), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertEqual(json.loads(body), {"error": "request timed out after 5000 ms"})
+        self.failureResultOf(finished, RequestTimedOut)
+        [line] = request_lines(self.logs)
+        self.assertEqual((line["status"], line["outcome"]), (504, "timeout"))
+        self.assertEqual(line["log_level"].name, "warn")
+        self.assertEqual(self.site.inflight, 0)
+
+    def test_timeout_after_headers_aborts_the_connection(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        request.write(b"--boundary\r\npartial")
+        self.clock.advance(5)
+        self.assertTrue(conn.transport.disconnected)
+        self.assertNotIn(b"504", conn.transport.value())
+        self.assertEqual(request_lines(self.logs), [])
+        conn.lose(ConnectionAborted())
+        [line] = request_lines(self.logs)
+        self.assertEqual((line["status"], line["outcome"], line["bytes_sent"]), (200, "timeout", 19))
+
+    def test_request_timeout_through_the_app_cancels_the_echo(self) -> None:
+        pacs = FakeBackend("PACS")
+        app = GatewayApp({"PACS": pacs}, self.clock, echo_timeout=60)
+        site = make_site(app.resource(), self.clock, request_timeout=2)
+        conn = Connection(site)
+        conn.send("GET", "/aets/PACS")
+        self.assertEqual(len(pacs.echoes), 1)
+        self.clock.advance(2)
+        head, body = conn.head_and_body()
+        self.assertTrue(head.startswith(b"HTTP/1.1 504 "), head)
+        self.assertIn(b"Server: " + SERVER, head)
+        self.assertIn(b"Access-Control-Allow-Origin: *", head)
+        self.assertEqual(json.loads(body), {"error": "request timed out after 2000 ms"})
+        self.assertEqual(pacs.echo_cancels, 1)
+
+    def test_error_after_headers_aborts_instead_of_finishing(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        request.write(b"partial")
+        result = error_response(request, Failure(UpstreamError("PACS aborted the association")))
+        self.assertTrue(IResource.providedBy(result))
+        self.assertTrue(conn.transport.disconnected)
+        self.assertEqual(len(self.flushLoggedErrors(UpstreamError)), 1)
+        conn.lose(ConnectionAborted())
+        [line] = request_lines(self.logs)
+        self.assertEqual(line["outcome"], "error")
+
+
+# -- service ---------------------------------------------------------------
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resource = SlowResource()
+        self.site = make_site(self.resource, self.reactor, request_timeout=300)
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.events: list[str] = []
+
+    def service(self, graceful: bool = True, grace_period: float = 30) -> HTTPService:
+        svc = HTTPService("tcp:8080:interface=127.0.0.1", self.site, self.reactor, graceful, grace_period)
+        svc.startService()
+        assert svc.port is not None
+        self.stopped: Deferred[None] = Deferred()
+        real_stop = svc.port.stopListening
+
+        def stop_listening() -> Deferred[None]:
+            self.events.append("stopListening")
+            real_stop()
+            return self.stopped
+
+        svc.port.stopListening = stop_listening  # type: ignore[method-assign]
+        return svc
+
+    def inflight(self, n: int) -> list[Connection]:
+        conns = [Connection(self.site) for _ in range(n)]
+        for conn in conns:
+            conn.send()
+        self.assertEqual(self.site.inflight, n)
+        return conns
+
+    def test_listens_on_the_endpoint(self) -> None:
+        svc = self.service()
+        [(port, factory, _, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (8080, "127.0.0.1"))
+        self.assertIs(factory, self.site)
+        self.assertIs(self.successResultOf(svc.whenListening), svc.port)
+        self.assertIn("HTTP listening on ", [formatEvent(e)[:18] for e in web_events(self.logs)])
+
+    def test_listen_error_is_raised_from_start(self) -> None:
+        in_use = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        reactor = RaisingMemoryReactor(listenException=in_use)
+        svc = HTTPService("tcp:8080", self.site, reactor, True, 30)
+        self.assertRaises(CannotListenError, svc.startService)
+        self.assertIsNone(svc.port)
+        self.assertFalse(svc.running)
+        self.failureResultOf(svc.whenListening, CannotListenError)
+
+    def test_stop_with_nothing_in_flight(self) -> None:
+        svc = self.service()
+        d = svc.stopService()
+        self.assertEqual(self.events, ["stopListening"])
+        self.assertNoResult(d)
+        self.stopped.callback(None)
+        self.successResultOf(d)
+
+    def test_graceful_stop_waits_for_in_flight_requests(self) -> None:
+        svc = self.service()
+        [conn] = self.inflight(1)
+        d = svc.stopService()
+        self.assertEqual(self.events, ["stopListening"])
+        self.stopped.callback(None)
+        self.assertNoResult(d)
+        self.reactor.advance(29)
+        self.assertNoResult(d)
+        [request] = self.resource.requests
+        request.write(b"done")
+        request.finish()
+        self.successResultOf(d)
+        # The connection closes after its last response rather than idling on.
+        head, _ = conn.head_and_body()
+        self.assertIn(b"Connection: close", head)
+        self.assertTrue(conn.transport.disconnecting)
+        self.assertFalse(conn.transport.disconnected)
+
+    def test_graceful_stop_aborts_what_is_left_after_the_grace_period(self) -> None:
+        svc = self.service(grace_period=30)
+        first, second = self.inflight(2)
+        d = svc.stopService()
+        self.stopped.callback(None)
+        self.resource.requests[0].finish()
+        self.reactor.advance(29.999)
+        self.assertNoResult(d)
+        self.assertFalse(second.transport.disconnected)
+        self.reactor.advance(0.001)
+        self.successResultOf(d)
+        self.assertFalse(first.transport.disconnected)
+        self.assertTrue(second.transport.disconnected)
+        second.lose(ConnectionAborted())
+        outcomes = [e["outcome"] for e in request_lines(self.logs)]
+        self.assertEqual(outcomes, ["complete", "shutdown"])
+        self.assertEqual(self.site.inflight, 0)
+
+    def test_stop_does_not_drain_until_the_port_is_closed(self) -> None:
+        svc = self.service(graceful=False)
+        [conn] = self.inflight(1)
+        d = svc.stopService()
+        self.assertFalse(conn.transport.disconnected)
+        self.stopped.callback(None)
+        self.successResultOf(d)
+        self.assertTrue(conn.transport.disconnected)
