@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -66,7 +66,9 @@ class ConfigError(Exception):
 # -- checks: (yaml value, key path, environment) -> converted value, or ConfigError -----
 
 _Env = Mapping[str, str]
-_Check = Callable[[Any, str, _Env], Any]
+_T = TypeVar("_T")
+_A = TypeVar("_A", bound=attrs.AttrsInstance)  # a schema class
+_Check = Callable[[Any, str, _Env], _T]
 
 
 def _show(value: object) -> str:
@@ -87,7 +89,7 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _string(*, empty: bool = False, secret: bool = False) -> _Check:
+def _string(*, empty: bool = False, secret: bool = False) -> _Check[str]:
     def check(value: Any, path: str, env: _Env) -> str:
         if not isinstance(value, str):
             # A mistyped secret (e.g. all digits, so YAML made it an int) must not be echoed.
@@ -100,7 +102,7 @@ def _string(*, empty: bool = False, secret: bool = False) -> _Check:
     return check
 
 
-def _integer(lo: int = 0, hi: int | None = None) -> _Check:
+def _integer(lo: int = 0, hi: int | None = None) -> _Check[int]:
     def check(value: Any, path: str, env: _Env) -> int:
         # YAML's true/false arrive as Python bools, which are ints; a port of `true` is a typo.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -119,7 +121,7 @@ def _boolean(value: Any, path: str, env: _Env) -> bool:
     return value
 
 
-def _choice(*choices: str) -> _Check:
+def _choice(*choices: str) -> _Check[str]:
     """Case-insensitive, as DICOM-RST accepts ``backend: dimse``; yields the canonical spelling."""
     canonical = {c.casefold(): c for c in choices}
 
@@ -131,12 +133,12 @@ def _choice(*choices: str) -> _Check:
     return check
 
 
-def _optional(check: _Check) -> _Check:
+def _optional(check: _Check[_T]) -> _Check[_T | None]:
     return lambda value, path, env: None if value is None else check(value, path, env)
 
 
-def _list_of(item: _Check) -> _Check:
-    def check(value: Any, path: str, env: _Env) -> tuple[Any, ...]:
+def _list_of(item: _Check[_T]) -> _Check[tuple[_T, ...]]:
+    def check(value: Any, path: str, env: _Env) -> tuple[_T, ...]:
         if value is None:  # a key whose entries are all commented out
             return ()
         if not isinstance(value, list):
@@ -146,12 +148,12 @@ def _list_of(item: _Check) -> _Check:
     return check
 
 
-def _section(cls: type) -> _Check:
+def _section(cls: type[_A]) -> _Check[_A]:
     """A mapping under a key; null there (every sub-key commented out) means all defaults."""
     return lambda value, path, env: _build(cls, {} if value is None else value, path, env)
 
 
-def _entry(cls: type) -> _Check:
+def _entry(cls: type[_A]) -> _Check[_A]:
     """A mapping as a list entry; null there (a bare ``-``) is a mistake, which `_build` reports."""
     return lambda value, path, env: _build(cls, value, path, env)
 
@@ -212,7 +214,7 @@ _MS = _integer(0)  # a duration in milliseconds
 _BACKEND = _choice("DIMSE", "S3")
 
 
-def _key(check: _Check, default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
+def _key(check: _Check[Any], default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
          alias: str | None = None, backend: str | None = None, required: bool = False,
          secret: bool = False) -> Any:
     """An attrs field that is also a schema entry for `_build`.
@@ -227,7 +229,7 @@ def _key(check: _Check, default: Any = attrs.NOTHING, *, factory: Callable[[], A
     )
 
 
-def _build(cls: type, value: Any, path: str, env: _Env, backend: str | None = None) -> Any:
+def _build(cls: type[_A], value: Any, path: str, env: _Env, backend: str | None = None) -> _A:
     """Validate mapping `value` against the schema metadata of `cls`'s fields and build one."""
     if not isinstance(value, Mapping):
         raise ConfigError(path, f"expected a mapping, got {_show(value)}")
@@ -408,7 +410,8 @@ def _credentials(value: Any, path: str, env: _Env) -> S3Credentials | None:
     if form == "static":
         return S3Credentials(source="static", access_key=a, secret_key=b)
     values = []
-    for key, name in pairs["env"]:
+    # form is "env": these are the pairs["env"] entries, with a and b now known to be set.
+    for key, name in ((first, a), (second, b)):
         found = env.get(name)
         if not found:
             state = "not set" if found is None else "empty"

@@ -15,7 +15,8 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
-_LEVELS = {
+# LogLevel.* are constantly NamedConstants, which mypy sees as Any (constantly is untyped).
+_LEVELS: dict[str, LogLevel] = {
     "TRACE": LogLevel.debug,
     "DEBUG": LogLevel.debug,
     "INFO": LogLevel.info,
@@ -39,7 +40,8 @@ def parse_level(name: str) -> LogLevel:
 
 
 def set_level(name: str) -> None:
-    _predicate.setLogLevelForNamespace(None, parse_level(name))  # type: ignore[arg-type]
+    # "" is the default namespace (as None was: Twisted treats any false namespace as "").
+    _predicate.setLogLevelForNamespace("", parse_level(name))
 
 
 def logger(namespace: str) -> Logger:

@@ -9,7 +9,7 @@ install the default reactor before twistd has read ``--reactor``.
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -66,7 +66,7 @@ class BackendsService(Service):
         self.backends = backends
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
 
 
@@ -79,7 +79,7 @@ class DimseListenerService(ListeningService):
 
     def stopService(self) -> Deferred[None]:
         self.listener.abort_all()
-        stopped: Deferred[None] = super().stopService()
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return stopped
 
 
@@ -91,7 +91,7 @@ class GatewayService(MultiService):
     """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, backends."""
 
     def __init__(self, reactor: IGatewayReactor | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._reactor = reactor
 
     def stopService(self) -> Deferred[None]:
@@ -118,13 +118,13 @@ class GatewayService(MultiService):
         # twistd calls this first: the listening services listen here (as root, when
         # started as root, before dropping privileges).
         try:
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         except Exception as e:
             self._cannot_listen(e)
 
     def startService(self) -> None:
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         except Exception as e:
             self._cannot_listen(e)
 
@@ -180,13 +180,14 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
             from dicomrst.backends.s3 import S3Backend
 
             backends[aet.aet] = S3Backend(aet, reactor)
-    BackendsService(backends).setServiceParent(top)
+    BackendsService(backends).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
         _check_endpoint(reactor, description, f"server.dimse[{i}].endpoint")
         factory = listener_factory(listener.aet, reactor, moves, uncompressed=listener.uncompressed)
-        DimseListenerService(reactor, description, factory).setServiceParent(top)
+        listening = DimseListenerService(reactor, description, factory)
+        listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     http = config.server.http
     description = http.endpoint_description()
@@ -196,7 +197,8 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
         app.resource(), reactor, request_timeout=http.request_timeout_s, max_upload_size=http.max_upload_size
     )
     grace = http.request_timeout_s
-    HTTPService(description, site, reactor, http.graceful_shutdown, grace).setServiceParent(top)
+    serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)
+    serving.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return top
 
 
@@ -218,4 +220,7 @@ def makeService(options: Options) -> IService:
         n=len(config.aets),
         path=options["config"] or "(built-in defaults)",
     )
-    return build(config, reactor)
+    # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
+    # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
+    # itself, and the module's static type is a narrower conglomerate.
+    return build(config, cast(IGatewayReactor, reactor))

@@ -52,9 +52,10 @@ class IBackend(Interface):
 
     def retrieve(
         study: str, series: str | None, instance: str | None, *, sink: IInstanceSink
-    ) -> Deferred[None]:
+    ) -> Deferred[int]:
         """Deliver the instances of a study, series or instance to `sink` as they arrive
-        (`IInstanceSink` says how); fire once every instance was handed on.
+        (`IInstanceSink` says how); fire once every instance was handed on, with how
+        many were.
 
         Errbacks with `NotFound` (no such study, series or instance), `UpstreamError`,
         `UpstreamTimeout` or `ServiceUnavailable`; cancelling the Deferred stops the

@@ -27,6 +27,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -107,7 +108,7 @@ def _person_name(value: object) -> str:
     return "{" + ",".join(parts) + "}" if parts else "null"
 
 
-def _value(vr: str, value: object) -> str:
+def _value(vr: str, value: Any) -> str:  # one value of a pydicom element, of any VR
     if value is None or value == "":
         return "null"
     if vr == "PN":
@@ -115,14 +116,14 @@ def _value(vr: str, value: object) -> str:
     if vr in ("IS", "DS"):
         return _decimal(vr, value)
     if vr in _INT_VRS:
-        return str(int(value))  # type: ignore[call-overload]
+        return str(int(value))
     if vr in _BIG_INT_VRS:
-        number = int(value)  # type: ignore[call-overload]
+        number = int(value)
         return str(number) if abs(number) <= _SAFE_INTEGER else f'"{number}"'
     if vr in _FLOAT_VRS:
-        return _float(float(value), single=vr == "FL")  # type: ignore[arg-type]
+        return _float(float(value), single=vr == "FL")
     if vr == "AT":
-        return f'"{int(value):08X}"'  # type: ignore[call-overload]
+        return f'"{int(value):08X}"'
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     original = getattr(value, "original_string", None)  # DA/DT/TM objects keep their text

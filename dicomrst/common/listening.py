@@ -8,12 +8,13 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomrst.common.addresses import format_address
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import raise_listen_errors
 from dicomrst.logs import logger
 
@@ -42,13 +43,14 @@ class ListeningService(StreamServerEndpointService):
 
     def __init__(
         self,
-        reactor: IReactorCore,
+        reactor: IGatewayReactor,
         description: str,
         factory: IProtocolFactory,
         what: str,
         log: Logger = log,
     ) -> None:
-        super().__init__(_Reporting(serverFromString(reactor, description), self), factory)
+        endpoint = _Reporting(serverFromString(reactor, description), self)
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         raise_listen_errors(self)
         self.description = description
         self.what = what
@@ -58,7 +60,7 @@ class ListeningService(StreamServerEndpointService):
 
     def startService(self) -> None:
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         except Exception:
             self.running = False
             raise

@@ -6,8 +6,9 @@ A `Machine` is a table: for each (state, event) the state it leads to and the na
 owner's method that carries it out.  An owner (a DIMSE operation, a response throttle, an
 HTTP request) keeps a `Run` and feeds it events; an event the table does not list for the
 current state is a bug of ours, raised as `InvalidTransition` rather than acted on.  The
-same table draws the diagram in ``docs/state-machines/`` (`Machine.dot`), so the picture
-cannot drift from the code: a test compares them.
+same table draws the diagram in ``docs/state-machines/`` (`Machine.dot`, written by
+``python -m dicomrst.diagrams``), so the picture cannot drift from the code: a test
+compares them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Machine:
     def dot(self) -> str:
         """The machine as a Graphviz digraph (``dot -Tsvg``)."""
         lines = [
-            f"// {self.name}: generated from the transition table by docs/state-machines/generate.py.",
+            f"// {self.name}: generated from its transition table by python -m dicomrst.diagrams.",
             f'digraph "{self.name}" {{',
             "  rankdir=LR;",
             '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=10];',

@@ -32,6 +32,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -51,7 +52,9 @@ class DataSetError(UpstreamError):
 def can_decompress(transfer_syntax: str) -> bool:
     """pydicom has a working pixel data decoder for `transfer_syntax` in this process."""
     try:
-        from pydicom.pixels import get_decoder
+        # get_decoder is documented as pydicom.pixels.get_decoder, which re-exports it
+        # implicitly; import it from where it is defined.
+        from pydicom.pixels.decoders.base import get_decoder
 
         return bool(get_decoder(transfer_syntax).is_available)
     except Exception:  # no decoder for the UID, no numpy, a broken plugin
@@ -231,7 +234,7 @@ def decompress_to_explicit_le(dataset_bytes: bytes, transfer_syntax: str) -> byt
         )
     ds = parse_dataset(dataset_bytes, implicit=False, little=True)
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)  # as pydicom would convert it
     try:
         ds.decompress(generate_instance_uid=False)
     except Exception as e:  # decoder errors come as RuntimeError, ValueError, NotImplementedError…

@@ -39,9 +39,11 @@ Items (Twisted 24.3 to 26.10):
 
 from __future__ import annotations
 
+from typing import cast
+
 import attrs
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.interfaces import IReactorFDSet, ITransport
+from twisted.internet.interfaces import IPushProducer, IReactorFDSet, ITransport
 from twisted.web.http import HTTPChannel, Request
 
 
@@ -78,8 +80,9 @@ def flush_now(transport: ITransport | None) -> None:
     """Item 4: write what `transport` buffered to the socket now, if it is a connected TCP
     transport that can; an error is left for the reactor's next turn to find."""
     try:
-        ready = transport.connected and not transport.disconnecting  # type: ignore[union-attr]
-        do_write = transport.doWrite  # type: ignore[union-attr]
+        # A transport without them, or None, raises AttributeError: hence the ignores.
+        ready = transport.connected and not transport.disconnecting  # type: ignore[union-attr]  # TCP's, not ITransport's
+        do_write = transport.doWrite  # type: ignore[union-attr]  # FileDescriptor's (TCP), not ITransport's
     except AttributeError:
         return  # not a TCP transport (a test double, TLS): it writes on its own schedule
     if ready:
@@ -90,10 +93,11 @@ def set_write_buffer(transport: ITransport | None, size: int) -> int | None:
     """Item 5: let `transport` buffer up to `size` bytes before it pauses its producer;
     the previous size (None if the transport has no such setting)."""
     try:
-        previous = transport.bufferSize  # type: ignore[union-attr]
+        # A transport without it, or None, raises AttributeError: hence the ignores.
+        previous = transport.bufferSize  # type: ignore[union-attr]  # FileDescriptor's (TCP), not ITransport's
     except AttributeError:
         return None
-    transport.bufferSize = size  # type: ignore[union-attr]
+    transport.bufferSize = size  # type: ignore[union-attr]  # it has one: read just above
     return int(previous)
 
 
@@ -127,8 +131,9 @@ class BodyReading:
         if holder in self._holders:
             return
         self._holders.add(holder)
-        if len(self._holders) == 1 and self.channel.transport is not None:
-            self.channel.transport.pauseProducing()
+        transport = self.channel.transport
+        if len(self._holders) == 1 and transport is not None:
+            _producer(transport).pauseProducing()
 
     def release(self, holder: object) -> None:
         if holder not in self._holders:
@@ -141,4 +146,10 @@ class BodyReading:
                 return  # the channel resumes it when its send buffer drains
         except AttributeError:
             pass
-        self.channel.transport.resumeProducing()
+        _producer(self.channel.transport).resumeProducing()
+
+
+def _producer(transport: ITransport) -> IPushProducer:
+    """An HTTPChannel's transport (TCP, or TLS over it) as what it also is: the push
+    producer of the request bytes.  ITransport does not say so."""
+    return cast(IPushProducer, transport)

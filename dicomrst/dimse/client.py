@@ -75,5 +75,5 @@ class _QuietFactory(Factory):
     def __init__(self, protocol: ULProtocol) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: IAddress) -> ULProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ULProtocol:
         return self._protocol

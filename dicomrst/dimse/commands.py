@@ -104,6 +104,10 @@ _ORDER = {keyword: tag for keyword, (tag, _) in FIELDS.items()}
 _ELEMENT = struct.Struct("<HHL")
 
 
+#: A command element's value: an int (US, UL), a string (UI, AE, LO) or ints (AT).
+CommandValue = int | str | list[int]
+
+
 class Command:
     """A command set: attribute access by PS3.7 keyword, as pydicom's Dataset offers.
 
@@ -112,16 +116,18 @@ class Command:
 
     __slots__ = ("_values",)
 
-    def __init__(self, values: dict[str, object] | None = None) -> None:
+    _values: dict[str, CommandValue]
+
+    def __init__(self, values: dict[str, CommandValue] | None = None) -> None:
         object.__setattr__(self, "_values", dict(values or {}))
 
-    def __getattr__(self, keyword: str) -> object:
+    def __getattr__(self, keyword: str) -> CommandValue:
         try:
             return self._values[keyword]
         except KeyError:
             raise AttributeError(keyword) from None
 
-    def __setattr__(self, keyword: str, value: object) -> None:
+    def __setattr__(self, keyword: str, value: CommandValue) -> None:
         if keyword not in FIELDS:
             raise AttributeError(f"{keyword} is not a command set element")
         self._values[keyword] = value
@@ -129,8 +135,17 @@ class Command:
     def __contains__(self, keyword: object) -> bool:
         return keyword in self._values
 
-    def get(self, keyword: str, default: object = None) -> object:
+    def get(self, keyword: str, default: CommandValue | None = None) -> CommandValue | None:
         return self._values.get(keyword, default)
+
+    def number(self, keyword: str, default: int | None = None) -> int:
+        """The value of a US or UL element (`default` when absent; KeyError without one)."""
+        value = self._values.get(keyword, default)
+        if value is None:
+            raise KeyError(keyword)
+        if not isinstance(value, int):
+            raise CommandError(f"{keyword} is not a number: {value!r}")
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._values, key=_ORDER.__getitem__))
@@ -139,14 +154,14 @@ class Command:
         return f"Command({self._values!r})"
 
 
-def _encode_value(vr: str, value: object) -> bytes:
-    if vr == "US":
-        return struct.pack("<H", int(value))  # type: ignore[call-overload]
-    if vr == "UL":
-        return struct.pack("<L", int(value))  # type: ignore[call-overload]
+def _encode_value(vr: str, value: CommandValue) -> bytes:
+    if vr in ("US", "UL"):
+        if not isinstance(value, int):
+            raise CommandError(f"a {vr} command element takes a number, not {value!r}")
+        return struct.pack("<H" if vr == "US" else "<L", value)
     if vr == "AT":
-        tags = value if isinstance(value, list | tuple) else [value]
-        return b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in tags)  # type: ignore[call-overload]
+        tags = value if isinstance(value, list) else [int(value)]
+        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
     raw = str(value).encode("ascii")
     if len(raw) % 2:
         raw += b"\x00" if vr == "UI" else b" "
@@ -170,7 +185,7 @@ def encode_command(ds: Command | Dataset) -> bytes:
 
 
 def decode_command(data: bytes) -> Command:
-    values: dict[str, object] = {}
+    values: dict[str, CommandValue] = {}
     offset = 0
     end = len(data)
     while offset < end:
@@ -211,11 +226,11 @@ def decode_command(data: bytes) -> Command:
     return Command(values)
 
 
-def has_dataset(ds: Command | Dataset) -> bool:
-    return int(ds.CommandDataSetType) != NO_DATASET  # type: ignore[call-overload]
+def has_dataset(ds: Command) -> bool:
+    return ds.number("CommandDataSetType") != NO_DATASET
 
 
-def command(command_field: int, **fields: object) -> Command:
+def command(command_field: int, **fields: CommandValue) -> Command:
     """Build a command set; `fields` are PS3.7 keywords (MessageID, Status, ...)."""
     ds = Command({"CommandField": command_field})
     for keyword, value in fields.items():

@@ -55,7 +55,7 @@ class IncomingMessage:
 
     @property
     def command_field(self) -> int:
-        return int(self.command.CommandField)
+        return self.command.number("CommandField")
 
 
 class RequestHandler(TypingProtocol):
@@ -182,8 +182,8 @@ class DimseConnection:
 
     def _response_received(self, message: IncomingMessage) -> IDataSetConsumer | None:
         rsp = message.command
-        message_id = int(rsp.get("MessageIDBeingRespondedTo", -1))
-        status = int(rsp.get("Status", 0))
+        message_id = rsp.number("MessageIDBeingRespondedTo", -1)
+        status = rsp.number("Status", 0)
         pending = self._pending.get(message_id)
         if pending is None:
             if message_id in self._abandoned:
@@ -248,7 +248,7 @@ class DimseConnection:
         command.CommandDataSetType = (
             commands.HAS_DATASET if dataset is not None or streamed else commands.NO_DATASET
         )
-        name = commands.NAMES.get(int(command.CommandField), "request")
+        name = commands.NAMES.get(command.number("CommandField"), "request")
         pending = _Pending(
             message_id, name, Deferred(lambda d: self._cancelled(message_id)), on_response, timeout
         )

@@ -33,7 +33,7 @@ class EchoSCP:
             commands.command(
                 commands.C_ECHO_RSP,
                 MessageIDBeingRespondedTo=rq.MessageID,
-                AffectedSOPClassUID=rq.get("AffectedSOPClassUID", VERIFICATION),
+                AffectedSOPClassUID=rq.AffectedSOPClassUID if "AffectedSOPClassUID" in rq else VERIFICATION,
                 Status=commands.SUCCESS,
             ),
         )
@@ -69,7 +69,7 @@ async def _echo(
             timeout=timeout,
         )
         elapsed_ms = (clock.seconds() - started) * 1000
-        status = int(rsp.command.Status)
+        status = rsp.command.number("Status")
         if status != commands.SUCCESS:
             raise EchoFailed(f"{called_aet} answered C-ECHO with status 0x{status:04X}")
     except BaseException:

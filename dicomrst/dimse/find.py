@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_qido_pacs -*-
-"""C-FIND SCU (PS3.4 C.4.1) on a pooled association.
+"""C-FIND SCU (PS3.4 C.4.1) on a pooled association; its states are `FIND`.
 
 Results are decoded one by one as their Pending responses arrive and handed to the
 caller; nothing accumulates here.  Once `limit` results are in we send C-CANCEL and
@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.identifiers import decode_identifier, encode_identifier
 from dicomrst.common.interfaces import IDataSetConsumer
+from dicomrst.common.machine import Machine, transitions
 from dicomrst.common.uids import IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
@@ -36,10 +37,55 @@ class FindFailed(AssociationIntact, UpstreamError):
         self.status = status
 
 
+FIND = Machine(
+    name="c-find",
+    initial="idle",
+    states={
+        "idle": "not sent yet",
+        "finding": "C-FIND-RQ sent: each match goes to the caller as it arrives",
+        "cancelled": "limit reached: C-CANCEL sent, further matches are read and dropped",
+        "abandoned": "the caller left: C-CANCEL sent, the final response frees the association",
+        "timed-out": "the PACS went quiet: cancelled and aborted",
+        "ended": "the final response came, or the association ended",
+    },
+    events={
+        "start": "the C-FIND-RQ goes out",
+        "activity": "a C-FIND-RSP arrived",
+        "limit": "the caller has all the matches it asked for",
+        "abandon": "the caller went away",
+        "timeout": "no response for the timeout",
+        "final": "the final C-FIND-RSP",
+        "failed": "the association ended first",
+    },
+    transitions=transitions(
+        [
+            ("idle", "start", "finding", "_arm_timer"),
+            ("finding", "activity", "finding", "_arm_timer"),
+            ("finding", "limit", "cancelled", "_send_cancel"),
+            ("finding", "abandon", "abandoned", "_send_cancel"),
+            ("finding", "timeout", "timed-out", "_give_up"),
+            ("finding", "final", "ended", "_stop_timer"),
+            ("finding", "failed", "ended", "_stop_timer"),
+            ("cancelled", "activity", "cancelled", "_arm_timer"),
+            ("cancelled", "abandon", "abandoned", None),
+            ("cancelled", "timeout", "timed-out", "_give_up"),
+            ("cancelled", "final", "ended", "_stop_timer"),
+            ("cancelled", "failed", "ended", "_stop_timer"),
+            ("abandoned", "activity", "abandoned", "_arm_timer"),
+            ("abandoned", "timeout", "timed-out", "_give_up"),
+            ("abandoned", "final", "ended", "_stop_timer"),
+            ("abandoned", "failed", "ended", "_stop_timer"),
+            ("timed-out", "failed", "ended", None),
+        ]
+    ),
+)
+
+
 class FindOperation(DimseOperation):
-    """One C-FIND: request, pending results, the final status, C-CANCEL."""
+    """One C-FIND: request, pending results, the final status, C-CANCEL (`FIND`)."""
 
     name = "C-FIND"
+    machine = FIND
 
     def __init__(
         self,
@@ -55,9 +101,7 @@ class FindOperation(DimseOperation):
         self.limit = limit
         self.on_result = on_result
         self.delivered = 0
-        self.abandoned = False
         self._transfer_syntax = IMPLICIT_VR_LE
-        self._request: Deferred[IncomingMessage] | None = None
 
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
         association = self.connection.association
@@ -70,45 +114,44 @@ class FindOperation(DimseOperation):
         rq = commands.command(
             commands.C_FIND_RQ, AffectedSOPClassUID=STUDY_ROOT_FIND, Priority=commands.PRIORITY_MEDIUM
         )
-        self._request = self.connection.request(
+        request = self.connection.request(
             context.context_id,
             rq,
             encode_identifier(identifier, context.transfer_syntax),
             on_response=self._response,
         )
-        self._message_id = int(rq.MessageID)
-        self.activity()
-        self._request.addBoth(self._finished)
-        return self._request
+        self._message_id = rq.number("MessageID")
+        self._run.fire("start")
+        self.watch(request)
+        return request
 
-    def _finished(self, result: object) -> object:
-        self._stop_timer()
-        return result
+    def abandon(self) -> None:
+        """The caller went away: C-CANCEL; the request ends in the background."""
+        self._run.fire("abandon")
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
-        self.activity()
-        status = int(message.command.get("Status", 0))
+        self._run.fire("activity")
+        status = message.command.number("Status", 0)
         if not commands.is_pending(status) or not commands.has_dataset(message.command):
             return None
-        if self.cancel_sent:
-            return None  # already past the limit: read and drop
+        if self.state != "finding":
+            return None  # past the limit, or nobody wants it: read and drop
         return BufferConsumer(self._identifier)
 
     def _identifier(self, data: bytes) -> None:
-        if self.cancel_sent:
+        if self.state != "finding":
             return
         if self.limit is not None and self.delivered >= self.limit:  # limit=0
-            self.cancel()
+            self._run.fire("limit")
             return
         ds = decode_identifier(data, self._transfer_syntax)
         self.delivered += 1
-        if not self.abandoned:
-            self.on_result(ds)
+        self.on_result(ds)
         if self.limit is not None and self.delivered >= self.limit:
-            self.cancel()
+            self._run.fire("limit")
 
     def check(self, final: IncomingMessage) -> None:
-        status = int(final.command.get("Status", 0))
+        status = final.command.number("Status", 0)
         if status == commands.SUCCESS:
             return
         if status == commands.CANCEL and self.cancel_sent:
@@ -141,8 +184,7 @@ async def c_find(
     try:
         final = await shield
     except CancelledError:
-        op.abandoned = True
-        op.cancel()
+        op.abandon()
         if on_abandon is not None:
             on_abandon(request)
         raise

@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_wado_pacs -*-
-"""C-GET SCU (PS3.4 C.4.3) whose C-STORE sub-operations stream to a sink.
+"""C-GET SCU (PS3.4 C.4.3) whose C-STORE sub-operations stream to a sink; its states
+are `GET`.
 
 The sub-operations arrive on the same association as C-STORE-RQs; `dicomrst.dimse.retrieval`
 hands each one's data set to the sink as it comes off the wire.
@@ -16,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.identifiers import encode_identifier
 from dicomrst.common.interfaces import IDataSetConsumer, IInstanceSink
+from dicomrst.common.machine import Machine, transitions
 from dicomrst.common.uids import STUDY_ROOT_GET
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
@@ -46,10 +48,52 @@ class _StoreHandler:
         return deliver(self.operation, StoreReply(connection, message), context.transfer_syntax)
 
 
+GET = Machine(
+    name="c-get",
+    initial="idle",
+    states={
+        "idle": "not sent yet",
+        "getting": "C-GET-RQ sent: sub-operations arrive on this association, each into the sink",
+        "abandoned": "the caller left: C-CANCEL sent, the final response frees the association",
+        "timed-out": "the PACS went quiet: cancelled and aborted",
+        "ended": "the final response came, or the association ended",
+    },
+    events={
+        "start": "the C-GET-RQ goes out",
+        "activity": "a C-GET-RSP or C-STORE-RQ arrived, or the sink took an instance",
+        "abandon": "the caller went away",
+        "timeout": "nothing from the PACS for the timeout",
+        "quiet-ours": "the timer expired while we owe a C-STORE-RSP or stopped reading",
+        "final": "the final C-GET-RSP",
+        "failed": "the association ended first",
+    },
+    transitions=transitions(
+        [
+            ("idle", "start", "getting", "_arm_timer"),
+            ("getting", "activity", "getting", "_arm_timer"),
+            ("getting", "quiet-ours", "getting", "_arm_timer"),
+            ("getting", "abandon", "abandoned", "_send_cancel"),
+            ("getting", "timeout", "timed-out", "_give_up"),
+            ("getting", "final", "ended", "_finish"),
+            ("getting", "failed", "ended", "_finish"),
+            ("abandoned", "activity", "abandoned", "_arm_timer"),
+            ("abandoned", "quiet-ours", "abandoned", "_arm_timer"),
+            ("abandoned", "timeout", "timed-out", "_give_up"),
+            ("abandoned", "final", "ended", "_finish"),
+            ("abandoned", "failed", "ended", "_finish"),
+            ("timed-out", "failed", "ended", "_finish"),
+            # A sub-operation the sink finishes after the end: nothing to time any more.
+            ("ended", "activity", "ended", None),
+        ]
+    ),
+)
+
+
 class GetOperation(DimseOperation):
-    """One C-GET: the request, its pending responses, the sub-operations, C-CANCEL."""
+    """One C-GET: the request, its pending responses, the sub-operations, C-CANCEL (`GET`)."""
 
     name = "C-GET"
+    machine = GET
 
     def __init__(
         self,
@@ -82,15 +126,18 @@ class GetOperation(DimseOperation):
             encode_identifier(identifier, context.transfer_syntax),
             on_response=self._response,
         )
-        self._message_id = int(rq.MessageID)
-        self.activity()
-        request.addBoth(self._finished)
+        self._message_id = rq.number("MessageID")
+        self._run.fire("start")
+        self.watch(request)
         return request
 
-    def _finished(self, result: object) -> object:
+    def abandon(self) -> None:
+        """The caller went away: C-CANCEL; the request ends in the background."""
+        self._run.fire("abandon")
+
+    def _finish(self, *ignored: object) -> None:
         self._stop_timer()
         self.connection.handlers.pop(commands.C_STORE_RQ, None)
-        return result
 
     def silence_is_ours(self) -> bool:
         # We owe a C-STORE-RSP (the sink is still writing or converting), or we stopped
@@ -99,7 +146,7 @@ class GetOperation(DimseOperation):
         return bool(self.outstanding) or (association is not None and association.paused)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
-        self.activity()
+        self._run.fire("activity")
         self.result.count(message.command)
         return None  # a failed-SOP list, if any, is read and dropped
 
@@ -126,7 +173,7 @@ async def c_get(
     try:
         await shield
     except CancelledError:
-        op.cancel()
+        op.abandon()
         if on_abandon is not None:
             on_abandon(request)
         raise

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.identifiers import encode_identifier, retrieve_identifier
 from dicomrst.common.interfaces import IDataSetConsumer, IInstanceSink
+from dicomrst.common.machine import Machine, transitions
 from dicomrst.common.uids import STUDY_ROOT_MOVE
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
@@ -72,10 +72,76 @@ def _claim_message_id(connection: DimseConnection, registry: MoveRegistry) -> in
     raise UpstreamError("no free message ID for another C-MOVE")
 
 
+MOVE = Machine(
+    name="c-move",
+    initial="idle",
+    states={
+        "idle": "not sent yet",
+        "moving": "C-MOVE-RQ sent: responses come here, sub-operations on our listener into the sink",
+        "answered": "the final C-MOVE-RSP is in; the caller waits for the instances or ends",
+        "draining": "waiting for instances the PACS reports stored, and for those still being written",
+        "drained": "every instance reported stored arrived and was handed on",
+        "abandoned": "the caller left: C-CANCEL sent, late C-STOREs refused; ends after the request",
+        "timed-out": "silence: cancelled and aborted, or reported instances never came",
+        "ended": "unregistered: late C-STOREs are refused, the sink no longer pauses the listener",
+    },
+    events={
+        "start": "the C-MOVE-RQ goes out (registered in the same turn)",
+        "activity": "a C-MOVE-RSP or a sub-operation arrived, or the sink took an instance",
+        "quiet-ours": "the timer expired while we owe a C-STORE-RSP or paused the listener",
+        "timeout": "nothing from the PACS for the timeout",
+        "final": "the final C-MOVE-RSP",
+        "failed": "the association ended first",
+        "drain": "the caller waits for what the final response reports moved",
+        "drained": "nothing moved is missing or still being written",
+        "abandon": "the caller went away",
+        "end": "the caller is done with the operation",
+    },
+    transitions=transitions(
+        [
+            ("idle", "start", "moving", "_arm_timer"),
+            ("moving", "activity", "moving", "_arm_timer"),
+            ("moving", "quiet-ours", "moving", "_arm_timer"),
+            ("moving", "timeout", "timed-out", "_give_up"),
+            ("moving", "final", "answered", "_take_final"),
+            ("moving", "failed", "ended", "_end"),
+            ("moving", "abandon", "abandoned", "_abandon"),
+            ("moving", "end", "ended", "_end"),
+            ("answered", "activity", "answered", "_arm_timer"),
+            ("answered", "drain", "draining", "_check_drained"),
+            ("answered", "abandon", "ended", "_abandon_end"),
+            ("answered", "end", "ended", "_end"),
+            ("draining", "activity", "draining", "_arm_and_check"),
+            ("draining", "quiet-ours", "draining", "_arm_timer"),
+            ("draining", "drained", "drained", "_resolve_drained"),
+            ("draining", "timeout", "timed-out", "_missing"),
+            ("draining", "abandon", "ended", "_abandon_end"),
+            ("drained", "activity", "drained", None),
+            ("drained", "end", "ended", "_end"),
+            ("abandoned", "activity", "abandoned", "_arm_timer"),
+            ("abandoned", "quiet-ours", "abandoned", "_arm_timer"),
+            ("abandoned", "timeout", "abandoned", "_give_up"),
+            ("abandoned", "final", "abandoned", "_stop_timer"),
+            ("abandoned", "failed", "abandoned", "_stop_timer"),
+            ("abandoned", "end", "ended", "_end"),
+            ("timed-out", "activity", "timed-out", None),
+            ("timed-out", "failed", "timed-out", "_stop_timer"),
+            ("timed-out", "end", "ended", "_end"),
+            ("ended", "activity", "ended", None),
+            ("ended", "final", "ended", None),
+            ("ended", "failed", "ended", None),
+            ("ended", "end", "ended", None),
+        ]
+    ),
+)
+
+
 class MoveOperation(DimseOperation):
-    """One C-MOVE: the request, its responses, its sub-operations (via the registry)."""
+    """One C-MOVE: the request, its responses, its sub-operations (via the registry);
+    its states are `MOVE`."""
 
     name = "C-MOVE"
+    machine = MOVE
 
     def __init__(
         self,
@@ -104,26 +170,20 @@ class MoveOperation(DimseOperation):
         self.outstanding = 0
         self.delivered: set[str] = set()
         self.final: IncomingMessage | None = None
-        self.abandoned = False
         self.ended: Deferred[None] = Deferred()
         self._store_association: ULProtocol | None = None
         self._drained: Deferred[None] | None = None
+        self._request: Deferred[IncomingMessage] | None = None
 
     # -- ActiveMove ------------------------------------------------------------------
 
     def store_association(self, association: ULProtocol) -> None:
         if association is not self._store_association:
             self._store_association = association
-            if not self.abandoned:
+            if self.state not in ("abandoned", "ended"):
                 self.sink.attach(association)
 
-    def activity(self) -> None:
-        if self.ended.called:
-            return
-        super().activity()
-        self._check_drained()
-
-    # -- the request -----------------------------------------------------------------
+    # -- what the caller does ----------------------------------------------------------
 
     def start(self) -> Deferred[IncomingMessage]:
         association = self.connection.association
@@ -148,44 +208,33 @@ class MoveOperation(DimseOperation):
             message_id=self.message_id,
         )
         # Registered in the same reactor turn as the send: no sub-operation can come first.
-        self.message_id = int(rq.MessageID)
         self.registry.register(self)
         self._message_id = self.message_id
-        self.activity()
-        request.addBoth(self._request_done)
+        self._request = request
+        self._run.fire("start")
+        self.watch(request)
         return request
 
-    def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
-        self.activity()
-        self.result.count(message.command)
-        return None  # a failed-SOP list, if any, is read and dropped
+    def drain(self) -> Deferred[None]:
+        """Fires once nothing the PACS sent is still being handled here; fails with
+        SubOperationsMissing if instances it reports stored do not come within the timeout."""
+        d: Deferred[None] = Deferred()
+        self._drained = d
+        self._run.fire("drain")
+        return d
 
-    def _request_done(self, result: object) -> object:
-        if isinstance(result, Failure) or self.abandoned:
-            self._stop_timer()
-        else:
-            self.final = result  # type: ignore[assignment]
-        return result
+    def abandon(self) -> None:
+        """The client went away: C-CANCEL, and refuse whatever still comes; the operation
+        ends (and the association is judged) when the PACS answers the cancel."""
+        self._run.fire("abandon")
 
-    # -- after the final response ------------------------------------------------------
+    def end(self) -> None:
+        """Late C-STOREs are refused from now on; the response no longer pauses the listener."""
+        self._run.fire("end")
 
     def missing(self) -> int:
         """Instances the PACS reports stored that have not reached the sink yet."""
         return max(0, self.result.completed + self.result.warning - self.result.received)
-
-    def drained(self) -> Deferred[None]:
-        """Fires once nothing the PACS sent is still being handled here; fails with
-        SubOperationsMissing if instances it reports stored do not come within the timeout."""
-        self._drained = Deferred()
-        d = self._drained
-        self._check_drained()
-        return d
-
-    def _check_drained(self) -> None:
-        d = self._drained
-        if d is not None and not d.called and self.outstanding == 0 and self.missing() == 0:
-            self._drained = None
-            d.callback(None)
 
     def silence_is_ours(self) -> bool:
         # We owe a C-STORE-RSP (the sink is still writing or converting), or the
@@ -193,16 +242,31 @@ class MoveOperation(DimseOperation):
         store = self._store_association
         return bool(self.outstanding) or (store is not None and store.paused)
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.silence_is_ours():
-            self.activity()
-            return
+    def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
+        self._run.fire("activity")
+        self.result.count(message.command)
+        return None  # a failed-SOP list, if any, is read and dropped
+
+    # -- actions ------------------------------------------------------------------------
+
+    def _take_final(self, message: IncomingMessage) -> None:
+        self.final = message
+
+    def _check_drained(self) -> None:
+        if self.outstanding == 0 and self.missing() == 0:
+            self._run.fire("drained")
+
+    def _arm_and_check(self) -> None:
+        self._arm_timer()
+        self._check_drained()
+
+    def _resolve_drained(self) -> None:
+        d, self._drained = self._drained, None
+        if d is not None and not d.called:
+            d.callback(None)
+
+    def _missing(self) -> None:
         self.timed_out = True
-        if self.final is None:
-            self.cancel()
-            self.connection.abort(f"{self.name} timed out")
-            return
         d, self._drained = self._drained, None
         if d is not None and not d.called:
             d.errback(
@@ -212,24 +276,26 @@ class MoveOperation(DimseOperation):
                 )
             )
 
-    def abandon(self, request: Deferred[IncomingMessage]) -> None:
-        """The client went away: C-CANCEL, and refuse whatever still comes; the operation
-        ends (and the association is judged) when the PACS answers the cancel."""
-        self.abandoned = True
-        self.cancel()
+    def _abandon(self) -> None:
+        self._send_cancel()
         self.registry.unregister(self)
-        if request.called:
-            self.end()
-        else:
+        # Ended once the request is (the PACS confirmed the cancel, or the association
+        # ended), after the callbacks the caller added when it let go of the request:
+        # the association goes back to the pool before `ended` lets a queued move
+        # (sequential mode) take one.
+        if self._request is not None:
+            self._request.addBoth(self._end_after)
 
-            def ended(result: object) -> object:
-                self.end()
-                return result
+    def _end_after(self, result: object) -> object:
+        self._run.fire("end")
+        return result
 
-            request.addBoth(ended)
+    def _abandon_end(self) -> None:
+        self._send_cancel()
+        self.registry.unregister(self)
+        self._end()
 
-    def end(self) -> None:
-        """Late C-STOREs are refused from now on; the response no longer pauses the listener."""
+    def _end(self, *ignored: object) -> None:
         self._stop_timer()
         self.registry.unregister(self)
         if self._store_association is not None:
@@ -284,14 +350,14 @@ async def c_move(
             if commands.status_category(status) in ("success", "warning", "cancel"):
                 # A failure status may still come with instances already sent, but the
                 # retrieve fails anyway: do not wait for them.
-                await op.drained()
+                await op.drain()
         except CancelledError:
             abandoned = True
             # The caller's callbacks first: the association goes back to the pool
             # before `ended` lets a queued move (sequential mode) take one.
             if on_abandon is not None:
                 on_abandon(request)
-            op.abandon(request)
+            op.abandon()
             raise
         except SubOperationsMissing:
             raise

@@ -1,13 +1,33 @@
-# -*- test-case-name: tests.test_dimse -*-
-"""What every DIMSE operation we start shares: its inactivity timer, C-CANCEL once, and
-the timeout that cancels, then aborts."""
+# -*- test-case-name: tests.unit.test_operations -*-
+"""What every DIMSE operation we start shares: a state machine, an inactivity timer,
+C-CANCEL once, and the timeout that cancels, then aborts.
+
+Each operation (`dicomrst.dimse.find`, `.get`, `.move`, `.store`) declares its states
+and transitions as a `Machine` (diagrams in ``docs/state-machines/``); what happens to it
+(a response, a sub-operation, the timer, the client leaving) is an event fed to that
+machine, and the transitions' actions are methods here or on the operation.  The events
+every operation knows:
+
+* ``start``: the request goes out;
+* ``activity``: the PACS answered (a pending response) or a sub-operation moved on;
+* ``timeout`` / ``quiet-ours``: the inactivity timer expired, while the silence was the
+  PACS's / ours (we owe a C-STORE-RSP, or stopped reading for a slow HTTP client);
+* ``final`` / ``failed``: the request ended with its final response / with the
+  association (aborted, lost, timed out);
+* ``abandon``: the caller went away (the HTTP client left).
+"""
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from typing import ClassVar
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.common.machine import Machine, Run
 from dicomrst.dimse import commands
-from dicomrst.dimse.connection import DimseConnection
+from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 
 
 def send_cancel(connection: DimseConnection, context_id: int, message_id: int) -> bool:
@@ -24,11 +44,14 @@ def send_cancel(connection: DimseConnection, context_id: int, message_id: int) -
 
 
 class DimseOperation:
-    """One C-FIND or C-GET in flight: its inactivity timer, C-CANCEL once, and the
-    timeout that cancels, then aborts (the PACS's state is unknown after a silence,
-    so the pool must not reuse the association)."""
+    """One DIMSE operation in flight on `connection`.
 
-    name = "DIMSE operation"
+    A timeout cancels, then aborts: the PACS's state is unknown after a silence, so the
+    pool must not reuse the association.
+    """
+
+    name: ClassVar[str] = "DIMSE operation"
+    machine: ClassVar[Machine]
 
     def __init__(self, connection: DimseConnection, clock: IReactorTime, *, aet: str, timeout: float) -> None:
         self.connection = connection
@@ -40,31 +63,54 @@ class DimseOperation:
         self._context_id = 0
         self._message_id = 0
         self._timer: IDelayedCall | None = None
+        self._run = Run(self.machine, self)
+
+    @property
+    def state(self) -> str:
+        return self._run.state
 
     def activity(self) -> None:
-        """The PACS answered or sent something: restart the inactivity timer."""
-        self._stop_timer()
-        self._timer = self.clock.callLater(self.timeout, self._timed_out)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        """The PACS answered or sent something, or we handed a sub-operation on."""
+        self._run.fire("activity")
 
     def silence_is_ours(self) -> bool:
         """True when the quiet is our doing (we stopped reading); then it is no timeout."""
         return False
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.silence_is_ours():
-            self.activity()
-            return
-        self.timed_out = True
-        self.cancel()
-        self.connection.abort(f"{self.name} timed out")
+    def watch(self, request: Deferred[IncomingMessage]) -> None:
+        """Feed the end of `request` to the machine (``final`` or ``failed``)."""
 
-    def cancel(self) -> None:
-        """Send C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
+        def ended(result: IncomingMessage | Failure) -> IncomingMessage | Failure:
+            if isinstance(result, Failure):
+                self._run.fire("failed")
+            else:
+                self._run.fire("final", result)
+            return result
+
+        request.addBoth(ended)
+
+    # -- actions the operations share ---------------------------------------------------
+
+    def _arm_timer(self, *ignored: object) -> None:
+        self._stop_timer()
+        self._timer = self.clock.callLater(self.timeout, self._timer_expired)
+
+    def _stop_timer(self, *ignored: object) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timer_expired(self) -> None:
+        self._timer = None
+        self._run.fire("quiet-ours" if self.silence_is_ours() else "timeout")
+
+    def _send_cancel(self) -> None:
+        """C-CANCEL (once); the PACS then ends the operation with a Cancel status."""
         if not self.cancel_sent:
             self.cancel_sent = send_cancel(self.connection, self._context_id, self._message_id)
+
+    def _give_up(self) -> None:
+        """The PACS went quiet: cancel, and abort (its state is unknown now)."""
+        self.timed_out = True
+        self._send_cancel()
+        self.connection.abort(f"{self.name} timed out")

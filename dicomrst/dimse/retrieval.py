@@ -63,8 +63,8 @@ class RetrieveResult:
             ("NumberOfWarningSuboperations", "warning"),
         ):
             if keyword in rsp:
-                setattr(self, field, int(rsp.get(keyword) or 0))
-        self.status = int(rsp.get("Status", 0))
+                setattr(self, field, rsp.number(keyword))
+        self.status = rsp.number("Status", 0)
 
 
 class StoreTarget(TypingProtocol):
@@ -164,12 +164,23 @@ class _Watched:
 class RetrieveOperation(TypingProtocol):
     """What `retrieve_error` and `ended_well` read of a C-GET or C-MOVE."""
 
-    name: str
-    aet: str
-    timeout: float
-    timed_out: bool
-    cancel_sent: bool
-    result: RetrieveResult
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def aet(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def timed_out(self) -> bool: ...
+
+    @property
+    def cancel_sent(self) -> bool: ...
+
+    @property
+    def result(self) -> RetrieveResult: ...
 
 
 def retrieve_error(op: RetrieveOperation, error: Exception) -> Exception | None:

@@ -40,7 +40,7 @@ class DimseServerFactory(Factory):
         self.artim_timeout = artim_timeout
         self.open: set[ULProtocol] = set()
 
-    def buildProtocol(self, addr: IAddress) -> ULProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ULProtocol:
         protocol = ULProtocol(
             self.clock,
             DimseConnection(self.clock, self.handlers),

@@ -17,9 +17,9 @@ from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.common.machine import Machine, transitions
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
@@ -94,6 +94,7 @@ class _DataSetSender:
                 if last:
                     self.finished = True
                     self._close()
+                    self.op.all_sent()
         except Exception as e:
             # The association went away under us: its end fails the request, which
             # reports it; here we only stop.
@@ -116,18 +117,51 @@ class _DataSetSender:
         self.source.close()
 
 
+STORE = Machine(
+    name="c-store",
+    initial="idle",
+    states={
+        "idle": "not sent yet",
+        "sending": "the data set goes out as fast as the send buffer takes it",
+        "awaiting": "all of it sent; waiting for the C-STORE-RSP",
+        "timed-out": "no progress for the timeout: aborted (C-STORE has no C-CANCEL)",
+        "ended": "the C-STORE-RSP came, or the association ended",
+    },
+    events={
+        "start": "the C-STORE-RQ command goes out",
+        "activity": "a piece of the data set went out",
+        "sent": "the last piece went out",
+        "timeout": "no progress for the timeout",
+        "final": "the C-STORE-RSP",
+        "failed": "the association ended first",
+    },
+    transitions=transitions(
+        [
+            ("idle", "start", "sending", "_arm_timer"),
+            ("sending", "activity", "sending", "_arm_timer"),
+            ("sending", "sent", "awaiting", None),
+            ("sending", "timeout", "timed-out", "_give_up"),
+            ("sending", "final", "ended", "_answered_early"),
+            ("sending", "failed", "ended", "_finish"),
+            ("awaiting", "timeout", "timed-out", "_give_up"),
+            ("awaiting", "final", "ended", "_finish"),
+            ("awaiting", "failed", "ended", "_finish"),
+            ("timed-out", "final", "ended", "_finish"),
+            ("timed-out", "failed", "ended", "_finish"),
+        ]
+    ),
+)
+
+
 class StoreOperation(DimseOperation):
-    """One C-STORE: the request, the data set streamed from `source`, the response."""
+    """One C-STORE: the request, the data set streamed from `source`, the response (`STORE`)."""
 
     name = "C-STORE"
+    machine = STORE
 
     def __init__(self, connection: DimseConnection, clock: IReactorTime, *, aet: str, timeout: float) -> None:
         super().__init__(connection, clock, aet=aet, timeout=timeout)
         self.sender: _DataSetSender | None = None
-
-    def cancel(self) -> None:
-        # There is no C-CANCEL for C-STORE (PS3.7 9.3.2): a stalled store is aborted.
-        return None
 
     def start(
         self,
@@ -150,24 +184,31 @@ class StoreOperation(DimseOperation):
         except Exception:
             source.close()
             raise
-        self._message_id = int(rq.MessageID)
-        self.activity()
-        request.addBoth(self._finished)
+        self._message_id = rq.number("MessageID")
+        self._run.fire("start")
+        self.watch(request)
         self.sender = _DataSetSender(self, source, context.context_id, chunk)
         self.sender.start()
         return request
 
-    def _finished(self, result: object) -> object:
+    def all_sent(self) -> None:
+        self._run.fire("sent")
+
+    def _send_cancel(self) -> None:
+        # There is no C-CANCEL for C-STORE (PS3.7 9.3.2): a stalled store is aborted.
+        return None
+
+    def _finish(self, *ignored: object) -> None:
         self._stop_timer()
-        sender = self.sender
-        if sender is not None and not sender.finished:
-            sender.stopProducing()
-            if not isinstance(result, Failure):
-                # The PACS answered before it had the whole data set (PS3.7 9.1.1.2
-                # allows an early failure): the message cannot be completed without
-                # sending the rest, and the association's state is in doubt.
-                self.connection.abort("C-STORE answered before its data set was sent")
-        return result
+        if self.sender is not None and not self.sender.finished:
+            self.sender.stopProducing()
+
+    def _answered_early(self, message: IncomingMessage) -> None:
+        self._finish()
+        # The PACS answered before it had the whole data set (PS3.7 9.1.1.2 allows an
+        # early failure): the message cannot be completed without sending the rest, and
+        # the association's state is in doubt.
+        self.connection.abort("C-STORE answered before its data set was sent")
 
 
 async def c_store(
@@ -199,6 +240,6 @@ async def c_store(
                 f"no progress on C-STORE to {aet} for {timeout:g} s ({sent} bytes sent)"
             ) from e
         raise
-    status = int(final.command.get("Status", 0xFFFF))
+    status = final.command.number("Status", 0xFFFF)
     comment = str(final.command.get("ErrorComment", "") or "")
     return status, comment

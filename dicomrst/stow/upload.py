@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -369,7 +369,7 @@ class StowUpload:
         self._inflight -= 1
         unavailable = False
         if failure.check(ServiceUnavailable):
-            error: ServiceUnavailable = failure.value  # type: ignore[assignment]
+            error = cast(ServiceUnavailable, failure.value)  # as check() just said
             if self._unavailable is None:
                 self._unavailable = error
             outcome = StoreOutcome(

@@ -92,3 +92,35 @@ PDU_EVENTS = {
 
 def action_for(event: str, state: str) -> str | None:
     return TRANSITIONS.get((event, state))
+
+
+# The state each action leads to (PS3.8 Tables 9-6 to 9-9): AE-6 to Sta3 when the
+# request is acceptable to the provider, else Sta13; AR-8 to Sta9 for the requestor,
+# Sta10 for the acceptor.  Only the diagram uses it: the actions set the state themselves.
+NEXT_STATES: dict[str, tuple[str, ...]] = {
+    "AE-1": ("Sta4",), "AE-2": ("Sta5",), "AE-3": ("Sta6",), "AE-4": ("Sta1",), "AE-5": ("Sta2",),
+    "AE-6": ("Sta3", "Sta13"), "AE-7": ("Sta6",), "AE-8": ("Sta13",),
+    "DT-1": ("Sta6",), "DT-2": ("Sta6",),
+    "AR-1": ("Sta7",), "AR-2": ("Sta8",), "AR-3": ("Sta1",), "AR-4": ("Sta13",), "AR-5": ("Sta1",),
+    "AR-6": ("Sta7",), "AR-7": ("Sta8",), "AR-8": ("Sta9", "Sta10"), "AR-9": ("Sta11",), "AR-10": ("Sta12",),
+    "AA-1": ("Sta13",), "AA-2": ("Sta1",), "AA-3": ("Sta1",), "AA-4": ("Sta1",), "AA-5": ("Sta1",),
+    "AA-6": ("Sta13",), "AA-7": ("Sta13",), "AA-8": ("Sta13",),
+}  # fmt: skip
+
+
+def dot() -> str:
+    """Table 9-10 as a Graphviz digraph: an edge per (state, event), labelled event / action."""
+    lines = [
+        "// ul-ps3.8: generated from dicomrst.ul.fsm by python -m dicomrst.diagrams.",
+        'digraph "ul-ps3.8" {',
+        "  rankdir=LR;",
+        '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=10];',
+        '  edge [fontname="Helvetica", fontsize=8];',
+    ]
+    for state, meaning in STATES.items():
+        lines.append(f'  "{state}" [label="{state}\\n{meaning}"];')
+    for (event, state), action in TRANSITIONS.items():
+        for target in NEXT_STATES[action]:
+            lines.append(f'  "{state}" -> "{target}" [label="{event} / {action}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ pynetdicom's presentation-context negotiation, which is pure code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import attrs
 from pydicom.uid import UID
@@ -33,6 +33,26 @@ from dicomrst.common.uids import (
     IMPLICIT_VR_LE,
 )
 from dicomrst.ul import pdu
+
+if TYPE_CHECKING:
+    from pynetdicom.pdu_primitives import (
+        AsynchronousOperationsWindowNegotiation,
+        SOPClassCommonExtendedNegotiation,
+        SOPClassExtendedNegotiation,
+        UserIdentityNegotiation,
+    )
+
+    # An item of A_ASSOCIATE.user_information, as pynetdicom types it (its alias is private).
+    _UserItem: TypeAlias = (
+        MaximumLengthNotification
+        | ImplementationClassUIDNotification
+        | ImplementationVersionNameNotification
+        | AsynchronousOperationsWindowNegotiation
+        | SCP_SCU_RoleSelectionNegotiation
+        | SOPClassExtendedNegotiation
+        | UserIdentityNegotiation
+        | SOPClassCommonExtendedNegotiation
+    )
 
 # What we advertise as our maximum P-DATA-TF variable field.  DCMTK's own upper
 # bound is 128 KiB; larger PDUs mean fewer headers and syscalls on the retrieve path.
@@ -132,7 +152,7 @@ class AssociationRequest:
         primitive.calling_ae_title = self.calling_aet
         primitive.called_ae_title = self.called_aet
         primitive.presentation_context_definition_list = self.presentation_contexts()
-        info: list[object] = _common_user_information(self.max_pdu)
+        info = _common_user_information(self.max_pdu)
         for proposal in self.contexts:
             if proposal.scu_role is not None or proposal.scp_role is not None:
                 role = SCP_SCU_RoleSelectionNegotiation()
@@ -140,7 +160,7 @@ class AssociationRequest:
                 role.scu_role = bool(proposal.scu_role)
                 role.scp_role = bool(proposal.scp_role)
                 info.append(role)
-        primitive.user_information = info  # type: ignore[assignment]
+        primitive.user_information = info
         return primitive
 
     def negotiated(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
@@ -165,7 +185,9 @@ class AssociationRequest:
                 scu, scp = rq_roles[cx.abstract_syntax]
                 cx.scu_role, cx.scp_role = bool(scu), bool(scp)
         ac_roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
+            # pynetdicom types the item's UID as optional (as it does, and casts, itself);
+            # it is only looked up by a context's abstract syntax, which None never matches.
+            cast(UID, item.sop_class_uid): (item.scu_role, item.scp_role)
             for item in accept.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
@@ -201,8 +223,9 @@ def _answer_key(accept: A_ASSOCIATE) -> tuple[Any, ...]:
 def _accepted(results: list[PresentationContext]) -> dict[int, AcceptedContext]:
     """The accepted contexts of a negotiation result, by context ID, with our roles."""
     return {
-        int(cx.context_id): AcceptedContext(
-            int(cx.context_id),
+        # Every negotiated result has its context ID (pynetdicom types it optional).
+        int(cast(int, cx.context_id)): AcceptedContext(
+            int(cast(int, cx.context_id)),
             str(cx.abstract_syntax),
             str(cx.transfer_syntax[0]),
             bool(cx.as_scu),
@@ -213,7 +236,7 @@ def _accepted(results: list[PresentationContext]) -> dict[int, AcceptedContext]:
     }
 
 
-def _common_user_information(max_pdu: int) -> list[object]:
+def _common_user_information(max_pdu: int) -> list[_UserItem]:
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = max_pdu
     class_uid = ImplementationClassUIDNotification()
@@ -283,7 +306,8 @@ class AcceptorPolicy:
             cx.scp_role = proposal.scp_role
             supported.append(cx)
         rq_roles = {
-            item.sop_class_uid: (item.scu_role, item.scp_role)
+            # As in AssociationRequest._negotiate: looked up by abstract syntax only.
+            cast(UID, item.sop_class_uid): (item.scu_role, item.scp_role)
             for item in request.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
@@ -297,7 +321,7 @@ class AcceptorPolicy:
         accept.result = 0
         accept.result_source = 1
         accept.presentation_context_definition_results_list = results
-        accept.user_information = _common_user_information(self.max_pdu) + list(reply_roles)  # type: ignore[assignment]
+        accept.user_information = _common_user_information(self.max_pdu) + list(reply_roles)
         return Acceptance(accept, _accepted(results), pdu.encode_associate(accept))
 
 

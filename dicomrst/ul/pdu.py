@@ -247,12 +247,12 @@ def encode_abort(source: int, reason: int) -> bytes:
     return _HEADER.pack(ABORT, 0, 4) + bytes((0, 0, source, reason))
 
 
-def decode_abort(body: bytes) -> tuple[int, int]:
+def decode_abort(body: bytes | memoryview) -> tuple[int, int]:
     """(source, reason) of an A-ABORT body."""
     return body[2], body[3]
 
 
-def decode_reject(body: bytes) -> tuple[int, int, int]:
+def decode_reject(body: bytes | memoryview) -> tuple[int, int, int]:
     """(result, source, reason) of an A-ASSOCIATE-RJ body."""
     if len(body) != 4:
         raise ProtocolError(f"A-ASSOCIATE-RJ with length {len(body)}, expected 4")
@@ -319,7 +319,7 @@ DECODED_KEPT = 32
 _decoded: dict[tuple[int, bytes], A_ASSOCIATE] = {}
 
 
-def decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
+def decode_associate(pdu_type: int, body: bytes | memoryview) -> A_ASSOCIATE:
     """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive.
 
     The presentation context and user information items of the primitive returned

@@ -12,13 +12,22 @@ transport stops reading, which is how a slow HTTP client throttles a PACS.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
@@ -64,6 +73,13 @@ class ULUser(TypingProtocol):
         """Called once; `reason` is None after an orderly release."""
 
 
+class _IConnection(ITransport, IPushProducer, IConsumer):
+    """What a `ULProtocol`'s transport is once connected, for typing it: a TCP
+    connection (or a test's `StringTransport`) also produces the bytes we read and
+    consumes those we write.  `Protocol.transport` is declared an optional ITransport."""
+
+
+@implementer(IPushProducer)
 class ULProtocol(Protocol):
     """One DICOM association over one TCP connection.
 
@@ -90,7 +106,8 @@ class ULProtocol(Protocol):
         self.policy = policy
         self.is_requestor = request is not None
         self.artim_timeout = artim_timeout
-        max_pdu = request.max_pdu if request is not None else policy.max_pdu  # type: ignore[union-attr]
+        # Exactly one was given (checked above): no request means a policy.
+        max_pdu = request.max_pdu if request is not None else cast(AcceptorPolicy, policy).max_pdu
         self.max_pdu = max_pdu
         self.state = "Sta1"
         self.contexts: dict[int, AcceptedContext] = {}
@@ -124,7 +141,7 @@ class ULProtocol(Protocol):
         if ITCPTransport.providedBy(transport):
             # Nagle plus delayed ACKs stalls every small DIMSE response by ~40 ms.
             transport.setTcpNoDelay(True)
-        peer = transport.getPeer()  # type: ignore[union-attr]
+        peer = self._connection.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._started = self.clock.seconds()
         if self.is_requestor:
@@ -201,15 +218,15 @@ class ULProtocol(Protocol):
         ]
         self._event("Evt9", pdus=_pack(pdvs, limit))
 
-    def register_write_producer(self, producer: Any) -> None:
-        """Let the TCP send buffer pause and resume `producer` (an IPushProducer): a data
-        set streamed with `send_data` then goes no faster than the peer reads it."""
+    def register_write_producer(self, producer: IPushProducer) -> None:
+        """Let the TCP send buffer pause and resume `producer`: a data set streamed
+        with `send_data` then goes no faster than the peer reads it."""
         if self.transport is not None:
-            self.transport.registerProducer(producer, True)  # type: ignore[attr-defined]
+            self._connection.registerProducer(producer, True)
 
     def unregister_write_producer(self) -> None:
         if self.transport is not None and getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self._connection.unregisterProducer()
 
     def release(self) -> Deferred[None]:
         """Ask for an orderly release; fires when the peer confirmed it.
@@ -252,13 +269,13 @@ class ULProtocol(Protocol):
         if not self._paused:
             self._paused = True
             if self.transport is not None:
-                self.transport.pauseProducing()  # type: ignore[attr-defined]
+                self._connection.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self._paused:
             self._paused = False
             if self.transport is not None and self.state != "Sta1":
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+                self._connection.resumeProducing()
             self._process()
 
     def stopProducing(self) -> None:
@@ -302,7 +319,7 @@ class ULProtocol(Protocol):
         event = fsm.PDU_EVENTS[pdu_type]
         try:
             if pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
-                payload: Any = pdu.decode_associate(pdu_type, body)
+                payload: object = pdu.decode_associate(pdu_type, body)
                 if pdu_type == pdu.ASSOCIATE_RQ:
                     self._request_version = pdu.protocol_version(body)
             elif pdu_type == pdu.ASSOCIATE_RJ:
@@ -348,8 +365,14 @@ class ULProtocol(Protocol):
 
     # -- helpers ------------------------------------------------------------------
 
+    @property
+    def _connection(self) -> _IConnection:
+        """The transport, typed as what it is (see `_IConnection`).  Only used while
+        connected; if it were None, using it would raise AttributeError as before."""
+        return cast(_IConnection, self.transport)
+
     def _write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        self._connection.write(data)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -394,7 +417,7 @@ class ULProtocol(Protocol):
         self.state = "Sta5"
         self._start_artim()
 
-    def _AE_3(self, payload: Any) -> None:
+    def _AE_3(self, payload: A_ASSOCIATE) -> None:
         assert self.request is not None
         self._stop_artim()
         self.peer_max_pdu = peer_max_pdu(payload)
@@ -431,7 +454,7 @@ class ULProtocol(Protocol):
         self.state = "Sta2"
         self._start_artim()
 
-    def _AE_6(self, payload: Any) -> None:
+    def _AE_6(self, payload: A_ASSOCIATE) -> None:
         assert self.policy is not None
         self._stop_artim()
         self.calling_aet = payload.calling_ae_title.strip()
@@ -458,7 +481,7 @@ class ULProtocol(Protocol):
         self.user.association_established(self)
         self.whenEstablished.callback(self)
 
-    def _AE_8(self, decision: Rejection, request: Any) -> None:
+    def _AE_8(self, decision: Rejection, request: A_ASSOCIATE) -> None:
         self._write(pdu.encode_associate(reject_primitive(request, decision)))
         self.outcome = f"rejected ({decision.describe()})"
         self.state = "Sta13"
@@ -468,7 +491,7 @@ class ULProtocol(Protocol):
 
     def _DT_1(self, pdus: list[list[bytes]]) -> None:
         for parts in pdus:
-            self.transport.writeSequence(parts)  # type: ignore[union-attr]
+            self._connection.writeSequence(parts)
 
     def _DT_2(self, payload: list[pdu.PDV]) -> None:
         self._deliver(payload)
@@ -553,7 +576,7 @@ class ULProtocol(Protocol):
     # -- AA: abort (Table 9-9) ----------------------------------------------------
 
     def _AA_1(
-        self, message: str | None = None, error: pdu.ProtocolError | None = None, payload: Any = None
+        self, message: str | None = None, error: pdu.ProtocolError | None = None, payload: object = None
     ) -> None:
         if message is not None:
             # A local A-ABORT request: service-user source, then we drop the connection
@@ -563,7 +586,7 @@ class ULProtocol(Protocol):
             self.state = "Sta13"
             self._start_artim()
             if self._paused and self.transport is not None:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+                self._connection.resumeProducing()
             self._close()
             return
         # Sta2: the peer sent something other than an A-ASSOCIATE-RQ.  We, the
@@ -576,7 +599,7 @@ class ULProtocol(Protocol):
         self.state = "Sta13"
         self._start_artim()
 
-    def _AA_2(self, payload: Any = None) -> None:
+    def _AA_2(self, payload: object = None) -> None:
         self._stop_artim()
         if self.outcome == "open":
             self.outcome = (
@@ -608,14 +631,14 @@ class ULProtocol(Protocol):
             self.outcome = "closed before association request"
         self.state = "Sta1"
 
-    def _AA_6(self, payload: Any = None) -> None:
+    def _AA_6(self, payload: object = None) -> None:
         self.state = "Sta13"
 
-    def _AA_7(self, payload: Any = None, error: pdu.ProtocolError | None = None) -> None:
+    def _AA_7(self, payload: object = None, error: pdu.ProtocolError | None = None) -> None:
         self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, error.reason if error else pdu.REASON_UNEXPECTED_PDU)
         self.state = "Sta13"
 
-    def _AA_8(self, payload: Any = None, error: pdu.ProtocolError | None = None) -> None:
+    def _AA_8(self, payload: object = None, error: pdu.ProtocolError | None = None) -> None:
         reason = error.reason if error is not None else pdu.REASON_UNEXPECTED_PDU
         text = str(error) if error is not None else f"unexpected PDU in {self.state}"
         self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, reason)
@@ -625,10 +648,11 @@ class ULProtocol(Protocol):
         self._start_artim()
         # A paused transport would not see the peer close; read again so Sta13 ends.
         if self._paused and self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._connection.resumeProducing()
 
 
-_CONTEXT_RESULTS = {
+# Looked up by PresentationContext.result, which pynetdicom types as optional.
+_CONTEXT_RESULTS: dict[int | None, str] = {
     1: "user rejection",
     2: "provider rejection",
     3: "abstract syntax not supported",
@@ -644,7 +668,7 @@ def _fragments(data: bytes | memoryview | None, size: int) -> list[bytes]:
     return [bytes(view[i : i + size]) for i in range(0, len(view), size)]
 
 
-def _pack(pdvs: Iterable[tuple[int, int, bytes | memoryview]], limit: int) -> list[list[bytes]]:
+def _pack(pdvs: Iterable[tuple[int, int, bytes]], limit: int) -> list[list[bytes]]:
     """Group PDVs into as few P-DATA-TF PDUs as the peer's limit allows."""
     pdus: list[list[bytes]] = []
     batch: list[tuple[int, int, bytes]] = []
@@ -654,7 +678,7 @@ def _pack(pdvs: Iterable[tuple[int, int, bytes | memoryview]], limit: int) -> li
         if batch and used + cost > limit:
             pdus.append(pdu.encode_pdata(batch))
             batch, used = [], 0
-        batch.append((context_id, control, fragment))  # type: ignore[arg-type]
+        batch.append((context_id, control, fragment))
         used += cost
     if batch:
         pdus.append(pdu.encode_pdata(batch))

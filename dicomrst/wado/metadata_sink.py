@@ -12,7 +12,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
@@ -42,7 +42,7 @@ class MetadataSink(ResponseThrottle):
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,  # concrete: its producer and transport are used
         reactor: IGatewayReactor,
         media_type: str,
         location: str,
@@ -132,8 +132,7 @@ class MetadataConsumer:
             self.sink.dropped += 1
             return f
 
-        d.addCallbacks(write, failed)
-        d.chainDeferred(self.done)
+        d.addCallbacks(write, failed).chainDeferred(self.done)
 
     def dataFailed(self, reason: Failure) -> None:
         self._parts = []

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITransport
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
@@ -63,7 +63,7 @@ class MultipartSink(ResponseThrottle):
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,  # concrete: its producer and transport are used
         reactor: IGatewayReactor,
         choice: TransferSyntaxChoice,
         location: str,
@@ -82,7 +82,7 @@ class MultipartSink(ResponseThrottle):
         self.series = series
         self.source_aet = source_aet
         self.writer = MultipartWriter()
-        self._narrow: tuple[ITransport, int] | None = None  # the transport widened, its size before
+        self._narrow: tuple[ITransport | None, int] | None = None  # the transport widened, its size before
 
     # -- IInstanceSink -----------------------------------------------------------
 
@@ -234,8 +234,7 @@ class PartConsumer:
             self.sink.dropped += 1
             return f
 
-        d.addCallbacks(converted, failed)
-        d.chainDeferred(self.done)
+        d.addCallbacks(converted, failed).chainDeferred(self.done)
 
     def dataFailed(self, reason: Failure) -> None:
         self._held = []

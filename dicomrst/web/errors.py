@@ -79,7 +79,7 @@ def error_response(request: IRequest, failure: Failure) -> bytes | IResource:
             path=_path_for_log(request),
         )
         abort_connection(request)
-        return NoResponse()
+        return NoResponse()  # type: ignore[no-untyped-call]  # Resource.__init__, unannotated in Twisted
 
     error = failure.value
     if isinstance(error, DicomrstError):

@@ -51,7 +51,7 @@ class HTTPService(ListeningService):
         aborted.
         """
         self.site.drain()
-        stopped: Deferred[None] = super().stopService()
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return stopped.addCallback(lambda _: self._finish_inflight())
 
     def _finish_inflight(self) -> Deferred[None] | None:

@@ -12,11 +12,12 @@ hold the connection forever.  The Twisted internals this needs are in
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -71,7 +72,13 @@ def abort_connection(request: IRequest, why: str = ERROR) -> None:
     if isinstance(request, GatewayRequest):
         request.abort(why)
     elif isinstance(request, Request) and request.channel is not None:
-        request.channel.transport.abortConnection()
+        _abort_transport(request.channel)
+
+
+def _abort_transport(channel: HTTPChannel) -> None:
+    # An HTTPChannel runs over TCP (or TLS over TCP): its transport is an ITCPTransport,
+    # which Protocol.transport's type (ITransport | None) does not say.
+    cast(ITCPTransport, channel.transport).abortConnection()
 
 
 class IStreamedBodies(Interface):
@@ -159,10 +166,10 @@ REQUEST = Machine(
             ("aborting", "deadline", "aborting", None),
             ("aborting", "abort", "aborting", None),
             ("aborting", "lost", "lost", "_lost"),
+            # The rest of a body read after a 413 is dropped; a finished request is no
+            # longer the channel's, so no loss reaches it.
             ("finished", "chunk", "finished", None),
-            ("finished", "complete", "finished", None),
             ("finished", "abort", "finished", None),
-            ("finished", "lost", "finished", None),
         ]
     ),
 )
@@ -186,8 +193,8 @@ class GatewayRequest(Request):
     """
 
     def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
-        super().__init__(channel, *args, **kwargs)
-        site = channel.site
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        site = channel.site  # type: ignore[attr-defined]  # set by Site.buildProtocol, undeclared
         if not isinstance(site, GatewaySite):
             raise TypeError("a GatewayRequest is served by a GatewaySite")
         self.gateway = site
@@ -237,17 +244,17 @@ class GatewayRequest(Request):
             if self._draining():
                 self._close_after_response()
             self._run.fire("written")
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def finish(self) -> None:
         if self._draining():
             self._close_after_response()
-        super().finish()
+        super().finish()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self.finished:
             self._run.fire("finish")
 
     def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._run.fire("lost")
 
     def abort(self, why: str) -> None:
@@ -277,7 +284,7 @@ class GatewayRequest(Request):
     def _take_body(self, length: int | None) -> None:
         consumer = self.gateway.bodyConsumers.bodyConsumerFactory(self)
         if consumer is None:
-            super().gotLength(length)
+            super().gotLength(length)  # type: ignore[no-untyped-call]  # unannotated in Twisted
             return
         self.bodyConsumer = consumer
         self.content = BytesIO()
@@ -294,7 +301,7 @@ class GatewayRequest(Request):
         if self.bodyConsumer is not None:
             self.bodyConsumer.dataReceived(data)
         else:
-            super().handleContentChunk(data)
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _reject_now(self, *ignored: object) -> None:
         self.content = BytesIO()
@@ -313,7 +320,7 @@ class GatewayRequest(Request):
         limit = self.gateway.maxUploadSize
         set_common_headers(self)
         # The rest of the body is not read: the connection cannot carry another request.
-        self.setHeader(b"Connection", b"close")
+        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.channel.persistent = False
         self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
         self.finish()
@@ -327,7 +334,7 @@ class GatewayRequest(Request):
             self._deadline = self.gateway.clock.callLater(
                 self.gateway.requestTimeout, self._run.fire, "deadline"
             )
-        super().requestReceived(command, path, version)
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _answer_timeout(self) -> None:
         self._deadline = None
@@ -350,7 +357,7 @@ class GatewayRequest(Request):
         self._abort()
 
     def _abort(self) -> None:
-        self.channel.transport.abortConnection()
+        _abort_transport(self.channel)
 
     def _finished(self) -> None:
         self._over(TIMEOUT if self.timed_out else COMPLETE)
@@ -372,7 +379,7 @@ class GatewayRequest(Request):
         # During a graceful stop, keep-alive connections must not outlive their
         # last response or the stop would wait on idle browsers.
         if not self.startedWriting:
-            self.setHeader(b"Connection", b"close")
+            self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.channel.persistent = False
 
     def _over(self, outcome: str) -> None:
@@ -410,7 +417,9 @@ class GatewaySite(Site):
     ) -> None:
         # parsePOSTFormSubmission: STOW bodies are never forms; parsing would only
         # cost memory on large uploads.
-        super().__init__(resource, timeout=idle_timeout, reactor=clock, parsePOSTFormSubmission=False)
+        super().__init__(  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            resource, timeout=idle_timeout, reactor=clock, parsePOSTFormSubmission=False
+        )
         self.clock = clock
         self.requestTimeout = request_timeout
         self.draining = False
@@ -450,7 +459,7 @@ class GatewaySite(Site):
         # date stamp), which `log` replaces.
         pass
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         # GatewayRequest logs its own line, including for lost connections,
         # which Site.log never sees.
         pass
@@ -469,7 +478,7 @@ class GatewaySite(Site):
             status=request.code if request.startedWriting else 0,
             bytes_sent=request.sentLength,
             duration_ms=(self.clock.seconds() - request.started) * 1000.0,
-            client=format_address(request.getClientAddress()),
+            client=format_address(request.getClientAddress()),  # type: ignore[no-untyped-call]  # unannotated in Twisted
             outcome=outcome,
         )
         fmt = "{method} {path} {status} {bytes_sent}B {duration_ms:.1f}ms {client} {outcome}"

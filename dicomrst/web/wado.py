@@ -9,8 +9,11 @@ is made and `dicomrst.wado.retrieve.send` streams the retrieve into it.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest, NotAcceptable
@@ -46,13 +49,17 @@ async def retrieve(
     def abort(why: str) -> None:
         abort_connection(request, why)
 
+    # Klein hands on the twisted.web.server.Request the site made (a GatewayRequest), and
+    # the sinks are its producer and write through its transport, which IRequest lacks.
+    concrete = cast(Request, request)
+
     sink: MultipartSink | MetadataSink
     if metadata:
         media = select_metadata_media(accept, accept_param)
         if request.method == b"HEAD":
             request.setHeader(b"Content-Type", media.encode("ascii"))
             return b""
-        sink = MetadataSink(request, context.reactor, media, location, study, series, abort=abort)
+        sink = MetadataSink(concrete, context.reactor, media, location, study, series, abort=abort)
     else:
         choice = select_instance_media(accept, accept_param)
         if request.method == b"HEAD":
@@ -67,9 +74,9 @@ async def retrieve(
                 f"({', '.join(receivable)}) can be produced as asked"
             )
         sink = MultipartSink(
-            request, context.reactor, choice, location, study, series, source_aet=aet, abort=abort
+            concrete, context.reactor, choice, location, study, series, source_aet=aet, abort=abort
         )
     if await wado_retrieve.send(backend, sink, study, series, instance):
         return b""
     # Cut off: a resource for Klein that writes nothing and never finishes.
-    return NoResponse()
+    return NoResponse()  # type: ignore[no-untyped-call]  # Resource.__init__, unannotated in Twisted

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import sys
@@ -94,19 +95,43 @@ class EchoFailed(Exception):
 # Ports and sockets
 
 
+def _listen_range() -> tuple[int, int]:
+    """Ports to listen on: below the kernel's ephemeral range.
+
+    Port 0 would hand out a port from the ephemeral range, which every outgoing connection
+    (gateway to Orthanc, clients to the gateway) also draws its source port from: with
+    tests running side by side, one of those took a port between our choosing it and the
+    peer binding it ("Address already in use"). Listening ports chosen below that range
+    are only ever taken by another listener.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(2048, min(ephemeral_low, 32768))
+    return max(1024, high - 12000), high
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports that are free on all interfaces right now.
 
     The sockets are held open until all are chosen, so the ports are distinct. Another process
     may still take one before our peer binds it; the peer then exits and the start fails loudly.
     """
-    sockets = []
+    low, high = _listen_range()
+    chooser = random.SystemRandom()
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        while len(sockets) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                # Orthanc and DCMTK bind every interface, so probe the wildcard address.
+                s.bind(("", chooser.randrange(low, high)))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
-            # Orthanc and DCMTK bind every interface, so probe the wildcard address.
-            s.bind(("", 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:

@@ -11,7 +11,6 @@ to our listener (an acceptor built by `listener_factory`, fed hand-built C-STORE
 from __future__ import annotations
 
 import zlib
-from types import SimpleNamespace
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -20,17 +19,14 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from twisted.trial.unittest import TestCase
 
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.common.identifiers import decode_identifier
-from dicomrst.common.twisted_internals import flush_now
 from dicomrst.common.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_LE,
@@ -628,34 +624,6 @@ class PauseTests(MoveTestCase):
         self.assertEqual(store.responses(), {id_a: STORE_SUCCESS})
         association.respond(op.message_id, commands.SUCCESS, completed=1)
         self.successResultOf(d)
-
-
-class SentTransport(FileDescriptor):
-    """A TCP-like transport that records what reaches the 'kernel'."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        super().__init__(MemoryReactor())
-        self.sent: list[bytes] = []
-
-    def writeSomeData(self, data: bytes) -> int:
-        self.sent.append(bytes(data))
-        return len(data)
-
-
-class SendNowTests(TestCase):
-    def test_store_response_leaves_at_once_not_on_the_next_reactor_turn(self) -> None:
-        transport = SentTransport()
-        association = SimpleNamespace(transport=transport)
-        transport.write(b"C-STORE-RSP")
-        flush_now(association.transport)
-        self.assertEqual(transport.sent, [b"C-STORE-RSP"])
-        transport.write(b"late")
-        transport.disconnecting = True
-        flush_now(association.transport)
-        self.assertEqual(transport.sent, [b"C-STORE-RSP"])
-        flush_now(StringTransport())  # no kernel to push to: nothing happens
 
 
 # -- correlation -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dicomrst.common.uids import (
     VERIFICATION,
 )
 from dicomrst.config import AetConfig
+from dicomrst.dimse.connection import IncomingMessage
 from dicomrst.dimse.contexts import STORAGE_CONTEXTS
 from dicomrst.dimse.echo import echo_scu
 from dicomrst.dimse.find import c_find
@@ -97,12 +98,12 @@ class DimseBackend:
             self.reactor, self.host, self.port, self.calling_aet, self.aet, timeout=self.config.pool.timeout_s
         )
 
-    def _abandoner(self, lease: Lease) -> Callable[[Deferred[object]], None]:
+    def _abandoner(self, lease: Lease) -> Callable[[Deferred[IncomingMessage]], None]:
         """What an operation does with its request when the client leaves: the association
         returns to the pool once the PACS confirms the C-CANCEL (or is dropped if it errs
         or stalls)."""
 
-        def abandon(request: Deferred[object]) -> None:
+        def abandon(request: Deferred[IncomingMessage]) -> None:
             lease.detached = True
             request.addCallbacks(
                 lambda _: self.pool.release(lease), lambda _: self.pool.release(lease, reusable=False)

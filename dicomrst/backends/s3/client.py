@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import cast
 from urllib.parse import quote, urlsplit
 
 import attrs
@@ -30,26 +30,28 @@ from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.client import (
+from twisted.web.client import (  # type: ignore[attr-defined]  # RequestNotSent: not in its __all__
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
-    PotentialDataLoss,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.config import S3Credentials
 from dicomrst.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
 from dicomrst.logs import logger
@@ -110,7 +112,7 @@ def parse_error(body: bytes, status: int) -> tuple[str, str]:
 class CredentialSource:
     """Frozen credentials for signing, or None for anonymous access."""
 
-    def __init__(self, config: S3Credentials | None, reactor: Any) -> None:
+    def __init__(self, config: S3Credentials | None, reactor: IGatewayReactor) -> None:
         self.config = config
         self.reactor = reactor
         self._chain: Credentials | None = None
@@ -146,7 +148,7 @@ class CredentialSource:
                     for w in waiters:
                         w.errback(result)
                 else:
-                    self._frozen = result  # type: ignore[assignment]
+                    self._frozen = result
                     for w in waiters:
                         w.callback(result)
 
@@ -177,11 +179,11 @@ class CredentialSource:
         return self._frozen
 
 
-class _PayloadSigner(S3SigV4Auth):
+class _PayloadSigner(S3SigV4Auth):  # type: ignore[misc]  # botocore ships no types: S3SigV4Auth is Any
     """SigV4 for S3 with the payload hash we give (bodies are streamed, never handed to
     botocore)."""
 
-    def __init__(self, credentials: Any, region: str, payload_hash: str) -> None:
+    def __init__(self, credentials: ReadOnlyCredentials, region: str, payload_hash: str) -> None:
         super().__init__(credentials, "s3", region)
         self._payload_hash = payload_hash
 
@@ -196,14 +198,14 @@ class _PayloadSigner(S3SigV4Auth):
 class _Endpoints:
     """HostnameEndpoint per URI (TLS for https); ``*.localhost`` connects to localhost."""
 
-    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+    def __init__(self, reactor: IGatewayReactor, connect_timeout: float) -> None:
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.tls = BrowserLikePolicyForHTTPS()
 
-    def endpointForURI(self, uri: Any) -> Any:
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
-        endpoint: Any
+        endpoint: IStreamClientEndpoint
         if isIPAddress(host):  # no resolver thread for an address
             endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.connect_timeout)
         elif isIPv6Address(host):
@@ -252,7 +254,7 @@ class S3Client:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IGatewayReactor,
         *,
         endpoint: str,
         style: str,
@@ -380,7 +382,7 @@ class S3Client:
             data=body() if body is not None else None,
             allow_redirects=False,
             unbuffered=True,
-            reactor=self.reactor,
+            reactor=self.reactor,  # type: ignore[arg-type]  # treq wants its private _ITreqReactor (TCP, time, resolver)
         )
         # Not addTimeout, and not `await sent` directly: the Agent reports a cancellation
         # as ResponseNeverReceived, or as a DNS lookup failure while connecting, which
@@ -461,7 +463,8 @@ class S3Client:
         await self.read_body(response)
 
     def stop(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 
 
 _DONE = Failure(net_error.ConnectionDone())
@@ -472,7 +475,7 @@ class _Collect(Protocol):
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
-        self.done: Deferred[bytes] = Deferred(lambda _: self.transport.stopProducing())
+        self.done: Deferred[bytes] = Deferred(lambda _: body_producer(self.transport).stopProducing())
 
     def dataReceived(self, data: bytes) -> None:
         if self.limit is not None and self.size >= self.limit:
@@ -487,6 +490,12 @@ class _Collect(Protocol):
             self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(reason)
+
+
+def body_producer(transport: ITransport | None) -> IPushProducer:
+    """The transport of a protocol given to `IResponse.deliverBody`, as what Twisted
+    documents it to be: the IPushProducer of the body (`Protocol.transport` says ITransport)."""
+    return cast(IPushProducer, transport)
 
 
 def _reason(e: BaseException) -> str:

@@ -21,7 +21,6 @@ sink pauses and resumes it through the object attached with ``sink.attach``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
@@ -32,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
-from dicomrst.backends.s3.client import S3Client, S3Error
+from dicomrst.backends.s3.client import S3Client, S3Error, body_producer
 from dicomrst.backends.s3.objects import HEAD_BYTES, NotPart10, parse_file_meta, without_bulk_tail
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
@@ -55,7 +54,7 @@ class _Body(Protocol):
         self.fetch = fetch
 
     def connectionMade(self) -> None:
-        self.fetch.connected(self.transport)
+        self.fetch.connected(body_producer(self.transport))
 
     def dataReceived(self, data: bytes) -> None:
         self.fetch.received(data)
@@ -75,7 +74,7 @@ class _Fetch:
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.consumer: IInstanceConsumer | None = None
-        self.transport: Any = None
+        self.transport: IPushProducer | None = None
         self.ended = False
         self.failure: Failure | None = None
         self.missing = False  # deleted between listing and GET
@@ -134,7 +133,7 @@ class _Fetch:
 
     # -- from the connection --------------------------------------------------------------
 
-    def connected(self, transport: Any) -> None:
+    def connected(self, transport: IPushProducer) -> None:
         self.transport = transport
         self.update()
 
@@ -276,13 +275,13 @@ class _Fetch:
             self.failure = failure
         self._wake()
         if self.consumer is not None:
-            self._finish_consumer()
+            self._finish_consumer(self.consumer)
 
-    def _finish_consumer(self) -> None:
+    def _finish_consumer(self, consumer: IInstanceConsumer) -> None:
         if self.failure is None:
-            self.consumer.dataFinished()
+            consumer.dataFinished()
         else:
-            self.consumer.dataFailed(self.failure)
+            consumer.dataFailed(self.failure)
 
     # -- turn ---------------------------------------------------------------------------------
 
@@ -300,14 +299,14 @@ class _Fetch:
         for d in waiting:
             d.callback(None)
 
-    def attach(self, consumer: Any) -> None:
+    def attach(self, consumer: IInstanceConsumer) -> None:
         """Its turn: held bytes to `consumer`, then the rest as it arrives."""
         self.consumer = consumer
         held, self.held, self.held_bytes = self.held, [], 0
         for data in held:
             consumer.dataReceived(data)
         if self.ended:
-            self._finish_consumer()
+            self._finish_consumer(self.consumer)
         else:
             self.update()
 
@@ -361,7 +360,7 @@ class _Fetch:
 
 class _Discard(Protocol):
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        body_producer(self.transport).stopProducing()
 
 
 @implementer(IPushProducer)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import xml.etree.ElementTree as ET
-from typing import Any, BinaryIO
+from typing import BinaryIO, Protocol
 
 import attrs
 from twisted.internet.task import Cooperator
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 
 from dicomrst.backends.s3.client import (
@@ -101,7 +102,15 @@ class _Slice:
         self.file.close()
 
 
-def _producer(cooperator: Cooperator, source: Any, length: int) -> IBodyProducer:
+class _Readable(Protocol):
+    """What FileBodyProducer reads a body from."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _producer(cooperator: Cooperator, source: _Readable, length: int) -> IBodyProducer:
     producer = FileBodyProducer(source, cooperator=cooperator)
     if producer.length == UNKNOWN_LENGTH:
         producer.length = length
@@ -170,7 +179,7 @@ class Store:
             log.warn("cannot store {key}: {why}", key=key, why=str(e))
             return outcome(FAILURE_PROCESSING, str(e))
 
-    async def _head(self, key: str) -> Any:
+    async def _head(self, key: str) -> Headers | None:
         try:
             response = await self.client.request("HEAD", key)
         except S3Error as e:
@@ -178,9 +187,10 @@ class Store:
                 return None
             raise
         await self.client.discard(response)
-        return response.headers
+        headers: Headers = response.headers
+        return headers
 
-    async def _same(self, key: str, headers: Any, instance: UploadedInstance, d: Digest) -> bool:
+    async def _same(self, key: str, headers: Headers, instance: UploadedInstance, d: Digest) -> bool:
         def header(name: str) -> str | None:
             values = headers.getRawHeaders(name)
             return values[0].strip() if values else None
@@ -224,12 +234,16 @@ class Store:
         try:
             etags = []
             for number, (offset, length, md5) in enumerate(d.parts, start=1):
+
+                def part(o: int = offset, n: int = length) -> IBodyProducer:
+                    return _producer(self.cooperator, _Slice(instance, o, n), n)
+
                 response = await self.client.request(
                     "PUT",
                     key,
                     query=[("partNumber", str(number)), ("uploadId", upload_id)],
                     headers={"Content-MD5": base64.b64encode(md5).decode("ascii")},
-                    body=lambda o=offset, n=length: _producer(self.cooperator, _Slice(instance, o, n), n),
+                    body=part,
                     payload_hash=UNSIGNED_PAYLOAD,
                 )
                 etags.append(response.headers.getRawHeaders("ETag", [""])[0])

@@ -1,0 +1,222 @@
+"""Every private or undocumented part of Twisted the gateway relies on, exercised on real
+Twisted objects (dicomrst.common.twisted_internals lists them and says why each is needed).
+
+A Twisted upgrade that removes or changes one fails the test named for it, with a message
+that names the item: the gateway itself would only degrade (slower, or less precise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, RaisingMemoryReactor, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel, Request
+from zope.interface import implementer
+
+from dicomrst.common import twisted_internals as internals
+from dicomrst.common.listening import ListeningService
+
+
+def changed(item: str, what: str) -> str:
+    return f"Twisted internal changed: {item}: {what} (see dicomrst/common/twisted_internals.py)"
+
+
+class _LineRecorder(Request):
+    seen: list[Any] = []
+
+    def gotLength(self, length: int | None) -> None:
+        _LineRecorder.seen.append(internals.request_line(self.channel))
+        super().gotLength(length)
+
+
+def channel_for(factory: type[Request] = Request) -> tuple[HTTPChannel, StringTransport]:
+    channel = HTTPChannel()
+    channel.requestFactory = factory
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+class RequestLineTests(SynchronousTestCase):
+    ITEM = "HTTPChannel._command/_path/_version"
+
+    def test_the_request_line_is_known_when_the_headers_are_in(self) -> None:
+        _LineRecorder.seen = []
+        channel, _ = channel_for(_LineRecorder)
+        channel.dataReceived(b"POST /aets/PACS/studies?x=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\n")
+        self.assertEqual(
+            _LineRecorder.seen,
+            [(b"POST", b"/aets/PACS/studies?x=1", b"HTTP/1.1")],
+            changed(self.ITEM, "the request line is not on the channel at Request.gotLength"),
+        )
+
+
+class DisconnectedTests(SynchronousTestCase):
+    ITEM = "Request._disconnected"
+
+    def test_a_lost_connection_is_seen_on_the_request(self) -> None:
+        channel, _ = channel_for()
+        request = Request(channel)
+        self.assertFalse(internals.request_disconnected(request), changed(self.ITEM, "set before the loss"))
+        request.connectionLost(Failure(ConnectionError("gone")))
+        self.assertTrue(
+            internals.request_disconnected(request), changed(self.ITEM, "not set by connectionLost")
+        )
+
+
+class FinishWaitersTests(SynchronousTestCase):
+    ITEM = "Request.notifications"
+
+    def test_notify_finish_waiters_fail_with_the_reason(self) -> None:
+        channel, _ = channel_for()
+        request = Request(channel)
+        waiting = request.notifyFinish()
+        internals.fail_finish_waiters(request, TimeoutError("deadline"))
+        failure = self.failureResultOf(waiting)
+        self.assertTrue(
+            failure.check(TimeoutError), changed(self.ITEM, "notifyFinish's Deferreds are elsewhere")
+        )
+        self.assertEqual(request.notifications, [], changed(self.ITEM, "not a list of Deferreds"))
+
+
+class _Kernel(FileDescriptor):
+    """A TCP-like transport that records what reaches the 'kernel'."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+class FlushNowTests(SynchronousTestCase):
+    ITEM = "FileDescriptor.doWrite"
+
+    def test_buffered_bytes_reach_the_kernel_at_once(self) -> None:
+        transport = _Kernel()
+        transport.write(b"C-STORE-RSP")
+        self.assertEqual(transport.sent, [])  # buffered until the reactor's next turn
+        internals.flush_now(transport)
+        self.assertEqual(transport.sent, [b"C-STORE-RSP"], changed(self.ITEM, "no longer writes the buffer"))
+
+    def test_a_closing_transport_is_left_alone(self) -> None:
+        transport = _Kernel()
+        transport.write(b"late")
+        transport.disconnecting = True
+        internals.flush_now(transport)
+        self.assertEqual(transport.sent, [])
+
+    def test_a_transport_without_a_kernel_is_left_alone(self) -> None:
+        internals.flush_now(StringTransport())  # a test double, TLS: it writes on its own schedule
+        internals.flush_now(None)
+
+    def test_tcp_connections_have_it(self) -> None:
+        from twisted.internet.tcp import Connection
+
+        self.assertTrue(callable(getattr(Connection, "doWrite", None)), changed(self.ITEM, "gone from tcp"))
+
+
+class WriteBufferTests(SynchronousTestCase):
+    ITEM = "FileDescriptor.bufferSize"
+
+    def test_a_larger_buffer_pauses_the_producer_later(self) -> None:
+        transport = _Kernel()
+        producer = Producer()
+        transport.registerProducer(producer, True)
+        default = internals.set_write_buffer(transport, 1000)
+        self.assertEqual(default, 2**16, changed(self.ITEM, "the default is no longer 64 KiB"))
+        transport.write(b"x" * 900)
+        self.assertEqual(producer.events, [], changed(self.ITEM, "the producer paused below the size set"))
+        transport.write(b"x" * 200)
+        self.assertEqual(producer.events, ["pause"], changed(self.ITEM, "no pause beyond the size set"))
+
+
+class BodyReadingTests(SynchronousTestCase):
+    ITEM = "HTTPChannel._waitingForTransport"
+
+    def test_the_channel_waiting_for_its_transport_keeps_the_body_paused(self) -> None:
+        channel, transport = channel_for()
+        reading = internals.BodyReading(channel)
+        reading.hold("upload")
+        self.assertEqual(transport.producerState, "paused")
+        channel.pauseProducing()  # the channel's own send buffer is full
+        self.assertTrue(channel._waitingForTransport, changed(self.ITEM, "not set by pauseProducing"))
+        reading.release("upload")
+        self.assertEqual(transport.producerState, "paused", changed(self.ITEM, "we resumed over the channel"))
+        channel.resumeProducing()
+        self.assertFalse(channel._waitingForTransport, changed(self.ITEM, "not cleared by resumeProducing"))
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_one_holder_does_not_resume_over_another(self) -> None:
+        channel, transport = channel_for()
+        reading = internals.BodyReading(channel)
+        reading.hold("a")
+        reading.hold("b")
+        reading.release("a")
+        self.assertEqual(transport.producerState, "paused")
+        reading.release("b")
+        self.assertEqual(transport.producerState, "producing")
+
+
+class ClosingConnectionsTests(SynchronousTestCase):
+    ITEM = "FileDescriptor.disconnecting"
+
+    def test_a_closing_writer_is_seen(self) -> None:
+        reactor = MemoryReactor()
+        writer = FileDescriptor(reactor)
+        self.assertFalse(writer.disconnecting, changed(self.ITEM, "missing or set on a new transport"))
+        reactor.getWriters = lambda: [writer]  # type: ignore[method-assign]
+        self.assertFalse(internals.closing_connections_pending(reactor))
+        writer.disconnecting = True
+        self.assertTrue(internals.closing_connections_pending(reactor))
+
+
+class ListenErrorTests(SynchronousTestCase):
+    ITEM = "StreamServerEndpointService._raiseSynchronously"
+
+    def test_a_listen_error_is_raised_from_start(self) -> None:
+        in_use = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        reactor = RaisingMemoryReactor(listenException=in_use)
+        service = ListeningService(reactor, "tcp:8080", Factory(), "test")
+        try:
+            service.startService()
+        except CannotListenError:
+            pass
+        else:
+            self.fail(changed(self.ITEM, "the listen error was not raised from startService"))
+        self.failureResultOf(service.whenListening, CannotListenError)
+
+    def test_a_good_listen_reports_its_port(self) -> None:
+        reactor = MemoryReactorClock()
+        service = ListeningService(reactor, "tcp:8080:interface=127.0.0.1", Factory(), "test")
+        service.startService()
+        port = self.successResultOf(service.whenListening)
+        self.assertIs(port, service.port)
+        stopped: Deferred[None] = service.stopService()
+        self.successResultOf(stopped)
