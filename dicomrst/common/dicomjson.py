@@ -32,6 +32,7 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, DT, IS, TM, DSdecimal, DSfloat, PersonName
 
 CONTENT_TYPE = b"application/dicom+json"
 
@@ -43,6 +44,8 @@ _FLOAT_VRS = frozenset("FL FD".split())
 _BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _SAFE_INTEGER = 2**53
+# pydicom's value types that remember the text they were read from.
+_KEEP_TEXT = (IS, DSfloat, DSdecimal, DA, DT, TM)
 
 
 def _string(text: str) -> str:
@@ -77,10 +80,19 @@ def _number_text(text: str) -> str:
     return text if _JSON_NUMBER.fullmatch(text) else json.dumps(float(text))
 
 
+def original_text(value: object) -> str:
+    """A value as written in the data set: the string pydicom's IS, DS, DA, DT and TM
+    objects keep (`original_string`, when they were read from one), else ``str(value)``."""
+    if isinstance(value, _KEEP_TEXT):
+        original = value.original_string
+        if isinstance(original, str):
+            return original
+    return str(value)
+
+
 def _decimal(vr: str, value: object) -> str:
     """An IS or DS value as a JSON number, keeping the written digits when JSON allows."""
-    original = getattr(value, "original_string", None)
-    text = _clean(vr, original if isinstance(original, str) else str(value))
+    text = _clean(vr, original_text(value))
     if text.startswith("+"):
         text = text[1:]
     if _JSON_NUMBER.fullmatch(text):
@@ -97,8 +109,7 @@ def _decimal(vr: str, value: object) -> str:
 def _person_name(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    components = getattr(value, "components", None)
-    groups = list(components) if components is not None else str(value).split("=")
+    groups = list(value.components) if isinstance(value, PersonName) else str(value).split("=")
     names = ("Alphabetic", "Ideographic", "Phonetic")
     parts = [
         f'"{name}":{_string(group.rstrip(" "))}'
@@ -126,8 +137,7 @@ def _value(vr: str, value: Any) -> str:  # one value of a pydicom element, of an
         return f'"{int(value):08X}"'
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    original = getattr(value, "original_string", None)  # DA/DT/TM objects keep their text
-    text = _clean(vr, original if isinstance(original, str) else str(value))
+    text = _clean(vr, original_text(value))
     return _string(text) if text else "null"
 
 

@@ -13,6 +13,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicomrst.common.dicomjson import original_text
 from dicomrst.common.tags import SPECIFIC_CHARACTER_SET
 from dicomrst.qido.attributes import Attribute, Path
 from dicomrst.qido.values import (
@@ -70,10 +71,7 @@ def _representable(text: str, dataset: Dataset) -> bool:
 
 
 def _text(value: object) -> str:
-    text = getattr(value, "original_string", None)
-    if not isinstance(text, str):
-        text = str(value)
-    return text.strip(" \x00")
+    return original_text(value).strip(" \x00")
 
 
 def _wildcard_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:

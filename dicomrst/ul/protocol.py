@@ -29,6 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.common.addresses import format_address
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
 from dicomrst.ul.errors import (
@@ -133,6 +134,7 @@ class ULProtocol(Protocol):
         self._started = 0.0
         self._rejected_contexts: list[str] = []
         self._request_version = 1  # of the A-ASSOCIATE-RQ received (acceptor)
+        self._write_producer: IPushProducer | None = None
 
     # -- Twisted ----------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class ULProtocol(Protocol):
             # Nagle plus delayed ACKs stalls every small DIMSE response by ~40 ms.
             transport.setTcpNoDelay(True)
         peer = self._connection.getPeer()
-        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.peer = format_address(peer)
         self._started = self.clock.seconds()
         if self.is_requestor:
             self._event("Evt1")
@@ -223,9 +225,11 @@ class ULProtocol(Protocol):
         with `send_data` then goes no faster than the peer reads it."""
         if self.transport is not None:
             self._connection.registerProducer(producer, True)
+            self._write_producer = producer
 
     def unregister_write_producer(self) -> None:
-        if self.transport is not None and getattr(self.transport, "producer", None) is not None:
+        if self.transport is not None and self._write_producer is not None:
+            self._write_producer = None
             self._connection.unregisterProducer()
 
     def release(self) -> Deferred[None]:

@@ -40,6 +40,7 @@ from twisted.web.client import (  # type: ignore[attr-defined]  # RequestNotSent
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    RequestGenerationFailed,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
@@ -498,8 +499,13 @@ def body_producer(transport: ITransport | None) -> IPushProducer:
     return cast(IPushProducer, transport)
 
 
+# Twisted's web client wraps what went wrong in these, as `reasons` (a list of Failures).
+_WRAPPED = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
+
+
 def _reason(e: BaseException) -> str:
-    reasons = getattr(e, "reasons", None)
-    if reasons:
-        return "; ".join(r.getErrorMessage() for r in reasons)
+    if isinstance(e, _WRAPPED):
+        reasons: list[Failure] = e.reasons
+        if reasons:
+            return "; ".join(r.getErrorMessage() for r in reasons)
     return str(e) or type(e).__name__
