@@ -34,14 +34,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, IS, TM, DSdecimal, DSfloat, PersonName
 
-CONTENT_TYPE = b"application/dicom+json"
+from dicomrst.common.tags import BINARY_VRS
 
 _STRING_VRS = frozenset("AE AS CS DA DT LO LT SH ST TM UC UI UR UT".split())
 _STRIP_BOTH = frozenset("AE AS CS LO SH DS IS".split())  # leading spaces are padding too
 _INT_VRS = frozenset("SL SS UL US".split())
 _BIG_INT_VRS = frozenset("SV UV".split())
 _FLOAT_VRS = frozenset("FL FD".split())
-_BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _SAFE_INTEGER = 2**53
 # pydicom's value types that remember the text they were read from.
@@ -163,7 +162,7 @@ def element_json(element: DataElement) -> str | None:
         return f'{{"vr":"SQ","Value":[{",".join(items)}]}}' if items else '{"vr":"SQ"}'
     if _is_empty(value):
         return f'{{"vr":"{vr}"}}'
-    if vr in _BINARY_VRS or (isinstance(value, bytes) and vr not in _STRING_VRS and vr != "PN"):
+    if vr in BINARY_VRS or (isinstance(value, bytes) and vr not in _STRING_VRS and vr != "PN"):
         raw = bytes(value) if isinstance(value, bytes | bytearray) else b""
         if not raw:
             return f'{{"vr":"{vr}"}}'

@@ -124,11 +124,3 @@ class Run:
         self.state = t.target
         if t.action is not None:
             getattr(self.owner, t.action)(*args, **kwargs)
-
-    def can(self, event: str) -> bool:
-        """Whether `event` is possible in the current state."""
-        try:
-            self.machine.transition(self.state, event)
-        except InvalidTransition:
-            return False
-        return True

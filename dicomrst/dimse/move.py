@@ -306,41 +306,17 @@ class MoveOperation(DimseOperation):
 
 
 async def c_move(
-    connection: DimseConnection,
-    clock: IReactorTime,
+    op: MoveOperation,
     *,
-    aet: str,
-    timeout: float,
-    sink: IInstanceSink,
-    registry: MoveRegistry,
-    destination: str,
-    study: str,
-    series: str | None = None,
-    instance: str | None = None,
     on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
-    on_start: Callable[[MoveOperation], None] | None = None,
 ) -> RetrieveResult:
-    """Run one C-MOVE to `destination` into `sink`; return the sub-operation counts.
+    """Run the C-MOVE `op` into its sink; return the sub-operation counts.
 
     Same outcomes as `c_get`: RetrieveFailed for a failure status (MoveDestinationUnknown
     for A801), AssociationTimeout when neither a response nor a sub-operation comes for
-    `timeout` seconds.
+    the operation's timeout.
     """
-    op = MoveOperation(
-        connection,
-        clock,
-        aet=aet,
-        timeout=timeout,
-        sink=sink,
-        registry=registry,
-        destination=destination,
-        study=study,
-        series=series,
-        instance=instance,
-    )
     request = op.start()
-    if on_start is not None:
-        on_start(op)
     shield = shielded(request)
     abandoned = False
     try:
@@ -373,5 +349,5 @@ async def c_move(
         return op.result
     status = op.result.status
     if status == MOVE_DESTINATION_UNKNOWN:
-        raise MoveDestinationUnknown(aet, status, op.result, destination)
-    raise RetrieveFailed(aet, status, op.result, "C-MOVE")
+        raise MoveDestinationUnknown(op.aet, status, op.result, op.destination)
+    raise RetrieveFailed(op.aet, status, op.result, "C-MOVE")

@@ -32,7 +32,6 @@ log = logger("dicomrst.retrieve")
 
 STORE_SUCCESS = 0x0000
 STORE_OUT_OF_RESOURCES = 0xA700
-STORE_CANNOT_UNDERSTAND = 0xC000
 
 
 class RetrieveFailed(AssociationIntact, UpstreamError):

@@ -25,7 +25,6 @@ from dicomrst.errors import BadRequest
 STUDY = "STUDY"
 SERIES = "SERIES"
 IMAGE = "IMAGE"
-LEVELS = (STUDY, SERIES, IMAGE)
 RANK = {STUDY: 0, SERIES: 1, IMAGE: 2}
 
 Path = tuple[int, ...]

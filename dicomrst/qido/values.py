@@ -8,6 +8,7 @@ import datetime
 import re
 from collections.abc import Callable
 
+from dicomrst.common.tags import BINARY_VRS
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest
 from dicomrst.qido.attributes import HEX_TAG, Attribute
@@ -16,7 +17,6 @@ WILDCARD_VRS = frozenset("AE CS LO LT PN SH ST UC UR UT".split())
 _TEXT_VRS = frozenset("SH LO ST LT PN UC UT".split())  # may hold non-ASCII characters
 _BACKSLASH_VRS = frozenset("LT ST UT".split())  # VM 1: a backslash is a character
 RANGE_VRS = frozenset("DA TM DT".split())
-_BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "IS": 12, "DS": 16}
 INT_RANGES = {
     "US": (0, 2**16 - 1),
@@ -162,7 +162,7 @@ def match_value(attribute: Attribute, value: str, combined: bool) -> object:
         raise BadRequest(
             f"{attribute.name} is a sequence: match on its items, e.g. {attribute.name}.<attribute>=value"
         )
-    if vr in _BINARY_VRS:
+    if vr in BINARY_VRS:
         raise BadRequest(f"matching on {attribute.name} ({vr}) is not supported")
     if vr == "UI":
         uids = value.split(",")

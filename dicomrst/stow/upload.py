@@ -339,7 +339,8 @@ class StowUpload:
     def _part_failed(self, part: _Part, why: str, status: int) -> InstanceResult:
         checker = part.checker
         log.info("STOW {aet}: part {n} rejected: {why}", aet=self.target.aet, n=part.index + 1, why=why)
-        if checker.sop_class_uid is not None and checker.sop_instance_uid is not None:
+        if checker.uids_known:
+            assert checker.sop_class_uid is not None and checker.sop_instance_uid is not None
             return InstanceResult(StoreOutcome(checker.sop_class_uid, checker.sop_instance_uid, status, why))
         return InstanceResult(None, failure_reason=status)
 

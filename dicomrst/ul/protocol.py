@@ -132,7 +132,6 @@ class ULProtocol(Protocol):
         self._processing = False
         self._ended = False
         self._started = 0.0
-        self._rejected_contexts: list[str] = []
         self._request_version = 1  # of the A-ASSOCIATE-RQ received (acceptor)
         self._write_producer: IPushProducer | None = None
 

@@ -35,14 +35,12 @@ from pydicom.hooks import hooks
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicomrst.common.dicomjson import element_json
+from dicomrst.common.tags import PIXEL_DATA_TAGS, TRAILING_PADDING, UNDEFINED_LENGTH
 from dicomrst.common.transcode import DataSetError, check_length, parse_dataset, resolve_ambiguous
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 DEFAULT_THRESHOLD = 1024
-PIXEL_DATA_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
 BULK_VRS = frozenset("OB OD OF OL OV OW UN FL FD SL SS SV UL US UV".split())
-_UNDEFINED = 0xFFFFFFFF
-_TRAILING_PADDING = 0xFFFCFFFC  # Data Set Trailing Padding: no content (PS3.10 7.2)
 
 
 def instance_metadata_json(
@@ -79,14 +77,14 @@ def _vr_and_length(ds: Dataset, tag: int, element: DataElement | RawDataElement)
         return str(data["VR"]), element.length
     value = element.value
     length = len(value) if isinstance(value, bytes | bytearray) else 0
-    return str(element.VR), _UNDEFINED if element.is_undefined_length and element.VR != "SQ" else length
+    return str(element.VR), UNDEFINED_LENGTH if element.is_undefined_length and element.VR != "SQ" else length
 
 
 def _object(ds: Dataset, prefix: str, threshold: int, top: bool = False) -> str:
     """`ds` as a JSON object; `prefix` is the BulkDataURI of this level, ending in '/'."""
     members = []
     for tag in sorted(ds.keys()):
-        if tag.element == 0 or (top and tag.group == 2) or tag == _TRAILING_PADDING:
+        if tag.element == 0 or (top and tag.group == 2) or tag == TRAILING_PADDING:
             continue  # group lengths; file meta that some PACS leave in the data set; padding
         element = ds.get_item(tag)
         vr, length = _vr_and_length(ds, tag, element)
@@ -94,7 +92,7 @@ def _object(ds: Dataset, prefix: str, threshold: int, top: bool = False) -> str:
             vr = str(resolve_ambiguous(ds, tag).VR)
         key = f"{int(tag):08X}"
         if length and (
-            tag in PIXEL_DATA_TAGS or (vr in BULK_VRS and (length == _UNDEFINED or length > threshold))
+            tag in PIXEL_DATA_TAGS or (vr in BULK_VRS and (length == UNDEFINED_LENGTH or length > threshold))
         ):
             uri = json.dumps(prefix + key)
             members.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{uri}}}')

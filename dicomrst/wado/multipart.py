@@ -90,11 +90,6 @@ class MultipartWriter:
         self._closed = True
         return (_CRLF if self._started else b"") + self._delimiter + b"--" + _CRLF
 
-    @property
-    def parts_started(self) -> bool:
-        """At least one part header has been produced."""
-        return self._started
-
 
 def part_content_type(media_type: str = "application/dicom", transfer_syntax: str | None = None) -> str:
     """A part's Content-Type, e.g. ``application/dicom; transfer-syntax=1.2.840.10008.1.2.1``."""

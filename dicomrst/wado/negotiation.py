@@ -61,7 +61,6 @@ from dicomrst.errors import BadRequest, NotAcceptable
 REENCODABLE = frozenset((IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))
 
 INSTANCE_MEDIA_TYPE = 'multipart/related; type="application/dicom"'
-METADATA_MEDIA_TYPE = "application/dicom+json"
 
 # Media types that make an Accept "DICOM" or "rendered" for the mixing rule (§8.7.5).
 _DICOM_TYPES = frozenset(

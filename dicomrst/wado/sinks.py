@@ -28,7 +28,7 @@ from dicomrst.common.twisted_internals import set_write_buffer
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from dicomrst.common.walker import UIDPeeker
 from dicomrst.logs import logger
-from dicomrst.wado.multipart import MultipartWriter
+from dicomrst.wado.multipart import MultipartWriter, part_content_type
 from dicomrst.wado.negotiation import TransferSyntaxChoice, part_transfer_syntax
 from dicomrst.wado.throttle import ResponseThrottle
 
@@ -187,7 +187,7 @@ class PartConsumer:
         sink = self.sink
         sink.start()
         location = sink.part_location(self._series, self.sop_instance)
-        content_type = f"application/dicom; transfer-syntax={self.out_ts}"
+        content_type = part_content_type("application/dicom", self.out_ts)
         sink.write(sink.writer.part_header(content_type, location))
         sink.write(file_meta(self.sop_class, self.sop_instance, self.out_ts, sink.source_aet))
         self._header_written = True

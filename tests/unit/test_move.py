@@ -331,23 +331,20 @@ class MoveTestCase(ULTestCase):
     ) -> tuple[Deferred[Any], MoveOperation, RecordingSink, MoveAssociation]:
         association = association or MoveAssociation(self)
         sink = sink or RecordingSink()
-        ops: list[MoveOperation] = []
-        d = Deferred.fromCoroutine(
-            c_move(
-                association.connection,
-                self.clock,
-                aet=PACS,
-                timeout=TIMEOUT,
-                sink=sink,
-                registry=self.registry,
-                destination=LISTENER,
-                study=study or self.study,
-                series=series,
-                instance=instance,
-                on_start=ops.append,
-            )
+        op = MoveOperation(
+            association.connection,
+            self.clock,
+            aet=PACS,
+            timeout=TIMEOUT,
+            sink=sink,  # type: ignore[arg-type]
+            registry=self.registry,
+            destination=LISTENER,
+            study=study or self.study,
+            series=series,
+            instance=instance,
         )
-        return d, ops[0], sink, association
+        d = Deferred.fromCoroutine(c_move(op))
+        return d, op, sink, association
 
 
 # -- the C-MOVE operation ----------------------------------------------------------------------

@@ -209,21 +209,21 @@ class DimseBackend:
         ops: list[MoveOperation] = []
 
         async def once(lease: Lease) -> RetrieveResult:
+            op = MoveOperation(
+                lease.connection,
+                self.reactor,
+                aet=self.aet,
+                timeout=self.config.wado_rs.timeout_s,
+                sink=sink,
+                registry=receiver.registry,
+                destination=receiver.aet,
+                study=study,
+                series=series,
+                instance=instance,
+            )
+            ops.append(op)
             try:
-                return await c_move(
-                    lease.connection,
-                    self.reactor,
-                    aet=self.aet,
-                    timeout=self.config.wado_rs.timeout_s,
-                    sink=sink,
-                    registry=receiver.registry,
-                    destination=receiver.aet,
-                    study=study,
-                    series=series,
-                    instance=instance,
-                    on_abandon=self._abandoner(lease),
-                    on_start=ops.append,
-                )
+                return await c_move(op, on_abandon=self._abandoner(lease))
             except STALE_ERRORS as e:
                 raise self._not_retried(sink, "C-MOVE", e) from e
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 from urllib.parse import quote, urlsplit
 
-import attrs
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -122,10 +121,6 @@ class CredentialSource:
         if config is not None and config.source != "chain":
             assert config.access_key is not None and config.secret_key is not None
             self._frozen = ReadOnlyCredentials(config.access_key, config.secret_key, None)
-
-    @property
-    def anonymous(self) -> bool:
-        return self.config is None
 
     def start(self) -> Deferred[None]:
         """Resolve the chain (if configured) in a thread; fires when done."""
@@ -242,12 +237,6 @@ _CONNECT_ERRORS = (
     net_error.ConnectionLost,
     net_error.ConnectionClosed,
 )
-
-
-@attrs.define
-class _Target:
-    url: str
-    display: str  # bucket/key, for messages
 
 
 class S3Client:

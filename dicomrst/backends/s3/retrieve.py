@@ -168,14 +168,7 @@ class _Fetch:
             self.meta = (sop_class, sop_instance, syntax)
             data, self.head = self.head[offset:], b""
             self._wake()
-            if not data:
-                return
-        if self.consumer is not None:
-            self.consumer.dataReceived(data)
-            return
-        self.held.append(data)
-        self.held_bytes += len(data)
-        self.update()
+        self._deliver(data)
 
     def lost(self, reason: Failure) -> None:
         if self.ranged and reason.check(ResponseDone):
