@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.integration.test_e2e -*-
 """``twistd dicomrst``: command-line options and the service tree.
 
 The reactor is imported inside `makeService` only, and the web app (Klein installs the

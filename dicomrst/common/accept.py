@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_parts -*-
+# -*- test-case-name: tests.unit.test_wado_parts -*-
 """The HTTP Accept header (and the ``accept=`` query parameter) as media ranges.
 
 RFC 9110 §12.5.1 syntax: ``type/subtype; param=value; q=0.5, …``.  Parameter values may

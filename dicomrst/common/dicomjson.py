@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_web -*-
+# -*- test-case-name: tests.unit.test_qido_web -*-
 """pydicom datasets → the DICOM JSON Model (PS3.18 Annex F), one dataset at a time.
 
 Written by hand rather than with ``Dataset.to_json_dict`` because results from a PACS

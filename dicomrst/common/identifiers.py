@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """Q/R identifiers (PS3.4 C.4): the data set a C-FIND, C-GET or C-MOVE request carries."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """A listening socket as a service: Twisted's `StreamServerEndpointService` on an
 endpoint string (``tcp:...``, ``ssl:...``, ``systemd:...``), which also tells the port it
 got and raises a listen error from ``startService``."""

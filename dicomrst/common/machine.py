@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_machines -*-
+# -*- test-case-name: tests.unit.test_machines -*-
 """Explicit state machines: states, events and transitions as data, as `dicomrst.ul.fsm`
 does for PS3.8.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_part10 -*-
+# -*- test-case-name: tests.unit.test_stow_part10 -*-
 """Part-10 objects (PS3.10 §7.1): the preamble, ``DICM`` and the file meta group.
 
 * `file_meta` writes them by hand: it runs once per instance on the streaming path,

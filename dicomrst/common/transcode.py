@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_parts -*-
+# -*- test-case-name: tests.unit.test_wado_parts -*-
 """Data sets in another transfer syntax: what goes out over HTTP, and what a PACS takes.
 
 * `to_explicit_le` turns a data set in Implicit VR LE, Explicit VR BE or Deflated Explicit

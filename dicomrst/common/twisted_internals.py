@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_twisted_internals -*-
+# -*- test-case-name: tests.unit.test_twisted_internals -*-
 """Every place the gateway relies on a private or undocumented part of Twisted.
 
 Each function below wraps one such item, says why it is needed, and degrades to the
 public behaviour when the item is missing, so a Twisted upgrade that removes one makes
-the gateway slower or less precise, never broken.  tests.test_twisted_internals
+the gateway slower or less precise, never broken.  tests.unit.test_twisted_internals
 exercises every item on real Twisted objects, so an upgrade that removes or changes
 one fails a test that names it.
 

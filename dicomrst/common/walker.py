@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_peek -*-
+# -*- test-case-name: tests.unit.test_peek -*-
 """The element walker: the elements of a data set read from its bytes, fed in pieces.
 
 Several jobs need a few top-level elements of a data set long before (or without) the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dimse -*-
+# -*- test-case-name: tests.unit.test_dimse -*-
 """Opening associations to a PACS from the reactor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dimse -*-
+# -*- test-case-name: tests.unit.test_dimse -*-
 """DIMSE command sets (PS3.7 §9.3, §E): always Implicit VR Little Endian, group 0000."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dimse -*-
+# -*- test-case-name: tests.unit.test_dimse -*-
 """DIMSE messages over one association: assembly from PDVs, requests and responses.
 
 A message's command set is small and is collected whole; its data set is not.  When

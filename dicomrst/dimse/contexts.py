@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """Which storage presentation contexts we propose (C-GET) and accept (our listeners).
 
 The listeners of ``server.dimse[]`` are the destination of C-MOVE sub-operations.  They

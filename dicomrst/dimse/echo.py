@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dimse -*-
+# -*- test-case-name: tests.unit.test_dimse -*-
 """C-ECHO (Verification, PS3.4 Annex A) as SCU and as SCP."""
 
 from __future__ import annotations

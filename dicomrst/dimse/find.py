@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_pacs -*-
+# -*- test-case-name: tests.unit.test_pool -*-
 """C-FIND SCU (PS3.4 C.4.1) on a pooled association; its states are `FIND`.
 
 Results are decoded one by one as their Pending responses arrive and handed to the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_pacs -*-
+# -*- test-case-name: tests.unit.test_machines -*-
 """C-GET SCU (PS3.4 C.4.3) whose C-STORE sub-operations stream to a sink; its states
 are `GET`.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """C-MOVE SCU (PS3.4 C.4.2) whose sub-operations, arriving on our listener, stream to a sink.
 
 The C-MOVE-RQ goes out on a pooled association; the PACS opens another one to our

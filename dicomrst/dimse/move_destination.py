@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """Our listeners as a C-MOVE destination: the STORE-SCP that gives each sub-operation
 to the retrieve it belongs to (`dicomrst.dimse.move_registry` says how it is found).
 

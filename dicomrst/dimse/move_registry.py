@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """The C-MOVEs in flight, and how an incoming C-STORE-RQ is matched with one of them.
 
 A C-MOVE's instances come back on another association, which the PACS opens to one of

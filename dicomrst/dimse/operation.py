@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_operations -*-
+# -*- test-case-name: tests.unit.test_machines -*-
 """What every DIMSE operation we start shares: a state machine, an inactivity timer,
 C-CANCEL once, and the timeout that cancels, then aborts.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pool -*-
+# -*- test-case-name: tests.unit.test_pool -*-
 """A pool of associations to one PACS, shared by every DIMSE service.
 
 Rules (issue 3, and what DICOM-RST got wrong):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_move -*-
 """What C-GET and C-MOVE share: their sub-operations' instances go into a sink.
 
 A C-GET's sub-operations arrive on its own association, a C-MOVE's on our listener; in

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dimse -*-
+# -*- test-case-name: tests.unit.test_dimse -*-
 """Our DIMSE listeners (``server.dimse[]``): each connection is an acceptor association."""
 
 from __future__ import annotations

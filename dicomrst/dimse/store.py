@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_dimse -*-
+# -*- test-case-name: tests.unit.test_stow_dimse -*-
 """C-STORE SCU (PS3.4 B.2.2, PS3.7 9.1.1): one instance per request.
 
 The data set is read from its file (or memory) in pieces and sent as P-DATA while

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_query -*-
+# -*- test-case-name: tests.unit.test_qido_query -*-
 """Query levels, the level each attribute belongs to, each level's default return keys,
 and attribute IDs (keyword, tag, dotted path) as they appear in query parameters.
 

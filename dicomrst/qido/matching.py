@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_query -*-
+# -*- test-case-name: tests.unit.test_qido_query -*-
 """The matching the gateway does itself on each C-FIND result (see `dicomrst.qido.query`):
 a PACS must honour only its level's required keys, so every other match key is checked
 again here, as is combined date-time range matching (PS3.4 C.2.2.2.5)."""

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_web -*-
+# -*- test-case-name: tests.unit.test_qido_web -*-
 """The media type of a QIDO-RS response (PS3.18 §8.7.8.1, §10.6.3)."""
 
 from __future__ import annotations

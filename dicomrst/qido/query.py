@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_query -*-
+# -*- test-case-name: tests.unit.test_qido_query -*-
 """QIDO-RS target and query parameters → a Study Root C-FIND identifier (PS3.18 §8.3.4, §10.6).
 
 `parse_query(target, args)` is the whole job: it validates every parameter (a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_web -*-
+# -*- test-case-name: tests.unit.test_qido_web -*-
 """Running one search: the find, the gateway's own matching, offset and limit, DICOM JSON.
 
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_query -*-
+# -*- test-case-name: tests.unit.test_qido_query -*-
 """The six QIDO-RS resources (PS3.18 §10.6): query level, the UIDs the path fixes, shape."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_query -*-
+# -*- test-case-name: tests.unit.test_qido_query -*-
 """Match values in QIDO-RS query parameters, checked against their attribute's VR
 (PS3.18 §8.3.4, PS3.4 C.2.2.2), and the date/time range arithmetic matching needs."""
 

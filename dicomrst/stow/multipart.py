@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_multipart -*-
+# -*- test-case-name: tests.unit.test_stow_multipart -*-
 """An incremental ``multipart/related`` parser (RFC 2046 §5.1.1, RFC 2387), fed bytes.
 
 It holds at most one delimiter's worth of body bytes (plus one part's header block) no

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_web -*-
+# -*- test-case-name: tests.unit.test_stow_web -*-
 """The Store Instances Response (PS3.18 Annex I, T I.1-1) and the HTTP status it goes with."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_web -*-
+# -*- test-case-name: tests.unit.test_stow_web -*-
 """One STOW-RS upload: body parsed as it arrives, parts checked, instances stored.
 
 A `StowUpload` is fed the request body chunk by chunk (by the site's request class while

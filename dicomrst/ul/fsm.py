@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.test_ul_fsm -*-
+# -*- test-case-name: tests.unit.test_ul_fsm -*-
 """The Upper Layer state machine of PS3.8 §9.2 as data.
 
 `TRANSITIONS` is Table 9-10 laid out as the standard prints it: one row per event,
 one column per state Sta1..Sta13.  The protocol looks up the action for (event,
 state) here and runs its method of the same name; an empty cell means the event
 cannot happen in that state, which for a local event is our bug and for a PDU is
-handled by the Evt19 row.  tests/test_ul_fsm.py pins this table to pynetdicom's.
+handled by the Evt19 row.  tests/unit/test_ul_fsm.py pins this table to pynetdicom's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ul_protocol -*-
+# -*- test-case-name: tests.unit.test_ul_protocol -*-
 """Association negotiation (PS3.7 Annex D, PS3.8 §9.3.2-9.3.4) on pynetdicom's helpers.
 
 What we propose as requestor and what we accept as acceptor are plain values here;

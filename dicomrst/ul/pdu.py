@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ul_pdu -*-
+# -*- test-case-name: tests.unit.test_ul_pdu -*-
 """PDU framing and codecs (PS3.8 §9.3), free of I/O.
 
 The framer is fed whatever TCP delivers and hands out whole PDUs; it checks each

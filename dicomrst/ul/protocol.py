@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ul_protocol -*-
+# -*- test-case-name: tests.unit.test_ul_protocol -*-
 """The DICOM Upper Layer as a Twisted protocol (PS3.8 §9), requestor or acceptor.
 
 Each received PDU and each local request becomes an event of `dicomrst.ul.fsm`; the

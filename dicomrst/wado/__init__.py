@@ -1,11 +1,11 @@
-"""WADO-RS (Retrieve) building blocks: pure code, no reactor and no I/O.
+"""WADO-RS (Retrieve): instances and metadata of a study, series or instance.
 
-* `dicomrst.wado.negotiation`: Accept → the transfer syntaxes a retrieve may answer in
-  (`select_instance_media`, `part_transfer_syntax`, `select_metadata_media`).
-* `dicomrst.wado.multipart`: ``multipart/related`` delimiters and part headers.
-* `dicomrst.wado.part10`: Part-10 preamble and file meta; Implicit VR / big endian /
-  deflate / compressed data sets → Explicit VR Little Endian.
-* `dicomrst.wado.metadata`: a data set → DICOM JSON with BulkDataURIs.
+* `negotiation`: Accept → the transfer syntaxes a retrieve may answer in.
+* `multipart`: ``multipart/related`` delimiters and part headers.
+* `metadata`: a data set → DICOM JSON with BulkDataURIs.
+* `sinks`, `metadata_sink`: the `IInstanceSink`\\ s a retrieve writes into, one response
+  each; `throttle`: how a response pauses the association (or download) feeding it.
+* `retrieve`: running one retrieve into its response, and how it ends.
 
-`dicomrst.web.wado` runs the retrieves and streams the responses.
+`dicomrst.web.wado` is the HTTP handler.
 """

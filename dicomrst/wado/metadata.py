@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_parts -*-
+# -*- test-case-name: tests.unit.test_wado_parts -*-
 """WADO-RS metadata: one instance's data set → a DICOM JSON object with BulkDataURIs.
 
 `instance_metadata_json` parses the data set with pydicom and writes the object with

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_metadata -*-
+# -*- test-case-name: tests.integration.test_wado_metadata -*-
 """WADO-RS metadata as it arrives: one DICOM JSON array, an object per retrieved instance.
 
 `MetadataSink` is the `IInstanceSink` a metadata retrieve writes into (and, like the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_parts -*-
+# -*- test-case-name: tests.unit.test_wado_parts -*-
 """``multipart/related`` framing for WADO-RS responses (PS3.18 §8.6.1.2; RFC 2387, 2046).
 
 The writer only makes the bytes around the parts; the caller writes each part's body

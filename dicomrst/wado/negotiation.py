@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_parts -*-
+# -*- test-case-name: tests.unit.test_wado_parts -*-
 """Accept negotiation for WADO-RS retrieves (PS3.18 §8.7.5-8.7.8).
 
 Instance resources (study, series, instance) are answered with

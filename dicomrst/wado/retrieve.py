@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_pacs -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """Running one WADO-RS retrieve into its response, and how it ends.
 
 The response starts with the first instance, so a retrieve that yields nothing is a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_sink -*-
+# -*- test-case-name: tests.unit.test_wado_sink -*-
 """WADO-RS instances as the parts of one ``multipart/related`` response, as they arrive.
 
 `MultipartSink` is the `IInstanceSink` a retrieve of instances writes into: each instance

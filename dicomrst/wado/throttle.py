@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_move -*-
+# -*- test-case-name: tests.unit.test_machines -*-
 """A response's hold on the producer that feeds it: the association (or S3 download)
 paused while the HTTP client reads slower than the source sends.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """The gateway's routes, as one Klein app whose handlers are methods.
 
 Klein's app is a class attribute and all state lives on the `GatewayApp` instance (its

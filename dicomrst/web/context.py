@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """What a route handler may use: the AETs, the clock, and how this gateway's URLs look.
 
 Handlers get this small object rather than the whole app, so the service modules

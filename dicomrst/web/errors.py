@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """The one place a failure becomes an HTTP status and a response.
 
 The error types (`dicomrst.errors`, and the more specific ones lower layers derive from

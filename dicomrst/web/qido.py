@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_web -*-
+# -*- test-case-name: tests.unit.test_qido_web -*-
 """QIDO-RS over HTTP: the request's parameters and Accept in, the search's JSON out.
 
 The routes in `dicomrst.web.app` call `search` with the resource's `Target`. Order of

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_qido_web -*-
+# -*- test-case-name: tests.unit.test_qido_web -*-
 """Reading a request's query parameters and headers as text."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """Small pieces every response shares: JSON bodies, the Server header, CORS, and the
 resource that answers nothing (a response already cut off).
 

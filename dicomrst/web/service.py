@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """The HTTP listener as a service, with a graceful stop.
 
 Add it to the gateway's service after the backends: it then stops first, so no request

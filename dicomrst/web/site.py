@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """The HTTP site: one structured log line per request, request timeouts, streamed
 request bodies and ``max-upload-size``, in-flight tracking for a graceful stop.
 

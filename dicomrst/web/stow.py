@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_web -*-
+# -*- test-case-name: tests.unit.test_stow_web -*-
 """STOW-RS: ``POST /aets/{aet}/studies[/{study}]`` (PS3.18 §10.5).
 
 The body is consumed while it arrives: `body_consumer` is called through the site's hook

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wado_pacs -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """WADO-RS over HTTP: instances and metadata of a study, series or instance.
 
 Checks in order: unknown AET (404), malformed UID (400), Accept (406/400); HEAD stops

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_find_pacs -*-
+# -*- test-case-name: tests.unit.test_pool -*-
 """An AET served by a PACS over DIMSE, through one association pool.
 
 Search is a Study Root C-FIND; retrieve a C-MOVE to one of our listeners (or a C-GET),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stow_dimse -*-
+# -*- test-case-name: tests.unit.test_stow_dimse -*-
 """STOW-RS into a PACS: one uploaded instance, C-STOREd over the AET's association pool.
 
 The association an instance needs (`store_request`), the accepted context it goes on

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_s3 -*-
+# -*- test-case-name: tests.integration.test_s3 -*-
 """An AET served from an S3 bucket (``backend: S3``), on the reactor.
 
 Objects are ``{prefix}{study}/{series}/{sop}.dcm`` Part-10 files, DICOM-RST's layout.

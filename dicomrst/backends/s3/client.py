@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_s3 -*-
+# -*- test-case-name: tests.integration.test_s3 -*-
 """S3 requests on the reactor: SigV4 signing with botocore, HTTP with treq.
 
 botocore is used for two things only: `S3SigV4Auth` signs an `AWSRequest` built from our

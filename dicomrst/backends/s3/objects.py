@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_s3 -*-
+# -*- test-case-name: tests.unit.test_s3_parsing -*-
 """What the gateway reads from the head of an S3 object: its file meta, and where its
 pixel data lies (a metadata retrieve reads only the head when pixel data ends it)."""
 

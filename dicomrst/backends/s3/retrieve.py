@@ -1,5 +1,5 @@
-# -*- test-case-name: tests.test_s3 -*-
-"""WADO-RS from S3: GetObject bodies streamed to an `InstanceSink` in a stable order.
+# -*- test-case-name: tests.integration.test_s3 -*-
+"""WADO-RS from S3: GetObject bodies streamed to an `IInstanceSink` in a stable order.
 
 Parts of a multipart response must not interleave, so instances go to the sink one after
 the other, in listing order (S3 lists keys in byte order: series UID, then SOP Instance

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_s3 -*-
+# -*- test-case-name: tests.integration.test_s3 -*-
 """STOW-RS into S3: one Part-10 object per instance, never a silent overwrite.
 
 The object is hashed first, in a thread (SHA-256 of the whole, MD5 of the whole and of
