@@ -17,4 +17,7 @@ Nothing here imports from the layers (`ul`, `dimse`, `backends`, `qido`/`wado`/`
 * `deferreds`: waiting on a Deferred without cancelling it.
 * `machine`: explicit state machines as tables, and their Graphviz diagrams.
 * `twisted_internals`: every use of a private or undocumented Twisted attribute.
+* `reactor`: `IGatewayReactor`, the reactor interfaces the gateway uses, as one type.
+* `listening`: a listening socket on an endpoint string, as a service.
+* `addresses`: network addresses as text for log lines and URLs.
 """

@@ -134,11 +134,13 @@ JSON = "application/json"
 _JSON_TYPES = (DICOM_JSON, JSON)
 
 
-def best_json_media(ranges: list[MediaRange]) -> str | None:
+def best_json_media(ranges: list[MediaRange], *, wildcards_match_json: bool = False) -> str | None:
     """``application/dicom+json`` or ``application/json``, whichever `ranges` accept with
-    the higher q under its most specific matching range (DICOM JSON on a tie, and for
-    ``application/*`` and ``*/*``); None if neither is acceptable.  A ``charset`` other
-    than UTF-8 excludes a range: DICOM JSON is UTF-8 (PS3.18 F.2)."""
+    the higher q under its most specific matching range (DICOM JSON on a tie); None if
+    neither is acceptable.  ``application/*`` and ``*/*`` match DICOM JSON, and with
+    `wildcards_match_json` plain JSON too (QIDO: ``application/dicom+json;q=0, */*`` is
+    then answered in JSON).  A ``charset`` other than UTF-8 excludes a range: DICOM JSON
+    is UTF-8 (PS3.18 F.2)."""
     best: dict[str, tuple[int, float]] = {}
     for rng in ranges:
         charset = rng.params.get("charset")
@@ -147,7 +149,7 @@ def best_json_media(ranges: list[MediaRange]) -> str | None:
         for media in _JSON_TYPES:
             if rng.media == media:
                 spec = 2
-            elif media == DICOM_JSON and rng.media in ("application/*", "*/*"):
+            elif (media == DICOM_JSON or wildcards_match_json) and rng.media in ("application/*", "*/*"):
                 spec = 1 if rng.media == "application/*" else 0
             else:
                 continue

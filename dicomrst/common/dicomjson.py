@@ -83,7 +83,10 @@ def original_text(value: object) -> str:
     """A value as written in the data set: the string pydicom's IS, DS, DA, DT and TM
     objects keep (`original_string`, when they were read from one), else ``str(value)``."""
     if isinstance(value, _KEEP_TEXT):
-        original = value.original_string
+        try:
+            original = value.original_string  # set only when built from a string
+        except AttributeError:
+            return str(value)
         if isinstance(original, str):
             return original
     return str(value)

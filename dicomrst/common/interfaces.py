@@ -17,6 +17,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+#: What an instance consumer's ``done`` fires with (C-STORE statuses, PS3.4 B.2.3): the
+#: instance was written; it was not (refused, dropped, the client left).
+STORE_SUCCESS = 0x0000
+STORE_OUT_OF_RESOURCES = 0xA700
+
 
 class IDataSetConsumer(Interface):
     """Takes one message's data set (or one object's), fragment by fragment."""
@@ -35,8 +40,9 @@ class IInstanceConsumer(IDataSetConsumer):
     """One instance's data set on its way into a response."""
 
     done: Deferred[int] = Attribute(
-        "Fires once the part is written (or dropped) with a C-STORE status: 0x0000 written, "
-        "anything else not; errbacks if the instance could not be handed on."
+        "Fires once the part is written (or dropped) with a C-STORE status: STORE_SUCCESS "
+        "written, anything else (STORE_OUT_OF_RESOURCES) not; errbacks if the instance could "
+        "not be handed on."
     )
 
 

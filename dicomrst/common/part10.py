@@ -95,11 +95,15 @@ class FileMeta:
         return self.elements.get(tag, b"").rstrip(b"\x00 ").decode("ascii", "replace").strip()
 
 
-def read_file_meta(head: bytes | bytearray, final: bool = False) -> FileMeta | None:
+def read_file_meta(
+    head: bytes | bytearray, final: bool = False, *, trust_group_length: bool = True
+) -> FileMeta | None:
     """The file meta group at the start of `head`, or None until more bytes are in.
 
     `final`: `head` is the whole object.  Raises `NotPart10` as soon as the bytes show the
-    object is not Part 10 (no ``DICM``, a malformed group, an implausible length).
+    object is not Part 10 (no ``DICM``, a malformed group, an implausible length).  With
+    `trust_group_length` false the group ends where group 0002 does, whatever (0002,0000)
+    says: objects written by other tools, a wrong group length among them, are served.
     """
     if len(head) < _START:
         if final:
@@ -138,7 +142,7 @@ def read_file_meta(head: bytes | bytearray, final: bool = False) -> FileMeta | N
             break
         value = bytes(head[pos + header : pos + header + length])
         tag = group << 16 | element
-        if tag == META_GROUP_LENGTH and pos == _START:
+        if tag == META_GROUP_LENGTH and pos == _START and trust_group_length:
             if length != 4:
                 raise NotPart10("the file meta group length (0002,0000) is malformed")
             (group_length,) = struct.unpack("<L", value)

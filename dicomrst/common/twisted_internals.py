@@ -35,6 +35,11 @@ Items (Twisted 24.3 to 26.10):
 8. ``StreamServerEndpointService._raiseSynchronously``: raise a listen error from
    ``startService`` (as twistd's own ``--listen`` services do), so "address in use" stops
    startup with one line rather than leaving a gateway that answers nothing.
+9. ``HTTPChannel.site``: the `Site` that built the channel (``Site.buildProtocol`` sets it;
+   ``server.Request.process`` reads it).  A request needs its site from its first byte
+   (deadlines, limits, the in-flight count), before ``process`` sets ``Request.site``.
+10. ``HTTPChannel.persistent``: whether the connection carries another request after this
+    response.  A 413 that leaves the body unread, and a graceful stop, must close it.
 """
 
 from __future__ import annotations
@@ -104,6 +109,19 @@ def set_write_buffer(transport: ITransport | None, size: int) -> int | None:
 def closing_connections_pending(reactor: IReactorFDSet) -> bool:
     """Item 7: some connection the reactor writes to is closing with bytes still to send."""
     return any(writer.disconnecting for writer in reactor.getWriters() if hasattr(writer, "disconnecting"))
+
+
+def site_of(channel: HTTPChannel) -> object:
+    """Item 9: the site `channel` serves (None when no Site built it)."""
+    try:
+        return channel.site  # type: ignore[attr-defined]  # set by Site.buildProtocol, undeclared
+    except AttributeError:
+        return None
+
+
+def close_after_response(channel: HTTPChannel) -> None:
+    """Item 10: close `channel` once the current response is out."""
+    channel.persistent = False
 
 
 def raise_listen_errors(service: StreamServerEndpointService) -> None:

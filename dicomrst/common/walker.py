@@ -39,6 +39,11 @@ _LE_U32 = struct.Struct("<L")
 _BE_U32 = struct.Struct(">L")
 
 
+#: Bytes of a data set held at most while its UIDs are looked for (a retrieved instance
+#: whose UIDs come later is handled without them).
+PEEK_LIMIT = 1 << 20
+
+
 class WalkFailed(Exception):
     """The bytes are not a data set the walker can follow; the message says where."""
 

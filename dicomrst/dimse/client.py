@@ -9,9 +9,10 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
 from dicomrst.ul.errors import AssociationTimeout, ConnectFailed
 from dicomrst.ul.negotiation import AssociationRequest
@@ -19,7 +20,7 @@ from dicomrst.ul.protocol import ULProtocol
 
 
 async def associate(
-    reactor: IReactorTCP,
+    reactor: IGatewayReactor,
     host: str,
     port: int,
     request: AssociationRequest,
@@ -32,9 +33,8 @@ async def associate(
     `timeout` bounds the TCP connect and, separately, the wait for A-ASSOCIATE-AC
     (the protocol's ARTIM timer).  Failures are `dicomrst.ul.errors` types.
     """
-    clock: IReactorTime = reactor  # type: ignore[assignment]
-    connection = DimseConnection(clock, handlers)
-    protocol = ULProtocol(clock, connection, request=request, artim_timeout=timeout)
+    connection = DimseConnection(reactor, handlers)
+    protocol = ULProtocol(reactor, connection, request=request, artim_timeout=timeout)
     endpoint: IStreamClientEndpoint
     if isIPAddress(host):
         # HostnameEndpoint's happy-eyeballs delay costs 300 ms on every refused connect.

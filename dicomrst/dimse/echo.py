@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
 from dicomrst.common.interfaces import IDataSetConsumer
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.client import associate
@@ -41,7 +41,7 @@ class EchoSCP:
 
 
 def echo_scu(
-    reactor: IReactorTCP,
+    reactor: IGatewayReactor,
     host: str,
     port: int,
     calling_aet: str,
@@ -53,10 +53,9 @@ def echo_scu(
 
 
 async def _echo(
-    reactor: IReactorTCP, host: str, port: int, calling_aet: str, called_aet: str, timeout: float
+    reactor: IGatewayReactor, host: str, port: int, calling_aet: str, called_aet: str, timeout: float
 ) -> float:
-    clock: IReactorTime = reactor  # type: ignore[assignment]
-    started = clock.seconds()
+    started = reactor.seconds()
     request = AssociationRequest(calling_aet, called_aet, (VERIFICATION_CONTEXT,))
     connection = await associate(reactor, host, port, request, timeout=timeout)
     try:
@@ -68,7 +67,7 @@ async def _echo(
             commands.command(commands.C_ECHO_RQ, AffectedSOPClassUID=VERIFICATION),
             timeout=timeout,
         )
-        elapsed_ms = (clock.seconds() - started) * 1000
+        elapsed_ms = (reactor.seconds() - started) * 1000
         status = rsp.command.number("Status")
         if status != commands.SUCCESS:
             raise EchoFailed(f"{called_aet} answered C-ECHO with status 0x{status:04X}")

@@ -3,7 +3,8 @@
 
 The C-MOVE-RQ goes out on a pooled association; the PACS opens another one to our
 listener (the Move Destination) and sends the instances there as C-STOREs, which the
-listener's `MoveStoreSCP` hands to this operation (moves.py says how they are matched).
+listener's `MoveStoreSCP` hands to this operation (`dicomrst.dimse.move_registry` says
+how they are matched).
 The C-MOVE-RSPs and the sub-operations both count as signs of life for the inactivity
 timer.  Two associations means two orders: the final C-MOVE-RSP may be read before the
 last instance has been handled here (a PACS may even send it before that instance's
@@ -100,6 +101,7 @@ MOVE = Machine(
     transitions=transitions(
         [
             ("idle", "start", "moving", "_arm_timer"),
+            ("idle", "end", "ended", "_end"),
             ("moving", "activity", "moving", "_arm_timer"),
             ("moving", "quiet-ours", "moving", "_arm_timer"),
             ("moving", "timeout", "timed-out", "_give_up"),
@@ -316,7 +318,11 @@ async def c_move(
     for A801), AssociationTimeout when neither a response nor a sub-operation comes for
     the operation's timeout.
     """
-    request = op.start()
+    try:
+        request = op.start()
+    except BaseException:
+        op.end()  # it never started: `ended` must still fire (sequential mode waits on it)
+        raise
     shield = shielded(request)
     abandoned = False
     try:

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from dicomrst.common.walker import UIDPeeker
+from dicomrst.common.walker import PEEK_LIMIT, UIDPeeker
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 from dicomrst.dimse.move_registry import ActiveMove, MoveRegistry
 from dicomrst.dimse.retrieval import StoreReply, deliver
@@ -28,9 +28,6 @@ log = logger("dicomrst.move")
 
 #: Refused: Not Authorized (PS3.7 C.5.x, a general status allowed for C-STORE).
 STORE_NOT_AUTHORIZED = 0x0124
-
-#: Bytes of a data set held at most while its UIDs are looked for.
-PEEK_LIMIT = 1 << 20
 
 
 class MoveStoreSCP:

@@ -31,9 +31,10 @@ from typing import TypeVar
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
@@ -71,7 +72,7 @@ class Lease:
 class AssociationPool:
     def __init__(
         self,
-        reactor: IReactorTCP,
+        reactor: IGatewayReactor,
         host: str,
         port: int,
         request: AssociationRequest,
@@ -82,7 +83,7 @@ class AssociationPool:
         connect_timeout: float,
     ) -> None:
         self.reactor = reactor
-        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.clock: IReactorTime = reactor
         self.host = host
         self.port = port
         self.request = request

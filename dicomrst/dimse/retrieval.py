@@ -17,7 +17,12 @@ import attrs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomrst.common.interfaces import IDataSetConsumer, IInstanceConsumer, IInstanceSink
+from dicomrst.common.interfaces import (
+    STORE_OUT_OF_RESOURCES,
+    IDataSetConsumer,
+    IInstanceConsumer,
+    IInstanceSink,
+)
 from dicomrst.common.twisted_internals import flush_now
 from dicomrst.dimse import commands
 from dicomrst.dimse.commands import Command
@@ -29,9 +34,6 @@ from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationError, AssociationTimeout
 
 log = logger("dicomrst.retrieve")
-
-STORE_SUCCESS = 0x0000
-STORE_OUT_OF_RESOURCES = 0xA700
 
 
 class RetrieveFailed(AssociationIntact, UpstreamError):

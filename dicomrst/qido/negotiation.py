@@ -15,7 +15,8 @@ def select_search_media(accept_header: str | None, accept_param: str | None) -> 
     first and takes no wildcards (PS3.18 §8.3.3.1)."""
     for i, ranges in enumerate(sources(accept_header, accept_param)):
         from_query = i == 0 and accept_param is not None and bool(accept_param.strip())
-        media = best_json_media([r for r in ranges if not (from_query and r.wildcard)])
+        acceptable = [r for r in ranges if not (from_query and r.wildcard)]
+        media = best_json_media(acceptable, wildcards_match_json=True)
         if media is not None:
             return media
     raise NotAcceptable(

@@ -15,13 +15,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, IInstanceConsumer, IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import IMPLICIT_VR_LE
 from dicomrst.common.walker import UIDPeeker
 from dicomrst.logs import logger
 from dicomrst.wado.metadata import instance_metadata_json
-from dicomrst.wado.sinks import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, UNPEEKABLE
+from dicomrst.wado.sinks import UNPEEKABLE
 from dicomrst.wado.throttle import ResponseThrottle
 
 log = logger("dicomrst.wado")

@@ -20,13 +20,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, IInstanceConsumer, IInstanceSink
 from dicomrst.common.part10 import file_meta
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.transcode import to_explicit_le
 from dicomrst.common.twisted_internals import set_write_buffer
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
-from dicomrst.common.walker import UIDPeeker
+from dicomrst.common.walker import PEEK_LIMIT, UIDPeeker
 from dicomrst.logs import logger
 from dicomrst.wado.multipart import MultipartWriter, part_content_type
 from dicomrst.wado.negotiation import TransferSyntaxChoice, part_transfer_syntax
@@ -34,12 +34,6 @@ from dicomrst.wado.throttle import ResponseThrottle
 
 log = logger("dicomrst.wado")
 
-#: C-STORE statuses a part's ``done`` fires with.
-STORE_SUCCESS = 0x0000
-STORE_OUT_OF_RESOURCES = 0xA700
-
-# Bytes we hold back at most while looking for the study/series UIDs of a part.
-PEEK_LIMIT = 1 << 20
 # Syntaxes whose top-level elements are not Explicit or Implicit VR LE (the compressed
 # ones are Explicit VR LE up to the pixel data's fragments).
 UNPEEKABLE = frozenset((EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))

@@ -28,9 +28,11 @@ from dicomrst.common.addresses import format_address
 from dicomrst.common.machine import Machine, Run, transitions
 from dicomrst.common.twisted_internals import (
     BodyReading,
+    close_after_response,
     fail_finish_waiters,
     request_disconnected,
     request_line,
+    site_of,
 )
 from dicomrst.logs import logger
 from dicomrst.web.responses import error_body, set_common_headers
@@ -166,6 +168,9 @@ REQUEST = Machine(
             ("aborting", "deadline", "aborting", None),
             ("aborting", "abort", "aborting", None),
             ("aborting", "lost", "lost", "_lost"),
+            # twisted.web drops writes after a loss; cutting off a lost response is moot.
+            ("lost", "written", "lost", None),
+            ("lost", "abort", "lost", None),
             # The rest of a body read after a 413 is dropped; a finished request is no
             # longer the channel's, so no loss reaches it.
             ("finished", "chunk", "finished", None),
@@ -194,7 +199,7 @@ class GatewayRequest(Request):
 
     def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        site = channel.site  # type: ignore[attr-defined]  # set by Site.buildProtocol, undeclared
+        site = site_of(channel)
         if not isinstance(site, GatewaySite):
             raise TypeError("a GatewayRequest is served by a GatewaySite")
         self.gateway = site
@@ -321,7 +326,7 @@ class GatewayRequest(Request):
         set_common_headers(self)
         # The rest of the body is not read: the connection cannot carry another request.
         self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self.channel.persistent = False
+        close_after_response(self.channel)
         self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
         self.finish()
 
@@ -380,7 +385,7 @@ class GatewayRequest(Request):
         # last response or the stop would wait on idle browsers.
         if not self.startedWriting:
             self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self.channel.persistent = False
+        close_after_response(self.channel)
 
     def _over(self, outcome: str) -> None:
         self._release_body()

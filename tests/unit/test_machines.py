@@ -343,6 +343,9 @@ class RequestTransitions(TransitionTests):
                 if event == "deadline":
                     self.request.write(b"x")
             abort_connection(self.request, "error")
+        elif state == "lost":
+            self.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            self.protocol.connectionLost(Failure(ConnectionDone()))
         elif state == "finished":
             if event == "chunk":
                 self.send(HEAD + b"Content-Length: 200\r\n\r\n")  # 413 at once; body still comes
@@ -664,7 +667,7 @@ class MoveTransitions(OperationTransitions):
             raise AssertionError(event)
 
     def effect(self, op: MoveOperation, t: Transition) -> None:
-        if t.source == "idle":
+        if (t.source, t.event) == ("idle", "start"):
             self.assertTrue(self.registry.is_active(op))
         if t.target in ("abandoned", "ended"):
             self.assertFalse(self.registry.is_active(op))

@@ -25,8 +25,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from dicomrst.backends.pacs import DimseBackend
+from dicomrst.backends.pacs import POOL_CONTEXTS, DimseBackend
 from dicomrst.common.identifiers import decode_identifier
+from dicomrst.common.interfaces import STORE_SUCCESS
 from dicomrst.common.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_LE,
@@ -44,8 +45,9 @@ from dicomrst.dimse.echo import EchoSCP
 from dicomrst.dimse.move import MOVE_DESTINATION_UNKNOWN, MoveDestinationUnknown, MoveOperation, c_move
 from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
-from dicomrst.dimse.retrieval import STORE_SUCCESS, RetrieveFailed
+from dicomrst.dimse.retrieval import RetrieveFailed
 from dicomrst.dimse.server import listener_factory
+from dicomrst.errors import UpstreamError
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationTimeout
 from dicomrst.ul.negotiation import Acceptance, AcceptorPolicy, AssociationRequest, ContextProposal, Rejection
@@ -1012,6 +1014,26 @@ class BackendMoveTests(PoolTestCase):
         self.move_scp.requests[1].respond(commands.SUCCESS)
         self.flush()
         self.successResultOf(second)
+
+    def test_sequential_mode_survives_a_move_that_never_started(self) -> None:
+        # A PACS that accepts the association but not Study Root C-MOVE: the request
+        # cannot even be sent.  The lock it held must still be released, or every later
+        # retrieve for this AET would wait forever.
+        contexts = tuple(c for c in POOL_CONTEXTS if c.abstract_syntax != STUDY_ROOT_MOVE)
+        no_move = AcceptorPolicy(CALLED, contexts)
+        backend = self.move_backend("sequential")
+        first = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        second = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect(no_move)
+        self.flush()
+        self.failureResultOf(first, UpstreamError)
+        self.assertEqual(self.move_scp.requests, [])
+        # The second got the lock (it asks for an association) and fails the same way
+        # rather than hanging.
+        self.assertEqual(self.pending_connects(), 1)
+        self.connect(no_move)
+        self.flush()
+        self.failureResultOf(second, UpstreamError)
 
     def test_queued_move_can_be_cancelled(self) -> None:
         backend = self.move_backend("sequential")

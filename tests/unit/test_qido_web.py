@@ -353,6 +353,9 @@ class NegotiationTests(QidoTestCase):
             "application/json, application/dicom+json;q=0.9": [b"application/json"],
             "application/dicom+json;q=0.5, application/json;q=0.8": [b"application/json"],
             "text/html, */*;q=0.1": DICOM_JSON,
+            # */* covers both; with DICOM JSON refused, plain JSON is still acceptable.
+            "application/dicom+json;q=0, */*": [b"application/json"],
+            "application/dicom+json;q=0, application/*": [b"application/json"],
             'multipart/related; type="application/dicom+xml", application/json;q=0.1': [b"application/json"],
         }
         for accept, expected in cases.items():

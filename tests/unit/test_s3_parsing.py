@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
 from dicomrst.backends.s3 import S3Backend
-from dicomrst.backends.s3.objects import NotPart10, parse_file_meta
+from dicomrst.backends.s3.objects import NotDicomObject, parse_file_meta
 from dicomrst.backends.s3.retrieve import matching_keys
 from dicomrst.config import parse_config
 from tests.support.datasets import EXPLICIT_VR_LE
@@ -65,9 +65,9 @@ class ParsingTests(TestCase):
         offset, sop_class, sop, syntax = parse_file_meta(data)  # type: ignore[misc]
         self.assertEqual((sop_class, sop, syntax), (ds.SOPClassUID, ds.SOPInstanceUID, EXPLICIT_VR_LE))
         self.assertEqual(data[offset : offset + 4], b"\x08\x00\x05\x00")  # (0008,0005) comes first
-        with self.assertRaises(NotPart10):
+        with self.assertRaises(NotDicomObject):
             parse_file_meta(b"\0" * 200)
-        with self.assertRaises(NotPart10):
+        with self.assertRaises(NotDicomObject):
             parse_file_meta(data[:150], complete=True)
 
     def test_exact_instance_keys(self) -> None:

@@ -197,6 +197,34 @@ class ClosingConnectionsTests(SynchronousTestCase):
         self.assertTrue(internals.closing_connections_pending(reactor))
 
 
+class ChannelSiteTests(SynchronousTestCase):
+    ITEM = "HTTPChannel.site"
+
+    def test_the_channel_knows_the_site_that_built_it(self) -> None:
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        site = Site(Resource())
+        channel = site.buildProtocol(None)
+        self.assertIs(
+            internals.site_of(channel), site, changed(self.ITEM, "Site.buildProtocol no longer sets it")
+        )
+        self.assertIsNone(internals.site_of(HTTPChannel()))
+
+
+class PersistentTests(SynchronousTestCase):
+    ITEM = "HTTPChannel.persistent"
+
+    def test_a_closed_channel_ends_the_connection_after_the_response(self) -> None:
+        channel, transport = channel_for()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        [request] = channel.requests
+        internals.close_after_response(channel)
+        request.write(b"x")
+        request.finish()
+        self.assertTrue(transport.disconnecting, changed(self.ITEM, "the connection stayed open"))
+
+
 class ListenErrorTests(SynchronousTestCase):
     ITEM = "StreamServerEndpointService._raiseSynchronously"
 

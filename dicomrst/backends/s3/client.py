@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -165,7 +165,7 @@ class CredentialSource:
         if self.config is None:
             return None
         chain = self._chain
-        stale = chain is not None and hasattr(chain, "refresh_needed") and chain.refresh_needed()
+        stale = isinstance(chain, RefreshableCredentials) and chain.refresh_needed()
         if self._frozen is None or stale:
             try:
                 return await self._refresh()

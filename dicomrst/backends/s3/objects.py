@@ -10,9 +10,9 @@ from dicomrst.common.part10 import (
     MEDIA_STORAGE_SOP_CLASS,
     MEDIA_STORAGE_SOP_INSTANCE,
     TRANSFER_SYNTAX,
+    NotPart10,
     read_file_meta,
 )
-from dicomrst.common.part10 import NotPart10 as MalformedPart10
 from dicomrst.common.walker import find_pixel_data
 from dicomrst.errors import UpstreamError
 
@@ -20,18 +20,18 @@ from dicomrst.errors import UpstreamError
 HEAD_BYTES = 64 << 10
 
 
-class NotPart10(UpstreamError):
+class NotDicomObject(UpstreamError):
     """An object in the bucket is not a DICOM Part-10 file."""
 
 
 def parse_file_meta(data: bytes, complete: bool = False) -> tuple[int, str, str, str] | None:
     """(data set offset, SOP Class UID, SOP Instance UID, Transfer Syntax UID) from the
     start of a Part-10 object, or None if more bytes are needed (`complete`: there are no
-    more).  Raises `NotPart10`."""
+    more).  Raises `NotDicomObject`."""
     try:
-        meta = read_file_meta(data, final=complete)
-    except MalformedPart10 as e:
-        raise NotPart10(str(e)) from None
+        meta = read_file_meta(data, final=complete, trust_group_length=False)
+    except NotPart10 as e:
+        raise NotDicomObject(str(e)) from None
     if meta is None:
         return None
     uids = []
@@ -40,7 +40,7 @@ def parse_file_meta(data: bytes, complete: bool = False) -> tuple[int, str, str,
                       (TRANSFER_SYNTAX, "Transfer Syntax UID")):  # fmt: skip
         value = meta.text(tag)
         if not value:
-            raise NotPart10(f"no {name} in the file meta information")
+            raise NotDicomObject(f"no {name} in the file meta information")
         uids.append(value)
     return meta.dataset_offset, uids[0], uids[1], uids[2]
 

@@ -32,7 +32,7 @@ from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from dicomrst.backends.s3.client import S3Client, S3Error, body_producer
-from dicomrst.backends.s3.objects import HEAD_BYTES, NotPart10, parse_file_meta, without_bulk_tail
+from dicomrst.backends.s3.objects import HEAD_BYTES, NotDicomObject, parse_file_meta, without_bulk_tail
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -147,8 +147,8 @@ class _Fetch:
             if self.meta is None:
                 try:
                     parsed = parse_file_meta(self.ranged_head)
-                except NotPart10 as e:
-                    self._fail(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}"))
+                except NotDicomObject as e:
+                    self._fail(NotDicomObject(f"S3 object {self.key!r} is not a DICOM file: {e}"))
                     return
                 if parsed is not None:
                     self.meta_offset = parsed[0]
@@ -159,8 +159,8 @@ class _Fetch:
             self.head += data
             try:
                 parsed = parse_file_meta(self.head)
-            except NotPart10 as e:
-                self._fail(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}"))
+            except NotDicomObject as e:
+                self._fail(NotDicomObject(f"S3 object {self.key!r} is not a DICOM file: {e}"))
                 return
             if parsed is None:
                 return
@@ -178,8 +178,8 @@ class _Fetch:
             if self.meta is None:
                 try:
                     parsed = parse_file_meta(self.head, complete=True)
-                except NotPart10 as e:
-                    self._end(Failure(NotPart10(f"S3 object {self.key!r} is not a DICOM file: {e}")))
+                except NotDicomObject as e:
+                    self._end(Failure(NotDicomObject(f"S3 object {self.key!r} is not a DICOM file: {e}")))
                     return
                 assert parsed is not None
                 self.meta = parsed[1:]
