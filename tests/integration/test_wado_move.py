@@ -47,10 +47,12 @@ from tests.support.wado import (
     RawClient,
     Stored,
     fresh,
+    generated,
     instance_path,
     parse_http,
     parse_multipart,
     read_partial,
+    read_then_leave,
 )
 
 MOVE_PACS_AET = "PYMOVE"
@@ -238,17 +240,7 @@ class MoveMetadataTests(metadata.OrthancMetadataTests, TestCase):
         gw = await start_gateway(
             self, [move_aet(MOVE_PACS_AET, scp.host, scp.port)], dimse_port=listener_port
         )
-        items = [
-            Stored(
-                f"get{s}.{i}",
-                get_study_uid(),
-                get_series_uid(s),
-                get_sop_uid(s, i),
-                part10(get_instance(s, i)),
-            )
-            for s in range(2)
-            for i in range(2)
-        ]
+        items = generated(series=2, instances=2)
         response = await gw.get(instance_path(MOVE_PACS_AET, get_study_uid()) + "/metadata")
         objects = self.assert_objects(gw, response, items, aet=MOVE_PACS_AET)
         accepted = scp.events("sub_accepted")[0]["accepted_contexts"]
@@ -565,18 +557,9 @@ class PacsMoveTests(wado.RetrieveTestCase):
         scp, gw = await self.start("move", pool_size=1, instances=instances, rows=rows, columns=columns)
         path = instance_path(MOVE_PACS_AET, get_study_uid())
 
-        def run() -> tuple[int, int]:
-            client = RawClient(gw.http_port, path)
-            try:
-                client.until(200_000)
-                # Stop reading for a while, so the gateway has paused the listener's
-                # association when the client goes.
-                time.sleep(1.0)
-                return len(client.data), len(scp.events("store_done"))
-            finally:
-                client.close()
-
-        received, stores = await deferToThread(run)
+        received, stores = await deferToThread(
+            read_then_leave, gw.http_port, path, lambda: len(scp.events("store_done"))
+        )
         self.assertGreaterEqual(received, 200_000)
         self.assertLess(stores, instances // 2)
         await self.until(lambda: bool(scp.events("c_cancel")), "a C-CANCEL at the PACS")

@@ -13,7 +13,6 @@ reading, or vanish, while the PACS's event log shows how far the C-STORE sub-ope
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from tests.support.wado import (
     parse_http,
     parse_multipart,
     read_partial,
+    read_then_leave,
     rss_mb,
 )
 
@@ -270,18 +270,9 @@ class PacsTests(RetrieveTestCase):
         scp, gw = await self.start("get", pool_size=1, instances=instances, rows=rows, columns=columns)
         path = instance_path(PACS_AET, get_study_uid())
 
-        def run() -> tuple[int, int]:
-            client = RawClient(gw.http_port, path)
-            try:
-                client.until(200_000)
-                # Stop reading for a while, so the gateway has paused the association
-                # when the client goes.
-                time.sleep(1.0)
-                return len(client.data), len(scp.events("store_done"))
-            finally:
-                client.close()
-
-        received, stores = await deferToThread(run)
+        received, stores = await deferToThread(
+            read_then_leave, gw.http_port, path, lambda: len(scp.events("store_done"))
+        )
         self.assertGreaterEqual(received, 200_000)
         self.assertLess(stores, instances // 2)
         await self.until(lambda: bool(scp.events("c_cancel")), "a C-CANCEL at the PACS")

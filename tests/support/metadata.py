@@ -31,10 +31,10 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.support import peers
-from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE, part10
+from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from tests.support.gateway import Gateway, Response, start_gateway
-from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
-from tests.support.wado import PACS_AET, Stored, fresh, get_aet, instance_path
+from tests.support.pacs.datasets import get_instance, get_study_uid
+from tests.support.wado import PACS_AET, Stored, fresh, generated, get_aet, instance_path
 
 TIMEOUT = 180
 AET = "ORTHANC"
@@ -350,17 +350,7 @@ class OrthancMetadataTests(_MetadataBase):
         set."""
         scp = await peers.start_pynetdicom_scp(self, "get-implicit", aet=PACS_AET, series=2, instances=2)
         gw = await start_gateway(self, [get_aet(PACS_AET, scp.host, scp.port)])
-        items = [
-            Stored(
-                f"get{s}.{i}",
-                get_study_uid(),
-                get_series_uid(s),
-                get_sop_uid(s, i),
-                part10(get_instance(s, i)),
-            )
-            for s in range(2)
-            for i in range(2)
-        ]
+        items = generated(series=2, instances=2)
         response = await gw.get(instance_path(PACS_AET, get_study_uid()) + "/metadata")
         objects = self.assert_objects(gw, response, items, aet=PACS_AET)
         accepted = scp.events("accepted")[0]["accepted_contexts"]

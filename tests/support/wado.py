@@ -34,7 +34,7 @@ from twisted.trial.unittest import TestCase
 from tests.support import peers
 from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_dataset, part10
 from tests.support.gateway import Gateway, Response, eventually, pacs_aet
-from tests.support.pacs.datasets import get_instance
+from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
 
 TIMEOUT = 180
 PART_CONTENT_TYPE = f"application/dicom; transfer-syntax={EXPLICIT_VR_LE}"
@@ -109,6 +109,17 @@ class Stored:
 
     def dataset(self) -> Dataset:
         return dcmread(io.BytesIO(self.data))
+
+
+def generated(series: int, instances: int) -> list[Stored]:
+    """The instances the pynetdicom PACS's get-*/move-* profiles make up (`get_instance`)."""
+    return [
+        Stored(
+            f"get{s}.{i}", get_study_uid(), get_series_uid(s), get_sop_uid(s, i), part10(get_instance(s, i))
+        )
+        for s in range(series)
+        for i in range(instances)
+    ]
 
 
 def fresh(ds: Dataset, label: str, study: str | None = None, series: str | None = None) -> Stored:
@@ -279,6 +290,21 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def read_then_leave(
+    port: int, path: str, stores: Callable[[], int], received: int = 200_000
+) -> tuple[int, int]:
+    """GET `path`, read `received` bytes, stop reading for a second (so the gateway pauses the
+    association that feeds it), then close: what was read and `stores()` at that moment.
+    Blocking: run it in a thread."""
+    client = RawClient(port, path)
+    try:
+        client.until(received)
+        time.sleep(1.0)
+        return len(client.data), stores()
+    finally:
+        client.close()
 
 
 

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from tests.support.pacs.profiles import Counter, Profile, assoc_fields, profile
+from tests.support.pacs.profiles import Counter, Profile, assoc_fields, profile, stall_until_gone
 
 # Every find-* profile accepts Verification and Study Root FIND/MOVE/GET (what dicomrst's pool
 # proposes) and logs, besides the common events:
@@ -200,23 +200,7 @@ def _profile_find_stall(p: Profile) -> None:
         sent = yield from scp.pending(event, ok_before)
         if sent is None:
             return
-        fields = assoc_fields(event)
-        p.log.write("stalling", message_id=int(event.request.MessageID), **fields)
-        assoc = event.assoc
-        while True:
-            # The DUL thread queues A-ABORT / A-P-ABORT (connection gone) for the association
-            # thread, which is this one, blocked here: look at the queue ourselves.
-            if assoc.acse.is_aborted():
-                reason = "aborted"
-                break
-            if assoc.acse.is_release_requested():
-                reason = "release requested"
-                break
-            if not assoc.dul.is_alive():
-                reason = "connection gone"
-                break
-            time.sleep(0.01)
-        p.log.write("stall_ended", message_id=int(event.request.MessageID), reason=reason, **fields)
+        stall_until_gone(p, event)
 
     p.on(evt.EVT_C_FIND, on_find)
 

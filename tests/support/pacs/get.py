@@ -27,7 +27,7 @@ from tests.support.pacs.datasets import (
     get_sop_uid,
     get_study_uid,
 )
-from tests.support.pacs.profiles import Counter, Profile, assoc_fields, profile
+from tests.support.pacs.profiles import Counter, Profile, assoc_fields, profile, stall_until_gone
 
 # The instances are made up by `datasets.get_instance`, so a test builds the same data sets to
 # compare with what came through: a study `get_study_uid()` of `series` (1) series of
@@ -54,7 +54,9 @@ from tests.support.pacs.profiles import Counter, Profile, assoc_fields, profile
 
 
 class GetSCP:
-    """The shared parts of the get-* profiles."""
+    """The shared parts of the get-* profiles (and, as `kind` says, of the move-* ones)."""
+
+    kind = "get"  # names the log events: get_done / move_done, get_cancelled / ...
 
     def __init__(self, p: Profile) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -170,7 +172,7 @@ class GetSCP:
 
     def done(self, event: evt.Event, sent: int, status: int) -> None:
         self.p.log.write(
-            "get_done",
+            f"{self.kind}_done",
             message_id=int(event.request.MessageID),
             sent=sent,
             status=status,
@@ -178,7 +180,8 @@ class GetSCP:
         )
 
     def send(self, event: evt.Event, found: list[tuple[int, int]], start: int = 0) -> Any:
-        """Yield `found[start:]` as C-STORE sub-operations; stop with 0xFE00 at a C-CANCEL.
+        """Yield `found[start:]` as C-STORE sub-operations (C-GET) or Pending responses
+        whose sub-operations pynetdicom sends (C-MOVE); stop with 0xFE00 at a C-CANCEL.
 
         Returns how many were handed on (from `start`), or None after a cancel.
         """
@@ -187,7 +190,8 @@ class GetSCP:
             if self.delay:
                 time.sleep(self.delay)
             if event.is_cancelled:
-                self.p.log.write("get_cancelled", message_id=message_id, sent=index, **assoc_fields(event))
+                fields = assoc_fields(event)
+                self.p.log.write(f"{self.kind}_cancelled", message_id=message_id, sent=index, **fields)
                 self.done(event, index, 0xFE00)
                 yield 0xFE00, None
                 return None
@@ -354,21 +358,7 @@ def _profile_get_stall(p: Profile) -> None:
         sent = yield from scp.send(event, found[:ok_before])
         if sent is None:
             return
-        fields = assoc_fields(event)
-        p.log.write("stalling", message_id=int(event.request.MessageID), **fields)
-        assoc = event.assoc
-        while True:
-            if assoc.acse.is_aborted():
-                reason = "aborted"
-                break
-            if assoc.acse.is_release_requested():
-                reason = "release requested"
-                break
-            if not assoc.dul.is_alive():
-                reason = "connection gone"
-                break
-            time.sleep(0.01)
-        p.log.write("stall_ended", message_id=int(event.request.MessageID), reason=reason, **fields)
+        stall_until_gone(p, event)
 
     p.on(evt.EVT_C_GET, on_get)
 

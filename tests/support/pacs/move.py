@@ -11,7 +11,14 @@ from pynetdicom import AE, evt
 
 from tests.support.pacs.datasets import CT_IMAGE_STORAGE, GET_UID_ROOT, UNPROPOSED_SOP_CLASS
 from tests.support.pacs.get import GetSCP
-from tests.support.pacs.profiles import Counter, Profile, assoc_fields, assoc_number, profile
+from tests.support.pacs.profiles import (
+    Counter,
+    Profile,
+    assoc_fields,
+    assoc_number,
+    profile,
+    stall_until_gone,
+)
 
 # The move-* profiles serve the instances of the get-* profiles (`get_instance`: study
 # `get_study_uid()`, `series` x `instances`, `rows` x `columns`) to the C-MOVE's Move
@@ -43,7 +50,10 @@ MOVE_PDU = 16384
 
 
 class _MoveSCP(GetSCP):
-    """The shared parts of the move-* profiles (matching and instances as `GetSCP`)."""
+    """The shared parts of the move-* profiles (matching, instances and sub-operations as
+    `GetSCP`)."""
+
+    kind = "move"
 
     def __init__(self, p: Profile) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -220,37 +230,6 @@ class _MoveSCP(GetSCP):
         faulty = n > self.healthy and (self.times is None or n <= self.healthy + self.times)
         return found, faulty
 
-    def done(self, event: evt.Event, sent: int, status: int) -> None:
-        self.p.log.write(
-            "move_done",
-            message_id=int(event.request.MessageID),
-            sent=sent,
-            status=status,
-            **assoc_fields(event),
-        )
-
-    def send(self, event: evt.Event, found: list[tuple[int, int]], start: int = 0) -> Any:
-        """Yield `found[start:]` as Pending (C-STORE sub-operations); stop with 0xFE00 at a
-        C-CANCEL. Returns how many were handed on (from `start`), or None after a cancel."""
-        message_id = int(event.request.MessageID)
-        for index in range(start, len(found)):
-            if self.delay:
-                time.sleep(self.delay)
-            if event.is_cancelled:
-                self.p.log.write("move_cancelled", message_id=message_id, sent=index, **assoc_fields(event))
-                self.done(event, index, 0xFE00)
-                yield 0xFE00, None
-                return None
-            ds = self.instance(*found[index])
-            sop = str(ds.SOPInstanceUID)
-            self.p.log.write(
-                "store_start", message_id=message_id, index=index, sop=sop, **assoc_fields(event)
-            )
-            yield 0xFF00, ds
-            self.p.log.write(
-                "store_done", message_id=message_id, index=index, sop=sop, **assoc_fields(event)
-            )
-        return len(found) - start
 
     def head(self, event: evt.Event, found: list[tuple[int, int]], count: int | None = None) -> Any:
         """The first two yields: the destination, then the number of sub-operations. Returns
@@ -433,23 +412,6 @@ def _profile_move_stall(p: Profile) -> None:
     p.ae.network_timeout = None
     p.ae.dimse_timeout = None
 
-    def wait(event: evt.Event) -> None:
-        fields = assoc_fields(event)
-        p.log.write("stalling", message_id=int(event.request.MessageID), **fields)
-        assoc = event.assoc
-        while True:
-            if assoc.acse.is_aborted():
-                reason = "aborted"
-                break
-            if assoc.acse.is_release_requested():
-                reason = "release requested"
-                break
-            if not assoc.dul.is_alive():
-                reason = "connection gone"
-                break
-            time.sleep(0.01)
-        p.log.write("stall_ended", message_id=int(event.request.MessageID), reason=reason, **fields)
-
     def on_move(event: evt.Event) -> Any:
         found, faulty = scp.begin(event)
         if not faulty:
@@ -457,14 +419,14 @@ def _profile_move_stall(p: Profile) -> None:
             return
         if ok_before == 0:
             # Before the destination is even named: no sub-operation association at all.
-            wait(event)
+            stall_until_gone(p, event)
             return
         if not (yield from scp.head(event, found, max(len(found), 1))):
             return
         sent = yield from scp.send(event, found[:ok_before])
         if sent is None:
             return
-        wait(event)
+        stall_until_gone(p, event)
 
     p.on(evt.EVT_C_MOVE, on_move)
 

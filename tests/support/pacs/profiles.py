@@ -207,3 +207,25 @@ class Counter:
             self.open -= 1
             return self.open, self.max_open
 
+
+def stall_until_gone(p: Profile, event: evt.Event) -> None:
+    """Block the handler (never answering) until the requestor aborts or releases, or the
+    connection goes; logs ``stalling``, then ``stall_ended`` with the ``reason``."""
+    fields = assoc_fields(event)
+    message_id = int(event.request.MessageID)
+    p.log.write("stalling", message_id=message_id, **fields)
+    assoc = event.assoc
+    while True:
+        # The DUL thread queues A-ABORT / A-P-ABORT (connection gone) for the association
+        # thread, which is this one, blocked here: look at the queue ourselves.
+        if assoc.acse.is_aborted():
+            reason = "aborted"
+            break
+        if assoc.acse.is_release_requested():
+            reason = "release requested"
+            break
+        if not assoc.dul.is_alive():
+            reason = "connection gone"
+            break
+        time.sleep(0.01)
+    p.log.write("stall_ended", message_id=message_id, reason=reason, **fields)
