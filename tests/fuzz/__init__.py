@@ -21,7 +21,7 @@ from collections.abc import Callable
 Harness = Callable[[bytes], None]
 
 # Each module registers its harnesses when imported; `load` imports them all.
-HARNESS_MODULES = ("tests.fuzz.web_harnesses",)
+HARNESS_MODULES = ("tests.fuzz.network_harnesses", "tests.fuzz.web_harnesses")
 
 _registry: dict[str, Harness] = {}
 

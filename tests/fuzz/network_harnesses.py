@@ -1,0 +1,3 @@
+"""Fuzz harnesses for what DICOM peers send: PDUs, association items, DIMSE commands."""
+
+from __future__ import annotations
