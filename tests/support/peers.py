@@ -738,7 +738,15 @@ def orthanc_config(
     directory: str,
     modalities: Mapping[str, tuple[str, str, int]],
 ) -> dict[str, Any]:
-    """The Orthanc 1.10 configuration the tests run with (docs/test-peers.md)."""
+    """The Orthanc 1.10 configuration the tests run with (docs/test-peers.md).
+
+    Orthanc 1.10 has no bind-address option (its configuration keys have none, nor does its
+    command line): both ports listen on every interface.  So that nothing but this host can
+    use them, its HTTP server refuses remote clients (``RemoteAccessAllowed``: false), and
+    the DICOM port, which must accept the many AE titles the tests call it with, serves only
+    a throwaway store of generated data for the test's lifetime.  Clients here always
+    connect to 127.0.0.1.
+    """
     return {
         "Name": f"dicomrst-test-{aet}",
         "StorageDirectory": os.path.join(directory, "storage"),
