@@ -1,12 +1,14 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow): start the peers, measure
-dicomrst and the anchors in the same run."""
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, soak): start the peers,
+measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
+mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
-from bench import qido, s3, stow, wado
+from bench import qido, s3, soak, stow, wado
 
 
 def _wado_slow(runs: int) -> None:
@@ -21,6 +23,7 @@ SUITES: dict[str, Callable[[int], None]] = {
     # The 105 MB study against storescu and Orthanc's STOW-RS, then a ~1 GB upload for peak RSS.
     "stow": lambda runs: stow.run(runs=runs),
     "s3": lambda runs: s3.run(runs=runs),
+    "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")
 
@@ -31,11 +34,17 @@ def main() -> None:
         "suites", nargs="*", metavar="SUITE", help=f"one of {', '.join(SUITES)}; default {' '.join(DEFAULT)}"
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median, min, max reported)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run (default 30)")
+    parser.add_argument("--out", type=Path, help="soak: output directory (default ./soak-DATE-TIME)")
+    parser.add_argument("--interval", type=float, help="soak: seconds between samples (default 10)")
     args = parser.parse_args()
     for name in args.suites or DEFAULT:
         if name not in SUITES:
             parser.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
-        SUITES[name](args.runs)
+        if name == "soak":
+            soak.run(minutes=args.minutes, out=args.out, interval=args.interval)
+        else:
+            SUITES[name](args.runs)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,13 @@ def peak_rss_mb(pid: int) -> float:
 class Process:
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
         self.log = log
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
-        )
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        self.proc = self._spawn("wb")
+
+    def _spawn(self, mode: str) -> subprocess.Popen:
+        out = open(self.log, mode) if self.log else subprocess.DEVNULL
+        return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -92,7 +95,10 @@ class Process:
 
 
 class Orthanc(Process):
-    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
+    def __init__(
+        self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None, extra: dict | None = None
+    ) -> None:
+        """`extra`: configuration keys merged over the defaults below."""
         for path in (ORTHANC, DICOMWEB_PLUGIN):
             if not os.path.exists(path):
                 sys.exit(f"bench: {path} is missing (apt-get install orthanc orthanc-dicomweb)")
@@ -123,11 +129,18 @@ class Orthanc(Process):
             "DicomModalities": modalities or {},
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **(extra or {}),
         }
         path = workdir / "orthanc.json"
         path.write_text(json.dumps(config))
         super().__init__([ORTHANC, str(path)], env={"TCP_NODELAY": "1"}, log=workdir / "orthanc.log")
         wait_http(self.url + "/system")
+
+    def restart(self) -> None:
+        """Stop Orthanc and start it again on the same ports and storage (a PACS restart)."""
+        self.stop()
+        self.proc = self._spawn("ab")
+        wait_http(self.url + "/system", timeout=60)
 
     def upload(self, data: bytes) -> None:
         req = urllib.request.Request(self.url + "/instances", data=data, method="POST")
