@@ -674,8 +674,10 @@ class Orthanc:
     directory: str
     log_path: str
     config: dict[str, Any]
-    #: A treq client on our own persistent pool, closed at cleanup (a keep-alive connection
-    #: left open would make trial report a dirty reactor). Use it for any REST/DICOMweb call.
+    #: A treq client on our own pool, closed at cleanup. Use it for any REST/DICOMweb call.
+    #: The pool does not keep connections: Orthanc closes an idle keep-alive connection after
+    #: a moment, and a POST (not retried by Twisted) that meets one fails with
+    #: ResponseNeverReceived; seen under load in CI.
     http: HTTPClient = attrs.field(repr=False)
     _child: _Child = attrs.field(repr=False)
     startup_seconds: float = 0.0
@@ -808,7 +810,7 @@ def start_orthanc(
             json.dump(config, f, indent=2)
         log_path = os.path.join(directory, "orthanc.log")
 
-        pool = HTTPConnectionPool(_reactor(), persistent=True)
+        pool = HTTPConnectionPool(_reactor(), persistent=False)
         http = HTTPClient(Agent(_reactor(), pool=pool))
         child = _spawn(
             case, "Orthanc", executable, [config_path], _peer_env(), cwd=directory, log_path=log_path
