@@ -3,10 +3,10 @@
 
 The target (`dicomrst.qido.target.SearchTarget`) is a QIDO-RS resource on the Study Root
 model or the MWL-RS resource on the Modality Worklist model; the parameters and the rules
-below are the same for both.  `parse_query(target, args)` is the whole job: it validates every parameter (a
-`BadRequest` names the offending one) and returns a `Query` holding the identifier to
-send, the limit and offset, the Warning texts to answer with and the matching the
-gateway must do itself on the results (`Query.accepts`).
+below are the same for both.  `parse_query(target, args)` is the whole job: it validates
+every parameter (a `BadRequest` names the offending one) and returns a `Query` holding the
+identifier to send, the limit and offset, the Warning texts to answer with and the
+matching the gateway must do itself on the results (`Query.accepts`).
 
 Decisions on the points the standard leaves open:
 
