@@ -6,8 +6,8 @@ answer the same, and what the worklist holds.
 The gateway makes the answers comparable where the two SCPs legitimately differ
 (`dicomrst.qido.worklist`): return keys one leaves out and the other returns empty are
 present and empty; the character set is ISO_IR 192; optional keys one of them does not match
-on (wlmscpfs: Scheduled Procedure Step ID, Requested Procedure Description, Accession
-Number...) and combined start date-time ranges (Orthanc matches date and time apart) are
+on (wlmscpfs 3.6.7: Scheduled Procedure Step ID, Requested Procedure Description, Patient's
+Sex...) and combined start date-time ranges (Orthanc matches date and time apart) are
 matched by the gateway. What it cannot even out, the queries avoid and this says:
 
 * result order is each SCP's own (both keep theirs from one search to the next), so answers
