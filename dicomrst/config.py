@@ -358,7 +358,7 @@ class StowConfig(_Timed):
 
 @attrs.frozen
 class MwlConfig(_Timed):
-    timeout: int = _key(_MS, 30_000)  # accepted for DICOM-RST; no MWL-RS yet
+    timeout: int = _key(_MS, 30_000)  # wait for each MWL C-FIND response (MWL-RS)
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from zope.interface import Attribute, Interface
 
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.uids import STUDY_ROOT_FIND
 
 
 class IBackend(Interface):
@@ -39,16 +40,23 @@ class IBackend(Interface):
         """
 
     def find(
-        identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
-        """Run a Study Root C-FIND with `identifier` (it carries QueryRetrieveLevel,
-        SpecificCharacterSet, match keys with values and return keys empty).  Call
+        """Run a C-FIND of the information model `model` (the FIND SOP Class UID: Study
+        Root for QIDO-RS, ``MODALITY_WORKLIST_FIND`` for MWL-RS) with `identifier` (it
+        carries SpecificCharacterSet, match keys with values, return keys empty, and
+        QueryRetrieveLevel for Study Root).  Call
         `on_result` with each match's identifier (a decoded pydicom Dataset) in PACS order, as
         it arrives.  After `limit` results, stop pulling (C-CANCEL) and fire.  Fires None on
         success; errbacks with `dicomrst.errors.UpstreamError` (the message names the PACS
         status, e.g. 'C-FIND failed with status 0xA700 (Out of resources)'), `UpstreamTimeout`,
         `ServiceUnavailable(retry_after=…)` or `NotImplementedService` (a backend that cannot
-        search).  Cancelling the Deferred cancels the find."""
+        search; a backend that holds no worklist answers a worklist find with
+        `ServiceUnavailable`).  Cancelling the Deferred cancels the find."""
 
     def retrieve(
         study: str, series: str | None, instance: str | None, *, sink: IInstanceSink

@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.unit.test_pool -*-
-"""C-FIND SCU (PS3.4 C.4.1) on a pooled association; its states are `FIND`.
+"""C-FIND SCU on a pooled association; its states are `FIND`.
+
+The information model is the caller's: Study Root Q/R (PS3.4 C.4.1) for QIDO-RS,
+Modality Worklist (PS3.4 K.4.1) for MWL-RS.  Both run the same exchange.
 
 Results are decoded one by one as their Pending responses arrive and handed to the
 caller; nothing accumulates here.  Once `limit` results are in we send C-CANCEL and
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
@@ -35,6 +39,16 @@ class FindFailed(AssociationIntact, UpstreamError):
     def __init__(self, aet: str, status: int) -> None:
         super().__init__(f"{aet} answered C-FIND with status 0x{status:04X} ({describe_status(status)})")
         self.status = status
+
+
+class FindNotAccepted(AssociationIntact, UpstreamError):
+    """The PACS did not accept the presentation context of the information model asked
+    for (a PACS without a worklist, say).  Nothing was sent: the association, which
+    serves the other models, stays in the pool."""
+
+    def __init__(self, aet: str, sop_class: str) -> None:
+        super().__init__(f"{aet} did not accept {UID(sop_class).name} ({sop_class}) when we associated")
+        self.sop_class = sop_class
 
 
 FIND = Machine(
@@ -96,8 +110,10 @@ class FindOperation(DimseOperation):
         limit: int | None,
         timeout: float,
         on_result: Callable[[Dataset], None],
+        sop_class: str = STUDY_ROOT_FIND,
     ) -> None:
         super().__init__(connection, clock, aet=aet, timeout=timeout)
+        self.sop_class = sop_class
         self.limit = limit
         self.on_result = on_result
         self.delivered = 0
@@ -106,13 +122,13 @@ class FindOperation(DimseOperation):
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
         association = self.connection.association
         assert association is not None
-        context = association.context(STUDY_ROOT_FIND)
+        context = association.context(self.sop_class)
         if context is None:
-            raise UpstreamError(f"{self.aet} did not accept Study Root C-FIND")
+            raise FindNotAccepted(self.aet, self.sop_class)
         self._context_id = context.context_id
         self._transfer_syntax = context.transfer_syntax
         rq = commands.command(
-            commands.C_FIND_RQ, AffectedSOPClassUID=STUDY_ROOT_FIND, Priority=commands.PRIORITY_MEDIUM
+            commands.C_FIND_RQ, AffectedSOPClassUID=self.sop_class, Priority=commands.PRIORITY_MEDIUM
         )
         request = self.connection.request(
             context.context_id,
@@ -171,14 +187,18 @@ async def c_find(
     timeout: float,
     on_result: Callable[[Dataset], None],
     on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
+    sop_class: str = STUDY_ROOT_FIND,
 ) -> int:
-    """Run one C-FIND; return the number of results delivered.
+    """Run one C-FIND of the information model `sop_class`; return the number of
+    results delivered.
 
     If we are cancelled (the HTTP client left) the find is C-CANCELled and the
     request is handed to `on_abandon` so the association can go back to the pool
     once the PACS has confirmed the cancel, instead of being torn down.
     """
-    op = FindOperation(connection, clock, aet=aet, limit=limit, timeout=timeout, on_result=on_result)
+    op = FindOperation(
+        connection, clock, aet=aet, limit=limit, timeout=timeout, on_result=on_result, sop_class=sop_class
+    )
     request = op.start(identifier)
     shield = shielded(request)
     try:

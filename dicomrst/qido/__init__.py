@@ -5,6 +5,8 @@
   values checked against their VR; `query`: all of it → a `Query` (`parse_query`).
 * `matching`: the matching the gateway does itself on each result.
 * `negotiation`: the response's media type; `search`: running a search on a backend.
+* `target` also holds `SearchTarget`, what the above need of a resource and its
+  information model; `worklist` is the MWL-RS resource on the Modality Worklist model.
 
 `dicomrst.web.qido` is the HTTP handler.
 """

@@ -174,16 +174,35 @@ def value_filter(attribute: Attribute, value: str) -> MatchFilter | None:
     return MatchFilter(attribute.path, predicate, None if value.isascii() else value)
 
 
+def _items(dataset: Dataset, parent: Path) -> list[Dataset]:
+    """The data sets at `parent` in a result: the result itself for (), else the items of
+    that sequence (of every item of the sequences above it)."""
+    if not parent:
+        return [dataset]
+    element = dataset.get(parent[0])
+    if element is None or element.VR != "SQ" or not element.value:
+        return []
+    return [found for item in element.value for found in _items(item, parent[1:])]
+
+
 @dataclass(frozen=True)
 class DateTimeFilter:
-    """Combined date-time range matching (PS3.4 C.2.2.2.5) on a date and a time attribute."""
+    """Combined date-time range matching (PS3.4 C.2.2.2.5) on a date and a time attribute,
+    at the top level or, with `parent`, as item keys of that sequence (some item must
+    match, as in sequence matching)."""
 
     date_tag: int
     time_tag: int
     low: str | None  # YYYYMMDDHHMMSS.FFFFFF
     high: str | None
+    parent: Path = ()
 
     def __call__(self, dataset: Dataset) -> bool:
+        items = _items(dataset, self.parent)
+        # No item: the SCP did not return the sequence; not ours to judge.
+        return not items or any(self._matches(item) for item in items)
+
+    def _matches(self, dataset: Dataset) -> bool:
         dates = _result_values(dataset, self.date_tag)
         if not dates:
             return True

@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.unit.test_qido_query -*-
-"""QIDO-RS target and query parameters → a Study Root C-FIND identifier (PS3.18 §8.3.4, §10.6).
+"""Search query parameters on a target → a C-FIND identifier (PS3.18 §8.3.4, §10.6, §14.4).
 
-`parse_query(target, args)` is the whole job: it validates every parameter (a
-`BadRequest` names the offending one) and returns a `Query` holding the identifier to
-send, the limit and offset, the Warning texts to answer with and the matching the
-gateway must do itself on the results (`Query.accepts`).
+The target (`dicomrst.qido.target.SearchTarget`) is a QIDO-RS resource on the Study Root
+model or the MWL-RS resource on the Modality Worklist model; the parameters and the rules
+below are the same for both.  `parse_query(target, args)` is the whole job: it validates
+every parameter (a `BadRequest` names the offending one) and returns a `Query` holding the
+identifier to send, the limit and offset, the Warning texts to answer with and the
+matching the gateway must do itself on the results (`Query.accepts`).
 
 Decisions on the points the standard leaves open:
 
@@ -37,8 +39,10 @@ Decisions on the points the standard leaves open:
   support a key returns it empty. So does a non-ASCII value the result's Specific
   Character Set cannot hold (Orthanc answers in Latin-1 whatever the query's character
   set): the PACS matched it, and the answer cannot show whether rightly. Combined
-  date-time matching (both ``xDate`` and ``xTime`` ranges) is always done here: the
-  PACS gets the date range only.
+  date-time matching (both ``xDate`` and ``xTime`` ranges, at the top level or as item
+  keys of one sequence) is always done here: the PACS gets the date range only.  (A
+  Q/R SCP does it only if negotiated; a worklist SCP must, but Orthanc's matches the
+  two separately.)
 * **Limits**: no ``limit`` means `DEFAULT_LIMIT`, which is also the most one response
   holds (the standard lets the server cap results); the gateway asks the PACS for
   ``offset + limit + 1`` results to know whether to add the "additional results"
@@ -59,20 +63,15 @@ from pydicom.sequence import Sequence as DicomSequence
 from dicomrst.common.tags import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 from dicomrst.errors import BadRequest
 from dicomrst.qido.attributes import (
-    DEFAULT_KEYS,
-    RANK,
-    REQUIRED_KEYS,
     Attribute,
     Path,
     keyword_of,
-    level_of,
-    level_tags,
     looks_like_attribute,
     resolve_attribute,
     vr_of,
 )
 from dicomrst.qido.matching import DateTimeFilter, combined_bounds, value_filter
-from dicomrst.qido.target import Target
+from dicomrst.qido.target import SearchTarget
 from dicomrst.qido.values import match_value, split_range
 
 DEFAULT_LIMIT = 1000
@@ -102,7 +101,7 @@ class Query:
     :ivar filters: the matching the gateway does on each result; see `accepts`.
     """
 
-    target: Target
+    target: SearchTarget
     identifier: Dataset
     limit: int
     offset: int
@@ -185,13 +184,12 @@ def _put(ds: Dataset, path: Path, vr: str, value: object) -> None:
     _put(element.value[0], path[1:], vr, value)
 
 
-def parse_query(target: Target, args: Mapping[str, Sequence[str]]) -> Query:
-    """Validate the query parameters of a QIDO request on `target` and build its `Query`.
+def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Query:
+    """Validate the query parameters of a search on `target` and build its `Query`.
 
     :param args: parameter name → values, percent-decoded, in request order.
     :raises BadRequest: naming the parameter, attribute or value at fault.
     """
-    level = target.level
     limit = DEFAULT_LIMIT
     offset = 0
     warnings: list[str] = []
@@ -229,57 +227,49 @@ def parse_query(target: Target, args: Mapping[str, Sequence[str]]) -> Query:
         raise BadRequest("includefield=all cannot be combined with other includefield values")
 
     keys = _Keys()
-    levels = [level, *target.adds]
-    for lvl in levels:
-        for path in DEFAULT_KEYS[lvl]:
-            keys.add_return(path)
+    for path in target.default_keys():
+        keys.add_return(path)
     if "all" in includes:
-        for lvl in levels:
-            for tag in sorted(level_tags(lvl)):
-                if vr_of(tag) != "SQ":  # sequences only when asked for by name
-                    keys.add_return((tag,))
+        for path in target.all_keys():
+            keys.add_return(path)
     else:
         for name in includes:
             attribute = resolve_attribute(name)
-            attr_level = level_of(attribute.path[0])
-            if attr_level is not None and RANK[attr_level] > RANK[level]:
-                continue  # lower level: "shall not be returned" (PS3.18 §10.6.3.3)
-            keys.add_return(attribute.path, attribute.vr)
+            if target.returns(attribute):
+                keys.add_return(attribute.path, attribute.vr)
 
     path_keys = target.path_keys()
     for tag, uid in path_keys.items():
         keys.set((tag,), "UI", uid)
 
-    # Combined date-time matching: both halves of a pair are ranges.
-    combined: dict[int, tuple[int, tuple[str, str], tuple[str, str]]] = {}
+    # Combined date-time matching: both halves of a pair (xDate and xTime, side by side
+    # at the top level or in one sequence's items) are ranges.
+    combined: dict[Path, tuple[Path, tuple[str, str], tuple[str, str]]] = {}
     for path, (attribute, value) in matches.items():
-        if len(path) != 1 or attribute.vr != "DA" or "-" not in value:
+        if attribute.vr != "DA" or "-" not in value:
             continue
         keyword = keyword_for_tag(attribute.tag)
         if not keyword or not keyword.endswith("Date"):
             continue
         time_tag = tag_for_keyword(keyword[:-4] + "Time")
-        if time_tag is None or (time_tag,) not in matches:
+        time_path = (*path[:-1], time_tag) if time_tag is not None else None
+        if time_path is None or time_path not in matches:
             continue
-        time_attribute, time_value = matches[(time_tag,)]
+        time_attribute, time_value = matches[time_path]
         if "-" not in time_value:
             continue
         match_value(attribute, value, combined=True)
         match_value(time_attribute, time_value, combined=True)
         date_range, time_range = split_range("DA", value), split_range("TM", time_value)
         if date_range is not None and time_range is not None:
-            combined[attribute.tag] = (time_tag, date_range, time_range)
+            combined[path] = (time_path, date_range, time_range)
 
     filters: list[Callable[[Dataset], bool]] = []
-    combined_times = {time_tag for time_tag, _, _ in combined.values()}
+    combined_times = {time_path for time_path, _, _ in combined.values()}
+    required = target.required_keys()
     non_ascii = False
     for path, (attribute, value) in matches.items():
-        top_level = level_of(path[0])
-        if top_level is not None and RANK[top_level] > RANK[level]:
-            raise BadRequest(
-                f"{attribute.name} is a {top_level}-level attribute; "
-                f"it cannot be matched on {target.resource}"
-            )
+        target.check_match(attribute)
         if len(path) == 1 and path[0] in path_keys:
             if value != path_keys[path[0]]:
                 raise BadRequest(f"{attribute.name} contradicts the {keyword_of(path[0])} in the path")
@@ -287,22 +277,23 @@ def parse_query(target: Target, args: Mapping[str, Sequence[str]]) -> Query:
         if value == "":
             keys.add_return(path, attribute.vr)  # universal matching
             continue
-        if path[0] in combined_times and len(path) == 1:
+        if path in combined_times:
             keys.add_return(path, attribute.vr)  # matched with its date, here
             continue
-        stored = match_value(attribute, value, combined=attribute.tag in combined)
+        stored = match_value(attribute, value, combined=path in combined)
         keys.set(path, attribute.vr, stored)
         non_ascii = non_ascii or not value.isascii()
-        if len(path) > 1 or (attribute.tag not in combined and path[0] not in REQUIRED_KEYS[level]):
+        if path not in combined and (len(path) > 1 or path[0] not in required):
             result_filter = value_filter(attribute, value)
             if result_filter is not None:
                 filters.append(result_filter)
 
-    for date_tag, (time_tag, date_range, time_range) in combined.items():
+    for date_path, (time_path, date_range, time_range) in combined.items():
         low, high = combined_bounds(date_range, time_range)
-        filters.append(DateTimeFilter(date_tag, time_tag, low, high))
+        filters.append(DateTimeFilter(date_path[-1], time_path[-1], low, high, date_path[:-1]))
 
     identifier = keys.dataset()
-    identifier.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", level))
+    if target.query_level is not None:
+        identifier.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", target.query_level))
     identifier.add(DataElement(SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192" if non_ascii else None))
     return Query(target, identifier, limit, offset, warnings, filters)

@@ -9,10 +9,7 @@ then an error and never a 200 with part of the results.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import attrs
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -20,15 +17,6 @@ from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.common.dicomjson import encode_dataset, json_array
-from dicomrst.common.tags import (
-    QUERY_RETRIEVE_LEVEL,
-    RETRIEVE_URL,
-    SERIES_INSTANCE_UID,
-    SOP_INSTANCE_UID,
-    SPECIFIC_CHARACTER_SET,
-    STUDY_INSTANCE_UID,
-)
-from dicomrst.qido.attributes import IMAGE, SERIES
 from dicomrst.qido.query import Query
 
 
@@ -41,7 +29,8 @@ class SearchOutcome:
 
 
 class SearchResults:
-    """Receives `IBackend.find` results: filters, skips the offset, encodes, keeps `limit`.
+    """Receives `IBackend.find` results: filters, skips the offset, shapes each as its
+    target says (`SearchTarget.result`), encodes, keeps `limit`.
 
     :param service: the service URL (``{base}/aets/{aet}``) RetrieveURLs start with.
     """
@@ -50,7 +39,6 @@ class SearchResults:
         self.query = query
         self._service = service
         self._clock = clock
-        self._path_uids = query.target.path_keys()
         self.skipped = 0
         self.encoded: list[bytes] = []
         self.more = False
@@ -73,7 +61,8 @@ class SearchResults:
                 self.more = True
                 self._stop()
                 return
-            self.encoded.append(encode_dataset(self._prepare(dataset)))
+            result = self.query.target.result(dataset, self.query.identifier, self._service)
+            self.encoded.append(encode_dataset(result))
         except Exception:
             self.error = Failure()
             self._stop()
@@ -96,41 +85,6 @@ class SearchResults:
             self._stop_call.cancel()
         self._stop_call = None
 
-    def _prepare(self, dataset: Dataset) -> Dataset:
-        """What the client sees of a C-FIND result."""
-        level = self.query.target.level
-        if QUERY_RETRIEVE_LEVEL in dataset:
-            del dataset[QUERY_RETRIEVE_LEVEL]  # a C-FIND artefact, not data
-        # Path UIDs the PACS left out (StudyInstanceUID at series level, …).
-        for tag, uid in self._path_uids.items():
-            current = dataset.get(tag)
-            if current is None or current.value in (None, ""):
-                dataset.add(DataElement(tag, "UI", uid))
-        if SPECIFIC_CHARACTER_SET in dataset:
-            # The values are decoded now and JSON is UTF-8: say so (PS3.18 F.2).
-            charset = dataset[SPECIFIC_CHARACTER_SET].value
-            dataset[SPECIFIC_CHARACTER_SET].value = "ISO_IR 192" if charset else None
-        url = self._retrieve_url(dataset, level)
-        if url is not None:
-            dataset.add(DataElement(RETRIEVE_URL, "UR", url))
-        return dataset
-
-    def _retrieve_url(self, dataset: Dataset, level: str) -> str | None:
-        keys = [(STUDY_INSTANCE_UID, "studies")]
-        if level in (SERIES, IMAGE):
-            keys.append((SERIES_INSTANCE_UID, "series"))
-        if level == IMAGE:
-            keys.append((SOP_INSTANCE_UID, "instances"))
-        parts = [self._service]
-        for tag, segment in keys:
-            element = dataset.get(tag)
-            value = element.value if element is not None else None
-            uid = value.strip(" \x00") if isinstance(value, str) else ""  # not absent, empty or a list
-            if not uid or "/" in uid:
-                return None
-            parts.append(f"{segment}/{quote(uid, safe='.')}")
-        return "/".join(parts)
-
 
 async def search(backend: IBackend, query: Query, service: str, clock: IReactorTime) -> SearchOutcome:
     """Run `query` on `backend`; the encoded page of results.
@@ -140,7 +94,9 @@ async def search(backend: IBackend, query: Query, service: str, clock: IReactorT
     client went away or the request timed out), which cancels the find.
     """
     results = SearchResults(query, service, clock)
-    find = backend.find(query.identifier, limit=query.backend_limit, on_result=results)
+    find = backend.find(
+        query.identifier, limit=query.backend_limit, on_result=results, model=query.target.sop_class
+    )
     results.find = find
     try:
         await find

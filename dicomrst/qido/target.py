@@ -1,13 +1,86 @@
 # -*- test-case-name: tests.unit.test_qido_query -*-
-"""The six QIDO-RS resources (PS3.18 §10.6): query level, the UIDs the path fixes, shape."""
+"""What is searched: `SearchTarget`, the contract `parse_query` and `search` work to, and
+`Target`, the six QIDO-RS resources (PS3.18 §10.6) on the Study Root model: query level,
+the UIDs the path fixes, shape.  `dicomrst.qido.worklist` is the other target: MWL-RS.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
 
-from dicomrst.common.uids import is_uid
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dicomrst.common.tags import (
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_URL,
+    SERIES_INSTANCE_UID,
+    SOP_INSTANCE_UID,
+    SPECIFIC_CHARACTER_SET,
+    STUDY_INSTANCE_UID,
+)
+from dicomrst.common.uids import STUDY_ROOT_FIND, is_uid
 from dicomrst.errors import BadRequest
-from dicomrst.qido.attributes import IMAGE, RANK, SERIES, STUDY, UNIQUE_KEY
+from dicomrst.qido.attributes import (
+    DEFAULT_KEYS,
+    IMAGE,
+    RANK,
+    REQUIRED_KEYS,
+    SERIES,
+    STUDY,
+    UNIQUE_KEY,
+    Attribute,
+    Path,
+    level_of,
+    level_tags,
+    vr_of,
+)
+
+
+class SearchTarget(Protocol):
+    """A searchable resource and its information model: what `parse_query` builds the
+    C-FIND identifier from and `search` shapes the results with.  The query parameters,
+    their checks and the gateway's own matching are the same for every target (PS3.18
+    §8.3.4, which QIDO-RS and MWL-RS share); what differs is here."""
+
+    @property
+    def resource(self) -> str:
+        """The URI template, for messages."""
+
+    @property
+    def sop_class(self) -> str:
+        """The C-FIND SOP Class UID (the information model) the search runs on."""
+
+    @property
+    def query_level(self) -> str | None:
+        """The Query/Retrieve Level (0008,0052) to send, or None for a model without one."""
+
+    def default_keys(self) -> Iterator[Path]:
+        """The return keys every search asks for."""
+
+    def all_keys(self) -> Iterator[Path]:
+        """The return keys ``includefield=all`` adds."""
+
+    def returns(self, attribute: Attribute) -> bool:
+        """Whether an ``includefield`` attribute is asked for (False: dropped); raises
+        `BadRequest` for one this model cannot have where it is written."""
+
+    def check_match(self, attribute: Attribute) -> None:
+        """Raise `BadRequest` if `attribute` cannot be matched on here."""
+
+    def required_keys(self) -> frozenset[int]:
+        """Top-level keys every SCP of the model must match on: the gateway leaves them
+        to the PACS and checks every other match key again itself."""
+
+    def path_keys(self) -> dict[int, str]:
+        """Unique keys the resource's path fixes (tag → UID)."""
+
+    def result(self, dataset: Dataset, identifier: Dataset, service: str) -> Dataset:
+        """What the client sees of a C-FIND result for `identifier` (Retrieve URLs start
+        with `service`, ``{base}/aets/{aet}``)."""
 
 
 def _path_uid(value: str | None, what: str) -> str | None:
@@ -68,6 +141,45 @@ class Target:
     def all_instances(cls) -> Target:
         return cls(IMAGE, "/instances", adds=(STUDY, SERIES))
 
+    # -- SearchTarget ---------------------------------------------------------------------
+
+    sop_class = STUDY_ROOT_FIND
+
+    @property
+    def query_level(self) -> str:
+        return self.level
+
+    def _levels(self) -> tuple[str, ...]:
+        return (self.level, *self.adds)
+
+    def default_keys(self) -> Iterator[Path]:
+        for level in self._levels():
+            yield from DEFAULT_KEYS[level]
+
+    def all_keys(self) -> Iterator[Path]:
+        for level in self._levels():
+            for tag in sorted(level_tags(level)):
+                if vr_of(tag) != "SQ":  # sequences only when asked for by name
+                    yield (tag,)
+
+    def _lower_level(self, attribute: Attribute) -> str | None:
+        level = level_of(attribute.path[0])
+        return level if level is not None and RANK[level] > RANK[self.level] else None
+
+    def returns(self, attribute: Attribute) -> bool:
+        # A lower level's attributes "shall not be returned" (PS3.18 §10.6.3.3).
+        return self._lower_level(attribute) is None
+
+    def check_match(self, attribute: Attribute) -> None:
+        level = self._lower_level(attribute)
+        if level is not None:
+            raise BadRequest(
+                f"{attribute.name} is a {level}-level attribute; it cannot be matched on {self.resource}"
+            )
+
+    def required_keys(self) -> frozenset[int]:
+        return REQUIRED_KEYS[self.level]
+
     def path_keys(self) -> dict[int, str]:
         keys = {}
         if self.study is not None:
@@ -75,3 +187,36 @@ class Target:
         if self.series is not None:
             keys[UNIQUE_KEY[SERIES]] = self.series
         return keys
+
+    def result(self, dataset: Dataset, identifier: Dataset, service: str) -> Dataset:
+        if QUERY_RETRIEVE_LEVEL in dataset:
+            del dataset[QUERY_RETRIEVE_LEVEL]  # a C-FIND artefact, not data
+        # Path UIDs the PACS left out (StudyInstanceUID at series level, …).
+        for tag, uid in self.path_keys().items():
+            current = dataset.get(tag)
+            if current is None or current.value in (None, ""):
+                dataset.add(DataElement(tag, "UI", uid))
+        if SPECIFIC_CHARACTER_SET in dataset:
+            # The values are decoded now and JSON is UTF-8: say so (PS3.18 F.2).
+            charset = dataset[SPECIFIC_CHARACTER_SET].value
+            dataset[SPECIFIC_CHARACTER_SET].value = "ISO_IR 192" if charset else None
+        url = self._retrieve_url(dataset, service)
+        if url is not None:
+            dataset.add(DataElement(RETRIEVE_URL, "UR", url))
+        return dataset
+
+    def _retrieve_url(self, dataset: Dataset, service: str) -> str | None:
+        keys = [(STUDY_INSTANCE_UID, "studies")]
+        if self.level in (SERIES, IMAGE):
+            keys.append((SERIES_INSTANCE_UID, "series"))
+        if self.level == IMAGE:
+            keys.append((SOP_INSTANCE_UID, "instances"))
+        parts = [service]
+        for tag, segment in keys:
+            element = dataset.get(tag)
+            value = element.value if element is not None else None
+            uid = value.strip(" \x00") if isinstance(value, str) else ""  # not absent, empty or a list
+            if not uid or "/" in uid:
+                return None
+            parts.append(f"{segment}/{quote(uid, safe='.')}")
+        return "/".join(parts)

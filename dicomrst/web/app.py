@@ -28,6 +28,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import BadRequest, NotFound, UpstreamTimeout
 from dicomrst.qido.target import Target
+from dicomrst.qido.worklist import WorklistTarget
 from dicomrst.stow.upload import StowUpload
 from dicomrst.web import qido, stow, wado
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
@@ -229,6 +230,12 @@ class GatewayApp:
     @app.route("/aets/<aet>/instances", methods=["GET"])
     async def search_instances(self, request: IRequest, aet: str) -> bytes:
         return await qido.search(self.context, request, aet, Target.all_instances)
+
+    # -- MWL-RS: the QIDO search on the Modality Worklist model (dicomrst.qido.worklist) ---
+
+    @app.route("/aets/<aet>/modality-scheduled-procedure-steps", methods=["GET"])
+    async def search_worklist(self, request: IRequest, aet: str) -> bytes:
+        return await qido.search(self.context, request, aet, WorklistTarget)
 
     # -- WADO-RS instances and metadata (dicomrst.web.wado) -------------------------------
 

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.unit.test_qido_web -*-
-"""QIDO-RS over HTTP: the request's parameters and Accept in, the search's JSON out.
+"""QIDO-RS and MWL-RS over HTTP: the request's parameters and Accept in, the search's JSON out.
 
-The routes in `dicomrst.web.app` call `search` with the resource's `Target`. Order of
+The routes in `dicomrst.web.app` call `search` with the resource's target: a `Target`,
+or the `WorklistTarget` of ``/modality-scheduled-procedure-steps`` (PS3.18 §14.4 is the
+QIDO search on the worklist model, with the same parameters and media types). Order of
 checks: unknown AET (404), malformed path UID or query (400), Accept (406); HEAD stops
 there with the headers a GET would carry (no C-FIND). Otherwise `dicomrst.qido.search`
 runs the find, and the response is written once it has ended.
@@ -19,7 +21,7 @@ from twisted.web.iweb import IRequest
 from dicomrst.qido import search as qido_search
 from dicomrst.qido.negotiation import select_search_media
 from dicomrst.qido.query import MORE_RESULTS_WARNING, parse_query
-from dicomrst.qido.target import Target
+from dicomrst.qido.target import SearchTarget
 from dicomrst.web.context import WebContext
 from dicomrst.web.requests import header_text, query_args, query_param
 
@@ -30,11 +32,11 @@ def _set_warnings(request: IRequest, service: str, texts: list[str]) -> None:
 
 
 async def search(
-    context: WebContext, request: IRequest, aet: str, target: Callable[..., Target], *uids: str
+    context: WebContext, request: IRequest, aet: str, target: Callable[..., SearchTarget], *uids: str
 ) -> bytes:
-    """Answer one QIDO-RS request (see the module docstring).
+    """Answer one QIDO-RS or MWL-RS request (see the module docstring).
 
-    :param target: a `Target` constructor, called with the path's `uids` once the
+    :param target: a `SearchTarget` constructor, called with the path's `uids` once the
         AET is known to exist (so an unknown AET is a 404 before a bad UID is a 400).
     """
     backend = context.backend(aet)

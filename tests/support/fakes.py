@@ -5,9 +5,10 @@ tests put this fake behind `GatewayApp` and drive each service by hand:
 
 * ``echo``: each call hands out a Deferred (kept in `echoes`) for the test to fire; the app
   cancelling one counts in `echo_cancels`. With `echo_ms` set it answers that at once.
-* ``find``: each call is a `FindCall` (kept in `finds`) that replays `results` and succeeds,
-  or, with `hold`, waits for the test to `send` results and `finish` it (or errback its
-  Deferred). A find stops, as a PACS does, after `limit` results.
+* ``find``: each call is a `FindCall` (kept in `finds`, with the information model asked
+  for) that replays `results` and succeeds, or, with `hold`, waits for the test to `send`
+  results and `finish` it (or errback its Deferred). A find stops, as a PACS does, after
+  `limit` results.
 * ``retrieve``: each call is a `RetrieveCall` (kept in `retrieves`: what was asked, and the
   sink the instances would go into) whose Deferred the test fires, or never does.
 * ``store_instance``: each instance is kept in `received` with the bytes `instance.open()`
@@ -33,16 +34,23 @@ from dicomrst.backends import values as model
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
-from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from dicomrst.errors import NotImplementedService
 
 
 class FindCall:
-    """One `find` the fake backend received; the test drives it."""
+    """One `find` the fake backend received (with its information `model`); the test drives it."""
 
-    def __init__(self, identifier: Dataset, limit: int | None, on_result: Callable[[Dataset], None]) -> None:
+    def __init__(
+        self,
+        identifier: Dataset,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
+    ) -> None:
         self.identifier = identifier
         self.limit = limit
+        self.model = model
         self.on_result = on_result
         self.sent = 0
         self.cancelled = False
@@ -125,7 +133,12 @@ class FakeBackend:
         return d
 
     def find(
-        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+        self,
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
         if self.unsupported:
             return fail(
@@ -134,7 +147,7 @@ class FakeBackend:
                     "has no index of instance attributes to search"
                 )
             )
-        call = FindCall(identifier, limit, on_result)
+        call = FindCall(identifier, limit, on_result, model)
         self.finds.append(call)
         if not self.hold:
             call.send(*self.results)

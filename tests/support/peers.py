@@ -42,6 +42,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 LOCALHOST = "127.0.0.1"
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+#: Orthanc's modality worklist plugin (Debian package ``orthanc``).
+WORKLIST_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
 #: The pynetdicom PACS (tests/support/pacs/), run as ``python -m PACS_PEER`` with CHECKOUT, the
 #: directory holding this ``tests`` package, first on its PYTHONPATH (it runs in a temp dir).
 PACS_PEER = "tests.support.pacs"
@@ -563,6 +565,39 @@ def start_storescp(case: TestCase, aet: str = "STORESCP", extra_args: Sequence[s
     return Deferred.fromCoroutine(start())
 
 
+def start_wlmscpfs(
+    case: TestCase, database: str, aet: str = "WLMSCPFS", extra_args: Sequence[str] = ()
+) -> Deferred[Peer]:
+    """DCMTK ``wlmscpfs``, the worklist SCP that serves the ``.wl`` files of ``database/aet/``
+    (the directory must exist, with a file named ``lockfile``: wlmscpfs's own rules), on a
+    free port; fires once the port accepts.
+
+    Started with ``-csk``: wlmscpfs otherwise answers without the files' Specific Character
+    Set (``-cs0`` is its default), and UTF-8 names would arrive undeclared. It forks a child
+    per association (its default), so pooled associations do not queue behind each other.
+    ``extra_args`` go before the port, e.g. ``("--sleep-before", "2")``.
+    """
+
+    async def start() -> Peer:
+        executable = dcmtk_binary("wlmscpfs")
+        if not os.path.isfile(os.path.join(database, aet, "lockfile")):
+            raise PeerError(f"wlmscpfs needs {database}/{aet}/lockfile")
+        directory = _temp_dir(case, "wlmscpfs")
+        log_path = os.path.join(directory, "wlmscpfs.log")
+        port = free_port()
+        args = ["-v", "-dfp", database, "-csk", *extra_args, str(port)]
+        child = _spawn(case, "wlmscpfs", executable, args, _peer_env(), cwd=directory, log_path=log_path)
+
+        async def accepts() -> bool:
+            await _tcp_connect_once(LOCALHOST, port, timeout=1.0)
+            return True
+
+        await _wait_until(accepts, f"wlmscpfs {aet} on port {port}", SCP_START_TIMEOUT, child)
+        return Peer(aet, LOCALHOST, port, child.pid, log_path, child=child)
+
+    return Deferred.fromCoroutine(start())
+
+
 def start_pynetdicom_scp(
     case: TestCase,
     profile: str = "echo",
@@ -775,6 +810,32 @@ def orthanc_config(
             for name, (m_aet, host, port) in modalities.items()
         },
     }
+
+
+def start_orthanc_worklists(case: TestCase, database: str, aet: str = "ORTHANCWL") -> Deferred[Orthanc]:
+    """Orthanc with its ModalityWorklists plugin serving the ``.wl`` files in ``database``.
+
+    ``DicomAlwaysAllowFindWorklist`` (1.10 refuses worklist C-FINDs from unknown AE titles
+    otherwise) and ``DefaultEncoding: Utf8`` (answers are in that encoding: Latin-1 would
+    lose names outside it) are set.
+    """
+    if not os.path.isfile(WORKLIST_PLUGIN):
+        return defer.fail(
+            PeerBinaryMissing(
+                f"Orthanc worklist plugin {WORKLIST_PLUGIN!r} not found "
+                "(it comes with the Debian package 'orthanc')"
+            )
+        )
+    return start_orthanc(
+        case,
+        aet=aet,
+        extra_config={
+            "Plugins": [DICOMWEB_PLUGIN, WORKLIST_PLUGIN],
+            "Worklists": {"Enable": True, "Database": database},
+            "DicomAlwaysAllowFindWorklist": True,
+            "DefaultEncoding": "Utf8",
+        },
+    )
 
 
 def start_orthanc(

@@ -25,7 +25,6 @@ from twisted.test import iosim
 
 from dicomrst.backends.pacs import POOL_CONTEXTS, DimseBackend
 from dicomrst.common.identifiers import decode_identifier, encode_identifier
-from dicomrst.common.uids import STUDY_ROOT_FIND
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
@@ -77,8 +76,11 @@ class FindRequest:
         self.connection = connection
         self.message = message
         self.message_id = int(message.command.MessageID)
+        self.sop_class = str(message.command.AffectedSOPClassUID)
         assert connection.association is not None
-        self.transfer_syntax = connection.association.contexts[message.context_id].transfer_syntax
+        context = connection.association.contexts[message.context_id]
+        self.transfer_syntax = context.transfer_syntax
+        self.abstract_syntax = context.abstract_syntax
         self.identifier: Dataset | None = None
 
     def received(self, data: bytes) -> None:
@@ -93,7 +95,7 @@ class FindRequest:
             commands.command(
                 commands.C_FIND_RSP,
                 MessageIDBeingRespondedTo=self.message_id,
-                AffectedSOPClassUID=STUDY_ROOT_FIND,
+                AffectedSOPClassUID=self.sop_class,
                 Status=status,
             ),
             dataset,
@@ -108,7 +110,8 @@ class FindRequest:
 
 
 class FindSCP:
-    """Study Root C-FIND SCP: records requests and C-CANCELs; answers at once if `auto` is set."""
+    """C-FIND SCP (any information model its policy accepts): records requests and
+    C-CANCELs; answers at once if `auto` is set."""
 
     def __init__(self) -> None:
         self.requests: list[FindRequest] = []
@@ -187,7 +190,9 @@ class PoolTestCase(ULTestCase):
         self.pools.append(pool)
         return pool
 
-    def make_backend(self, size: int = 2, acquire_ms: int = 2500, qido_ms: int = 5000) -> DimseBackend:
+    def make_backend(
+        self, size: int = 2, acquire_ms: int = 2500, qido_ms: int = 5000, mwl_ms: int = 30_000
+    ) -> DimseBackend:
         config = parse_config(
             {
                 "aets": [
@@ -197,6 +202,7 @@ class PoolTestCase(ULTestCase):
                         "port": PORT,
                         "pool": {"size": size, "timeout": acquire_ms, "idle-timeout": int(IDLE * 1000)},
                         "qido-rs": {"timeout": qido_ms},
+                        "mwl-rs": {"timeout": mwl_ms},
                     }
                 ]
             },

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.unit.test_pool -*-
 """An AET served by a PACS over DIMSE, through one association pool.
 
-Search is a Study Root C-FIND; retrieve a C-MOVE to one of our listeners (or a C-GET),
-issued at the level asked for (not always the study, as DICOM-RST does); store a
-C-STORE per instance (`dicomrst.backends.pacs.store`).
+Search is a C-FIND (Study Root, or Modality Worklist for MWL-RS); retrieve a C-MOVE to
+one of our listeners (or a C-GET), issued at the level asked for (not always the study,
+as DICOM-RST does); store a C-STORE per instance (`dicomrst.backends.pacs.store`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    MODALITY_WORKLIST_FIND,
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
@@ -50,6 +51,9 @@ POOL_CONTEXTS = (
     ContextProposal(STUDY_ROOT_FIND),
     ContextProposal(STUDY_ROOT_MOVE),
     ContextProposal(STUDY_ROOT_GET),
+    # MWL-RS.  A PACS without a worklist rejects just this context; the association
+    # still serves the rest, and a worklist search there fails with `FindNotAccepted`.
+    ContextProposal(MODALITY_WORKLIST_FIND),
     *STORAGE_CONTEXTS,
 )
 
@@ -112,8 +116,18 @@ class DimseBackend:
         return abandon
 
     def find(
-        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+        self,
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
+        # Each service has its own per-response timeout in the config, as in DICOM-RST.
+        timeout = (
+            self.config.mwl_rs.timeout_s if model == MODALITY_WORKLIST_FIND else self.config.qido_rs.timeout_s
+        )
+
         async def once(lease: Lease) -> None:
             await c_find(
                 lease.connection,
@@ -121,9 +135,10 @@ class DimseBackend:
                 identifier,
                 aet=self.aet,
                 limit=limit,
-                timeout=self.config.qido_rs.timeout_s,
+                timeout=timeout,
                 on_result=on_result,
                 on_abandon=self._abandoner(lease),
+                sop_class=model,
             )
 
         return Deferred.fromCoroutine(self.pool.run(once))

@@ -26,8 +26,9 @@ from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
 from dicomrst.config import AetConfig
-from dicomrst.errors import NotImplementedService
+from dicomrst.errors import NotImplementedService, ServiceUnavailable
 from dicomrst.logs import logger
 
 log = logger("dicomrst.s3")
@@ -84,8 +85,22 @@ class S3Backend:
         return Deferred.fromCoroutine(head_bucket())
 
     def find(
-        self, identifier: Dataset, *, limit: int | None, on_result: Callable[[Dataset], None]
+        self,
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
+        if model == MODALITY_WORKLIST_FIND:
+            # A bucket of images never holds a worklist, and never will: not a "not yet"
+            # (501) but this AET's service being unavailable, 503 as DICOM-RST answers.
+            return fail(
+                ServiceUnavailable(
+                    f"modality worklist (MWL-RS) on {self.aet} is not available: "
+                    "an S3 backend holds no worklist"
+                )
+            )
         # An object store cannot be searched by attribute; QIDO needs an index of the
         # stored instances, which a later version builds.  501: not a crash, not a 503.
         return fail(
