@@ -18,6 +18,8 @@ _TEXT_VRS = frozenset("SH LO ST LT PN UC UT".split())  # may hold non-ASCII char
 _BACKSLASH_VRS = frozenset("LT ST UT".split())  # VM 1: a backslash is a character
 RANGE_VRS = frozenset("DA TM DT".split())
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "IS": 12, "DS": 16}
+# A range of two values with a UTC offset each (DT: 26 characters) and the dash fits.
+_MAX_RANGE_LENGTH = 64
 INT_RANGES = {
     "US": (0, 2**16 - 1),
     "SS": (-(2**15), 2**15 - 1),
@@ -27,7 +29,12 @@ INT_RANGES = {
     "SV": (-(2**63), 2**63 - 1),
 }
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# One way to match any string: "[0-9]+\.?[0-9]*" had many, and took seconds to reject
+# a long run of digits followed by anything else (quadratic backtracking).
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+#: Significant digits of the largest integer any VR holds (UV: 2**64 - 1 has 20).
+MAX_INTEGER_DIGITS = 20
+_BEYOND_EVERY_RANGE: int = 10**MAX_INTEGER_DIGITS
 _AGE = re.compile(r"[0-9]{3}[DWMY]")
 _DA = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
 _TM = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?")
@@ -39,8 +46,33 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # LT/ST/UT keep TAB LF FF CR
 
 
+def integer(text: str) -> int | None:
+    """`text` as an integer (``[+-]?[0-9]+``), or None when it is not one.
+
+    Total: Python's ``int()`` raises on more than 4300 digits, so the digits beyond
+    leading zeros are counted first; a value with more than `MAX_INTEGER_DIGITS` of them
+    is out of every range and comes back as the nearest out-of-range number with the
+    same sign (±10**MAX_INTEGER_DIGITS), never parsed.
+    """
+    if not _INTEGER.fullmatch(text):
+        return None
+    sign = -1 if text[0] == "-" else 1
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > MAX_INTEGER_DIGITS:
+        return sign * _BEYOND_EVERY_RANGE
+    return sign * int(digits or "0")
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error message, cut short if long: a 400 body stays short
+    whatever the client sent."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def _bad_value(attribute: Attribute, value: str, why: str) -> BadRequest:
-    return BadRequest(f"invalid value for {attribute.name} ({attribute.vr}): {value!r}: {why}")
+    return BadRequest(f"invalid value for {attribute.name} ({attribute.vr}): {shown(value)}: {why}")
 
 
 def valid_date(text: str) -> bool:
@@ -172,6 +204,8 @@ def match_value(attribute: Attribute, value: str, combined: bool) -> object:
         return uids if len(uids) > 1 else uids[0]
     _check_text(attribute, value)
     if vr in RANGE_VRS:
+        if len(value) > _MAX_RANGE_LENGTH:
+            raise _bad_value(attribute, value, f"longer than {_MAX_RANGE_LENGTH} characters")
         try:
             bounds = split_range(vr, value)
         except ValueError as e:
@@ -183,15 +217,17 @@ def match_value(attribute: Attribute, value: str, combined: bool) -> object:
         return value
     if vr in INT_RANGES:
         lowest, highest = INT_RANGES[vr]
-        if not _INTEGER.fullmatch(value) or not lowest <= int(value) <= highest:
+        number = integer(value)
+        if number is None or not lowest <= number <= highest:
             raise _bad_value(attribute, value, f"not an integer in [{lowest}, {highest}]")
-        return int(value)
+        return number
     if vr in ("FL", "FD"):
         if not _DECIMAL.fullmatch(value):
             raise _bad_value(attribute, value, "not a number")
         return float(value)
     if vr == "IS":
-        if not _INTEGER.fullmatch(value) or not -(2**31) <= int(value) <= 2**31 - 1:
+        number = integer(value)
+        if number is None or not -(2**31) <= number <= 2**31 - 1:
             raise _bad_value(attribute, value, "not an integer string")
     elif vr == "DS":
         if not _DECIMAL.fullmatch(value):

@@ -409,6 +409,33 @@ class BadRequestTests(SynchronousTestCase):
             self.assertBad("offset", offset=value)
         self.assertBad("limit", limit=["1", "2"])
 
+    def test_numbers_with_thousands_of_digits(self) -> None:
+        # int() raises ValueError beyond 4300 digits: each such parse is a 400 naming the
+        # parameter, with a short message, never an unhandled error (issue 11).
+        huge = "9" * 5000
+        self.assertEqual(q(limit=huge).limit, DEFAULT_LIMIT)  # "at most": any huge limit is the cap
+        self.assertEqual(q(limit="0" * 5000 + "7").limit, 7)  # leading zeros are not digits that count
+        cases = [
+            ("offset", {"offset": huge}),
+            ("Rows", {"Rows": huge}),  # US
+            ("Rows", {"Rows": "-" + huge}),
+            ("InstanceNumber", {"InstanceNumber": huge}),  # IS
+            ("SmallestPixelValueInSeries", {"SmallestPixelValueInSeries": "-" + huge}),  # US or SS
+            ("SliceThickness", {"SliceThickness": huge}),  # DS
+        ]
+        for name, params in cases:
+            level = attributes.level_of(tag_for_keyword(name) or 0)
+            target = {SERIES: Target.all_series(), IMAGE: Target.all_instances()}.get(level or STUDY)
+            message = self.assertBad(name, target=target, **params)
+            self.assertLess(len(message), 200, message)
+
+    def test_regexes_on_input_do_not_backtrack(self) -> None:
+        # Both took seconds (the first quadratic, the second exponential in the path's
+        # length) before failing; now they fail at once.  The test just has to finish.
+        self.assertBad("FrameTime", target=Target.all_instances(), FrameTime="1" * 16000 + "x")  # DS
+        self.assertFalse(looks_like_attribute(".".join(["ABCDEF12"] * 60) + "!"))
+        self.assertTrue(looks_like_attribute(".".join(["ABCDEF12"] * 60)))
+
     def test_booleans(self) -> None:
         for name in ("fuzzymatching", "emptyvaluematching", "multiplevaluematching"):
             self.assertBad(name, **{name: "yes"})
