@@ -20,6 +20,10 @@ RANGE_VRS = frozenset("DA TM DT".split())
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "IS": 12, "DS": 16}
 # A range of two values with a UTC offset each (DT: 26 characters) and the dash fits.
 _MAX_RANGE_LENGTH = 64
+#: Longest value with wildcards: every VR's longest value but ST/LT/UC/UR/UT's (a PN of
+#: three 64-character groups included).  The gateway matches such values itself, in
+#: steps proportional to the pattern's length times the result's (`qido.matching`).
+MAX_WILDCARD_LENGTH = 256
 INT_RANGES = {
     "US": (0, 2**16 - 1),
     "SS": (-(2**15), 2**15 - 1),
@@ -183,8 +187,12 @@ def _check_text(attribute: Attribute, value: str) -> None:
         raise _bad_value(attribute, value, f"only ASCII characters are allowed in {vr} values")
     if "\\" in value and vr not in _BACKSLASH_VRS:
         raise _bad_value(attribute, value, "a backslash is DICOM's value separator and cannot be matched")
-    if ("*" in value or "?" in value) and vr not in WILDCARD_VRS:
-        raise _bad_value(attribute, value, f"wildcards are not allowed in {vr} values")
+    if "*" in value or "?" in value:
+        if vr not in WILDCARD_VRS:
+            raise _bad_value(attribute, value, f"wildcards are not allowed in {vr} values")
+        if len(value) > MAX_WILDCARD_LENGTH:
+            why = f"a wildcard pattern longer than {MAX_WILDCARD_LENGTH} characters"
+            raise _bad_value(attribute, value, why)
 
 
 def match_value(attribute: Attribute, value: str, combined: bool) -> object:
