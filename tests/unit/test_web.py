@@ -554,3 +554,79 @@ class ServiceTests(SynchronousTestCase):
         self.stopped.callback(None)
         self.successResultOf(d)
         self.assertTrue(conn.transport.disconnected)
+
+
+# -- malformed headers ------------------------------------------------------
+
+
+class HostHeaderTests(SynchronousTestCase):
+    """The Host goes into every URL the gateway answers with.  A non-ASCII one got no
+    answer (a WADO-RS response cut off at its first part header) or Klein's text 400
+    (issue 11); now every malformed Host is our JSON 400 before anything starts."""
+
+    STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pacs = FakeBackend("PACS")
+        self.site = make_site(GatewayApp({"PACS": self.pacs}, self.clock).resource(), self.clock, 60)
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def request(self, head: bytes) -> tuple[int, dict[str, Any]]:
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(head + b"\r\n")
+        head_bytes, body = conn.head_and_body()
+        status = int(head_bytes.split(b" ", 2)[1])
+        return status, (json.loads(body) if body.startswith(b"{") else {"raw": body})
+
+    def test_malformed_hosts_are_400_naming_host(self) -> None:
+        paths = (
+            b"GET /aets/PACS/studies?fuzzymatching=true",
+            b"GET /aets/PACS/studies/" + self.STUDY.encode(),
+            b"GET /aets/PACS/studies/" + self.STUDY.encode() + b"/metadata",
+            b"OPTIONS /aets/PACS/studies",
+        )
+        hosts = (b"h\xe9llo", b"h\xc3\xa9llo", b"gw.example:80:80", b"a b", b"gw,evil", b"x" * 300, b"gw/x")
+        for path in paths:
+            for host in hosts:
+                status, body = self.request(path + b" HTTP/1.1\r\nHost: " + host + b"\r\n")
+                self.assertEqual(status, 400, (path, host, body))
+                self.assertIn("Host", body["error"], (path, host))
+                self.assertLess(len(body["error"]), 200)
+        self.assertEqual((self.pacs.finds, self.pacs.retrieves), ([], []))
+        statuses = [e["status"] for e in request_lines(self.logs)]
+        self.assertEqual(statuses, [400] * len(paths) * len(hosts))  # one line each
+
+    def test_stow_with_a_malformed_host_stores_nothing(self) -> None:
+        status, body = self.request(
+            b"POST /aets/PACS/studies HTTP/1.1\r\nHost: h\xc3\xa9llo\r\n"
+            b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            b"Content-Length: 9\r\n\r\n--b--\r\n\r\n"
+        )
+        self.assertEqual(status, 400)
+        self.assertIn("Host", body["error"])
+        self.assertEqual(self.pacs.received, [])
+
+    def test_several_or_missing_hosts(self) -> None:
+        status, body = self.request(b"GET /aets HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n")
+        self.assertEqual((status, body["error"]), (400, "more than one Host header"))
+        status, body = self.request(b"GET /aets HTTP/1.1\r\n")
+        self.assertEqual((status, body["error"]), (400, "an HTTP/1.1 request needs a Host header"))
+
+    def test_valid_hosts(self) -> None:
+        valid = (b"gw.example", b"gw.example:8443", b"127.0.0.1:8080", b"[::1]:8080", b"[fe80::1%2]", b"")
+        for host in valid:
+            status, _ = self.request(b"GET /aets HTTP/1.1\r\nHost: " + host + b"\r\n")
+            self.assertEqual(status, 200, host)
+        self.pacs.results = []
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(b"GET /aets/PACS/studies HTTP/1.0\r\n\r\n")  # HTTP/1.0: Host optional
+        self.assertTrue(conn.transport.value().startswith(b"HTTP/1.0 200 "), conn.transport.value()[:80])
+
+    def test_preflight_echoes_only_a_list_of_header_names(self) -> None:
+        for asked, echoed in ((b"accept, authorization", True), (b"accept\x1b[2J", False), (b"a;b", False)):
+            conn = Connection(self.site)
+            head = b"OPTIONS /aets HTTP/1.1\r\nHost: gw\r\nAccess-Control-Request-Headers: "
+            conn.protocol.dataReceived(head + asked + b"\r\n\r\n")
+            head, _ = conn.head_and_body()
+            self.assertEqual(b"Access-Control-Allow-Headers: " + asked in head, echoed, head)
