@@ -297,10 +297,17 @@ class HttpConfig:
     graceful_shutdown: bool = _key(_boolean, True)
     base_path: str = _key(_base_path, "/")
     endpoint: str | None = _key(_optional(_string()), None)  # checked where the site is built
+    # Not in DICOM-RST: the most a request's line and headers may take, counted from when
+    # the connection is ready for it (so it also bounds an idle keep-alive connection).
+    header_timeout: int = _key(_integer(1), 20_000)
 
     @property
     def request_timeout_s(self) -> float:
         return self.request_timeout / 1000
+
+    @property
+    def header_timeout_s(self) -> float:
+        return self.header_timeout / 1000
 
     def endpoint_description(self) -> str:
         return self.endpoint or _tcp_endpoint(self.port, self.interface)

@@ -194,7 +194,11 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     _check_endpoint(reactor, description, "server.http.endpoint")
     app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
     site = make_site(
-        app.resource(), reactor, request_timeout=http.request_timeout_s, max_upload_size=http.max_upload_size
+        app.resource(),
+        reactor,
+        request_timeout=http.request_timeout_s,
+        max_upload_size=http.max_upload_size,
+        header_timeout=http.header_timeout_s,
     )
     grace = http.request_timeout_s
     serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)

@@ -115,7 +115,7 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(config.server.aet, "DICOM-RST")
         self.assertEqual(config.server.http, HttpConfig(
             interface="0.0.0.0", port=8080, max_upload_size=50_000_000, request_timeout=60_000,
-            graceful_shutdown=True, base_path="/", endpoint=None))
+            graceful_shutdown=True, base_path="/", endpoint=None, header_timeout=20_000))
         self.assertEqual(config.server.dimse, (DimseServerConfig(
             aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None),))
         self.assertEqual(config.aets, (AetConfig(
@@ -170,8 +170,9 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.telemetry.level, "INFO")
         http = config.server.http
         self.assertEqual((http.interface, http.port, http.max_upload_size, http.request_timeout,
-                          http.graceful_shutdown, http.base_path, http.endpoint),
-                         ("0.0.0.0", 8080, 50_000_000, 60_000, True, "/", None))
+                          http.graceful_shutdown, http.base_path, http.endpoint, http.header_timeout),
+                         ("0.0.0.0", 8080, 50_000_000, 60_000, True, "/", None, 20_000))
+        self.assertEqual(http.header_timeout_s, 20.0)
         self.assertEqual(config.server.aet, "DICOM-RST")
         self.assertEqual(config.server.dimse, (DimseServerConfig(
             aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True),))
@@ -350,6 +351,13 @@ class ErrorTests(SynchronousTestCase):
         self.assertError({"server": {"http": {"max-upload-size": -1}}}, "server.http.max-upload-size",
                          "at least 0, got -1")
         self.assertError({"server": {"http": {"request-timeout": -1}}}, "server.http.request-timeout")
+        for bad in (0, -1):
+            self.assertError({"server": {"http": {"header-timeout": bad}}}, "server.http.header-timeout",
+                             f"at least 1, got {bad}")
+        self.assertError({"server": {"http": {"header-timeout": "20s"}}}, "server.http.header-timeout",
+                         "expected an integer")
+        http = parse({"server": {"http": {"header-timeout": 5000}}}).server.http
+        self.assertEqual(http.header_timeout_s, 5.0)
         for section in ("qido-rs", "wado-rs", "stow-rs", "mwl-rs", "pool"):
             self.assertError(with_aets(dimse_aet(**{section: {"timeout": -5}})),
                              f"aets[0].{section}.timeout", "at least 0")

@@ -373,6 +373,11 @@ class RequestTransitions(TransitionTests):
             request.finish()
         elif event == "deadline":
             self.clock.advance(5)
+        elif event == "head-deadline":
+            self.clock.advance(self.site.headerTimeout)
+        elif event == "bad-request":
+            # A header line with no colon; in a body, a chunk size that is not hex.
+            self.send(b"no colon here\r\n\r\n" if state == "head" else b"zz\r\n")
         elif event == "abort":
             abort_connection(request, "error")
         elif event == "lost":
@@ -387,6 +392,11 @@ class RequestTransitions(TransitionTests):
             self.assertIn(b"413", self.transport.value())
         if (t.source, t.event) == ("handling", "deadline"):
             self.assertIn(b"504", self.transport.value())
+        if (t.source, t.event) == ("head", "head-deadline"):
+            self.assertIn(b"HTTP/1.1 408 Request Timeout\r\n", self.transport.value())
+        if t.event == "bad-request":
+            self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", self.transport.value())
+            self.assertIn(b"Connection: close", self.transport.value())
         if (t.source, t.event) == ("body", "complete"):
             self.assertEqual(self.resource.bodies[-1].events, ["finished"])
             self.assertEqual(len(self.resource.rendered), 1)

@@ -261,7 +261,7 @@ class SuccessTests(StowTestCase):
         client = Client(self.site)
         client.head("/aets/PACS/studies", length=len(body))
         client.send(body[:-10])
-        [request] = client.protocol._channel.requests
+        [request] = client.protocol.requests
         self.assertEqual(request.content.getvalue(), b"")
         # Past the threshold, the part went to a file, and only there.
         self.assertEqual(len(self.spooled()), 1)
