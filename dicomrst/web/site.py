@@ -127,6 +127,11 @@ class BodyConsumer(Protocol):
     def bodyFinished(self) -> None:
         """The whole body arrived (the resource is about to render)."""
 
+    def bodyTooLarge(self, reason: str) -> bool:
+        """The body grew past ``max-upload-size``; nothing more of it comes.  True if the
+        consumer has taken something it must report (STOW-RS: instances stored): the
+        resource then renders and answers with it; False lets the site answer 413."""
+
     def requestOver(self) -> None:
         """The request ended, whichever way: answered, rejected as too large, or lost."""
 
@@ -137,8 +142,9 @@ REQUEST = Machine(
     states={
         "head": "request line in, headers arriving",
         "body": "headers in, body arriving (to a body consumer, or buffered)",
-        "rejected": "answered before the handler ran (413 body over max-upload-size, 400/414/431 head "
-        "or body it cannot take, 408 head too slow); the rest of the request is discarded",
+        "rejected": "answered without the whole request (413 body over max-upload-size, or the body "
+        "consumer's report of what it took; 400/414/431 head or body it cannot take; 408 head too "
+        "slow); the rest of the request is discarded",
         "handling": "body in, the resource is rendering; the deadline runs",
         "responding": "the status line is out",
         "timing-out": "deadline passed before the response began: the 504 is written",
@@ -202,9 +208,9 @@ REQUEST = Machine(
             # twisted.web drops writes after a loss; cutting off a lost response is moot.
             ("lost", "written", "lost", None),
             ("lost", "abort", "lost", None),
-            # The rest of a body read after a 413 is dropped; a finished request is no
-            # longer the channel's, so no loss reaches it.
-            ("finished", "chunk", "finished", None),
+            # A request finished before its body was read whole closed the connection
+            # (GatewayChannel drops what still arrives); a finished request is no longer
+            # the channel's, so no loss reaches it.
             ("finished", "abort", "finished", None),
         ]
     ),
@@ -245,6 +251,8 @@ class GatewayRequest(Request):
         self.started = site.clock.seconds()
         self.timed_out = False
         self._outcome: str | None = None  # logged instead of complete/timeout when set
+        self._reporting = False  # over max-upload-size, the body consumer reports what it took
+        self._rendering = False  # ... and the resource is rendering that report
         site.request_started(self)
 
     @property
@@ -358,18 +366,31 @@ class GatewayRequest(Request):
         self._answer_too_large()
 
     def _reject_later(self) -> None:
-        self._release_body()
+        consumer = self.bodyConsumer
+        reason = f"request body larger than max-upload-size ({self.gateway.maxUploadSize} bytes)"
+        if consumer is not None and consumer.bodyTooLarge(reason):
+            # What it took so far (instances stored) is answered by the resource, as if
+            # the body had ended here; the rest is read and discarded.
+            self._reporting = True
+        else:
+            self._release_body()
         self.gateway.clock.callLater(0, self._answer_too_large)
 
     def _answer_too_large(self) -> None:
-        if self.finished or request_disconnected(self):
+        if self.finished or request_disconnected(self) or self._rendering:
             return
-        self._release_body()
-        limit = self.gateway.maxUploadSize
         set_common_headers(self)
         # The rest of the body is not read: the connection cannot carry another request.
         self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
+        if self._reporting:
+            self._rendering = True
+            super().requestReceived(  # type: ignore[no-untyped-call]  # unannotated in Twisted
+                self.method, self.uri, self.clientproto
+            )
+            return
+        self._release_body()
+        limit = self.gateway.maxUploadSize
         self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
         self.finish()
 
@@ -531,6 +552,10 @@ class GatewayChannel(BadRequestHook):
             self._arm()
         super().requestDone(request)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
+    def loseConnection(self) -> None:
+        self._closed = True  # what still arrives is not parsed (there is no request for it)
+        super().loseConnection()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's is unannotated
         self._disarm()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -562,7 +587,7 @@ class GatewayChannel(BadRequestHook):
             timeout_ms=round(self._site.headerTimeout * 1000),
             received=received,
         )
-        self.loseConnection()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.loseConnection()
 
     # -- reading the head -------------------------------------------------------------------
 

@@ -149,6 +149,10 @@ async def store(context: WebContext, request: IRequest, aet: str, study: str | N
             studies = {r.study_instance_uid for r in results if r.outcome is not None and r.outcome.stored}
             study_url = f"{upload.target.service_url}/studies/{studies.pop()}" if len(studies) == 1 else None
         body = encode(store_instances_response(results, study_url))
+        if upload.cut_off is not None:
+            # The Failure Reason (0xA700) does not say why: the Warning does.
+            warning = f"299 {upload.target.service_url}: {upload.cut_off}; the rest of the body was not read"
+            request.responseHeaders.addRawHeader(b"Warning", warning.encode("utf-8"))
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", DICOM_JSON)
         request.setHeader(b"Content-Length", b"%d" % len(body))
