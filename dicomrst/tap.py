@@ -23,7 +23,7 @@ from dicomrst.backends.pacs import DimseBackend
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import Config, ConfigError, load_config
+from dicomrst.config import Config, ConfigError, config_warnings, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
@@ -224,6 +224,9 @@ def makeService(options: Options) -> IService:
         n=len(config.aets),
         path=options["config"] or "(built-in defaults)",
     )
+    # Not a "warning" field: Twisted's legacy observers take that for a Python warning.
+    for problem in config_warnings(config):
+        log.warn("config: {problem}", problem=problem)
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.

@@ -7,11 +7,13 @@ from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.config import parse_config
-from dicomrst.tap import GatewayService, build
+from dicomrst.logs import set_level
+from dicomrst.tap import GatewayService, Options, build, makeService
 from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.service import HTTPService
@@ -87,3 +89,16 @@ class SiteSettingsTests(SynchronousTestCase):
         [http] = [s for s in build(config, MemoryReactorClock()) if isinstance(s, HTTPService)]
         site = http.site
         self.assertEqual((site.headerTimeout, site.requestTimeout, site.maxUploadSize), (5.0, 30.0, 1000))
+
+
+class StartupWarningTests(SynchronousTestCase):
+    def test_config_warnings_are_logged_at_start(self) -> None:
+        logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        options = Options()
+        options["config"] = "dicom-rst.yaml"
+        options["loaded"] = parse_config({"server": {"http": {"request-timeout": 60}}})
+        self.addCleanup(set_level, "INFO")
+        makeService(options)
+        warnings = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertTrue(warnings[0].startswith("config: server.http.request-timeout is 60 ms"), warnings)
