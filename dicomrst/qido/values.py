@@ -153,6 +153,12 @@ def pad_time(text: str, high: bool) -> str:
     return f"{whole}.{fraction}"
 
 
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 def pad_datetime(text: str, high: bool) -> str:
     """A (partial) DT, UTC offset dropped → YYYYMMDDHHMMSS.FFFFFF filled low or high."""
     m = _DT.fullmatch(text)
@@ -161,10 +167,9 @@ def pad_datetime(text: str, high: bool) -> str:
     whole, _, fraction = text.partition(".")
     filler = "99991231235959" if high else "00000101000000"
     if len(whole) >= 6 and high and len(whole) < 8:
-        # A month with no day: the last day of that month.
-        year, month = int(whole[:4]), int(whole[4:6])
-        next_month = datetime.date(year + month // 12, month % 12 + 1, 1)
-        whole += f"{(next_month - datetime.timedelta(days=1)).day:02d}"
+        # A month with no day: the last day of that month (years 0000 and 9999 included,
+        # which Python's dates do not hold).
+        whole += f"{_days_in_month(int(whole[:4]), int(whole[4:6])):02d}"
     whole = whole + filler[len(whole) :]
     fraction = (fraction + ("9" if high else "0") * 6)[:6]
     return f"{whole}.{fraction}"

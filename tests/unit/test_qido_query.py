@@ -573,6 +573,21 @@ class CombinedDateTimeTests(SynchronousTestCase):
         self.assertIn("StudyTime", e.exception.message)
 
 
+    def test_datetime_months_at_the_ends_of_the_calendar(self) -> None:
+        # Found by the qido-query fuzz harness: a DT range ending in a month of year 0000
+        # or 9999 asked Python's dates for the next month, outside their range: an
+        # unhandled error (a 500).
+        for value, inside, outside in (
+            ("000001", "00000131", "00000201"),
+            ("-000002", "00000229", "00000301"),  # year 0 is a leap year (proleptic Gregorian)
+            ("999912", "99991231235959", "99981231"),
+            ("19991231-999912", "99991231", "19991230"),
+        ):
+            query = q(Target.all_instances(), AcquisitionDateTime=value)
+            self.assertTrue(query.accepts(result(AcquisitionDateTime=inside)), value)
+            self.assertFalse(query.accepts(result(AcquisitionDateTime=outside)), value)
+
+
 class SequenceIdentifierTests(SynchronousTestCase):
     def test_includefield_sequence_without_items_is_universal(self) -> None:
         ident = q(Target.all_series(), includefield="ReferencedPerformedProcedureStepSequence").identifier
