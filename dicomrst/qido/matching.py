@@ -19,6 +19,7 @@ from dicomrst.qido.values import (
     INT_RANGES,
     RANGE_VRS,
     WILDCARD_VRS,
+    integer,
     pad_datetime,
     pad_time,
     range_bounds,
@@ -194,7 +195,9 @@ def value_filter(attribute: Attribute, value: str) -> MatchFilter | None:
             return (low is None or text >= low) and (high is None or text <= high)
 
     elif vr in INT_RANGES or vr == "IS":
-        number = int(value)
+        number = integer(value)  # match_value checked it: an integer in range
+        if number is None:
+            return None
 
         def predicate(v: object) -> bool:
             try:

@@ -415,6 +415,10 @@ class BadRequestTests(SynchronousTestCase):
         huge = "9" * 5000
         self.assertEqual(q(limit=huge).limit, DEFAULT_LIMIT)  # "at most": any huge limit is the cap
         self.assertEqual(q(limit="0" * 5000 + "7").limit, 7)  # leading zeros are not digits that count
+        padded = q(Target.all_instances(), Rows="0" * 5000 + "7")  # a valid US, matched here too
+        self.assertEqual(padded.identifier.Rows, 7)
+        self.assertTrue(padded.accepts(result(Rows=7)))
+        self.assertFalse(padded.accepts(result(Rows=8)))
         cases = [
             ("offset", {"offset": huge}),
             ("Rows", {"Rows": huge}),  # US
