@@ -416,6 +416,9 @@ class GatewayRequest(Request):
             method, _, target = line.partition(b" ")
             self.method = method if 0 < len(method) <= 16 and method.isalpha() else b"-"
             self.uri = self.path = target[:64] + b"..." if target else b"-"
+        else:
+            # A request line Twisted could not parse: nothing of it is known.
+            self.method, self.uri, self.path = b"-", b"-", b"-"
         if not self.clientproto.startswith(b"HTTP/"):
             self.clientproto = b"HTTP/1.1"  # the version of the line we could not read
         self.content = BytesIO()

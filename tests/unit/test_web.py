@@ -798,4 +798,6 @@ class HeadLimitTests(HeadTestCase):
         ):
             conn = self.send(data)
             self.assertClosedWith(conn, 400, why)
-        self.assertEqual([line["status"] for line in self.lines()], [400] * 5)
+        lines = self.lines()
+        self.assertEqual([line["status"] for line in lines], [400] * 5)
+        self.assertEqual([(line["method"], line["path"]) for line in lines[:2]], [("-", "-"), ("GET", "/")])
