@@ -38,6 +38,7 @@ __all__ = [
     "StowConfig",
     "TelemetryConfig",
     "WadoConfig",
+    "config_warnings",
     "default_resolver",
     "load_config",
     "parse_config",
@@ -180,6 +181,24 @@ def _ae_title(value: Any, path: str, env: _Env) -> str:
     raise ConfigError(path, f"invalid AE title {value!r}: {problem}")
 
 
+# RFC 3986 pchar without pct-encoded: what a path segment holds as it is.
+_URL_SEGMENT_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@"
+)
+
+
+def _url_ae_title(value: Any, path: str, env: _Env) -> str:
+    """An AE title that is also the URL segment ``/aets/{aet}``: no space, ``/``, ``?``,
+    ``#``, ``%`` or other character a URL path cannot hold as it is."""
+    title = _ae_title(value, path, env)
+    bad = sorted({c for c in title if c not in _URL_SEGMENT_CHARS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise ConfigError(path, f"invalid AE title {value!r}: it is the URL segment /aets/{{aet}}, "
+                                f"which cannot hold {shown}")
+    return title
+
+
 def _level(value: Any, path: str, env: _Env) -> str:
     name = _string()(value, path, env)
     try:
@@ -297,10 +316,17 @@ class HttpConfig:
     graceful_shutdown: bool = _key(_boolean, True)
     base_path: str = _key(_base_path, "/")
     endpoint: str | None = _key(_optional(_string()), None)  # checked where the site is built
+    # Not in DICOM-RST: the most a request's line and headers may take, counted from when
+    # the connection is ready for it (so it also bounds an idle keep-alive connection).
+    header_timeout: int = _key(_integer(1), 20_000)
 
     @property
     def request_timeout_s(self) -> float:
         return self.request_timeout / 1000
+
+    @property
+    def header_timeout_s(self) -> float:
+        return self.header_timeout / 1000
 
     def endpoint_description(self) -> str:
         return self.endpoint or _tcp_endpoint(self.port, self.interface)
@@ -429,7 +455,7 @@ class AetConfig:
     AET the DIMSE fields keep their defaults (``host``/``port`` None) and vice versa.
     """
 
-    aet: str = _key(_ae_title)
+    aet: str = _key(_url_ae_title)  # also the URL segment /aets/{aet}
     backend: str = _key(_BACKEND, "DIMSE")
     # backend: DIMSE
     host: str | None = _key(_string(), None, backend="DIMSE", required=True)
@@ -513,6 +539,47 @@ def parse_config(data: object, resolve: Callable[[str], object] = default_resolv
         except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
             raise ConfigError(f"aets[{i}].host", f"cannot resolve {entry.host!r}: {e}") from None
     return config
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What in a valid configuration is probably a mistake, one line each; logged at start.
+
+    * A time below 1000 ms: dicomrst reads every time key in milliseconds.  DICOM-RST
+      documents milliseconds too, and reads them so, except ``server.http.request-timeout``,
+      which its code reads as seconds: ``request-timeout: 60`` copied from a DICOM-RST
+      config makes every request here time out after 60 ms.
+    * ``telemetry.sentry``: accepted so DICOM-RST configs load; nothing is sent to Sentry.
+    """
+    warnings: list[str] = []
+    http = config.server.http
+    if 0 < http.request_timeout < 1000:
+        warnings.append(
+            f"server.http.request-timeout is {http.request_timeout} ms: dicomrst reads it in "
+            "milliseconds, DICOM-RST's code in seconds; for "
+            f"{http.request_timeout} seconds write {http.request_timeout * 1000}"
+        )
+    times = [("server.http.header-timeout", http.header_timeout)]
+    for i, aet in enumerate(config.aets):
+        if aet.backend != "DIMSE":
+            continue
+        times += [
+            (f"aets[{i}].pool.timeout", aet.pool.timeout),
+            (f"aets[{i}].pool.idle-timeout", aet.pool.idle_timeout),
+            (f"aets[{i}].qido-rs.timeout", aet.qido_rs.timeout),
+            (f"aets[{i}].wado-rs.timeout", aet.wado_rs.timeout),
+            (f"aets[{i}].stow-rs.timeout", aet.stow_rs.timeout),
+            (f"aets[{i}].mwl-rs.timeout", aet.mwl_rs.timeout),
+        ]
+    for key, ms in times:
+        if ms < 1000:
+            hint = f"for {ms} seconds write {ms * 1000}" if ms else "0 leaves no time at all"
+            warnings.append(f"{key} is {ms} ms: times are in milliseconds (as in DICOM-RST's files); {hint}")
+    if config.telemetry.sentry is not None:
+        warnings.append(
+            "telemetry.sentry is set, but dicomrst does not report to Sentry: the key is "
+            "accepted so DICOM-RST configs load, and ignored"
+        )
+    return warnings
 
 
 class _Loader(yaml.SafeLoader):

@@ -23,7 +23,7 @@ from dicomrst.backends.pacs import DimseBackend
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import Config, ConfigError, load_config
+from dicomrst.config import Config, ConfigError, config_warnings, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
@@ -194,7 +194,11 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     _check_endpoint(reactor, description, "server.http.endpoint")
     app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
     site = make_site(
-        app.resource(), reactor, request_timeout=http.request_timeout_s, max_upload_size=http.max_upload_size
+        app.resource(),
+        reactor,
+        request_timeout=http.request_timeout_s,
+        max_upload_size=http.max_upload_size,
+        header_timeout=http.header_timeout_s,
     )
     grace = http.request_timeout_s
     serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)
@@ -220,6 +224,9 @@ def makeService(options: Options) -> IService:
         n=len(config.aets),
         path=options["config"] or "(built-in defaults)",
     )
+    # Not a "warning" field: Twisted's legacy observers take that for a Python warning.
+    for problem in config_warnings(config):
+        log.warn("config: {problem}", problem=problem)
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.

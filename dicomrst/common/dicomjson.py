@@ -69,8 +69,12 @@ def _float(value: float, single: bool) -> str:
         packed = struct.pack("<f", value)
         for digits in range(1, 10):
             text = f"{value:.{digits}g}"
-            if struct.pack("<f", float(text)) == packed:
-                return _number_text(text)
+            try:
+                if struct.pack("<f", float(text)) == packed:
+                    return _number_text(text)
+            except OverflowError:
+                continue  # rounded past the largest float32 (near its maximum): more digits
+
     return _number_text(repr(value))
 
 

@@ -40,6 +40,16 @@ Items (Twisted 24.3 to 26.10):
    (deadlines, limits, the in-flight count), before ``process`` sets ``Request.site``.
 10. ``HTTPChannel.persistent``: whether the connection carries another request after this
     response.  A 413 that leaves the body unread, and a graceful stop, must close it.
+11. ``HTTPChannel._respondToBadRequestAndDisconnect``: how the channel answers what it
+    cannot parse (a malformed request line or header field, a bad Content-Length, a
+    malformed chunked body): a bare ``400`` with no body, no log line and no request
+    lifecycle.  `BadRequestHook` routes it to ``badRequest``, so the gateway answers with
+    its JSON error and logs the request like any other.  Without the item: Twisted's
+    bare 400 (still an answer).
+12. ``HTTPChannel.requests``: the requests the channel has made and not yet finished;
+    the last is the one whose head or body is being read.  The channel's head deadline
+    and its 400/414/431 answers need that request.  Without the item: no request is
+    found, and those cases close the connection with Twisted's bare 400 or nothing.
 """
 
 from __future__ import annotations
@@ -122,6 +132,29 @@ def site_of(channel: HTTPChannel) -> object:
 def close_after_response(channel: HTTPChannel) -> None:
     """Item 10: close `channel` once the current response is out."""
     channel.persistent = False
+
+
+def current_request(channel: HTTPChannel) -> Request | None:
+    """Item 12: the last request `channel` made and has not finished (None if none)."""
+    try:
+        requests = channel.requests
+    except AttributeError:
+        return None
+    if not isinstance(requests, list) or not requests:
+        return None
+    last = requests[-1]
+    return last if isinstance(last, Request) else None
+
+
+class BadRequestHook(HTTPChannel):
+    """Item 11: an `HTTPChannel` whose answer to input it cannot parse is `badRequest`
+    (by default Twisted's own bare 400 and close)."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.badRequest()
+
+    def badRequest(self) -> None:
+        HTTPChannel._respondToBadRequestAndDisconnect(self)
 
 
 def raise_listen_errors(service: StreamServerEndpointService) -> None:

@@ -173,9 +173,8 @@ DEFAULT_KEYS: dict[str, tuple[Path, ...]] = {
 
 # -- attribute names in query parameters ------------------------------------------------
 
-_COMPONENT = r"(?:[0-9A-Fa-f]{8}|[A-Z][A-Za-z0-9]*)"
-_ATTRIBUTE_NAME = re.compile(rf"{_COMPONENT}(?:\.{_COMPONENT})*")
 HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+_KEYWORD = re.compile(r"[A-Z][A-Za-z0-9]*")
 
 
 def looks_like_attribute(name: str) -> bool:
@@ -184,7 +183,10 @@ def looks_like_attribute(name: str) -> bool:
     Keywords start with a capital letter (PS3.6), so names like ``_``, ``accept``,
     ``charset`` or ``token`` are other parameters, which are ignored if unsupported.
     """
-    return _ATTRIBUTE_NAME.fullmatch(name) is not None
+    # Component by component: one regex for the dotted path, with its two overlapping
+    # alternatives (ABCDEF12 is both a tag and a keyword), backtracked exponentially on
+    # a long path that fails at its end.
+    return all(HEX_TAG.fullmatch(c) or _KEYWORD.fullmatch(c) for c in name.split("."))
 
 
 @dataclass(frozen=True)

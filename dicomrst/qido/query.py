@@ -72,10 +72,13 @@ from dicomrst.qido.attributes import (
 )
 from dicomrst.qido.matching import DateTimeFilter, combined_bounds, value_filter
 from dicomrst.qido.target import SearchTarget
-from dicomrst.qido.values import match_value, split_range
+from dicomrst.qido.values import integer, match_value, shown, split_range
 
 DEFAULT_LIMIT = 1000
 """Results in one response when the request gives no ``limit``, and the most it may ask for."""
+
+MAX_OFFSET = 2**31 - 1
+"""The largest ``offset``: skipping more matches than that is not a search any PACS answers."""
 
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 EMPTY_VALUE_WARNING = (
@@ -129,10 +132,13 @@ def _one(name: str, values: Sequence[str]) -> str:
 
 
 def _uint(name: str, values: Sequence[str]) -> int:
+    """A non-negative integer parameter; one with more digits than any count needs is
+    10**MAX_INTEGER_DIGITS (`integer`), never parsed."""
     value = _one(name, values)
-    if not value.isascii() or not value.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, not {value!r}")
-    return int(value)
+    number = integer(value) if value.isascii() and value.isdigit() else None
+    if number is None:
+        raise BadRequest(f"{name} must be a non-negative integer, not {shown(value)}")
+    return number
 
 
 def _boolean(name: str, values: Sequence[str]) -> bool:
@@ -203,6 +209,8 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
             limit = min(_uint(name, values), DEFAULT_LIMIT)
         elif name == "offset":
             offset = _uint(name, values)
+            if offset > MAX_OFFSET:
+                raise BadRequest(f"offset must be at most {MAX_OFFSET}, not {shown(values[0])}")
         elif name == "fuzzymatching":
             if _boolean(name, values):
                 warnings.append(FUZZY_WARNING)

@@ -18,6 +18,12 @@ _TEXT_VRS = frozenset("SH LO ST LT PN UC UT".split())  # may hold non-ASCII char
 _BACKSLASH_VRS = frozenset("LT ST UT".split())  # VM 1: a backslash is a character
 RANGE_VRS = frozenset("DA TM DT".split())
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "IS": 12, "DS": 16}
+# A range of two values with a UTC offset each (DT: 26 characters) and the dash fits.
+_MAX_RANGE_LENGTH = 64
+#: Longest value with wildcards: every VR's longest value but ST/LT/UC/UR/UT's (a PN of
+#: three 64-character groups included).  The gateway matches such values itself, in
+#: steps proportional to the pattern's length times the result's (`qido.matching`).
+MAX_WILDCARD_LENGTH = 256
 INT_RANGES = {
     "US": (0, 2**16 - 1),
     "SS": (-(2**15), 2**15 - 1),
@@ -27,7 +33,12 @@ INT_RANGES = {
     "SV": (-(2**63), 2**63 - 1),
 }
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# One way to match any string: "[0-9]+\.?[0-9]*" had many, and took seconds to reject
+# a long run of digits followed by anything else (quadratic backtracking).
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+#: Significant digits of the largest integer any VR holds (UV: 2**64 - 1 has 20).
+MAX_INTEGER_DIGITS = 20
+_BEYOND_EVERY_RANGE: int = 10**MAX_INTEGER_DIGITS
 _AGE = re.compile(r"[0-9]{3}[DWMY]")
 _DA = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
 _TM = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?")
@@ -39,8 +50,33 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # LT/ST/UT keep TAB LF FF CR
 
 
+def integer(text: str) -> int | None:
+    """`text` as an integer (``[+-]?[0-9]+``), or None when it is not one.
+
+    Total: Python's ``int()`` raises on more than 4300 digits, so the digits beyond
+    leading zeros are counted first; a value with more than `MAX_INTEGER_DIGITS` of them
+    is out of every range and comes back as the nearest out-of-range number with the
+    same sign (±10**MAX_INTEGER_DIGITS), never parsed.
+    """
+    if not _INTEGER.fullmatch(text):
+        return None
+    sign = -1 if text[0] == "-" else 1
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > MAX_INTEGER_DIGITS:
+        return sign * _BEYOND_EVERY_RANGE
+    return sign * int(digits or "0")
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error message, cut short if long: a 400 body stays short
+    whatever the client sent."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def _bad_value(attribute: Attribute, value: str, why: str) -> BadRequest:
-    return BadRequest(f"invalid value for {attribute.name} ({attribute.vr}): {value!r}: {why}")
+    return BadRequest(f"invalid value for {attribute.name} ({attribute.vr}): {shown(value)}: {why}")
 
 
 def valid_date(text: str) -> bool:
@@ -117,6 +153,12 @@ def pad_time(text: str, high: bool) -> str:
     return f"{whole}.{fraction}"
 
 
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 def pad_datetime(text: str, high: bool) -> str:
     """A (partial) DT, UTC offset dropped → YYYYMMDDHHMMSS.FFFFFF filled low or high."""
     m = _DT.fullmatch(text)
@@ -125,10 +167,9 @@ def pad_datetime(text: str, high: bool) -> str:
     whole, _, fraction = text.partition(".")
     filler = "99991231235959" if high else "00000101000000"
     if len(whole) >= 6 and high and len(whole) < 8:
-        # A month with no day: the last day of that month.
-        year, month = int(whole[:4]), int(whole[4:6])
-        next_month = datetime.date(year + month // 12, month % 12 + 1, 1)
-        whole += f"{(next_month - datetime.timedelta(days=1)).day:02d}"
+        # A month with no day: the last day of that month (years 0000 and 9999 included,
+        # which Python's dates do not hold).
+        whole += f"{_days_in_month(int(whole[:4]), int(whole[4:6])):02d}"
     whole = whole + filler[len(whole) :]
     fraction = (fraction + ("9" if high else "0") * 6)[:6]
     return f"{whole}.{fraction}"
@@ -151,8 +192,12 @@ def _check_text(attribute: Attribute, value: str) -> None:
         raise _bad_value(attribute, value, f"only ASCII characters are allowed in {vr} values")
     if "\\" in value and vr not in _BACKSLASH_VRS:
         raise _bad_value(attribute, value, "a backslash is DICOM's value separator and cannot be matched")
-    if ("*" in value or "?" in value) and vr not in WILDCARD_VRS:
-        raise _bad_value(attribute, value, f"wildcards are not allowed in {vr} values")
+    if "*" in value or "?" in value:
+        if vr not in WILDCARD_VRS:
+            raise _bad_value(attribute, value, f"wildcards are not allowed in {vr} values")
+        if len(value) > MAX_WILDCARD_LENGTH:
+            why = f"a wildcard pattern longer than {MAX_WILDCARD_LENGTH} characters"
+            raise _bad_value(attribute, value, why)
 
 
 def match_value(attribute: Attribute, value: str, combined: bool) -> object:
@@ -172,6 +217,8 @@ def match_value(attribute: Attribute, value: str, combined: bool) -> object:
         return uids if len(uids) > 1 else uids[0]
     _check_text(attribute, value)
     if vr in RANGE_VRS:
+        if len(value) > _MAX_RANGE_LENGTH:
+            raise _bad_value(attribute, value, f"longer than {_MAX_RANGE_LENGTH} characters")
         try:
             bounds = split_range(vr, value)
         except ValueError as e:
@@ -183,15 +230,17 @@ def match_value(attribute: Attribute, value: str, combined: bool) -> object:
         return value
     if vr in INT_RANGES:
         lowest, highest = INT_RANGES[vr]
-        if not _INTEGER.fullmatch(value) or not lowest <= int(value) <= highest:
+        number = integer(value)
+        if number is None or not lowest <= number <= highest:
             raise _bad_value(attribute, value, f"not an integer in [{lowest}, {highest}]")
-        return int(value)
+        return number
     if vr in ("FL", "FD"):
         if not _DECIMAL.fullmatch(value):
             raise _bad_value(attribute, value, "not a number")
         return float(value)
     if vr == "IS":
-        if not _INTEGER.fullmatch(value) or not -(2**31) <= int(value) <= 2**31 - 1:
+        number = integer(value)
+        if number is None or not -(2**31) <= number <= 2**31 - 1:
             raise _bad_value(attribute, value, "not an integer string")
     elif vr == "DS":
         if not _DECIMAL.fullmatch(value):

@@ -53,6 +53,11 @@ _PARAM = re.compile(
 _ESSENCE = re.compile(rf"\s*(?P<type>{_TOKEN})/(?P<subtype>{_TOKEN})\s*")
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """`value` quoted for an error message, cut short if long."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def parse_media_type(value: str) -> MediaType:
     """Parse a Content-Type header value; `MultipartError` if it does not parse.
 
@@ -62,7 +67,7 @@ def parse_media_type(value: str) -> MediaType:
     """
     match = _ESSENCE.match(value)
     if match is None:
-        raise MultipartError(f"cannot parse media type {value!r}")
+        raise MultipartError(f"cannot parse media type {shown(value)}")
     essence = f"{match['type']}/{match['subtype']}".lower()
     params: dict[str, str] = {}
     pos = match.end()
@@ -71,7 +76,7 @@ def parse_media_type(value: str) -> MediaType:
         if param is None or param.end() == pos:
             if value[pos:].strip(" \t;") == "":
                 break
-            raise MultipartError(f"cannot parse the parameters of media type {value!r}")
+            raise MultipartError(f"cannot parse the parameters of media type {shown(value)}")
         if param["quoted"] is not None:
             param_value = re.sub(r"\\(.)", r"\1", param["quoted"])
         else:
@@ -89,7 +94,7 @@ def check_boundary(boundary: str) -> bytes:
         raise MultipartError("the multipart boundary is not ASCII") from None
     if not _BOUNDARY.match(raw):
         raise MultipartError(
-            f"invalid multipart boundary {boundary!r}: 1 to 70 characters of RFC 2046's set, "
+            f"invalid multipart boundary {shown(boundary)}: 1 to 70 characters of RFC 2046's set, "
             "not ending in a space"
         )
     return raw

@@ -29,6 +29,10 @@ from dicomrst.common.walker import ElementWalker
 
 __all__ = ["NotPart10", "Part10Checker", "Part10Info"]
 
+#: A deflated data set is inflated in slices of this many compressed bytes, at fixed
+#: offsets of the stream: what the check sees, and where a corrupt stream fails, must
+#: not depend on how the network cut the part into chunks.
+INFLATE_SLICE = 4096
 #: A UID is at most 64 characters (PS3.5 §9.1).
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _WANTED = frozenset((SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID))
@@ -70,6 +74,7 @@ class Part10Checker:
         self._error: NotPart10 | None = None
         self._walker: ElementWalker | None = None
         self._inflater: zlib._Decompress | None = None
+        self._deflated = bytearray()  # compressed bytes short of a whole INFLATE_SLICE
 
     @property
     def failed(self) -> bool:
@@ -98,6 +103,12 @@ class Part10Checker:
         """The part is complete: its verdict."""
         if self._error is None and self._walker is None:
             self._read_meta(final=True)  # raises: the meta never completed
+        if self._error is None and self._deflated:
+            last, self._deflated = bytes(self._deflated), bytearray()
+            try:
+                self._inflate(last)
+            except NotPart10 as e:
+                self._error = e
         if self._error is not None:
             raise self._error
         assert self._walker is not None and self.dataset_offset is not None
@@ -169,11 +180,22 @@ class Part10Checker:
         assert walker is not None
         if walker.done:
             return
-        inflater = self._inflater
-        if inflater is None:
+        if self._inflater is None:
             walker.feed(data)
             return
-        pending = data
+        buffered = self._deflated
+        buffered += data
+        taken = 0
+        while len(buffered) - taken >= INFLATE_SLICE and not walker.done:
+            self._inflate(bytes(buffered[taken : taken + INFLATE_SLICE]))
+            taken += INFLATE_SLICE
+        del buffered[:taken]
+        if walker.done:
+            self._deflated = bytearray()
+
+    def _inflate(self, pending: bytes) -> None:
+        walker, inflater = self._walker, self._inflater
+        assert walker is not None and inflater is not None
         # Inflate in bounded steps and only while the walker wants more: a deflate bomb
         # must not be expanded into memory.
         while pending and not walker.done:

@@ -193,6 +193,7 @@ class StowUpload:
         self._parser = MultipartParser(boundary, self) if boundary is not None and error is None else None
         self._part: _Part | None = None
         self._parts = 0
+        self._completed = 0  # parts whose closing delimiter was seen
         self.results: list[InstanceResult | None] = []
         self._waiting: deque[tuple[int, UploadedInstance, _Spool]] = deque()
         self._spools: dict[int, _Spool] = {}  # spools not yet removed, by part index
@@ -201,6 +202,7 @@ class StowUpload:
         self._body_done = False
         self._over = False  # the request ended: nothing more is started
         self._malformed: str | None = None
+        self._cut_off: str | None = None  # why the body was cut short (max-upload-size)
         self._unavailable: ServiceUnavailable | None = None
         self._settled = False
         self._waiters: list[Deferred[list[InstanceResult]]] = []
@@ -210,7 +212,7 @@ class StowUpload:
 
     def dataReceived(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None or self._malformed is not None or self._over:
+        if parser is None or self._malformed is not None or self._over or self._cut_off is not None:
             return
         try:
             parser.feed(data)
@@ -231,6 +233,41 @@ class StowUpload:
             except MultipartError as e:
                 self._body_malformed(str(e))
         self._check_settled()
+
+    def bodyTooLarge(self, reason: str) -> bool:
+        """The body grew past the site's limit (`reason`) and nothing more of it comes.
+
+        With no part complete there is nothing to report: False (the site answers 413).
+        Otherwise True: the complete parts are stored as they would be had the body ended
+        here (all their bytes came within the limit), and the results report them, with
+        the part cut off (by its UIDs, if its file meta was read) or, between parts, the
+        rest of the body as a failure 0xA700 (out of resources).
+        """
+        if self._over or self._parser is None or self._body_done or self._malformed is not None:
+            return False
+        if self._completed == 0:
+            return False
+        self._cut_off = reason
+        part, self._part = self._part, None
+        if part is not None:
+            if part.spool is not None:
+                part.spool.discard()
+            self._spools.pop(part.index, None)
+            self.results[part.index] = self._part_failed(part, reason, FAILURE_OUT_OF_RESOURCES)
+        else:
+            self.results.append(InstanceResult(None, failure_reason=FAILURE_OUT_OF_RESOURCES))
+        log.info(
+            "STOW {aet}: {reason}: {complete} complete part(s) kept, the rest not read",
+            aet=self.target.aet,
+            reason=reason,
+            complete=self._completed,
+        )
+        self._body_done = True
+        if self._paused:
+            self._paused = False
+            self.reading.resume()  # the rest of the body is read and discarded
+        self._check_settled()
+        return True
 
     def requestOver(self) -> None:
         """The request ended (answered, rejected or lost): start nothing more, clean up."""
@@ -292,6 +329,7 @@ class StowUpload:
     def part_end(self) -> None:
         part, self._part = self._part, None
         assert part is not None
+        self._completed += 1
         result, instance = self._check(part)
         if instance is None:
             if part.spool is not None:
@@ -495,6 +533,11 @@ class StowUpload:
     @property
     def malformed(self) -> str | None:
         return self._malformed
+
+    @property
+    def cut_off(self) -> str | None:
+        """Why the body was cut short (over ``max-upload-size``), if it was."""
+        return self._cut_off
 
     @property
     def parts(self) -> int:

@@ -10,6 +10,7 @@ Server header and the error mapping from `GatewayRoot`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
@@ -33,6 +34,7 @@ from dicomrst.stow.upload import StowUpload
 from dicomrst.web import qido, stow, wado
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
 from dicomrst.web.errors import error_response
+from dicomrst.web.requests import request_host
 from dicomrst.web.responses import (
     ALLOW_METHODS,
     DEFAULT_ALLOW_HEADERS,
@@ -41,6 +43,10 @@ from dicomrst.web.responses import (
     set_common_headers,
 )
 from dicomrst.web.site import GatewayRequest, IStreamedBodies
+
+# A comma-separated list of RFC 9110 tokens (header names), as long as a header block allows.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_HEADER_NAMES = re.compile(rb"[ \t]*" + _TOKEN + rb"(?:[ \t]*,[ \t]*" + _TOKEN + rb")*[ \t]*")
 
 #: The STOW-RS routes: their bodies are parsed as they arrive (`GatewayRoot.bodyConsumerFactory`).
 STOW_ENDPOINTS = frozenset(("store_instances", "store_study_instances"))
@@ -81,6 +87,9 @@ class GatewayRoot(Resource):
     def render(self, request: IRequest) -> bytes | int:
         set_common_headers(request)
         try:
+            # Before Klein (which answers a non-UTF-8 Host with a bare text 400, and passes
+            # others to werkzeug) and before any URL is built from it.
+            request_host(request)
             if request.method == b"OPTIONS":
                 return self._preflight(request)
             postpath: list[bytes] = request.postpath
@@ -109,7 +118,9 @@ class GatewayRoot(Resource):
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
         asked = request.getHeader(b"Access-Control-Request-Headers")
-        request.setHeader(b"Access-Control-Allow-Headers", asked if asked else DEFAULT_ALLOW_HEADERS)
+        # Echoed only when it is what browsers send, a list of header names.
+        valid = asked is not None and _HEADER_NAMES.fullmatch(asked) is not None
+        request.setHeader(b"Access-Control-Allow-Headers", asked if valid else DEFAULT_ALLOW_HEADERS)
         request.setHeader(b"Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
         # The answer depends on the asked headers; caches must not mix them up.
         request.setHeader(b"Vary", b"Access-Control-Request-Headers")

@@ -17,6 +17,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.common.addresses import format_address
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
+from dicomrst.web.requests import request_host
 
 #: STOW-RS parts larger than this are spooled to a temporary file.
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
@@ -50,16 +51,13 @@ class WebContext:
     def base_url(self, request: IRequest) -> str:
         """``{scheme}://{Host}{base-path}`` as the client addressed us.
 
-        The scheme of the connection and the request's Host header; ``X-Forwarded-*``
-        headers are not trusted (anyone can send them): a proxy in front should pass
-        Host through.
+        The scheme of the connection and the request's Host header (`request_host`:
+        a malformed one is a `BadRequest`); ``X-Forwarded-*`` headers are not trusted
+        (anyone can send them): a proxy in front should pass Host through.
         """
         scheme = "https" if request.isSecure() else "http"
-        host_header = request.getHeader(b"host")
-        if host_header:
-            host = host_header.decode("latin-1")
-        else:
-            host = format_address(request.getHost())  # HTTP/1.0 without Host
+        # BadRequest for a Host that is not one: it would end up in every URL we send.
+        host = request_host(request) or format_address(request.getHost())  # HTTP/1.0 without Host
         base = "/" + self.base_path.strip("/") if self.base_path.strip("/") else ""
         return f"{scheme}://{host}{base}"
 

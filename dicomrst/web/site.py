@@ -1,12 +1,17 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """The HTTP site: one structured log line per request, request timeouts, streamed
-request bodies and ``max-upload-size``, in-flight tracking for a graceful stop.
+request bodies and ``max-upload-size``, in-flight tracking for a graceful stop, and a
+status for every request head it will not take.
 
 Twisted's own pieces are kept where they fit (`Site`, `HTTPChannel`'s idle timeout);
 what it lacks is a deadline on the *response*: once a request is fully received the
 channel switches its idle timeout off, so a handler waiting on a stuck PACS would
-hold the connection forever.  The Twisted internals this needs are in
-`dicomrst.common.twisted_internals`.
+hold the connection forever.  Nor does it bound the *head*: its idle timeout restarts
+with every byte, so a client trickling a request line and headers held the connection
+forever; and a head over its limits got the connection closed with no status or a bare
+400.  `GatewayChannel` adds the head deadline (``server.http.header-timeout``) and
+answers 414, 431, 400 and 408 through the request's lifecycle.  The Twisted internals
+this needs are in `dicomrst.common.twisted_internals`.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from zope.interface import Interface, implementer
 from dicomrst.common.addresses import format_address
 from dicomrst.common.machine import Machine, Run, transitions
 from dicomrst.common.twisted_internals import (
+    BadRequestHook,
     BodyReading,
     close_after_response,
+    current_request,
     fail_finish_waiters,
     request_disconnected,
     request_line,
@@ -45,12 +52,29 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 Twisted's default is twelve hours, which lets idle browser connections pile up.
 """
 
+DEFAULT_HEADER_TIMEOUT = 20.0
+"""Seconds from a connection being ready for a request (just opened, or its previous
+response sent) to that request's last header: ``server.http.header-timeout``."""
+
+MAX_REQUEST_LINE = 16 * 1024
+"""Bytes in a request line (method, target, version); longer is a 414."""
+
+MAX_HEADER_BLOCK = 16 * 1024
+"""Bytes in a request's header fields together (and so in any one of them); more is a 431."""
+
+MAX_HEADERS = 100
+"""Header fields in one request; more is a 431."""
+
+#: Reason phrases Twisted's table lacks or words differently (RFC 9110 §15).
+_REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
 # Outcomes named in the per-request log line.
 COMPLETE = "complete"
 TIMEOUT = "timeout"
 DISCONNECTED = "disconnected"
 SHUTDOWN = "shutdown"
 ERROR = "error"
+REJECTED = "rejected"
 
 
 class RequestTimedOut(Exception):
@@ -103,6 +127,11 @@ class BodyConsumer(Protocol):
     def bodyFinished(self) -> None:
         """The whole body arrived (the resource is about to render)."""
 
+    def bodyTooLarge(self, reason: str) -> bool:
+        """The body grew past ``max-upload-size``; nothing more of it comes.  True if the
+        consumer has taken something it must report (STOW-RS: instances stored): the
+        resource then renders and answers with it; False lets the site answer 413."""
+
     def requestOver(self) -> None:
         """The request ended, whichever way: answered, rejected as too large, or lost."""
 
@@ -113,7 +142,9 @@ REQUEST = Machine(
     states={
         "head": "request line in, headers arriving",
         "body": "headers in, body arriving (to a body consumer, or buffered)",
-        "rejected": "body over max-upload-size: 413 answered, the rest discarded",
+        "rejected": "answered without the whole request (413 body over max-upload-size, or the body "
+        "consumer's report of what it took; 400/414/431 head or body it cannot take; 408 head too "
+        "slow); the rest of the request is discarded",
         "handling": "body in, the resource is rendering; the deadline runs",
         "responding": "the status line is out",
         "timing-out": "deadline passed before the response began: the 504 is written",
@@ -123,6 +154,9 @@ REQUEST = Machine(
     },
     events={
         "headers": "gotLength: all headers in, the body may stream",
+        "head-deadline": "server.http.header-timeout passed with the request line in, not all headers",
+        "bad-request": "the channel cannot take the head (400 malformed, 414 line, 431 header fields) "
+        "or the chunked body (400)",
         "too-large": "the declared or received body is over max-upload-size",
         "chunk": "a piece of the body arrived",
         "complete": "requestReceived: the whole body is in",
@@ -136,10 +170,13 @@ REQUEST = Machine(
         [
             ("head", "headers", "body", "_take_body"),
             ("head", "too-large", "rejected", "_reject_now"),
+            ("head", "head-deadline", "rejected", "_answer_slow_head"),
+            ("head", "bad-request", "rejected", "_reject_bad"),
             ("head", "abort", "aborting", "_abort"),
             ("head", "lost", "lost", "_lost"),
             ("body", "chunk", "body", "_feed"),
             ("body", "too-large", "rejected", "_reject_later"),
+            ("body", "bad-request", "rejected", "_reject_bad"),
             ("body", "complete", "handling", "_handle"),
             ("body", "abort", "aborting", "_abort"),
             ("body", "lost", "lost", "_lost"),
@@ -171,9 +208,9 @@ REQUEST = Machine(
             # twisted.web drops writes after a loss; cutting off a lost response is moot.
             ("lost", "written", "lost", None),
             ("lost", "abort", "lost", None),
-            # The rest of a body read after a 413 is dropped; a finished request is no
-            # longer the channel's, so no loss reaches it.
-            ("finished", "chunk", "finished", None),
+            # A request finished before its body was read whole closed the connection
+            # (GatewayChannel drops what still arrives); a finished request is no longer
+            # the channel's, so no loss reaches it.
             ("finished", "abort", "finished", None),
         ]
     ),
@@ -213,6 +250,9 @@ class GatewayRequest(Request):
         # and the logged duration includes receiving the body.
         self.started = site.clock.seconds()
         self.timed_out = False
+        self._outcome: str | None = None  # logged instead of complete/timeout when set
+        self._reporting = False  # over max-upload-size, the body consumer reports what it took
+        self._rendering = False  # ... and the resource is rendering that report
         site.request_started(self)
 
     @property
@@ -268,6 +308,17 @@ class GatewayRequest(Request):
             self.abortReason = why
         self._run.fire("abort")
 
+    # -- the channel's calls (GatewayChannel) -------------------------------------------------
+
+    def reject(self, status: int, message: str, line: bytes | None = None) -> None:
+        """The channel cannot take this request's head or chunked body: answer `status`
+        with `message` and close.  `line`: the start of an oversized request line."""
+        self._run.fire("bad-request", status, message, line)
+
+    def head_timed_out(self) -> None:
+        """``server.http.header-timeout`` passed before this request's headers were in."""
+        self._run.fire("head-deadline")
+
     # -- the body ---------------------------------------------------------------------------
 
     def pause_body(self, holder: object) -> None:
@@ -315,19 +366,68 @@ class GatewayRequest(Request):
         self._answer_too_large()
 
     def _reject_later(self) -> None:
-        self._release_body()
+        consumer = self.bodyConsumer
+        reason = f"request body larger than max-upload-size ({self.gateway.maxUploadSize} bytes)"
+        if consumer is not None and consumer.bodyTooLarge(reason):
+            # What it took so far (instances stored) is answered by the resource, as if
+            # the body had ended here; the rest is read and discarded.
+            self._reporting = True
+        else:
+            self._release_body()
         self.gateway.clock.callLater(0, self._answer_too_large)
 
     def _answer_too_large(self) -> None:
-        if self.finished or request_disconnected(self):
+        if self.finished or request_disconnected(self) or self._rendering:
             return
-        self._release_body()
-        limit = self.gateway.maxUploadSize
         set_common_headers(self)
         # The rest of the body is not read: the connection cannot carry another request.
         self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
+        if self._reporting:
+            self._rendering = True
+            super().requestReceived(  # type: ignore[no-untyped-call]  # unannotated in Twisted
+                self.method, self.uri, self.clientproto
+            )
+            return
+        self._release_body()
+        limit = self.gateway.maxUploadSize
         self.write(error_body(self, 413, f"request body larger than max-upload-size ({limit} bytes)"))
+        self.finish()
+
+    def _reject_bad(self, status: int, message: str, line: bytes | None) -> None:
+        self._outcome = REJECTED
+        self._answer_early(status, message, line)
+
+    def _answer_slow_head(self) -> None:
+        self.timed_out = True
+        timeout_ms = round(self.gateway.headerTimeout * 1000)
+        self._answer_early(408, f"request headers not received within {timeout_ms} ms", None)
+
+    def _answer_early(self, status: int, message: str, line: bytes | None) -> None:
+        """Answer before the request was read whole (its head, or its chunked body, is
+        what is wrong), and close the connection: the rest cannot be parsed."""
+        self._release_body()
+        known = request_line(self.channel)
+        if known is not None:
+            self.method, self.uri, _ = known
+            self.path = self.uri.split(b"?", 1)[0]
+        elif line is not None:
+            # An oversized request line: its method and the start of its target, for the log.
+            method, _, target = line.partition(b" ")
+            self.method = method if 0 < len(method) <= 16 and method.isalpha() else b"-"
+            self.uri = self.path = target[:64] + b"..." if target else b"-"
+        else:
+            # A request line Twisted could not parse: nothing of it is known.
+            self.method, self.uri, self.path = b"-", b"-", b"-"
+        if not self.clientproto.startswith(b"HTTP/"):
+            self.clientproto = b"HTTP/1.1"  # the version of the line we could not read
+        self.content = BytesIO()
+        set_common_headers(self)
+        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        close_after_response(self.channel)
+        body = error_body(self, status, message)
+        self.setResponseCode(status, _REASONS.get(status))
+        self.write(body)
         self.finish()
 
     def _handle(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -365,7 +465,7 @@ class GatewayRequest(Request):
         _abort_transport(self.channel)
 
     def _finished(self) -> None:
-        self._over(TIMEOUT if self.timed_out else COMPLETE)
+        self._over(self._outcome or (TIMEOUT if self.timed_out else COMPLETE))
 
     def _lost(self) -> None:
         self._over(self.abortReason or DISCONNECTED)
@@ -395,12 +495,183 @@ class GatewayRequest(Request):
         self.gateway.request_over(self, outcome)
 
 
+def _reading(channel: HTTPChannel, *states: str) -> GatewayRequest | None:
+    """The request `channel` is reading (the last it made), if it is in one of `states`."""
+    request = current_request(channel)
+    if isinstance(request, GatewayRequest) and request.state in states:
+        return request
+    return None
+
+
+class GatewayChannel(BadRequestHook):
+    """An `HTTPChannel` that bounds each request head in time and size, and answers what
+    it will not take with a status, a JSON body and the request's log line.
+
+    * **Deadline.** From the moment the connection is ready for a request (opened, or its
+      previous response sent) to that request's last header, at most the site's
+      ``headerTimeout``: then a 408 if the request line was in, else the connection is
+      closed (one log line).  So a client that trickles its head, and an idle keep-alive
+      connection, are both let go.  The idle timeout (``Site.timeOut``) still guards a
+      stalled body.
+    * **Size.** A request line over `MAX_REQUEST_LINE` bytes is a 414; header fields over
+      `MAX_HEADER_BLOCK` bytes in all, or more than `MAX_HEADERS` of them, a 431.
+    * **Malformed.** What Twisted cannot parse (request line, a header field, the chunked
+      body) is a 400 through the request (`BadRequestHook`), not Twisted's bare one.
+
+    Each answer closes the connection: the rest of its bytes cannot be parsed.  HTTP/1.1
+    only (the site does not negotiate HTTP/2).
+    """
+
+    # LineReceiver: the longest line; the request line and any header field line.
+    MAX_LENGTH = max(MAX_REQUEST_LINE, MAX_HEADER_BLOCK)
+    maxHeaders = MAX_HEADERS
+    # Twisted's own total (request line and headers) is a backstop: ours are checked first.
+    totalHeadersSize = MAX_REQUEST_LINE + MAX_HEADER_BLOCK + 1024
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self._deadline: IDelayedCall | None = None
+        self._head_bytes = 0  # received since the deadline was armed
+        self._header_bytes = 0  # header field lines of the request being read
+        self._header_count = 0
+        self._closed = False  # answered (or given up on): the rest of the input is dropped
+
+    @property
+    def _site(self) -> GatewaySite:
+        site = site_of(self)
+        if not isinstance(site, GatewaySite):
+            raise TypeError("a GatewayChannel is built by a GatewaySite")
+        return site
+
+    # -- the deadline -----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self._arm()
+
+    def requestDone(self, request: Request) -> None:
+        # Armed first: pipelined bytes of the next request are parsed inside requestDone.
+        if self.persistent and not self._closed:
+            self._arm()
+        super().requestDone(request)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def loseConnection(self) -> None:
+        self._closed = True  # what still arrives is not parsed (there is no request for it)
+        super().loseConnection()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's is unannotated
+        self._disarm()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_bytes = 0
+        site = self._site
+        self._deadline = site.clock.callLater(site.headerTimeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        request = _reading(self, "head")
+        self._closed = True
+        if request is not None:
+            request.head_timed_out()
+            return
+        # No request line yet: there is no request to answer.
+        received = self._head_bytes
+        (log.info if received else log.debug)(
+            "HTTP connection from {client} closed: no request line within {timeout_ms} ms "
+            "({received} bytes received)",
+            client=format_address(self.transport.getPeer()) if self.transport is not None else "-",
+            timeout_ms=round(self._site.headerTimeout * 1000),
+            received=received,
+        )
+        self.loseConnection()
+
+    # -- reading the head -------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._deadline is not None:
+            self._head_bytes += len(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closed:
+            return
+        request = _reading(self, "head")
+        if request is None:  # a request line (or the blank line some clients send first)
+            self._header_bytes = self._header_count = 0
+        else:
+            self._header_bytes += len(line) + 2
+            if self._header_bytes > MAX_HEADER_BLOCK:
+                self._reject(431, f"request header fields larger than {MAX_HEADER_BLOCK} bytes in all")
+                return
+        super().lineReceived(line)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        if request is not None and request.state != "head":
+            self._disarm()  # the head is in
+
+    def headerReceived(self, line: bytes) -> bool:
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            self._reject(431, f"more than {MAX_HEADERS} request header fields")
+            return False
+        return bool(super().headerReceived(line))  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if _reading(self, "head") is None:
+            self._reject(414, f"request line longer than {MAX_REQUEST_LINE} bytes", line)
+        else:
+            self._reject(431, f"a request header field longer than {self.MAX_LENGTH} bytes")
+
+    def badRequest(self) -> None:
+        request = current_request(self)
+        if request is None:
+            super().badRequest()  # nothing to answer through: Twisted's bare 400
+            self._closed = True
+            return
+        if not isinstance(request, GatewayRequest) or request.state not in ("head", "body"):
+            # Already answered (a 413 on its way): it closes the connection itself.
+            self._closed = True
+            return
+        if request.state == "body":
+            why = "malformed chunked request body"
+        elif request_line(self) is None:
+            why = "malformed request line"
+        else:
+            why = "malformed request header field (or Content-Length, Transfer-Encoding)"
+        self._reject(400, why)
+
+    def _reject(self, status: int, message: str, line: bytes | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._disarm()
+        request = _reading(self, "head", "body")
+        if request is None:
+            # The line that is too long to be a request line made no request: make the one
+            # HTTPChannel would have, so the answer and its log line are a request's.
+            made = self.requestFactory(self)
+            if not isinstance(made, GatewayRequest):
+                raise TypeError("a GatewayChannel makes GatewayRequests")
+            self.requests.append(made)
+            request = made
+        request.reject(status, message, line)
+
+
 class GatewaySite(Site):
     """A `Site` that logs through `dicomrst.logs` and knows its in-flight requests.
 
     :ivar clock: times request deadlines, idle timeouts and logged durations.
     :ivar requestTimeout: seconds from a fully received request to a finished
         response; 0 disables the deadline.
+    :ivar headerTimeout: seconds from a connection being ready for a request to that
+        request's last header (`GatewayChannel`).
     :ivar draining: set by `drain`; responses then close their connection.
     :ivar maxUploadSize: largest request body in bytes (413 beyond); None: no limit.
     :ivar bodyConsumers: asked for each request once its headers are in; a
@@ -409,6 +680,9 @@ class GatewaySite(Site):
     """
 
     requestFactory = GatewayRequest
+    # Twisted types it as its HTTP/2-switching proxy around an HTTPChannel; this site
+    # speaks HTTP/1.1 only (no ALPN is offered), so the channel is the protocol itself.
+    protocol = GatewayChannel  # type: ignore[assignment]
     noisy = False
     displayTracebacks = False
 
@@ -419,6 +693,7 @@ class GatewaySite(Site):
         request_timeout: float,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_upload_size: int | None = None,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
         # parsePOSTFormSubmission: STOW bodies are never forms; parsing would only
         # cost memory on large uploads.
@@ -427,6 +702,7 @@ class GatewaySite(Site):
         )
         self.clock = clock
         self.requestTimeout = request_timeout
+        self.headerTimeout = header_timeout
         self.draining = False
         self.maxUploadSize = max_upload_size
         self.bodyConsumers: IStreamedBodies = (
@@ -503,6 +779,7 @@ def make_site(
     request_timeout: float,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_upload_size: int | None = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
 ) -> GatewaySite:
     """The `Site` the gateway listens with.
 
@@ -512,5 +789,7 @@ def make_site(
         response: 504 if nothing was sent yet, else the connection is aborted.
     :param idle_timeout: seconds an idle or stalled connection is kept open.
     :param max_upload_size: ``server.http.max-upload-size``: larger bodies get 413.
+    :param header_timeout: ``server.http.header-timeout`` in seconds: the most a request
+        head may take, counted from when the connection is ready for it.
     """
-    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size)
+    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size, header_timeout)

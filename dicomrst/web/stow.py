@@ -21,7 +21,7 @@ from dicomrst.errors import (
     UnsupportedMediaType,
 )
 from dicomrst.logs import logger
-from dicomrst.stow.multipart import MultipartError, check_boundary, parse_media_type
+from dicomrst.stow.multipart import MultipartError, check_boundary, parse_media_type, shown
 from dicomrst.stow.response import encode, store_instances_response, summarize
 from dicomrst.stow.upload import ReadControl, StowUpload, UploadTarget
 from dicomrst.web.context import WebContext
@@ -50,7 +50,7 @@ def boundary_of(content_type: bytes | None) -> bytes:
             f"not supported; send Part-10 instances as {_EXPECTED}"
         )
     if media.essence != "multipart/related" or part_type != "application/dicom":
-        raise UnsupportedMediaType(f"Content-Type {text!r} is not supported; expected {_EXPECTED}")
+        raise UnsupportedMediaType(f"Content-Type {shown(text)} is not supported; expected {_EXPECTED}")
     boundary = media.params.get("boundary")
     if not boundary:
         raise BadRequest("the multipart/related Content-Type has no boundary parameter")
@@ -85,15 +85,17 @@ def new_upload(
     reading: ReadControl | None = None,
 ) -> StowUpload:
     """An upload for `request`; errors found in its headers are kept in ``upload.error``."""
-    target = UploadTarget(aet=aet, study=study, service_url=context.service_url(request, aet))
     error: DicomrstError | None = None
     backend: IBackend | None = None
     boundary: bytes | None = None
+    service_url = ""
     try:
+        service_url = context.service_url(request, aet)  # BadRequest for a malformed Host
         backend = context.backend(aet)
         boundary = boundary_of(request.getHeader(b"content-type"))
     except DicomrstError as e:
         error = e
+    target = UploadTarget(aet=aet, study=study, service_url=service_url)
     return StowUpload(
         target,
         backend,
@@ -147,6 +149,10 @@ async def store(context: WebContext, request: IRequest, aet: str, study: str | N
             studies = {r.study_instance_uid for r in results if r.outcome is not None and r.outcome.stored}
             study_url = f"{upload.target.service_url}/studies/{studies.pop()}" if len(studies) == 1 else None
         body = encode(store_instances_response(results, study_url))
+        if upload.cut_off is not None:
+            # The Failure Reason (0xA700) does not say why: the Warning does.
+            warning = f"299 {upload.target.service_url}: {upload.cut_off}; the rest of the body was not read"
+            request.responseHeaders.addRawHeader(b"Warning", warning.encode("utf-8"))
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", DICOM_JSON)
         request.setHeader(b"Content-Length", b"%d" % len(body))

@@ -22,6 +22,7 @@ from dicomrst.config import (
     S3Credentials,
     StowConfig,
     WadoConfig,
+    config_warnings,
     default_resolver,
     load_config,
     parse_config,
@@ -115,7 +116,7 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(config.server.aet, "DICOM-RST")
         self.assertEqual(config.server.http, HttpConfig(
             interface="0.0.0.0", port=8080, max_upload_size=50_000_000, request_timeout=60_000,
-            graceful_shutdown=True, base_path="/", endpoint=None))
+            graceful_shutdown=True, base_path="/", endpoint=None, header_timeout=20_000))
         self.assertEqual(config.server.dimse, (DimseServerConfig(
             aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None),))
         self.assertEqual(config.aets, (AetConfig(
@@ -170,8 +171,9 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.telemetry.level, "INFO")
         http = config.server.http
         self.assertEqual((http.interface, http.port, http.max_upload_size, http.request_timeout,
-                          http.graceful_shutdown, http.base_path, http.endpoint),
-                         ("0.0.0.0", 8080, 50_000_000, 60_000, True, "/", None))
+                          http.graceful_shutdown, http.base_path, http.endpoint, http.header_timeout),
+                         ("0.0.0.0", 8080, 50_000_000, 60_000, True, "/", None, 20_000))
+        self.assertEqual(http.header_timeout_s, 20.0)
         self.assertEqual(config.server.aet, "DICOM-RST")
         self.assertEqual(config.server.dimse, (DimseServerConfig(
             aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True),))
@@ -350,6 +352,13 @@ class ErrorTests(SynchronousTestCase):
         self.assertError({"server": {"http": {"max-upload-size": -1}}}, "server.http.max-upload-size",
                          "at least 0, got -1")
         self.assertError({"server": {"http": {"request-timeout": -1}}}, "server.http.request-timeout")
+        for bad in (0, -1):
+            self.assertError({"server": {"http": {"header-timeout": bad}}}, "server.http.header-timeout",
+                             f"at least 1, got {bad}")
+        self.assertError({"server": {"http": {"header-timeout": "20s"}}}, "server.http.header-timeout",
+                         "expected an integer")
+        http = parse({"server": {"http": {"header-timeout": 5000}}}).server.http
+        self.assertEqual(http.header_timeout_s, 5.0)
         for section in ("qido-rs", "wado-rs", "stow-rs", "mwl-rs", "pool"):
             self.assertError(with_aets(dimse_aet(**{section: {"timeout": -5}})),
                              f"aets[0].{section}.timeout", "at least 0")
@@ -518,3 +527,62 @@ class FileTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, load_config, path, resolve=resolver())
         self.assertEqual(str(e), "server.http.prot: unknown key")
         self.assertEqual(e.file, path)
+
+
+class URLTitleTests(SynchronousTestCase):
+    """aets[].aet is the URL segment /aets/{aet}: a title a URL cannot carry as it is
+    (a space, '/') is an error naming the key (issue 11)."""
+
+    def test_titles_a_url_cannot_carry(self) -> None:
+        for title in ("MY PACS", "A/B", "A?B", "A#B", "A%20B", 'A"B', "A<B", "A|B", "A{B"):
+            self.assertError(with_aets(dimse_aet(title)), "aets[0].aet", "URL segment /aets/{aet}")
+        for title in ("ORTHANC", "DICOM-RST", "A.B_C~D", "PACS:1", "A+B", "A=B@C"):
+            self.assertEqual(parse(with_aets(dimse_aet(title))).aets[0].aet, title)
+
+    def test_listener_and_calling_titles_are_not_urls(self) -> None:
+        config = parse({"server": {"aet": "MY PACS", "dimse": [{"aet": "A/B"}]}})
+        self.assertEqual((config.server.aet, config.server.dimse[0].aet), ("MY PACS", "A/B"))
+
+    def assertError(self, data: object, path: str, *fragments: str) -> ConfigError:
+        with self.assertRaises(ConfigError) as e:
+            parse(data)
+        self.assertEqual(e.exception.path, path)
+        for fragment in fragments:
+            self.assertIn(fragment, e.exception.message)
+        return e.exception
+
+
+class WarningTests(SynchronousTestCase):
+    def test_a_sound_config_has_none(self) -> None:
+        self.assertEqual(config_warnings(parse(sample())), [])
+        self.assertEqual(config_warnings(Config()), [])
+
+    def test_request_timeout_in_seconds_as_dicom_rst_reads_it(self) -> None:
+        [warning] = config_warnings(parse({"server": {"http": {"request-timeout": 60}}}))
+        self.assertEqual(
+            warning,
+            "server.http.request-timeout is 60 ms: dicomrst reads it in milliseconds, DICOM-RST's code "
+            "in seconds; for 60 seconds write 60000",
+        )
+        no_deadline = parse({"server": {"http": {"request-timeout": 0}}})
+        self.assertEqual(config_warnings(no_deadline), [])
+
+    def test_other_times_below_a_second(self) -> None:
+        data = with_aets(dimse_aet(**{"qido-rs": {"timeout": 30}, "pool": {"idle-timeout": 0}}), dict(S3_AET))
+        data["server"] = {"http": {"header-timeout": 20}}
+        self.assertEqual(
+            config_warnings(parse(data)),
+            [
+                "server.http.header-timeout is 20 ms: times are in milliseconds (as in DICOM-RST's files); "
+                "for 20 seconds write 20000",
+                "aets[0].pool.idle-timeout is 0 ms: times are in milliseconds (as in DICOM-RST's files); "
+                "0 leaves no time at all",
+                "aets[0].qido-rs.timeout is 30 ms: times are in milliseconds (as in DICOM-RST's files); "
+                "for 30 seconds write 30000",
+            ],
+        )
+
+    def test_sentry_does_nothing(self) -> None:
+        [warning] = config_warnings(parse({"telemetry": {"sentry": "https://key@sentry.example/1"}}))
+        self.assertIn("telemetry.sentry is set, but dicomrst does not report to Sentry", warning)
+        self.assertNotIn("key@", warning)

@@ -246,6 +246,10 @@ class _Body:
     def bodyFinished(self) -> None:
         self.events.append("finished")
 
+    def bodyTooLarge(self, reason: str) -> bool:
+        self.events.append("too large")
+        return False
+
     def requestOver(self) -> None:
         self.events.append("over")
 
@@ -347,12 +351,9 @@ class RequestTransitions(TransitionTests):
             self.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
             self.protocol.connectionLost(Failure(ConnectionDone()))
         elif state == "finished":
-            if event == "chunk":
-                self.send(HEAD + b"Content-Length: 200\r\n\r\n")  # 413 at once; body still comes
-            else:
-                self.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
-                self.request.write(b"x")
-                self.request.finish()
+            self.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            self.request.write(b"x")
+            self.request.finish()
         return self.request
 
     def stimulate(self, request: GatewayRequest, event: str, state: str) -> None:
@@ -361,7 +362,7 @@ class RequestTransitions(TransitionTests):
         elif event == "too-large":
             self.send(TOO_LONG if state == "head" else BIG_CHUNK)
         elif event == "chunk":
-            self.send(b"x" * 10 if state == "finished" else CHUNK)
+            self.send(CHUNK)
         elif event == "complete":
             self.send(LAST_CHUNK)
         elif event == "written":
@@ -373,6 +374,11 @@ class RequestTransitions(TransitionTests):
             request.finish()
         elif event == "deadline":
             self.clock.advance(5)
+        elif event == "head-deadline":
+            self.clock.advance(self.site.headerTimeout)
+        elif event == "bad-request":
+            # A header line with no colon; in a body, a chunk size that is not hex.
+            self.send(b"no colon here\r\n\r\n" if state == "head" else b"zz\r\n")
         elif event == "abort":
             abort_connection(request, "error")
         elif event == "lost":
@@ -387,6 +393,11 @@ class RequestTransitions(TransitionTests):
             self.assertIn(b"413", self.transport.value())
         if (t.source, t.event) == ("handling", "deadline"):
             self.assertIn(b"504", self.transport.value())
+        if (t.source, t.event) == ("head", "head-deadline"):
+            self.assertIn(b"HTTP/1.1 408 Request Timeout\r\n", self.transport.value())
+        if t.event == "bad-request":
+            self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", self.transport.value())
+            self.assertIn(b"Connection: close", self.transport.value())
         if (t.source, t.event) == ("body", "complete"):
             self.assertEqual(self.resource.bodies[-1].events, ["finished"])
             self.assertEqual(len(self.resource.rendered), 1)

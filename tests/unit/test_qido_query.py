@@ -409,6 +409,37 @@ class BadRequestTests(SynchronousTestCase):
             self.assertBad("offset", offset=value)
         self.assertBad("limit", limit=["1", "2"])
 
+    def test_numbers_with_thousands_of_digits(self) -> None:
+        # int() raises ValueError beyond 4300 digits: each such parse is a 400 naming the
+        # parameter, with a short message, never an unhandled error (issue 11).
+        huge = "9" * 5000
+        self.assertEqual(q(limit=huge).limit, DEFAULT_LIMIT)  # "at most": any huge limit is the cap
+        self.assertEqual(q(limit="0" * 5000 + "7").limit, 7)  # leading zeros are not digits that count
+        padded = q(Target.all_instances(), Rows="0" * 5000 + "7")  # a valid US, matched here too
+        self.assertEqual(padded.identifier.Rows, 7)
+        self.assertTrue(padded.accepts(result(Rows=7)))
+        self.assertFalse(padded.accepts(result(Rows=8)))
+        cases = [
+            ("offset", {"offset": huge}),
+            ("Rows", {"Rows": huge}),  # US
+            ("Rows", {"Rows": "-" + huge}),
+            ("InstanceNumber", {"InstanceNumber": huge}),  # IS
+            ("SmallestPixelValueInSeries", {"SmallestPixelValueInSeries": "-" + huge}),  # US or SS
+            ("SliceThickness", {"SliceThickness": huge}),  # DS
+        ]
+        for name, params in cases:
+            level = attributes.level_of(tag_for_keyword(name) or 0)
+            target = {SERIES: Target.all_series(), IMAGE: Target.all_instances()}.get(level or STUDY)
+            message = self.assertBad(name, target=target, **params)
+            self.assertLess(len(message), 200, message)
+
+    def test_regexes_on_input_do_not_backtrack(self) -> None:
+        # Both took seconds (the first quadratic, the second exponential in the path's
+        # length) before failing; now they fail at once.  The test just has to finish.
+        self.assertBad("FrameTime", target=Target.all_instances(), FrameTime="1" * 16000 + "x")  # DS
+        self.assertFalse(looks_like_attribute(".".join(["ABCDEF12"] * 60) + "!"))
+        self.assertTrue(looks_like_attribute(".".join(["ABCDEF12"] * 60)))
+
     def test_booleans(self) -> None:
         for name in ("fuzzymatching", "emptyvaluematching", "multiplevaluematching"):
             self.assertBad(name, **{name: "yes"})
@@ -544,6 +575,21 @@ class CombinedDateTimeTests(SynchronousTestCase):
         with self.assertRaises(BadRequest) as e:
             q(StudyDate="20200101-20200102", StudyTime="2300-2500")
         self.assertIn("StudyTime", e.exception.message)
+
+
+    def test_datetime_months_at_the_ends_of_the_calendar(self) -> None:
+        # Found by the qido-query fuzz harness: a DT range ending in a month of year 0000
+        # or 9999 asked Python's dates for the next month, outside their range: an
+        # unhandled error (a 500).
+        for value, inside, outside in (
+            ("000001", "00000131", "00000201"),
+            ("-000002", "00000229", "00000301"),  # year 0 is a leap year (proleptic Gregorian)
+            ("999912", "99991231235959", "99981231"),
+            ("19991231-999912", "99991231", "19991230"),
+        ):
+            query = q(Target.all_instances(), AcquisitionDateTime=value)
+            self.assertTrue(query.accepts(result(AcquisitionDateTime=inside)), value)
+            self.assertFalse(query.accepts(result(AcquisitionDateTime=outside)), value)
 
 
 class SequenceIdentifierTests(SynchronousTestCase):

@@ -207,6 +207,21 @@ class ResourceTests(QidoTestCase):
         self.assertIn("StudyDescription", ident)
 
 
+
+class HostileQueryTests(QidoTestCase):
+    def test_numbers_with_thousands_of_digits_are_400_naming_the_parameter(self) -> None:
+        # These answered 500 with a traceback in the log (issue 11).
+        for query, name in (
+            ("limit=" + "9" * 5000 + "&offset=" + "9" * 5000, "offset"),
+            ("Rows=" + "9" * 5000, "Rows"),
+            ("InstanceNumber=" + "1" * 4301, "InstanceNumber"),
+        ):
+            response, body = self.fetch("/aets/PACS/instances?" + query)
+            message = self.assertError(response, body, 400, name)
+            self.assertLess(len(body), 300, message)
+        self.assertEqual(self.pacs.finds, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 class RetrieveURLTests(QidoTestCase):
     base_path = "/dicomweb/"
 

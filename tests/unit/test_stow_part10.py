@@ -6,11 +6,12 @@ from pydicom itself; the expected UIDs and data set offsets are what pydicom rea
 
 from __future__ import annotations
 
+import random
 import struct
 
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.stow.part10 import NotPart10, Part10Checker, Part10Info
@@ -156,3 +157,28 @@ class InvalidTests(SynchronousTestCase):
         data = part10_bytes()
         offset = expected_info(data).dataset_offset
         self.assertRejected(data[:offset] + b"\x08\x00\x16\x00\x01\x02" + b"\xff" * 64, "no valid VR")
+
+
+class ChunkingTests(SynchronousTestCase):
+    """A part's verdict must not depend on how the network cut it into chunks.  For a
+    deflated data set it did (found by the part10 fuzz harness): fed whole, a corrupt
+    stream failed before the UIDs reached the check; fed in chunks, the UIDs went through
+    first and the part was accepted."""
+
+    def test_a_corrupt_deflated_stream_gets_one_verdict_however_it_is_cut(self) -> None:
+        rng = random.Random(1)
+        extra = Dataset()
+        # After the UIDs: ~24 KB of deflate stream with Huffman-coded blocks, which a
+        # flipped byte breaks.
+        extra.add_new(0x00291010, "OB", bytes(rng.choice(b"0123456789abcdef") for _ in range(40_000)))
+        data = part10_bytes(transfer_syntax=DeflatedExplicitVRLittleEndian, extra=extra)
+        offset = expected_info(data).dataset_offset
+        for at in (offset + 3000, offset + 9000):
+            corrupt = data[:at] + bytes(b ^ 0xFF for b in data[at : at + 64]) + data[at + 64 :]
+            verdicts = set()
+            for step in (None, 1, 7, 1000, 4096, 5000):
+                try:
+                    verdicts.add(repr(check(corrupt, step)))
+                except NotPart10 as e:
+                    verdicts.add(f"NotPart10: {e}")
+            self.assertEqual(len(verdicts), 1, verdicts)

@@ -261,7 +261,7 @@ class SuccessTests(StowTestCase):
         client = Client(self.site)
         client.head("/aets/PACS/studies", length=len(body))
         client.send(body[:-10])
-        [request] = client.protocol._channel.requests
+        [request] = client.protocol.requests
         self.assertEqual(request.content.getvalue(), b"")
         # Past the threshold, the part went to a file, and only there.
         self.assertEqual(len(self.spooled()), 1)
@@ -515,6 +515,97 @@ class RejectedRequestTests(StowTestCase):
         self.assertError(client, 413, "larger than max-upload-size")
         self.clock.advance(0)
         self.assertEqual(client.transport.value().count(b"HTTP/1.1"), 1)
+
+
+class CutOffTests(StowTestCase):
+    """A chunked upload that passes max-upload-size after some instances were stored
+    answered 413 as if nothing was (issue 11).  The complete parts are now reported as
+    the response to a body that ended there: 202 (or 409 if none was stored), the part
+    cut off and the rest as failures 0xA700, and a Warning saying why."""
+
+    max_upload_size = 100_000
+
+    def upload(self, parts: list[bytes], step: int = 10_000) -> Client:
+        body = multipart_body([(DICOM, p) for p in parts], BOUNDARY)
+        client = Client(self.site)
+        client.head("/aets/PACS/studies")
+        sent = 0
+        while sent < len(body) and not client.transport.disconnecting:
+            client.send_chunk(body[sent : sent + step])
+            sent += step
+            self.clock.advance(0)
+        return client
+
+    def assertCutOff(self, client: Client, status: int) -> dict[str, Any]:
+        got, headers, raw = client.response()
+        self.assertEqual(got, status, raw)
+        self.assertEqual(headers["content-type"], "application/dicom+json")
+        self.assertEqual(headers["connection"], "close")
+        self.assertEqual(
+            headers["warning"],
+            f"299 {BASE}: request body larger than max-upload-size (100000 bytes); "
+            "the rest of the body was not read",
+        )
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(self.spooled(), [])
+        return json.loads(raw)  # type: ignore[no-any-return]
+
+    def test_instances_stored_before_the_limit_are_reported(self) -> None:
+        first, second, third = (
+            instance(pixel_bytes=20_000),
+            instance(pixel_bytes=20_000),
+            instance(pixel_bytes=150_000),
+        )
+        body = self.assertCutOff(self.upload([first, second, third]), 202)
+        self.assertEqual([data for _, data in self.pacs.received], [first, second])
+        self.assertEqual(
+            body["00081199"]["Value"],
+            [item(sop_of(p), **{"00081190": url(sop_of(p))}) for p in (first, second)],
+        )
+        # Cut off in its pixel data: its file meta named it.
+        self.assertEqual(body["00081198"]["Value"], [item(sop_of(third), **{"00081197": us(0xA700)})])
+        self.assertNotIn("0008119A", body)
+        cut, summary = self.stow_lines()
+        self.assertEqual(
+            cut,
+            "STOW PACS: request body larger than max-upload-size (100000 bytes): 2 complete part(s) kept, "
+            "the rest not read",
+        )
+        self.assertIn("2 stored (0 with warnings), 1 failed, 0 other failure(s) -> 202", summary)
+
+    def test_a_part_cut_off_before_its_uids_is_an_other_failure(self) -> None:
+        first = instance(pixel_bytes=20_000)
+        body = self.assertCutOff(self.upload([first, b"x" * 150_000]), 202)
+        self.assertEqual(len(body["00081199"]["Value"]), 1)
+        self.assertEqual(body["0008119A"]["Value"], [{"00081197": us(0xA700)}])
+
+    def test_stores_in_flight_are_waited_for(self) -> None:
+        self.pacs.manual = True
+        first, second = instance(pixel_bytes=20_000), instance(pixel_bytes=20_000)
+        client = self.upload([first, second, instance(pixel_bytes=150_000)])
+        self.assertFalse(client.answered)
+        self.pacs.fire()
+        self.assertFalse(client.answered)
+        self.pacs.fire(model.WARNING_COERCION)
+        body = self.assertCutOff(client, 202)
+        self.assertEqual(
+            [i["00081155"]["Value"][0] for i in body["00081199"]["Value"]], [sop_of(first), sop_of(second)]
+        )
+
+    def test_none_stored_is_409(self) -> None:
+        first = instance(pixel_bytes=20_000)
+        self.pacs.statuses[sop_of(first)] = model.FAILURE_SOP_CLASS_NOT_SUPPORTED
+        body = self.assertCutOff(self.upload([first, instance(pixel_bytes=150_000)]), 409)
+        self.assertNotIn("00081199", body)
+        self.assertEqual([i["00081197"]["Value"] for i in body["00081198"]["Value"]], [[0x0122], [0xA700]])
+
+    def test_the_connection_is_not_read_further(self) -> None:
+        client = self.upload([instance(pixel_bytes=20_000), instance(pixel_bytes=150_000)])
+        answered = client.transport.value()
+        client.send_chunk(b"x" * 10_000)
+        client.send(b"0\r\n\r\n")
+        self.clock.advance(1)
+        self.assertEqual(client.transport.value(), answered)
 
 
 class FlowTests(StowTestCase):

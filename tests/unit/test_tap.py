@@ -1,4 +1,5 @@
-"""The service tree's shutdown order, and WADO's up-front 406 (no retrieve started)."""
+"""The service tree's shutdown order, the HTTP keys reaching the site, and WADO's up-front
+406 (no retrieve started)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from dicomrst.tap import GatewayService
+from dicomrst.config import parse_config
+from dicomrst.logs import set_level
+from dicomrst.tap import GatewayService, Options, build, makeService
 from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
+from dicomrst.web.service import HTTPService
 from tests.support.fakes import FakeBackend
 
 
@@ -73,3 +79,26 @@ class LateStoreTests(SynchronousTestCase):
         self.assertRaises(
             ConnectionError, sink.begin, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"
         )
+
+
+class SiteSettingsTests(SynchronousTestCase):
+    def test_the_http_keys_reach_the_site(self) -> None:
+        config = parse_config(
+            {"server": {"http": {"header-timeout": 5000, "request-timeout": 30000, "max-upload-size": 1000}}}
+        )
+        [http] = [s for s in build(config, MemoryReactorClock()) if isinstance(s, HTTPService)]
+        site = http.site
+        self.assertEqual((site.headerTimeout, site.requestTimeout, site.maxUploadSize), (5.0, 30.0, 1000))
+
+
+class StartupWarningTests(SynchronousTestCase):
+    def test_config_warnings_are_logged_at_start(self) -> None:
+        logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        options = Options()
+        options["config"] = "dicom-rst.yaml"
+        options["loaded"] = parse_config({"server": {"http": {"request-timeout": 60}}})
+        self.addCleanup(set_level, "INFO")
+        makeService(options)
+        warnings = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertTrue(warnings[0].startswith("config: server.http.request-timeout is 60 ms"), warnings)

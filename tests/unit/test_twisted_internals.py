@@ -248,3 +248,58 @@ class ListenErrorTests(SynchronousTestCase):
         self.assertIs(port, service.port)
         stopped: Deferred[None] = service.stopService()
         self.successResultOf(stopped)
+
+
+class _Recording(internals.BadRequestHook):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad = 0
+
+    def badRequest(self) -> None:
+        self.bad += 1
+        self.transport.loseConnection()
+
+
+class BadRequestHookTests(SynchronousTestCase):
+    ITEM = "HTTPChannel._respondToBadRequestAndDisconnect"
+
+    def test_what_the_channel_cannot_parse_reaches_the_hook(self) -> None:
+        for head in (
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",  # a header field
+            b"GET /\x01 HTTP/1.1\r\n\r\n",  # the request line
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a chunk size
+        ):
+            channel = _Recording()
+            channel.requestFactory = Request
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(head)
+            self.assertEqual(channel.bad, 1, changed(self.ITEM, f"not called for {head!r}"))
+            self.assertEqual(transport.value(), b"", changed(self.ITEM, "Twisted answered by itself"))
+
+    def test_by_default_twisted_answers(self) -> None:
+        channel = internals.BadRequestHook()
+        channel.requestFactory = Request
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), changed(self.ITEM, "no 400"))
+
+
+class CurrentRequestTests(SynchronousTestCase):
+    ITEM = "HTTPChannel.requests"
+
+    def test_the_request_being_read_is_the_last(self) -> None:
+        channel, _ = channel_for()
+        self.assertIsNone(internals.current_request(channel))
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: gw\r\n")
+        request = internals.current_request(channel)
+        self.assertIsInstance(request, Request, changed(self.ITEM, "no request after the request line"))
+        channel.dataReceived(b"Content-Length: 2\r\n\r\nab")
+        kept = changed(self.ITEM, "not kept while handled")
+        self.assertIs(internals.current_request(channel), request, kept)
+        assert request is not None
+        request.finish()
+        self.assertIsNone(internals.current_request(channel), changed(self.ITEM, "kept after it finished"))
+        self.assertIsNone(internals.current_request(HTTPChannel()))

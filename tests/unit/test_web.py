@@ -41,7 +41,14 @@ from dicomrst.errors import (
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.errors import error_response, http_status
 from dicomrst.web.service import HTTPService
-from dicomrst.web.site import GatewaySite, RequestTimedOut, make_site
+from dicomrst.web.site import (
+    MAX_HEADER_BLOCK,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    GatewaySite,
+    RequestTimedOut,
+    make_site,
+)
 from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 
@@ -554,3 +561,243 @@ class ServiceTests(SynchronousTestCase):
         self.stopped.callback(None)
         self.successResultOf(d)
         self.assertTrue(conn.transport.disconnected)
+
+
+# -- malformed headers ------------------------------------------------------
+
+
+class HostHeaderTests(SynchronousTestCase):
+    """The Host goes into every URL the gateway answers with.  A non-ASCII one got no
+    answer (a WADO-RS response cut off at its first part header) or Klein's text 400
+    (issue 11); now every malformed Host is our JSON 400 before anything starts."""
+
+    STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pacs = FakeBackend("PACS")
+        self.site = make_site(GatewayApp({"PACS": self.pacs}, self.clock).resource(), self.clock, 60)
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def request(self, head: bytes) -> tuple[int, dict[str, Any]]:
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(head + b"\r\n")
+        head_bytes, body = conn.head_and_body()
+        status = int(head_bytes.split(b" ", 2)[1])
+        return status, (json.loads(body) if body.startswith(b"{") else {"raw": body})
+
+    def test_malformed_hosts_are_400_naming_host(self) -> None:
+        paths = (
+            b"GET /aets/PACS/studies?fuzzymatching=true",
+            b"GET /aets/PACS/studies/" + self.STUDY.encode(),
+            b"GET /aets/PACS/studies/" + self.STUDY.encode() + b"/metadata",
+            b"OPTIONS /aets/PACS/studies",
+        )
+        hosts = (b"h\xe9llo", b"h\xc3\xa9llo", b"gw.example:80:80", b"a b", b"gw,evil", b"x" * 300, b"gw/x")
+        for path in paths:
+            for host in hosts:
+                status, body = self.request(path + b" HTTP/1.1\r\nHost: " + host + b"\r\n")
+                self.assertEqual(status, 400, (path, host, body))
+                self.assertIn("Host", body["error"], (path, host))
+                self.assertLess(len(body["error"]), 200)
+        self.assertEqual((self.pacs.finds, self.pacs.retrieves), ([], []))
+        statuses = [e["status"] for e in request_lines(self.logs)]
+        self.assertEqual(statuses, [400] * len(paths) * len(hosts))  # one line each
+
+    def test_stow_with_a_malformed_host_stores_nothing(self) -> None:
+        status, body = self.request(
+            b"POST /aets/PACS/studies HTTP/1.1\r\nHost: h\xc3\xa9llo\r\n"
+            b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            b"Content-Length: 9\r\n\r\n--b--\r\n\r\n"
+        )
+        self.assertEqual(status, 400)
+        self.assertIn("Host", body["error"])
+        self.assertEqual(self.pacs.received, [])
+
+    def test_several_or_missing_hosts(self) -> None:
+        status, body = self.request(b"GET /aets HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n")
+        self.assertEqual((status, body["error"]), (400, "more than one Host header"))
+        status, body = self.request(b"GET /aets HTTP/1.1\r\n")
+        self.assertEqual((status, body["error"]), (400, "an HTTP/1.1 request needs a Host header"))
+
+    def test_valid_hosts(self) -> None:
+        valid = (b"gw.example", b"gw.example:8443", b"127.0.0.1:8080", b"[::1]:8080", b"[fe80::1%2]", b"")
+        for host in valid:
+            status, _ = self.request(b"GET /aets HTTP/1.1\r\nHost: " + host + b"\r\n")
+            self.assertEqual(status, 200, host)
+        self.pacs.results = []
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(b"GET /aets/PACS/studies HTTP/1.0\r\n\r\n")  # HTTP/1.0: Host optional
+        self.assertTrue(conn.transport.value().startswith(b"HTTP/1.0 200 "), conn.transport.value()[:80])
+
+    def test_preflight_echoes_only_a_list_of_header_names(self) -> None:
+        for asked, echoed in ((b"accept, authorization", True), (b"accept\x1b[2J", False), (b"a;b", False)):
+            conn = Connection(self.site)
+            head = b"OPTIONS /aets HTTP/1.1\r\nHost: gw\r\nAccess-Control-Request-Headers: "
+            conn.protocol.dataReceived(head + asked + b"\r\n\r\n")
+            head, _ = conn.head_and_body()
+            self.assertEqual(b"Access-Control-Allow-Headers: " + asked in head, echoed, head)
+
+
+# -- request heads: deadline and limits ---------------------------------------
+
+
+class HeadTestCase(SynchronousTestCase):
+    header_timeout = 20.0
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = SlowResource()
+        self.site = make_site(
+            self.resource, self.clock, request_timeout=60, header_timeout=self.header_timeout
+        )
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def answer(self, conn: Connection, since: int = 0) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+        head, _, body = conn.transport.value()[since:].partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = {name.lower(): value for name, _, value in (line.partition(b": ") for line in lines)}
+        return int(status_line.split(b" ")[1]), headers, json.loads(body)
+
+    def assertClosedWith(
+        self, conn: Connection, status: int, *fragments: str, since: int = 0
+    ) -> dict[str, Any]:
+        code, headers, body = self.answer(conn, since)
+        self.assertEqual(code, status, body)
+        self.assertEqual(headers[b"content-type"], b"application/json")
+        self.assertEqual(headers[b"connection"], b"close")
+        for fragment in fragments:
+            self.assertIn(fragment, body["error"])
+        self.assertTrue(conn.transport.disconnecting)
+        return body
+
+    def lines(self) -> list[dict[str, Any]]:
+        return request_lines(self.logs)
+
+
+class HeadDeadlineTests(HeadTestCase):
+    """A client that trickles its request head was held forever: Twisted's idle timeout
+    restarts with every byte (issue 11).  The head now has `header_timeout` in all."""
+
+    def trickle(self, conn: Connection, data: bytes, every: float) -> None:
+        for i in range(len(data)):
+            conn.protocol.dataReceived(data[i : i + 1])
+            self.clock.advance(every)
+
+    def test_a_trickled_head_is_a_408_at_the_deadline(self) -> None:
+        conn = Connection(self.site)
+        self.trickle(conn, b"GET /slow HTTP/1.1\r\nHost: gw\r\nX-Trickle: aaaaaaaaaaaaaaaaaaaaaaaa", 0.5)
+        self.assertClosedWith(conn, 408, "request headers not received within 20000 ms")
+        self.assertEqual(self.resource.requests, [])
+        [line] = self.lines()
+        self.assertEqual(
+            (line["method"], line["path"], line["status"], line["outcome"], line["duration_ms"]),
+            ("GET", "/slow", 408, "timeout", 10_500.0),  # the request line was in at 9.5 s
+        )
+
+    def test_no_request_line_by_the_deadline_closes_without_an_answer(self) -> None:
+        conn = Connection(self.site)
+        self.trickle(conn, b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 1.0)
+        self.assertTrue(conn.transport.disconnecting)
+        self.assertEqual(conn.transport.value(), b"")
+        self.assertEqual(self.lines(), [])
+        [event] = web_events(self.logs)
+        self.assertEqual(
+            formatEvent(event),
+            "HTTP connection from 192.0.2.7:50123 closed: no request line within 20000 ms "
+            "(20 bytes received)",
+        )
+
+    def test_an_idle_keep_alive_connection_is_closed(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        self.clock.advance(30)  # a slow handler: the head deadline is not the request's
+        request.finish()
+        self.assertFalse(conn.transport.disconnecting)
+        self.clock.advance(19.9)
+        self.assertFalse(conn.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(conn.transport.disconnecting)
+        self.assertEqual(len(self.lines()), 1)  # the request's; the idle close is a debug line
+
+    def test_the_next_request_on_a_connection_has_its_own_deadline(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        self.resource.requests[0].finish()
+        self.clock.advance(19)
+        conn.send()  # in time
+        self.resource.requests[1].finish()
+        since = len(conn.transport.value())
+        self.trickle(conn, b"GET /slow HTTP/1.1\r\nHost: gw\r\n", 1.0)
+        self.assertClosedWith(conn, 408, since=since)
+        self.assertEqual([line["status"] for line in self.lines()], [200, 200, 408])
+
+    def test_a_slow_body_is_not_cut_off_by_the_head_deadline(self) -> None:
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(b"POST /slow HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n")
+        self.trickle(conn, b"0123456789", 10.0)  # 100 s, never 60 s idle
+        self.assertFalse(conn.transport.disconnecting)
+        [request] = self.resource.requests
+        self.assertEqual(request.content.read(), b"0123456789")
+
+
+class HeadLimitTests(HeadTestCase):
+    """An oversized request line got the connection closed with no status, an oversized
+    header block Twisted's bare 400 (issue 11); they are 414 and 431 now, and what Twisted
+    cannot parse is our 400, each with one log line."""
+
+    def send(self, data: bytes) -> Connection:
+        conn = Connection(self.site)
+        conn.protocol.dataReceived(data)
+        return conn
+
+    def test_a_long_request_line_is_414(self) -> None:
+        conn = self.send(b"GET /" + b"a" * MAX_REQUEST_LINE + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+        self.assertClosedWith(conn, 414, f"request line longer than {MAX_REQUEST_LINE} bytes")
+        self.assertTrue(conn.transport.value().startswith(b"HTTP/1.1 414 URI Too Long\r\n"))
+        [line] = self.lines()
+        self.assertEqual((line["method"], line["status"], line["outcome"]), ("GET", 414, "rejected"))
+        self.assertEqual(line["path"], "/" + "a" * 63 + "...")
+        # Before its end arrives, too: the line is already too long.
+        conn = self.send(b"GET /" + b"a" * (MAX_REQUEST_LINE + 10))
+        self.assertClosedWith(conn, 414)
+
+    def test_the_longest_request_line_is_taken(self) -> None:
+        target = b"/" + b"a" * (MAX_REQUEST_LINE - len(b"GET  HTTP/1.1") - 1)
+        conn = self.send(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+        self.assertEqual(len(self.resource.requests), 1)
+        self.assertFalse(conn.transport.disconnecting)
+
+    def test_large_header_fields_are_431(self) -> None:
+        many_small = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 200) for i in range(90))
+        for headers, why in (
+            (b"X-Big: " + b"v" * (MAX_HEADER_BLOCK + 1) + b"\r\n", "longer than"),
+            (many_small, f"larger than {MAX_HEADER_BLOCK} bytes in all"),
+            (b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS + 1)), f"more than {MAX_HEADERS}"),
+        ):
+            conn = self.send(b"GET /slow HTTP/1.1\r\nHost: gw\r\n" + headers + b"\r\n")
+            self.assertClosedWith(conn, 431, why)
+            status_line = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            self.assertTrue(conn.transport.value().startswith(status_line))
+        self.assertEqual(self.resource.requests, [])
+        self.assertEqual([(line["path"], line["status"]) for line in self.lines()], [("/slow", 431)] * 3)
+
+    def test_headers_within_the_limits_are_taken(self) -> None:
+        headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEADERS - 1))
+        self.send(b"GET /slow HTTP/1.1\r\nHost: gw\r\n" + headers + b"\r\n")
+        self.assertEqual(len(self.resource.requests), 1)
+
+    def test_what_twisted_cannot_parse_is_our_400(self) -> None:
+        for data, why in (
+            (b"GET /\x01 HTTP/1.1\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", "malformed request header field"),
+            (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", "malformed request header field"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", "Content-Length"),
+            (b"POST /slow HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n", "chunked"),
+        ):
+            conn = self.send(data)
+            self.assertClosedWith(conn, 400, why)
+        lines = self.lines()
+        self.assertEqual([line["status"] for line in lines], [400] * 5)
+        self.assertEqual([(line["method"], line["path"]) for line in lines[:2]], [("-", "-"), ("GET", "/")])
