@@ -611,18 +611,18 @@ class MidStreamTests(S3TestCase):
         for _ in range(3):
             client = await deferToThread(RawClient, gw.http_port, path)
             await deferToThread(client.until, 1 << 20)
-            # The client stopped reading: the retrieve is paused, its GETs open (prefetching).
+            # The client stopped reading: the retrieve is paused, its GETs held (prefetching).
             self.assertTrue(
-                await eventually(lambda: len(established_to(moto.port, pid)) >= 2),
-                established_to(moto.port, pid),
+                await eventually(lambda: len(held_to(moto.port, pid)) >= 2),
+                held_to(moto.port, pid),
             )
             client.close()
         # The S3 connections of the abandoned retrieves are dropped, not left paused.
         # Connections held paused would add up (2 or more per abandoned retrieve); at most an
         # idle one or two may stay in the pool.
         self.assertTrue(
-            await eventually(lambda: len(established_to(moto.port, pid)) <= 2, timeout=20),
-            established_to(moto.port, pid),
+            await eventually(lambda: len(held_to(moto.port, pid)) <= 2, timeout=20),
+            held_to(moto.port, pid),
         )
         response = await gw.get(path, timeout=120)
         self.assert_parts_in_order(gw, response, AET, items)
@@ -637,8 +637,12 @@ def read_to_end(client: RawClient) -> bytes:
         return bytes(client.data)
 
 
-def established_to(port: int, pid: int) -> list[str]:
-    """Established TCP connections of process `pid` to 127.0.0.1:`port` (from /proc)."""
+def held_to(port: int, pid: int) -> list[str]:
+    """TCP connections of process `pid` to 127.0.0.1:`port` that it still holds open (from /proc).
+
+    Any state counts, not only ESTABLISHED: a paused GET whose whole body fits in the kernel's
+    receive buffer sees the server's FIN (moto closes after each response) and sits in
+    CLOSE_WAIT, still held, until the gateway closes it."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -652,8 +656,8 @@ def established_to(port: int, pid: int) -> list[str]:
         for line in f.readlines()[1:]:
             fields = line.split()
             remote, state, inode = fields[2], fields[3], fields[9]
-            if state == "01" and int(remote.split(":")[1], 16) == port and inode in inodes:
-                found.append(fields[1])
+            if int(remote.split(":")[1], 16) == port and inode in inodes:
+                found.append(f"{fields[1]}/{state}")
     return found
 
 
