@@ -69,8 +69,11 @@ def _float(value: float, single: bool) -> str:
         packed = struct.pack("<f", value)
         for digits in range(1, 10):
             text = f"{value:.{digits}g}"
-            if struct.pack("<f", float(text)) == packed:
-                return _number_text(text)
+            try:
+                if struct.pack("<f", float(text)) == packed:
+                    return _number_text(text)
+            except OverflowError:  # near the largest float32, a short text rounds past it
+                continue
     return _number_text(repr(value))
 
 

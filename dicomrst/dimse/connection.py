@@ -169,11 +169,6 @@ class DimseConnection:
             handler = self.handlers.get(field)
             if handler is None:
                 raise ProtocolError(f"unexpected {commands.NAMES.get(field, hex(field))}")
-            # Handlers answer by Message ID; without one the request is malformed, and
-            # that is the peer's protocol error, not a traceback of ours.
-            keyword = "MessageIDBeingRespondedTo" if field == commands.C_CANCEL_RQ else "MessageID"
-            if keyword not in message.command:
-                raise ProtocolError(f"{commands.NAMES.get(field, hex(field))} without {keyword}")
             consumer = handler.request_received(self, message)
         if commands.has_dataset(message.command):
             self._data_context = message.context_id

@@ -40,7 +40,13 @@ from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.logs import logger
-from dicomrst.ul.errors import AssociationAborted, AssociationClosed, AssociationRejected, ConnectionLost
+from dicomrst.ul.errors import (
+    AssociationAborted,
+    AssociationClosed,
+    AssociationRejected,
+    ConnectionLost,
+    ProtocolViolation,
+)
 from dicomrst.ul.negotiation import RESULT_REJECTED_TRANSIENT, AssociationRequest
 
 log = logger("dicomrst.pool")
@@ -345,9 +351,9 @@ class AssociationPool:
             lease = await self.acquire(request)
             try:
                 result = await operation(lease)
-            except STALE_ERRORS:
+            except STALE_ERRORS as e:
                 self.release(lease, reusable=False)
-                if attempt == 1 and retry_stale and lease.reused:
+                if attempt == 1 and retry_stale and lease.reused and not isinstance(e, ProtocolViolation):
                     log.info(
                         "{aet}: reused association was closed by the PACS; retrying on a new one",
                         aet=self.aet,

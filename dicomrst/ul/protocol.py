@@ -40,6 +40,7 @@ from dicomrst.ul.errors import (
     AssociationTimeout,
     ConnectionLost,
     NoAcceptableContext,
+    ProtocolViolation,
 )
 from dicomrst.ul.negotiation import (
     Acceptance,
@@ -646,7 +647,7 @@ class ULProtocol(Protocol):
         text = str(error) if error is not None else f"unexpected PDU in {self.state}"
         self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, reason)
         log.warn("protocol error from {peer}: {text}; A-ABORT sent", peer=self.peer, text=text)
-        self._fail_pending(AssociationAborted(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
+        self._fail_pending(ProtocolViolation(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
         self.state = "Sta13"
         self._start_artim()
         # A paused transport would not see the peer close; read again so Sta13 ends.

@@ -1,0 +1,238 @@
+"""Hostile and careless DICOM peers (issue 11, the DICOM side; docs/security.rst).
+
+One class per kind of input the gateway did not hold, each driven through the real
+protocol objects on memory transports and a task.Clock: what the peer sees (one
+A-ABORT, a refused C-STORE, a released association) and what we log (one line, no
+traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+from pydicom.dataset import Dataset
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
+
+from dicomrst.common.identifiers import encode_identifier
+from dicomrst.common.uids import EXPLICIT_VR_LE, VERIFICATION
+from dicomrst.dimse import commands
+from dicomrst.dimse.find import c_find
+from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.server import listener_factory
+from dicomrst.ul import pdu
+from dicomrst.ul.errors import ProtocolViolation
+from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
+from dicomrst.ul.protocol import ULProtocol
+from tests.support.ul import (
+    CT_IMAGE_STORAGE,
+    STUDY_ROOT_FIND,
+    ULTestCase,
+    aborts,
+    command_bytes,
+    header,
+    pdata,
+    policy,
+)
+
+PROVIDER = pdu.SOURCE_SERVICE_PROVIDER
+LISTENER = "LISTENER"
+PACS = "PACS"
+PACS_ADDRESS = IPv4Address("TCP", "192.0.2.9", 40000)
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def _store_proposal(calling: str = PACS) -> AssociationRequest:
+    return AssociationRequest(
+        calling,
+        LISTENER,
+        (ContextProposal(VERIFICATION), ContextProposal(CT_IMAGE_STORAGE, (EXPLICIT_VR_LE,))),
+    )
+
+
+class _PynetdicomRecords(logging.Handler):
+    """What pynetdicom logs through the standard library (which twistd prints as is)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class HostileTestCase(ULTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.registry = MoveRegistry("GATEWAY")
+        self.factory = listener_factory(LISTENER, self.clock, self.registry)
+        self.pynetdicom = _PynetdicomRecords()
+        pynetdicom_logger = logging.getLogger("pynetdicom")
+        pynetdicom_logger.addHandler(self.pynetdicom)
+        self.addCleanup(pynetdicom_logger.removeHandler, self.pynetdicom)
+
+    def connect(self, address: IPv4Address = PACS_ADDRESS) -> tuple[ULProtocol, StringTransport]:
+        """A peer connected to our listener."""
+        proto = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def associated(self, calling: str = PACS) -> tuple[ULProtocol, StringTransport]:
+        proto, transport = self.connect()
+        proto.dataReceived(pdu.encode_associate(_store_proposal(calling).to_primitive()))
+        self.assertEqual(proto.state, "Sta6")
+        transport.clear()
+        return proto, transport
+
+    def warnings(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("log_level") in (LogLevel.warn, LogLevel.error)]
+
+    def assertOneAbort(self, proto: ULProtocol, transport: StringTransport, reason: int) -> None:
+        """One A-ABORT (provider source, `reason`), one warning line, no traceback anywhere."""
+        self.assertEqual(aborts(transport.value()), [(PROVIDER, reason)])
+        self.assertEqual(proto.state, "Sta13")
+        self.assertNoTraceback()
+        self.assertEqual(len(self.warnings()), 1, [e.get("log_format") for e in self.warnings()])
+        self.assertEqual([r.getMessage() for r in self.pynetdicom.records], [])
+
+
+class MalformedAssociationRequestTests(HostileTestCase):
+    """A-ASSOCIATE-RQs with odd item lengths or missing fields: one A-ABORT each."""
+
+    def _request(self, items: bytes, calling: bytes = b"PACS") -> bytes:
+        fixed = b"\x00\x01\x00\x00" + LISTENER.encode().ljust(16) + calling.ljust(16) + b"\x00" * 32
+        body = fixed + items
+        return header(pdu.ASSOCIATE_RQ, len(body)) + body
+
+    def _items(self, context: bytes) -> bytes:
+        user = _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.3")
+        return _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context) + _item(0x50, user)
+
+    def test_context_without_abstract_syntax(self) -> None:
+        # Reached pynetdicom's acceptor negotiation, which raised TypeError from dataReceived.
+        proto, transport = self.connect()
+        proto.dataReceived(
+            self._request(self._items(b"\x01\x00\x00\x00" + _item(0x40, EXPLICIT_VR_LE.encode())))
+        )
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+    def test_odd_item_length_inside_a_context(self) -> None:
+        context = b"\x01\x00\x00\x00" + _item(0x30, VERIFICATION.encode())[:-1] + _item(0x40, b"1.2")
+        proto, transport = self.connect()
+        proto.dataReceived(self._request(self._items(context)))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+    def test_abstract_syntax_of_control_characters(self) -> None:
+        context = (
+            b"\x01\x00\x00\x00" + _item(0x30, b"1.2\x7f840\x00\x01") + _item(0x40, EXPLICIT_VR_LE.encode())
+        )
+        proto, transport = self.connect()
+        proto.dataReceived(self._request(self._items(context)))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+    def test_calling_ae_title_with_non_ascii_bytes(self) -> None:
+        # pynetdicom logged its UnicodeDecodeError with a traceback before we saw it.
+        context = (
+            b"\x01\x00\x00\x00" + _item(0x30, VERIFICATION.encode()) + _item(0x40, EXPLICIT_VR_LE.encode())
+        )
+        proto, transport = self.connect()
+        proto.dataReceived(self._request(self._items(context), calling=b"PA\xc3\xa7S"))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+
+class MalformedPDataTests(HostileTestCase):
+    """P-DATA whose command fields are not what their VR allows, or are missing."""
+
+    def _store(self, **fields: Any) -> bytes:
+        values: dict[str, Any] = {
+            "MessageID": 5,
+            "AffectedSOPClassUID": CT_IMAGE_STORAGE,
+            "AffectedSOPInstanceUID": "1.2.3.4",
+            "Priority": 0,
+            "CommandDataSetType": commands.HAS_DATASET,
+        }
+        values.update(fields)
+        raw = command_bytes(commands.C_STORE_RQ, **{k: v for k, v in values.items() if v is not None})
+        return raw
+
+    def test_non_ascii_bytes_in_a_command_field(self) -> None:
+        # The C-STORE-RSP echoes the SOP Instance UID: encoding it raised UnicodeEncodeError
+        # inside the DIMSE layer, logged as a traceback.
+        proto, transport = self.associated()
+        command = self._store().replace(b"1.2.3.4", b"1.2.\xe9.4")
+        proto.dataReceived(pdata((3, 3, command)))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+    def test_store_request_without_its_sop_instance_uid(self) -> None:
+        proto, transport = self.associated()
+        proto.dataReceived(pdata((3, 3, self._store(AffectedSOPInstanceUID=None))))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+    def test_store_request_that_announces_no_data_set(self) -> None:
+        # Its handler would have waited for a data set that never comes.
+        proto, transport = self.associated()
+        proto.dataReceived(pdata((3, 3, self._store(CommandDataSetType=commands.NO_DATASET))))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+
+
+FIND_REQUEST = AssociationRequest("GATEWAY", PACS, (ContextProposal(STUDY_ROOT_FIND),))
+FIND_POLICY = policy(PACS, contexts=(ContextProposal(STUDY_ROOT_FIND),))
+
+
+class MalformedResponseTests(HostileTestCase):
+    """What a PACS answers us with: the same single A-ABORT, and the request fails with why."""
+
+    def _find(self) -> tuple[ULProtocol, StringTransport, Any]:
+        proto, transport, connection = self.established_requestor(FIND_REQUEST, FIND_POLICY)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        found = c_find(
+            connection, self.clock, identifier, aet=PACS, limit=None, timeout=30, on_result=lambda ds: None
+        )
+        return proto, transport, found
+
+    def _response(self, status: int, dataset: bool, **fields: Any) -> bytes:
+        values: dict[str, Any] = {
+            "MessageIDBeingRespondedTo": 1,
+            "Status": status,
+            "CommandDataSetType": commands.HAS_DATASET if dataset else commands.NO_DATASET,
+        }
+        values.update(fields)
+        return command_bytes(commands.C_FIND_RSP, **{k: v for k, v in values.items() if v is not None})
+
+    def test_identifier_that_does_not_parse(self) -> None:
+        # pydicom's OSError escaped the DIMSE layer and was logged as a traceback.
+        from twisted.internet.defer import ensureDeferred
+
+        proto, transport, found = self._find()
+        d = ensureDeferred(found)
+        match = Dataset()
+        match.StudyInstanceUID = "1.2.3"
+        item = Dataset()
+        item.CodeValue = "X"
+        match.ProcedureCodeSequence = [item]
+        data = encode_identifier(match, EXPLICIT_VR_LE)
+        transport.clear()
+        proto.dataReceived(pdata((1, 3, self._response(0xFF00, True)), (1, 2, data[:-6])))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+        error = self.failureResultOf(d, ProtocolViolation).value
+        self.assertIn("undecodable identifier", str(error))
+
+    def test_response_without_status(self) -> None:
+        # Read as Success (a default of 0): an empty search result that was no result.
+        from twisted.internet.defer import ensureDeferred
+
+        proto, transport, found = self._find()
+        d = ensureDeferred(found)
+        transport.clear()
+        proto.dataReceived(pdata((1, 3, self._response(0, False, Status=None))))
+        self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
+        self.assertIn("without Status", str(self.failureResultOf(d, ProtocolViolation).value))
