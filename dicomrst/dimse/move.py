@@ -111,13 +111,13 @@ MOVE = Machine(
             ("moving", "end", "ended", "_end"),
             ("answered", "activity", "answered", "_arm_timer"),
             ("answered", "drain", "draining", "_check_drained"),
-            ("answered", "abandon", "ended", "_abandon_end"),
+            ("answered", "abandon", "ended", "_let_go"),
             ("answered", "end", "ended", "_end"),
             ("draining", "activity", "draining", "_arm_and_check"),
             ("draining", "quiet-ours", "draining", "_arm_timer"),
             ("draining", "drained", "drained", "_resolve_drained"),
             ("draining", "timeout", "timed-out", "_missing"),
-            ("draining", "abandon", "ended", "_abandon_end"),
+            ("draining", "abandon", "ended", "_let_go"),
             ("drained", "activity", "drained", None),
             ("drained", "end", "ended", "_end"),
             ("abandoned", "activity", "abandoned", "_arm_timer"),
@@ -292,8 +292,10 @@ class MoveOperation(DimseOperation):
         self._run.fire("end")
         return result
 
-    def _abandon_end(self) -> None:
-        self._send_cancel()
+    def _let_go(self) -> None:
+        # The final C-MOVE-RSP is in: the PACS has nothing left running to cancel (a
+        # C-CANCEL now is an error in its log), and instances still on their way are
+        # refused once the move is unregistered.
         self.registry.unregister(self)
         self._end()
 

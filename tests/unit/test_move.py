@@ -496,6 +496,23 @@ class MoveOperationTests(MoveTestCase):
         self.successResultOf(op.ended)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_client_gone_after_the_final_response_sends_no_cancel(self) -> None:
+        # The PACS has finished: a C-CANCEL now names an operation it no longer has (and
+        # Orthanc logs it as an error).  The instance still on its way is refused.
+        d, op, sink, association = self.start_move()
+        association.respond(op.message_id, commands.SUCCESS, completed=1)
+        self.assertEqual(op.state, "draining")
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(association.cancels(), [])
+        self.assertEqual(self.registry.active, ())
+        self.successResultOf(op.ended)
+        store = StoreAssociation(self, self.factory)
+        late = store.store(Instance(self.study, generate_uid()), originator_id=op.message_id)
+        self.assertEqual(store.responses(), {late: STORE_NOT_AUTHORIZED})
+        self.assertEqual(sink.parts, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_cancel_ignored_aborts(self) -> None:
         d, op, _sink, association = self.start_move()
         d.cancel()
