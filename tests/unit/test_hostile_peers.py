@@ -23,10 +23,13 @@ from dicomrst.dimse import commands
 from dicomrst.dimse.find import c_find
 from dicomrst.dimse.move_registry import MoveRegistry
 from dicomrst.dimse.server import listener_factory
+from dicomrst.errors import ServiceUnavailable
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import ProtocolViolation
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
+from dicomrst.web.errors import http_status
+from tests.support.pool import WAIT, PoolTestCase
 from tests.support.ul import (
     CT_IMAGE_STORAGE,
     STUDY_ROOT_FIND,
@@ -236,3 +239,34 @@ class MalformedResponseTests(HostileTestCase):
         proto.dataReceived(pdata((1, 3, self._response(0, False, Status=None))))
         self.assertOneAbort(proto, transport, pdu.REASON_INVALID_PARAMETER)
         self.assertIn("without Status", str(self.failureResultOf(d, ProtocolViolation).value))
+
+
+class HealthCheckBurstTests(PoolTestCase):
+    """``GET /aets/{aet}`` is a C-ECHO on the PACS's pool, not an association of its own."""
+
+    def test_a_burst_of_health_checks_opens_no_more_than_the_pool(self) -> None:
+        backend = self.make_backend(size=2)
+        echoes = [backend.echo() for _ in range(10)]
+        # Each health check opened its own association before: ten connections.
+        self.assertEqual(self.pending_connects(), 2)
+        self.connect()
+        self.connect()
+        for _ in range(10):
+            self.flush()
+        for echo in echoes:
+            self.assertGreaterEqual(self.successResultOf(echo), 0.0)
+        self.assertEqual(len(self.links), 2)
+        self.assertEqual(self.pending_connects(), 0)
+        self.assertEqual(sum(link.messages().count(commands.C_ECHO_RQ) for link in self.links), 10)
+        self.assertStats(backend.pool, idle=2)
+
+    def test_health_check_waits_for_the_pool_then_gets_503(self) -> None:
+        backend = self.make_backend(size=2, acquire_ms=2500)
+        busy = self.opened(backend.pool, 2)
+        echo = backend.echo()
+        self.assertEqual(self.pending_connects(), 0)
+        self.reactor.advance(WAIT)
+        error = self.failureResultOf(echo, ServiceUnavailable).value
+        self.assertEqual(http_status(error), 503)
+        for lease in busy:
+            backend.pool.release(lease)

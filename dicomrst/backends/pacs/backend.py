@@ -31,7 +31,7 @@ from dicomrst.common.uids import (
 from dicomrst.config import AetConfig
 from dicomrst.dimse.connection import IncomingMessage
 from dicomrst.dimse.contexts import STORAGE_CONTEXTS
-from dicomrst.dimse.echo import echo_scu
+from dicomrst.dimse.echo import c_echo
 from dicomrst.dimse.find import c_find
 from dicomrst.dimse.get import c_get
 from dicomrst.dimse.move import MoveDestinationUnknown, MoveOperation, c_move
@@ -92,11 +92,20 @@ class DimseBackend:
         )
 
     def echo(self) -> Deferred[float]:
-        # A fresh association each time, outside the pool: a health check must
-        # prove the PACS accepts new associations, which a reused one would not.
-        return echo_scu(
-            self.reactor, self.host, self.port, self.calling_aet, self.aet, timeout=self.config.pool.timeout_s
-        )
+        """C-ECHO on an association of the pool; fire with milliseconds until its response
+        (waiting for an association included).
+
+        Through the pool like every other request, so a burst of health checks opens no
+        more than `pool.size` associations to the PACS, waits like the rest for one, and
+        gets 503 when none comes free in `pool.timeout`.
+        """
+        started = self.reactor.seconds()
+
+        async def once(lease: Lease) -> float:
+            await c_echo(lease.connection, aet=self.aet, timeout=self.config.pool.timeout_s)
+            return (self.reactor.seconds() - started) * 1000
+
+        return Deferred.fromCoroutine(self.pool.run(once))
 
     def _abandoner(self, lease: Lease) -> Callable[[Deferred[IncomingMessage]], None]:
         """What an operation does with its request when the client leaves: the association
