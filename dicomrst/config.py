@@ -331,6 +331,8 @@ class PoolConfig(_Timed):
     size: int = _key(_integer(1), 16)
     timeout: int = _key(_MS, 10_000)  # waiting for a free association
     idle_timeout: int = _key(_MS, 60_000)  # not in DICOM-RST: release idle associations
+    # Not in DICOM-RST: associations kept idle at most (each holds a PACS worker thread).
+    max_idle: int = _key(_integer(0), 2)
 
     @property
     def idle_timeout_s(self) -> float:

@@ -194,7 +194,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_aet_defaults(self) -> None:
         aet = parse(with_aets({"aet": "PACS", "host": "pacs", "port": 104})).aets[0]
         self.assertEqual(aet.backend, "DIMSE")
-        self.assertEqual(aet.pool, PoolConfig(size=16, timeout=10_000, idle_timeout=60_000))
+        self.assertEqual(aet.pool, PoolConfig(size=16, timeout=10_000, idle_timeout=60_000, max_idle=2))
         self.assertEqual(aet.qido_rs.timeout, 30_000)
         self.assertEqual(aet.stow_rs.timeout, 30_000)
         self.assertEqual(aet.mwl_rs.timeout, 30_000)
@@ -214,6 +214,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(aet.server.http.request_timeout_s, 60.0)
         self.assertEqual(aet.aets[0].pool.timeout_s, 1.5)
         self.assertEqual(aet.aets[0].pool.idle_timeout_s, 0.25)
+        self.assertEqual(parse(with_aets(dimse_aet(pool={"max-idle": 0}))).aets[0].pool.max_idle, 0)
         self.assertEqual(aet.aets[0].qido_rs.timeout_s, 2.0)
         self.assertEqual(aet.aets[0].wado_rs.timeout_s, 60.0)
         self.assertEqual(aet.aets[0].stow_rs.timeout_s, 30.0)
@@ -354,6 +355,9 @@ class ErrorTests(SynchronousTestCase):
             self.assertError(with_aets(dimse_aet(**{section: {"timeout": -5}})),
                              f"aets[0].{section}.timeout", "at least 0")
         self.assertError(with_aets(dimse_aet(pool={"idle-timeout": -1})), "aets[0].pool.idle-timeout")
+        self.assertError(with_aets(dimse_aet(pool={"max-idle": -1})), "aets[0].pool.max-idle", "at least 0")
+        self.assertError(with_aets(dimse_aet(pool={"max-idle": "2"})), "aets[0].pool.max-idle",
+                         "expected an integer")
         self.assertError(with_aets(dimse_aet(pool={"size": 0})), "aets[0].pool.size", "at least 1")
         self.assertError(with_aets(dict(S3_AET, concurrency=0)), "aets[0].concurrency", "at least 1")
 

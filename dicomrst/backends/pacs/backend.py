@@ -89,6 +89,7 @@ class DimseBackend:
             acquire_timeout=config.pool.timeout_s,
             idle_timeout=config.pool.idle_timeout_s,
             connect_timeout=config.pool.timeout_s,
+            max_idle=config.pool.max_idle,
         )
 
     def echo(self) -> Deferred[float]:
