@@ -313,6 +313,13 @@ class DimseServerConfig:
     port: int = _key(_PORT, 7001)
     uncompressed: bool = _key(_boolean, True)
     endpoint: str | None = _key(_optional(_string()), None)
+    # Not in DICOM-RST: an association whose peer sends no whole PDU for this long, while
+    # it is the peer's turn, is aborted (a silent or trickling peer holds it otherwise).
+    idle_timeout: int = _key(_integer(1), 60_000)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.idle_timeout / 1000
 
     def endpoint_description(self) -> str:
         return self.endpoint or _tcp_endpoint(self.port, self.interface)

@@ -170,6 +170,7 @@ class MoveOperation(DimseOperation):
         self.message_id = 0
         self.result = RetrieveResult()
         self.outstanding = 0
+        self.owed = 0
         self.delivered: set[str] = set()
         self.final: IncomingMessage | None = None
         self.ended: Deferred[None] = Deferred()
@@ -239,10 +240,10 @@ class MoveOperation(DimseOperation):
         return max(0, self.result.completed + self.result.warning - self.result.received)
 
     def silence_is_ours(self) -> bool:
-        # We owe a C-STORE-RSP (the sink is still writing or converting), or the
-        # response paused the listener's association for a slow HTTP client.
+        # We owe a C-STORE-RSP (the sink is still writing or converting a whole data
+        # set), or the response paused the listener's association for a slow HTTP client.
         store = self._store_association
-        return bool(self.outstanding) or (store is not None and store.paused)
+        return bool(self.owed) or (store is not None and store.paused)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self._run.fire("activity")

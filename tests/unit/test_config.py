@@ -117,7 +117,8 @@ class SampleTests(SynchronousTestCase):
             interface="0.0.0.0", port=8080, max_upload_size=50_000_000, request_timeout=60_000,
             graceful_shutdown=True, base_path="/", endpoint=None))
         self.assertEqual(config.server.dimse, (DimseServerConfig(
-            aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None),))
+            aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None,
+            idle_timeout=60_000),))
         self.assertEqual(config.aets, (AetConfig(
             aet="ORTHANC", backend="DIMSE", host="orthanc", port=4242,
             pool=PoolConfig(size=16, timeout=10_000, idle_timeout=60_000),
@@ -215,6 +216,8 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(aet.aets[0].pool.timeout_s, 1.5)
         self.assertEqual(aet.aets[0].pool.idle_timeout_s, 0.25)
         self.assertEqual(parse(with_aets(dimse_aet(pool={"max-idle": 0}))).aets[0].pool.max_idle, 0)
+        listener = parse({"server": {"dimse": [{"idle-timeout": 2500}]}}).server.dimse[0]
+        self.assertEqual(listener.idle_timeout_s, 2.5)
         self.assertEqual(aet.aets[0].qido_rs.timeout_s, 2.0)
         self.assertEqual(aet.aets[0].wado_rs.timeout_s, 60.0)
         self.assertEqual(aet.aets[0].stow_rs.timeout_s, 30.0)
@@ -356,6 +359,11 @@ class ErrorTests(SynchronousTestCase):
                              f"aets[0].{section}.timeout", "at least 0")
         self.assertError(with_aets(dimse_aet(pool={"idle-timeout": -1})), "aets[0].pool.idle-timeout")
         self.assertError(with_aets(dimse_aet(pool={"max-idle": -1})), "aets[0].pool.max-idle", "at least 0")
+        for bad in (0, -1):
+            self.assertError({"server": {"dimse": [{"idle-timeout": bad}]}}, "server.dimse[0].idle-timeout",
+                             f"at least 1, got {bad}")
+        self.assertError({"server": {"dimse": [{}, {"aet": "B", "port": 7002, "idle-timeout": 1.5}]}},
+                         "server.dimse[1].idle-timeout", "expected an integer")
         self.assertError(with_aets(dimse_aet(pool={"max-idle": "2"})), "aets[0].pool.max-idle",
                          "expected an integer")
         self.assertError(with_aets(dimse_aet(pool={"size": 0})), "aets[0].pool.size", "at least 1")

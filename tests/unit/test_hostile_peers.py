@@ -14,29 +14,36 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
-from dicomrst.common.identifiers import encode_identifier
+from dicomrst.backends.pacs import POOL_CONTEXTS
+from dicomrst.common.identifiers import encode_identifier, retrieve_identifier
 from dicomrst.common.uids import EXPLICIT_VR_LE, VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.find import c_find
+from dicomrst.dimse.get import c_get
 from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.retrieval import RetrieveResult
 from dicomrst.dimse.server import listener_factory
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.ul import pdu
-from dicomrst.ul.errors import ProtocolViolation
-from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
+from dicomrst.ul.errors import AssociationTimeout, ProtocolViolation
+from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.web.errors import http_status
 from tests.support.pool import WAIT, PoolTestCase
 from tests.support.ul import (
     CT_IMAGE_STORAGE,
     STUDY_ROOT_FIND,
+    TICK,
     ULTestCase,
     aborts,
     command_bytes,
     header,
+    messages_written,
     pdata,
     policy,
 )
@@ -270,3 +277,204 @@ class HealthCheckBurstTests(PoolTestCase):
         self.assertEqual(http_status(error), 503)
         for lease in busy:
             backend.pool.release(lease)
+
+
+IDLE = 15.0  # a binary fraction, so TICK before it is exact on the float clock
+
+
+class _Part:
+    """A sink's part whose `done` the test fires (an HTTP client still being written to)."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.done: Deferred[int] = Deferred()
+        self.finished = False
+
+    def dataReceived(self, fragment: bytes) -> None:
+        self.data.append(fragment)
+
+    def dataFinished(self) -> None:
+        self.finished = True
+
+    def dataFailed(self, reason: Failure) -> None:
+        self.done.errback(reason)
+        self.done.addErrback(lambda _: None)
+
+
+class _Sink:
+    started = False
+    gone = False
+    wants_bulk_data = True
+
+    def __init__(self) -> None:
+        self.parts: list[_Part] = []
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _Part:
+        self.parts.append(_Part())
+        return self.parts[-1]
+
+    def attach(self, producer: object) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+
+def _instance_bytes() -> bytes:
+    ds = Dataset()
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.BitsAllocated = 8
+    ds.PixelData = b"\x00" * 4096
+    return encode_identifier(ds, EXPLICIT_VR_LE)
+
+
+class SilentPeerTests(HostileTestCase):
+    """Established associations whose peer goes quiet, or sends a byte at a time."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.factory = listener_factory(LISTENER, self.clock, self.registry, idle_timeout=IDLE)
+
+    def assertAbortedAsIdle(self, proto: ULProtocol, transport: StringTransport) -> None:
+        self.assertEqual(aborts(transport.value()), [(pdu.SOURCE_SERVICE_USER, 0)])
+        self.assertTrue(transport.disconnecting)
+        self.assertNoTraceback()
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("idle", self.warnings()[0]["log_format"])
+        self.assertIn(f"no PDU from the peer for {IDLE:g} s", self.lose(proto))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silent_association_is_aborted_at_the_idle_timeout(self) -> None:
+        # It was held until the peer closed it: a few dozen held the listener forever.
+        proto, transport = self.associated()
+        self.clock.advance(IDLE - TICK)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(TICK)
+        self.assertAbortedAsIdle(proto, transport)
+
+    def test_a_byte_at_a_time_is_no_progress(self) -> None:
+        proto, transport = self.associated()
+        echo = command_bytes(commands.C_ECHO_RQ, MessageID=1, AffectedSOPClassUID=VERIFICATION)
+        proto.dataReceived(pdata((1, 3, echo)))  # a whole PDU, answered: the peer's clock starts
+        transport.clear()
+        for byte in pdata((1, 0, b"\x00" * 256)):  # a PDU that never completes
+            self.clock.advance(0.5)
+            proto.dataReceived(bytes((byte,)))
+            if transport.disconnecting:
+                break
+        self.assertEqual(self.clock.seconds(), IDLE)
+        self.assertAbortedAsIdle(proto, transport)
+
+    def test_paused_for_a_slow_client_is_not_idle(self) -> None:
+        proto, transport = self.associated()
+        proto.pauseProducing()
+        self.clock.advance(IDLE * 4)
+        self.assertEqual(proto.state, "Sta6")
+        proto.resumeProducing()
+        self.clock.advance(IDLE - TICK)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(TICK)
+        self.assertAbortedAsIdle(proto, transport)
+
+    def test_silence_while_we_owe_the_answer_is_ours(self) -> None:
+        # A sub-operation whose C-STORE-RSP waits for a slow HTTP client is not the PACS's
+        # silence; once we answer, the PACS has the whole idle timeout again.
+        sink = _Sink()
+        move = _ActiveMove(sink)
+        self.registry.register(move)  # type: ignore[arg-type]
+        proto, transport = self.associated()
+        store = command_bytes(
+            commands.C_STORE_RQ,
+            MessageID=9,
+            AffectedSOPClassUID=CT_IMAGE_STORAGE,
+            AffectedSOPInstanceUID="1.2.3.4.5",
+            Priority=0,
+            CommandDataSetType=commands.HAS_DATASET,
+            MoveOriginatorMessageID=move.message_id,
+            MoveOriginatorApplicationEntityTitle="GATEWAY",
+        )
+        proto.dataReceived(pdata((3, 3, store), (3, 2, _instance_bytes())))
+        self.assertTrue(sink.parts[0].finished)
+        self.clock.advance(IDLE * 4)
+        self.assertEqual(proto.state, "Sta6")
+        sink.parts[0].done.callback(0)  # the C-STORE-RSP goes out now
+        self.assertEqual(messages_written(transport.value())[-1][1].Status, 0)
+        transport.clear()
+        self.clock.advance(IDLE - TICK)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(TICK)
+        self.assertAbortedAsIdle(proto, transport)
+
+
+class _ActiveMove:
+    """A C-MOVE of study 1.2.3 waiting for its instances (dicomrst.dimse.move_registry)."""
+
+    pacs_aet = PACS
+    destination = LISTENER
+    message_id = 77
+    study = "1.2.3"
+    series = None
+    instance = None
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self.result = RetrieveResult()
+        self.outstanding = 0
+        self.owed = 0
+        self.delivered: set[str] = set()
+
+    def activity(self) -> None:
+        pass
+
+    def store_association(self, association: ULProtocol) -> None:
+        pass
+
+
+GET_TIMEOUT = 7.5
+
+
+class TricklingSubOperationTests(HostileTestCase):
+    """A C-GET whose PACS sends a sub-operation's data set a byte at a time."""
+
+    def test_c_get_times_out_when_the_data_set_only_trickles(self) -> None:
+        # The sub-operation counted as "ours to answer" from its first byte, so the
+        # inactivity timer re-armed forever while the PACS trickled.
+        proto, transport, connection = self.established_requestor(
+            AssociationRequest("GATEWAY", PACS, POOL_CONTEXTS), AcceptorPolicy(PACS, POOL_CONTEXTS)
+        )
+        sink = _Sink()
+        got = Deferred.fromCoroutine(
+            c_get(
+                connection, self.clock, retrieve_identifier("1.2.3"), aet=PACS, timeout=GET_TIMEOUT, sink=sink
+            )  # type: ignore[arg-type]
+        )
+        cx = proto.context(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
+        assert cx is not None
+        store = command_bytes(
+            commands.C_STORE_RQ,
+            MessageID=1,
+            AffectedSOPClassUID=CT_IMAGE_STORAGE,
+            AffectedSOPInstanceUID="1.2.3.4.5",
+            Priority=0,
+            CommandDataSetType=commands.HAS_DATASET,
+        )
+        data = _instance_bytes()
+        proto.dataReceived(pdata((cx.context_id, 3, store), (cx.context_id, 0, data[:1024])))
+        rest = pdata((cx.context_id, 2, data[1024:]))
+        for byte in rest:
+            self.clock.advance(0.5)
+            proto.dataReceived(bytes((byte,)))
+            if got.called:
+                break
+        self.failureResultOf(got, AssociationTimeout)
+        self.assertEqual(len(aborts(transport.value())), 1)
+        self.assertEqual(self.clock.seconds(), GET_TIMEOUT)
+        self.assertNoTraceback()

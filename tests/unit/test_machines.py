@@ -494,7 +494,7 @@ class OperationTransitions(TransitionTests):
         if event == "timeout":
             self.clock.advance(TIMEOUT)
         elif event == "quiet-ours":
-            op.outstanding = 1
+            op.owed = 1
             self.clock.advance(TIMEOUT)
         elif event == "failed":
             self.pacs.abort()

@@ -323,6 +323,11 @@ class MoveTestCase(ULTestCase):
         self.factory = listener_factory(LISTENER, self.clock, self.registry, artim_timeout=ARTIM)
         self.study = generate_uid()
 
+    def assertOnlyListenerTimers(self) -> None:
+        """Nothing scheduled but the idle timers of the listener's open associations."""
+        open_idle = [proto._idle for proto in self.factory.open]
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c not in open_idle], [])
+
     def start_move(
         self,
         association: MoveAssociation | None = None,
@@ -395,7 +400,7 @@ class MoveOperationTests(MoveTestCase):
         self.assertEqual(store.responses(), {id_a: STORE_SUCCESS, id_b: STORE_SUCCESS})
         # The response paused the listener's association, not ours; let go at the end.
         self.assertEqual(sink.attached, [store.proto, None])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
         self.assertNoTraceback()
 
     def test_store_response_waits_for_the_sink(self) -> None:
@@ -494,7 +499,7 @@ class MoveOperationTests(MoveTestCase):
         # The PACS confirms the cancel: the operation ends, nothing is left scheduled.
         association.respond(op.message_id, commands.CANCEL, completed=1, failed=1)
         self.successResultOf(op.ended)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
 
     def test_client_gone_after_the_final_response_sends_no_cancel(self) -> None:
         # The PACS has finished: a C-CANCEL now names an operation it no longer has (and
@@ -511,7 +516,7 @@ class MoveOperationTests(MoveTestCase):
         late = store.store(Instance(self.study, generate_uid()), originator_id=op.message_id)
         self.assertEqual(store.responses(), {late: STORE_NOT_AUTHORIZED})
         self.assertEqual(sink.parts, [])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
 
     def test_cancel_ignored_aborts(self) -> None:
         d, op, _sink, association = self.start_move()
@@ -625,7 +630,7 @@ class PauseTests(MoveTestCase):
         self.successResultOf(d1)
         # The move ended: the association may serve others, this response lets go of it.
         self.assertTrue(reading(store))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
 
     def test_pause_before_the_first_instance_and_client_gone_while_paused(self) -> None:
         sink = ThrottledSink()

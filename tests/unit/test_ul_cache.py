@@ -345,6 +345,9 @@ class _User:
     def pdv_received(self, pdv: pdu.PDV) -> None:
         pass
 
+    def awaiting_us(self) -> bool:
+        return False
+
     def release_requested(self) -> None:
         pass
 
