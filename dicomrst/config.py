@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from dicomrst.common.addresses import parse_network
 from dicomrst.logs import parse_level
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PoolConfig",
     "QidoConfig",
     "S3Credentials",
+    "SenderConfig",
     "ServerConfig",
     "StowConfig",
     "TelemetryConfig",
@@ -352,12 +354,24 @@ class QidoConfig(_Timed):
 
 
 @attrs.frozen
+class SenderConfig:
+    """A ``wado-rs.senders[]`` entry: a node that delivers this PACS's C-MOVE sub-operations.
+    What is left out is the PACS's own (its ``aet``, its ``host``)."""
+
+    aet: str | None = _key(_optional(_ae_title), None)  # the calling AE title it uses
+    host: str | None = _key(_optional(_string()), None)  # a host name, an address, or a CIDR network
+
+
+@attrs.frozen
 class WadoConfig(_Timed):
     timeout: int = _key(_MS, 60_000)
     mode: str = _key(_choice("concurrent", "sequential"), "concurrent")
     # AE titles of our own server.dimse listeners that C-MOVE may send to
     receivers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
     retrieve: str = _key(_choice("move", "get"), "move")  # not in DICOM-RST: C-MOVE or C-GET
+    # Not in DICOM-RST: who may deliver the sub-operations of this PACS's C-MOVEs to our
+    # listeners (empty: the PACS itself, from its host with its AE title).
+    senders: tuple[SenderConfig, ...] = _key(_list_of(_entry(SenderConfig)), factory=tuple)
 
 
 @attrs.frozen
@@ -458,6 +472,14 @@ class AetConfig:
     credentials: S3Credentials | None = _key(_credentials, None, backend="S3")  # None: anonymous
 
 
+    def move_senders(self) -> tuple[tuple[str, str], ...]:
+        """(calling AE title, host) of each node whose C-STOREs may belong to a C-MOVE of
+        this PACS: ``wado-rs.senders``, or the PACS itself."""
+        assert self.host is not None  # a DIMSE AET
+        entries = self.wado_rs.senders or (SenderConfig(),)
+        return tuple((s.aet or self.aet, s.host or self.host) for s in entries)
+
+
 def _aet_entry(value: Any, path: str, env: _Env) -> AetConfig:
     # Which keys are allowed or required depends on `backend`, so read it first.
     backend = "DIMSE"
@@ -517,10 +539,15 @@ def parse_config(data: object, resolve: Callable[[str], object] = default_resolv
     for i, entry in enumerate(config.aets):
         if entry.host is None:  # an S3 AET
             continue
-        try:
-            resolve(entry.host)
-        except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
-            raise ConfigError(f"aets[{i}].host", f"cannot resolve {entry.host!r}: {e}") from None
+        hosts = [(f"aets[{i}].host", entry.host)]
+        hosts += [(f"aets[{i}].wado-rs.senders[{j}].host", sender.host)
+                  for j, sender in enumerate(entry.wado_rs.senders)
+                  if sender.host is not None and parse_network(sender.host) is None]
+        for key, host in hosts:
+            try:
+                resolve(host)
+            except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
+                raise ConfigError(key, f"cannot resolve {host!r}: {e}") from None
     return config
 
 

@@ -27,7 +27,7 @@ from dicomrst.common.uids import STUDY_ROOT_MOVE
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 from dicomrst.dimse.errors import AssociationIntact
-from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.move_registry import MoveRegistry, Sender
 from dicomrst.dimse.operation import DimseOperation
 from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult, ended_well, retrieve_error
 from dicomrst.errors import UpstreamError
@@ -155,6 +155,7 @@ class MoveOperation(DimseOperation):
         sink: IInstanceSink,
         registry: MoveRegistry,
         destination: str,
+        senders: tuple[Sender, ...],
         study: str,
         series: str | None = None,
         instance: str | None = None,
@@ -163,6 +164,7 @@ class MoveOperation(DimseOperation):
         self.sink = sink
         self.registry = registry
         self.pacs_aet = aet
+        self.senders = senders
         self.destination = destination
         self.study = study
         self.series = series

@@ -29,7 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomrst.common.addresses import format_address
+from dicomrst.common.addresses import address_host, format_address
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
 from dicomrst.ul.errors import (
@@ -125,6 +125,7 @@ class ULProtocol(Protocol):
         self.calling_aet = request.calling_aet if request else ""
         self.called_aet = request.called_aet if request else ""
         self.peer = ""
+        self.peer_host = ""  # the peer's IP address (TCP)
         self.outcome = "open"
         self.whenEstablished: Deferred[ULProtocol] = Deferred()
         self.whenClosed: Deferred[str] = Deferred()
@@ -154,6 +155,7 @@ class ULProtocol(Protocol):
             transport.setTcpNoDelay(True)
         peer = self._connection.getPeer()
         self.peer = format_address(peer)
+        self.peer_host = address_host(peer)
         self._started = self.clock.seconds()
         if self.is_requestor:
             self._event("Evt1")

@@ -401,6 +401,31 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(with_aets(dimse_aet(), dimse_aet("B", host="no-such-pacs")), "aets[1].host",
                          "cannot resolve 'no-such-pacs'", "Name or service not known")
 
+    def test_move_senders(self) -> None:
+        # Without wado-rs.senders, the PACS itself: its AE title, calling from its host.
+        self.assertEqual(parse(with_aets(dimse_aet())).aets[0].move_senders(), (("PACS", "pacs"),))
+        senders = [{"aet": "PYSTORE"}, {"host": "10.1.0.0/16"}, {"aet": "ARCHIVE", "host": "orthanc"}]
+        aet = parse(with_aets(dimse_aet(**{"wado-rs": {"senders": senders}}))).aets[0]
+        self.assertEqual(aet.move_senders(),
+                         (("PYSTORE", "pacs"), ("PACS", "10.1.0.0/16"), ("ARCHIVE", "orthanc")))
+
+    def test_move_sender_errors(self) -> None:
+        def senders(*entries: Any) -> dict[str, Any]:
+            return with_aets(dimse_aet(**{"wado-rs": {"senders": list(entries)}}))
+
+        self.assertError(senders({"host": "no-such-node"}), "aets[0].wado-rs.senders[0].host",
+                         "cannot resolve 'no-such-node'")
+        self.assertError(senders({}, {"aet": "A\\B"}), "aets[0].wado-rs.senders[1].aet", "backslash")
+        self.assertError(senders({"port": 104}), "aets[0].wado-rs.senders[0].port", "unknown key")
+        self.assertError(senders(None), "aets[0].wado-rs.senders[0]", "expected a mapping")
+        self.assertError(with_aets(dimse_aet(**{"wado-rs": {"senders": "PACS"}})), "aets[0].wado-rs.senders",
+                         "expected a list")
+        # Addresses and networks are not looked up.
+        calls = []
+        data = senders({"host": "192.0.2.7"}, {"host": "2001:db8::/32"})
+        parse_config(data, resolve=lambda host: calls.append(host), environ={})
+        self.assertEqual(calls, ["pacs"])
+
     def test_dns_only_after_other_checks(self) -> None:
         def refuse(host: str) -> object:
             raise AssertionError("resolver called")

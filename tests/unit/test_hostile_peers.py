@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from ipaddress import ip_network
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -25,7 +26,8 @@ from dicomrst.common.uids import EXPLICIT_VR_LE, VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.find import c_find
 from dicomrst.dimse.get import c_get
-from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
+from dicomrst.dimse.move_registry import MoveRegistry, Sender
 from dicomrst.dimse.retrieval import RetrieveResult
 from dicomrst.dimse.server import listener_factory
 from dicomrst.errors import ServiceUnavailable
@@ -419,13 +421,15 @@ class _ActiveMove:
 
     pacs_aet = PACS
     destination = LISTENER
-    message_id = 77
-    study = "1.2.3"
     series = None
     instance = None
 
-    def __init__(self, sink: _Sink) -> None:
+    senders = (Sender(PACS, (ip_network(PACS_ADDRESS.host),)),)
+
+    def __init__(self, sink: _Sink, message_id: int = 77, study: str = "1.2.3") -> None:
         self.sink = sink
+        self.message_id = message_id
+        self.study = study
         self.result = RetrieveResult()
         self.outstanding = 0
         self.owed = 0
@@ -478,3 +482,63 @@ class TricklingSubOperationTests(HostileTestCase):
         self.assertEqual(len(aborts(transport.value())), 1)
         self.assertEqual(self.clock.seconds(), GET_TIMEOUT)
         self.assertNoTraceback()
+
+
+INTRUDER = IPv4Address("TCP", "198.51.100.7", 50000)
+
+
+class ListenerFeedingTests(HostileTestCase):
+    """C-STOREs to our listener from a node no running retrieve asked."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sink = _Sink()
+        self.move = _ActiveMove(self.sink)
+        self.registry.register(self.move)  # type: ignore[arg-type]
+
+    def store(
+        self, address: IPv4Address, calling: str, **originator: Any
+    ) -> tuple[ULProtocol, StringTransport]:
+        proto, transport = self.connect(address)
+        proto.dataReceived(pdu.encode_associate(_store_proposal(calling).to_primitive()))
+        self.assertEqual(proto.state, "Sta6")
+        transport.clear()
+        command = command_bytes(
+            commands.C_STORE_RQ,
+            MessageID=3,
+            AffectedSOPClassUID=CT_IMAGE_STORAGE,
+            AffectedSOPInstanceUID="1.2.3.4.5",
+            Priority=0,
+            CommandDataSetType=commands.HAS_DATASET,
+            **originator,
+        )
+        proto.dataReceived(pdata((3, 3, command), (3, 2, _instance_bytes())))
+        return proto, transport
+
+    def assertRefused(self, transport: StringTransport, address: IPv4Address) -> None:
+        self.assertEqual(self.sink.parts, [], "delivered into the running retrieve's response")
+        [(_, rsp, _)] = messages_written(transport.value())
+        self.assertEqual((rsp.CommandField, rsp.Status), (commands.C_STORE_RSP, STORE_NOT_AUTHORIZED))
+        [line] = self.warnings()
+        self.assertIn("refused C-STORE", line["log_format"])
+        self.assertEqual(line["peer"], f"{address.host}:{address.port}")
+        self.assertNoTraceback()
+
+    def test_the_running_studys_uids_from_another_node_are_refused(self) -> None:
+        # Matched by its UIDs to the PACS's retrieve: it went out in another client's response.
+        _proto, transport = self.store(INTRUDER, PACS)
+        self.assertRefused(transport, INTRUDER)
+
+    def test_a_guessed_move_originator_message_id_is_refused(self) -> None:
+        _proto, transport = self.store(
+            INTRUDER,
+            "INTRUDER",
+            MoveOriginatorMessageID=self.move.message_id,
+            MoveOriginatorApplicationEntityTitle="GATEWAY",
+        )
+        self.assertRefused(transport, INTRUDER)
+
+    def test_the_pacs_itself_is_delivered(self) -> None:
+        self.store(PACS_ADDRESS, PACS)
+        self.assertEqual(len(self.sink.parts), 1)
+        self.assertEqual(self.warnings(), [])

@@ -635,6 +635,7 @@ class MoveTransitions(OperationTransitions):
             sink=self.sink,  # type: ignore[arg-type]
             registry=self.registry,
             destination="GWSCP",
+            senders=(),
             study="1.2.3",
         )
         self.drained: Deferred[None] | None = None

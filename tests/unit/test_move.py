@@ -11,6 +11,7 @@ to our listener (an acceptor built by `listener_factory`, fed hand-built C-STORE
 from __future__ import annotations
 
 import zlib
+from ipaddress import ip_network
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -44,7 +45,7 @@ from dicomrst.dimse.contexts import COMPRESSED_SYNTAXES, listener_policy, receiv
 from dicomrst.dimse.echo import EchoSCP
 from dicomrst.dimse.move import MOVE_DESTINATION_UNKNOWN, MoveDestinationUnknown, MoveOperation, c_move
 from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
-from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
+from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry, Sender
 from dicomrst.dimse.retrieval import RetrieveFailed
 from dicomrst.dimse.server import listener_factory
 from dicomrst.errors import UpstreamError
@@ -72,6 +73,8 @@ from tests.support.ul import (
 OUR_AET = "DICOMRST"
 LISTENER = "GWSCP"
 PACS = "PACS"
+PACS_ADDRESS = IPv4Address("TCP", "192.0.2.9", 40000)
+PACS_SENDER = Sender(PACS, (ip_network(PACS_ADDRESS.host),))
 TIMEOUT = 10.0
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -251,9 +254,10 @@ class StoreAssociation:
         factory: Any,
         calling: str = PACS,
         syntaxes: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE),
+        address: IPv4Address = PACS_ADDRESS,
     ) -> None:
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 40000))
-        self.transport = StringTransport()
+        self.proto = factory.buildProtocol(address)
+        self.transport = StringTransport(peerAddress=address)
         self.proto.makeConnection(self.transport)
         self.proto.dataReceived(pdu.encode_associate(store_request(calling, syntaxes).to_primitive()))
         assert split_pdus(self.transport.value())[0][0] == pdu.ASSOCIATE_AC
@@ -335,6 +339,7 @@ class MoveTestCase(ULTestCase):
         instance: str | None = None,
         sink: RecordingSink | None = None,
         study: str | None = None,
+        senders: tuple[Sender, ...] = (PACS_SENDER,),
     ) -> tuple[Deferred[Any], MoveOperation, RecordingSink, MoveAssociation]:
         association = association or MoveAssociation(self)
         sink = sink or RecordingSink()
@@ -346,6 +351,7 @@ class MoveTestCase(ULTestCase):
             sink=sink,  # type: ignore[arg-type]
             registry=self.registry,
             destination=LISTENER,
+            senders=senders,
             study=study or self.study,
             series=series,
             instance=instance,
@@ -691,7 +697,10 @@ class CorrelationTests(MoveTestCase):
         self.finish(m1, m2, completed=2)
 
     def test_sub_operations_from_another_calling_aet(self) -> None:
-        ((m1, s1), (m2, s2)) = self.two_series_moves()
+        # A PACS that sends from another AE title is configured so (wado-rs.senders).
+        s1, s2 = generate_uid(), generate_uid()
+        also = (PACS_SENDER, Sender("PACS_STORE", PACS_SENDER.networks))
+        m1, m2 = self.start_move(series=s1, senders=also), self.start_move(series=s2, senders=also)
         store = StoreAssociation(self, self.factory, calling="PACS_STORE")
         a, b = Instance(self.study, s1), Instance(self.study, s2)
         store.store(a)  # UIDs
@@ -702,7 +711,7 @@ class CorrelationTests(MoveTestCase):
 
     def test_calling_aet_of_another_pacs_with_moves_is_not_matched(self) -> None:
         _d, op, sink, _association = self.start_move()
-        other = self.start_move(study=generate_uid())
+        other = self.start_move(study=generate_uid(), senders=(Sender("OTHER", PACS_SENDER.networks),))
         other[1].pacs_aet = "OTHER"
         store = StoreAssociation(self, self.factory, calling="OTHER")
         rq = store.store(Instance(self.study, generate_uid()), originator_id=op.message_id)
@@ -1082,7 +1091,7 @@ class BackendMoveTests(PoolTestCase):
 class WiringTests(ULTestCase):
     """tap.build: the listeners and the move backends share one registry."""
 
-    def build(self, wado: dict[str, Any], uncompressed: bool = True) -> Any:
+    def build(self, wado: dict[str, Any], uncompressed: bool = True, idle_timeout: int = 60_000) -> Any:
         from twisted.internet.testing import MemoryReactorClock
 
         from dicomrst.tap import BackendsService, DimseListenerService, build
@@ -1093,7 +1102,12 @@ class WiringTests(ULTestCase):
                     "aet": OUR_AET,
                     "dimse": [
                         {"aet": "OTHER", "port": 7002},
-                        {"aet": LISTENER, "port": 7001, "uncompressed": uncompressed},
+                        {
+                            "aet": LISTENER,
+                            "port": 7001,
+                            "uncompressed": uncompressed,
+                            "idle-timeout": idle_timeout,
+                        },
                     ],
                 },
                 "aets": [{"aet": PACS, "host": HOST, "port": PORT, "wado-rs": wado}],
@@ -1115,6 +1129,19 @@ class WiringTests(ULTestCase):
             self.assertEqual(scp.aet, factory.aet)
         self.assertEqual(factories[LISTENER].policy.storage_syntaxes, backend.retrieve_syntaxes)
         self.assertEqual(factories["OTHER"].policy.storage_syntaxes, (EXPLICIT_VR_LE, IMPLICIT_VR_LE))
+        # The PACS itself delivers its sub-operations, unless wado-rs.senders says otherwise;
+        # each listener times its associations with its own idle-timeout.
+        self.assertEqual(backend.senders, (Sender(PACS, (ip_network(HOST),)),))
+        self.assertEqual(factories[LISTENER].idle_timeout, 60.0)
+
+    def test_configured_senders_and_listener_idle_timeout(self) -> None:
+        senders = [{"aet": "PYSTORE"}, {"host": "10.1.0.0/16"}]
+        backend, factories = self.build({"receivers": [LISTENER], "senders": senders}, idle_timeout=2500)
+        self.assertEqual(
+            backend.senders,
+            (Sender("PYSTORE", (ip_network(HOST),)), Sender(PACS, (ip_network("10.1.0.0/16"),))),
+        )
+        self.assertEqual(factories[LISTENER].idle_timeout, 2.5)
 
     def test_get_or_no_receiver_retrieves_with_c_get(self) -> None:
         backend, _ = self.build({"retrieve": "get", "receivers": [LISTENER]})

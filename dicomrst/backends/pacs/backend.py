@@ -17,6 +17,7 @@ from zope.interface import implementer
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.pacs.store import store_instance
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.addresses import host_networks
 from dicomrst.common.identifiers import describe_target, retrieve_identifier
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
@@ -35,7 +36,7 @@ from dicomrst.dimse.echo import c_echo
 from dicomrst.dimse.find import c_find
 from dicomrst.dimse.get import c_get
 from dicomrst.dimse.move import MoveDestinationUnknown, MoveOperation, c_move
-from dicomrst.dimse.move_registry import MoveReceiver
+from dicomrst.dimse.move_registry import MoveReceiver, Sender
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult
 from dicomrst.errors import NotFound, UpstreamError
@@ -71,6 +72,11 @@ class DimseBackend:
         self.port = config.port
         # C-MOVE to `receiver` (a listener of ours) when configured so, else C-GET.
         self.receiver = receiver if config.wado_rs.retrieve == "move" else None
+        # Who may deliver our C-MOVEs' sub-operations; resolved now, at startup, before
+        # the reactor runs (the config check has already resolved each name once).
+        self.senders: tuple[Sender, ...] = ()
+        if self.receiver is not None:
+            self.senders = tuple(Sender(aet, host_networks(host)) for aet, host in config.move_senders())
         self.retrieve_syntaxes: tuple[str, ...] = (
             self.receiver.transfer_syntaxes if self.receiver is not None else (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
         )
@@ -227,6 +233,7 @@ class DimseBackend:
                 sink=sink,
                 registry=receiver.registry,
                 destination=receiver.aet,
+                senders=self.senders,
                 study=study,
                 series=series,
                 instance=instance,
