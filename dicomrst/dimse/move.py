@@ -30,6 +30,7 @@ from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.dimse.move_registry import MoveRegistry, Sender
 from dicomrst.dimse.operation import DimseOperation
 from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult, ended_well, retrieve_error
+from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationTimeout
@@ -41,15 +42,37 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 class MoveDestinationUnknown(RetrieveFailed):
-    """A801: the PACS has no address for our listener's AE title."""
+    """A801: the PACS has no address for our listener's AE title.  `likely`: the status
+    said less (0xC000, unable to process, for a study the PACS has), but that is the likely
+    cause (a stock Orthanc answers so)."""
 
-    def __init__(self, aet: str, status: int, result: RetrieveResult, destination: str) -> None:
+    def __init__(
+        self,
+        aet: str,
+        status: int,
+        result: RetrieveResult,
+        destination: str,
+        *,
+        likely: bool = False,
+        what: str = "",
+    ) -> None:
         super().__init__(aet, status, result, "C-MOVE")
-        self.message = (
-            f"{aet} does not know the move destination {destination!r} (C-MOVE status 0x{status:04X}): "
+        fix = (
             f"register this gateway's listener (AE title {destination}, its host and port) "
             f"as a DICOM node on {aet}, or retrieve with C-GET (wado-rs.retrieve: get)"
         )
+        if likely:
+            self.message = (
+                f"{aet} answered C-MOVE with status 0x{status:04X} ({describe_status(status)}) and moved "
+                f"nothing of {what or 'what it has'}: it most likely does not know the move destination "
+                f"{destination!r} (a stock Orthanc answers so for a destination missing from its "
+                f"DicomModalities): {fix}"
+            )
+        else:
+            self.message = (
+                f"{aet} does not know the move destination {destination!r} (C-MOVE status "
+                f"0x{status:04X}): {fix}"
+            )
         self.args = (self.message,)
 
 

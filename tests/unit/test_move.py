@@ -48,14 +48,14 @@ from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry, Sender
 from dicomrst.dimse.retrieval import RetrieveFailed
 from dicomrst.dimse.server import listener_factory
-from dicomrst.errors import UpstreamError
+from dicomrst.errors import NotFound, UpstreamError
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationTimeout
 from dicomrst.ul.negotiation import Acceptance, AcceptorPolicy, AssociationRequest, ContextProposal, Rejection
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.wado.throttle import ResponseThrottle
 from dicomrst.web.errors import http_status
-from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
+from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase, match
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -923,6 +923,7 @@ class BackendMoveTests(PoolTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.move_scp = MoveSCP()
+        self.with_find = False  # whether the PACS answers C-FIND too
         self.registry = MoveRegistry(OUR_AET)
         self.study = generate_uid()
 
@@ -930,11 +931,13 @@ class BackendMoveTests(PoolTestCase):
         # As PoolTestCase's, with a C-MOVE SCP for a PACS.
         factory = self._next_client()
         wrapper = factory.buildProtocol(IPv4Address("TCP", HOST, PORT))
-        handlers = {
+        handlers: dict[int, Any] = {
             commands.C_ECHO_RQ: EchoSCP(),
             commands.C_MOVE_RQ: self.move_scp,
             commands.C_CANCEL_RQ: self.move_scp,
         }
+        if self.with_find:
+            handlers[commands.C_FIND_RQ] = self.scp
         acceptor_user = DimseConnection(self.reactor, handlers)
         acceptor = ULProtocol(self.reactor, acceptor_user, policy=policy or POLICY, artim_timeout=ARTIM)
         ours = RecordingTransport(wrapper, isServer=False)
@@ -991,6 +994,37 @@ class BackendMoveTests(PoolTestCase):
         self.flush()
         self.failureResultOf(d, MoveDestinationUnknown)
         self.assertStats(backend.pool, idle=1)
+
+    def test_unable_to_process_for_a_study_the_pacs_has_names_the_likely_cause(self) -> None:
+        # A stock Orthanc answers 0xC000, not A801, for a destination it does not know.
+        self.with_find = True
+        self.scp.auto = [match(0)]  # the study exists
+        backend = self.move_backend("concurrent")
+        d = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect()
+        self.move_scp.requests[0].respond(0xC000)
+        self.flush()
+        error = self.failureResultOf(d, MoveDestinationUnknown).value
+        self.assertEqual(http_status(error), 502)
+        for text in (
+            "0xC000",
+            f"most likely does not know the move destination '{LISTENER}'",
+            "DicomModalities",
+            "wado-rs.retrieve: get",
+        ):
+            self.assertIn(text, str(error))
+        [line] = [e for e in self.events if e.get("log_namespace") == "dicomrst.pacs"]
+        self.assertEqual(line["why"], str(error))
+
+    def test_unable_to_process_for_a_missing_study_is_404(self) -> None:
+        self.with_find = True
+        self.scp.auto = []
+        backend = self.move_backend("concurrent")
+        d = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect()
+        self.move_scp.requests[0].respond(0xC000)
+        self.flush()
+        self.failureResultOf(d, NotFound)
 
     def test_concurrent_moves_go_out_at_once(self) -> None:
         backend = self.move_backend("concurrent")

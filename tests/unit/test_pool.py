@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
 
 from dicomrst.backends.pacs import DimseBackend
+from dicomrst.backends.pacs.backend import CallerNotAccepted
 from dicomrst.dimse import commands
 from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
@@ -766,7 +767,11 @@ class BackendFindTests(PoolTestCase):
         link = self.connect()
         link.acceptor.abort("out of luck")
         self.flush()
-        self.failureResultOf(d, AssociationAborted)
+        # What a PACS that does not know our AE title does: said so (a 502 all the same).
+        error = self.failureResultOf(d, CallerNotAccepted).value
+        self.assertIsInstance(error.__cause__, AssociationAborted)
+        self.assertIn("most likely does not accept our AE title 'GATEWAY'", str(error))
+        self.assertEqual(http_status(error), 502)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertStats(backend.pool)
 
