@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
+from dicomrst.common.addresses import parse_network
 from dicomrst.logs import parse_level
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PoolConfig",
     "QidoConfig",
     "S3Credentials",
+    "SenderConfig",
     "ServerConfig",
     "StowConfig",
     "TelemetryConfig",
@@ -339,6 +341,13 @@ class DimseServerConfig:
     port: int = _key(_PORT, 7001)
     uncompressed: bool = _key(_boolean, True)
     endpoint: str | None = _key(_optional(_string()), None)
+    # Not in DICOM-RST: an association whose peer sends no whole PDU for this long, while
+    # it is the peer's turn, is aborted (a silent or trickling peer holds it otherwise).
+    idle_timeout: int = _key(_integer(1), 60_000)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.idle_timeout / 1000
 
     def endpoint_description(self) -> str:
         return self.endpoint or _tcp_endpoint(self.port, self.interface)
@@ -357,6 +366,8 @@ class PoolConfig(_Timed):
     size: int = _key(_integer(1), 16)
     timeout: int = _key(_MS, 10_000)  # waiting for a free association
     idle_timeout: int = _key(_MS, 60_000)  # not in DICOM-RST: release idle associations
+    # Not in DICOM-RST: associations kept idle at most (each holds a PACS worker thread).
+    max_idle: int = _key(_integer(0), 2)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -369,12 +380,24 @@ class QidoConfig(_Timed):
 
 
 @attrs.frozen
+class SenderConfig:
+    """A ``wado-rs.senders[]`` entry: a node that delivers this PACS's C-MOVE sub-operations.
+    What is left out is the PACS's own (its ``aet``, its ``host``)."""
+
+    aet: str | None = _key(_optional(_ae_title), None)  # the calling AE title it uses
+    host: str | None = _key(_optional(_string()), None)  # a host name, an address, or a CIDR network
+
+
+@attrs.frozen
 class WadoConfig(_Timed):
     timeout: int = _key(_MS, 60_000)
     mode: str = _key(_choice("concurrent", "sequential"), "concurrent")
     # AE titles of our own server.dimse listeners that C-MOVE may send to
     receivers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
     retrieve: str = _key(_choice("move", "get"), "move")  # not in DICOM-RST: C-MOVE or C-GET
+    # Not in DICOM-RST: who may deliver the sub-operations of this PACS's C-MOVEs to our
+    # listeners (empty: the PACS itself, from its host with its AE title).
+    senders: tuple[SenderConfig, ...] = _key(_list_of(_entry(SenderConfig)), factory=tuple)
 
 
 @attrs.frozen
@@ -475,6 +498,14 @@ class AetConfig:
     credentials: S3Credentials | None = _key(_credentials, None, backend="S3")  # None: anonymous
 
 
+    def move_senders(self) -> tuple[tuple[str, str], ...]:
+        """(calling AE title, host) of each node whose C-STOREs may belong to a C-MOVE of
+        this PACS: ``wado-rs.senders``, or the PACS itself."""
+        assert self.host is not None  # a DIMSE AET
+        entries = self.wado_rs.senders or (SenderConfig(),)
+        return tuple((s.aet or self.aet, s.host or self.host) for s in entries)
+
+
 def _aet_entry(value: Any, path: str, env: _Env) -> AetConfig:
     # Which keys are allowed or required depends on `backend`, so read it first.
     backend = "DIMSE"
@@ -534,10 +565,15 @@ def parse_config(data: object, resolve: Callable[[str], object] = default_resolv
     for i, entry in enumerate(config.aets):
         if entry.host is None:  # an S3 AET
             continue
-        try:
-            resolve(entry.host)
-        except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
-            raise ConfigError(f"aets[{i}].host", f"cannot resolve {entry.host!r}: {e}") from None
+        hosts = [(f"aets[{i}].host", entry.host)]
+        hosts += [(f"aets[{i}].wado-rs.senders[{j}].host", sender.host)
+                  for j, sender in enumerate(entry.wado_rs.senders)
+                  if sender.host is not None and parse_network(sender.host) is None]
+        for key, host in hosts:
+            try:
+                resolve(host)
+            except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
+                raise ConfigError(key, f"cannot resolve {host!r}: {e}") from None
     return config
 
 

@@ -185,7 +185,13 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
         _check_endpoint(reactor, description, f"server.dimse[{i}].endpoint")
-        factory = listener_factory(listener.aet, reactor, moves, uncompressed=listener.uncompressed)
+        factory = listener_factory(
+            listener.aet,
+            reactor,
+            moves,
+            uncompressed=listener.uncompressed,
+            idle_timeout=listener.idle_timeout_s,
+        )
         listening = DimseListenerService(reactor, description, factory)
         listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 

@@ -72,9 +72,8 @@ def _float(value: float, single: bool) -> str:
             try:
                 if struct.pack("<f", float(text)) == packed:
                     return _number_text(text)
-            except OverflowError:
-                continue  # rounded past the largest float32 (near its maximum): more digits
-
+            except OverflowError:  # near the largest float32, a short text rounds past it
+                continue
     return _number_text(repr(value))
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from io import BytesIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
+from dicomrst.common.transcode import DataSetError, check_length
 from dicomrst.common.uids import IMPLICIT_VR_LE
 
 
@@ -36,9 +38,33 @@ def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
 
 
 def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """A received identifier (a C-FIND match) as a pydicom Dataset."""
+    """A received identifier (a C-FIND match) as a pydicom Dataset, every element
+    converted; `DataSetError` (and nothing else) when the bytes are not one.
+
+    pydicom reads lazily: an element it cannot convert would raise wherever it is first
+    looked at (in the QIDO-RS response, long after the C-FIND-RSP).  So each one is
+    converted here, where a failure is the PACS's malformed response.
+    """
     implicit = transfer_syntax == IMPLICIT_VR_LE
-    return read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+    try:
+        ds = read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+        _convert(ds)
+    except Exception as e:  # pydicom raises whatever its reading hits
+        raise DataSetError(f"undecodable identifier: {e}") from None
+    return ds
+
+
+def _convert(ds: Dataset) -> None:
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement):
+            check_length(raw)
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _convert(item)
+        else:
+            str(element.value)  # PN, DA, DS, ... objects are built when first shown
 
 
 def describe_target(study: str, series: str | None = None, instance: str | None = None) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 
@@ -155,14 +156,17 @@ class Command:
 
 
 def _encode_value(vr: str, value: CommandValue) -> bytes:
-    if vr in ("US", "UL"):
-        if not isinstance(value, int):
-            raise CommandError(f"a {vr} command element takes a number, not {value!r}")
-        return struct.pack("<H" if vr == "US" else "<L", value)
-    if vr == "AT":
-        tags = value if isinstance(value, list) else [int(value)]
-        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
-    raw = str(value).encode("ascii")
+    try:
+        if vr in ("US", "UL"):
+            if not isinstance(value, int):
+                raise CommandError(f"a {vr} command element takes a number, not {value!r}")
+            return struct.pack("<H" if vr == "US" else "<L", value)
+        if vr == "AT":
+            tags = value if isinstance(value, list) else [int(value)]
+            return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
+        raw = str(value).encode("ascii")
+    except (struct.error, UnicodeEncodeError, ValueError, TypeError) as e:
+        raise CommandError(f"cannot encode {value!r} as a {vr} command element: {e}") from None
     if len(raw) % 2:
         raw += b"\x00" if vr == "UI" else b" "
     return raw
@@ -184,7 +188,49 @@ def encode_command(ds: Command | Dataset) -> bytes:
     return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(rest)) + rest
 
 
+# What each kind of message must carry for us to act on it (PS3.7 9.3): checked when
+# the command set is decoded, so no handler meets a message it cannot answer or match.
+_REQUIRED: dict[int, tuple[str, ...]] = {
+    C_STORE_RQ: ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID"),
+    C_CANCEL_RQ: ("MessageIDBeingRespondedTo",),
+}
+_REQUEST_FIELDS = ("MessageID",)
+_RESPONSE_FIELDS = ("MessageIDBeingRespondedTo", "Status")
+# Requests that announce a data set by definition: without one, a C-STORE-RQ would
+# leave its handler waiting for bytes that never come.
+_NEEDS_DATASET = frozenset((C_STORE_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ))
+
+# PS3.5 6.2: a UI is digits and dots, at most 64 of them; an AE at most 16 characters of
+# the default repertoire without backslash or control characters.  Anything else in a
+# command set is refused here, so every value decoded can be encoded again (responses
+# echo the request's UIDs) and none carries control characters into a log line.
+_UID = re.compile(rb"[0-9.]{0,64}")
+_AE = re.compile(rb"[\x20-\x5b\x5d-\x7e]{0,16}")
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def _text(keyword: str, vr: str, raw: bytes) -> str:
+    if vr == "UI":
+        value = raw.rstrip(b"\x00 ")
+        if not _UID.fullmatch(value):
+            raise CommandError(f"undecodable DIMSE command set: {keyword} is not a UID")
+    elif vr == "AE":
+        value = raw.rstrip(b"\x00 ").lstrip(b" ")
+        if not _AE.fullmatch(value):
+            raise CommandError(f"undecodable DIMSE command set: {keyword} is not an AE title")
+    else:
+        # Free text (Error Comment) is only ever read by people: kept, but as printable
+        # ASCII, so a PACS's Latin-1 comment does not cost the association.
+        value = _UNPRINTABLE.sub(b"?", raw.rstrip(b"\x00 "))
+    return value.decode("ascii")
+
+
 def decode_command(data: bytes) -> Command:
+    """A command set from its bytes, or `CommandError`: never anything else.
+
+    Beyond the encoding, the elements the message's type requires must be present
+    (`_REQUIRED`), and strings must be valid for their VR.
+    """
     values: dict[str, CommandValue] = {}
     offset = 0
     end = len(data)
@@ -201,28 +247,40 @@ def decode_command(data: bytes) -> Command:
             raise CommandError(
                 f"undecodable DIMSE command set: element (0000,{element:04X}) runs past the end"
             )
-        raw = data[offset : offset + length]
+        raw = bytes(data[offset : offset + length])
         offset += length
         known = _BY_TAG.get(element)
         if known is None:
             continue  # retired or private-use elements: not ours to interpret
         keyword, vr = known
+        if keyword in values:
+            raise CommandError(f"undecodable DIMSE command set: {keyword} appears twice")
         if vr in ("US", "UL"):
             size = 2 if vr == "US" else 4
             if length != size:
                 raise CommandError(f"undecodable DIMSE command set: {keyword} has length {length}")
             values[keyword] = int.from_bytes(raw, "little")
         elif vr == "AT":
+            if length % 4:
+                raise CommandError(f"undecodable DIMSE command set: {keyword} has length {length}")
             values[keyword] = [
                 int.from_bytes(raw[i : i + 2], "little") << 16 | int.from_bytes(raw[i + 2 : i + 4], "little")
-                for i in range(0, length - 3, 4)
+                for i in range(0, length, 4)
             ]
         else:
-            values[keyword] = raw.rstrip(b"\x00 ").decode("ascii", "replace")
-    if "CommandField" not in values:
+            values[keyword] = _text(keyword, vr, raw)
+    field = values.get("CommandField")
+    if not isinstance(field, int):
         raise CommandError("DIMSE command set without CommandField")
     if "CommandDataSetType" not in values:
         raise CommandError("undecodable DIMSE command set: no CommandDataSetType")
+    name = NAMES.get(field, f"command 0x{field:04X}")
+    required = _REQUIRED.get(field) or (_RESPONSE_FIELDS if is_response(field) else _REQUEST_FIELDS)
+    for keyword in required:
+        if values.get(keyword) in (None, ""):
+            raise CommandError(f"{name} without {keyword}")
+    if field in _NEEDS_DATASET and values["CommandDataSetType"] == NO_DATASET:
+        raise CommandError(f"{name} without a data set")
     return Command(values)
 
 

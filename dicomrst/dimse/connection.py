@@ -96,6 +96,8 @@ class DimseConnection:
         self._pending: dict[int, _Pending] = {}
         # Message IDs of requests cancelled locally whose final response may still come.
         self._abandoned: set[int] = set()
+        # Message IDs of the peer's requests we have not answered yet.
+        self._unanswered: set[int] = set()
         self._next_id = 0
 
     @property
@@ -111,6 +113,11 @@ class DimseConnection:
 
     def release_requested(self) -> None:
         pass
+
+    def awaiting_us(self) -> bool:
+        # The peer sent a whole request and waits for our response; while it is still
+        # sending a message (a data set in progress), the turn is its own.
+        return bool(self._unanswered) and self._data_context is None and not self._command_parts
 
     def association_ended(self, reason: Failure | None) -> None:
         self.ended = reason
@@ -169,11 +176,8 @@ class DimseConnection:
             handler = self.handlers.get(field)
             if handler is None:
                 raise ProtocolError(f"unexpected {commands.NAMES.get(field, hex(field))}")
-            # Handlers answer by Message ID; without one the request is malformed, and
-            # that is the peer's protocol error, not a traceback of ours.
-            keyword = "MessageIDBeingRespondedTo" if field == commands.C_CANCEL_RQ else "MessageID"
-            if keyword not in message.command:
-                raise ProtocolError(f"{commands.NAMES.get(field, hex(field))} without {keyword}")
+            if field != commands.C_CANCEL_RQ:
+                self._unanswered.add(message.command.number("MessageID"))
             consumer = handler.request_received(self, message)
         if commands.has_dataset(message.command):
             self._data_context = message.context_id
@@ -268,6 +272,8 @@ class DimseConnection:
 
     def respond(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
         command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
+        if commands.is_response(command.number("CommandField")):
+            self._unanswered.discard(command.number("MessageIDBeingRespondedTo", -1))
         self._require().send_message(context_id, commands.encode_command(command), dataset)
 
     def release(self) -> Deferred[None]:

@@ -11,14 +11,15 @@ from dicomrst.common.uids import VERIFICATION
 from dicomrst.dimse import commands
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
+from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import UpstreamError
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 
 VERIFICATION_CONTEXT = ContextProposal(VERIFICATION)
 
 
-class EchoFailed(UpstreamError):
-    """The peer answered C-ECHO with a status other than Success."""
+class EchoFailed(AssociationIntact, UpstreamError):
+    """The peer answered C-ECHO with a status other than Success (the association is fine)."""
 
 
 class EchoSCP:
@@ -40,6 +41,27 @@ class EchoSCP:
         return None
 
 
+async def c_echo(connection: DimseConnection, *, aet: str, timeout: float) -> None:
+    """One C-ECHO on an established association (a pooled one, for a health check).
+
+    Raises `EchoFailed` for a status other than Success (the association is fine), the
+    association's error if it ends first, `AssociationTimeout` after `timeout` s.
+    """
+    association = connection.association
+    assert association is not None
+    context = association.context(VERIFICATION)
+    if context is None:
+        raise UpstreamError(f"{aet} did not accept the Verification SOP class")
+    rsp = await connection.request(
+        context.context_id,
+        commands.command(commands.C_ECHO_RQ, AffectedSOPClassUID=VERIFICATION),
+        timeout=timeout,
+    )
+    status = rsp.command.number("Status")
+    if status != commands.SUCCESS:
+        raise EchoFailed(f"{aet} answered C-ECHO with status 0x{status:04X}")
+
+
 def echo_scu(
     reactor: IGatewayReactor,
     host: str,
@@ -48,7 +70,12 @@ def echo_scu(
     called_aet: str,
     timeout: float,
 ) -> Deferred[float]:
-    """Associate, C-ECHO, release; fire with milliseconds from connect to C-ECHO-RSP."""
+    """Associate, C-ECHO, release; fire with milliseconds from connect to C-ECHO-RSP.
+
+    A one-off association, for checking a peer from outside the gateway (the interop
+    tests); the gateway's own health checks go through each PACS's pool
+    (`dicomrst.backends.pacs.DimseBackend.echo`), so they count against `pool.size`.
+    """
     return Deferred.fromCoroutine(_echo(reactor, host, port, calling_aet, called_aet, timeout))
 
 
@@ -59,18 +86,8 @@ async def _echo(
     request = AssociationRequest(calling_aet, called_aet, (VERIFICATION_CONTEXT,))
     connection = await associate(reactor, host, port, request, timeout=timeout)
     try:
-        assert connection.association is not None
-        context = connection.association.context(VERIFICATION)
-        assert context is not None  # we proposed only this one, and something was accepted
-        rsp = await connection.request(
-            context.context_id,
-            commands.command(commands.C_ECHO_RQ, AffectedSOPClassUID=VERIFICATION),
-            timeout=timeout,
-        )
+        await c_echo(connection, aet=called_aet, timeout=timeout)
         elapsed_ms = (reactor.seconds() - started) * 1000
-        status = rsp.command.number("Status")
-        if status != commands.SUCCESS:
-            raise EchoFailed(f"{called_aet} answered C-ECHO with status 0x{status:04X}")
     except BaseException:
         connection.abort("C-ECHO failed")
         raise

@@ -23,6 +23,7 @@ from dicomrst.common.deferreds import shielded
 from dicomrst.common.identifiers import decode_identifier, encode_identifier
 from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.common.machine import Machine, transitions
+from dicomrst.common.transcode import DataSetError
 from dicomrst.common.uids import IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
@@ -31,6 +32,7 @@ from dicomrst.dimse.operation import DimseOperation
 from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.ul.errors import AssociationTimeout
+from dicomrst.ul.pdu import ProtocolError
 
 
 class FindFailed(AssociationIntact, UpstreamError):
@@ -160,7 +162,12 @@ class FindOperation(DimseOperation):
         if self.limit is not None and self.delivered >= self.limit:  # limit=0
             self._run.fire("limit")
             return
-        ds = decode_identifier(data, self._transfer_syntax)
+        try:
+            ds = decode_identifier(data, self._transfer_syntax)
+        except DataSetError as e:
+            # The PACS broke the protocol, not the search: the association ends (one
+            # A-ABORT), and the find fails with the reason.
+            raise ProtocolError(f"C-FIND-RSP from {self.aet} with an {e}") from None
         self.delivered += 1
         self.on_result(ds)
         if self.limit is not None and self.delivered >= self.limit:

@@ -108,6 +108,7 @@ class GetOperation(DimseOperation):
         self.sink = sink
         self.result = RetrieveResult()
         self.outstanding = 0
+        self.owed = 0
 
     def start(self, identifier: Dataset) -> Deferred[IncomingMessage]:
         association = self.connection.association
@@ -140,10 +141,11 @@ class GetOperation(DimseOperation):
         self.connection.handlers.pop(commands.C_STORE_RQ, None)
 
     def silence_is_ours(self) -> bool:
-        # We owe a C-STORE-RSP (the sink is still writing or converting), or we stopped
-        # reading for a slow HTTP client; the HTTP request timeout bounds the whole retrieve.
+        # We owe a C-STORE-RSP (the sink is still writing or converting a whole data set),
+        # or we stopped reading for a slow HTTP client; the HTTP request timeout bounds
+        # the whole retrieve.  A data set still arriving is the PACS's to send.
         association = self.connection.association
-        return bool(self.outstanding) or (association is not None and association.paused)
+        return bool(self.owed) or (association is not None and association.paused)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self._run.fire("activity")

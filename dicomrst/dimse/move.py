@@ -27,9 +27,10 @@ from dicomrst.common.uids import STUDY_ROOT_MOVE
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, IncomingMessage
 from dicomrst.dimse.errors import AssociationIntact
-from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.move_registry import MoveRegistry, Sender
 from dicomrst.dimse.operation import DimseOperation
 from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult, ended_well, retrieve_error
+from dicomrst.dimse.status import describe_status
 from dicomrst.errors import UpstreamError
 from dicomrst.logs import logger
 from dicomrst.ul.errors import AssociationTimeout
@@ -41,15 +42,37 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 class MoveDestinationUnknown(RetrieveFailed):
-    """A801: the PACS has no address for our listener's AE title."""
+    """A801: the PACS has no address for our listener's AE title.  `likely`: the status
+    said less (0xC000, unable to process, for a study the PACS has), but that is the likely
+    cause (a stock Orthanc answers so)."""
 
-    def __init__(self, aet: str, status: int, result: RetrieveResult, destination: str) -> None:
+    def __init__(
+        self,
+        aet: str,
+        status: int,
+        result: RetrieveResult,
+        destination: str,
+        *,
+        likely: bool = False,
+        what: str = "",
+    ) -> None:
         super().__init__(aet, status, result, "C-MOVE")
-        self.message = (
-            f"{aet} does not know the move destination {destination!r} (C-MOVE status 0x{status:04X}): "
+        fix = (
             f"register this gateway's listener (AE title {destination}, its host and port) "
             f"as a DICOM node on {aet}, or retrieve with C-GET (wado-rs.retrieve: get)"
         )
+        if likely:
+            self.message = (
+                f"{aet} answered C-MOVE with status 0x{status:04X} ({describe_status(status)}) and moved "
+                f"nothing of {what or 'what it has'}: it most likely does not know the move destination "
+                f"{destination!r} (a stock Orthanc answers so for a destination missing from its "
+                f"DicomModalities): {fix}"
+            )
+        else:
+            self.message = (
+                f"{aet} does not know the move destination {destination!r} (C-MOVE status "
+                f"0x{status:04X}): {fix}"
+            )
         self.args = (self.message,)
 
 
@@ -111,13 +134,13 @@ MOVE = Machine(
             ("moving", "end", "ended", "_end"),
             ("answered", "activity", "answered", "_arm_timer"),
             ("answered", "drain", "draining", "_check_drained"),
-            ("answered", "abandon", "ended", "_abandon_end"),
+            ("answered", "abandon", "ended", "_let_go"),
             ("answered", "end", "ended", "_end"),
             ("draining", "activity", "draining", "_arm_and_check"),
             ("draining", "quiet-ours", "draining", "_arm_timer"),
             ("draining", "drained", "drained", "_resolve_drained"),
             ("draining", "timeout", "timed-out", "_missing"),
-            ("draining", "abandon", "ended", "_abandon_end"),
+            ("draining", "abandon", "ended", "_let_go"),
             ("drained", "activity", "drained", None),
             ("drained", "end", "ended", "_end"),
             ("abandoned", "activity", "abandoned", "_arm_timer"),
@@ -155,6 +178,7 @@ class MoveOperation(DimseOperation):
         sink: IInstanceSink,
         registry: MoveRegistry,
         destination: str,
+        senders: tuple[Sender, ...],
         study: str,
         series: str | None = None,
         instance: str | None = None,
@@ -163,6 +187,7 @@ class MoveOperation(DimseOperation):
         self.sink = sink
         self.registry = registry
         self.pacs_aet = aet
+        self.senders = senders
         self.destination = destination
         self.study = study
         self.series = series
@@ -170,6 +195,7 @@ class MoveOperation(DimseOperation):
         self.message_id = 0
         self.result = RetrieveResult()
         self.outstanding = 0
+        self.owed = 0
         self.delivered: set[str] = set()
         self.final: IncomingMessage | None = None
         self.ended: Deferred[None] = Deferred()
@@ -239,10 +265,10 @@ class MoveOperation(DimseOperation):
         return max(0, self.result.completed + self.result.warning - self.result.received)
 
     def silence_is_ours(self) -> bool:
-        # We owe a C-STORE-RSP (the sink is still writing or converting), or the
-        # response paused the listener's association for a slow HTTP client.
+        # We owe a C-STORE-RSP (the sink is still writing or converting a whole data
+        # set), or the response paused the listener's association for a slow HTTP client.
         store = self._store_association
-        return bool(self.outstanding) or (store is not None and store.paused)
+        return bool(self.owed) or (store is not None and store.paused)
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
         self._run.fire("activity")
@@ -292,8 +318,10 @@ class MoveOperation(DimseOperation):
         self._run.fire("end")
         return result
 
-    def _abandon_end(self) -> None:
-        self._send_cancel()
+    def _let_go(self) -> None:
+        # The final C-MOVE-RSP is in: the PACS has nothing left running to cancel (a
+        # C-CANCEL now is an error in its log), and instances still on their way are
+        # refused once the move is unregistered.
         self.registry.unregister(self)
         self._end()
 

@@ -45,11 +45,11 @@ class MoveStoreSCP:
         transfer_syntax = association.contexts[message.context_id].transfer_syntax
         reply = StoreReply(connection, message)
         calling = association.calling_aet
-        found = self.registry.correlate(self.aet, calling, message.command)
+        found = self.registry.correlate(self.aet, calling, association.peer_host, message.command)
         if found.move is not None:
             return self.deliver(found.move, reply, association, transfer_syntax)
         if found.refused is not None:
-            self.refuse(reply, calling, found.refused)
+            self.refuse(reply, association, found.refused)
             return None
         for move in found.candidates:
             move.activity()
@@ -65,11 +65,12 @@ class MoveStoreSCP:
             move.delivered.add(reply.sop_instance)
         return consumer
 
-    def refuse(self, reply: StoreReply, calling: str, why: str) -> None:
+    def refuse(self, reply: StoreReply, association: ULProtocol, why: str) -> None:
         log.warn(
-            "refused C-STORE of {uid} from {calling} on {aet} (0x{status:04X}): {why}",
+            "refused C-STORE of {uid} from {calling} at {peer} on {aet} (0x{status:04X}): {why}",
             uid=reply.sop_instance,
-            calling=calling,
+            calling=association.calling_aet,
+            peer=association.peer,
             aet=self.aet,
             status=STORE_NOT_AUTHORIZED,
             why=why,
@@ -138,7 +139,6 @@ class _Correlating:
         uids = self.peeker.uids
         registry = self.scp.registry
         move = registry.choose(self.candidates, self.reply.sop_instance, uids.study, uids.series)
-        calling = self.association.calling_aet
         if move is None:
             if self.peeker.failed or not uids.study:
                 why = f"its Study Instance UID could not be read ({self.peeker.failed or 'not found'})"
@@ -147,7 +147,7 @@ class _Correlating:
                     f"no active retrieve asked for study {uids.study} series {uids.series} "
                     "(and the PACS sent no Move Originator Message ID)"
                 )
-            self.scp.refuse(self.reply, calling, why)
+            self.scp.refuse(self.reply, self.association, why)
             return
         self.inner = self.scp.deliver(move, self.reply, self.association, self.transfer_syntax)
         if self.inner is not None:

@@ -5,16 +5,18 @@ A C-MOVE's instances come back on another association, which the PACS opens to o
 our ``server.dimse[]`` listeners (`dicomrst.dimse.move_destination`).  Every C-STORE-RQ
 arriving there is matched with the retrieve waiting for it:
 
-* by the Move Originator Message ID (0000,1031), when the PACS sends it (with the Move
-  Originator AE Title (0000,1030), which must then be our calling AE title), among the
-  moves of the PACS whose AE title calls us;
+* only among the moves whose PACS may send it: each move names its senders (by default
+  the PACS itself: its AE title calling from its configured host; ``wado-rs.senders``
+  for a PACS that sends from elsewhere), and the association's calling AE title and peer
+  address must be one of them.  Any other node is refused, whatever UIDs or Message ID
+  it carries: it cannot feed another client's response;
+* then by the Move Originator Message ID (0000,1031), when the PACS sends it (with the
+  Move Originator AE Title (0000,1030), which must then be our calling AE title);
 * else by the UIDs: the SOP Instance UID of the command and the Study and Series Instance
   UIDs peeked from the first bytes of the data set, against those moves' identifiers.
 
-Moves are looked for among those of the PACS that calls (the calling AE title equals the
-AET of the move's PACS), or among all when that AE title has none (PACS that send their
-sub-operations from another AE title).  Message IDs of moves are unique across the
-registry, so two moves on two pooled associations to one PACS are never confused.
+Message IDs of moves are unique across the registry, so two moves on two pooled
+associations to one PACS are never confused.
 """
 
 from __future__ import annotations
@@ -24,15 +26,32 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 
+from dicomrst.common.addresses import Network, in_networks
 from dicomrst.dimse.commands import Command
 from dicomrst.dimse.retrieval import StoreTarget
 from dicomrst.ul.protocol import ULProtocol
+
+
+@attrs.frozen
+class Sender:
+    """A node that may deliver a move's sub-operations: the calling AE title it uses and
+    the networks it connects from (its addresses, resolved at startup)."""
+
+    aet: str
+    networks: tuple[Network, ...]
+
+    def allows(self, calling_aet: str, peer_host: str) -> bool:
+        return calling_aet == self.aet and in_networks(peer_host, self.networks)
+
+    def describe(self) -> str:
+        return f"{self.aet} from {', '.join(str(n) for n in self.networks)}"
 
 
 class ActiveMove(StoreTarget, TypingProtocol):
     """A C-MOVE waiting for its sub-operations (dicomrst.dimse.move.MoveOperation)."""
 
     pacs_aet: str  # the AE title the C-MOVE was sent to
+    senders: tuple[Sender, ...]  # who may deliver its sub-operations
     destination: str  # our listener's AE title named as Move Destination
     message_id: int
     study: str
@@ -89,14 +108,20 @@ class MoveRegistry:
     def is_active(self, move: ActiveMove) -> bool:
         return move in self._moves
 
-    def correlate(self, destination: str, calling_aet: str, command: Command) -> Correlation:
+    def correlate(self, destination: str, calling_aet: str, peer_host: str, command: Command) -> Correlation:
         """Match a C-STORE-RQ's command set, received on listener `destination` from
-        `calling_aet`; the data set is not needed unless `candidates` is returned."""
+        `calling_aet` at `peer_host`; the data set is not needed unless `candidates` is
+        returned."""
         mine = [m for m in self._moves if m.destination == destination]
         if not mine:
             return Correlation(refused="no retrieve is waiting for instances")
-        from_caller = [m for m in mine if m.pacs_aet == calling_aet]
-        pool = from_caller or mine
+        pool = [m for m in mine if any(s.allows(calling_aet, peer_host) for s in m.senders)]
+        if not pool:
+            expected = sorted({s.describe() for m in mine for s in m.senders})
+            return Correlation(
+                refused=f"no running retrieve asked {calling_aet} at {peer_host or 'an unknown address'} "
+                f"(they expect {'; '.join(expected)})"
+            )
         originator = str(command.get("MoveOriginatorApplicationEntityTitle") or "").strip()
         originator_id = command.get("MoveOriginatorMessageID")
         if originator and originator != self.our_aet:

@@ -92,8 +92,11 @@ class DimseOperation:
     # -- actions the operations share ---------------------------------------------------
 
     def _arm_timer(self, *ignored: object) -> None:
-        self._stop_timer()
-        self._timer = self.clock.callLater(self.timeout, self._timer_expired)
+        # Moved, not replaced: a retrieve restarts it for every PDU of every instance.
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.timeout)
+        else:
+            self._timer = self.clock.callLater(self.timeout, self._timer_expired)
 
     def _stop_timer(self, *ignored: object) -> None:
         if self._timer is not None and self._timer.active():

@@ -9,6 +9,9 @@ Rules (issue 3, and what DICOM-RST got wrong):
 * idle associations are reused, most recently used first, and released after
   `idle_timeout`; one the PACS closed or aborted is noticed (its UL reports the end)
   and dropped, freeing its slot;
+* at most `max_idle` are kept idle: one given back beyond that is released at once.
+  Each idle association holds one of the PACS's workers (Orthanc has four), so after
+  a burst the pool keeps what steady load reuses, not what the burst needed;
 * an association that could not be opened (refused, rejected, timed out) frees its
   slot at once; one whose caller gave up while it was opening joins the pool;
 * every association proposes the contexts all services need, so any request can use
@@ -40,7 +43,13 @@ from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.logs import logger
-from dicomrst.ul.errors import AssociationAborted, AssociationClosed, AssociationRejected, ConnectionLost
+from dicomrst.ul.errors import (
+    AssociationAborted,
+    AssociationClosed,
+    AssociationRejected,
+    ConnectionLost,
+    ProtocolViolation,
+)
 from dicomrst.ul.negotiation import RESULT_REJECTED_TRANSIENT, AssociationRequest
 
 log = logger("dicomrst.pool")
@@ -81,6 +90,7 @@ class AssociationPool:
         acquire_timeout: float,
         idle_timeout: float,
         connect_timeout: float,
+        max_idle: int,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -91,6 +101,7 @@ class AssociationPool:
         self.acquire_timeout = acquire_timeout
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
         self._idle: deque[Lease] = deque()
         self._busy: set[Lease] = set()
         # Released for being idle: they hold their slot until the PACS has confirmed.
@@ -298,8 +309,9 @@ class AssociationPool:
                 self._busy.add(lease)
                 waiter.callback(lease)
                 return
-        if self._waiters:
+        if self._waiters or len(self._idle) >= self.max_idle:
             # Everyone waiting needs other contexts: this slot serves them better free.
+            # Or enough are idle already: this one would only hold a PACS worker.
             self._retire(lease)
             return
         lease.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_expired, lease)
@@ -345,9 +357,9 @@ class AssociationPool:
             lease = await self.acquire(request)
             try:
                 result = await operation(lease)
-            except STALE_ERRORS:
+            except STALE_ERRORS as e:
                 self.release(lease, reusable=False)
-                if attempt == 1 and retry_stale and lease.reused:
+                if attempt == 1 and retry_stale and lease.reused and not isinstance(e, ProtocolViolation):
                     log.info(
                         "{aet}: reused association was closed by the PACS; retrying on a new one",
                         aet=self.aet,

@@ -73,9 +73,13 @@ class StoreTarget(TypingProtocol):
 
     sink: IInstanceSink
     result: RetrieveResult
-    # Sub-operations received whose C-STORE-RSP we still owe (the sink is writing or
-    # converting them): while any is, the silence is ours, not the PACS's.
+    # Sub-operations handed to the sink and not yet answered (their data set may still
+    # be arriving): the operation has not drained while any is.
     outstanding: int
+    # Of those, the ones whose data set is whole: the PACS waits for our C-STORE-RSP (the
+    # sink is writing or converting), so while any is, the silence is ours.  One whose
+    # data set is still arriving is the PACS's to finish, fragment by fragment.
+    owed: int
 
     def activity(self) -> None:
         """Something arrived: restart the inactivity timer."""
@@ -133,28 +137,42 @@ def deliver(target: StoreTarget, reply: StoreReply, transfer_syntax: str) -> IDa
         return None
     target.result.received += 1
     target.outstanding += 1
+    watched = _Watched(consumer, target)
 
     def handed(status: object) -> None:
         target.outstanding -= 1
+        if watched.complete:
+            target.owed -= 1
+        watched.answered = True
         target.activity()
         respond(status)
 
     consumer.done.addBoth(handed)
-    return _Watched(consumer, target)
+    return watched
 
 
 @implementer(IDataSetConsumer)
 class _Watched:
-    """Passes fragments on and tells the operation something is happening."""
+    """Passes fragments on and tells the operation something is happening.
+
+    Each fragment is the whole PDV of a whole PDU, so progress is counted in PDUs: a PACS
+    that trickles a data set a byte at a time makes none, and the operation times out.
+    """
 
     def __init__(self, inner: IInstanceConsumer, op: StoreTarget) -> None:
         self.inner = inner
         self.op = op
+        self.complete = False  # the whole data set arrived
+        self.answered = False  # the sink's `done` fired (possibly before the data set was whole)
 
     def dataReceived(self, fragment: bytes) -> None:
+        self.op.activity()
         self.inner.dataReceived(fragment)
 
     def dataFinished(self) -> None:
+        self.complete = True
+        if not self.answered:
+            self.op.owed += 1
         self.op.activity()
         self.inner.dataFinished()
 

@@ -15,10 +15,18 @@ from dicomrst.dimse.move_registry import MoveRegistry
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, ContextProposal
 from dicomrst.ul.protocol import DEFAULT_ARTIM_TIMEOUT, ULProtocol
 
+#: Seconds an established association may go without a whole PDU from the peer while
+#: it is the peer's turn (``server.dimse[].idle-timeout``).
+DEFAULT_IDLE_TIMEOUT = 60.0
+
 
 class DimseServerFactory(Factory):
     """Accepts associations called `aet`; serves C-ECHO, and whatever `handlers` add
-    (C-STORE for C-MOVE sub-operations: `listener_factory`)."""
+    (C-STORE for C-MOVE sub-operations: `listener_factory`).
+
+    Every state in which an association waits for its peer is timed: ARTIM before the
+    A-ASSOCIATE-RQ is whole and after the release, `idle_timeout` in between, counted in
+    whole PDUs so that a peer sending a byte a second holds nothing for long."""
 
     noisy = False
 
@@ -31,6 +39,7 @@ class DimseServerFactory(Factory):
         handlers: dict[int, RequestHandler] | None = None,
         max_pdu: int = DEFAULT_MAX_PDU,
         artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         policy: AcceptorPolicy | None = None,
     ) -> None:
         self.aet = aet
@@ -38,6 +47,7 @@ class DimseServerFactory(Factory):
         self.policy = policy or AcceptorPolicy(aet, contexts, max_pdu=max_pdu)
         self.handlers: dict[int, RequestHandler] = {commands.C_ECHO_RQ: EchoSCP(), **(handlers or {})}
         self.artim_timeout = artim_timeout
+        self.idle_timeout = idle_timeout
         self.open: set[ULProtocol] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> ULProtocol:
@@ -46,10 +56,15 @@ class DimseServerFactory(Factory):
             DimseConnection(self.clock, self.handlers),
             policy=self.policy,
             artim_timeout=self.artim_timeout,
+            idle_timeout=self.idle_timeout,
         )
         self.open.add(protocol)
-        protocol.whenClosed.addBoth(lambda _: self.open.discard(protocol))
+        protocol.whenClosed.addBoth(self._closed, protocol)
         return protocol
+
+    def _closed(self, outcome: str, protocol: ULProtocol) -> str:
+        self.open.discard(protocol)
+        return outcome  # for whoever else waits on whenClosed
 
     def abort_all(self) -> None:
         """At shutdown: nothing we serve must outlive the process quietly."""
@@ -65,6 +80,7 @@ def listener_factory(
     uncompressed: bool = True,
     max_pdu: int = DEFAULT_MAX_PDU,
     artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> DimseServerFactory:
     """A ``server.dimse[]`` listener: C-ECHO, and C-STORE for the moves in `registry`.
 
@@ -77,5 +93,6 @@ def listener_factory(
         handlers={commands.C_STORE_RQ: MoveStoreSCP(registry, aet)},
         max_pdu=max_pdu,
         artim_timeout=artim_timeout,
+        idle_timeout=idle_timeout,
         policy=listener_policy(aet, uncompressed, max_pdu),
     )

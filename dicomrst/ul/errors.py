@@ -29,6 +29,11 @@ class AssociationAborted(AssociationError):
         self.reason = reason
 
 
+class ProtocolViolation(AssociationAborted):
+    """The peer broke PS3.8 or PS3.7 (a malformed PDU, command set or data set): we sent
+    the A-ABORT.  Not a stale association: the same request would meet the same peer."""
+
+
 class ConnectionLost(AssociationError):
     """The TCP connection closed without a release or abort."""
 

@@ -4,16 +4,20 @@
 The framer is fed whatever TCP delivers and hands out whole PDUs; it checks each
 header before buffering a body, so a peer cannot make us hold more than one PDU of
 our own advertised size.  Association PDUs are decoded with pynetdicom's codecs after
-we have checked their item lengths ourselves (pynetdicom slices on trust) and dropped
-the items it does not know (it raises on them; PS3.8 says skip them); a proposal seen
-before is not decoded again.  P-DATA is
-parsed here: it is the hot path and its fragments must reach a consumer without
-being copied into a whole message.
+we have checked their items ourselves (lengths, the sub-items each must have, UIDs and
+AE titles; pynetdicom slices on trust) and dropped the items it does not know (it
+raises on them; PS3.8 says skip them); a proposal seen before is not decoded again.
+P-DATA is parsed here: it is the hot path and its fragments must reach a consumer
+without being copied into a whole message.
+
+Every decoder here returns a value or raises `ProtocolError`, whatever the bytes: the
+protocol turns that into one A-ABORT.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import struct
 from collections import deque
 
@@ -259,17 +263,147 @@ def decode_reject(body: bytes | memoryview) -> tuple[int, int, int]:
     return body[1], body[2], body[3]
 
 
-# Item types pynetdicom decodes, per level (PS3.8 §9.3.2, PS3.7 D.3.3).  Any other item
-# is skipped, as PS3.8 §9.3.1 requires; pynetdicom would raise KeyError on it.
-_ITEMS = frozenset((0x10, 0x20, 0x21, 0x50))
-_CONTEXT_SUB_ITEMS = frozenset((0x30, 0x40))
+# What pynetdicom's decoders are given is checked here first, item by item (PS3.8
+# §9.3.2-9.3.3, PS3.7 D.3.3): lengths that fit, the sub-items each item must have, UIDs
+# that are UIDs, AE titles and names of the default repertoire.  pynetdicom slices on
+# trust, and what it builds from garbage (a context without an abstract syntax, a UID
+# of control characters) raises later, in negotiation, or is logged with a traceback by
+# its own logger.  Items and sub-items of a type not listed are skipped, as PS3.8
+# §9.3.1 requires (pynetdicom would raise KeyError on them).
+_UID = re.compile(rb"[0-9.]{1,64}")
+_TEXT = re.compile(rb"[\x20-\x5b\x5d-\x7e]+")  # default repertoire, no backslash or controls
+APPLICATION_CONTEXT_ITEM = 0x10
+CONTEXT_RQ_ITEM = 0x20
+CONTEXT_AC_ITEM = 0x21
+USER_INFORMATION_ITEM = 0x50
+_ABSTRACT_SYNTAX = 0x30
+_TRANSFER_SYNTAX = 0x40
+
+
+def _uid(value: bytes, what: str) -> bytes:
+    # Odd-length UIDs are padded with a NUL (PS3.5 9.1); some peers pad with a space.
+    if not _UID.fullmatch(value.rstrip(b"\x00 ")):
+        raise ProtocolError(f"{what} is not a UID")
+    return value
+
+
+def _sub_items(body: bytes, offset: int, end: int) -> list[tuple[int, bytes]]:
+    """(type, value) of each sub-item from `offset` to `end`, lengths checked."""
+    out = []
+    while offset < end:
+        if end - offset < 4:
+            raise ProtocolError("truncated sub-item header")
+        (length,) = struct.unpack_from(">H", body, offset + 2)
+        if offset + 4 + length > end:
+            raise ProtocolError(f"sub-item 0x{body[offset]:02X} length {length} runs past its item")
+        out.append((body[offset], body[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    return out
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def _context(item_type: int, value: bytes) -> bytes:
+    """A presentation context item (20H or 21H), checked; unknown sub-items dropped."""
+    if len(value) < 4:
+        raise ProtocolError(f"presentation context item with length {len(value)}")
+    subs = _sub_items(value, 4, len(value))
+    abstract = [v for t, v in subs if t == _ABSTRACT_SYNTAX]
+    transfer = [v for t, v in subs if t == _TRANSFER_SYNTAX]
+    context_id = value[0]
+    kept: list[bytes] = []
+    if item_type == CONTEXT_RQ_ITEM:
+        if len(abstract) != 1 or not transfer:
+            raise ProtocolError(
+                f"presentation context {context_id} needs one abstract syntax and at least one "
+                f"transfer syntax, has {len(abstract)} and {len(transfer)}"
+            )
+        kept.append(_item(_ABSTRACT_SYNTAX, _uid(abstract[0], f"abstract syntax of context {context_id}")))
+    else:
+        result = value[2]
+        if result > 4:
+            raise ProtocolError(f"presentation context {context_id} with result {result}")
+        if abstract:
+            raise ProtocolError(
+                f"accepted presentation context {context_id} with an abstract syntax",
+                REASON_UNEXPECTED_PARAMETER,
+            )
+        if result != 0:
+            # The transfer syntax of a refused context is "not significant" (PS3.8
+            # §9.3.3.2): one that is not a UID is dropped, not an error.
+            transfer = [ts for ts in transfer if _UID.fullmatch(ts.rstrip(b"\x00 "))]
+        elif len(transfer) != 1:
+            raise ProtocolError(
+                f"accepted presentation context {context_id} with {len(transfer)} transfer syntaxes"
+            )
+    kept += [_item(_TRANSFER_SYNTAX, _uid(ts, f"transfer syntax of context {context_id}")) for ts in transfer]
+    return _item(item_type, value[:4] + b"".join(kept))
+
+
+def _length_prefixed(value: bytes, offset: int, what: str) -> tuple[bytes, int]:
+    """A 2-byte length and that many bytes at `offset`: (the bytes, the offset after them)."""
+    if len(value) - offset < 2:
+        raise ProtocolError(f"{what} is truncated")
+    (length,) = struct.unpack_from(">H", value, offset)
+    if offset + 2 + length > len(value):
+        raise ProtocolError(f"{what} runs past its sub-item")
+    return value[offset + 2 : offset + 2 + length], offset + 2 + length
+
+
+def _check_user_sub_item(sub_type: int, value: bytes) -> None:
+    """One user information sub-item (PS3.7 D.3.3, PS3.8 D.1) whose type we decode."""
+    if sub_type in (0x51, 0x53):  # maximum length; asynchronous operations window
+        if len(value) != 4:
+            raise ProtocolError(f"user information sub-item 0x{sub_type:02X} with length {len(value)}")
+    elif sub_type == 0x52:
+        _uid(value, "implementation class UID")
+    elif sub_type == 0x55:
+        if len(value) > 16 or not _TEXT.fullmatch(value):
+            raise ProtocolError("implementation version name is not 1 to 16 characters of text")
+    elif sub_type == 0x54:  # SCP/SCU role selection
+        uid, end = _length_prefixed(value, 0, "role selection")
+        _uid(uid, "SOP class UID of a role selection")
+        if len(value) != end + 2 or value[end] > 1 or value[end + 1] > 1:
+            raise ProtocolError("role selection without its two role bytes (0 or 1)")
+    elif sub_type == 0x56:  # SOP class extended negotiation
+        uid, _ = _length_prefixed(value, 0, "extended negotiation")
+        _uid(uid, "SOP class UID of an extended negotiation")
+    elif sub_type == 0x57:  # SOP class common extended negotiation
+        sop, offset = _length_prefixed(value, 0, "common extended negotiation")
+        service, offset = _length_prefixed(value, offset, "common extended negotiation")
+        related, offset = _length_prefixed(value, offset, "common extended negotiation")
+        _uid(sop, "SOP class UID of a common extended negotiation")
+        _uid(service, "service class UID of a common extended negotiation")
+        if offset != len(value):
+            raise ProtocolError("common extended negotiation with bytes after its related classes")
+        inner = 0
+        while inner < len(related):
+            uid, inner = _length_prefixed(related, inner, "related general SOP class")
+            _uid(uid, "related general SOP class UID")
+    elif sub_type == 0x58:  # user identity request
+        if len(value) < 2 or not 1 <= value[0] <= 5 or value[1] > 1:
+            raise ProtocolError("user identity with an unknown type or response flag")
+        _, offset = _length_prefixed(value, 2, "user identity")
+        _, offset = _length_prefixed(value, offset, "user identity")
+        if offset != len(value):
+            raise ProtocolError("user identity with bytes after its fields")
+    elif sub_type == 0x59:  # user identity response
+        _, offset = _length_prefixed(value, 0, "user identity response")
+        if offset != len(value):
+            raise ProtocolError("user identity response with bytes after its field")
+
+
 _USER_SUB_ITEMS = frozenset(range(0x51, 0x5A))
 
 
-def _known_items(body: bytes, offset: int) -> bytes:
-    """The variable items from `offset`, lengths checked, unrecognized (sub-)items dropped."""
+def _known_items(body: bytes, offset: int, pdu_type: int) -> bytes:
+    """The variable items from `offset`, checked, with unrecognized (sub-)items dropped."""
     out = bytearray()
     end = len(body)
+    context_type = CONTEXT_RQ_ITEM if pdu_type == ASSOCIATE_RQ else CONTEXT_AC_ITEM
+    seen = {APPLICATION_CONTEXT_ITEM: 0, context_type: 0, USER_INFORMATION_ITEM: 0}
     while offset < end:
         if end - offset < 4:
             raise ProtocolError("truncated item header")
@@ -278,33 +412,60 @@ def _known_items(body: bytes, offset: int) -> bytes:
         item_end = offset + 4 + length
         if item_end > end:
             raise ProtocolError(f"item 0x{item_type:02X} length {length} runs past the PDU")
-        if item_type in (0x20, 0x21):
-            # presentation context: id, reserved, result, reserved, then sub-items
-            if length < 4:
-                raise ProtocolError(f"presentation context item with length {length}")
-            subs = _known_sub_items(body, offset + 8, item_end, _CONTEXT_SUB_ITEMS)
-            out += struct.pack(">BBH", item_type, 0, 4 + len(subs)) + body[offset + 4 : offset + 8] + subs
-        elif item_type == 0x50:
-            subs = _known_sub_items(body, offset + 4, item_end, _USER_SUB_ITEMS)
-            out += struct.pack(">BBH", item_type, 0, len(subs)) + subs
-        elif item_type in _ITEMS:
-            out += body[offset:item_end]
+        value = body[offset + 4 : item_end]
+        if item_type in seen:
+            seen[item_type] += 1
+        if item_type == APPLICATION_CONTEXT_ITEM:
+            out += _item(item_type, _uid(value, "application context name"))
+        elif item_type == context_type:
+            out += _context(item_type, value)
+        elif item_type in (CONTEXT_RQ_ITEM, CONTEXT_AC_ITEM):
+            raise ProtocolError(
+                f"{PDU_NAMES[pdu_type]} with a presentation context item of type 0x{item_type:02X}",
+                REASON_UNEXPECTED_PARAMETER,
+            )
+        elif item_type == USER_INFORMATION_ITEM:
+            subs = b""
+            for sub_type, sub_value in _sub_items(body, offset + 4, item_end):
+                if sub_type in _USER_SUB_ITEMS:
+                    _check_user_sub_item(sub_type, sub_value)
+                    subs += _item(sub_type, sub_value)
+            out += _item(item_type, subs)
         offset = item_end
+    name = PDU_NAMES[pdu_type]
+    if seen[APPLICATION_CONTEXT_ITEM] != 1 or seen[USER_INFORMATION_ITEM] != 1:
+        raise ProtocolError(
+            f"{name} needs one application context and one user information item, has "
+            f"{seen[APPLICATION_CONTEXT_ITEM]} and {seen[USER_INFORMATION_ITEM]}"
+        )
+    if pdu_type == ASSOCIATE_RQ and not seen[context_type]:
+        raise ProtocolError(f"{name} without a presentation context")
     return bytes(out)
 
 
-def _known_sub_items(body: bytes, offset: int, end: int, known: frozenset[int]) -> bytes:
-    out = bytearray()
-    while offset < end:
-        if end - offset < 4:
-            raise ProtocolError("truncated sub-item header")
-        (length,) = struct.unpack_from(">H", body, offset + 2)
-        if offset + 4 + length > end:
-            raise ProtocolError(f"sub-item 0x{body[offset]:02X} length {length} runs past its item")
-        if body[offset] in known:
-            out += body[offset : offset + 4 + length]
-        offset += 4 + length
-    return bytes(out)
+def _ae_title(field: bytes, what: str) -> str:
+    title = field.rstrip(b" \x00").lstrip(b" ")
+    if not _TEXT.fullmatch(title):
+        raise ProtocolError(f"{what} AE title is not 1 to 16 characters of text")
+    return title.decode("ascii")
+
+
+def _untested_title(field: bytes, placeholder: str) -> str:
+    # An A-ASSOCIATE-AC's AE title fields are "not tested" (PS3.8 §9.3.3): one that is not
+    # text does not fail the association, it is shown as `placeholder`.
+    try:
+        return _ae_title(field, "")
+    except ProtocolError:
+        return placeholder
+
+
+def _fixed_part(pdu_type: int, body: bytes) -> bytes:
+    """The 68 fixed bytes as pynetdicom is given them: the AE titles are ours to read (the
+    caller sets them), so it gets two valid ones whatever the peer sent."""
+    return body[:4] + _PLACEHOLDER_TITLES + body[36:68]
+
+
+_PLACEHOLDER_TITLES = b"CALLED".ljust(16) + b"CALLING".ljust(16)
 
 
 def _full(pdu_type: int, body: bytes) -> bytes:
@@ -320,7 +481,8 @@ _decoded: dict[tuple[int, bytes], A_ASSOCIATE] = {}
 
 
 def decode_associate(pdu_type: int, body: bytes | memoryview) -> A_ASSOCIATE:
-    """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive.
+    """Decode an A-ASSOCIATE-RQ or -AC body into pynetdicom's primitive, or raise
+    `ProtocolError` (never anything else).
 
     The presentation context and user information items of the primitive returned
     may be shared with other calls' primitives: read them, do not change them.
@@ -328,24 +490,20 @@ def decode_associate(pdu_type: int, body: bytes | memoryview) -> A_ASSOCIATE:
     if len(body) < 68:
         raise ProtocolError(f"{PDU_NAMES[pdu_type]} of {len(body)} bytes is truncated")
     body = bytes(body)
+    if pdu_type == ASSOCIATE_RQ:
+        titles = (_ae_title(body[4:20], "called"), _ae_title(body[20:36], "calling"))
+    else:
+        titles = (_untested_title(body[4:20], "ACCEPTOR"), _untested_title(body[20:36], "REQUESTOR"))
     key = (pdu_type, body[:4] + body[36:])
     cached = _decoded.get(key)
     if cached is None:
-        primitive = _decode_associate(pdu_type, body)
+        cached = _decode_associate(pdu_type, body)
         if len(_decoded) >= DECODED_KEPT:
             _decoded.clear()
-        _decoded[key] = primitive
-        return _copy_primitive(primitive)
+        _decoded[key] = cached
     primitive = _copy_primitive(cached)
-    # Only the fixed fields go through pynetdicom again, so the titles are checked and
-    # stripped exactly as a whole decode would (an invalid one still raises).
-    fixed = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
-    try:
-        fixed.decode(_full(pdu_type, body[:68]))
-        primitive.calling_ae_title = fixed.calling_ae_title
-        primitive.called_ae_title = fixed.called_ae_title
-    except Exception as e:
-        raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e
+    # Checked above, so pynetdicom's setters take them as they are.
+    primitive.called_ae_title, primitive.calling_ae_title = titles
     return primitive
 
 
@@ -360,12 +518,12 @@ def _copy_primitive(primitive: A_ASSOCIATE) -> A_ASSOCIATE:
 
 
 def _decode_associate(pdu_type: int, body: bytes) -> A_ASSOCIATE:
-    items = _known_items(body, 68)
+    items = _known_items(body, 68, pdu_type)
     pdu = A_ASSOCIATE_RQ() if pdu_type == ASSOCIATE_RQ else A_ASSOCIATE_AC()
     try:
-        pdu.decode(_full(pdu_type, body[:68] + items))
+        pdu.decode(_full(pdu_type, _fixed_part(pdu_type, body) + items))
         primitive = pdu.to_primitive()
-    except Exception as e:  # pynetdicom raises whatever its slicing hits
+    except Exception as e:  # checked above; should pynetdicom still object, it is the peer's PDU
         raise ProtocolError(f"undecodable {PDU_NAMES[pdu_type]}: {e}") from e
     return primitive
 

@@ -29,7 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomrst.common.addresses import format_address
+from dicomrst.common.addresses import address_host, format_address
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
 from dicomrst.ul.errors import (
@@ -40,6 +40,7 @@ from dicomrst.ul.errors import (
     AssociationTimeout,
     ConnectionLost,
     NoAcceptableContext,
+    ProtocolViolation,
 )
 from dicomrst.ul.negotiation import (
     Acceptance,
@@ -73,6 +74,10 @@ class ULUser(TypingProtocol):
     def association_ended(self, reason: Failure | None) -> None:
         """Called once; `reason` is None after an orderly release."""
 
+    def awaiting_us(self) -> bool:
+        """True while the peer waits for us (a response we owe is being prepared): then a
+        silence is ours, not the peer's, and the idle timer does not end the association."""
+
 
 class _IConnection(ITransport, IPushProducer, IConsumer):
     """What a `ULProtocol`'s transport is once connected, for typing it: a TCP
@@ -98,6 +103,7 @@ class ULProtocol(Protocol):
         request: AssociationRequest | None = None,
         policy: AcceptorPolicy | None = None,
         artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
+        idle_timeout: float | None = None,
     ) -> None:
         if (request is None) == (policy is None):
             raise ValueError("give exactly one of request (requestor) or policy (acceptor)")
@@ -107,6 +113,9 @@ class ULProtocol(Protocol):
         self.policy = policy
         self.is_requestor = request is not None
         self.artim_timeout = artim_timeout
+        # Established, how long the peer may send no whole PDU while it is its turn (None:
+        # no limit; the pool times its own associations).
+        self.idle_timeout = idle_timeout
         # Exactly one was given (checked above): no request means a policy.
         max_pdu = request.max_pdu if request is not None else cast(AcceptorPolicy, policy).max_pdu
         self.max_pdu = max_pdu
@@ -116,6 +125,7 @@ class ULProtocol(Protocol):
         self.calling_aet = request.calling_aet if request else ""
         self.called_aet = request.called_aet if request else ""
         self.peer = ""
+        self.peer_host = ""  # the peer's IP address (TCP)
         self.outcome = "open"
         self.whenEstablished: Deferred[ULProtocol] = Deferred()
         self.whenClosed: Deferred[str] = Deferred()
@@ -126,6 +136,7 @@ class ULProtocol(Protocol):
         self._release_waiters: list[Deferred[None]] = []
         self._end_reason: Failure | None = None
         self._artim: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
         self._paused = False
         # PDVs of a P-DATA the user paused us in the middle of; delivered on resume.
         self._held: list[pdu.PDV] = []
@@ -144,6 +155,7 @@ class ULProtocol(Protocol):
             transport.setTcpNoDelay(True)
         peer = self._connection.getPeer()
         self.peer = format_address(peer)
+        self.peer_host = address_host(peer)
         self._started = self.clock.seconds()
         if self.is_requestor:
             self._event("Evt1")
@@ -161,6 +173,7 @@ class ULProtocol(Protocol):
         if self.state != "Sta1":
             self._event("Evt17")
         self._stop_artim()
+        self._stop_idle()
         if self.is_requestor and not self.whenEstablished.called:
             self.whenEstablished.errback(
                 ConnectionLost("connection closed before the association was established")
@@ -271,12 +284,15 @@ class ULProtocol(Protocol):
         """Stop reading: no more PDUs are dispatched until resumeProducing."""
         if not self._paused:
             self._paused = True
+            # The peer cannot make progress while we do not read: not its silence.
+            self._stop_idle()
             if self.transport is not None:
                 self._connection.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self._paused:
             self._paused = False
+            self._restart_idle()
             if self.transport is not None and self.state != "Sta1":
                 self._connection.resumeProducing()
             self._process()
@@ -314,6 +330,8 @@ class ULProtocol(Protocol):
                     break
                 if item is None:
                     break
+                # Progress is counted in whole PDUs: a peer trickling bytes makes none.
+                self._restart_idle()
                 self._pdu_received(*item)
         finally:
             self._processing = False
@@ -355,6 +373,39 @@ class ULProtocol(Protocol):
             self._artim.cancel()
         self._artim = None
 
+    def _restart_idle(self) -> None:
+        """(Re)start the idle timer, in Sta6 when one is configured and we are reading."""
+        if self.idle_timeout is None or self.state != "Sta6" or self._paused:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        else:
+            self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
+
+    def _stop_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self.state != "Sta6" or self._paused:
+            return
+        if self.user.awaiting_us():
+            # We owe the peer an answer (the HTTP side is still taking an instance):
+            # the silence is ours.  The peer's clock starts when we answer.
+            self._restart_idle()
+            return
+        text = f"no PDU from the peer for {self.idle_timeout:g} s"
+        log.warn(
+            "association from {peer} (calling {calling}) idle: {text}; A-ABORT sent",
+            peer=self.peer,
+            calling=self.calling_aet,
+            text=text,
+        )
+        self._fail_pending(AssociationTimeout(text))
+        self.abort(text)
+
     def _artim_expired(self) -> None:
         self._artim = None
         if fsm.action_for("Evt18", self.state):
@@ -382,6 +433,7 @@ class ULProtocol(Protocol):
             self.transport.loseConnection()
 
     def _end(self, reason: Failure | None) -> None:
+        self._stop_idle()
         if self._ended:
             return
         self._ended = True
@@ -441,6 +493,7 @@ class ULProtocol(Protocol):
             self.abort(str(error))
             return
         self.user.association_established(self)
+        self._restart_idle()
         self.whenEstablished.callback(self)
 
     def _AE_4(self, payload: tuple[int, int, int]) -> None:
@@ -482,6 +535,7 @@ class ULProtocol(Protocol):
         self.contexts = decision.contexts
         self.state = "Sta6"
         self.user.association_established(self)
+        self._restart_idle()
         self.whenEstablished.callback(self)
 
     def _AE_8(self, decision: Rejection, request: A_ASSOCIATE) -> None:
@@ -495,6 +549,8 @@ class ULProtocol(Protocol):
     def _DT_1(self, pdus: list[list[bytes]]) -> None:
         for parts in pdus:
             self._connection.writeSequence(parts)
+        # What we sent (a response) hands the turn to the peer: its time starts now.
+        self._restart_idle()
 
     def _DT_2(self, payload: list[pdu.PDV]) -> None:
         self._deliver(payload)
@@ -528,6 +584,7 @@ class ULProtocol(Protocol):
     # -- AR: release (Table 9-8) --------------------------------------------------
 
     def _AR_1(self) -> None:
+        self._stop_idle()  # ARTIM times the release
         self._write(pdu.encode_release_rq())
         self.state = "Sta7"
         self._start_artim()
@@ -646,7 +703,7 @@ class ULProtocol(Protocol):
         text = str(error) if error is not None else f"unexpected PDU in {self.state}"
         self._abort_pdu(pdu.SOURCE_SERVICE_PROVIDER, reason)
         log.warn("protocol error from {peer}: {text}; A-ABORT sent", peer=self.peer, text=text)
-        self._fail_pending(AssociationAborted(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
+        self._fail_pending(ProtocolViolation(f"aborted by us: {text}", pdu.SOURCE_SERVICE_PROVIDER, reason))
         self.state = "Sta13"
         self._start_artim()
         # A paused transport would not see the peer close; read again so Sta13 ends.

@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.python.failure import Failure
 
+from dicomrst.backends.pacs.backend import CallerNotAccepted
 from dicomrst.dimse.find import FindFailed
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.ul.errors import AssociationAborted, AssociationRejected, AssociationTimeout
@@ -127,7 +128,10 @@ class PynetdicomFindTests(FindTestCase):
         scp = await peers.start_pynetdicom_scp(self, "find-abort", ok_before=0)
         backend = self.backend(scp.aet, scp.port)
         error, results, _ = await self.find_error(backend)
-        self.assertIsInstance(error, AssociationAborted)
+        # Aborted when asked, nothing delivered: what a PACS that refuses our AE title does,
+        # and the error says so (the abort itself is its cause).
+        self.assertIsInstance(error, CallerNotAccepted)
+        self.assertIsInstance(error.__cause__, AssociationAborted)
         self.assertEqual(results, [])
         # A fresh association is not retried: the PACS saw one C-FIND.
         self.assertEqual(len(scp.events("c_find")), 1)

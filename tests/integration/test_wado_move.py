@@ -68,6 +68,7 @@ def move_aet(
     wado_timeout_ms: int = 20_000,
     pool_size: int | None = None,
     mode: str = "concurrent",
+    senders: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """An `aets[]` entry that retrieves by C-MOVE to the gateway's own listener."""
     config = pacs_aet(aet, host, port, timeout_ms=5000)
@@ -77,6 +78,8 @@ def move_aet(
         "mode": mode,
         "timeout": wado_timeout_ms,
     }
+    if senders is not None:
+        config["wado-rs"]["senders"] = senders
     if pool_size is not None:
         config["pool"]["size"] = pool_size
     return config
@@ -266,6 +269,7 @@ class PacsMoveTests(wado.RetrieveTestCase):
         wado_timeout_ms: int = 20_000,
         pool_size: int | None = None,
         mode: str = "concurrent",
+        senders: list[dict[str, str]] | None = None,
         **options: Any,
     ) -> tuple[peers.Peer, Gateway]:
         listener_port = peers.free_port()
@@ -273,7 +277,7 @@ class PacsMoveTests(wado.RetrieveTestCase):
         scp = await peers.start_pynetdicom_scp(self, profile, aet=MOVE_PACS_AET, **options)
         gw = await start_gateway(
             self,
-            [move_aet(MOVE_PACS_AET, scp.host, scp.port, wado_timeout_ms, pool_size, mode)],
+            [move_aet(MOVE_PACS_AET, scp.host, scp.port, wado_timeout_ms, pool_size, mode, senders)],
             dimse_port=listener_port,
         )
         return scp, gw
@@ -364,8 +368,16 @@ class PacsMoveTests(wado.RetrieveTestCase):
         self.assertEqual([e["status"] for e in scp.events("store_rsp")], [0] * 9)
 
     async def test_other_calling_aet(self) -> None:
-        """The sub-operations come from another calling AE title than the PACS's own."""
+        """The sub-operations come from another calling AE title than the PACS's own, which
+        ``wado-rs.senders`` names; without it they are refused."""
         scp, gw = await self.start("move-other-aet", calling_aet="PYSTORE", series=1, instances=3)
+        response = await gw.get(instance_path(MOVE_PACS_AET, get_study_uid()))
+        self.assertEqual(response.code, 502, f"{response.body!r}\n{gw.log_tail()}")
+        self.assertTrue(gw.log_lines(r"refused C-STORE .* from PYSTORE at 127\.0\.0\.1:\d+ "), gw.log_tail())
+        self.assertEqual({e["status"] for e in scp.events("store_rsp")}, {0x0124})
+        scp, gw = await self.start(
+            "move-other-aet", calling_aet="PYSTORE", series=1, instances=3, senders=[{"aet": "PYSTORE"}]
+        )
         await self.retrieve_all(gw, [0], 3)
         self.assertEqual({e["calling_aet"] for e in scp.events("sub_requested")}, {"PYSTORE"})
         self.assertEqual([e["status"] for e in scp.events("store_rsp")], [0] * 3)

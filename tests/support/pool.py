@@ -174,7 +174,11 @@ class PoolTestCase(ULTestCase):
         gc.collect()
 
     def make_pool(
-        self, size: int = 2, acquire_timeout: float = WAIT, idle_timeout: float = IDLE
+        self,
+        size: int = 2,
+        acquire_timeout: float = WAIT,
+        idle_timeout: float = IDLE,
+        max_idle: int | None = None,
     ) -> AssociationPool:
         self.connect_timeout = ARTIM
         pool = AssociationPool(
@@ -186,6 +190,7 @@ class PoolTestCase(ULTestCase):
             acquire_timeout=acquire_timeout,
             idle_timeout=idle_timeout,
             connect_timeout=ARTIM,
+            max_idle=size if max_idle is None else max_idle,
         )
         self.pools.append(pool)
         return pool

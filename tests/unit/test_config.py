@@ -118,7 +118,8 @@ class SampleTests(SynchronousTestCase):
             interface="0.0.0.0", port=8080, max_upload_size=50_000_000, request_timeout=60_000,
             graceful_shutdown=True, base_path="/", endpoint=None, header_timeout=20_000))
         self.assertEqual(config.server.dimse, (DimseServerConfig(
-            aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None),))
+            aet="DICOM-RST", interface="0.0.0.0", port=7001, uncompressed=True, endpoint=None,
+            idle_timeout=60_000),))
         self.assertEqual(config.aets, (AetConfig(
             aet="ORTHANC", backend="DIMSE", host="orthanc", port=4242,
             pool=PoolConfig(size=16, timeout=10_000, idle_timeout=60_000),
@@ -196,7 +197,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_aet_defaults(self) -> None:
         aet = parse(with_aets({"aet": "PACS", "host": "pacs", "port": 104})).aets[0]
         self.assertEqual(aet.backend, "DIMSE")
-        self.assertEqual(aet.pool, PoolConfig(size=16, timeout=10_000, idle_timeout=60_000))
+        self.assertEqual(aet.pool, PoolConfig(size=16, timeout=10_000, idle_timeout=60_000, max_idle=2))
         self.assertEqual(aet.qido_rs.timeout, 30_000)
         self.assertEqual(aet.stow_rs.timeout, 30_000)
         self.assertEqual(aet.mwl_rs.timeout, 30_000)
@@ -216,6 +217,9 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(aet.server.http.request_timeout_s, 60.0)
         self.assertEqual(aet.aets[0].pool.timeout_s, 1.5)
         self.assertEqual(aet.aets[0].pool.idle_timeout_s, 0.25)
+        self.assertEqual(parse(with_aets(dimse_aet(pool={"max-idle": 0}))).aets[0].pool.max_idle, 0)
+        listener = parse({"server": {"dimse": [{"idle-timeout": 2500}]}}).server.dimse[0]
+        self.assertEqual(listener.idle_timeout_s, 2.5)
         self.assertEqual(aet.aets[0].qido_rs.timeout_s, 2.0)
         self.assertEqual(aet.aets[0].wado_rs.timeout_s, 60.0)
         self.assertEqual(aet.aets[0].stow_rs.timeout_s, 30.0)
@@ -363,6 +367,14 @@ class ErrorTests(SynchronousTestCase):
             self.assertError(with_aets(dimse_aet(**{section: {"timeout": -5}})),
                              f"aets[0].{section}.timeout", "at least 0")
         self.assertError(with_aets(dimse_aet(pool={"idle-timeout": -1})), "aets[0].pool.idle-timeout")
+        self.assertError(with_aets(dimse_aet(pool={"max-idle": -1})), "aets[0].pool.max-idle", "at least 0")
+        for bad in (0, -1):
+            self.assertError({"server": {"dimse": [{"idle-timeout": bad}]}}, "server.dimse[0].idle-timeout",
+                             f"at least 1, got {bad}")
+        self.assertError({"server": {"dimse": [{}, {"aet": "B", "port": 7002, "idle-timeout": 1.5}]}},
+                         "server.dimse[1].idle-timeout", "expected an integer")
+        self.assertError(with_aets(dimse_aet(pool={"max-idle": "2"})), "aets[0].pool.max-idle",
+                         "expected an integer")
         self.assertError(with_aets(dimse_aet(pool={"size": 0})), "aets[0].pool.size", "at least 1")
         self.assertError(with_aets(dict(S3_AET, concurrency=0)), "aets[0].concurrency", "at least 1")
 
@@ -397,6 +409,31 @@ class ErrorTests(SynchronousTestCase):
     def test_unresolvable_host(self) -> None:
         self.assertError(with_aets(dimse_aet(), dimse_aet("B", host="no-such-pacs")), "aets[1].host",
                          "cannot resolve 'no-such-pacs'", "Name or service not known")
+
+    def test_move_senders(self) -> None:
+        # Without wado-rs.senders, the PACS itself: its AE title, calling from its host.
+        self.assertEqual(parse(with_aets(dimse_aet())).aets[0].move_senders(), (("PACS", "pacs"),))
+        senders = [{"aet": "PYSTORE"}, {"host": "10.1.0.0/16"}, {"aet": "ARCHIVE", "host": "orthanc"}]
+        aet = parse(with_aets(dimse_aet(**{"wado-rs": {"senders": senders}}))).aets[0]
+        self.assertEqual(aet.move_senders(),
+                         (("PYSTORE", "pacs"), ("PACS", "10.1.0.0/16"), ("ARCHIVE", "orthanc")))
+
+    def test_move_sender_errors(self) -> None:
+        def senders(*entries: Any) -> dict[str, Any]:
+            return with_aets(dimse_aet(**{"wado-rs": {"senders": list(entries)}}))
+
+        self.assertError(senders({"host": "no-such-node"}), "aets[0].wado-rs.senders[0].host",
+                         "cannot resolve 'no-such-node'")
+        self.assertError(senders({}, {"aet": "A\\B"}), "aets[0].wado-rs.senders[1].aet", "backslash")
+        self.assertError(senders({"port": 104}), "aets[0].wado-rs.senders[0].port", "unknown key")
+        self.assertError(senders(None), "aets[0].wado-rs.senders[0]", "expected a mapping")
+        self.assertError(with_aets(dimse_aet(**{"wado-rs": {"senders": "PACS"}})), "aets[0].wado-rs.senders",
+                         "expected a list")
+        # Addresses and networks are not looked up.
+        calls = []
+        data = senders({"host": "192.0.2.7"}, {"host": "2001:db8::/32"})
+        parse_config(data, resolve=lambda host: calls.append(host), environ={})
+        self.assertEqual(calls, ["pacs"])
 
     def test_dns_only_after_other_checks(self) -> None:
         def refuse(host: str) -> object:

@@ -62,7 +62,15 @@ from dicomrst.web.site import (
     make_site,
 )
 from tests.support.pool import POOL_CONTEXTS
-from tests.support.ul import ARTIM, CT_IMAGE_STORAGE, abort_pdu, accept_bytes, command_bytes, pdata
+from tests.support.ul import (
+    ARTIM,
+    CT_IMAGE_STORAGE,
+    abort_pdu,
+    accept_bytes,
+    command_bytes,
+    messages_written,
+    pdata,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state-machines"
 OWNERS: dict[str, type] = {
@@ -450,6 +458,14 @@ class PacsSide:
     def abort(self) -> None:
         self.protocol.dataReceived(abort_pdu(0, 0))
 
+    def cancels(self) -> list[int]:
+        """The Message IDs of the C-CANCEL-RQs we sent."""
+        return [
+            int(command.MessageIDBeingRespondedTo)
+            for _, command, _ in messages_written(self.transport.value())
+            if int(command.CommandField) == commands.C_CANCEL_RQ
+        ]
+
 
 class Sink:
     started = False
@@ -489,7 +505,7 @@ class OperationTransitions(TransitionTests):
         if event == "timeout":
             self.clock.advance(TIMEOUT)
         elif event == "quiet-ours":
-            op.outstanding = 1
+            op.owed = 1
             self.clock.advance(TIMEOUT)
         elif event == "failed":
             self.pacs.abort()
@@ -556,6 +572,8 @@ class FindTransitions(OperationTransitions):
     def effect(self, op: FindOperation, t: Transition) -> None:
         if (t.source, t.event) in (("finding", "limit"), ("finding", "abandon")):
             self.assertTrue(op.cancel_sent)
+        if t.event in ("limit", "abandon"):
+            self.assertEqual(self.pacs.cancels(), [op._message_id])  # once, not again
         if t.event == "timeout":
             self.assertTrue(op.timed_out)
             self.assertTrue(self.pacs.transport.disconnecting)
@@ -603,6 +621,8 @@ class GetTransitions(OperationTransitions):
             raise AssertionError(event)
 
     def effect(self, op: GetOperation, t: Transition) -> None:
+        if t.event == "abandon":
+            self.assertEqual(self.pacs.cancels(), [op._message_id])
         if t.target == "ended":
             self.assertNotIn(commands.C_STORE_RQ, self.pacs.connection.handlers)
             self.assertIsNone(op._timer, "the operation's timer outlived it")
@@ -626,6 +646,7 @@ class MoveTransitions(OperationTransitions):
             sink=self.sink,  # type: ignore[arg-type]
             registry=self.registry,
             destination="GWSCP",
+            senders=(),
             study="1.2.3",
         )
         self.drained: Deferred[None] | None = None
@@ -680,6 +701,10 @@ class MoveTransitions(OperationTransitions):
     def effect(self, op: MoveOperation, t: Transition) -> None:
         if (t.source, t.event) == ("idle", "start"):
             self.assertTrue(self.registry.is_active(op))
+        if t.event == "abandon":
+            # Only what still runs at the PACS is cancelled: not after the final response.
+            self.assertEqual(op.cancel_sent, t.source == "moving")
+            self.assertEqual(self.pacs.cancels(), [op.message_id] if t.source == "moving" else [])
         if t.target in ("abandoned", "ended"):
             self.assertFalse(self.registry.is_active(op))
         if t.target == "ended":

@@ -11,6 +11,7 @@ to our listener (an acceptor built by `listener_factory`, fed hand-built C-STORE
 from __future__ import annotations
 
 import zlib
+from ipaddress import ip_network
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -44,17 +45,17 @@ from dicomrst.dimse.contexts import COMPRESSED_SYNTAXES, listener_policy, receiv
 from dicomrst.dimse.echo import EchoSCP
 from dicomrst.dimse.move import MOVE_DESTINATION_UNKNOWN, MoveDestinationUnknown, MoveOperation, c_move
 from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
-from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
+from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry, Sender
 from dicomrst.dimse.retrieval import RetrieveFailed
 from dicomrst.dimse.server import listener_factory
-from dicomrst.errors import UpstreamError
+from dicomrst.errors import NotFound, UpstreamError
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import AssociationTimeout
 from dicomrst.ul.negotiation import Acceptance, AcceptorPolicy, AssociationRequest, ContextProposal, Rejection
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.wado.throttle import ResponseThrottle
 from dicomrst.web.errors import http_status
-from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase
+from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase, match
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -72,6 +73,8 @@ from tests.support.ul import (
 OUR_AET = "DICOMRST"
 LISTENER = "GWSCP"
 PACS = "PACS"
+PACS_ADDRESS = IPv4Address("TCP", "192.0.2.9", 40000)
+PACS_SENDER = Sender(PACS, (ip_network(PACS_ADDRESS.host),))
 TIMEOUT = 10.0
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -251,9 +254,10 @@ class StoreAssociation:
         factory: Any,
         calling: str = PACS,
         syntaxes: tuple[str, ...] = (EXPLICIT_VR_LE, IMPLICIT_VR_LE),
+        address: IPv4Address = PACS_ADDRESS,
     ) -> None:
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 40000))
-        self.transport = StringTransport()
+        self.proto = factory.buildProtocol(address)
+        self.transport = StringTransport(peerAddress=address)
         self.proto.makeConnection(self.transport)
         self.proto.dataReceived(pdu.encode_associate(store_request(calling, syntaxes).to_primitive()))
         assert split_pdus(self.transport.value())[0][0] == pdu.ASSOCIATE_AC
@@ -323,6 +327,11 @@ class MoveTestCase(ULTestCase):
         self.factory = listener_factory(LISTENER, self.clock, self.registry, artim_timeout=ARTIM)
         self.study = generate_uid()
 
+    def assertOnlyListenerTimers(self) -> None:
+        """Nothing scheduled but the idle timers of the listener's open associations."""
+        open_idle = [proto._idle for proto in self.factory.open]
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c not in open_idle], [])
+
     def start_move(
         self,
         association: MoveAssociation | None = None,
@@ -330,6 +339,7 @@ class MoveTestCase(ULTestCase):
         instance: str | None = None,
         sink: RecordingSink | None = None,
         study: str | None = None,
+        senders: tuple[Sender, ...] = (PACS_SENDER,),
     ) -> tuple[Deferred[Any], MoveOperation, RecordingSink, MoveAssociation]:
         association = association or MoveAssociation(self)
         sink = sink or RecordingSink()
@@ -341,6 +351,7 @@ class MoveTestCase(ULTestCase):
             sink=sink,  # type: ignore[arg-type]
             registry=self.registry,
             destination=LISTENER,
+            senders=senders,
             study=study or self.study,
             series=series,
             instance=instance,
@@ -395,7 +406,7 @@ class MoveOperationTests(MoveTestCase):
         self.assertEqual(store.responses(), {id_a: STORE_SUCCESS, id_b: STORE_SUCCESS})
         # The response paused the listener's association, not ours; let go at the end.
         self.assertEqual(sink.attached, [store.proto, None])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
         self.assertNoTraceback()
 
     def test_store_response_waits_for_the_sink(self) -> None:
@@ -494,7 +505,24 @@ class MoveOperationTests(MoveTestCase):
         # The PACS confirms the cancel: the operation ends, nothing is left scheduled.
         association.respond(op.message_id, commands.CANCEL, completed=1, failed=1)
         self.successResultOf(op.ended)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
+
+    def test_client_gone_after_the_final_response_sends_no_cancel(self) -> None:
+        # The PACS has finished: a C-CANCEL now names an operation it no longer has (and
+        # Orthanc logs it as an error).  The instance still on its way is refused.
+        d, op, sink, association = self.start_move()
+        association.respond(op.message_id, commands.SUCCESS, completed=1)
+        self.assertEqual(op.state, "draining")
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(association.cancels(), [])
+        self.assertEqual(self.registry.active, ())
+        self.successResultOf(op.ended)
+        store = StoreAssociation(self, self.factory)
+        late = store.store(Instance(self.study, generate_uid()), originator_id=op.message_id)
+        self.assertEqual(store.responses(), {late: STORE_NOT_AUTHORIZED})
+        self.assertEqual(sink.parts, [])
+        self.assertOnlyListenerTimers()
 
     def test_cancel_ignored_aborts(self) -> None:
         d, op, _sink, association = self.start_move()
@@ -608,7 +636,7 @@ class PauseTests(MoveTestCase):
         self.successResultOf(d1)
         # The move ended: the association may serve others, this response lets go of it.
         self.assertTrue(reading(store))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertOnlyListenerTimers()
 
     def test_pause_before_the_first_instance_and_client_gone_while_paused(self) -> None:
         sink = ThrottledSink()
@@ -669,7 +697,10 @@ class CorrelationTests(MoveTestCase):
         self.finish(m1, m2, completed=2)
 
     def test_sub_operations_from_another_calling_aet(self) -> None:
-        ((m1, s1), (m2, s2)) = self.two_series_moves()
+        # A PACS that sends from another AE title is configured so (wado-rs.senders).
+        s1, s2 = generate_uid(), generate_uid()
+        also = (PACS_SENDER, Sender("PACS_STORE", PACS_SENDER.networks))
+        m1, m2 = self.start_move(series=s1, senders=also), self.start_move(series=s2, senders=also)
         store = StoreAssociation(self, self.factory, calling="PACS_STORE")
         a, b = Instance(self.study, s1), Instance(self.study, s2)
         store.store(a)  # UIDs
@@ -680,7 +711,7 @@ class CorrelationTests(MoveTestCase):
 
     def test_calling_aet_of_another_pacs_with_moves_is_not_matched(self) -> None:
         _d, op, sink, _association = self.start_move()
-        other = self.start_move(study=generate_uid())
+        other = self.start_move(study=generate_uid(), senders=(Sender("OTHER", PACS_SENDER.networks),))
         other[1].pacs_aet = "OTHER"
         store = StoreAssociation(self, self.factory, calling="OTHER")
         rq = store.store(Instance(self.study, generate_uid()), originator_id=op.message_id)
@@ -892,6 +923,7 @@ class BackendMoveTests(PoolTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.move_scp = MoveSCP()
+        self.with_find = False  # whether the PACS answers C-FIND too
         self.registry = MoveRegistry(OUR_AET)
         self.study = generate_uid()
 
@@ -899,11 +931,13 @@ class BackendMoveTests(PoolTestCase):
         # As PoolTestCase's, with a C-MOVE SCP for a PACS.
         factory = self._next_client()
         wrapper = factory.buildProtocol(IPv4Address("TCP", HOST, PORT))
-        handlers = {
+        handlers: dict[int, Any] = {
             commands.C_ECHO_RQ: EchoSCP(),
             commands.C_MOVE_RQ: self.move_scp,
             commands.C_CANCEL_RQ: self.move_scp,
         }
+        if self.with_find:
+            handlers[commands.C_FIND_RQ] = self.scp
         acceptor_user = DimseConnection(self.reactor, handlers)
         acceptor = ULProtocol(self.reactor, acceptor_user, policy=policy or POLICY, artim_timeout=ARTIM)
         ours = RecordingTransport(wrapper, isServer=False)
@@ -960,6 +994,37 @@ class BackendMoveTests(PoolTestCase):
         self.flush()
         self.failureResultOf(d, MoveDestinationUnknown)
         self.assertStats(backend.pool, idle=1)
+
+    def test_unable_to_process_for_a_study_the_pacs_has_names_the_likely_cause(self) -> None:
+        # A stock Orthanc answers 0xC000, not A801, for a destination it does not know.
+        self.with_find = True
+        self.scp.auto = [match(0)]  # the study exists
+        backend = self.move_backend("concurrent")
+        d = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect()
+        self.move_scp.requests[0].respond(0xC000)
+        self.flush()
+        error = self.failureResultOf(d, MoveDestinationUnknown).value
+        self.assertEqual(http_status(error), 502)
+        for text in (
+            "0xC000",
+            f"most likely does not know the move destination '{LISTENER}'",
+            "DicomModalities",
+            "wado-rs.retrieve: get",
+        ):
+            self.assertIn(text, str(error))
+        [line] = [e for e in self.events if e.get("log_namespace") == "dicomrst.pacs"]
+        self.assertEqual(line["why"], str(error))
+
+    def test_unable_to_process_for_a_missing_study_is_404(self) -> None:
+        self.with_find = True
+        self.scp.auto = []
+        backend = self.move_backend("concurrent")
+        d = backend.retrieve(self.study, None, None, sink=RecordingSink())
+        self.connect()
+        self.move_scp.requests[0].respond(0xC000)
+        self.flush()
+        self.failureResultOf(d, NotFound)
 
     def test_concurrent_moves_go_out_at_once(self) -> None:
         backend = self.move_backend("concurrent")
@@ -1060,7 +1125,7 @@ class BackendMoveTests(PoolTestCase):
 class WiringTests(ULTestCase):
     """tap.build: the listeners and the move backends share one registry."""
 
-    def build(self, wado: dict[str, Any], uncompressed: bool = True) -> Any:
+    def build(self, wado: dict[str, Any], uncompressed: bool = True, idle_timeout: int = 60_000) -> Any:
         from twisted.internet.testing import MemoryReactorClock
 
         from dicomrst.tap import BackendsService, DimseListenerService, build
@@ -1071,7 +1136,12 @@ class WiringTests(ULTestCase):
                     "aet": OUR_AET,
                     "dimse": [
                         {"aet": "OTHER", "port": 7002},
-                        {"aet": LISTENER, "port": 7001, "uncompressed": uncompressed},
+                        {
+                            "aet": LISTENER,
+                            "port": 7001,
+                            "uncompressed": uncompressed,
+                            "idle-timeout": idle_timeout,
+                        },
                     ],
                 },
                 "aets": [{"aet": PACS, "host": HOST, "port": PORT, "wado-rs": wado}],
@@ -1093,6 +1163,19 @@ class WiringTests(ULTestCase):
             self.assertEqual(scp.aet, factory.aet)
         self.assertEqual(factories[LISTENER].policy.storage_syntaxes, backend.retrieve_syntaxes)
         self.assertEqual(factories["OTHER"].policy.storage_syntaxes, (EXPLICIT_VR_LE, IMPLICIT_VR_LE))
+        # The PACS itself delivers its sub-operations, unless wado-rs.senders says otherwise;
+        # each listener times its associations with its own idle-timeout.
+        self.assertEqual(backend.senders, (Sender(PACS, (ip_network(HOST),)),))
+        self.assertEqual(factories[LISTENER].idle_timeout, 60.0)
+
+    def test_configured_senders_and_listener_idle_timeout(self) -> None:
+        senders = [{"aet": "PYSTORE"}, {"host": "10.1.0.0/16"}]
+        backend, factories = self.build({"receivers": [LISTENER], "senders": senders}, idle_timeout=2500)
+        self.assertEqual(
+            backend.senders,
+            (Sender("PYSTORE", (ip_network(HOST),)), Sender(PACS, (ip_network("10.1.0.0/16"),))),
+        )
+        self.assertEqual(factories[LISTENER].idle_timeout, 2.5)
 
     def test_get_or_no_receiver_retrieves_with_c_get(self) -> None:
         backend, _ = self.build({"retrieve": "get", "receivers": [LISTENER]})

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
 
 from dicomrst.backends.pacs import DimseBackend
+from dicomrst.backends.pacs.backend import CallerNotAccepted
 from dicomrst.dimse import commands
 from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
@@ -143,6 +144,32 @@ class IdleTests(PoolTestCase):
         self.assertEqual(self.pending_connects(), 1)
         self.connect()
         self.assertFalse(self.successResultOf(d).reused)
+
+    def test_no_more_than_max_idle_are_kept_after_a_burst(self) -> None:
+        # Each idle association holds a PACS worker thread (Orthanc has four): after a
+        # burst of four, later searches would wait for the idle timeout to free them.
+        pool = self.make_pool(size=4, max_idle=1)
+        leases = self.opened(pool, 4)
+        for lease in leases:
+            pool.release(lease)
+        self.assertStats(pool, idle=1, releasing=3)
+        self.flush()
+        self.assertStats(pool, idle=1)
+        released = [link for link in self.links if pdu.RELEASE_RQ in link.pdus()]
+        self.assertEqual(len(released), 3)
+        self.assertTrue(all(link.closed() for link in released))
+        again = self.successResultOf(self.acquire(pool))
+        self.assertIs(again.connection, leases[0].connection)  # the one kept is reused
+        pool.release(again)
+
+    def test_max_idle_zero_keeps_none(self) -> None:
+        pool = self.make_pool(size=2, max_idle=0)
+        (lease,) = self.opened(pool, 1)
+        pool.release(lease)
+        self.assertStats(pool, releasing=1)
+        self.flush()
+        self.assertStats(pool)
+        self.assertQuiet()
 
     def test_reuse_restarts_the_idle_timer(self) -> None:
         pool = self.make_pool()
@@ -740,7 +767,11 @@ class BackendFindTests(PoolTestCase):
         link = self.connect()
         link.acceptor.abort("out of luck")
         self.flush()
-        self.failureResultOf(d, AssociationAborted)
+        # What a PACS that does not know our AE title does: said so (a 502 all the same).
+        error = self.failureResultOf(d, CallerNotAccepted).value
+        self.assertIsInstance(error.__cause__, AssociationAborted)
+        self.assertIn("most likely does not accept our AE title 'GATEWAY'", str(error))
+        self.assertEqual(http_status(error), 502)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertStats(backend.pool)
 

@@ -145,10 +145,12 @@ class DecodeCacheTests(SynchronousTestCase):
         body[40] = 1  # a reserved byte
         pdu.decode_associate(pdu.ASSOCIATE_RQ, bytes(body))
         self.assertEqual(len(pdu._decoded), 3)
-        # The same bytes as an -AC are another PDU.
+        # The same bytes as an -AC are another PDU (and an -AC's items are no -RQ's).
         pdu.decode_associate(pdu.ASSOCIATE_AC, golden.a_associate_ac[6:])
-        pdu.decode_associate(pdu.ASSOCIATE_RQ, golden.a_associate_ac[6:])
-        self.assertEqual(len(pdu._decoded), 5)
+        self.assertEqual(len(pdu._decoded), 4)
+        ac_body = golden.a_associate_ac[6:]
+        self.assertRaises(pdu.ProtocolError, pdu.decode_associate, pdu.ASSOCIATE_RQ, ac_body)
+        self.assertEqual(len(pdu._decoded), 4)
 
     def test_invalid_titles_fail_on_a_hit_as_on_a_miss(self) -> None:
         body = golden.a_associate_rq[6:]
@@ -342,6 +344,9 @@ class _User:
 
     def pdv_received(self, pdv: pdu.PDV) -> None:
         pass
+
+    def awaiting_us(self) -> bool:
+        return False
 
     def release_requested(self) -> None:
         pass

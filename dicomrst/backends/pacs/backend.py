@@ -9,6 +9,7 @@ as DICOM-RST does); store a C-STORE per instance (`dicomrst.backends.pacs.store`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred, DeferredLock
@@ -17,6 +18,7 @@ from zope.interface import implementer
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.pacs.store import store_instance
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.addresses import host_networks
 from dicomrst.common.identifiers import describe_target, retrieve_identifier
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
@@ -32,15 +34,39 @@ from dicomrst.common.uids import (
 from dicomrst.config import AetConfig
 from dicomrst.dimse.connection import IncomingMessage
 from dicomrst.dimse.contexts import STORAGE_CONTEXTS
-from dicomrst.dimse.echo import echo_scu
+from dicomrst.dimse.echo import c_echo
 from dicomrst.dimse.find import c_find
 from dicomrst.dimse.get import c_get
 from dicomrst.dimse.move import MoveDestinationUnknown, MoveOperation, c_move
-from dicomrst.dimse.move_registry import MoveReceiver
+from dicomrst.dimse.move_registry import MoveReceiver, Sender
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.dimse.retrieval import RetrieveFailed, RetrieveResult
 from dicomrst.errors import NotFound, UpstreamError
+from dicomrst.logs import logger
+from dicomrst.ul.errors import AssociationAborted, ProtocolViolation
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
+from dicomrst.ul.pdu import SOURCE_SERVICE_USER
+
+log = logger("dicomrst.pacs")
+
+T = TypeVar("T")
+
+#: Status of a C-MOVE (or C-GET) that failed for no reason the PACS names.
+UNABLE_TO_PROCESS = 0xC000
+
+# Orthanc's settings that let unknown calling AE titles use each service.
+_ORTHANC_ALLOW = {
+    "C-FIND": "DicomAlwaysAllowFind",
+    "C-MOVE": "DicomAlwaysAllowMove",
+    "C-GET": "DicomAlwaysAllowGet",
+    "C-ECHO": "DicomAlwaysAllowEcho",
+}
+
+
+class CallerNotAccepted(UpstreamError):
+    """The PACS accepted our association and aborted it when asked for a service: it most
+    likely does not know our AE title."""
+
 
 # Every pooled association proposes what every service needs, so any idle one
 # serves any request.  Verification is included so a PACS that strictly checks
@@ -75,6 +101,11 @@ class DimseBackend:
         self.port = config.port
         # C-MOVE to `receiver` (a listener of ours) when configured so, else C-GET.
         self.receiver = receiver if config.wado_rs.retrieve == "move" else None
+        # Who may deliver our C-MOVEs' sub-operations; resolved now, at startup, before
+        # the reactor runs (the config check has already resolved each name once).
+        self.senders: tuple[Sender, ...] = ()
+        if self.receiver is not None:
+            self.senders = tuple(Sender(aet, host_networks(host)) for aet, host in config.move_senders())
         self.retrieve_syntaxes: tuple[str, ...] = (
             self.receiver.transfer_syntaxes if self.receiver is not None else (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
         )
@@ -93,14 +124,24 @@ class DimseBackend:
             acquire_timeout=config.pool.timeout_s,
             idle_timeout=config.pool.idle_timeout_s,
             connect_timeout=config.pool.timeout_s,
+            max_idle=config.pool.max_idle,
         )
 
     def echo(self) -> Deferred[float]:
-        # A fresh association each time, outside the pool: a health check must
-        # prove the PACS accepts new associations, which a reused one would not.
-        return echo_scu(
-            self.reactor, self.host, self.port, self.calling_aet, self.aet, timeout=self.config.pool.timeout_s
-        )
+        """C-ECHO on an association of the pool; fire with milliseconds until its response
+        (waiting for an association included).
+
+        Through the pool like every other request, so a burst of health checks opens no
+        more than `pool.size` associations to the PACS, waits like the rest for one, and
+        gets 503 when none comes free in `pool.timeout`.
+        """
+        started = self.reactor.seconds()
+
+        async def once(lease: Lease) -> float:
+            await c_echo(lease.connection, aet=self.aet, timeout=self.config.pool.timeout_s)
+            return (self.reactor.seconds() - started) * 1000
+
+        return Deferred.fromCoroutine(self._run("C-ECHO", once))
 
     def _abandoner(self, lease: Lease) -> Callable[[Deferred[IncomingMessage]], None]:
         """What an operation does with its request when the client leaves: the association
@@ -141,7 +182,32 @@ class DimseBackend:
                 sop_class=model,
             )
 
-        return Deferred.fromCoroutine(self.pool.run(once))
+        return Deferred.fromCoroutine(self._run("C-FIND", once))
+
+    async def _run(self, operation: str, once: Callable[[Lease], Awaitable[T]]) -> T:
+        """`once` on a pooled association, with an abort the PACS answers it with explained."""
+        try:
+            return await self.pool.run(once)
+        except AssociationAborted as e:
+            if e.source != SOURCE_SERVICE_USER or isinstance(e, ProtocolViolation):
+                raise
+            # The PACS accepted the association and then aborted it when asked, with nothing
+            # delivered yet (else the error would be another): what a PACS that does not know
+            # our AE title does (a stock Orthanc for C-FIND, C-MOVE and C-GET).
+            raise self._explained(
+                CallerNotAccepted(
+                    f"{self.aet} aborted the association when asked for {operation} (A-ABORT from "
+                    f"the service user): it most likely does not accept our AE title "
+                    f"{self.calling_aet!r} (server.aet). Register {self.calling_aet} (with this "
+                    f"gateway's address) as a DICOM node on {self.aet}, or let it answer unknown "
+                    f"callers (Orthanc: {_ORTHANC_ALLOW.get(operation, 'DicomAlwaysAllow*')}: true)"
+                )
+            ) from e
+
+    def _explained(self, error: UpstreamError) -> UpstreamError:
+        # The client gets the message in the 502 body; the operator gets it in the log.
+        log.warn("{aet}: {why}", aet=self.aet, why=error.message)
+        return error
 
     def retrieve(
         self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink
@@ -156,19 +222,31 @@ class DimseBackend:
             if self.receiver is not None:
                 result = await self._move(study, series, instance, sink)
             else:
-                result = await self.pool.run(
-                    self._get_once(retrieve_identifier(study, series, instance), sink)
+                result = await self._run(
+                    "C-GET", self._get_once(retrieve_identifier(study, series, instance), sink)
                 )
         except RetrieveFailed as e:
             # Some PACS (Orthanc among them) answer a retrieve of an unknown UID with a
             # failure and no sub-operations instead of Success with none.  Ask with a
             # C-FIND whether the entity exists: if not, that is a 404, not a PACS failure.
             moved = e.result.completed or e.result.failed or e.result.received
-            if moved or isinstance(e, MoveDestinationUnknown) or await self._exists(study, series, instance):
+            if isinstance(e, MoveDestinationUnknown):
+                raise self._explained(e) from None
+            if moved:
                 raise
-            raise NotFound(
-                f"{self.aet} has no instance for {describe_target(study, series, instance)}"
-            ) from e
+            what = describe_target(study, series, instance)
+            if not await self._exists(study, series, instance):
+                raise NotFound(f"{self.aet} has no instance for {what}") from e
+            if self.receiver is not None and e.status == UNABLE_TO_PROCESS:
+                # It has the study, moved none of it and says only "unable to process": what
+                # a stock Orthanc answers for a destination missing from DicomModalities
+                # (others say A801, move destination unknown).
+                raise self._explained(
+                    MoveDestinationUnknown(
+                        self.aet, e.status, e.result, self.receiver.aet, likely=True, what=what
+                    )
+                ) from e
+            raise
         return result.received
 
     async def _exists(self, study: str, series: str | None, instance: str | None) -> bool:
@@ -232,6 +310,7 @@ class DimseBackend:
                 sink=sink,
                 registry=receiver.registry,
                 destination=receiver.aet,
+                senders=self.senders,
                 study=study,
                 series=series,
                 instance=instance,
@@ -243,7 +322,7 @@ class DimseBackend:
                 raise self._not_retried(sink, "C-MOVE", e) from e
 
         try:
-            return await self.pool.run(once)
+            return await self._run("C-MOVE", once)
         finally:
             if lock is not None:
                 # Held until the move has really ended: one the client abandoned runs on
