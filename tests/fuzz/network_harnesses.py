@@ -12,16 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 
 from dicomrst.common.addresses import host_networks
 from dicomrst.common.dicomjson import dataset_json
 from dicomrst.common.identifiers import decode_identifier
-from dicomrst.common.interfaces import STORE_SUCCESS
 from dicomrst.common.transcode import CannotTranscode, DataSetError, to_explicit_le
 from dicomrst.common.uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -37,12 +34,13 @@ from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.contexts import listener_policy
 from dicomrst.dimse.find import FindOperation
 from dicomrst.dimse.move_registry import MoveRegistry, Sender
-from dicomrst.dimse.retrieval import RetrieveResult
 from dicomrst.dimse.server import listener_factory
 from dicomrst.ul import pdu
 from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 from tests.fuzz import harness
+from tests.support.moves import RunningMove
+from tests.support.sinks import RecordingSink
 
 # -- the parsers, one by one ------------------------------------------------------------------
 
@@ -182,73 +180,17 @@ def _feed(proto: ULProtocol, clock: Clock, data: bytes) -> None:
     _check_logged()
 
 
-class _Part:
-    def __init__(self) -> None:
-        self.done: Deferred[int] = Deferred()
-
-    def dataReceived(self, fragment: bytes) -> None:
-        pass
-
-    def dataFinished(self) -> None:
-        self.done.callback(STORE_SUCCESS)
-
-    def dataFailed(self, reason: Failure) -> None:
-        self.done.errback(reason)
-        self.done.addErrback(lambda _: None)
-
-
-class _Sink:
-    """Takes every instance at once (what the listener's side of a retrieve may meet)."""
-
-    started = False
-    gone = False
-    wants_bulk_data = True
-
-    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _Part:
-        return _Part()
-
-    def attach(self, producer: object) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def fail(self, reason: str) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
-class _Move:
-    """A C-MOVE of study 1.2.3 (message ID 7) from PACS at 192.0.2.1, always running: the
-    seeds' C-STOREs reach correlation by Message ID and by UIDs, and the sink."""
-
-    pacs_aet = "PACS"
-    destination = "FUZZ-SCP"
-    message_id = 7
-    study = "1.2.3"
-    series = None
-    instance = None
-    senders = (Sender("PACS", host_networks("192.0.2.1")),)
-
-    def __init__(self) -> None:
-        self.sink = _Sink()
-        self.result = RetrieveResult()
-        self.outstanding = 0
-        self.owed = 0
-        self.delivered: set[str] = set()
-
-    def activity(self) -> None:
-        pass
-
-    def store_association(self, association: ULProtocol) -> None:
-        pass
-
-
 # One listener for every input, as in the gateway: its policy caches decisions.
 _LISTENER_CLOCK = Clock()
-_MOVE = _Move()
+# A C-MOVE of study 1.2.3 (message ID 7) from PACS at 192.0.2.1, always running: the seeds'
+# C-STOREs reach correlation by Message ID and by UIDs, and the sink.
+_MOVE = RunningMove(
+    RecordingSink(keep=False),
+    pacs_aet="PACS",
+    destination="FUZZ-SCP",
+    senders=(Sender("PACS", host_networks("192.0.2.1")),),
+    message_id=7,
+)
 _REGISTRY = MoveRegistry("FUZZ-SCU")
 _REGISTRY.register(_MOVE)  # type: ignore[arg-type]
 _LISTENER = listener_factory("FUZZ-SCP", _LISTENER_CLOCK, _REGISTRY, uncompressed=False)

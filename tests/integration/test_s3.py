@@ -48,6 +48,7 @@ from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_d
 from tests.support.gateway import Gateway, Response, eventually, start_gateway
 from tests.support.metadata import compare_metadata, metadata_data, pydicom_json
 from tests.support.pacs.datasets import get_instance
+from tests.support.sinks import RecordingPart, RecordingSink
 from tests.support.stow import multipart_body
 from tests.support.wado import (
     ANY_SYNTAX,
@@ -137,52 +138,6 @@ def backend_for(config: dict[str, Any], **kwargs: Any) -> S3Backend:
 def big_study(n: int, rows: int = 512) -> list[Stored]:
     study, series = generate_uid(), generate_uid()
     return [fresh(get_instance(0, i, rows, rows), f"big{i}", study, series) for i in range(n)]
-
-
-# -- a sink for in-process retrieves -----------------------------------------------------------
-
-
-class _Consumer:
-    def __init__(self, meta: tuple[str, str, str]) -> None:
-        self.meta = meta
-        self.data: list[bytes] = []
-        self.done: Deferred[int] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def dataFinished(self) -> None:
-        self.done.callback(0)
-
-    def dataFailed(self, reason: Any) -> None:
-        self.done.errback(reason)
-        self.done.addErrback(lambda _: None)
-
-
-class CollectingSink:
-    started = False
-    gone = False
-    wants_bulk_data = True
-
-    def __init__(self) -> None:
-        self.parts: list[_Consumer] = []
-
-    def attach(self, producer: Any) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def fail(self, reason: str) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-    def begin(self, sop_class: str, sop_instance: str, transfer_syntax: str) -> _Consumer:
-        consumer = _Consumer((sop_class, sop_instance, transfer_syntax))
-        self.parts.append(consumer)
-        return consumer
 
 
 # -- the test cases ----------------------------------------------------------------------------
@@ -408,7 +363,7 @@ class GatewayRetrieveTests(S3TestCase):
                 )
 
 
-class PausingSink(CollectingSink):
+class PausingSink(RecordingSink):
     """Pauses what it is attached to as soon as the first data set bytes arrive."""
 
     def __init__(self) -> None:
@@ -419,7 +374,7 @@ class PausingSink(CollectingSink):
         if throttle is not None:
             self.throttle = throttle
 
-    def begin(self, sop_class: str, sop_instance: str, transfer_syntax: str) -> _Consumer:
+    def begin(self, sop_class: str, sop_instance: str, transfer_syntax: str) -> RecordingPart:
         consumer = super().begin(sop_class, sop_instance, transfer_syntax)
         if len(self.parts) == 1:
             original = consumer.dataReceived
@@ -475,7 +430,7 @@ class BackpressureTests(S3TestCase):
             self.assertGreater(len(b"".join(consumer.data)), size - 2000)
 
 
-class HeadOnlySink(CollectingSink):
+class HeadOnlySink(RecordingSink):
     """A sink that needs no bulk data (as the metadata sink)."""
 
     wants_bulk_data = False
@@ -709,7 +664,7 @@ class StoreTests(S3TestCase):
         self.assertEqual(await get_object(moto, BUCKET, key_of(ct)), ct.data)  # not overwritten
 
         # Stored objects are served back as they were.
-        sink = CollectingSink()
+        sink = RecordingSink()
         await backend.retrieve(ct.study, None, None, sink=sink)
         self.assertEqual(len(sink.parts), 1)
         dataset = b"".join(sink.parts[0].data)
@@ -763,7 +718,7 @@ class UnreachableTests(TestCase):
         backend = backend_for(config, attempts=2)
         self.addCleanup(backend.stop)
         with self.assertRaises(UpstreamTimeout):
-            await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
+            await backend.retrieve("1.2.3", None, None, sink=RecordingSink())
         with self.assertRaises(UpstreamTimeout):
             await backend.echo()
         outcome = backend.store_instance(
@@ -792,7 +747,7 @@ class UnreachableTests(TestCase):
         backend = backend_for(config, attempts=2, read_timeout=0.5)
         self.addCleanup(backend.stop)
         with self.assertRaises(UpstreamTimeout) as raised:
-            await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
+            await backend.retrieve("1.2.3", None, None, sink=RecordingSink())
         self.assertIn("did not answer in time", str(raised.exception))
 
 
@@ -845,19 +800,19 @@ class RetryTests(TestCase):
     async def test_slowdown_and_reset_are_retried(self) -> None:
         backend, resource = await self.faulty(["slowdown", "reset", "slowdown"], attempts=4)
         with self.assertRaises(NotFound):  # the listing, fourth time lucky, is empty
-            await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
+            await backend.retrieve("1.2.3", None, None, sink=RecordingSink())
         self.assertEqual(len(resource.requests), 4)
         self.assertTrue(all("prefix=1.2.3%2F" in uri for uri in resource.requests), resource.requests)
 
     async def test_retries_are_bounded(self) -> None:
         backend, resource = await self.faulty(["slowdown"] * 10, attempts=3)
         with self.assertRaises(ServiceUnavailable) as raised:
-            await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
+            await backend.retrieve("1.2.3", None, None, sink=RecordingSink())
         self.assertEqual(len(resource.requests), 3)
         self.assertIn("SlowDown", str(raised.exception))
         backend, resource = await self.faulty(["reset"] * 10, attempts=2)
         with self.assertRaises(UpstreamTimeout):
-            await backend.retrieve("1.2.3", None, None, sink=CollectingSink())
+            await backend.retrieve("1.2.3", None, None, sink=RecordingSink())
         self.assertEqual(len(resource.requests), 2)
 
 
@@ -916,7 +871,7 @@ class ResumeTests(TestCase):
         }
         backend = backend_for(config)
         self.addCleanup(backend.stop)
-        sink = CollectingSink()
+        sink = RecordingSink()
         await backend.retrieve(item.study, item.series, item.sop, sink=sink)
         self.assertEqual([r for _, r in resource.requests], [None, "bytes=20000-"])
         self.assertEqual(resource.if_match, '"etag-1"')
@@ -940,7 +895,7 @@ class ChainCredentialTests(S3TestCase):
             os.environ[name] = value
         backend = backend_for(s3_aet(moto, credentials={"chain": True}))
         self.addCleanup(backend.stop)
-        sink = CollectingSink()
+        sink = RecordingSink()
         self.assertEqual(await backend.retrieve(items[0].study, None, None, sink=sink), 1)
         self.assertEqual(sink.parts[0].meta[1], items[0].sop)
         self.assertGreater(await backend.echo(), 0)
@@ -948,7 +903,7 @@ class ChainCredentialTests(S3TestCase):
         wrong = backend_for(s3_aet(moto, credentials={"chain": True}))
         self.addCleanup(wrong.stop)
         with self.assertRaises(UpstreamError) as raised:
-            await wrong.retrieve(items[0].study, None, None, sink=CollectingSink())
+            await wrong.retrieve(items[0].study, None, None, sink=RecordingSink())
         self.assertIn("SignatureDoesNotMatch", str(raised.exception))
         self.assertNotIn("not-the-secret", str(raised.exception))
         self.assertFalse(json.dumps(str(raised.exception)).count(moto.secret_key))

@@ -18,7 +18,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
-from twisted.python.failure import Failure
 
 from dicomrst.backends.pacs import POOL_CONTEXTS
 from dicomrst.common.identifiers import encode_identifier, retrieve_identifier
@@ -28,7 +27,6 @@ from dicomrst.dimse.find import c_find
 from dicomrst.dimse.get import c_get
 from dicomrst.dimse.move_destination import STORE_NOT_AUTHORIZED
 from dicomrst.dimse.move_registry import MoveRegistry, Sender
-from dicomrst.dimse.retrieval import RetrieveResult
 from dicomrst.dimse.server import listener_factory
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.ul import pdu
@@ -36,7 +34,9 @@ from dicomrst.ul.errors import AssociationTimeout, ProtocolViolation
 from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
 from dicomrst.web.errors import http_status
+from tests.support.moves import RunningMove
 from tests.support.pool import WAIT, PoolTestCase
+from tests.support.sinks import RecordingSink
 from tests.support.ul import (
     CT_IMAGE_STORAGE,
     STUDY_ROOT_FIND,
@@ -284,50 +284,6 @@ class HealthCheckBurstTests(PoolTestCase):
 IDLE = 15.0  # a binary fraction, so TICK before it is exact on the float clock
 
 
-class _Part:
-    """A sink's part whose `done` the test fires (an HTTP client still being written to)."""
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.done: Deferred[int] = Deferred()
-        self.finished = False
-
-    def dataReceived(self, fragment: bytes) -> None:
-        self.data.append(fragment)
-
-    def dataFinished(self) -> None:
-        self.finished = True
-
-    def dataFailed(self, reason: Failure) -> None:
-        self.done.errback(reason)
-        self.done.addErrback(lambda _: None)
-
-
-class _Sink:
-    started = False
-    gone = False
-    wants_bulk_data = True
-
-    def __init__(self) -> None:
-        self.parts: list[_Part] = []
-
-    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _Part:
-        self.parts.append(_Part())
-        return self.parts[-1]
-
-    def attach(self, producer: object) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def fail(self, reason: str) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
 def _instance_bytes() -> bytes:
     ds = Dataset()
     ds.StudyInstanceUID = "1.2.3"
@@ -389,8 +345,8 @@ class SilentPeerTests(HostileTestCase):
     def test_silence_while_we_owe_the_answer_is_ours(self) -> None:
         # A sub-operation whose C-STORE-RSP waits for a slow HTTP client is not the PACS's
         # silence; once we answer, the PACS has the whole idle timeout again.
-        sink = _Sink()
-        move = _ActiveMove(sink)
+        sink = RecordingSink(auto_done=False)
+        move = _active_move(sink)
         self.registry.register(move)  # type: ignore[arg-type]
         proto, transport = self.associated()
         store = command_bytes(
@@ -416,30 +372,15 @@ class SilentPeerTests(HostileTestCase):
         self.assertAbortedAsIdle(proto, transport)
 
 
-class _ActiveMove:
-    """A C-MOVE of study 1.2.3 waiting for its instances (dicomrst.dimse.move_registry)."""
-
-    pacs_aet = PACS
-    destination = LISTENER
-    series = None
-    instance = None
-
-    senders = (Sender(PACS, (ip_network(PACS_ADDRESS.host),)),)
-
-    def __init__(self, sink: _Sink, message_id: int = 77, study: str = "1.2.3") -> None:
-        self.sink = sink
-        self.message_id = message_id
-        self.study = study
-        self.result = RetrieveResult()
-        self.outstanding = 0
-        self.owed = 0
-        self.delivered: set[str] = set()
-
-    def activity(self) -> None:
-        pass
-
-    def store_association(self, association: ULProtocol) -> None:
-        pass
+def _active_move(sink: RecordingSink, message_id: int = 77) -> RunningMove:
+    """A C-MOVE of study 1.2.3 from the PACS, waiting for its instances."""
+    return RunningMove(
+        sink,
+        pacs_aet=PACS,
+        destination=LISTENER,
+        senders=(Sender(PACS, (ip_network(PACS_ADDRESS.host),)),),
+        message_id=message_id,
+    )
 
 
 GET_TIMEOUT = 7.5
@@ -454,7 +395,7 @@ class TricklingSubOperationTests(HostileTestCase):
         proto, transport, connection = self.established_requestor(
             AssociationRequest("GATEWAY", PACS, POOL_CONTEXTS), AcceptorPolicy(PACS, POOL_CONTEXTS)
         )
-        sink = _Sink()
+        sink = RecordingSink(auto_done=False)
         got = Deferred.fromCoroutine(
             c_get(
                 connection, self.clock, retrieve_identifier("1.2.3"), aet=PACS, timeout=GET_TIMEOUT, sink=sink
@@ -492,8 +433,8 @@ class ListenerFeedingTests(HostileTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.sink = _Sink()
-        self.move = _ActiveMove(self.sink)
+        self.sink = RecordingSink(auto_done=False)
+        self.move = _active_move(self.sink)
         self.registry.register(self.move)  # type: ignore[arg-type]
 
     def store(

@@ -23,7 +23,6 @@ from pynetdicom.presentation import PresentationContext
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from dicomrst.backends.pacs import POOL_CONTEXTS, DimseBackend
@@ -56,6 +55,7 @@ from dicomrst.ul.protocol import ULProtocol
 from dicomrst.wado.throttle import ResponseThrottle
 from dicomrst.web.errors import http_status
 from tests.support.pool import CALLED, CALLING, HOST, IDLE, POLICY, PORT, Link, PoolTestCase, match
+from tests.support.sinks import RecordingPart, RecordingSink
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -112,71 +112,6 @@ class Instance:
             deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
             self.data = deflater.compress(self.data) + deflater.flush()
             self.data += b"\x00" * (len(self.data) % 2)
-
-
-# -- a sink that records -----------------------------------------------------------------------
-
-
-class RecordingPart:
-    def __init__(self, sink: RecordingSink, sop: str, ts: str) -> None:
-        self.sink = sink
-        self.sop = sop
-        self.ts = ts
-        self.data: list[bytes] = []
-        self.done: Deferred[int] = Deferred()
-        self.finished = False
-
-    def dataReceived(self, fragment: bytes) -> None:
-        self.data.append(fragment)
-
-    def dataFinished(self) -> None:
-        self.finished = True
-        if self.sink.auto_done:
-            self.done.callback(STORE_SUCCESS)
-
-    def dataFailed(self, reason: Failure) -> None:
-        self.done.errback(reason)
-        self.done.addErrback(lambda _: None)
-
-
-class RecordingSink:
-    """An InstanceSink that keeps every instance; `auto_done` False leaves `done` to the test."""
-
-    started = False
-    gone = False
-    wants_bulk_data = True
-
-    def __init__(self, auto_done: bool = True) -> None:
-        self.auto_done = auto_done
-        self.parts: list[RecordingPart] = []
-        self.attached: list[Any] = []
-        self.refuse = False
-
-    def finish(self) -> None:
-        pass
-
-    def fail(self, reason: str) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> RecordingPart:
-        if self.refuse:
-            raise ConnectionError("client gone")
-        part = RecordingPart(self, sop_instance_uid, transfer_syntax)
-        self.parts.append(part)
-        return part
-
-    def attach(self, association: Any) -> None:
-        self.attached.append(association)
-
-    @property
-    def sops(self) -> list[str]:
-        return [p.sop for p in self.parts]
-
-    def data(self, sop: str) -> bytes:
-        return b"".join(next(p for p in self.parts if p.sop == sop).data)
 
 
 # -- the two associations ----------------------------------------------------------------------

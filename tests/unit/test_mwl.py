@@ -42,10 +42,10 @@ from dicomrst.ul.negotiation import AcceptorPolicy
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.errors import http_status
 from tests.support.fakes import FakeBackend
+from tests.support.http import ROOT, AppRequests
 from tests.support.pool import CALLED, QIDO, PoolTestCase
 from tests.support.ul import TICK
 
-ROOT = "http://gateway.example"
 MWL = "/aets/PACS/modality-scheduled-procedure-steps"
 SPS_KEY = "ScheduledProcedureStepSequence"
 
@@ -360,7 +360,7 @@ class GatewayMatchingTests(SynchronousTestCase):
 # -- the response ------------------------------------------------------------------------------------
 
 
-class WorklistWebCase(SynchronousTestCase):
+class WorklistWebCase(AppRequests):
     def setUp(self) -> None:
         self.clock = Clock()
         self.pacs = FakeBackend("PACS")
@@ -380,19 +380,6 @@ class WorklistWebCase(SynchronousTestCase):
         self.bucket = S3Backend(s3.aets[0], MemoryReactorClock())
         self.app = GatewayApp({"PACS": self.pacs, "BUCKET": self.bucket}, self.clock)
         self.stub = StubTreq(self.app.resource())
-
-    def start(self, path: str, method: str = "GET", **kwargs: Any) -> Deferred[Any]:
-        d = self.stub.request(method, ROOT + path, **kwargs)
-        self.stub.flush()
-        return d
-
-    def finish(self, d: Deferred[Any]) -> tuple[Any, bytes]:
-        self.stub.flush()
-        response = self.successResultOf(d)
-        return response, self.successResultOf(response.content())
-
-    def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> tuple[Any, bytes]:
-        return self.finish(self.start(path, method, **kwargs))
 
     def search(self, query: str = "", **kwargs: Any) -> list[dict[str, Any]]:
         response, body = self.fetch(MWL + query, **kwargs)

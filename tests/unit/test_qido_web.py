@@ -17,7 +17,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -29,12 +29,11 @@ from dicomrst.qido.query import DEFAULT_LIMIT, FUZZY_WARNING, MORE_RESULTS_WARNI
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
 from tests.support.fakes import FakeBackend
-from tests.support.http import Connection
+from tests.support.http import ROOT, AppRequests, Connection
 
 STUDY = "1.2.840.113619.2.55.3"
 SERIES = "1.2.840.113619.2.55.3.1"
 SOP = "1.2.840.113619.2.55.3.1.1"
-ROOT = "http://gateway.example"
 DICOM_JSON = [b"application/dicom+json"]
 
 
@@ -65,7 +64,7 @@ def study(n: int = 1, **extra: Any) -> Dataset:
     return ds(**(values | extra))
 
 
-class QidoTestCase(SynchronousTestCase):
+class QidoTestCase(AppRequests):
     base_path = "/"
 
     def setUp(self) -> None:
@@ -74,20 +73,6 @@ class QidoTestCase(SynchronousTestCase):
         self.s3 = FakeBackend("BUCKET", "S3", unsupported=True)
         self.app = GatewayApp({"PACS": self.pacs, "BUCKET": self.s3}, self.clock, base_path=self.base_path)
         self.stub = StubTreq(self.app.resource())
-
-    def start(self, path: str, method: str = "GET", **kwargs: Any) -> Deferred[Any]:
-        url = path if "://" in path else ROOT + path
-        d = self.stub.request(method, url, **kwargs)
-        self.stub.flush()
-        return d
-
-    def finish(self, d: Deferred[Any]) -> tuple[Any, bytes]:
-        self.stub.flush()
-        response = self.successResultOf(d)
-        return response, self.successResultOf(response.content())
-
-    def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> tuple[Any, bytes]:
-        return self.finish(self.start(path, method, **kwargs))
 
     def search(self, path: str, **kwargs: Any) -> list[dict[str, Any]]:
         response, body = self.fetch(path, **kwargs)
