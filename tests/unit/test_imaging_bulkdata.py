@@ -13,6 +13,8 @@ import re
 import warnings
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
@@ -27,11 +29,12 @@ from pydicom.uid import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.common.part10 import TRANSFER_SYNTAX, read_file_meta
-from dicomrst.errors import NotFound
+from dicomrst.errors import NotAcceptable, NotFound
 from dicomrst.imaging.bulkdata import BulkDataNotFound, BulkPath, locate_bulk, parse_bulk_path
 from dicomrst.imaging.byterange import parse_range
 from dicomrst.imaging.elements import open_instance
-from dicomrst.imaging.extent import iter_extent, read_extent
+from dicomrst.imaging.extent import StoredObjectError, iter_extent, read_extent
+from dicomrst.imaging.frames import index_frames
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.unit.test_imaging_frames import read_dataset, testdata
 
@@ -220,3 +223,42 @@ class BulkDataTests(SynchronousTestCase):
         with open_instance(io.BytesIO(data)) as instance:
             self.assertRaises(BulkDataNotFound, locate_bulk, instance, parse_bulk_path("7FE00010"))
         self.assertIsNotNone(dcmread(io.BytesIO(data)))
+
+
+class DamagedObjectTests(SynchronousTestCase):
+    """Whatever the stored bytes, the lookups end in one of their declared errors."""
+
+    EXPECTED = (StoredObjectError, NotFound, NotAcceptable)
+
+    def survive(self, data: bytes) -> None:
+        try:
+            with open_instance(io.BytesIO(data)) as instance:
+                try:
+                    index = index_frames(instance)
+                    for number in range(1, min(index.number_of_frames, 4) + 1):
+                        read_extent(instance.source, index.frame(number))
+                except self.EXPECTED:
+                    pass
+                for path in ("7FE00010", "00186011/0/0018602C", "54000100/0/003A0200/1/54001010"):
+                    try:
+                        value = locate_bulk(instance, parse_bulk_path(path))
+                        read_extent(instance.source, value.extent)
+                    except self.EXPECTED:
+                        pass
+        except StoredObjectError:
+            pass
+
+    @settings(deadline=None, max_examples=150)
+    @given(
+        st.sampled_from(["nested", "CT_small.dcm", "examples_ybr_color.dcm", "rtdose_expb.dcm"]), st.data()
+    )
+    def test_changed_bytes(self, name: str, data: st.DataObject) -> None:
+        original = bytearray(
+            part10(nested(undefined=True), ExplicitVRLittleEndian) if name == "nested" else testdata(name)
+        )
+        # Damage lands where the headers are: the file meta and the first few kilobytes.
+        for _ in range(data.draw(st.integers(1, 4))):
+            position = data.draw(st.integers(128, min(len(original), 4096) - 1))
+            original[position] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(132, min(len(original), 4096)) | st.just(len(original)))
+        self.survive(bytes(original[:cut]))
