@@ -31,6 +31,14 @@ class NotAcceptable(DicomrstError):
     """Nothing the client accepts can be produced."""
 
 
+class RangeNotSatisfiable(DicomrstError):
+    """None of the byte ranges asked for lies within the representation of `length` bytes."""
+
+    def __init__(self, message: str, length: int) -> None:
+        super().__init__(message)
+        self.length = length
+
+
 class Conflict(DicomrstError):
     """None of the instances of an upload could be stored."""
 

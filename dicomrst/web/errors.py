@@ -21,6 +21,7 @@ from dicomrst.errors import (
     NotFound,
     NotImplementedService,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     ServiceUnavailable,
     UnsupportedMediaType,
     UpstreamError,
@@ -40,6 +41,7 @@ HTTP_STATUS: dict[type[BaseException], int] = {
     Conflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    RangeNotSatisfiable: 416,
     DicomrstError: 500,
     NotImplementedService: 501,
     UpstreamError: 502,
@@ -85,6 +87,9 @@ def error_response(request: IRequest, failure: Failure) -> bytes | IResource:
     if isinstance(error, DicomrstError):
         if isinstance(error, ServiceUnavailable) and error.retry_after is not None:
             request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+        if isinstance(error, RangeNotSatisfiable):
+            # RFC 9110 §15.5.17: the current length, so the client can ask again.
+            request.setHeader(b"Content-Range", b"bytes */%d" % error.length)
         return error_body(request, http_status(error), error.message)
     if isinstance(error, MethodNotAllowed):
         allowed = {m.upper() for m in error.valid_methods or ()} | {"OPTIONS"}
