@@ -152,32 +152,27 @@ def dataset(data: bytes) -> None:
 
 # -- whole streams into a protocol --------------------------------------------------------------
 
-_failures: list[dict[str, Any]] = []
-
-
-def _observe(event: dict[str, Any]) -> None:
-    if "log_failure" in event:
-        _failures.append(event)
-
-
-globalLogPublisher.addObserver(_observe)
-
-
-def _check_logged() -> None:
-    if _failures:
-        failure = _failures[0]["log_failure"]
-        _failures.clear()
-        raise AssertionError(f"traceback logged: {failure.getTraceback()}")
-
-
 def _feed(proto: ULProtocol, clock: Clock, data: bytes) -> None:
-    cut = data[0] % 16 + 1 if data else 1
-    for start in range(1, len(data), cut):
-        proto.dataReceived(data[start : start + cut])
-    # Whatever state the input left, the timers must end it.
-    clock.advance(3600)
-    proto.connectionLost()
-    _check_logged()
+    # Only what this input makes the protocol log counts: an observer for the feed alone,
+    # so a failure another test logged in the same process is not this input's.
+    failures: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        cut = data[0] % 16 + 1 if data else 1
+        for start in range(1, len(data), cut):
+            proto.dataReceived(data[start : start + cut])
+        # Whatever state the input left, the timers must end it.
+        clock.advance(3600)
+        proto.connectionLost()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    if failures:
+        raise AssertionError(f"traceback logged: {failures[0]['log_failure'].getTraceback()}")
 
 
 # One listener for every input, as in the gateway: its policy caches decisions.
