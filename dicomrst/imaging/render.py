@@ -175,7 +175,8 @@ def apply_window(values: Any, window: Window, ymin: float = 0.0, ymax: float = 2
     c, w = window.center, window.width
     x = np.asarray(values, dtype=np.float64)
     if window.function == "SIGMOID":
-        return (ymax - ymin) / (1.0 + np.exp(-4.0 * (x - c) / w)) + ymin
+        with np.errstate(over="ignore"):  # exp() → inf far below the centre: y = ymin
+            return (ymax - ymin) / (1.0 + np.exp(-4.0 * (x - c) / w)) + ymin
     if window.function == "LINEAR_EXACT":
         y = ((x - c) / w + 0.5) * (ymax - ymin) + ymin
         y[x <= c - w / 2] = ymin
