@@ -134,6 +134,22 @@ class WindowTests(SynchronousTestCase):
                 want = reference_gray(stored, 1.0, -1024.0, window, monochrome1=False)
                 self.check(ds, png(window=window), want)
 
+    def test_value_by_value_path_agrees(self) -> None:
+        # Integer frames go through a lookup table of their range; float frames and
+        # ranges too wide for a table value by value.  Both are the reference.
+        stored = ct_slice()
+        ds = gray_dataset(stored, slope=1.0, intercept=-1024.0)
+        for window in (Window(40, 400, "LINEAR"), Window(-100, 700, "SIGMOID")):
+            want = reference_gray(stored, 1.0, -1024.0, window, monochrome1=True)
+            frame = render.DecodedFrame(stored.astype(np.float32), "MONOCHROME1")
+            np.testing.assert_array_equal(decoded(render.render(frame, ds, png(window=window))), want)
+        wide = (ct_slice().astype(np.int64) * 1000).astype(np.int32)  # spans ~4e6 values
+        window = Window(1e6, 3e6, "LINEAR_EXACT")
+        frame = render.DecodedFrame(wide, "MONOCHROME2")
+        want = reference_gray(wide, 1.0, 0.0, window, monochrome1=False)
+        got = decoded(render.render(frame, gray_dataset(stored), png(window=window)))
+        np.testing.assert_array_equal(got, want)
+
     def test_linear_and_linear_exact_differ_by_the_half_pixel(self) -> None:
         # The reason LINEAR_EXACT exists: at c=2048, w=4096 LINEAR maps x=2047.5 to
         # mid-grey, LINEAR_EXACT maps x=2048 there.
