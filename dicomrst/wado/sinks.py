@@ -196,7 +196,15 @@ class PartConsumer:
         if self._series is None and stored_ts not in UNPEEKABLE:
             self._peeker = UIDPeeker(implicit=stored_ts == IMPLICIT_VR_LE)
 
+    def _refused_meanwhile(self) -> bool:
+        """Another instance was refused before anything went out (the answer is a 406)
+        while this one was on its way: it must not start the response."""
+        return self.sink.refused is not None and not self._header_written
+
     def dataReceived(self, fragment: bytes) -> None:
+        if self._refused_meanwhile():
+            self._held = []
+            return
         if self.convert or not self._header_written:
             if self._peeker is not None and not self._peeker.done:
                 if self._peeker.feed(fragment) and self._peeker.uids.series:
@@ -226,7 +234,7 @@ class PartConsumer:
             self.sink.write(piece)
 
     def dataFinished(self) -> None:
-        if self.sink.gone:
+        if self.sink.gone or self._refused_meanwhile():
             self.done.callback(STORE_OUT_OF_RESOURCES)
             return
         if not self.convert:
@@ -245,7 +253,7 @@ class PartConsumer:
         d = deferToThreadPool(reactor, reactor.getThreadPool(), to_explicit_le, data, self.stored_ts)
 
         def converted(explicit: bytes) -> int:
-            if self.sink.gone:
+            if self.sink.gone or self._refused_meanwhile():
                 return STORE_OUT_OF_RESOURCES
             self._write_header()
             self.sink.write(explicit)

@@ -264,3 +264,17 @@ class UnservableTests(TestCase):
         body = b"".join(request.written)
         self.assertIn(f"transfer-syntax={EXPLICIT_VR_LE}".encode(), body)
         self.assertIn(pixels.tobytes(), body)
+
+    def test_an_instance_under_way_when_another_is_refused_does_not_start_the_response(self) -> None:
+        # Two sub-operation associations of one C-MOVE may deliver at once.
+        sink, request, aborted = self.sink(None)
+        good = encode(instance("1.2.3", "1.2.3.4"))
+        under_way = sink.begin(CT_IMAGE_STORAGE, "1.9.1", EXPLICIT_VR_LE)
+        under_way.dataReceived(good[:10])  # still peeking for the series UID: nothing out yet
+        from dicomrst.errors import NotAcceptable
+
+        self.assertRaises(NotAcceptable, sink.begin, CT_IMAGE_STORAGE, "1.9.2", MPEG2)
+        under_way.dataReceived(good[10:])
+        under_way.dataFinished()
+        self.assertEqual(self.successResultOf(under_way.done), 0xA700)  # not delivered
+        self.assertEqual((request.written, aborted, sink.started), ([], [], False))
