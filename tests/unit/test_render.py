@@ -336,6 +336,23 @@ class ThumbnailTests(SynchronousTestCase):
         self.assertEqual(Image.open(io.BytesIO(render.thumbnail(ds, Viewport(64, 64)))).size, (64, 32))
 
 
+class AnimationTests(SynchronousTestCase):
+    def test_every_frame_in_order(self) -> None:
+        frames = np.stack([np.full((10, 12), value, dtype=np.uint16) for value in (0, 2048, 4095)])
+        ds = gray_dataset(frames, center=2048, width=4096)
+        ds.FrameTime = 40
+        image = Image.open(io.BytesIO(render.render_animation(ds, RenderOptions(media_type=params.GIF))))
+        self.assertEqual((image.format, image.n_frames, image.size), ("GIF", 3, (12, 10)))
+        levels = []
+        for i in range(3):
+            image.seek(i)
+            levels.append(int(np.asarray(image.convert("L"))[0, 0]))
+            self.assertEqual(image.info["duration"], 40)
+        want = [reference_voi(v, 2048, 4096, "LINEAR") for v in (0, 2048, 4095)]
+        for got, expected in zip(levels, want, strict=True):
+            self.assertLessEqual(abs(got - expected), 1)
+
+
 class QueryTests(SynchronousTestCase):
     def test_window(self) -> None:
         options = params.parse_rendered_query({"window": "40,400,linear"})
