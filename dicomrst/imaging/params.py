@@ -10,7 +10,9 @@ PS3.18 §8.3.5 (Table 8.3.5-1 rendered, 8.3.5-2 thumbnail), as implemented:
   C.11.2.1.2): else 400.  Thumbnails do not take it (not in Table 8.3.5-2): ignored there,
   as any unsupported parameter (§8.3).
 * ``viewport=vw,vh[,sx,sy,sw,sh]``: vw, vh positive integers; sx, sy, sw, sh decimal
-  numbers, each may be elided (``512,512,,,256,256``), trailing ones omitted; their
+  numbers, each may be elided (``512,512,,,256,256``; the ABNF's optional group has all
+  four commas), and trailing ones omitted with their commas (``512,512,10,10``, as the
+  text allows); their
   absolute values are the region's corner and size, a negative sw (sh) flips the image
   horizontally (vertically).  Thumbnails take only ``vw,vh`` (400 otherwise).  Anything
   ill-formed (or a region of zero size): 400.
@@ -159,7 +161,7 @@ def parse_viewport(value: str, *, thumbnail: bool = False) -> Viewport:
     region: list[float | None] = []
     for name, text in zip(("sx", "sy", "sw", "sh"), parts[2:], strict=False):
         region.append(None if not text.strip() else _decimal(f"viewport {name}", text))
-    if parts[2:] and not parts[-1].strip():
+    if 2 < len(parts) < 6 and not parts[-1].strip():
         raise BadRequest(f"viewport: trailing values are omitted with their commas, not elided ({value!r})")
     region += [None] * (4 - len(region))
     for name, number in zip(("sw", "sh"), region[2:], strict=True):

@@ -369,6 +369,7 @@ class QueryTests(SynchronousTestCase):
             params.parse_viewport("512,512,,,256,-256"), Viewport(512, 512, None, None, 256, -256)
         )
         self.assertEqual(params.parse_viewport("10,20,1.5,2"), Viewport(10, 20, 1.5, 2.0))
+        self.assertEqual(params.parse_viewport("10,20,,,,"), Viewport(10, 20))
         for bad in (
             "512",
             "0,10",
