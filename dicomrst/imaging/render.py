@@ -41,7 +41,7 @@ from pydicom.pixels.utils import as_pixel_options
 
 from dicomrst.common.codecs import install as install_decoders
 from dicomrst.common.transcode import CannotTranscode
-from dicomrst.errors import NotAcceptable, UpstreamError
+from dicomrst.errors import NotAcceptable, NotFound, UpstreamError
 from dicomrst.imaging.params import GIF, JPEG, PNG, RenderOptions, Viewport, Window
 
 #: Thumbnails without a viewport fit in this box (the server chooses, §8.3.5.2).
@@ -83,8 +83,8 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     """Frame `index` (0-based) of `ds`, whose ``file_meta`` names its transfer syntax.
 
     `CannotTranscode` (406) when no decoder here handles the syntax, `RenderFailed` (502)
-    when decoding fails, `NotAcceptable` for an object without pixel data (nothing to
-    render as an image).
+    when decoding fails, `NotFound` for a frame past Number of Frames, `NotAcceptable`
+    for an object without pixel data (nothing to render as an image).
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise NotAcceptable("the object has no pixel data: it cannot be rendered as an image")
@@ -100,7 +100,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         raise CannotTranscode(f"no pixel data decoder for transfer syntax {syntax} here")
     frames = number_of_frames(ds)
     if not 0 <= index < frames:
-        raise RenderFailed(f"frame {index + 1} of an object with {frames} frame(s)")
+        raise NotFound(f"no frame {index + 1}: the object has {frames} frame(s)")
     try:
         arr, changes = decoder.as_array(ds, index=index, validate=True, **as_pixel_options(ds))
     except Exception as e:  # decoders raise RuntimeError, ValueError, ...

@@ -440,6 +440,13 @@ class EncodingTests(SynchronousTestCase):
         self.assertLess(len(small), len(large))
         self.assertRaises(NotAcceptable, render.encode, image, "image/webp")
 
+    def test_frame_past_the_end(self) -> None:
+        from dicomrst.errors import NotFound
+
+        ds = gray_dataset(np.stack([ct_slice(), ct_slice()]))
+        self.assertRaises(NotFound, render.render_dataset, ds, RenderOptions(), index=2)
+        render.render_dataset(ds, RenderOptions(), index=1)
+
     def test_no_pixel_data(self) -> None:
         ds = gray_dataset(ct_slice())
         del ds.PixelData
