@@ -34,6 +34,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.s3 import S3Backend
 from dicomrst.backends.s3.objects import HEAD_BYTES, parse_file_meta
 from dicomrst.backends.values import UploadedInstance
+from dicomrst.common.codecs import install as install_decoders
 from dicomrst.config import parse_config
 from dicomrst.errors import (
     NotFound,
@@ -534,6 +535,7 @@ class DecodingTests(S3TestCase):
         lossless objects asked for as Explicit VR LE arrive decoded.  One no decoder handles
         (here a JPEG relabelled MPEG-2 video) is a 406 naming the Accept that gets it, and
         arrives as stored with ``transfer-syntax=*``."""
+        install_decoders()  # for the originals' pixel_array in this process
         moto = await self.moto()
         names = ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
                  "SC_rgb_jpeg_gdcm.dcm")  # fmt: skip

@@ -184,7 +184,7 @@ class OrthancMoveTests(wado.OrthancRetrieveTests, wado.RetrieveTestCase):
             del ds.PixelData
         assert_same_dataset(self, got, original, "rle decompressed")
 
-        # JPEG 2000 too: the plain install brings its decoder.
+        # JPEG 2000 too: the plain install brings its decoder (and here, Pillow's would do).
         response = await gw.get(instance_path(ORTHANC_AET, j2k.study))
         parts = self.assert_multipart(gw, response, ORTHANC_AET, self.expect([j2k]))
         self.assertEqual(parts[0].dataset().PixelData, j2k.dataset().pixel_array.tobytes())
