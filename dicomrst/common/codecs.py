@@ -38,7 +38,7 @@ _J2K = (uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLossless
 SYNTAXES: tuple[str, ...] = _JPEG + _JPEG_LS + _J2K
 
 #: What pydicom reports as missing when the plugin cannot load (its plugin contract).
-DECODER_DEPENDENCIES = {syntax: ("numpy", "imagecodecs>=2024.1") for syntax in SYNTAXES}
+DECODER_DEPENDENCIES = {syntax: ("numpy", "imagecodecs>=2026.3.6") for syntax in SYNTAXES}
 
 _lock = threading.Lock()
 _installed = False
