@@ -8,9 +8,10 @@
   swapping the binary values of big-endian data) and pydicom writes them back unconverted.
   Private elements of unknown VR become UN (PS3.5 §6.2.2); a value longer than 65534
   bytes in a VR with a 16-bit length field becomes UN (PS3.18 §8.7.3.4 note 3).
-* `decompress_to_explicit_le` uses pydicom's pixel decoders; the plugins (pylibjpeg,
-  Pillow, GDCM) and numpy are optional, and without one for the syntax it raises
-  `CannotTranscode`, so the caller can fail the part or answer 406.
+* `decompress_to_explicit_le` uses pydicom's pixel decoders: its own (RLE, with numpy),
+  Pillow's and imagecodecs' (`dicomrst.common.codecs`), all installed by default; for a
+  syntax none of them decodes (JPEG XL, video, a broken install) it raises
+  `CannotTranscode`, so the caller can send the stored syntax, answer 406 or fail the part.
 * `convert_dataset` turns a data set into Explicit or Implicit VR LE, for a PACS that
   accepted an instance only in one of those (STOW-RS over C-STORE).
 
@@ -35,6 +36,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
+from dicomrst.common.codecs import install as install_decoders
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.errors import NotAcceptable, UpstreamError
 
@@ -51,6 +53,7 @@ class DataSetError(UpstreamError):
 @lru_cache(maxsize=64)
 def can_decompress(transfer_syntax: str) -> bool:
     """pydicom has a working pixel data decoder for `transfer_syntax` in this process."""
+    install_decoders()
     try:
         # get_decoder is documented as pydicom.pixels.get_decoder, which re-exports it
         # implicitly; import it from where it is defined.

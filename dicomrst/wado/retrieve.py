@@ -33,8 +33,9 @@ async def send(
     True: the response ended cleanly.  False: it was cut off after it began (the failure
     is logged here, in one line).  Raises when nothing was written yet: the backend's
     error (`NotFound`, `UpstreamError`, ...), `NotFound` when nothing was retrieved,
-    `UpstreamError` when nothing retrieved could be served; `CancelledError` when the
-    request was cancelled (instances still in flight are then refused).
+    `NotAcceptable` (406) when an instance could not be served as the Accept asks before
+    the response started, `UpstreamError` when nothing retrieved could be served
+    otherwise; `CancelledError` when the request was cancelled (instances still in flight are then refused).
     """
     aet = backend.aet
     what = describe_target(study, series, instance)
@@ -45,6 +46,10 @@ async def send(
         raise
     except DicomrstError as e:
         if not sink.started:
+            if sink.refused is not None:
+                # We refused the instances (the PACS may then report a failure): the
+                # client's Accept is the reason.
+                raise sink.refused from e
             raise
         # The status line is out: only a cut-off body can tell the client.  An expected
         # failure, logged in one line (its message has the sub-operation counts), not as
@@ -63,6 +68,8 @@ async def send(
         # The source delivered instances we could not write: a body that ends cleanly
         # would claim a complete study.
         if not sink.started:
+            if sink.refused is not None:
+                raise sink.refused
             raise UpstreamError(f"{aet}: none of the {sink.dropped} instance(s) for {what} could be served")
         log.warn(
             "{n} instance(s) for {what} from {aet} could not be served; response cut off",

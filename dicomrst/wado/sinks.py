@@ -7,6 +7,22 @@ wire), so an instance is never held whole when its transfer syntax can pass thro
 part in Implicit VR or big endian is held and converted (off the reactor) to Explicit VR
 LE, which is all PS3.18 allows over HTTP.  It is also the request's push producer
 (`ResponseThrottle`).
+
+An instance that cannot be served as the client asked (its syntax has no decoder here,
+or decoding it failed, and the client did not accept the stored syntax) is refused with
+`CannotTranscode`; a decoding failure first falls back to the stored syntax when the
+Accept allows it.  What the client then sees depends on whether the response started:
+
+* not yet (the first instance, always so for a single instance): the sink refuses every
+  later instance too and `dicomrst.wado.retrieve.send` answers 406 naming the instance,
+  its syntax and the Accept that would get it (PS3.18 §8.7.8.1: nothing acceptable →
+  406).  A 200 with the other instances would claim a complete study;
+* already (a later instance of a study or series): the status line is out and cannot
+  become a 406 or 206.  The instances that follow are still written, then the body is
+  cut off (the connection is closed without the multipart's closing delimiter or, over
+  HTTP/1.1 chunked, without the last chunk), so the client sees an incomplete response
+  and no clean multipart that lacks an instance.  A part in a syntax it did not accept
+  (§8.7.8.1) would be worse: a client that only decodes Explicit VR LE would take it.
 """
 
 from __future__ import annotations
@@ -23,9 +39,9 @@ from zope.interface import implementer
 from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, IInstanceConsumer, IInstanceSink
 from dicomrst.common.part10 import file_meta
 from dicomrst.common.reactor import IGatewayReactor
-from dicomrst.common.transcode import to_explicit_le
+from dicomrst.common.transcode import CannotTranscode, to_explicit_le
 from dicomrst.common.twisted_internals import set_write_buffer
-from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE, NOT_FOR_WEB
 from dicomrst.common.walker import PEEK_LIMIT, UIDPeeker
 from dicomrst.logs import logger
 from dicomrst.wado.multipart import MultipartWriter, part_content_type
@@ -82,11 +98,29 @@ class MultipartSink(ResponseThrottle):
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> PartConsumer:
         self.refuse_if_gone()
+        if self.refused is not None:
+            # The answer is a 406 (see the module's docstring): nothing more goes out.
+            raise self.refused
         out = part_transfer_syntax(self.choice, transfer_syntax)
         if out is None:
-            self.dropped += 1
-            raise ValueError(f"transfer syntax {transfer_syntax} cannot be served as requested")
+            raise self.unservable(sop_instance_uid, transfer_syntax, "decoded here (no decoder for it)")
         return PartConsumer(self, sop_class_uid, sop_instance_uid, transfer_syntax, out)
+
+    def unservable(self, sop_instance_uid: str, transfer_syntax: str, why: str) -> CannotTranscode:
+        """Count an instance that cannot be served as asked; the error to refuse it with.
+        Before the response started it becomes the answer (406)."""
+        self.dropped += 1
+        if transfer_syntax in NOT_FOR_WEB:
+            hint = "it cannot be sent over HTTP as stored"
+        else:
+            hint = f"ask with transfer-syntax=* or transfer-syntax={transfer_syntax} to get it as stored"
+        error = CannotTranscode(
+            f"instance {sop_instance_uid} is stored in transfer syntax {transfer_syntax}, which cannot "
+            f"be {why} into one the Accept allows; {hint}"
+        )
+        if not self.started and self.refused is None:
+            self.refused = error
+        return error
 
     def start(self) -> None:
         """Status line and headers (once), before the first part's header."""
@@ -162,7 +196,15 @@ class PartConsumer:
         if self._series is None and stored_ts not in UNPEEKABLE:
             self._peeker = UIDPeeker(implicit=stored_ts == IMPLICIT_VR_LE)
 
+    def _refused_meanwhile(self) -> bool:
+        """Another instance was refused before anything went out (the answer is a 406)
+        while this one was on its way: it must not start the response."""
+        return self.sink.refused is not None and not self._header_written
+
     def dataReceived(self, fragment: bytes) -> None:
+        if self._refused_meanwhile():
+            self._held = []
+            return
         if self.convert or not self._header_written:
             if self._peeker is not None and not self._peeker.done:
                 if self._peeker.feed(fragment) and self._peeker.uids.series:
@@ -192,7 +234,7 @@ class PartConsumer:
             self.sink.write(piece)
 
     def dataFinished(self) -> None:
-        if self.sink.gone:
+        if self.sink.gone or self._refused_meanwhile():
             self.done.callback(STORE_OUT_OF_RESOURCES)
             return
         if not self.convert:
@@ -211,24 +253,42 @@ class PartConsumer:
         d = deferToThreadPool(reactor, reactor.getThreadPool(), to_explicit_le, data, self.stored_ts)
 
         def converted(explicit: bytes) -> int:
-            if self.sink.gone:
+            if self.sink.gone or self._refused_meanwhile():
                 return STORE_OUT_OF_RESOURCES
             self._write_header()
             self.sink.write(explicit)
             self.sink.part_written()
             return STORE_SUCCESS
 
-        def failed(f: Failure) -> Failure:
+        def failed(f: Failure) -> int | Failure:
+            if self.sink.gone:
+                return STORE_OUT_OF_RESOURCES
+            if f.check(CannotTranscode) and self.stored_acceptable():
+                # The decoder gave up on this one: the client also takes it as stored.
+                log.info(
+                    "cannot decode {uid} from {ts} ({why}); sent as stored",
+                    uid=self.sop_instance,
+                    ts=self.stored_ts,
+                    why=f.getErrorMessage(),
+                )
+                self.out_ts = self.stored_ts
+                return converted(data)
             log.warn(
                 "cannot convert {uid} from {ts}: {why}",
                 uid=self.sop_instance,
                 ts=self.stored_ts,
                 why=f.getErrorMessage(),
             )
+            if f.check(CannotTranscode):
+                return Failure(self.sink.unservable(self.sop_instance, self.stored_ts, "decoded"))
             self.sink.dropped += 1
             return f
 
         d.addCallbacks(converted, failed).chainDeferred(self.done)
+
+    def stored_acceptable(self) -> bool:
+        """The client also takes this instance in its stored syntax."""
+        return self.stored_ts not in NOT_FOR_WEB and self.sink.choice.quality(self.stored_ts) > 0
 
     def dataFailed(self, reason: Failure) -> None:
         self._held = []

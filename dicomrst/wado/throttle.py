@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from dicomrst.common.machine import Machine, Run, transitions
+from dicomrst.errors import NotAcceptable
 
 # Who wants a producer paused, by producer.
 _pause_holders: WeakKeyDictionary[IPushProducer, set[object]] = WeakKeyDictionary()
@@ -95,6 +96,9 @@ class ResponseThrottle:
         # Instances the source delivered that we could not write (conversion failed,
         # syntax not servable): a response missing them must not end cleanly.
         self.dropped = 0
+        # The first instance that could not be served as asked, when that was known before
+        # the response started: the answer (406) once the retrieve ends.
+        self.refused: NotAcceptable | None = None
         self._producer: IPushProducer | None = None
         self._run = Run(THROTTLE, self)
 

@@ -34,6 +34,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.s3 import S3Backend
 from dicomrst.backends.s3.objects import HEAD_BYTES, parse_file_meta
 from dicomrst.backends.values import UploadedInstance
+from dicomrst.common.codecs import install as install_decoders
 from dicomrst.config import parse_config
 from dicomrst.errors import (
     NotFound,
@@ -68,6 +69,7 @@ reactor: Any = _global_reactor
 TIMEOUT = 240
 BUCKET = "dicom-bucket"
 AET = "S3AET"
+MPEG2 = "1.2.840.10008.1.2.4.100"  # no decoder: video
 
 
 # -- data in the bucket ------------------------------------------------------------------------
@@ -480,6 +482,44 @@ class MetadataHeadTests(S3TestCase):
             instance_metadata_json(b"".join(sink.parts[0].data), EXPLICIT_VR_LE, "B"),
             instance_metadata_json(study[2].data[parse_file_meta(study[2].data)[0] :], EXPLICIT_VR_LE, "B"),  # type: ignore[index]
         )
+
+
+class DecodingTests(S3TestCase):
+    async def test_compressed_objects_decoded_or_refused_never_cut_off(self) -> None:
+        """A plain install decodes every syntax pydicom can: RLE, JPEG-LS, JPEG 2000 and JPEG
+        lossless objects asked for as Explicit VR LE arrive decoded.  One no decoder handles
+        (here a JPEG relabelled MPEG-2 video) is a 406 naming the Accept that gets it, and
+        arrives as stored with ``transfer-syntax=*``."""
+        install_decoders()  # for the originals' pixel_array in this process
+        moto = await self.moto()
+        names = ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+                 "SC_rgb_jpeg_gdcm.dcm")  # fmt: skip
+        compressed = [fresh(dcmread(get_testdata_file(name)), name) for name in names]
+        video = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+        video.file_meta.TransferSyntaxUID = MPEG2
+        mpeg = fresh(video, "mpeg")
+        await upload(moto, BUCKET, {key_of(item): item.data for item in [*compressed, mpeg]})
+        gw = await start_gateway(self, [s3_aet(moto)])
+
+        for item in compressed:
+            response = await gw.get(instance_path(AET, item.study))
+            self.assertEqual(response.code, 200, f"{item.label}: {response.body[:300]!r}\n{gw.log_tail()}")
+            body = parse_multipart(response.header("Content-Type"), response.body)
+            self.assertTrue(body.closed, item.label)
+            self.assertEqual(body.parts[0].headers.get("Content-Type"), PART_CONTENT_TYPE, item.label)
+            got, original = body.parts[0].dataset(), item.dataset()
+            self.assertEqual(got.file_meta.TransferSyntaxUID, EXPLICIT_VR_LE)
+            self.assertEqual(got.PixelData, original.pixel_array.tobytes(), item.label)
+
+        for path in (instance_path(AET, mpeg.study), instance_path(AET, mpeg.study, mpeg.series, mpeg.sop)):
+            refused = await gw.get(path)
+            self.assertEqual(refused.code, 406, refused.body[:300])
+            self.assertIn(f"transfer-syntax={MPEG2}", refused.json()["error"])
+            response = await gw.get(path, headers={"Accept": ANY_SYNTAX})
+            self.assertEqual(response.code, 200, response.body[:300])
+            parts = parse_multipart(response.header("Content-Type"), response.body).parts
+            self.assertEqual(parts[0].headers["Content-Type"], f"application/dicom; transfer-syntax={MPEG2}")
+            self.assertTrue(mpeg.data.endswith(parts[0].body[-1000:]))
 
 
 class GatewayStowTests(S3TestCase):

@@ -152,7 +152,7 @@ class OrthancMoveTests(wado.OrthancRetrieveTests, wado.RetrieveTestCase):
 
     async def test_compressed_pass_through(self) -> None:
         """With `uncompressed: false`, `transfer-syntax=*` gives a compressed original in its
-        stored syntax, byte for byte; the default (Explicit VR LE) gives RLE decompressed."""
+        stored syntax, byte for byte; the default (Explicit VR LE) gives RLE and JPEG 2000 decompressed."""
         orthanc, listener_port = await start_orthanc_for_move(self)
         rle = fresh(dcmread(get_testdata_file("MR_small_RLE.dcm")), "rle")
         j2k = fresh(dcmread(get_testdata_file("JPEG2000.dcm")), "j2k")
@@ -183,6 +183,11 @@ class OrthancMoveTests(wado.OrthancRetrieveTests, wado.RetrieveTestCase):
         for ds in (got, original):
             del ds.PixelData
         assert_same_dataset(self, got, original, "rle decompressed")
+
+        # JPEG 2000 too: the plain install brings its decoder (and here, Pillow's would do).
+        response = await gw.get(instance_path(ORTHANC_AET, j2k.study))
+        parts = self.assert_multipart(gw, response, ORTHANC_AET, self.expect([j2k]))
+        self.assertEqual(parts[0].dataset().PixelData, j2k.dataset().pixel_array.tobytes())
 
     async def test_eight_concurrent_series(self) -> None:
         await self.eight_concurrent_series("concurrent")

@@ -101,3 +101,180 @@ class BrokenPartTests(TestCase):
         part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
         self.assertEqual((sink.dropped, request.written), (0, []))
+
+
+# -- instances that cannot be served as asked: 406 before the response, never a silent cut ----
+
+MPEG2 = "1.2.840.10008.1.2.4.100"  # video: no decoder turns it into Explicit VR LE
+RLE = "1.2.840.10008.1.2.5"
+
+
+class SynchronousThreads:
+    """A reactor whose thread pool runs each call at once, on the test's thread."""
+
+    def getThreadPool(self) -> SynchronousThreads:
+        return self
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        from twisted.python.failure import Failure
+
+        try:
+            result = f(*args, **kwargs)
+        except Exception as e:
+            on_result(False, Failure(e))
+        else:
+            on_result(True, result)
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class FakeBackend:
+    """Delivers instances (sop uid, syntax, data set bytes) to the sink as a retrieve
+    does: a refused instance is skipped, the rest written."""
+
+    aet = "PACS"
+
+    def __init__(self, instances: list[tuple[str, str, bytes]]) -> None:
+        self.instances = instances
+        self.refused: list[str] = []
+
+    def retrieve(self, study: str, series: Any, instance: Any, *, sink: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        for uid, syntax, data in self.instances:
+            try:
+                part = sink.begin(CT_IMAGE_STORAGE, uid, syntax)
+            except Exception:
+                self.refused.append(uid)
+                continue
+            part.done.addErrback(lambda _: None)  # the source reports the instance failed
+            part.dataReceived(data)
+            part.dataFinished()
+        return succeed(len(self.instances))
+
+
+def broken_rle() -> bytes:
+    from pydicom.encaps import encapsulate
+
+    ds = instance("1.2.3", "1.2.3.4")
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsStored, ds.HighBit = 8, 8, 1, 16, 15
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([b"\x01\x00\x00\x00" + b"\x00" * 60])  # an RLE header, no segments
+    ds["PixelData"].VR = "OB"
+    return encode(ds)
+
+
+class UnservableTests(TestCase):
+    def sink(self, accept: str | None, reactor: Any = None) -> tuple[MultipartSink, Request, list[str]]:
+        aborted: list[str] = []
+        request = Request(FileDescriptor())
+        sink = MultipartSink(
+            request,
+            reactor if reactor is not None else Clock(),
+            select_instance_media(accept, None),
+            "http://gw/aets/PACS",
+            "1.2.3",
+            None,
+            abort=aborted.append,
+        )
+        return sink, request, aborted
+
+    def send(self, sink: MultipartSink, backend: FakeBackend) -> Any:
+        from twisted.internet.defer import Deferred
+
+        from dicomrst.wado import retrieve
+
+        return Deferred.fromCoroutine(retrieve.send(backend, sink, "1.2.3"))  # type: ignore[arg-type]
+
+    def test_known_before_the_response_is_406_and_nothing_goes_out(self) -> None:
+        from dicomrst.errors import NotAcceptable
+
+        sink, request, aborted = self.sink(None)  # Explicit VR LE only
+        good = encode(instance("1.2.3", "1.2.3.4"))
+        backend = FakeBackend([("1.9.1", MPEG2, b"video"), ("1.9.2", EXPLICIT_VR_LE, good)])
+        failure = self.failureResultOf(self.send(sink, backend), NotAcceptable)
+        message = str(failure.value)
+        self.assertIn("1.9.1", message)
+        self.assertIn(f"transfer-syntax={MPEG2}", message)  # how to get it
+        # The second instance is refused too: a 200 without the first would claim the
+        # whole study.
+        self.assertEqual(backend.refused, ["1.9.1", "1.9.2"])
+        self.assertEqual((request.written, aborted), ([], []))
+
+    def test_accepted_as_stored_goes_out_as_stored(self) -> None:
+        sink, request, aborted = self.sink('multipart/related; type="application/dicom"; transfer-syntax=*')
+        backend = FakeBackend([("1.9.1", MPEG2, b"video-bytes")])
+        self.assertTrue(self.successResultOf(self.send(sink, backend)))
+        body = b"".join(request.written)
+        self.assertIn(f"transfer-syntax={MPEG2}".encode(), body)
+        self.assertIn(b"video-bytes", body)
+        self.assertEqual(aborted, [])
+
+    def test_known_only_after_the_response_started_cuts_it_off_after_the_rest(self) -> None:
+        sink, request, aborted = self.sink(None)
+        good = encode(instance("1.2.3", "1.2.3.4"))
+        backend = FakeBackend(
+            [("1.9.1", EXPLICIT_VR_LE, good), ("1.9.2", MPEG2, b"video"), ("1.9.3", EXPLICIT_VR_LE, good)]
+        )
+        self.assertFalse(self.successResultOf(self.send(sink, backend)))
+        self.assertEqual(backend.refused, ["1.9.2"])
+        self.assertEqual(sink.parts, 2)  # the instances after it still went out
+        self.assertEqual(aborted, ["error"])  # then the body was cut off: no closing delimiter
+        self.assertNotIn(sink.writer.close(), request.written)
+
+    def test_a_decoding_failure_falls_back_to_the_stored_syntax(self) -> None:
+        accept = (
+            'multipart/related; type="application/dicom", '
+            'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5'
+        )
+        sink, request, _aborted = self.sink(accept, SynchronousThreads())
+        data = broken_rle()
+        backend = FakeBackend([("1.9.1", RLE, data)])
+        self.assertTrue(self.successResultOf(self.send(sink, backend)))  # decoding was tried first
+        body = b"".join(request.written)
+        self.assertIn(f"transfer-syntax={RLE}".encode(), body)
+        self.assertIn(data, body)
+
+    def test_a_decoding_failure_not_accepted_as_stored_is_406(self) -> None:
+        from dicomrst.errors import NotAcceptable
+
+        sink, request, _aborted = self.sink(None, SynchronousThreads())
+        backend = FakeBackend([("1.9.1", RLE, broken_rle())])
+        failure = self.failureResultOf(self.send(sink, backend), NotAcceptable)
+        self.assertIn("cannot be decoded", str(failure.value))
+        self.assertEqual(request.written, [])
+
+    def test_a_decodable_instance_is_decoded(self) -> None:
+        import numpy as np
+        from pydicom.dataset import FileMetaDataset
+
+        ds = instance("1.2.3", "1.2.3.4")
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsStored, ds.HighBit = 4, 4, 1, 16, 15
+        ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+        pixels = np.arange(16, dtype="<u2").reshape(4, 4)
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
+        ds.compress(RLE, encoding_plugin="pydicom")
+        data = encode(ds)
+        sink, request, _aborted = self.sink(None, SynchronousThreads())
+        self.assertTrue(self.successResultOf(self.send(sink, FakeBackend([("1.9.1", RLE, data)]))))
+        body = b"".join(request.written)
+        self.assertIn(f"transfer-syntax={EXPLICIT_VR_LE}".encode(), body)
+        self.assertIn(pixels.tobytes(), body)
+
+    def test_an_instance_under_way_when_another_is_refused_does_not_start_the_response(self) -> None:
+        # Two sub-operation associations of one C-MOVE may deliver at once.
+        sink, request, aborted = self.sink(None)
+        good = encode(instance("1.2.3", "1.2.3.4"))
+        under_way = sink.begin(CT_IMAGE_STORAGE, "1.9.1", EXPLICIT_VR_LE)
+        under_way.dataReceived(good[:10])  # still peeking for the series UID: nothing out yet
+        from dicomrst.errors import NotAcceptable
+
+        self.assertRaises(NotAcceptable, sink.begin, CT_IMAGE_STORAGE, "1.9.2", MPEG2)
+        under_way.dataReceived(good[10:])
+        under_way.dataFinished()
+        self.assertEqual(self.successResultOf(under_way.done), 0xA700)  # not delivered
+        self.assertEqual((request.written, aborted, sink.started), ([], [], False))

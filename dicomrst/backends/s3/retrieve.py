@@ -36,7 +36,7 @@ from dicomrst.backends.s3.objects import HEAD_BYTES, NotDicomObject, parse_file_
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from dicomrst.errors import NotFound, UpstreamError, UpstreamTimeout
+from dicomrst.errors import NotAcceptable, NotFound, UpstreamError, UpstreamTimeout
 from dicomrst.logs import logger
 
 log = logger("dicomrst.s3")
@@ -439,8 +439,12 @@ class Retrieval:
         except Exception as e:
             if self.sink.gone:
                 raise CancelledError() from e
-            log.warn("instance {key} not delivered: {why}", key=fetch.key, why=str(e))
             fetch.abort()
+            if isinstance(e, NotAcceptable) and not self.sink.started:
+                # The answer will be a 406 (the sink refuses the rest too): stop here
+                # rather than download the rest of the study for nothing.
+                raise
+            log.warn("instance {key} not delivered: {why}", key=fetch.key, why=str(e))
             return
         self.current = fetch
         fetch.attach(consumer)
