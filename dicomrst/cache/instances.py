@@ -28,6 +28,7 @@ retrieve of its own.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 
 import attrs
@@ -123,6 +124,16 @@ class InstanceCache:
         self._waiters: dict[Key, list[_Waiter]] = {}
         self._retrievals: list[_Retrieval] = []
         self._stopped = False
+        self._claim = True  # the directory is ours to create, lock and empty
+
+    @classmethod
+    def off(cls, clock: IReactorTime) -> InstanceCache:
+        """A cache that keeps nothing: `instance` retrieves each instance alone into an
+        anonymous file in the system's temporary directory, `retrieve` is the backend's.
+        What a `WebContext` built without a cache uses, so routes always have one."""
+        cache = cls(clock, tempfile.gettempdir(), max_size=0)
+        cache._claim = False
+        return cache
 
     @property
     def directory(self) -> str:
@@ -135,7 +146,8 @@ class InstanceCache:
     def start(self) -> None:
         """Claim and empty the directory (`CacheDirectoryError` if it cannot be ours)."""
         self._stopped = False
-        self.store.start()
+        if self._claim:
+            self.store.start()
 
     def stop(self) -> None:
         """Answer every waiter with `ServiceUnavailable`, cancel the cache's own retrieves,

@@ -147,7 +147,7 @@ class GatewayApp:
     :param echo_timeout: seconds ``GET /aets/{aet}`` waits for the echo.
     :param stow_spool_dir: where STOW-RS parts larger than `stow_spool_threshold` bytes
         are spooled (None: the system's temporary directory).
-    :param cache: the instance cache (None: none).
+    :param cache: the instance cache (None: one that keeps nothing, `InstanceCache.off`).
     """
 
     app = Klein()
@@ -169,7 +169,13 @@ class GatewayApp:
         cache: InstanceCache | None = None,
     ) -> None:
         self.context = WebContext(
-            backends, reactor, base_path, echo_timeout, stow_spool_dir, stow_spool_threshold, cache
+            backends,
+            reactor,
+            base_path,
+            echo_timeout,
+            stow_spool_dir,
+            stow_spool_threshold,
+            cache if cache is not None else InstanceCache.off(reactor),
         )
 
     def resource(self) -> IResource:

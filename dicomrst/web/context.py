@@ -34,8 +34,8 @@ class WebContext:
         temporary directory).
     :ivar stow_spool_threshold: parts larger than this many bytes are spooled.
     :ivar cache: the instance cache (``server.cache``): WADO-RS instances and metadata
-        responses fill it; frames, bulk data and rendered are served from it.  None: no
-        cache (retrieves go straight to the backend).
+        responses fill it; frames, bulk data and rendered are served from it.  Left out:
+        one that keeps nothing (`InstanceCache.off`), so routes always have one to call.
     """
 
     backends: Mapping[str, IBackend]
@@ -44,7 +44,9 @@ class WebContext:
     echo_timeout: float = 10.0
     stow_spool_dir: str | None = None
     stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
-    cache: InstanceCache | None = None
+    cache: InstanceCache = attrs.field(
+        default=attrs.Factory(lambda self: InstanceCache.off(self.reactor), takes_self=True)
+    )
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

@@ -363,6 +363,27 @@ class EntryTests(CacheTestCase):
         self.failureResultOf(waiting, NotFound)
 
 
+class OffTests(SynchronousTestCase):
+    def test_a_cache_that_keeps_nothing(self) -> None:
+        """What routes get when the app was built without a cache: each instance alone, in
+        an anonymous temporary file; the system's temporary directory is never claimed."""
+        cache = InstanceCache.off(Clock())
+        cache.start()
+        self.assertFalse(os.path.exists(os.path.join(cache.directory, MARKER)))
+        backend = FakeBackend("PACS")
+        waiting = cache.instance(backend, STUDY, SERIES, sop_uid(0))
+        call = backend.retrieves[0]
+        self.assertEqual(call.instance, sop_uid(0))
+        send(call.sink, Item(0))
+        call.deferred.callback(1)
+        with self.successResultOf(waiting) as found:
+            self.assertEqual(found.file.read()[found.dataset_offset :], Item(0).data)
+        sink = RecordingSink()
+        cache.retrieve(backend, STUDY, SERIES, None, sink=sink)
+        self.assertIs(backend.retrieves[1].sink, sink)
+        cache.stop()
+
+
 class BoundsTests(CacheTestCase):
     # Room for two of the instances below (each ~4.5 kB with its file meta), not three.
     max_size = 10_000
