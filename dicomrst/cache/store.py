@@ -125,8 +125,9 @@ def entry_name(key: Key) -> str:
 
 
 class EntryWriter:
-    """One entry being written: ``header`` (preamble and file meta), then the data set's
-    fragments (`write`), then `commit` (renamed into place) or `discard`."""
+    """One entry being written: its header (preamble and file meta, `EntryStore.writer`
+    writes it), then the data set's fragments (`write`), then `commit` (renamed into
+    place) or `discard`."""
 
     def __init__(
         self, store: EntryStore, key: Key, sop_class_uid: str, transfer_syntax: str, header: bytes
@@ -143,7 +144,6 @@ class EntryWriter:
         self.file: BinaryIO = open(self.path, "xb", buffering=WRITE_BUFFER)
         self.written = 0
         self.ended = False
-        self.write(header)
 
     def write(self, data: bytes) -> None:
         if self.ended:
@@ -290,7 +290,8 @@ class EntryStore:
             )
             return None
         self._writers[key] = writer
-        return writer
+        writer.write(header)
+        return None if writer.ended else writer  # ended: no room even for the header
 
     def grew(self, writer: EntryWriter, n: int) -> None:
         self.inflight += n

@@ -440,6 +440,24 @@ class BoundsTests(CacheTestCase):
         consumer.dataFinished()
         self.assertEqual((self.files(), len(self.cache.store)), ([], 0))
 
+    def test_no_room_even_for_the_header(self) -> None:
+        self.cache.stop()
+        self.cache = self.make_cache(max_size=100)
+        self.cache.start()
+        sink = RecordingSink()
+        self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=sink)
+        send(self.the_retrieve().sink, Item(0))
+        self.assertEqual(sink.consumers[0].data, Item(0).data)  # the response is served
+        self.assertEqual((self.files(), self.cache.store.inflight), ([], 0))
+        self.the_retrieve().deferred.callback(1)
+        # Nothing left behind that would keep the instance from being written for a waiter.
+        waiting = self.ask(0)
+        call = self.backend.retrieves[-1]
+        self.assertEqual(call.instance, None)
+        send(call.sink, Item(0))
+        self.got(waiting, Item(0))
+        self.assertEqual(self.files(), [])
+
     def test_ttl_on_the_clock(self) -> None:
         self.fill(0)
         self.clock.advance(TTL - 1)
