@@ -179,6 +179,8 @@ class Gateway(Process):
                     "request-timeout": request_timeout_ms,
                 },
                 "dimse": [{"aet": dimse_aet, "interface": "127.0.0.1", "port": self.dimse_port}],
+                # One per gateway: several may run at once, and each locks its own.
+                "cache": {"path": str(workdir / f"{name}-cache")},
             },
             "aets": aets,
         }

@@ -111,6 +111,7 @@ class StowGateway(peers.Process):
                     "max-upload-size": max_upload,
                 },
                 "dimse": [],
+                "cache": {"path": str(workdir / f"{name}-cache")},
             },
             "aets": [
                 {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from dicomrst.logs import parse_level
 
 __all__ = [
     "AetConfig",
+    "CacheConfig",
     "Config",
     "ConfigError",
     "DimseServerConfig",
@@ -353,12 +355,36 @@ class DimseServerConfig:
         return self.endpoint or _tcp_endpoint(self.port, self.interface)
 
 
+def default_cache_path() -> str:
+    """``server.cache.path`` when not given: per user, so two users' gateways on one host
+    do not fight over one directory in a shared temporary directory."""
+    return os.path.join(tempfile.gettempdir(), f"dicomrst-cache-{os.geteuid()}")
+
+
+@attrs.frozen
+class CacheConfig:
+    """Not in DICOM-RST: the on-disk instance cache (``dicomrst.cache``)."""
+
+    # The directory, emptied at every start; None: `default_cache_path()`.
+    path: str | None = _key(_optional(_string()), None)
+    max_size: int = _key(_integer(0), 2_000_000_000)  # bytes on disk; 0 turns the cache off
+    ttl: int = _key(_MS, 300_000)  # an entry is not served once this old
+
+    @property
+    def ttl_s(self) -> float:
+        return self.ttl / 1000
+
+    def directory(self) -> str:
+        return self.path if self.path is not None else default_cache_path()
+
+
 @attrs.frozen
 class ServerConfig:
     aet: str = _key(_ae_title, "DICOM-RST")  # our calling AE title towards PACS
     http: HttpConfig = _key(_section(HttpConfig), factory=HttpConfig)
     dimse: tuple[DimseServerConfig, ...] = _key(
         _list_of(_entry(DimseServerConfig)), factory=lambda: (DimseServerConfig(),))
+    cache: CacheConfig = _key(_section(CacheConfig), factory=CacheConfig)
 
 
 @attrs.frozen
@@ -480,6 +506,7 @@ class AetConfig:
 
     aet: str = _key(_url_ae_title)  # also the URL segment /aets/{aet}
     backend: str = _key(_BACKEND, "DIMSE")
+    cache: bool = _key(_boolean, True)  # not in DICOM-RST: false keeps its instances out of server.cache
     # backend: DIMSE
     host: str | None = _key(_string(), None, backend="DIMSE", required=True)
     port: int | None = _key(_PORT, None, backend="DIMSE", required=True)
@@ -594,7 +621,10 @@ def config_warnings(config: Config) -> list[str]:
             "milliseconds, DICOM-RST's code in seconds; for "
             f"{http.request_timeout} seconds write {http.request_timeout * 1000}"
         )
-    times = [("server.http.header-timeout", http.header_timeout)]
+    times = [
+        ("server.http.header-timeout", http.header_timeout),
+        ("server.cache.ttl", config.server.cache.ttl),
+    ]
     for i, aet in enumerate(config.aets):
         if aet.backend != "DIMSE":
             continue

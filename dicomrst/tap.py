@@ -20,6 +20,7 @@ from twisted.python import usage
 import dicomrst
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.pacs import DimseBackend
+from dicomrst.cache import CacheDirectoryError, InstanceCache
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
@@ -70,6 +71,37 @@ class BackendsService(Service):
         return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
 
 
+class CacheService(Service):
+    """Owns the instance cache: claims and empties its directory at start; at stop, cancels
+    its retrieves (before the backends stop) and deletes its entries."""
+
+    def __init__(self, cache: InstanceCache) -> None:
+        self.cache = cache
+
+    def startService(self) -> None:
+        try:
+            self.cache.start()
+        except CacheDirectoryError as e:
+            _die(f"config error: server.cache.path: {e}")
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.cache.stop()
+
+
+def make_cache(config: Config, reactor: IGatewayReactor) -> InstanceCache:
+    """The instance cache of ``server.cache`` (``aets[].cache: false`` bypasses it)."""
+    settings = config.server.cache
+    return InstanceCache(
+        reactor,
+        settings.directory(),
+        max_size=settings.max_size,
+        ttl=settings.ttl_s,
+        bypass=[aet.aet for aet in config.aets if not aet.cache],
+    )
+
+
 class DimseListenerService(ListeningService):
     """One ``server.dimse[]`` listener; aborts its open associations when stopped."""
 
@@ -88,7 +120,8 @@ FLUSH_TIMEOUT = 5.0
 
 
 class GatewayService(MultiService):
-    """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, backends."""
+    """The whole gateway.  Children stop in reverse order: HTTP, DIMSE listeners, the
+    cache, backends."""
 
     def __init__(self, reactor: IGatewayReactor | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -145,7 +178,7 @@ async def _flushed(reactor: IGatewayReactor, bound: float) -> None:
 
 def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
-    the order they stop): the backends, the DIMSE listeners, HTTP."""
+    the order they stop): the backends, the cache, the DIMSE listeners, HTTP."""
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
@@ -181,6 +214,10 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
 
             backends[aet.aet] = S3Backend(aet, reactor)
     BackendsService(backends).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    # After the backends: it stops before them, so its retrieves are cancelled while the
+    # associations they run on still exist.
+    cache = make_cache(config, reactor)
+    CacheService(cache).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
@@ -198,7 +235,9 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     http = config.server.http
     description = http.endpoint_description()
     _check_endpoint(reactor, description, "server.http.endpoint")
-    app = GatewayApp(backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s)
+    app = GatewayApp(
+        backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s, cache=cache
+    )
     site = make_site(
         app.resource(),
         reactor,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError
 
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.cache import InstanceCache
 from dicomrst.common.identifiers import describe_target
 from dicomrst.errors import DicomrstError, NotFound, UpstreamError
 from dicomrst.logs import logger
@@ -27,8 +28,11 @@ async def send(
     study: str,
     series: str | None = None,
     instance: str | None = None,
+    *,
+    cache: InstanceCache | None = None,
 ) -> bool:
-    """Retrieve the study, series or instance from `backend` into `sink`.
+    """Retrieve the study, series or instance from `backend` into `sink` (and, through
+    `cache`, into the instance cache as it streams).
 
     True: the response ended cleanly.  False: it was cut off after it began (the failure
     is logged here, in one line).  Raises when nothing was written yet: the backend's
@@ -40,7 +44,10 @@ async def send(
     aet = backend.aet
     what = describe_target(study, series, instance)
     try:
-        await backend.retrieve(study, series, instance, sink=sink)
+        if cache is not None:
+            await cache.retrieve(backend, study, series, instance, sink=sink)
+        else:
+            await backend.retrieve(study, series, instance, sink=sink)
     except CancelledError:
         sink.abandon()
         raise

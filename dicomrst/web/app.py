@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from dicomrst import NAME, __version__
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.cache import InstanceCache
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import BadRequest, NotFound, UpstreamTimeout
 from dicomrst.qido.target import Target
@@ -146,6 +147,7 @@ class GatewayApp:
     :param echo_timeout: seconds ``GET /aets/{aet}`` waits for the echo.
     :param stow_spool_dir: where STOW-RS parts larger than `stow_spool_threshold` bytes
         are spooled (None: the system's temporary directory).
+    :param cache: the instance cache (None: one that keeps nothing, `InstanceCache.off`).
     """
 
     app = Klein()
@@ -164,9 +166,16 @@ class GatewayApp:
         echo_timeout: float = 10.0,
         stow_spool_dir: str | None = None,
         stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
+        cache: InstanceCache | None = None,
     ) -> None:
         self.context = WebContext(
-            backends, reactor, base_path, echo_timeout, stow_spool_dir, stow_spool_threshold
+            backends,
+            reactor,
+            base_path,
+            echo_timeout,
+            stow_spool_dir,
+            stow_spool_threshold,
+            cache if cache is not None else InstanceCache.off(reactor),
         )
 
     def resource(self) -> IResource:

@@ -14,6 +14,7 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.cache import InstanceCache
 from dicomrst.common.addresses import format_address
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
@@ -32,6 +33,9 @@ class WebContext:
     :ivar stow_spool_dir: where large STOW-RS parts are spooled (None: the system's
         temporary directory).
     :ivar stow_spool_threshold: parts larger than this many bytes are spooled.
+    :ivar cache: the instance cache (``server.cache``): WADO-RS instances and metadata
+        responses fill it; frames, bulk data and rendered are served from it.  Left out:
+        one that keeps nothing (`InstanceCache.off`), so routes always have one to call.
     """
 
     backends: Mapping[str, IBackend]
@@ -40,6 +44,9 @@ class WebContext:
     echo_timeout: float = 10.0
     stow_spool_dir: str | None = None
     stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
+    cache: InstanceCache = attrs.field(
+        default=attrs.Factory(lambda self: InstanceCache.off(self.reactor), takes_self=True)
+    )
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

@@ -4,7 +4,8 @@
 Checks in order: unknown AET (404), malformed UID (400), Accept (406/400); HEAD stops
 there with the headers a GET would carry (no retrieve); an Accept that nothing the AET's
 retrieves deliver can satisfy is a 406 before anything moves.  Then the response's sink
-is made and `dicomrst.wado.retrieve.send` streams the retrieve into it.
+is made and `dicomrst.wado.retrieve.send` streams the retrieve into it (and into the
+instance cache on the way).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def retrieve(
         sink = MultipartSink(
             concrete, context.reactor, choice, location, study, series, source_aet=aet, abort=abort
         )
-    if await wado_retrieve.send(backend, sink, study, series, instance):
+    if await wado_retrieve.send(backend, sink, study, series, instance, cache=context.cache):
         return b""
     # Cut off: a resource for Klein that writes nothing and never finishes.
     return NoResponse()  # type: ignore[no-untyped-call]  # Resource.__init__, unannotated in Twisted

@@ -362,6 +362,17 @@ class ConfigErrorTests(TestCase):
         config["server"]["http"]["endpoint"] = "bogus:1"
         await self.assert_fails(config, "server.http.endpoint", "bogus:1")
 
+    async def test_cache_directory_that_is_not_a_cache(self) -> None:
+        """A mistyped ``server.cache.path`` naming someone's directory: the gateway would
+        empty it at start, so it does not start (and the files stay)."""
+        directory = peers._temp_dir(self, "not-a-cache")
+        with open(os.path.join(directory, "notes.txt"), "w", encoding="utf-8") as f:
+            f.write("mine")
+        config = self.valid()
+        config["server"]["cache"] = {"path": directory}
+        await self.assert_fails(config, "config error: server.cache.path", "not a dicomrst cache")
+        self.assertEqual(os.listdir(directory), ["notes.txt"])
+
     async def test_missing_config_file(self) -> None:
         await self.assert_fails(None, "cannot read config file")
 

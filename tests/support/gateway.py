@@ -89,6 +89,9 @@ def gateway_config(
             "dimse": [
                 {"aet": LISTENER_AET, "interface": peers.LOCALHOST, "port": dimse_port, **(listener or {})}
             ],
+            # Relative to the gateway's working directory, its own temp directory: gateways
+            # of parallel test runs (trial -j) must not share the default one.
+            "cache": {"path": "cache"},
         },
         "aets": [dict(a) for a in aets],
     }

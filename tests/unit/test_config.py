@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.config import (
     AetConfig,
+    CacheConfig,
     Config,
     ConfigError,
     DimseServerConfig,
@@ -23,6 +24,7 @@ from dicomrst.config import (
     StowConfig,
     WadoConfig,
     config_warnings,
+    default_cache_path,
     default_resolver,
     load_config,
     parse_config,
@@ -205,6 +207,26 @@ class DefaultsTests(SynchronousTestCase):
                                                  retrieve="move"))
         self.assertIsNone(aet.credentials)
 
+    def test_cache_defaults(self) -> None:
+        cache = Config().server.cache
+        self.assertEqual(cache, CacheConfig(path=None, max_size=2_000_000_000, ttl=300_000))
+        self.assertEqual(cache.ttl_s, 300.0)
+        directory = cache.directory()
+        self.assertEqual(directory, default_cache_path())
+        self.assertTrue(os.path.isabs(directory))
+        self.assertIn(str(os.geteuid()), os.path.basename(directory))
+        self.assertTrue(parse(with_aets(dimse_aet())).aets[0].cache)
+
+    def test_cache_keys(self) -> None:
+        data = with_aets(dimse_aet(cache=False), dict(S3_AET, cache=False), dimse_aet("OTHER"))
+        data["server"] = {"cache": {"path": "/var/cache/dicomrst", "max-size": 0, "ttl": 60_000}}
+        config = parse(data)
+        self.assertEqual(config.server.cache, CacheConfig(path="/var/cache/dicomrst", max_size=0, ttl=60_000))
+        self.assertEqual(config.server.cache.directory(), "/var/cache/dicomrst")
+        self.assertEqual([a.cache for a in config.aets], [False, False, True])
+        # `cache:` with every key commented out: all defaults.
+        self.assertEqual(parse(yaml.safe_load("server:\n  cache:\n")).server.cache, CacheConfig())
+
     def test_s3_defaults(self) -> None:
         aet = parse(with_aets({"aet": "S3", "backend": "s3", "endpoint": "https://s3.example",
                                "bucket": "b"})).aets[0]
@@ -376,6 +398,14 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(with_aets(dimse_aet(pool={"max-idle": "2"})), "aets[0].pool.max-idle",
                          "expected an integer")
         self.assertError(with_aets(dimse_aet(pool={"size": 0})), "aets[0].pool.size", "at least 1")
+        cache = "server.cache.max-size"
+        self.assertError({"server": {"cache": {"max-size": -1}}}, cache, "at least 0, got -1")
+        self.assertError({"server": {"cache": {"max-size": "2GB"}}}, cache, "expected an integer")
+        self.assertError({"server": {"cache": {"ttl": -1}}}, "server.cache.ttl", "at least 0, got -1")
+        self.assertError({"server": {"cache": {"path": ""}}}, "server.cache.path", "must not be empty")
+        self.assertError({"server": {"cache": {"path": 5}}}, "server.cache.path", "expected a string")
+        self.assertError({"server": {"cache": {"size": 5}}}, "server.cache.size", "unknown key")
+        self.assertError(with_aets(dimse_aet(cache="no")), "aets[0].cache", "expected true or false")
         self.assertError(with_aets(dict(S3_AET, concurrency=0)), "aets[0].concurrency", "at least 1")
 
     def test_ae_titles(self) -> None:
@@ -618,6 +648,10 @@ class WarningTests(SynchronousTestCase):
                 "for 30 seconds write 30000",
             ],
         )
+
+    def test_cache_ttl_below_a_second(self) -> None:
+        [warning] = config_warnings(parse({"server": {"cache": {"ttl": 300}}}))
+        self.assertTrue(warning.startswith("server.cache.ttl is 300 ms: times are in milliseconds"), warning)
 
     def test_sentry_does_nothing(self) -> None:
         [warning] = config_warnings(parse({"telemetry": {"sentry": "https://key@sentry.example/1"}}))

@@ -1,7 +1,9 @@
-"""The service tree's shutdown order, the HTTP keys reaching the site, and WADO's up-front
-406 (no retrieve started)."""
+"""The service tree's shutdown order, the HTTP and cache keys reaching their services, and
+WADO's up-front 406 (no retrieve started)."""
 
 from __future__ import annotations
+
+import os
 
 from treq.testing import StubTreq
 from twisted.application.service import Service
@@ -11,12 +13,15 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.cache import InstanceCache
+from dicomrst.cache.store import MARKER
 from dicomrst.config import parse_config
 from dicomrst.logs import set_level
-from dicomrst.tap import GatewayService, Options, build, makeService
+from dicomrst.tap import CacheService, GatewayService, Options, build, makeService
 from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.service import HTTPService
+from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, encode, instance
 from tests.support.fakes import FakeBackend
 
 
@@ -72,6 +77,35 @@ class UpFrontNotAcceptableTests(SynchronousTestCase):
         self.assertEqual(len(backend.retrieves), 1)
 
 
+class CachedResponseTests(SynchronousTestCase):
+    def test_a_series_response_fills_the_cache(self) -> None:
+        """WADO-RS responses retrieve through the cache (metadata too: the same `send`):
+        what they stream is kept, and frames of that series then need no retrieve."""
+        backend = FakeBackend("PACS")
+        clock = Clock()
+        cache = InstanceCache(clock, self.mktemp(), max_size=10**7, ttl=300)
+        cache.start()
+        self.addCleanup(cache.stop)
+        stub = StubTreq(GatewayApp({"PACS": backend}, clock, cache=cache).resource())
+        for path in ("/series/1.2.3.4", ""):
+            pending = stub.get(f"http://gw/aets/PACS/studies/1.2.3{path}")
+            call = backend.retrieves[-1]
+            ds = instance("1.2.3", "1.2.3.4")
+            ds.SOPInstanceUID = sop = f"1.2.3.4.{len(backend.retrieves)}"
+            part = call.sink.begin(CT_IMAGE_STORAGE, sop, EXPLICIT_VR_LE)
+            part.dataReceived(encode(ds))
+            part.dataFinished()
+            call.deferred.callback(1)
+            stub.flush()
+            response = self.successResultOf(pending)
+            self.assertEqual(response.code, 200)
+            self.assertIn(sop.encode("ascii"), self.successResultOf(response.content()))
+            found = self.successResultOf(cache.instance(backend, "1.2.3", "1.2.3.4", sop))
+            found.close()
+        self.assertEqual(len(backend.retrieves), 2)
+        self.assertEqual(cache.hits, 2)
+
+
 class LateStoreTests(SynchronousTestCase):
     def test_instances_arriving_after_the_handler_gave_up_are_refused(self) -> None:
         sink = MultipartSink(object(), Clock(), None, "http://gw/aets/PACS", "1.2.3", None)  # type: ignore[arg-type]
@@ -89,6 +123,37 @@ class SiteSettingsTests(SynchronousTestCase):
         [http] = [s for s in build(config, MemoryReactorClock()) if isinstance(s, HTTPService)]
         site = http.site
         self.assertEqual((site.headerTimeout, site.requestTimeout, site.maxUploadSize), (5.0, 30.0, 1000))
+
+
+class CacheSettingsTests(SynchronousTestCase):
+    def test_the_cache_keys_reach_the_cache_and_the_routes(self) -> None:
+        directory = self.mktemp()
+        config = parse_config(
+            {
+                "server": {"cache": {"path": directory, "max-size": 1234, "ttl": 5000}},
+                "aets": [
+                    {"aet": "KEPT", "host": "127.0.0.1", "port": 104},
+                    {"aet": "NOT", "host": "127.0.0.1", "port": 104, "cache": False},
+                ],
+            }
+        )
+        services = list(build(config, MemoryReactorClock()))
+        [service] = [s for s in services if isinstance(s, CacheService)]
+        [http] = [s for s in services if isinstance(s, HTTPService)]
+        # Between the backends and the listeners: it stops before the backends.
+        self.assertEqual(services.index(service), 1)
+        cache = service.cache
+        # A relative path is resolved when the service tree is built, from where twistd started.
+        self.assertEqual(
+            (cache.directory, cache.store.max_size, cache.store.ttl), (os.path.abspath(directory), 1234, 5.0)
+        )
+        self.assertEqual((cache.caches("KEPT"), cache.caches("NOT")), (True, False))
+        self.assertIs(http.site.resource._app.context.cache, cache)
+        # Nothing on disk until the service starts; emptied and locked then.
+        self.assertFalse(os.path.exists(directory))
+        service.startService()
+        self.assertEqual(os.listdir(directory), [MARKER])
+        service.stopService()
 
 
 class StartupWarningTests(SynchronousTestCase):
