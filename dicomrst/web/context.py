@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
 from dicomrst.common.addresses import format_address
+from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.web.requests import request_host
@@ -36,6 +37,9 @@ class WebContext:
     :ivar cache: the instance cache (``server.cache``): WADO-RS instances and metadata
         responses fill it; frames, bulk data and rendered are served from it.  Left out:
         one that keeps nothing (`InstanceCache.off`), so routes always have one to call.
+    :ivar cpu: the one bounded line of CPU work (decoding frames, rendering) all routes
+        share, so a burst of image requests queues instead of taking every core from the
+        reactor and the streams it serves.
     """
 
     backends: Mapping[str, IBackend]
@@ -46,6 +50,9 @@ class WebContext:
     stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD
     cache: InstanceCache = attrs.field(
         default=attrs.Factory(lambda self: InstanceCache.off(self.reactor), takes_self=True)
+    )
+    cpu: CpuWorkers = attrs.field(
+        default=attrs.Factory(lambda self: CpuWorkers(self.reactor), takes_self=True)
     )
 
     def backend(self, aet: str) -> IBackend:
