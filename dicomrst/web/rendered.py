@@ -206,6 +206,8 @@ async def _multipart_of_instances(
     first_error: BaseException | None = None
     for member in images:
         try:
+            # Never a 503 once under way: each call is made in the turn its predecessor's
+            # place in the line was given up (`CpuWorkers` releases before it answers).
             parts = await context.cpu.run(render_instance, member.handoff, options)
         except (NotAcceptable, RenderFailed, NotFound) as e:
             log.warn(

@@ -512,3 +512,27 @@ class CpuLineTests(RenderedTestCase):
         self.pool.run_next()
         self.assertEqual(self.finish(running)[0].code, 200)
         self.assertEqual(self.pool.calls, [])  # the one that left never ran
+
+    def test_a_series_under_way_keeps_its_place_in_a_full_line(self) -> None:
+        items = [Item("CT_small.dcm", 1), Item("CT_small.dcm", 2), Item("CT_small.dcm", 3)]
+        series = self.start(SERIES_PATH + "/rendered")
+        deliver(self.backend.retrieves[0], *items)  # fills the cache on the way
+        self.assertEqual(self.cpu.running, 1)  # reading the instances' heads
+        other = self.start(items[0].path + "/rendered")
+        self.assertEqual(self.cpu.waiting, 1)
+        response, body = self.fetch(items[1].path + "/rendered")
+        self.assertEqual(response.code, 503, body)
+        runs = 0
+        while self.pool.calls:
+            self.pool.run_next()
+            runs += 1
+            # Whoever asks while the series is under way finds the line full; the
+            # series never does.
+            if self.cpu.waiting:
+                self.assertEqual(self.fetch(items[2].path + "/rendered")[0].code, 503)
+        self.assertEqual(runs, 5)  # heads, three images, the other request
+        response, body = self.finish(series)
+        content_type = header(response, b"content-type")
+        assert content_type is not None
+        self.assertEqual(len(parts_of(content_type, body)), 3)
+        self.assertEqual(self.finish(other)[0].code, 200)
