@@ -58,8 +58,11 @@ def _as_image_ranges(text: str | None, *, query: bool = False) -> str | None:
     its image type (same q), for `select_rendered_media`, which knows single types."""
     if text is None or not text.strip():
         return text
+    parsed = parse_accept(text, query=query)
+    if not parsed:
+        return text  # nothing usable: as it came, so it stays "nothing acceptable" (406)
     ranges = []
-    for rng in parse_accept(text, query=query):
+    for rng in parsed:
         inner = rng.params.get("type")
         if rng.media == "multipart/related" and inner is not None and inner.startswith("image/"):
             ranges.append(f"{inner};q={rng.q}")

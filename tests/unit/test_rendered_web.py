@@ -451,9 +451,10 @@ class ErrorTests(RenderedTestCase):
 
     def test_nothing_acceptable_is_406(self) -> None:
         ct = Item("CT_small.dcm", 1)
-        response, body = self.get(ct.path + "/rendered", headers={"Accept": ["image/jp2"]})
-        self.assertEqual(response.code, 406, body)
-        self.assertEqual(header(response, b"content-type"), "application/json")
+        for accept in ("image/jp2", "garbage", 'multipart/related; type="image/jp2"'):
+            response, body = self.get(ct.path + "/rendered", headers={"Accept": [accept]})
+            self.assertEqual(response.code, 406, (accept, body))
+            self.assertEqual(header(response, b"content-type"), "application/json")
 
     def test_unknown_aet_and_instance_are_404(self) -> None:
         response, body = self.get(f"/aets/NOPE/studies/{STUDY}/rendered")
