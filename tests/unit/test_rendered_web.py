@@ -537,3 +537,18 @@ class CpuLineTests(RenderedTestCase):
         assert content_type is not None
         self.assertEqual(len(parts_of(content_type, body)), 3)
         self.assertEqual(self.finish(other)[0].code, 200)
+
+
+class LeavingTests(RenderedTestCase):
+    def test_a_client_that_leaves_a_series_stops_its_retrieve(self) -> None:
+        conn = Connection(make_site(self.app.resource(), self.clock, request_timeout=30.0))
+        conn.send("GET", SERIES_PATH + "/rendered")
+        call = self.backend.retrieves[0]
+        first, second = Item("CT_small.dcm", 1), Item("CT_small.dcm", 2)
+        deliver(call, first, finish=False)
+        conn.lose()
+        self.assertTrue(call.cancelled)
+        # What still arrives is refused, and nothing was rendered.
+        with self.assertRaises(ConnectionError):
+            call.sink.begin(second.sop_class, second.sop, second.syntax)
+        self.assertEqual(self.pool.calls, 0)
