@@ -240,9 +240,17 @@ class CollectSink:
         self._writers[sop_instance_uid] = writer
         return EntryConsumer(writer, None)
 
-    def instances(self) -> list[CachedInstance]:
-        """The instances that arrived whole and were written (each file now the caller's)."""
-        return [w.instance for w in self._writers.values() if w.complete]
+    def take_instances(self) -> list[CachedInstance]:
+        """The instances that arrived whole, their files now the caller's to close; the
+        files of any others are closed."""
+        taken = []
+        for writer in self._writers.values():
+            if writer.complete:
+                taken.append(writer.instance)
+            else:
+                writer.discard()
+        self._writers.clear()
+        return taken
 
     @property
     def failed(self) -> list[str]:
@@ -263,6 +271,6 @@ class CollectSink:
         self.close()
 
     def close(self) -> None:
-        """Close every file (those handed on too: call once they are done with)."""
+        """Close the files not taken (`take_instances`)."""
         for writer in self._writers.values():
             writer.discard()

@@ -120,12 +120,13 @@ async def rendered(
     except BaseException:
         sink.close()
         raise
-    handoffs = [(i.sop_instance_uid, FileHandoff(i.file)) for i in sink.instances()]
+    failed = sink.failed
+    handoffs = [(i.sop_instance_uid, FileHandoff(i.file)) for i in sink.take_instances()]
     try:
         if not handoffs:
             what = f"series {series}" if series is not None else f"study {study}"
-            if sink.failed:
-                raise RenderFailed(f"no instance of {what} could be kept: {sink.failed[0]}")
+            if failed:
+                raise RenderFailed(f"no instance of {what} could be kept: {failed[0]}")
             raise NotFound(f"{aet} has no instance in {what}")
         members = await context.cpu.run(describe_all, handoffs)
         if thumbnail:
@@ -138,9 +139,9 @@ async def rendered(
             return _single(request, options.media_type, image)
         return await _multipart_of_instances(context, request, service, study, members, options)
     finally:
+        # Each closes now, or when the worker reading it is done: not under a thread.
         for _, handoff in handoffs:
             handoff.drop()
-        sink.close()
 
 
 async def _instance(

@@ -22,6 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -29,6 +30,7 @@ from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.imaging.params import Window
 from dicomrst.imaging.render import THUMBNAIL_SIZE
+from dicomrst.wado.rendered import FileHandoff
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
 from tests.support.datasets import encode
@@ -72,14 +74,17 @@ class HeldPool:
     ) -> None:
         self.calls.append((on_result, f, args, kwargs))
 
-    def run_next(self) -> None:
+    def run_next(self) -> Any:
+        """Run the next call; its result or `Failure`."""
         on_result, f, args, kwargs = self.calls.pop(0)
         try:
             result = f(*args, **kwargs)
         except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
+            failure = Failure()
+            on_result(False, failure)
+            return failure
+        on_result(True, result)
+        return result
 
 
 class ThreadsReactor:
@@ -158,6 +163,11 @@ def parts_of(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes
         assert int(headers["Content-Length"]) == len(payload)
         parts.append((headers, payload))
     return parts
+
+
+def open_files() -> int:
+    """This process's open file descriptors (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def header(response: Any, name: bytes) -> str | None:
@@ -552,3 +562,34 @@ class LeavingTests(RenderedTestCase):
         with self.assertRaises(ConnectionError):
             call.sink.begin(second.sop_class, second.sop, second.syntax)
         self.assertEqual(self.pool.calls, 0)
+
+    def test_a_file_being_read_is_closed_by_its_reader(self) -> None:
+        handoff = FileHandoff(io.BytesIO(b"DICM"))
+        with handoff.borrow() as f:
+            handoff.drop()  # the client left while a worker reads the file
+            self.assertFalse(f.closed)
+            self.assertEqual(f.read(), b"DICM")
+        self.assertTrue(f.closed)
+        with self.assertRaises(CancelledError), handoff.borrow():
+            pass  # a worker whose turn comes after the drop gets nothing
+
+    def test_a_series_left_while_its_heads_are_read(self) -> None:
+        self.pool = HeldPool()
+        self.cpu.reactor = ThreadsReactor(self.pool)  # type: ignore[assignment]
+        items = [Item("CT_small.dcm", 1), Item("CT_small.dcm", 2)]
+        conn = Connection(make_site(self.app.resource(), self.clock, request_timeout=30.0))
+        before = open_files()
+        conn.send("GET", SERIES_PATH + "/rendered")
+        deliver(self.backend.retrieves[0], *items)
+        self.assertEqual(len(self.pool.calls), 1)  # reading the heads
+        # The request holds one open file per instance (the cache's entries are closed
+        # once stored).
+        self.assertEqual(open_files(), before + len(items))
+        conn.lose()
+        # The thread's turn comes after the request gave the files up: it reads nothing.
+        outcome = self.pool.run_next()
+        self.assertIsInstance(outcome, Failure)
+        outcome.trap(CancelledError)
+        self.assertEqual((self.cpu.running, self.cpu.waiting, self.pool.calls), (0, 0, []))
+        self.assertNotIn(b"200 OK", conn.transport.value())
+        self.assertEqual(open_files(), before)
