@@ -21,6 +21,7 @@ import dicomrst
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.cache import CacheDirectoryError, InstanceCache
+from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
@@ -117,6 +118,10 @@ class DimseListenerService(ListeningService):
 
 #: At stop, how long to wait for connections that are closing to write out what they were given.
 FLUSH_TIMEOUT = 5.0
+#: Image conversions (rendered, decoded frames) that may wait for a thread before more
+#: are answered 503: enough for a viewer's burst of a few hundred, while each waiting one
+#: holds an open file and a request, not without bound.
+CPU_MAX_WAITING = 256
 
 
 class GatewayService(MultiService):
@@ -235,8 +240,15 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     http = config.server.http
     description = http.endpoint_description()
     _check_endpoint(reactor, description, "server.http.endpoint")
+    # IGatewayReactor has the thread pool CpuWorkers asks for (Twisted's reactors do).
+    cpu = CpuWorkers(cast(IThreadsReactor, reactor), max_waiting=CPU_MAX_WAITING)
     app = GatewayApp(
-        backends, reactor, base_path=http.base_path, echo_timeout=http.request_timeout_s, cache=cache
+        backends,
+        reactor,
+        base_path=http.base_path,
+        echo_timeout=http.request_timeout_s,
+        cache=cache,
+        cpu=cpu,
     )
     site = make_site(
         app.resource(),

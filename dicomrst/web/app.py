@@ -27,12 +27,13 @@ from zope.interface import implementer
 from dicomrst import NAME, __version__
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
+from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import BadRequest, NotFound, UpstreamTimeout
 from dicomrst.qido.target import Target
 from dicomrst.qido.worklist import WorklistTarget
 from dicomrst.stow.upload import StowUpload
-from dicomrst.web import qido, stow, wado
+from dicomrst.web import qido, rendered, stow, wado
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
 from dicomrst.web.errors import error_response
 from dicomrst.web.requests import request_host
@@ -148,6 +149,8 @@ class GatewayApp:
     :param stow_spool_dir: where STOW-RS parts larger than `stow_spool_threshold` bytes
         are spooled (None: the system's temporary directory).
     :param cache: the instance cache (None: one that keeps nothing, `InstanceCache.off`).
+    :param cpu: the bounded line of image work (None: `CpuWorkers` on `reactor`'s thread
+        pool; tests without threads pass one with a pool of their own).
     """
 
     app = Klein()
@@ -167,6 +170,7 @@ class GatewayApp:
         stow_spool_dir: str | None = None,
         stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
         cache: InstanceCache | None = None,
+        cpu: CpuWorkers | None = None,
     ) -> None:
         self.context = WebContext(
             backends,
@@ -176,6 +180,7 @@ class GatewayApp:
             stow_spool_dir,
             stow_spool_threshold,
             cache if cache is not None else InstanceCache.off(reactor),
+            **({"cpu": cpu} if cpu is not None else {}),
         )
 
     def resource(self) -> IResource:
@@ -301,3 +306,51 @@ class GatewayApp:
     @app.route("/aets/<aet>/studies/<study>", methods=["POST"])
     async def store_study_instances(self, request: IRequest, aet: str, study: str) -> bytes:
         return await stow.store(self.context, request, aet, study)
+
+    # -- WADO-RS rendered and thumbnail (dicomrst.web.rendered) ----------------------------
+
+    @app.route("/aets/<aet>/studies/<study>/rendered", methods=["GET"])
+    async def rendered_study(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/rendered", methods=["GET"])
+    async def rendered_series(self, request: IRequest, aet: str, study: str, series: str) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/rendered", methods=["GET"])
+    async def rendered_instance(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str
+    ) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series, sop)
+
+    @app.route(
+        "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered",
+        methods=["GET"],
+    )
+    async def rendered_frames(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str, frames: str
+    ) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series, sop, frames)
+
+    @app.route("/aets/<aet>/studies/<study>/thumbnail", methods=["GET"])
+    async def thumbnail_study(self, request: IRequest, aet: str, study: str) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, thumbnail=True)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/thumbnail", methods=["GET"])
+    async def thumbnail_series(self, request: IRequest, aet: str, study: str, series: str) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series, thumbnail=True)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/thumbnail", methods=["GET"])
+    async def thumbnail_instance(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str
+    ) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series, sop, thumbnail=True)
+
+    @app.route(
+        "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/thumbnail",
+        methods=["GET"],
+    )
+    async def thumbnail_frames(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str, frames: str
+    ) -> bytes:
+        return await rendered.rendered(self.context, request, aet, study, series, sop, frames, thumbnail=True)

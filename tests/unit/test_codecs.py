@@ -44,6 +44,9 @@ def read(name: str) -> Dataset:
 
 
 def decode(ds: Dataset, plugin: str = "") -> Any:
+    # Here, not only in AvailabilityTests: with trial -j, a worker may run these tests
+    # without having run that one (or anything else that installs the plugin) first.
+    codecs.install()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the test files' quirks
         return pixel_array(ds, decoding_plugin=plugin)

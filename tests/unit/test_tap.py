@@ -17,7 +17,7 @@ from dicomrst.cache import InstanceCache
 from dicomrst.cache.store import MARKER
 from dicomrst.config import parse_config
 from dicomrst.logs import set_level
-from dicomrst.tap import CacheService, GatewayService, Options, build, makeService
+from dicomrst.tap import CPU_MAX_WAITING, CacheService, GatewayService, Options, build, makeService
 from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.service import HTTPService
@@ -123,6 +123,13 @@ class SiteSettingsTests(SynchronousTestCase):
         [http] = [s for s in build(config, MemoryReactorClock()) if isinstance(s, HTTPService)]
         site = http.site
         self.assertEqual((site.headerTimeout, site.requestTimeout, site.maxUploadSize), (5.0, 30.0, 1000))
+
+    def test_the_image_line_is_bounded(self) -> None:
+        # Without a bound the waiting renders of a burst could pile up (each holding an
+        # open file); with one the excess is a 503.
+        [http] = [s for s in build(parse_config({}), MemoryReactorClock()) if isinstance(s, HTTPService)]
+        cpu = http.site.resource._app.context.cpu
+        self.assertEqual(cpu.max_waiting, CPU_MAX_WAITING)
 
 
 class CacheSettingsTests(SynchronousTestCase):
