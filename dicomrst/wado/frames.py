@@ -307,9 +307,11 @@ class PartReader:
         if self.writer is not None:
             yield False, self.writer.close()
 
-    def batch(self, budget: int = BATCH) -> list[bytes]:
+    def batch(self, budget: int | None = None) -> list[bytes]:
         """The next pieces, about `budget` bytes (the first frame's data at least, so
         the first batch raises what the first frame raises); `done` after the last."""
+        if budget is None:
+            budget = BATCH
         with self._lock:
             if self._closing:
                 raise ValueError("the reader is closed")
