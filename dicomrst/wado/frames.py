@@ -253,6 +253,8 @@ class PartReader:
         writer: MultipartWriter | None,
         dataset: Callable[[], Any] | None = None,
         closers: Sequence[Callable[[], object]] = (),
+        *,
+        close_body: bool = True,
     ) -> None:
         self.source = source
         self.parts = parts
@@ -262,6 +264,7 @@ class PartReader:
         self._ds: Any = None
         self._pieces = self._generate()
         self._closers = list(closers)
+        self._close_body = close_body
         self._lock = threading.Lock()
         self._running = False
         self._closing = False
@@ -304,7 +307,7 @@ class PartReader:
             else:
                 for piece in iter_extent(self.source, part.extent, CHUNK):
                     yield True, piece
-        if self.writer is not None:
+        if self.writer is not None and self._close_body:
             yield False, self.writer.close()
 
     def batch(self, budget: int | None = None) -> list[bytes]:
@@ -374,10 +377,13 @@ def prepare_frames(
     location: str,
     *,
     first: bool = True,
+    writer: MultipartWriter | None = None,
+    close_body: bool = True,
 ) -> Prepared:
     """Frames `numbers` (None: all, as ``.../pixeldata``) of the Part-10 instance in
     `source`, one part each at ``{location}/{n}``; the first batch read unless `first`
-    is False (HEAD).  Raises before anything is sent: `NoPixelData`, `FrameNotFound`,
+    is False (HEAD).  `writer`: the body's, when it holds more instances (then
+    `close_body` False but for the last).  Raises before anything is sent: `NoPixelData`, `FrameNotFound`,
     `FramesNotSeparable`, `NotAcceptable`, `StoredObjectError`, and what reading or
     decoding the first frame raises.  Blocking: run it in a worker thread."""
     stored = open_instance(source)
@@ -388,7 +394,13 @@ def prepare_frames(
         output = choose_output(multipart_only(choice), index.transfer_syntax, index.media)
         parts = plan_frames(index, numbers, output, location)
         reader = PartReader(
-            stored.source, parts, output.media, MultipartWriter(), _dataset_of(source), (stored.close,)
+            stored.source,
+            parts,
+            output.media,
+            writer if writer is not None else MultipartWriter(),
+            _dataset_of(source),
+            (stored.close,),
+            close_body=close_body,
         )
         return Prepared(reader, output, reader.batch() if first else [])
     except BaseException:

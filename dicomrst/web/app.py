@@ -308,6 +308,16 @@ class GatewayApp:
     ) -> bytes | IResource:
         return await frames.pixeldata(self.context, request, aet, study, series, sop)
 
+    @app.route("/aets/<aet>/studies/<study>/pixeldata", methods=["GET"])
+    async def study_pixeldata(self, request: IRequest, aet: str, study: str) -> bytes | IResource:
+        return await frames.study_pixeldata(self.context, request, aet, study)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/pixeldata", methods=["GET"])
+    async def series_pixeldata(
+        self, request: IRequest, aet: str, study: str, series: str
+    ) -> bytes | IResource:
+        return await frames.study_pixeldata(self.context, request, aet, study, series)
+
     @app.route(
         "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/bulkdata/<path:bulk>", methods=["GET"]
     )

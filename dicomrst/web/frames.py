@@ -19,17 +19,22 @@ from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from dicomrst.cache import CachedInstance
+from dicomrst.common.identifiers import describe_target
 from dicomrst.common.uids import is_uid
-from dicomrst.errors import BadRequest
+from dicomrst.errors import BadRequest, NotFound, UpstreamError
 from dicomrst.imaging.bulkdata import parse_bulk_path
 from dicomrst.imaging.framelist import parse_frame_list
+from dicomrst.imaging.frames import NoPixelData
 from dicomrst.wado.frames import PartChoice, Prepared, prepare_bulk, prepare_frames, select_part_media
+from dicomrst.wado.multipart import MultipartWriter
+from dicomrst.wado.pixeldata import Spooled, SpoolSink, series_of
 from dicomrst.web.context import WebContext
 from dicomrst.web.requests import header_text, query_param
 from dicomrst.web.responses import NoResponse
@@ -161,20 +166,100 @@ async def _send(
         pacer = Pacer()
         concrete.registerProducer(pacer, True)
         try:
-            for piece in prepared.first:
-                request.write(piece)
-            while not reader.done:
-                await pacer.ready()
-                if pacer.gone:
-                    return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-                for piece in await context.cpu.run(reader.batch):
-                    request.write(piece)
+            if not await _stream(context, request, pacer, prepared):
+                return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         finally:
             if not pacer.gone:
                 concrete.unregisterProducer()
         return b""
     finally:
         reader.close()
+
+
+async def _stream(context: WebContext, request: IRequest, pacer: Pacer, prepared: Prepared) -> bool:
+    """Write `prepared`'s body, a batch at a time; False if the client left."""
+    reader = prepared.reader
+    for piece in prepared.first:
+        request.write(piece)
+    while not reader.done:
+        await pacer.ready()
+        if pacer.gone:
+            return False
+        for piece in await context.cpu.run(reader.batch):
+            request.write(piece)
+    return True
+
+
+async def study_pixeldata(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str | None = None
+) -> bytes | IResource:
+    """``.../studies/{study}[/series/{series}]/pixeldata``: every frame of every instance
+    with pixel data, one part each, located at its frame URL; instances without pixel
+    data are left out.  The study or series is retrieved through the cache (which fills
+    as it goes) into a `SpoolSink`; each instance is sent as soon as it is complete, and
+    the source waits for the client (see `dicomrst.wado.pixeldata`).  Once the response
+    has begun, an instance that cannot be served as asked cuts it off."""
+    backend = context.backend(aet)
+    for name, uid in (("study", study), ("series", series)):
+        if uid is not None and not is_uid(uid):
+            raise BadRequest(f"malformed {name} UID {uid!r}")
+    choice = _choice(request)
+    base = f"{context.service_url(request, aet)}/studies/{study}/series/"
+    if request.method == b"HEAD":
+        # The media type depends on what is stored: the multipart's default.
+        request.setHeader(b"Content-Type", b'multipart/related; type="application/octet-stream"')
+        return b""
+    sink = SpoolSink()
+    retrieval = context.cache.retrieve(backend, study, series, None, sink=sink)
+    retrieval.addBoth(sink.ended)
+    writer = MultipartWriter()
+    concrete = cast(Request, request)
+    pacer = Pacer()
+    item: Spooled | Failure | None = None
+    try:
+        while True:
+            item = await sink.next()
+            if item is None:
+                break
+            if isinstance(item, Failure):
+                if not sink.started:
+                    item.raiseException()
+                raise UpstreamError(f"{aet}: the retrieve failed midway: {item.getErrorMessage()}")
+            source = item.file
+            own_series = series if series is not None else await context.cpu.run(series_of, source)
+            location = f"{base}{own_series}/instances/{item.sop_instance_uid}/frames"
+            try:
+                prepared = await context.cpu.run(
+                    prepare_frames, source, None, choice, location, writer=writer, close_body=False
+                )
+            except NoPixelData:
+                item.sent()
+                continue
+            reader = prepared.reader
+            try:
+                if not sink.started:
+                    sink.started = True
+                    request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
+                    concrete.registerProducer(pacer, True)
+                if not await _stream(context, request, pacer, prepared):
+                    return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            finally:
+                reader.close()
+            item.sent()
+            item = None
+        if not sink.started:
+            raise NotFound(
+                f"{aet} has no instance with pixel data for {describe_target(study, series, None)}"
+            )
+        request.write(writer.close())
+        concrete.unregisterProducer()
+        return b""
+    finally:
+        if isinstance(item, Spooled):
+            item.dropped()
+        if not retrieval.called:
+            sink.abandon()
+            retrieval.cancel()
 
 
 def _headers(request: IRequest, prepared: Prepared) -> None:

@@ -93,8 +93,8 @@ class FramesTestCase(AppRequests):
         app.context = attrs.evolve(app.context, cpu=cpu)
         self.stub = StubTreq(app.resource())
 
-    def deliver(self, *originals: Original) -> None:
-        """Answer the retrieve the request started with `originals`."""
+    def deliver(self, *originals: Original, end: bool = True) -> None:
+        """Answer the retrieve the request started with `originals` (and end it)."""
         self.assertTrue(self.pacs.retrieves, "no retrieve was started")
         call = self.pacs.retrieves[-1]
         for original in originals:
@@ -103,7 +103,8 @@ class FramesTestCase(AppRequests):
             for start in range(0, len(data), 10_000):
                 consumer.dataReceived(data[start : start + 10_000])
             consumer.dataFinished()
-        call.deferred.callback(len(originals))
+        if end:
+            call.deferred.callback(len(originals))
 
     def get(
         self, original: Original, tail: str, accept: str | None = OCTET, **kwargs: Any
@@ -288,6 +289,50 @@ class PixelDataTests(FramesTestCase):
         original = Original("SC_rgb_rle_2frame.dcm")
         response, body = self.get(original, "pixeldata", ANY)
         self.assertEqual([p.body for p in self.parts(response, body)], expected_frames(original.ds))
+
+
+class StudyPixelDataTests(FramesTestCase):
+    def test_series_and_study_pixeldata(self) -> None:
+        ct, dose, rle = Original("CT_small.dcm"), Original("rtdose.dcm"), Original("SC_rgb_rle_2frame.dcm")
+        for level in (f"/aets/PACS/studies/{ct.study}", f"/aets/PACS/studies/{ct.study}/series/{ct.series}"):
+            d = self.start(level + "/pixeldata", headers={"Accept": ANY})
+            call = self.pacs.retrieves[-1]
+            self.assertEqual((call.study, call.instance), (ct.study, None))
+            self.deliver(ct, dose, rle)
+            response, body = self.finish(d)
+            parts = self.parts(response, body)
+            want = expected_frames(ct.ds) + expected_frames(dose.ds) + expected_frames(rle.ds)
+            self.assertEqual([p.body for p in parts], want)
+            series = ct.series if "/series/" in level else None
+            study = f"{ROOT}/aets/PACS/studies/{ct.study}"
+            locations = [
+                f"{study}/series/{series or o.series}/instances/{o.sop}/frames/{n}"
+                for o in (ct, dose, rle)
+                for n in range(1, len(expected_frames(o.ds)) + 1)
+            ]
+            self.assertEqual([p.headers["Content-Location"] for p in parts], locations)
+            self.assertEqual(parts[-1].headers["Content-Type"], f"image/dicom-rle; transfer-syntax={RLE}")
+        # The cache filled on the way: frames of these instances need no retrieve.
+        retrieves = len(self.pacs.retrieves)
+        response, body = self.get(dose, "frames/3")
+        self.assertEqual(self.parts(response, body)[0].body, expected_frames(dose.ds)[2])
+        self.assertEqual(len(self.pacs.retrieves), retrieves)
+
+    def test_nothing_retrieved_is_404(self) -> None:
+        d = self.start("/aets/PACS/studies/1.2.3/pixeldata", headers={"Accept": OCTET})
+        self.pacs.retrieves[-1].deferred.callback(0)
+        response, _ = self.finish(d)
+        self.assertEqual(response.code, 404)
+
+    def test_refused_accept_before_anything_went_out_is_406(self) -> None:
+        rle = Original("MR_small_RLE.dcm")
+        d = self.start(
+            "/aets/PACS/studies/1.2.3/pixeldata", headers={"Accept": 'multipart/related; type="image/jpeg"'}
+        )
+        self.deliver(rle, end=False)
+        response, body = self.finish(d)
+        self.assertEqual(response.code, 406, body)
+        self.assertTrue(self.pacs.retrieves[-1].cancelled)  # the rest is not moved for nothing
 
 
 class BulkDataTests(FramesTestCase):
