@@ -128,6 +128,40 @@ class OneMoveTests(FramesTestCase):
                 self.assertEqual(part.body, get_instance(0, i).PixelData)
         self.assertEqual(len(scp.events("c_move")), 1, scp.events("c_move"))
 
+    async def test_series_pixeldata_then_frames(self) -> None:
+        """Series pixel data (one part per frame of each instance), which fills the cache:
+        the frame requests after it make no C-MOVE of their own."""
+        listener_port = peers.free_port()
+        instances = 4
+        scp = await peers.start_pynetdicom_scp(
+            self,
+            "move",
+            aet=MOVE_PACS_AET,
+            series=1,
+            instances=instances,
+            destinations={LISTENER_AET: [peers.LOCALHOST, listener_port]},
+        )
+        gw = await start_gateway(
+            self, [move_aet(MOVE_PACS_AET, scp.host, scp.port)], dimse_port=listener_port
+        )
+        study, series = get_study_uid(), get_series_uid(0)
+        response = await gw.get(
+            f"/aets/{MOVE_PACS_AET}/studies/{study}/series/{series}/pixeldata", headers={"Accept": OCTET}
+        )
+        self.assertEqual(response.code, 200, f"{response.body[:300]!r}\n{gw.log_tail()}")
+        parts = parse_parts(response.header("Content-Type") or "", response.body)
+        by_location = {p.headers["Content-Location"]: p.body for p in parts}
+        self.assertEqual(len(by_location), instances)  # arrival order is the PACS's
+        for i in range(instances):
+            item = Stored("gen", study, series, get_sop_uid(0, i), b"")
+            self.assertEqual(
+                by_location[gw.url + frames_path(MOVE_PACS_AET, item, "1")], get_instance(0, i).PixelData
+            )
+            response = await gw.get(frames_path(MOVE_PACS_AET, item, "1"), headers={"Accept": OCTET})
+            [part] = parse_parts(response.header("Content-Type") or "", response.body)
+            self.assertEqual(part.body, get_instance(0, i).PixelData)
+        self.assertEqual(len(scp.events("c_move")), 1, scp.events("c_move"))
+
 
 class S3FramesTests(FramesTestCase):
     async def test_from_s3(self) -> None:
