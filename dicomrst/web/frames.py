@@ -169,11 +169,17 @@ async def _send(
             if not await _stream(context, request, pacer, prepared):
                 return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         finally:
-            if not pacer.gone:
+            if _connected(concrete):
                 concrete.unregisterProducer()
         return b""
     finally:
         reader.close()
+
+
+def _connected(request: Request) -> bool:
+    """The request still has its connection (a client that left takes it away, and
+    Klein cancels the handler: nothing may be unregistered from it then)."""
+    return request.channel is not None
 
 
 async def _stream(context: WebContext, request: IRequest, pacer: Pacer, prepared: Prepared) -> bool:

@@ -18,7 +18,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from treq.testing import StubTreq
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from dicomrst.cache import InstanceCache
@@ -30,9 +32,10 @@ from dicomrst.imaging.media import NATIVE_MEDIA, PartMedia
 from dicomrst.wado.frames import Accepted, PartChoice, choose_output, select_part_media
 from dicomrst.wado.metadata import instance_metadata_json
 from dicomrst.web.app import GatewayApp
+from dicomrst.web.site import make_site
 from tests.support.fakes import FakeBackend
 from tests.support.frames import ANY, OCTET, expected_frames, parse_parts
-from tests.support.http import ROOT, AppRequests
+from tests.support.http import CLIENT, ROOT, AppRequests
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 RLE = "1.2.840.10008.1.2.5"
@@ -88,7 +91,7 @@ class FramesTestCase(AppRequests):
         self.cache = InstanceCache(self.clock, self.mktemp(), max_size=100_000_000, ttl=300.0)
         self.cache.start()
         self.addCleanup(self.cache.stop)
-        app = GatewayApp({"PACS": self.pacs}, self.clock, cache=self.cache)
+        self.app = app = GatewayApp({"PACS": self.pacs}, self.clock, cache=self.cache)
         cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
         app.context = attrs.evolve(app.context, cpu=cpu)
         self.stub = StubTreq(app.resource())
@@ -437,3 +440,95 @@ class NegotiationTests(AppRequests):
         self.assertRaises(NotAcceptable, select_part_media, "application/octet-stream", None)
         choice = select_part_media("application/octet-stream", None, single_part=True)
         self.assertIsInstance(choice, PartChoice)
+
+
+class SlowClient(StringTransport):
+    """A connection whose send buffer fills at `limit` unread bytes: it then pauses its
+    producer (the HTTP channel, which pauses the response's), as a socket's does."""
+
+    limit = 2000
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=CLIENT)
+        self.read_up_to = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._check()
+
+    def writeSequence(self, data: Any) -> None:
+        super().writeSequence(data)
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.value()) - self.read_up_to > self.limit and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def read(self) -> None:
+        """The client takes everything sent so far."""
+        self.read_up_to = len(self.value())
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+class PacingTests(FramesTestCase):
+    """The body goes out a batch at a time, each read once the transport took the last."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from dicomrst.wado import frames as service
+
+        self.patch(service, "BATCH", 1000)
+        self.batches: list[int] = []
+        batch = service.PartReader.batch
+
+        def counted(reader: service.PartReader, budget: int | None = None) -> list[bytes]:
+            self.batches.append(1)
+            return batch(reader, budget)
+
+        self.patch(service.PartReader, "batch", counted)
+        self.original = Original("rtdose.dcm")  # 15 frames of 400 bytes
+        site = make_site(self.app.resource(), self.clock, request_timeout=600)
+        self.transport = SlowClient()
+        self.protocol = site.buildProtocol(CLIENT)
+        assert self.protocol is not None
+        self.protocol.makeConnection(self.transport)
+        path = self.original.url("frames/" + ",".join(str(n) for n in range(1, 16)))
+        self.protocol.dataReceived(f"GET {path} HTTP/1.1\r\nHost: gateway.example\r\n\r\n".encode())
+        self.deliver(self.original)
+
+    def test_a_full_send_buffer_holds_the_next_batch(self) -> None:
+        held = len(self.batches)
+        self.assertLess(held, 5)  # of the 7 the body takes
+        sent = len(self.transport.value())
+        self.assertEqual(len(self.batches), held)
+        while not self.transport.value().endswith(b"\r\n0\r\n\r\n"):
+            self.transport.read()
+            self.assertGreater(len(self.transport.value()), sent, "nothing more after a read")
+            sent = len(self.transport.value())
+        self.assertGreater(len(self.batches), held)
+        head, _, chunked = self.transport.value().partition(b"\r\n\r\n")
+        self.assertIn(b"200 OK", head)
+        body = dechunk(chunked)
+        content_type = next(
+            line.split(b": ", 1)[1] for line in head.split(b"\r\n") if line.startswith(b"Content-Type")
+        )
+        parts = parse_parts(content_type.decode(), body)
+        self.assertEqual([p.body for p in parts], expected_frames(self.original.ds))
+
+    def test_a_client_that_leaves_stops_the_reading(self) -> None:
+        held = len(self.batches)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.transport.read()
+        self.assertEqual(len(self.batches), held)  # nothing more read for nobody
+
+
+def dechunk(data: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(rest[:size])
+        data = rest[size + 2 :]
