@@ -16,17 +16,19 @@ no header counts as ``*/*``):
   frames as they are stored (big endian swapped), compressed ones decoded here.
 * ``...; type="application/octet-stream"; transfer-syntax=*`` (what OHIF sends): each
   frame as stored, compressed or not, each part labelled with its real media type and
-  syntax (``image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50``), as Orthanc's DICOMweb
-  plugin and Cornerstone's loader (which reads the part's ``transfer-syntax``) do.
+  syntax (``image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50``): Cornerstone's loader
+  picks its decoder by the part's ``transfer-syntax``.
 * ``multipart/related; type="image/jpeg"`` (or another media type of Table 8.7.3-5,
   old aliases too) with ``transfer-syntax=`` the stored syntax or ``*``: as stored.
   Without the parameter, any syntax of that media type is accepted (PS3.18 says the
-  media type's default syntax; dicomweb-client sends the bare type for JPEG baseline
-  data, which a strict reading would refuse).  Compressed data in another syntax is not
-  transcoded (406).
-* ``*/*``, ``multipart/*`` and untyped ``multipart/related``: octet-stream for
+  media type's default syntax, but dicomweb-client sends the bare type for
+  ``media_types=("image/jpeg",)``, and a strict reading would refuse JPEG baseline data
+  to it).  Compressed data in another syntax is not transcoded (406).
+  ``type="image/*"``: any image media type, as stored.
+* ``*/*``, ``multipart/*``, untyped ``multipart/related`` and ``multipart/related;
+  type="*/*"`` (dicomweb-client's default for frames): octet-stream for
   uncompressed data; compressed data as stored, in its media type (a wildcard takes any
-  type, and decoding costs a core per frame for a client that named no preference:
+  type, and decoding costs a core per frame for a client that named no preference;
   Microsoft's DICOM server made the same change, its #3252).
 * Single-part ``application/octet-stream``: only where the caller allows it (a bulk data
   value, `single_part`); ignored elsewhere.  Anything else is ignored; nothing left:
@@ -86,6 +88,8 @@ class Accepted:
     def matches(self, part: PartMedia) -> bool:
         if self.wildcard or (self.media == OCTET_STREAM and self.syntax == "*"):
             return True  # */* takes any type; octet-stream with transfer-syntax=* as stored
+        if self.media.endswith("/*"):
+            return part.media_type.lower().startswith(self.media[:-1])
         if self.media != part.media_type:
             return False
         return self.syntax in (None, "*", part.transfer_syntax)
@@ -108,6 +112,10 @@ def _part_type(rng: MediaRange) -> tuple[str | None, bool]:
         part = rng.params.get("type")
         if part is None:
             return OCTET_STREAM, True
+        if part == "*/*":
+            return OCTET_STREAM, True  # dicomweb-client's default for frames
+        if part.endswith("/*") and any(m.startswith(part[:-1]) for m in _MEDIA_BY_LOWER):
+            return part, False  # image/*: any image media type, as stored
         part = MEDIA_ALIASES.get(part, part)
         return _MEDIA_BY_LOWER.get(part), False
     return None, False
@@ -228,7 +236,7 @@ def plan_frames(index: FrameIndex, numbers: Sequence[int], output: Output, locat
 def native_bytes(pixels: Any, ds: Any) -> bytes:
     """A decoded frame as uncompressed octets: little endian, Bits Allocated per sample,
     samples interleaved (Planar Configuration 0, the order pydicom returns them in)."""
-    import numpy as np
+    import numpy as np  # decoding is the rarer path: numpy loads with the first decoded frame
 
     bits = int(ds.get("BitsAllocated") or pixels.dtype.itemsize * 8)
     if bits % 8:
@@ -289,7 +297,7 @@ class PartReader:
             close()
 
     def _decoded(self, index: int) -> bytes:
-        from dicomrst.imaging.render import decode_frame
+        from dicomrst.imaging.render import decode_frame  # numpy, Pillow: loaded when first needed
 
         if self._ds is None:
             if self._dataset is None:

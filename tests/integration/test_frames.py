@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_s3 import BUCKET, key_of, s3_aet, upload
@@ -87,6 +89,22 @@ class OrthancFramesTests(FramesTestCase):
         for item in compressed:
             await self.assert_frames(gw, ORTHANC_AET, item, ANY, as_stored=True)
         await self.assert_errors(gw, ORTHANC_AET, native[1])
+
+        # dicomweb-client as a script uses it: its default Accept, and transfer-syntax=*.
+        client = DICOMwebClient(url=f"{gw.url}/aets/{ORTHANC_AET}")
+        dose, rle = native[1], compressed[2]
+        got = await deferToThread(client.retrieve_instance_frames, dose.study, dose.series, dose.sop, [3, 1])
+        want = expected_frames(dose.dataset())
+        self.assertEqual(got, [want[2], want[0]])
+        got = await deferToThread(
+            client.retrieve_instance_frames,
+            rle.study,
+            rle.series,
+            rle.sop,
+            [2],
+            media_types=(("application/octet-stream", "*"),),
+        )
+        self.assertEqual(got, expected_frames(rle.dataset())[1:])
 
     async def test_over_c_get(self) -> None:
         orthanc = await peers.start_orthanc(self)

@@ -206,6 +206,19 @@ class FramesTests(FramesTestCase):
         parts = self.parts(response, body)
         self.assertEqual(parts[0].headers["Content-Type"], f"image/dicom-rle; transfer-syntax={RLE}")
 
+    def test_typed_wildcards(self) -> None:
+        rle = Original("MR_small_RLE.dcm")
+        for accept in ('multipart/related; type="*/*"', 'multipart/related; type="image/*"'):
+            response, body = self.get(rle, "frames/1", accept)
+            parts = self.parts(response, body)
+            self.assertEqual(parts[0].headers["Content-Type"], f"image/dicom-rle; transfer-syntax={RLE}")
+            self.assertEqual(parts[0].body, expected_frames(rle.ds)[0])
+        ct = Original("CT_small.dcm")
+        response, body = self.get(ct, "frames/1", 'multipart/related; type="*/*"')
+        self.assertEqual(self.parts(response, body)[0].headers["Content-Type"], NATIVE)
+        response, body = self.get(ct, "frames/1", 'multipart/related; type="image/*"')
+        self.assertEqual(response.code, 406, body)  # uncompressed frames are not an image type
+
     def test_malformed_frame_lists_are_400(self) -> None:
         ct = Original("CT_small.dcm")
         for frames in ("0", "1,1", "a", "1,,2", "-1"):
