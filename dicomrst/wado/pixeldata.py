@@ -40,13 +40,16 @@ class Spooled:
 
     def sent(self) -> None:
         self.file.close()
-        if not self.done.called:
-            self.done.callback(STORE_SUCCESS)
+        self.answer(STORE_SUCCESS)
 
     def dropped(self) -> None:
         self.file.close()
+        self.answer(STORE_OUT_OF_RESOURCES)
+
+    def answer(self, status: int) -> None:
+        """The C-STORE status alone (whoever reads `file` closes it)."""
         if not self.done.called:
-            self.done.callback(STORE_OUT_OF_RESOURCES)
+            self.done.callback(status)
 
 
 def series_of(source: BinaryIO) -> str:

@@ -10,6 +10,8 @@ body) with its first batch of bytes, then streamed batch by batch (`BATCH` bytes
 `dicomrst.wado.frames`), each batch read only once the client has taken the previous
 one (the request's push producer), so a 300-frame response never sits in memory.
 HEAD prepares the same response (the instance is fetched) and sends its headers only.
+Study and series ``pixeldata`` (`study_pixeldata`) stream a retrieve instead, instance by
+instance; their HEAD answers the default media type without retrieving anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from zope.interface import implementer
 
 from dicomrst.cache import CachedInstance
 from dicomrst.common.identifiers import describe_target
+from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest, NotFound, UpstreamError
 from dicomrst.imaging.bulkdata import parse_bulk_path
@@ -241,18 +244,25 @@ async def study_pixeldata(
             except NoPixelData:
                 item.sent()
                 continue
+            # The reader closes the file: a batch may still run in a thread when the
+            # client leaves.
+            spooled, item = item, None
             reader = prepared.reader
+            reader.close_also(spooled.file.close)
             try:
                 if not sink.started:
                     sink.started = True
                     request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
                     concrete.registerProducer(pacer, True)
                 if not await _stream(context, request, pacer, prepared):
+                    spooled.answer(STORE_OUT_OF_RESOURCES)
                     return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+                spooled.answer(STORE_SUCCESS)
+            except BaseException:
+                spooled.answer(STORE_OUT_OF_RESOURCES)
+                raise
             finally:
                 reader.close()
-            item.sent()
-            item = None
         if not sink.started:
             raise NotFound(
                 f"{aet} has no instance with pixel data for {describe_target(study, series, None)}"
