@@ -292,6 +292,21 @@ class FramesTests(FramesTestCase):
         self.assertLess(max(batches), 1000 + frame + 300)
 
 
+class BypassTests(FramesTestCase):
+    def test_an_aet_that_is_not_cached_retrieves_the_instance_alone(self) -> None:
+        self.cache.stop()
+        self.cache = InstanceCache(self.clock, self.mktemp(), max_size=100_000_000, bypass=("PACS",))
+        self.cache.start()
+        self.addCleanup(self.cache.stop)
+        self.app.context = attrs.evolve(self.app.context, cache=self.cache)
+        self.stub = StubTreq(self.app.resource())
+        original = Original("rtdose.dcm")
+        for n in (2, 5):
+            response, body = self.get(original, f"frames/{n}")
+            self.assertEqual(self.parts(response, body)[0].body, expected_frames(original.ds)[n - 1])
+        self.assertEqual([c.instance for c in self.pacs.retrieves], [original.sop, original.sop])
+
+
 class PixelDataTests(FramesTestCase):
     def test_instance_pixeldata_is_one_part_per_frame(self) -> None:
         original = Original("rtdose.dcm")
@@ -448,6 +463,17 @@ class NegotiationTests(AppRequests):
     def test_accept_param_first(self) -> None:
         choice = select_part_media("*/*", 'multipart/related; type="image/jpeg"')
         self.assertEqual(choice.accepted, (Accepted("image/jpeg", None, 1.0),))
+
+    def test_undecodable_is_406_unless_stored_is_accepted(self) -> None:
+        mpeg = "1.2.840.10008.1.2.4.101"
+        video = PartMedia("video/mpeg", mpeg)
+        error = self.assertRaises(
+            NotAcceptable, choose_output, select_part_media(OCTET, None), mpeg, video, decodable=False
+        )
+        self.assertIn("cannot be decoded here", error.message)
+        self.assertIn(mpeg, error.message)
+        out = choose_output(select_part_media(f"{OCTET}, {ANY}; q=0.5", None), mpeg, video, decodable=False)
+        self.assertEqual((out.media, out.decode), (video, False))
 
     def test_single_part_only_where_allowed(self) -> None:
         self.assertRaises(NotAcceptable, select_part_media, "application/octet-stream", None)
