@@ -33,7 +33,7 @@ from dicomrst.errors import BadRequest, NotFound, UpstreamTimeout
 from dicomrst.qido.target import Target
 from dicomrst.qido.worklist import WorklistTarget
 from dicomrst.stow.upload import StowUpload
-from dicomrst.web import qido, rendered, stow, wado
+from dicomrst.web import frames, qido, rendered, stow, wado
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
 from dicomrst.web.errors import error_response
 from dicomrst.web.requests import request_host
@@ -296,6 +296,40 @@ class GatewayApp:
         self, request: IRequest, aet: str, study: str, series: str, sop: str
     ) -> bytes | IResource:
         return await wado.retrieve(self.context, request, aet, study, series, sop, metadata=True)
+
+    # -- WADO-RS frames, pixel data and bulk data of an instance (dicomrst.web.frames) ----
+
+    @app.route(
+        "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/frames/<frame_list>", methods=["GET"]
+    )
+    async def retrieve_frames(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str, frame_list: str
+    ) -> bytes | IResource:
+        return await frames.frames(self.context, request, aet, study, series, sop, frame_list)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/pixeldata", methods=["GET"])
+    async def instance_pixeldata(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str
+    ) -> bytes | IResource:
+        return await frames.pixeldata(self.context, request, aet, study, series, sop)
+
+    @app.route("/aets/<aet>/studies/<study>/pixeldata", methods=["GET"])
+    async def study_pixeldata(self, request: IRequest, aet: str, study: str) -> bytes | IResource:
+        return await frames.study_pixeldata(self.context, request, aet, study)
+
+    @app.route("/aets/<aet>/studies/<study>/series/<series>/pixeldata", methods=["GET"])
+    async def series_pixeldata(
+        self, request: IRequest, aet: str, study: str, series: str
+    ) -> bytes | IResource:
+        return await frames.study_pixeldata(self.context, request, aet, study, series)
+
+    @app.route(
+        "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/bulkdata/<path:bulk>", methods=["GET"]
+    )
+    async def instance_bulkdata(
+        self, request: IRequest, aet: str, study: str, series: str, sop: str, bulk: str
+    ) -> bytes | IResource:
+        return await frames.bulkdata(self.context, request, aet, study, series, sop, bulk)
 
     # -- STOW-RS (dicomrst.web.stow) ------------------------------------------------------
 

@@ -1,0 +1,289 @@
+# -*- test-case-name: tests.unit.test_wado_frames -*-
+"""WADO-RS frames, bulk data and pixel data of an instance over HTTP.
+
+Checks in order: unknown AET (404), malformed UIDs or frame list (400), Accept (406).
+Then the instance comes from the instance cache (`WebContext.cache`: one series retrieve
+serves a viewer's many frame calls) and everything that reads or decodes the file runs
+in `WebContext.cpu`, never on the reactor: the response is prepared there (so a frame
+past Number of Frames, no pixel data or a refused Accept is a status, not a cut-off
+body) with its first batch of bytes, then streamed batch by batch (`BATCH` bytes each,
+`dicomrst.wado.frames`), each batch read only once the client has taken the previous
+one (the request's push producer), so a 300-frame response never sits in memory.
+HEAD prepares the same response (the instance is fetched) and sends its headers only.
+Study and series ``pixeldata`` (`study_pixeldata`) stream a retrieve instead, instance by
+instance; their HEAD answers the default media type without retrieving anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from dicomrst.cache import CachedInstance
+from dicomrst.common.identifiers import describe_target
+from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS
+from dicomrst.common.uids import is_uid
+from dicomrst.errors import BadRequest, NotFound, UpstreamError
+from dicomrst.imaging.bulkdata import parse_bulk_path
+from dicomrst.imaging.framelist import parse_frame_list
+from dicomrst.imaging.frames import NoPixelData
+from dicomrst.wado.frames import PartChoice, Prepared, prepare_bulk, prepare_frames, select_part_media
+from dicomrst.wado.multipart import MultipartWriter
+from dicomrst.wado.pixeldata import Spooled, SpoolSink, series_of
+from dicomrst.web.context import WebContext
+from dicomrst.web.requests import header_text, query_param
+from dicomrst.web.responses import NoResponse
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """The response's producer: the next batch is read once the transport has taken the
+    last (`ready`); `gone` once the client left."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.gone = False
+        self._waiting: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def ready(self) -> Deferred[None]:
+        if not self.paused or self.gone:
+            return succeed(None)
+        self._waiting = Deferred()
+        return self._waiting
+
+
+def _check_uids(study: str, series: str, instance: str) -> None:
+    for name, uid in (("study", study), ("series", series), ("instance", instance)):
+        if not is_uid(uid):
+            raise BadRequest(f"malformed {name} UID {uid!r}")
+
+
+def _instance_url(context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str) -> str:
+    return f"{context.service_url(request, aet)}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _choice(request: IRequest, *, single_part: bool = False) -> PartChoice:
+    return select_part_media(
+        header_text(request, b"accept"), query_param(request, b"accept"), single_part=single_part
+    )
+
+
+async def frames(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str, frame_list: str
+) -> bytes | IResource:
+    """``.../instances/{sop}/frames/{frame_list}``: one part per frame, in the order asked."""
+    backend = context.backend(aet)
+    _check_uids(study, series, sop)
+    numbers = parse_frame_list(frame_list)
+    choice = _choice(request)
+    location = _instance_url(context, request, aet, study, series, sop) + "/frames"
+    found = await context.cache.instance(backend, study, series, sop)
+    head = request.method == b"HEAD"
+    return await _send(
+        context, request, found, lambda: prepare_frames(found.file, numbers, choice, location, first=not head)
+    )
+
+
+async def pixeldata(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str
+) -> bytes | IResource:
+    """``.../instances/{sop}/pixeldata``: every frame, one part each (PS3.18 §10.4.1.1.4;
+    §8.7.3.3.2: multi-frame pixel data is one part per frame)."""
+    backend = context.backend(aet)
+    _check_uids(study, series, sop)
+    choice = _choice(request)
+    location = _instance_url(context, request, aet, study, series, sop) + "/frames"
+    found = await context.cache.instance(backend, study, series, sop)
+    head = request.method == b"HEAD"
+    return await _send(
+        context, request, found, lambda: prepare_frames(found.file, None, choice, location, first=not head)
+    )
+
+
+async def bulkdata(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str, path: str
+) -> bytes | IResource:
+    """``.../instances/{sop}/bulkdata/{path}``: the value a BulkDataURI of the metadata
+    names; ``Range`` on a single-part (``application/octet-stream``) answer."""
+    backend = context.backend(aet)
+    _check_uids(study, series, sop)
+    bulk_path = parse_bulk_path(path)
+    choice = _choice(request, single_part=True)
+    url = _instance_url(context, request, aet, study, series, sop)
+    location = f"{url}/bulkdata/{bulk_path}"
+    range_header = header_text(request, b"range")
+    found = await context.cache.instance(backend, study, series, sop)
+    head = request.method == b"HEAD"
+    return await _send(
+        context,
+        request,
+        found,
+        lambda: prepare_bulk(
+            found.file, bulk_path, choice, location, f"{url}/frames", range_header, first=not head
+        ),
+    )
+
+
+async def _send(
+    context: WebContext, request: IRequest, found: CachedInstance, prepare: Callable[[], Prepared]
+) -> bytes | IResource:
+    try:
+        prepared = await context.cpu.run(prepare)
+    except BaseException:
+        found.close()
+        raise
+    reader = prepared.reader
+    # Closed with the reader, which waits for a batch still running in a thread.
+    reader.close_also(found.close)
+    try:
+        _headers(request, prepared)
+        if request.method == b"HEAD":
+            return b""
+        # Klein hands on the twisted.web.server.Request the site made; its producer API
+        # (not in IRequest) paces the batches.
+        concrete = cast(Request, request)
+        pacer = Pacer()
+        concrete.registerProducer(pacer, True)
+        try:
+            if not await _stream(context, request, pacer, prepared):
+                return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        finally:
+            if _connected(concrete):
+                concrete.unregisterProducer()
+        return b""
+    finally:
+        reader.close()
+
+
+def _connected(request: Request) -> bool:
+    """The request still has its connection (a client that left takes it away, and
+    Klein cancels the handler: nothing may be unregistered from it then)."""
+    return request.channel is not None
+
+
+async def _stream(context: WebContext, request: IRequest, pacer: Pacer, prepared: Prepared) -> bool:
+    """Write `prepared`'s body, a batch at a time; False if the client left."""
+    reader = prepared.reader
+    for piece in prepared.first:
+        request.write(piece)
+    while not reader.done:
+        await pacer.ready()
+        if pacer.gone:
+            return False
+        for piece in await context.cpu.run(reader.batch):
+            request.write(piece)
+    return True
+
+
+async def study_pixeldata(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str | None = None
+) -> bytes | IResource:
+    """``.../studies/{study}[/series/{series}]/pixeldata``: every frame of every instance
+    with pixel data, one part each, located at its frame URL; instances without pixel
+    data are left out.  The study or series is retrieved through the cache (which fills
+    as it goes) into a `SpoolSink`; each instance is sent as soon as it is complete, and
+    the source waits for the client (see `dicomrst.wado.pixeldata`).  Once the response
+    has begun, an instance that cannot be served as asked cuts it off."""
+    backend = context.backend(aet)
+    for name, uid in (("study", study), ("series", series)):
+        if uid is not None and not is_uid(uid):
+            raise BadRequest(f"malformed {name} UID {uid!r}")
+    choice = _choice(request)
+    base = f"{context.service_url(request, aet)}/studies/{study}/series/"
+    if request.method == b"HEAD":
+        # The media type depends on what is stored: the multipart's default.
+        request.setHeader(b"Content-Type", b'multipart/related; type="application/octet-stream"')
+        return b""
+    sink = SpoolSink()
+    retrieval = context.cache.retrieve(backend, study, series, None, sink=sink)
+    retrieval.addBoth(sink.ended)
+    writer = MultipartWriter()
+    concrete = cast(Request, request)
+    pacer = Pacer()
+    item: Spooled | Failure | None = None
+    try:
+        while True:
+            item = await sink.next()
+            if item is None:
+                break
+            if isinstance(item, Failure):
+                if not sink.started:
+                    item.raiseException()
+                raise UpstreamError(f"{aet}: the retrieve failed midway: {item.getErrorMessage()}")
+            source = item.file
+            own_series = series if series is not None else await context.cpu.run(series_of, source)
+            location = f"{base}{own_series}/instances/{item.sop_instance_uid}/frames"
+            try:
+                prepared = await context.cpu.run(
+                    prepare_frames, source, None, choice, location, writer=writer, close_body=False
+                )
+            except NoPixelData:
+                item.sent()
+                continue
+            # The reader closes the file: a batch may still run in a thread when the
+            # client leaves.
+            spooled, item = item, None
+            reader = prepared.reader
+            reader.close_also(spooled.file.close)
+            try:
+                if not sink.started:
+                    sink.started = True
+                    request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
+                    concrete.registerProducer(pacer, True)
+                if not await _stream(context, request, pacer, prepared):
+                    spooled.answer(STORE_OUT_OF_RESOURCES)
+                    return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+                spooled.answer(STORE_SUCCESS)
+            except BaseException:
+                spooled.answer(STORE_OUT_OF_RESOURCES)
+                raise
+            finally:
+                reader.close()
+        if not sink.started:
+            raise NotFound(
+                f"{aet} has no instance with pixel data for {describe_target(study, series, None)}"
+            )
+        request.write(writer.close())
+        concrete.unregisterProducer()
+        return b""
+    finally:
+        if isinstance(item, Spooled):
+            item.dropped()
+        if not retrieval.called:
+            sink.abandon()
+            retrieval.cancel()
+
+
+def _headers(request: IRequest, prepared: Prepared) -> None:
+    request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
+    if prepared.length is None:
+        return
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    request.setHeader(b"Content-Length", b"%d" % prepared.length)
+    if prepared.byte_range is not None:
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Range", prepared.byte_range.content_range.encode("ascii"))
