@@ -11,7 +11,8 @@ our own (`app_config`: one DICOMweb data source, the gateway, on another origin,
 call is cross-origin). `run_driver` runs ``tests/viewer/drive.mjs`` (headless chromium
 through playwright-core) and gives back what it reported: which steps happened, the canvas'
 pixel statistics, and every request the viewer sent to the gateway. `ct_series` and
-`us_multiframe` are the studies the tests open.
+`us_multiframe` are the studies the tests open; `s3_aet` and `upload_to_s3` put one in an
+S3 bucket (moto) behind the gateway's S3 backend.
 
 Environment knobs: ``DICOMRST_CHROMIUM`` (chromium binary), ``DICOMRST_NODE`` (node binary).
 """
@@ -30,6 +31,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web import server, static
@@ -122,12 +124,51 @@ def us_multiframe() -> list[Stored]:
     return [fresh(ds, "us")]
 
 
+# -- S3 ----------------------------------------------------------------------------------------
+
+#: The S3 backend's AE title and bucket in the OHIF tests (cf. tests/integration/test_s3.py,
+#: whose helpers a test module cannot import).
+S3_AET = "S3AET"
+S3_BUCKET = "dicom-bucket"
+
+
+def s3_aet(moto: peers.Moto) -> dict[str, Any]:
+    """The gateway's ``aets[]`` entry for the bucket on ``moto`` (path style, static keys)."""
+    return {
+        "aet": S3_AET,
+        "backend": "S3",
+        "endpoint": moto.url,
+        "endpoint-style": "path",
+        "bucket": S3_BUCKET,
+        "credentials": {"access-key": moto.access_key, "secret-key": moto.secret_key},
+    }
+
+
+def upload_to_s3(moto: peers.Moto, items: list[Stored]) -> Deferred[None]:
+    """Create the bucket and put ``items`` at the keys the S3 backend reads, with boto3."""
+
+    def blocking() -> None:
+        s3 = moto.boto3()
+        s3.create_bucket(Bucket=S3_BUCKET)
+        for item in items:
+            key = f"{item.study}/{item.series}/{item.sop}.dcm"
+            s3.put_object(Bucket=S3_BUCKET, Key=key, Body=item.data)
+
+    return deferToThread(blocking)
+
+
 # -- the static site ---------------------------------------------------------------------------
 
 
-def app_config(dicomweb_root: str) -> str:
+def app_config(dicomweb_root: str, wado_root: str | None = None, lazy_load: bool = True) -> str:
     """OHIF's ``app-config.js``: one DICOMweb data source at ``dicomweb_root`` (the gateway's
-    ``/aets/{aet}``), set as shared/docs/test-peers.md says, and no dialogs in the way."""
+    ``/aets/{aet}``), set as shared/docs/test-peers.md says, and no dialogs in the way.
+    ``wado_root``: another root for WADO-RS (the study list's searches still go to
+    ``dicomweb_root``). ``lazy_load`` (``enableStudyLazyLoad``): OHIF searches the study's
+    series (on ``wado_root``) and asks for each series' metadata; without it, it asks for
+    the study's metadata once.
+    """
+    wado_root = wado_root or dicomweb_root
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "dicomweb",
@@ -135,14 +176,14 @@ def app_config(dicomweb_root: str) -> str:
             "friendlyName": "dicomrst",
             "name": "dicomrst",
             "qidoRoot": dicomweb_root,
-            "wadoRoot": dicomweb_root,
-            "wadoUriRoot": dicomweb_root,
+            "wadoRoot": wado_root,
+            "wadoUriRoot": wado_root,
             "qidoSupportsIncludeField": True,
             "supportsFuzzyMatching": False,
             "supportsWildcard": True,
             "imageRendering": "wadors",
             "thumbnailRendering": "wadors",
-            "enableStudyLazyLoad": True,
+            "enableStudyLazyLoad": lazy_load,
             "staticWado": False,
             "omitQuotationForMultipartRequest": True,
             "bulkDataURI": {"enabled": True},
@@ -176,10 +217,15 @@ PROXY_PATH = "/proxy"
 
 
 def serve_ohif(
-    case: TestCase, viewer: Viewer, dicomweb_root: str | None = None, proxy_to: int | None = None
+    case: TestCase,
+    viewer: Viewer,
+    dicomweb_root: str | None = None,
+    proxy_to: int | None = None,
+    wado_root: str | None = None,
+    lazy_load: bool = True,
 ) -> StaticSite:
     """Serve ``viewer.dist`` on a free loopback port, with `app_config` for ``dicomweb_root``
-    as ``/app-config.js``.
+    (``wado_root``, ``lazy_load``) as ``/app-config.js``.
 
     ``proxy_to``: a port on 127.0.0.1 that ``PROXY_PATH/...`` is relayed to, so that a server
     speaking no CORS (Orthanc 1.10) can be the data source, from the viewer's own origin:
@@ -210,7 +256,7 @@ def serve_ohif(
     origin = f"http://{peers.LOCALHOST}:{number}"
     if dicomweb_root is None:
         dicomweb_root = f"{origin}{PROXY_PATH}/dicom-web"
-    config_js = app_config(dicomweb_root).encode()
+    config_js = app_config(dicomweb_root, wado_root, lazy_load).encode()
     root.putChild(b"app-config.js", static.Data(config_js, "application/javascript"))
     return StaticSite(url=f"{origin}/", origin=origin, port=number)
 
