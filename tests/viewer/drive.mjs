@@ -3,7 +3,7 @@
 //   node drive.mjs --url http://127.0.0.1:PORT/ --study STUDY_UID --row-text TEXT
 //                  --api http://127.0.0.1:GW [--chromium /usr/bin/chromium]
 //                  [--workflow 'Basic Viewer'] [--mode viewer] [--step-timeout 60]
-//                  [--paint-timeout 60] [--until STEP] [--screenshot FILE]
+//                  [--paint-timeout 60] [--until STEP] [--linger S] [--screenshot FILE]
 //
 // Steps, in order, each waited for with a bound (no timing is judged, only whether it happened):
 //   launch         chromium starts (playwright-core, executablePath)
@@ -15,10 +15,13 @@
 //   painted        the canvas holds non-blank pixels (read back with getImageData); fails
 //                  early once a frame request failed and nothing has moved for 5 s
 // --until STEP stops after that step (the later ones are not tried, and not reported).
+// --linger S keeps the page open S seconds more after the last step, to record what the
+// viewer goes on asking for (prefetching the rest of a stack, say).
 // Prints one JSON object on stdout: ok, failed_step, error (naming the step that did not
 // happen and its bound), steps, study_row (the row's text), canvas (pixel statistics),
 // requests (every request to --api: method, path with query, Accept, status, content type,
-// in the order the browser sent them), console (errors and warnings), page_errors.
+// in the order the browser sent them, with when it was sent and when its body was in, in ms
+// since the driver started, for the record only), console (errors and warnings), page_errors.
 // Exit status 0 when every step happened, 1 when one did not, 2 on bad arguments.
 
 import { parseArgs } from 'node:util';
@@ -26,7 +29,8 @@ import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
 const USAGE = 'usage: node drive.mjs --url URL --study UID --row-text TEXT --api ORIGIN [--chromium PATH] '
-  + '[--workflow NAME] [--mode ROUTE] [--step-timeout S] [--paint-timeout S] [--until STEP] [--screenshot FILE]';
+  + '[--workflow NAME] [--mode ROUTE] [--step-timeout S] [--paint-timeout S] [--until STEP] [--linger S] '
+  + '[--screenshot FILE]';
 const STEPS = ['launch', 'study-list', 'open-study', 'viewport', 'painted'];
 
 // What chromium needs here (as root, no GPU, no network but loopback): without the
@@ -65,6 +69,7 @@ function options() {
         'step-timeout': { type: 'string', default: '60' },
         'paint-timeout': { type: 'string', default: '60' },
         until: { type: 'string', default: 'painted' },
+        linger: { type: 'string', default: '0' },
         screenshot: { type: 'string' },
       },
     }).values;
@@ -134,6 +139,7 @@ function painted(stat) {
 
 async function main() {
   const opts = options();
+  const t0 = Date.now();
   const result = {
     ok: false, failed_step: null, error: null, steps: [], study_row: null, canvas: null,
     requests: [], console: [], page_errors: [],
@@ -175,7 +181,7 @@ async function main() {
       lastActivity = Date.now();
       const entry = {
         method: request.method(), path: url.slice(api.length), accept: request.headers().accept ?? null,
-        status: null, content_type: null, failure: null,
+        status: null, content_type: null, failure: null, sent_ms: Date.now() - t0, done_ms: null,
       };
       entries.set(request, entry);
       result.requests.push(entry);
@@ -187,9 +193,15 @@ async function main() {
       entry.status = response.status();
       entry.content_type = response.headers()['content-type'] ?? null;
     });
+    page.on('requestfinished', (request) => {
+      const entry = entries.get(request);
+      if (entry) entry.done_ms = Date.now() - t0;
+    });
     page.on('requestfailed', (request) => {
       const entry = entries.get(request);
-      if (entry) entry.failure = request.failure()?.errorText ?? 'failed';
+      if (!entry) return;
+      entry.failure = request.failure()?.errorText ?? 'failed';
+      entry.done_ms = Date.now() - t0;
     });
     page.on('console', (message) => {
       if (['error', 'warning'].includes(message.type()) && result.console.length < 200) {
@@ -251,6 +263,7 @@ async function main() {
       }
     });
     result.ok = true;
+    await new Promise((resolve) => setTimeout(resolve, Number(opts.linger) * 1000));
   } catch (error) {
     if (!result.failed_step) {
       result.error = `driver: ${String(error && error.message ? error.message : error).split('\n')[0]}`;
