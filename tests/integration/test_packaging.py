@@ -24,7 +24,7 @@ PLUGIN = "twisted/plugins/dicomrst_plugin.py"
 # keeps files deleted since the last build and puts them into the next wheel. Only
 # tool output is left out; a stray dropin.cache or __init__.py is copied and caught.
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp*"
+    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp*", "node_modules"
 )
 
 
