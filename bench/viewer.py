@@ -109,7 +109,7 @@ def _frames(
     series: str,
     sops: list[str],
     session: Session,
-    on_first: Callable[[], None] | None = None,
+    on_first: Callable[[str], None] | None = None,
 ) -> None:
     lock = threading.Lock()
     first: list[float] = []
@@ -124,7 +124,7 @@ def _frames(
             if not first:
                 first.append(time.perf_counter() - t)
                 if on_first is not None:
-                    on_first()
+                    on_first(sop)
         return len(body)
 
     session.frame_bytes = sum(browser.workers.map(one, sops))
@@ -160,26 +160,32 @@ class CacheWatch:
         self.directory = directory
         self.interval = interval
         self.peak = 0
+        self.peak_allocated = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def size(self) -> int:
-        total = 0
+    def size(self) -> tuple[int, int]:
+        """(bytes of the files, bytes allocated to them on disk)."""
+        total = allocated = 0
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
                     try:
-                        total += entry.stat().st_blocks * 512
+                        st = entry.stat()
                     except OSError:
-                        pass  # evicted meanwhile
+                        continue  # evicted meanwhile
+                    total += st.st_size
+                    allocated += st.st_blocks * 512
         except OSError:
             pass
-        return total
+        return total, allocated
 
     def _run(self) -> None:
         while not self.stopping.wait(self.interval):
-            self.peak = max(self.peak, self.size())
+            total, allocated = self.size()
+            self.peak = max(self.peak, total)
+            self.peak_allocated = max(self.peak_allocated, allocated)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -199,12 +205,22 @@ class FirstFrame:
     #: From the first frame request until the whole series was in the cache.
     series_stored: float
     frames: float
+    #: Until the series' first entry was in the cache.
+    first_stored: float
+    #: The first frame's instance was the `rank`-th of the series stored (1-based, by polls).
+    rank: int
+    #: From when the first frame's instance was seen stored to its frame response read.
+    served_after: float
+    #: The instance asked for first (lowest Instance Number) was the `first_asked_rank`-th stored.
+    first_asked_rank: int
 
 
 def frames_first(base: str, directory: str, aet: str, study: str, series: str, sops: list[str]) -> FirstFrame:
     """A cold run with no metadata call: every frame asked for at once, six at a time."""
     names = {entry_name((aet, sop)) for sop in sops}
     stored_then: list[int] = []
+    served: list[str] = []
+    seen: dict[str, float] = {}
     all_stored: list[float] = []
     done = threading.Event()
     browser = Browser(base)
@@ -213,10 +229,17 @@ def frames_first(base: str, directory: str, aet: str, study: str, series: str, s
 
     def poll() -> None:
         while not done.is_set():
-            if stored(directory, names) == len(names):
-                all_stored.append(time.perf_counter() - t)
+            now = time.perf_counter() - t
+            for name in names.intersection(os.listdir(directory)):
+                seen.setdefault(name, now)
+            if len(seen) == len(names):
+                all_stored.append(now)
                 return
             time.sleep(0.005)
+
+    def first_read(sop: str) -> None:
+        stored_then.append(stored(directory, names))
+        served.append(entry_name((aet, sop)))
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
@@ -227,7 +250,7 @@ def frames_first(base: str, directory: str, aet: str, study: str, series: str, s
             series,
             sops,
             session,
-            on_first=lambda: stored_then.append(stored(directory, names)),
+            on_first=first_read,
         )
         poller.join(30)
     finally:
@@ -235,7 +258,17 @@ def frames_first(base: str, directory: str, aet: str, study: str, series: str, s
         browser.close()
     if not all_stored:
         raise RuntimeError(f"{aet}: the series was not all in the cache 30 s after its frames")
-    return FirstFrame(session.first_frame, stored_then[0], all_stored[0], session.frames)
+    ranks = sorted(seen, key=seen.__getitem__)
+    return FirstFrame(
+        session.first_frame,
+        stored_then[0],
+        all_stored[0],
+        session.frames,
+        min(seen.values()),
+        ranks.index(served[0]) + 1,
+        session.first_frame - seen[served[0]],
+        ranks.index(entry_name((aet, sops[0]))) + 1,
+    )
 
 
 def rendered(base: str, path: str, n: int) -> tuple[list[float], int]:
@@ -427,6 +460,35 @@ def run(runs: int = 5, slices: int = 200) -> None:
             )
         )
         print(row("dicomrst: all frames", [f.frames for f in first], "s", fmt="{:.3f}"))
+        print(
+            row(
+                "dicomrst: first instance of the series stored",
+                [f.first_stored * 1000 for f in first],
+                "ms",
+                fmt="{:.1f}",
+            )
+        )
+        print(
+            row(
+                "first frame's instance: n-th of the series stored", [f.rank for f in first], "", fmt="{:.0f}"
+            )
+        )
+        print(
+            row(
+                "then its frame read (5 ms polls: +-5 ms)",
+                [f.served_after * 1000 for f in first],
+                "ms",
+                fmt="{:.1f}",
+            )
+        )
+        print(
+            row(
+                "Instance Number 1 (asked first): n-th stored",
+                [f.first_asked_rank for f in first],
+                "",
+                fmt="{:.0f}",
+            )
+        )
 
         anchor = _med(r_orth)
         print(
@@ -449,9 +511,11 @@ def run(runs: int = 5, slices: int = 200) -> None:
         )
         print(f"  dicomrst peak RSS through the whole run (one process; target < 150 MB): {rss:.0f} MB")
         print(
-            f"  cache on disk: peak {watch.peak / 1e6:.0f} MB (sampled every 50 ms), "
-            f"{on_disk / 1e6:.0f} MB at the end; server.cache.max-size {MAX_SIZE / 1e6:.0f} MB; "
-            f"the series ({size_mb:.0f} MB) stored {1 + 3 * runs} times in the run"
+            f"  cache directory: peak {watch.peak / 1e6:.1f} MB of files "
+            f"({watch.peak_allocated / 1e6:.1f} MB allocated on disk; sampled every 50 ms), "
+            f"{on_disk[0] / 1e6:.1f} MB at the end; "
+            f"server.cache.max-size {MAX_SIZE / 1e6:.1f} MB; the series ({size_mb:.0f} MB) stored "
+            f"{1 + 3 * runs} times in the run"
         )
         print(f"  suite took {took:.0f} s")
     finally:
