@@ -11,7 +11,8 @@ C-GET.
 Cold runs use a fresh cache without restarting the gateway: the gateway lists the same
 Orthanc under several AE titles (Orthanc does not check the called AE title), the cache never
 serves one AET's entries to another, so each cold run asks through an AET never used before
-(its pool is cold too: the first request opens the association).  One gateway process then
+(its pool is cold too: the first request opens the association; Orthanc gets enough DICOM
+threads for the idle associations of the AETs used before).  One gateway process then
 serves the whole run, and its peak RSS (VmHWM) covers all of it.  ``server.cache.max-size`` is
 set below what the run stores, so least-recently-used eviction runs during the cold runs; a
 thread samples the cache directory's size (all files, entries being written included) every
@@ -297,7 +298,9 @@ def run(runs: int = 5, slices: int = 200) -> None:
     work = peers.workdir()
     orthanc = gateway = watch = None
     try:
-        orthanc = peers.Orthanc(work)
+        # Orthanc serves an association per thread (4 by default) and the gateway keeps idle
+        # associations open for every AET it has used: the cold AETs would queue behind them.
+        orthanc = peers.Orthanc(work, extra={"DicomThreadsCount": 64})
         study, files = data.ct_study(slices)
         size_mb = sum(len(f) for f in files) / 1e6
         for blob in files:
