@@ -26,7 +26,9 @@ share is the number of this series' entries complete in the cache directory when
 frame response has been read (file names are `dicomrst.cache.store.entry_name` of AET and
 SOP Instance UID; an entry appears there, renamed, when its instance has arrived whole),
 over the instances of the series; a thread polling the directory every 5 ms gives when the
-whole series was stored."""
+whole series was stored, and in what order the instances arrived.  Orthanc sends the series
+in reverse Instance Number order here, so the same cold run is made again asking for the
+frames in that order: what the gateway does when the PACS's order and the viewer's agree."""
 
 from __future__ import annotations
 
@@ -212,7 +214,7 @@ class FirstFrame:
     rank: int
     #: From when the first frame's instance was seen stored to its frame response read.
     served_after: float
-    #: The instance asked for first (lowest Instance Number) was the `first_asked_rank`-th stored.
+    #: The instance asked for first was the `first_asked_rank`-th stored.
     first_asked_rank: int
 
 
@@ -293,6 +295,61 @@ def _med(values: list[float]) -> float:
     return summary(values)[0]
 
 
+def _print_first(title: str, first: list[FirstFrame], n: int) -> None:
+    print(f"  {title}; 5 ms polls of the cache directory")
+    print(row("dicomrst: first frame response", [f.first_frame * 1000 for f in first], "ms", fmt="{:.1f}"))
+    print(
+        row(
+            "series stored at first frame read (target < 10%)",
+            [f.stored_then / n * 100 for f in first],
+            "%",
+            fmt="{:.1f}",
+        )
+    )
+    print(
+        row(
+            "dicomrst: whole series in the cache after",
+            [f.series_stored for f in first],
+            "s",
+            fmt="{:.3f}",
+        )
+    )
+    print(
+        row(
+            "first frame as share of the series' arrival",
+            [f.first_frame / f.series_stored * 100 for f in first],
+            "%",
+            fmt="{:.1f}",
+        )
+    )
+    print(row("dicomrst: all frames", [f.frames for f in first], "s", fmt="{:.3f}"))
+    print(
+        row(
+            "dicomrst: first instance of the series stored",
+            [f.first_stored * 1000 for f in first],
+            "ms",
+            fmt="{:.1f}",
+        )
+    )
+    print(row("first frame's instance: n-th of the series stored", [f.rank for f in first], "", fmt="{:.0f}"))
+    print(
+        row(
+            "then its frame read (5 ms polls: +-5 ms)",
+            [f.served_after * 1000 for f in first],
+            "ms",
+            fmt="{:.1f}",
+        )
+    )
+    print(
+        row(
+            "the instance asked first: n-th stored",
+            [f.first_asked_rank for f in first],
+            "",
+            fmt="{:.0f}",
+        )
+    )
+
+
 def run(runs: int = 5, slices: int = 200) -> None:
     started = time.perf_counter()
     work = peers.workdir()
@@ -308,9 +365,10 @@ def run(runs: int = 5, slices: int = 200) -> None:
         del files
         cold_aets = [f"COLD{i}" for i in range(runs)]
         first_aets = [f"FIRST{i}" for i in range(runs)]
+        last_aets = [f"LAST{i}" for i in range(runs)]
         aets = [
             {"aet": aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "wado-rs": {"retrieve": "get"}}
-            for aet in [orthanc.aet, *cold_aets, *first_aets]
+            for aet in [orthanc.aet, *cold_aets, *first_aets, *last_aets]
         ]
         gateway = peers.Gateway(work, aets, cache={"max-size": MAX_SIZE})
         directory = str(gateway.cache_dir)
@@ -350,10 +408,14 @@ def run(runs: int = 5, slices: int = 200) -> None:
         orth_cold: list[Session] = []
         cold: list[Session] = []
         first: list[FirstFrame] = []
+        last: list[FirstFrame] = []
         for i in range(runs):
             orth_cold.append(ohif(orthanc_base, study)[0])
             cold.append(ohif(gw_base(cold_aets[i]), study)[0])
             first.append(frames_first(gw_base(first_aets[i]), directory, first_aets[i], study, series, sops))
+            last.append(
+                frames_first(gw_base(last_aets[i]), directory, last_aets[i], study, series, sops[::-1])
+            )
         watch.stop()
         rss = peers.peak_rss_mb(gateway.pid)
         on_disk = watch.size()
@@ -434,63 +496,15 @@ def run(runs: int = 5, slices: int = 200) -> None:
                 fmt="{:.1f}",
             )
         )
-        print("  cold, frames at once (instance UIDs known, no metadata call; 5 ms polls of the cache)")
-        print(
-            row("dicomrst: first frame response", [f.first_frame * 1000 for f in first], "ms", fmt="{:.1f}")
+        _print_first(
+            "cold, frames at once by Instance Number (instance UIDs known, no metadata call)",
+            first,
+            len(sops),
         )
-        print(
-            row(
-                "series stored at first frame read (target < 10%)",
-                [f.stored_then / len(sops) * 100 for f in first],
-                "%",
-                fmt="{:.1f}",
-            )
-        )
-        print(
-            row(
-                "dicomrst: whole series in the cache after",
-                [f.series_stored for f in first],
-                "s",
-                fmt="{:.3f}",
-            )
-        )
-        print(
-            row(
-                "first frame as share of the series' arrival",
-                [f.first_frame / f.series_stored * 100 for f in first],
-                "%",
-                fmt="{:.1f}",
-            )
-        )
-        print(row("dicomrst: all frames", [f.frames for f in first], "s", fmt="{:.3f}"))
-        print(
-            row(
-                "dicomrst: first instance of the series stored",
-                [f.first_stored * 1000 for f in first],
-                "ms",
-                fmt="{:.1f}",
-            )
-        )
-        print(
-            row(
-                "first frame's instance: n-th of the series stored", [f.rank for f in first], "", fmt="{:.0f}"
-            )
-        )
-        print(
-            row(
-                "then its frame read (5 ms polls: +-5 ms)",
-                [f.served_after * 1000 for f in first],
-                "ms",
-                fmt="{:.1f}",
-            )
-        )
-        print(
-            row(
-                "Instance Number 1 (asked first): n-th stored",
-                [f.first_asked_rank for f in first],
-                "",
-                fmt="{:.0f}",
-            )
+        _print_first(
+            "the same, frames asked in reverse Instance Number order (the order Orthanc sends here)",
+            last,
+            len(sops),
         )
 
         anchor = _med(r_orth)
@@ -518,7 +532,7 @@ def run(runs: int = 5, slices: int = 200) -> None:
             f"({watch.peak_allocated / 1e6:.1f} MB allocated on disk; sampled every 50 ms), "
             f"{on_disk[0] / 1e6:.1f} MB at the end; "
             f"server.cache.max-size {MAX_SIZE / 1e6:.1f} MB; the series ({size_mb:.0f} MB) stored "
-            f"{1 + 3 * runs} times in the run"
+            f"{1 + 4 * runs} times in the run"
         )
         print(f"  suite took {took:.0f} s")
     finally:
