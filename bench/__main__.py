@@ -1,4 +1,4 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, soak): start the peers,
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, soak): start the peers,
 measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
 mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import qido, s3, soak, stow, wado
+from bench import qido, s3, soak, stow, viewer, wado
 
 
 def _wado_slow(runs: int) -> None:
@@ -23,6 +23,8 @@ SUITES: dict[str, Callable[[int], None]] = {
     # The 105 MB study against storescu and Orthanc's STOW-RS, then a ~1 GB upload for peak RSS.
     "stow": lambda runs: stow.run(runs=runs),
     "s3": lambda runs: s3.run(runs=runs),
+    # OHIF-like client, warm and cold cache, rendered; about 2 minutes (not in the default set).
+    "viewer": lambda runs: viewer.run(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")

@@ -159,15 +159,18 @@ class Gateway(Process):
         request_timeout_ms: int = 600000,
         dimse_port: int | None = None,
         name: str = "dicomrst",
+        cache: dict | None = None,
     ) -> None:
         """`dimse_port`: the listener's port when a C-MOVE source must know it beforehand;
-        `name`: for the config and log file names, when several gateways run."""
+        `name`: for the config and log file names, when several gateways run; `cache`:
+        ``server.cache`` keys merged over the path (`cache_dir`)."""
         import yaml
 
         self.http_port = free_port()
         self.dimse_port = dimse_port or free_port()
         self.dimse_aet = dimse_aet
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.cache_dir = workdir / f"{name}-cache"
         config = {
             "telemetry": {"level": "WARN"},
             "server": {
@@ -180,7 +183,7 @@ class Gateway(Process):
                 },
                 "dimse": [{"aet": dimse_aet, "interface": "127.0.0.1", "port": self.dimse_port}],
                 # One per gateway: several may run at once, and each locks its own.
-                "cache": {"path": str(workdir / f"{name}-cache")},
+                "cache": {"path": str(self.cache_dir), **(cache or {})},
             },
             "aets": aets,
         }
