@@ -143,6 +143,10 @@ class InstanceCache:
         """Instances of `aet` are kept (``aets[].cache``, and a ``max-size`` above 0)."""
         return self.store.max_size > 0 and aet not in self.bypass
 
+    def holds(self, aet: str, sop: str) -> bool:
+        """A fresh entry for instance `sop` of `aet` exists: `instance` answers at once."""
+        return self.caches(aet) and (aet, sop) in self.store
+
     def start(self) -> None:
         """Claim and empty the directory (`CacheDirectoryError` if it cannot be ours)."""
         self._stopped = False

@@ -1,0 +1,286 @@
+# -*- test-case-name: tests.unit.test_wado_ranged -*-
+"""Frames of an instance read by byte range from its stored object (a backend that
+provides `IRangedReads`: S3), without the whole object and without the instance cache.
+
+On a cache miss the web layer asks `RangedFrames.prepare` first.  It reads the object's
+head (`HEAD_BYTES`, one ranged read), indexes its frames from the head alone
+(`open_instance(..., size=...)` + `index_frames`: native frames always, encapsulated
+ones when the Extended Offset Table or the fragment headers lie in the head), then plans
+the body: each frame's `Extent` cut into slices of at most `READ_BUDGET` bytes, and
+neighbouring slices merged into one read (`plan_reads`), so consecutive frames of a
+multi-frame object come in one GET and no request holds more than about `READ_BUDGET`
+bytes.  Reads carry the head's version (S3: ``If-Match`` on its ETag), so a frame never
+mixes two versions of an object.
+
+`prepare` answers None, and the caller takes the whole-object path (the cache's series
+retrieve), when ranged reads cannot serve the request: the head does not locate the
+frames (pixel data or its fragment headers past the head, a deflated data set, a
+malformed object: the whole-object path reports it properly), the frames must be
+decoded, the store refused ranges, or the object changed since its head was read.
+
+What a head showed is remembered per (AET, SOP Instance UID) in a small LRU
+(`HEADS` entries, a `FrameIndex` and the object's size and version each: a few hundred
+bytes for native frames, 16 bytes per frame with an offset table), so a viewer's call per
+frame of a multi-frame object costs one GET each after the first.  The head's bytes are
+not kept.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+
+import attrs
+
+from dicomrst.backends.interfaces import IRangedReads
+from dicomrst.backends.values import ObjectChanged, RangesRefused
+from dicomrst.common.cpu import CpuWorkers
+from dicomrst.errors import NotFound
+from dicomrst.imaging.elements import open_instance
+from dicomrst.imaging.extent import Extent, Span, StoredObjectError
+from dicomrst.imaging.frames import FrameIndex, index_frames
+from dicomrst.logs import logger
+from dicomrst.wado.frames import Output, PartChoice, choose_output, multipart_only, plan_frames
+from dicomrst.wado.multipart import MultipartWriter
+
+log = logger("dicomrst.wado")
+
+#: Bytes of an object read to locate its frames (as the S3 metadata path reads).
+HEAD_BYTES = 64 << 10
+#: The most one ranged read brings (and one response holds at a time).
+READ_BUDGET = 4 << 20
+#: Unwanted bytes between two slices that are still read in one request rather than two
+#: (a round trip to S3 costs more than this at any usable bandwidth).
+MAX_GAP = 256 << 10
+#: Objects whose head is remembered.
+HEADS = 128
+
+
+# -- planning (pure) -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Chunk:
+    """A piece of the body: `literal` bytes (a part header, the close delimiter) or the
+    bytes of `extent`, read from the object."""
+
+    literal: bytes = b""
+    extent: Extent | None = None
+
+
+@attrs.frozen
+class Read:
+    """One ranged read: `span` of the object (None: nothing to read) and the body pieces
+    made from it, in body order."""
+
+    span: Span | None
+    chunks: tuple[Chunk, ...]
+
+
+def split_extent(extent: Extent, budget: int) -> list[Extent]:
+    """`extent` in slices of at most `budget` bytes out (a bit-packed frame stays whole)."""
+    if extent.bits is not None or extent.size <= budget:
+        return [extent]
+    return [extent.slice(start, min(start + budget, extent.size)) for start in range(0, extent.size, budget)]
+
+
+def plan_reads(pieces: Sequence[bytes | Extent], budget: int = READ_BUDGET, gap: int = MAX_GAP) -> list[Read]:
+    """The reads that produce `pieces` (literals and extents, in body order): extents
+    sliced to `budget`, and a slice joined to the read before it when the read then spans
+    at most `budget` bytes of which at most `gap` are not wanted."""
+    reads: list[Read] = []
+    chunks: list[Chunk] = []
+    lo = hi = wanted = 0
+    reading = False
+
+    def flush() -> None:
+        if chunks:
+            reads.append(Read(Span(lo, hi - lo) if reading else None, tuple(chunks)))
+
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            chunks.append(Chunk(literal=piece))
+            continue
+        for extent in split_extent(piece, budget):
+            if not extent.spans:
+                chunks.append(Chunk(extent=extent))
+                continue
+            first = min(span.offset for span in extent.spans)
+            last = max(span.end for span in extent.spans)
+            if reading:
+                new_lo, new_hi = min(lo, first), max(hi, last)
+                if new_hi - new_lo <= budget and new_hi - new_lo - wanted - extent.stored_length <= gap:
+                    lo, hi, wanted = new_lo, new_hi, wanted + extent.stored_length
+                    chunks.append(Chunk(extent=extent))
+                    continue
+                flush()
+                chunks = []
+            lo, hi, wanted, reading = first, last, extent.stored_length, True
+            chunks.append(Chunk(extent=extent))
+    flush()
+    return reads
+
+
+def assemble_read(read: Read, data: bytes) -> list[bytes]:
+    """The body pieces of `read`, from `data` (the object's bytes from ``read.span``'s
+    offset); `StoredObjectError` when `data` ends before a frame does."""
+    base = read.span.offset if read.span is not None else 0
+    out = []
+    for chunk in read.chunks:
+        if chunk.extent is None:
+            out.append(chunk.literal)
+            continue
+        stored = b"".join(data[span.offset - base : span.end - base] for span in chunk.extent.spans)
+        out.append(chunk.extent.assemble(stored))
+    return out
+
+
+def index_head(data: bytes, size: int) -> FrameIndex | None:
+    """The frames of an object of `size` bytes located from its first bytes `data`, or
+    None when those do not locate them (or say something is wrong: the whole object
+    will tell what)."""
+    try:
+        with open_instance(io.BytesIO(data), size=size) as stored:
+            if not stored.addressable:  # inflated: offsets are not the object's
+                return None
+            return index_frames(stored)
+    except (StoredObjectError, NotFound):
+        return None
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ObjectHead:
+    """What an object's head showed: its `size`, `version`, and frames (None: not
+    locatable from the head)."""
+
+    size: int
+    version: str | None
+    index: FrameIndex | None
+
+
+class RangedBody:
+    """A frames response read range by range: `content_type`, then `first` (the first
+    read's pieces, read before any header is sent), then `next()` until `done`."""
+
+    def __init__(
+        self,
+        backend: IRangedReads,
+        where: tuple[str, str, str],
+        version: str | None,
+        reads: list[Read],
+        content_type: str,
+        cpu: CpuWorkers,
+    ) -> None:
+        self.backend = backend
+        self.where = where
+        self.version = version
+        self.content_type = content_type
+        self.cpu = cpu
+        self.first: list[bytes] = []
+        self.bytes_read = 0
+        self._reads: Iterator[Read] = iter(reads)
+        self._left = len(reads)
+
+    @property
+    def done(self) -> bool:
+        return self._left == 0
+
+    async def next(self) -> list[bytes]:
+        """The pieces of the next read."""
+        read = next(self._reads)
+        self._left -= 1
+        data = b""
+        if read.span is not None:
+            study, series, sop = self.where
+            got = await self.backend.read_range(
+                study, series, sop, read.span.offset, read.span.end, version=self.version
+            )
+            data = got.data
+            self.bytes_read += len(data)
+        if all(chunk.extent is None or chunk.extent.direct for chunk in read.chunks):
+            return assemble_read(read, data)  # slicing only
+        pieces: list[bytes] = await self.cpu.run(assemble_read, read, data)  # byte swapping
+        return pieces
+
+
+class RangedFrames:
+    """Frames by ranged reads for every backend that provides `IRangedReads`; one per
+    gateway (it holds the LRU of heads)."""
+
+    def __init__(self, cpu: CpuWorkers, heads: int = HEADS, budget: int = READ_BUDGET) -> None:
+        self.cpu = cpu
+        self.max_heads = heads
+        self.budget = budget
+        self.heads: OrderedDict[tuple[str, str], ObjectHead] = OrderedDict()
+        self.head_reads = 0
+
+    def forget(self, aet: str, sop: str) -> None:
+        self.heads.pop((aet, sop), None)
+
+    async def head(self, backend: IRangedReads, aet: str, study: str, series: str, sop: str) -> ObjectHead:
+        """What the head of `sop`'s object shows (remembered, or read now)."""
+        key = (aet, sop)
+        known = self.heads.get(key)
+        if known is not None:
+            self.heads.move_to_end(key)
+            return known
+        got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
+        self.head_reads += 1
+        index = await self.cpu.run(index_head, got.data, got.size)
+        known = ObjectHead(got.size, got.version, index)
+        self.heads[key] = known
+        while len(self.heads) > self.max_heads:
+            self.heads.popitem(last=False)
+        return known
+
+    async def prepare(
+        self,
+        backend: IRangedReads,
+        aet: str,
+        where: tuple[str, str, str],
+        numbers: Sequence[int] | None,
+        choice: PartChoice,
+        location: str,
+    ) -> RangedBody | None:
+        """The body of frames `numbers` (None: all) of instance ``where`` = (study,
+        series, sop), its first read done; None when ranged reads cannot serve it (see
+        the module).  Raises what the frames path raises before anything is sent
+        (`FrameNotFound`, `FramesNotSeparable`, `NotAcceptable`, `NotFound`...)."""
+        study, series, sop = where
+        try:
+            head = await self.head(backend, aet, study, series, sop)
+        except RangesRefused:
+            return None
+        index = head.index
+        if index is None:
+            return None
+        output: Output = choose_output(multipart_only(choice), index.transfer_syntax, index.media)
+        if output.decode:
+            return None  # decoding needs the whole data set
+        wanted = range(1, index.number_of_frames + 1) if numbers is None else numbers
+        try:
+            parts = plan_frames(index, wanted, output, location)
+        except StoredObjectError:
+            return None  # the whole object shows where (or whether) the frame is
+        writer = MultipartWriter()
+        pieces: list[bytes | Extent] = []
+        for part in parts:
+            assert part.extent is not None
+            pieces.append(writer.part_header(output.media.content_type, part.location))
+            pieces.append(part.extent)
+        pieces.append(writer.close())
+        content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
+        body = RangedBody(
+            backend, where, head.version, plan_reads(pieces, self.budget), content_type, self.cpu
+        )
+        try:
+            body.first = await body.next()
+        except (ObjectChanged, RangesRefused, StoredObjectError) as e:
+            log.info("ranged read of {sop} at {aet} not possible: {why}", sop=sop, aet=aet, why=str(e))
+            self.forget(aet, sop)
+            return None
+        return body
