@@ -32,14 +32,20 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IRangedReads
 from dicomrst.backends.values import ObjectChanged, RangesRefused
 from dicomrst.common.cpu import CpuWorkers
+from dicomrst.common.tags import PIXEL_DATA_TAGS
 from dicomrst.errors import NotFound
+from dicomrst.imaging.bulkdata import BulkPath, BulkValue, locate_bulk
+from dicomrst.imaging.byterange import ByteRange, parse_range
 from dicomrst.imaging.elements import open_instance
 from dicomrst.imaging.extent import Extent, Span, StoredObjectError
 from dicomrst.imaging.frames import FrameIndex, index_frames
+from dicomrst.imaging.media import NATIVE_MEDIA, frame_media
 from dicomrst.logs import logger
 from dicomrst.wado.frames import Output, PartChoice, choose_output, multipart_only, plan_frames
 from dicomrst.wado.multipart import MultipartWriter
@@ -149,6 +155,18 @@ def index_head(data: bytes, size: int) -> FrameIndex | None:
         return None
 
 
+def locate_in_head(data: bytes, size: int, path: BulkPath) -> tuple[str, BulkValue] | None:
+    """(transfer syntax, the value at `path`) of an object of `size` bytes, located from
+    its first bytes `data`, or None as `index_head`."""
+    try:
+        with open_instance(io.BytesIO(data), size=size) as stored:
+            if not stored.addressable:
+                return None
+            return stored.transfer_syntax, locate_bulk(stored, path)
+    except (StoredObjectError, NotFound):
+        return None
+
+
 # -- serving ----------------------------------------------------------------------------------
 
 
@@ -163,8 +181,9 @@ class ObjectHead:
 
 
 class RangedBody:
-    """A frames response read range by range: `content_type`, then `first` (the first
-    read's pieces, read before any header is sent), then `next()` until `done`."""
+    """A response read range by range: `content_type`, then `first` (the first read's
+    pieces, read before any header is sent), then `next()` until `done`.  `length` and
+    `byte_range` as `Prepared`'s (a single-part value)."""
 
     def __init__(
         self,
@@ -174,8 +193,12 @@ class RangedBody:
         reads: list[Read],
         content_type: str,
         cpu: CpuWorkers,
+        length: int | None = None,
+        byte_range: ByteRange | None = None,
     ) -> None:
         self.backend = backend
+        self.length = length
+        self.byte_range = byte_range
         self.where = where
         self.version = version
         self.content_type = content_type
@@ -217,24 +240,47 @@ class RangedFrames:
         self.budget = budget
         self.heads: OrderedDict[tuple[str, str], ObjectHead] = OrderedDict()
         self.head_reads = 0
+        self._reading: dict[tuple[str, str], list[Deferred[ObjectHead | None]]] = {}
 
     def forget(self, aet: str, sop: str) -> None:
         self.heads.pop((aet, sop), None)
 
     async def head(self, backend: IRangedReads, aet: str, study: str, series: str, sop: str) -> ObjectHead:
-        """What the head of `sop`'s object shows (remembered, or read now)."""
+        """What the head of `sop`'s object shows (remembered, or read now: once for
+        concurrent calls, as a viewer asks for several frames of one object at once)."""
         key = (aet, sop)
         known = self.heads.get(key)
         if known is not None:
             self.heads.move_to_end(key)
             return known
-        got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
-        self.head_reads += 1
-        index = await self.cpu.run(index_head, got.data, got.size)
+        waiting = self._reading.get(key)
+        if waiting is not None:
+            mine: Deferred[ObjectHead | None] = Deferred()
+            waiting.append(mine)
+            found = await mine
+            if found is None:  # the reader's client left: read it for ours
+                return await self.head(backend, aet, study, series, sop)
+            return found
+        self._reading[key] = []
+        try:
+            got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
+            self.head_reads += 1
+            index = await self.cpu.run(index_head, got.data, got.size)
+        except CancelledError:
+            for d in self._reading.pop(key, []):
+                d.callback(None)
+            raise
+        except BaseException:
+            failure = Failure()
+            for d in self._reading.pop(key, []):
+                d.errback(failure)
+            raise
         known = ObjectHead(got.size, got.version, index)
         self.heads[key] = known
         while len(self.heads) > self.max_heads:
             self.heads.popitem(last=False)
+        for d in self._reading.pop(key, []):
+            d.callback(known)
         return known
 
     async def prepare(
@@ -277,6 +323,11 @@ class RangedFrames:
         body = RangedBody(
             backend, where, head.version, plan_reads(pieces, self.budget), content_type, self.cpu
         )
+        return await self._start(aet, sop, body)
+
+    async def _start(self, aet: str, sop: str, body: RangedBody) -> RangedBody | None:
+        """`body` with its first read done, or None when that read shows ranged reads
+        cannot serve it."""
         try:
             body.first = await body.next()
         except (ObjectChanged, RangesRefused, StoredObjectError) as e:
@@ -284,3 +335,54 @@ class RangedFrames:
             self.forget(aet, sop)
             return None
         return body
+
+    async def prepare_bulk(
+        self,
+        backend: IRangedReads,
+        aet: str,
+        where: tuple[str, str, str],
+        path: BulkPath,
+        choice: PartChoice,
+        location: str,
+        frames_location: str,
+        range_header: str | None,
+    ) -> RangedBody | None:
+        """The value at `path` as `prepare_bulk` of `dicomrst.wado.frames` serves it,
+        read by range; None when ranged reads cannot serve it.  The head is read each
+        time (only frames' heads are remembered): a value is asked for once per viewer,
+        a frame many times."""
+        study, series, sop = where
+        try:
+            got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
+        except RangesRefused:
+            return None
+        self.head_reads += 1
+        located = await self.cpu.run(locate_in_head, got.data, got.size, path)
+        if located is None:
+            return None
+        syntax, value = located
+        if value.encapsulated and not path.steps and path.tag in PIXEL_DATA_TAGS:
+            return await self.prepare(backend, aet, where, None, choice, frames_location)
+        media = frame_media(syntax, True) if value.encapsulated else NATIVE_MEDIA
+        output = choose_output(choice, syntax, media, decodable=False)
+        extent = value.extent
+        if output.multipart:
+            writer = MultipartWriter()
+            pieces: list[bytes | Extent] = [
+                writer.part_header(output.media.content_type, location),
+                extent,
+                writer.close(),
+            ]
+            content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
+            body = RangedBody(
+                backend, where, got.version, plan_reads(pieces, self.budget), content_type, self.cpu
+            )
+        else:
+            byte_range = parse_range(range_header, extent.size)
+            if byte_range is not None:
+                extent = extent.slice(byte_range.start, byte_range.stop)
+            reads = plan_reads([extent], self.budget)
+            body = RangedBody(
+                backend, where, got.version, reads, output.media.media_type, self.cpu, extent.size, byte_range
+            )
+        return await self._start(aet, sop, body)

@@ -34,6 +34,7 @@ from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest, NotFound, UpstreamError
 from dicomrst.imaging.bulkdata import parse_bulk_path
+from dicomrst.imaging.byterange import ByteRange
 from dicomrst.imaging.framelist import parse_frame_list
 from dicomrst.imaging.frames import NoPixelData
 from dicomrst.wado.frames import PartChoice, Prepared, prepare_bulk, prepare_frames, select_part_media
@@ -144,6 +145,19 @@ async def bulkdata(
     url = _instance_url(context, request, aet, study, series, sop)
     location = f"{url}/bulkdata/{bulk_path}"
     range_header = header_text(request, b"range")
+    if _ranged_reads(context, backend, sop):
+        ranged = await context.ranged.prepare_bulk(
+            IRangedReads(backend),
+            aet,
+            (study, series, sop),
+            bulk_path,
+            choice,
+            location,
+            f"{url}/frames",
+            range_header,
+        )
+        if ranged is not None:
+            return await _send_ranged(context, request, ranged)
     found = await context.cache.instance(backend, study, series, sop)
     head = request.method == b"HEAD"
     return await _send(
@@ -164,15 +178,22 @@ async def _ranged(
     choice: PartChoice,
     location: str,
 ) -> RangedBody | None:
-    """The frames read by range from the stored object, when the backend can and the
-    cache does not hold the instance already; None: take the cache's path."""
-    if not IRangedReads.providedBy(backend) or context.cache.holds(backend.aet, where[2]):
+    """The frames read by range from the stored object (see `_ranged_reads`); None: take
+    the cache's path."""
+    if not _ranged_reads(context, backend, where[2]):
         return None
     return await context.ranged.prepare(IRangedReads(backend), backend.aet, where, numbers, choice, location)
 
 
+def _ranged_reads(context: WebContext, backend: IBackend, sop: str) -> bool:
+    """Read by range: the backend can, and the cache does not hold the instance already
+    (a file on local disk beats any read over the network)."""
+    return IRangedReads.providedBy(backend) and not context.cache.holds(backend.aet, sop)
+
+
 async def _send_ranged(context: WebContext, request: IRequest, body: RangedBody) -> bytes | IResource:
     request.setHeader(b"Content-Type", body.content_type.encode("ascii"))
+    _length_headers(request, body.length, body.byte_range)
     if request.method == b"HEAD":
         return b""
     concrete = cast(Request, request)
@@ -325,10 +346,15 @@ async def study_pixeldata(
 
 def _headers(request: IRequest, prepared: Prepared) -> None:
     request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
-    if prepared.length is None:
+    _length_headers(request, prepared.length, prepared.byte_range)
+
+
+def _length_headers(request: IRequest, length: int | None, byte_range: ByteRange | None) -> None:
+    """A single-part value's length, and the range of it sent (206)."""
+    if length is None:
         return
     request.setHeader(b"Accept-Ranges", b"bytes")
-    request.setHeader(b"Content-Length", b"%d" % prepared.length)
-    if prepared.byte_range is not None:
+    request.setHeader(b"Content-Length", b"%d" % length)
+    if byte_range is not None:
         request.setResponseCode(206)
-        request.setHeader(b"Content-Range", prepared.byte_range.content_range.encode("ascii"))
+        request.setHeader(b"Content-Range", byte_range.content_range.encode("ascii"))

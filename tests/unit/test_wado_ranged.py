@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 import attrs
 from pydicom.encaps import encapsulate, encapsulate_extended
@@ -18,9 +19,10 @@ from dicomrst.backends.interfaces import IRangedReads
 from dicomrst.backends.values import ObjectChanged, ObjectRange
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.errors import NotFound
+from dicomrst.imaging.bulkdata import parse_bulk_path
 from dicomrst.imaging.extent import Extent, Span, read_extent
 from dicomrst.imaging.framelist import FrameNotFound
-from dicomrst.wado.frames import prepare_frames, select_part_media
+from dicomrst.wado.frames import prepare_bulk, prepare_frames, select_part_media
 from dicomrst.wado.ranged import (
     HEAD_BYTES,
     RangedBody,
@@ -276,3 +278,86 @@ class RangedFramesTests(SynchronousTestCase):
         for sop in ("1", "2", "3"):
             self.prepare(store, sop, [1])
         self.assertEqual(list(self.ranged.heads), [("S3", "2"), ("S3", "3")])
+
+
+class RangedBulkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        self.ranged = RangedFrames(cpu, budget=1 << 16)
+
+    def both(self, data: bytes, path: str, accept: str, range_header: str | None = None) -> tuple[Any, Any]:
+        """(ranged body, whole-object `Prepared`) of the value at `path`, drained: their
+        bodies replace `first`."""
+        store = MemoryObjects({"1.4": data})
+        choice = select_part_media(accept, None, single_part=True)
+        bulk = parse_bulk_path(path)
+        d = Deferred.fromCoroutine(
+            self.ranged.prepare_bulk(
+                store, "S3", ("1.2", "1.3", "1.4"), bulk, choice, "x/b", "x/f", range_header
+            )
+        )
+        body = self.successResultOf(d)
+        whole = prepare_bulk(io.BytesIO(data), bulk, choice, "x/b", "x/f", range_header)
+        if body is not None:
+            rest: list[bytes] = []
+            while not body.done:
+                rest += self.successResultOf(Deferred.fromCoroutine(body.next()))
+            body.first = [b"".join(body.first + rest)]
+        pieces = list(whole.first)
+        while not whole.reader.done:
+            pieces += whole.reader.batch()
+        return body, (whole, b"".join(pieces), store)
+
+    def test_pixel_data_value_with_a_range(self) -> None:
+        data = native(256, 256, 10)
+        body, (whole, expected, store) = self.both(
+            data, "7FE00010", "application/octet-stream", "bytes=1000-299999"
+        )
+        self.assertEqual(body.first, [expected])
+        self.assertEqual((body.length, body.byte_range), (whole.length, whole.byte_range))
+        self.assertEqual(body.content_type, whole.content_type())
+        self.assertEqual(sum(stop - start for start, stop in store.reads[1:]), 299_000)
+
+    def test_pixel_data_value_multipart(self) -> None:
+        data = native(64, 64, 3)
+        body, (whole, expected, _store) = self.both(data, "7FE00010", NATIVE_ONLY)
+        self.assertEqual(parts(body.first[0], body.content_type), parts(expected, whole.content_type()))
+        self.assertIsNone(body.length)
+
+    def test_value_past_the_head_takes_the_whole_path(self) -> None:
+        ds = image(512, 512, 1, bits=16)
+        ds.PixelData = b"\x00" * (512 * 512 * 2)
+        ds.add_new(0x7FE10010, "OB", b"\x01" * 100)  # a private value after the pixel data
+        data = part10(ds, ExplicitVRLittleEndian)
+        body, _ = self.both(data, "7FE10010", "application/octet-stream")
+        self.assertIsNone(body)
+
+
+class CoalescedHeadTests(SynchronousTestCase):
+    def test_concurrent_calls_read_the_head_once(self) -> None:
+        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        ranged = RangedFrames(cpu)
+        data = native(64, 64, 4)
+        pending: list[Deferred[ObjectRange]] = []
+
+        @implementer(IRangedReads)
+        class Slow:
+            def read_range(self, *args: Any, **kwargs: Any) -> Deferred[ObjectRange]:
+                d: Deferred[ObjectRange] = Deferred()
+                pending.append(d)
+                return d
+
+        first = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        second = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(ObjectRange(data[:HEAD_BYTES], 0, len(data), '"v"'))
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))
+        # The reader's client leaves: the other caller reads the head itself.
+        ranged.forget("S3", "3")
+        first = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        second = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        first.cancel()
+        self.failureResultOf(first)
+        self.assertEqual(len(pending), 3)
+        pending[2].callback(ObjectRange(data[:HEAD_BYTES], 0, len(data), '"v"'))
+        self.assertEqual(self.successResultOf(second).size, len(data))
