@@ -195,8 +195,10 @@ class RangedBody:
         cpu: CpuWorkers,
         length: int | None = None,
         byte_range: ByteRange | None = None,
+        preloaded: bytes = b"",
     ) -> None:
         self.backend = backend
+        self.preloaded = preloaded
         self.length = length
         self.byte_range = byte_range
         self.where = where
@@ -217,7 +219,9 @@ class RangedBody:
         read = next(self._reads)
         self._left -= 1
         data = b""
-        if read.span is not None:
+        if read.span is not None and read.span.end <= len(self.preloaded):
+            data = self.preloaded[read.span.offset : read.span.end]  # a small object: all in its head
+        elif read.span is not None:
             study, series, sop = self.where
             got = await self.backend.read_range(
                 study, series, sop, read.span.offset, read.span.end, version=self.version
@@ -245,14 +249,17 @@ class RangedFrames:
     def forget(self, aet: str, sop: str) -> None:
         self.heads.pop((aet, sop), None)
 
-    async def head(self, backend: IRangedReads, aet: str, study: str, series: str, sop: str) -> ObjectHead:
+    async def head(
+        self, backend: IRangedReads, aet: str, study: str, series: str, sop: str
+    ) -> tuple[ObjectHead, bytes]:
         """What the head of `sop`'s object shows (remembered, or read now: once for
-        concurrent calls, as a viewer asks for several frames of one object at once)."""
+        concurrent calls, as a viewer asks for several frames of one object at once), and
+        the head's bytes when this call read them (else b"")."""
         key = (aet, sop)
         known = self.heads.get(key)
         if known is not None:
             self.heads.move_to_end(key)
-            return known
+            return known, b""
         waiting = self._reading.get(key)
         if waiting is not None:
             mine: Deferred[ObjectHead | None] = Deferred()
@@ -260,7 +267,7 @@ class RangedFrames:
             found = await mine
             if found is None:  # the reader's client left: read it for ours
                 return await self.head(backend, aet, study, series, sop)
-            return found
+            return found, b""
         self._reading[key] = []
         try:
             got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
@@ -281,7 +288,7 @@ class RangedFrames:
             self.heads.popitem(last=False)
         for d in self._reading.pop(key, []):
             d.callback(known)
-        return known
+        return known, got.data
 
     async def prepare(
         self,
@@ -298,7 +305,7 @@ class RangedFrames:
         (`FrameNotFound`, `FramesNotSeparable`, `NotAcceptable`, `NotFound`...)."""
         study, series, sop = where
         try:
-            head = await self.head(backend, aet, study, series, sop)
+            head, preloaded = await self.head(backend, aet, study, series, sop)
         except RangesRefused:
             return None
         index = head.index
@@ -320,9 +327,8 @@ class RangedFrames:
             pieces.append(part.extent)
         pieces.append(writer.close())
         content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
-        body = RangedBody(
-            backend, where, head.version, plan_reads(pieces, self.budget), content_type, self.cpu
-        )
+        reads = plan_reads(pieces, self.budget)
+        body = RangedBody(backend, where, head.version, reads, content_type, self.cpu, preloaded=preloaded)
         return await self._start(aet, sop, body)
 
     async def _start(self, aet: str, sop: str, body: RangedBody) -> RangedBody | None:
@@ -374,15 +380,15 @@ class RangedFrames:
                 writer.close(),
             ]
             content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
-            body = RangedBody(
-                backend, where, got.version, plan_reads(pieces, self.budget), content_type, self.cpu
-            )
+            reads = plan_reads(pieces, self.budget)
+            body = RangedBody(backend, where, got.version, reads, content_type, self.cpu, preloaded=got.data)
         else:
             byte_range = parse_range(range_header, extent.size)
             if byte_range is not None:
                 extent = extent.slice(byte_range.start, byte_range.stop)
             reads = plan_reads([extent], self.budget)
+            media_type = output.media.media_type
             body = RangedBody(
-                backend, where, got.version, reads, output.media.media_type, self.cpu, extent.size, byte_range
+                backend, where, got.version, reads, media_type, self.cpu, extent.size, byte_range, got.data
             )
         return await self._start(aet, sop, body)
