@@ -322,6 +322,19 @@ class S3RangedFramesTests(FramesTestCase):
         )
         self.assertEqual(expected, [want[6], want[59], want[0]])
 
+        # Bulk data: a Range of the pixel data value costs the head and that range.
+        pixels = b"".join(want)
+        before, gets = proxy.served, len(proxy.gets())
+        url = f"/aets/S3AET/studies/{item.study}/series/{item.series}/instances/{item.sop}/bulkdata/7FE00010"
+        response = await gw.get(
+            url, headers={"Accept": "application/octet-stream", "Range": "bytes=1000000-2999999"}
+        )
+        self.assertEqual(response.code, 206, response.body[:300])
+        self.assertEqual(response.header("Content-Range"), f"bytes 1000000-2999999/{len(pixels)}")
+        self.assertEqual(response.body, pixels[1_000_000:3_000_000])
+        self.assertEqual(len(proxy.gets()), gets + 2)
+        self.assertLess(proxy.served - before, HEAD_BYTES + 2_000_000 + 8192)
+
         # Once the whole instance went through the gateway (into the cache), no more reads.
         await gw.get(instance_path("S3AET", item.study, item.series, item.sop))
         gets = len(proxy.gets())
