@@ -340,6 +340,9 @@ class RangedFrames:
             log.info("ranged read of {sop} at {aet} not possible: {why}", sop=sop, aet=aet, why=str(e))
             self.forget(aet, sop)
             return None
+        except NotFound:
+            self.forget(aet, sop)  # deleted since its head was read: 404, and no stale head
+            raise
         return body
 
     async def prepare_bulk(

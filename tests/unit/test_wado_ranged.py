@@ -272,6 +272,15 @@ class RangedFramesTests(SynchronousTestCase):
         self.assertIsNone(self.prepare(store, "1.6", [1]))
         self.assertNotIn(("S3", "1.6"), self.ranged.heads)
 
+    def test_deleted_object_is_404_and_its_head_forgotten(self) -> None:
+        store = MemoryObjects({"1.4": native(256, 256, 4)})
+        self.assertIsNotNone(self.prepare(store, "1.4", [1]))
+        del store.objects["1.4"]
+        choice = select_part_media(ANY, None)
+        d = Deferred.fromCoroutine(self.ranged.prepare(store, "S3", ("1.2", "1.3", "1.4"), [2], choice, "x"))
+        self.failureResultOf(d, NotFound)
+        self.assertNotIn(("S3", "1.4"), self.ranged.heads)
+
     def test_frame_past_the_object_is_404_before_any_frame_read(self) -> None:
         store = MemoryObjects({"1.4": native(32, 32, 4)})
         choice = select_part_media(ANY, None)
