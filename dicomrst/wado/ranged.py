@@ -13,7 +13,10 @@ bytes.  Reads carry the head's version (S3: ``If-Match`` on its ETag), so a fram
 mixes two versions of an object.
 
 `prepare` answers None, and the caller takes the whole-object path (the cache's series
-retrieve), when ranged reads cannot serve the request: the head does not locate the
+retrieve), for an object under `MIN_SIZE` (ranged reads pay off for large objects, whose
+first frame would otherwise wait for the whole object; a series of small ones comes
+faster through the cache's one retrieve), and when ranged reads cannot serve the
+request: the head does not locate the
 frames (pixel data or its fragment headers past the head, a deflated data set, a
 malformed object: the whole-object path reports it properly), the frames must be
 decoded, the store refused ranges, or the object changed since its head was read.
@@ -61,6 +64,11 @@ READ_BUDGET = 4 << 20
 MAX_GAP = 256 << 10
 #: Objects whose head is remembered.
 HEADS = 128
+#: Objects smaller than this take the whole-object path (the cache's series retrieve):
+#: waiting for the whole object costs little, and a series of them comes faster through
+#: one concurrent retrieve than through two GETs per instance (measured against moto: 100
+#: single-frame CTs, 6 requests at a time, 1.2-1.4 s by range, 0.75 s by the cache).
+MIN_SIZE = 4 << 20
 
 
 # -- planning (pure) -------------------------------------------------------------------------
@@ -238,8 +246,11 @@ class RangedFrames:
     """Frames by ranged reads for every backend that provides `IRangedReads`; one per
     gateway (it holds the LRU of heads)."""
 
-    def __init__(self, cpu: CpuWorkers, heads: int = HEADS, budget: int = READ_BUDGET) -> None:
+    def __init__(
+        self, cpu: CpuWorkers, heads: int = HEADS, budget: int = READ_BUDGET, min_size: int = MIN_SIZE
+    ) -> None:
         self.cpu = cpu
+        self.min_size = min_size
         self.max_heads = heads
         self.budget = budget
         self.heads: OrderedDict[tuple[str, str], ObjectHead] = OrderedDict()
@@ -309,7 +320,7 @@ class RangedFrames:
         except RangesRefused:
             return None
         index = head.index
-        if index is None:
+        if index is None or head.size < self.min_size:
             return None
         output: Output = choose_output(multipart_only(choice), index.transfer_syntax, index.media)
         if output.decode:
@@ -361,11 +372,16 @@ class RangedFrames:
         time (only frames' heads are remembered): a value is asked for once per viewer,
         a frame many times."""
         study, series, sop = where
+        known = self.heads.get((aet, sop))
+        if known is not None and known.size < self.min_size:
+            return None
         try:
             got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
         except RangesRefused:
             return None
         self.head_reads += 1
+        if got.size < self.min_size:
+            return None
         located = await self.cpu.run(locate_in_head, got.data, got.size, path)
         if located is None:
             return None

@@ -145,7 +145,7 @@ async def bulkdata(
     url = _instance_url(context, request, aet, study, series, sop)
     location = f"{url}/bulkdata/{bulk_path}"
     range_header = header_text(request, b"range")
-    if _ranged_reads(context, backend, sop):
+    if _ranged_reads(context, backend, (study, series, sop)):
         ranged = await context.ranged.prepare_bulk(
             IRangedReads(backend),
             aet,
@@ -180,15 +180,22 @@ async def _ranged(
 ) -> RangedBody | None:
     """The frames read by range from the stored object (see `_ranged_reads`); None: take
     the cache's path."""
-    if not _ranged_reads(context, backend, where[2]):
+    if not _ranged_reads(context, backend, where):
         return None
     return await context.ranged.prepare(IRangedReads(backend), backend.aet, where, numbers, choice, location)
 
 
-def _ranged_reads(context: WebContext, backend: IBackend, sop: str) -> bool:
-    """Read by range: the backend can, and the cache does not hold the instance already
-    (a file on local disk beats any read over the network)."""
-    return IRangedReads.providedBy(backend) and not context.cache.holds(backend.aet, sop)
+def _ranged_reads(context: WebContext, backend: IBackend, where: tuple[str, str, str]) -> bool:
+    """Try ranged reads: the backend can, the cache does not hold the instance (a file on
+    local disk beats any read over the network) and no retrieve is bringing its series
+    into the cache already (it is on its way)."""
+    study, series, sop = where
+    cache = context.cache
+    return (
+        IRangedReads.providedBy(backend)
+        and not cache.holds(backend.aet, sop)
+        and not cache.filling(backend.aet, study, series)
+    )
 
 
 async def _send_ranged(context: WebContext, request: IRequest, body: RangedBody) -> bytes | IResource:

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.frames import prepare_frames, select_part_media
 from dicomrst.wado.ranged import HEAD_BYTES
-from tests.integration.test_s3 import BUCKET, key_of, s3_aet, upload
+from tests.integration.test_s3 import BUCKET, big_study, key_of, s3_aet, upload
 from tests.integration.test_wado_move import (
     MOVE_PACS_AET,
     ORTHANC_AET,
@@ -334,6 +334,18 @@ class S3RangedFramesTests(FramesTestCase):
         self.assertEqual(response.body, pixels[1_000_000:3_000_000])
         self.assertEqual(len(proxy.gets()), gets + 2)
         self.assertLess(proxy.served - before, HEAD_BYTES + 2_000_000 + 8192)
+
+        # A small object (under MIN_SIZE): its head, then the cache's series retrieve.
+        small = big_study(1, rows=256)[0]
+        await upload(moto, BUCKET, {key_of(small): small.data})
+        gets = len(proxy.gets())
+        response = await gw.get(frames_path("S3AET", small, "1"), headers={"Accept": OCTET})
+        self.assertEqual(response.code, 200, response.body[:300])
+        self.assertEqual(
+            [p.body for p in parse_parts(response.header("Content-Type") or "", response.body)],
+            expected_frames(small.dataset()),
+        )
+        self.assertEqual(proxy.gets()[gets:], [f"bytes=0-{HEAD_BYTES - 1}", "", ""])  # head, listing, object
 
         # Once the whole instance went through the gateway (into the cache), no more reads.
         await gw.get(instance_path("S3AET", item.study, item.series, item.sop))

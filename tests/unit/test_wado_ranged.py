@@ -177,7 +177,7 @@ class IndexHeadTests(SynchronousTestCase):
 class RangedFramesTests(SynchronousTestCase):
     def setUp(self) -> None:
         cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
-        self.ranged = RangedFrames(cpu, heads=2, budget=1 << 20)
+        self.ranged = RangedFrames(cpu, heads=2, budget=1 << 20, min_size=0)
 
     def prepare(
         self, store: MemoryObjects, sop: str, numbers: list[int] | None, accept: str = ANY
@@ -231,6 +231,22 @@ class RangedFramesTests(SynchronousTestCase):
         self.assertLess(len(data), HEAD_BYTES)
         store = self.assertSameFrames(data, [2, 4])
         self.assertEqual(store.reads, [(0, HEAD_BYTES)])
+
+    def test_objects_below_the_minimum_size_take_the_whole_path(self) -> None:
+        self.ranged.min_size = 2 << 20
+        store = MemoryObjects({"small": native(512, 512, 3), "large": native(512, 512, 5)})
+        self.assertIsNone(self.prepare(store, "small", [1]))
+        self.assertIsNone(self.prepare(store, "small", [2]))  # remembered: no second head read
+        self.assertEqual(store.reads, [(0, HEAD_BYTES)])
+        self.assertIsNotNone(self.prepare(store, "large", [1]))
+        choice = select_part_media("application/octet-stream", None, single_part=True)
+        d = Deferred.fromCoroutine(
+            self.ranged.prepare_bulk(
+                store, "S3", ("1.2", "1.3", "small"), parse_bulk_path("7FE00010"), choice, "x", "y", None
+            )
+        )
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(store.reads), 3)  # the large one's head and frame only
 
     def test_many_frames_in_budget_sized_reads(self) -> None:
         data = native(256, 256, 50)
@@ -298,7 +314,7 @@ class RangedFramesTests(SynchronousTestCase):
 class RangedBulkTests(SynchronousTestCase):
     def setUp(self) -> None:
         cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
-        self.ranged = RangedFrames(cpu, budget=1 << 16)
+        self.ranged = RangedFrames(cpu, budget=1 << 16, min_size=0)
 
     def both(self, data: bytes, path: str, accept: str, range_header: str | None = None) -> tuple[Any, Any]:
         """(ranged body, whole-object `Prepared`) of the value at `path`, drained: their
