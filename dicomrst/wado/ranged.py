@@ -244,12 +244,10 @@ class RangedBody:
 
 class RangedFrames:
     """Frames by ranged reads for every backend that provides `IRangedReads`; one per
-    gateway (it holds the LRU of heads)."""
+    gateway (it holds the LRU of heads).  Blocking work (walking a head, byte swapping)
+    runs in the `cpu` each call is given: the gateway's one line of CPU work."""
 
-    def __init__(
-        self, cpu: CpuWorkers, heads: int = HEADS, budget: int = READ_BUDGET, min_size: int = MIN_SIZE
-    ) -> None:
-        self.cpu = cpu
+    def __init__(self, heads: int = HEADS, budget: int = READ_BUDGET, min_size: int = MIN_SIZE) -> None:
         self.min_size = min_size
         self.max_heads = heads
         self.budget = budget
@@ -261,7 +259,7 @@ class RangedFrames:
         self.heads.pop((aet, sop), None)
 
     async def head(
-        self, backend: IRangedReads, aet: str, study: str, series: str, sop: str
+        self, cpu: CpuWorkers, backend: IRangedReads, aet: str, study: str, series: str, sop: str
     ) -> tuple[ObjectHead, bytes]:
         """What the head of `sop`'s object shows (remembered, or read now: once for
         concurrent calls, as a viewer asks for several frames of one object at once), and
@@ -277,13 +275,13 @@ class RangedFrames:
             waiting.append(mine)
             found = await mine
             if found is None:  # the reader's client left: read it for ours
-                return await self.head(backend, aet, study, series, sop)
+                return await self.head(cpu, backend, aet, study, series, sop)
             return found, b""
         self._reading[key] = []
         try:
             got = await backend.read_range(study, series, sop, 0, HEAD_BYTES)
             self.head_reads += 1
-            index = await self.cpu.run(index_head, got.data, got.size)
+            index = await cpu.run(index_head, got.data, got.size)
         except CancelledError:
             for d in self._reading.pop(key, []):
                 d.callback(None)
@@ -303,6 +301,7 @@ class RangedFrames:
 
     async def prepare(
         self,
+        cpu: CpuWorkers,
         backend: IRangedReads,
         aet: str,
         where: tuple[str, str, str],
@@ -316,7 +315,7 @@ class RangedFrames:
         (`FrameNotFound`, `FramesNotSeparable`, `NotAcceptable`, `NotFound`...)."""
         study, series, sop = where
         try:
-            head, preloaded = await self.head(backend, aet, study, series, sop)
+            head, preloaded = await self.head(cpu, backend, aet, study, series, sop)
         except RangesRefused:
             return None
         index = head.index
@@ -339,7 +338,7 @@ class RangedFrames:
         pieces.append(writer.close())
         content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
         reads = plan_reads(pieces, self.budget)
-        body = RangedBody(backend, where, head.version, reads, content_type, self.cpu, preloaded=preloaded)
+        body = RangedBody(backend, where, head.version, reads, content_type, cpu, preloaded=preloaded)
         return await self._start(aet, sop, body)
 
     async def _start(self, aet: str, sop: str, body: RangedBody) -> RangedBody | None:
@@ -358,6 +357,7 @@ class RangedFrames:
 
     async def prepare_bulk(
         self,
+        cpu: CpuWorkers,
         backend: IRangedReads,
         aet: str,
         where: tuple[str, str, str],
@@ -382,12 +382,12 @@ class RangedFrames:
         self.head_reads += 1
         if got.size < self.min_size:
             return None
-        located = await self.cpu.run(locate_in_head, got.data, got.size, path)
+        located = await cpu.run(locate_in_head, got.data, got.size, path)
         if located is None:
             return None
         syntax, value = located
         if value.encapsulated and not path.steps and path.tag in PIXEL_DATA_TAGS:
-            return await self.prepare(backend, aet, where, None, choice, frames_location)
+            return await self.prepare(cpu, backend, aet, where, None, choice, frames_location)
         media = frame_media(syntax, True) if value.encapsulated else NATIVE_MEDIA
         output = choose_output(choice, syntax, media, decodable=False)
         extent = value.extent
@@ -400,7 +400,7 @@ class RangedFrames:
             ]
             content_type = writer.content_type(output.media.media_type, output.media.transfer_syntax)
             reads = plan_reads(pieces, self.budget)
-            body = RangedBody(backend, where, got.version, reads, content_type, self.cpu, preloaded=got.data)
+            body = RangedBody(backend, where, got.version, reads, content_type, cpu, preloaded=got.data)
         else:
             byte_range = parse_range(range_header, extent.size)
             if byte_range is not None:
@@ -408,6 +408,6 @@ class RangedFrames:
             reads = plan_reads([extent], self.budget)
             media_type = output.media.media_type
             body = RangedBody(
-                backend, where, got.version, reads, media_type, self.cpu, extent.size, byte_range, got.data
+                backend, where, got.version, reads, media_type, cpu, extent.size, byte_range, got.data
             )
         return await self._start(aet, sop, body)

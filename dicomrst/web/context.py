@@ -57,9 +57,7 @@ class WebContext:
     cpu: CpuWorkers = attrs.field(
         default=attrs.Factory(lambda self: CpuWorkers(self.reactor), takes_self=True)
     )
-    ranged: RangedFrames = attrs.field(
-        default=attrs.Factory(lambda self: RangedFrames(self.cpu), takes_self=True)
-    )
+    ranged: RangedFrames = attrs.field(factory=RangedFrames)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

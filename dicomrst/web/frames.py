@@ -147,6 +147,7 @@ async def bulkdata(
     range_header = header_text(request, b"range")
     if _ranged_reads(context, backend, (study, series, sop)):
         ranged = await context.ranged.prepare_bulk(
+            context.cpu,
             IRangedReads(backend),
             aet,
             (study, series, sop),
@@ -182,7 +183,9 @@ async def _ranged(
     the cache's path."""
     if not _ranged_reads(context, backend, where):
         return None
-    return await context.ranged.prepare(IRangedReads(backend), backend.aet, where, numbers, choice, location)
+    return await context.ranged.prepare(
+        context.cpu, IRangedReads(backend), backend.aet, where, numbers, choice, location
+    )
 
 
 def _ranged_reads(context: WebContext, backend: IBackend, where: tuple[str, str, str]) -> bool:

@@ -176,15 +176,17 @@ class IndexHeadTests(SynchronousTestCase):
 
 class RangedFramesTests(SynchronousTestCase):
     def setUp(self) -> None:
-        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
-        self.ranged = RangedFrames(cpu, heads=2, budget=1 << 20, min_size=0)
+        self.cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        self.ranged = RangedFrames(heads=2, budget=1 << 20, min_size=0)
 
     def prepare(
         self, store: MemoryObjects, sop: str, numbers: list[int] | None, accept: str = ANY
     ) -> RangedBody | None:
         choice = select_part_media(accept, None)
         d = Deferred.fromCoroutine(
-            self.ranged.prepare(store, "S3", ("1.2", "1.3", sop), numbers, choice, "http://x/frames")
+            self.ranged.prepare(
+                self.cpu, store, "S3", ("1.2", "1.3", sop), numbers, choice, "http://x/frames"
+            )
         )
         result: RangedBody | None = self.successResultOf(d)
         return result
@@ -242,7 +244,15 @@ class RangedFramesTests(SynchronousTestCase):
         choice = select_part_media("application/octet-stream", None, single_part=True)
         d = Deferred.fromCoroutine(
             self.ranged.prepare_bulk(
-                store, "S3", ("1.2", "1.3", "small"), parse_bulk_path("7FE00010"), choice, "x", "y", None
+                self.cpu,
+                store,
+                "S3",
+                ("1.2", "1.3", "small"),
+                parse_bulk_path("7FE00010"),
+                choice,
+                "x",
+                "y",
+                None,
             )
         )
         self.assertIsNone(self.successResultOf(d))
@@ -293,14 +303,18 @@ class RangedFramesTests(SynchronousTestCase):
         self.assertIsNotNone(self.prepare(store, "1.4", [1]))
         del store.objects["1.4"]
         choice = select_part_media(ANY, None)
-        d = Deferred.fromCoroutine(self.ranged.prepare(store, "S3", ("1.2", "1.3", "1.4"), [2], choice, "x"))
+        d = Deferred.fromCoroutine(
+            self.ranged.prepare(self.cpu, store, "S3", ("1.2", "1.3", "1.4"), [2], choice, "x")
+        )
         self.failureResultOf(d, NotFound)
         self.assertNotIn(("S3", "1.4"), self.ranged.heads)
 
     def test_frame_past_the_object_is_404_before_any_frame_read(self) -> None:
         store = MemoryObjects({"1.4": native(32, 32, 4)})
         choice = select_part_media(ANY, None)
-        d = Deferred.fromCoroutine(self.ranged.prepare(store, "S3", ("1.2", "1.3", "1.4"), [5], choice, "x"))
+        d = Deferred.fromCoroutine(
+            self.ranged.prepare(self.cpu, store, "S3", ("1.2", "1.3", "1.4"), [5], choice, "x")
+        )
         self.failureResultOf(d, FrameNotFound)
         self.assertEqual(len(store.reads), 1)
 
@@ -313,8 +327,8 @@ class RangedFramesTests(SynchronousTestCase):
 
 class RangedBulkTests(SynchronousTestCase):
     def setUp(self) -> None:
-        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
-        self.ranged = RangedFrames(cpu, budget=1 << 16, min_size=0)
+        self.cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        self.ranged = RangedFrames(budget=1 << 16, min_size=0)
 
     def both(self, data: bytes, path: str, accept: str, range_header: str | None = None) -> tuple[Any, Any]:
         """(ranged body, whole-object `Prepared`) of the value at `path`, drained: their
@@ -324,7 +338,7 @@ class RangedBulkTests(SynchronousTestCase):
         bulk = parse_bulk_path(path)
         d = Deferred.fromCoroutine(
             self.ranged.prepare_bulk(
-                store, "S3", ("1.2", "1.3", "1.4"), bulk, choice, "x/b", "x/f", range_header
+                self.cpu, store, "S3", ("1.2", "1.3", "1.4"), bulk, choice, "x/b", "x/f", range_header
             )
         )
         body = self.successResultOf(d)
@@ -367,7 +381,7 @@ class RangedBulkTests(SynchronousTestCase):
 class CoalescedHeadTests(SynchronousTestCase):
     def test_concurrent_calls_read_the_head_once(self) -> None:
         cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
-        ranged = RangedFrames(cpu)
+        ranged = RangedFrames()
         data = native(64, 64, 4)
         pending: list[Deferred[ObjectRange]] = []
 
@@ -378,15 +392,15 @@ class CoalescedHeadTests(SynchronousTestCase):
                 pending.append(d)
                 return d
 
-        first = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
-        second = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        first = Deferred.fromCoroutine(ranged.head(cpu, Slow(), "S3", "1", "2", "3"))
+        second = Deferred.fromCoroutine(ranged.head(cpu, Slow(), "S3", "1", "2", "3"))
         self.assertEqual(len(pending), 1)
         pending[0].callback(ObjectRange(data[:HEAD_BYTES], 0, len(data), '"v"'))
         self.assertIs(self.successResultOf(first)[0], self.successResultOf(second)[0])
         # The reader's client leaves: the other caller reads the head itself.
         ranged.forget("S3", "3")
-        first = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
-        second = Deferred.fromCoroutine(ranged.head(Slow(), "S3", "1", "2", "3"))
+        first = Deferred.fromCoroutine(ranged.head(cpu, Slow(), "S3", "1", "2", "3"))
+        second = Deferred.fromCoroutine(ranged.head(cpu, Slow(), "S3", "1", "2", "3"))
         first.cancel()
         self.failureResultOf(first)
         self.assertEqual(len(pending), 3)
