@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.uids import STUDY_ROOT_FIND
 
@@ -76,3 +76,26 @@ class IBackend(Interface):
 
     def stop() -> Deferred[None]:
         """Release every association or connection held; called once at shutdown."""
+
+
+class IRangedReads(Interface):
+    """An optional capability of an `IBackend` that stores each instance as one Part-10
+    object it can read any byte range of (S3: ``GET`` with ``Range``).
+
+    Frames and bulk data use it on a cache miss (`dicomrst.wado.ranged`): the object's
+    head to locate the values, then only their bytes, instead of the whole object.  A
+    backend declares it with ``@implementer(IBackend, IRangedReads)``; the caller asks
+    ``IRangedReads.providedBy(backend)``.
+    """
+
+    def read_range(
+        study: str, series: str, sop: str, start: int, stop: int, *, version: str | None = None
+    ) -> Deferred[ObjectRange]:
+        """Bytes ``[start, stop)`` of the object of instance `sop` (fewer when the object
+        ends first), with the object's size and version.
+
+        `version`: the `ObjectRange.version` of an earlier read; the read fails with
+        `ObjectChanged` when the object is no longer that version.  Errbacks with
+        `NotFound` (no such object), `RangesRefused` (the store answered without a
+        range), `UpstreamError`, `UpstreamTimeout` or `ServiceUnavailable`; cancelling the
+        Deferred drops the read."""

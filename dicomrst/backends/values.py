@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 import attrs
 
+from dicomrst.errors import UpstreamError
+
 # Status values as PS3.4 Table B.2-1 / PS3.18 Table I.2-2 give them (FailureReason and
 # WarningReason carry the same numbers, in decimal in DICOM JSON).
 SUCCESS = 0x0000
@@ -78,3 +80,22 @@ class StoreOutcome:
     @property
     def warning(self) -> bool:
         return 0xB000 <= self.status <= 0xBFFF
+
+
+@attrs.frozen
+class ObjectRange:
+    """What `IRangedReads.read_range` read: `data` from byte `start` of an object of
+    `size` bytes whose version (S3: its ETag) is `version` (None: the store gave none)."""
+
+    data: bytes
+    start: int
+    size: int
+    version: str | None = None
+
+
+class ObjectChanged(UpstreamError):
+    """The object is no longer the version an earlier ranged read saw."""
+
+
+class RangesRefused(UpstreamError):
+    """The store sent the whole object where a range was asked for."""

@@ -143,6 +143,15 @@ class InstanceCache:
         """Instances of `aet` are kept (``aets[].cache``, and a ``max-size`` above 0)."""
         return self.store.max_size > 0 and aet not in self.bypass
 
+    def holds(self, aet: str, sop: str) -> bool:
+        """A fresh entry for instance `sop` of `aet` exists: `instance` answers at once."""
+        return self.caches(aet) and (aet, sop) in self.store
+
+    def filling(self, aet: str, study: str, series: str) -> bool:
+        """A retrieve that brings `series` into the cache is in progress: `instance`
+        waits for it rather than starting one."""
+        return self.caches(aet) and any(r.covers(aet, study, series) for r in self._retrievals)
+
     def start(self) -> None:
         """Claim and empty the directory (`CacheDirectoryError` if it cannot be ours)."""
         self._stopped = False

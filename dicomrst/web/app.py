@@ -172,6 +172,8 @@ class GatewayApp:
         cache: InstanceCache | None = None,
         cpu: CpuWorkers | None = None,
     ) -> None:
+        # Left out, the context makes its own (one per gateway, the ranged reads' too).
+        optional: dict[str, Any] = {"cpu": cpu} if cpu is not None else {}
         self.context = WebContext(
             backends,
             reactor,
@@ -180,7 +182,7 @@ class GatewayApp:
             stow_spool_dir,
             stow_spool_threshold,
             cache if cache is not None else InstanceCache.off(reactor),
-            **({"cpu": cpu} if cpu is not None else {}),
+            **optional,
         )
 
     def resource(self) -> IResource:

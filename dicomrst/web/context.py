@@ -19,6 +19,7 @@ from dicomrst.common.addresses import format_address
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
+from dicomrst.wado.ranged import RangedFrames
 from dicomrst.web.requests import request_host
 
 #: STOW-RS parts larger than this are spooled to a temporary file.
@@ -40,6 +41,8 @@ class WebContext:
     :ivar cpu: the one bounded line of CPU work (decoding frames, rendering) all routes
         share, so a burst of image requests queues instead of taking every core from the
         reactor and the streams it serves.
+    :ivar ranged: frames read by byte range from backends that can (`IRangedReads`) on a
+        cache miss, and the heads of the objects read last.
     """
 
     backends: Mapping[str, IBackend]
@@ -54,6 +57,7 @@ class WebContext:
     cpu: CpuWorkers = attrs.field(
         default=attrs.Factory(lambda self: CpuWorkers(self.reactor), takes_self=True)
     )
+    ranged: RangedFrames = attrs.field(factory=RangedFrames)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

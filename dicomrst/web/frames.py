@@ -16,7 +16,7 @@ instance; their HEAD answers the default media type without retrieving anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,17 +27,20 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from dicomrst.backends.interfaces import IBackend, IRangedReads
 from dicomrst.cache import CachedInstance
 from dicomrst.common.identifiers import describe_target
 from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest, NotFound, UpstreamError
 from dicomrst.imaging.bulkdata import parse_bulk_path
+from dicomrst.imaging.byterange import ByteRange
 from dicomrst.imaging.framelist import parse_frame_list
 from dicomrst.imaging.frames import NoPixelData
 from dicomrst.wado.frames import PartChoice, Prepared, prepare_bulk, prepare_frames, select_part_media
 from dicomrst.wado.multipart import MultipartWriter
 from dicomrst.wado.pixeldata import Spooled, SpoolSink, series_of
+from dicomrst.wado.ranged import RangedBody
 from dicomrst.web.context import WebContext
 from dicomrst.web.requests import header_text, query_param
 from dicomrst.web.responses import NoResponse
@@ -101,6 +104,9 @@ async def frames(
     numbers = parse_frame_list(frame_list)
     choice = _choice(request)
     location = _instance_url(context, request, aet, study, series, sop) + "/frames"
+    ranged = await _ranged(context, backend, (study, series, sop), numbers, choice, location)
+    if ranged is not None:
+        return await _send_ranged(context, request, ranged)
     found = await context.cache.instance(backend, study, series, sop)
     head = request.method == b"HEAD"
     return await _send(
@@ -117,6 +123,9 @@ async def pixeldata(
     _check_uids(study, series, sop)
     choice = _choice(request)
     location = _instance_url(context, request, aet, study, series, sop) + "/frames"
+    ranged = await _ranged(context, backend, (study, series, sop), None, choice, location)
+    if ranged is not None:
+        return await _send_ranged(context, request, ranged)
     found = await context.cache.instance(backend, study, series, sop)
     head = request.method == b"HEAD"
     return await _send(
@@ -136,6 +145,20 @@ async def bulkdata(
     url = _instance_url(context, request, aet, study, series, sop)
     location = f"{url}/bulkdata/{bulk_path}"
     range_header = header_text(request, b"range")
+    if _ranged_reads(context, backend, (study, series, sop)):
+        ranged = await context.ranged.prepare_bulk(
+            context.cpu,
+            IRangedReads(backend),
+            aet,
+            (study, series, sop),
+            bulk_path,
+            choice,
+            location,
+            f"{url}/frames",
+            range_header,
+        )
+        if ranged is not None:
+            return await _send_ranged(context, request, ranged)
     found = await context.cache.instance(backend, study, series, sop)
     head = request.method == b"HEAD"
     return await _send(
@@ -146,6 +169,59 @@ async def bulkdata(
             found.file, bulk_path, choice, location, f"{url}/frames", range_header, first=not head
         ),
     )
+
+
+async def _ranged(
+    context: WebContext,
+    backend: IBackend,
+    where: tuple[str, str, str],
+    numbers: Sequence[int] | None,
+    choice: PartChoice,
+    location: str,
+) -> RangedBody | None:
+    """The frames read by range from the stored object (see `_ranged_reads`); None: take
+    the cache's path."""
+    if not _ranged_reads(context, backend, where):
+        return None
+    return await context.ranged.prepare(
+        context.cpu, IRangedReads(backend), backend.aet, where, numbers, choice, location
+    )
+
+
+def _ranged_reads(context: WebContext, backend: IBackend, where: tuple[str, str, str]) -> bool:
+    """Try ranged reads: the backend can, the cache does not hold the instance (a file on
+    local disk beats any read over the network) and no retrieve is bringing its series
+    into the cache already (it is on its way)."""
+    study, series, sop = where
+    cache = context.cache
+    return (
+        IRangedReads.providedBy(backend)
+        and not cache.holds(backend.aet, sop)
+        and not cache.filling(backend.aet, study, series)
+    )
+
+
+async def _send_ranged(context: WebContext, request: IRequest, body: RangedBody) -> bytes | IResource:
+    request.setHeader(b"Content-Type", body.content_type.encode("ascii"))
+    _length_headers(request, body.length, body.byte_range)
+    if request.method == b"HEAD":
+        return b""
+    concrete = cast(Request, request)
+    pacer = Pacer()
+    concrete.registerProducer(pacer, True)
+    try:
+        for piece in body.first:
+            request.write(piece)
+        while not body.done:
+            await pacer.ready()
+            if pacer.gone:
+                return NoResponse()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            for piece in await body.next():
+                request.write(piece)
+    finally:
+        if _connected(concrete):
+            concrete.unregisterProducer()
+    return b""
 
 
 async def _send(
@@ -280,10 +356,15 @@ async def study_pixeldata(
 
 def _headers(request: IRequest, prepared: Prepared) -> None:
     request.setHeader(b"Content-Type", prepared.content_type().encode("ascii"))
-    if prepared.length is None:
+    _length_headers(request, prepared.length, prepared.byte_range)
+
+
+def _length_headers(request: IRequest, length: int | None, byte_range: ByteRange | None) -> None:
+    """A single-part value's length, and the range of it sent (206)."""
+    if length is None:
         return
     request.setHeader(b"Accept-Ranges", b"bytes")
-    request.setHeader(b"Content-Length", b"%d" % prepared.length)
-    if prepared.byte_range is not None:
+    request.setHeader(b"Content-Length", b"%d" % length)
+    if byte_range is not None:
         request.setResponseCode(206)
-        request.setHeader(b"Content-Range", prepared.byte_range.content_range.encode("ascii"))
+        request.setHeader(b"Content-Range", byte_range.content_range.encode("ascii"))

@@ -30,10 +30,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
 from dicomrst.backends import values as model
-from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.interfaces import IBackend, IRangedReads
 from dicomrst.backends.s3 import S3Backend
 from dicomrst.backends.s3.objects import HEAD_BYTES, parse_file_meta
-from dicomrst.backends.values import UploadedInstance
+from dicomrst.backends.values import ObjectChanged, RangesRefused, UploadedInstance
 from dicomrst.common.codecs import install as install_decoders
 from dicomrst.config import parse_config
 from dicomrst.errors import (
@@ -917,6 +917,59 @@ class ResumeTests(TestCase):
         self.assertEqual(resource.if_match, '"etag-1"')
         offset = parse_file_meta(item.data)[0]  # type: ignore[index]
         self.assertEqual(b"".join(sink.parts[0].data), item.data[offset:])
+
+
+class _NoRangeS3(Resource):
+    """An S3 look-alike that ignores Range: the whole object, 200."""
+
+    isLeaf = True
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+    def render(self, request: Any) -> bytes:
+        return self.data
+
+
+class RangedReadTests(S3TestCase):
+    async def test_read_range_against_moto(self) -> None:
+        moto = await self.moto()
+        item = big_study(1, rows=300)[0]
+        await upload(moto, BUCKET, {key_of(item): item.data})
+        backend = backend_for(s3_aet(moto))
+        self.addCleanup(backend.stop)
+        self.assertTrue(IRangedReads.providedBy(backend))
+        verifyObject(IRangedReads, backend)
+        got = await backend.read_range(item.study, item.series, item.sop, 1000, 5000)
+        self.assertEqual((got.data, got.start, got.size), (item.data[1000:5000], 1000, len(item.data)))
+        self.assertIsNotNone(got.version)
+        # Past the end: what there is.
+        tail = await backend.read_range(
+            item.study, item.series, item.sop, len(item.data) - 10, len(item.data) + 100
+        )
+        self.assertEqual(tail.data, item.data[-10:])
+        same = await backend.read_range(item.study, item.series, item.sop, 0, 10, version=got.version)
+        self.assertEqual(same.data, item.data[:10])
+        with self.assertRaises(ObjectChanged):
+            await backend.read_range(item.study, item.series, item.sop, 0, 10, version='"another"')
+        with self.assertRaises(NotFound):
+            await backend.read_range(item.study, item.series, generate_uid(), 0, 10)
+
+    async def test_a_store_that_ignores_ranges(self) -> None:
+        port = reactor.listenTCP(0, Site(_NoRangeS3(b"x" * 100_000)), interface=peers.LOCALHOST)
+        self.addCleanup(port.stopListening)
+        config = {
+            "aet": AET,
+            "backend": "S3",
+            "endpoint": f"http://127.0.0.1:{port.getHost().port}",
+            "bucket": BUCKET,
+            "endpoint-style": "path",
+        }
+        backend = backend_for(config)
+        self.addCleanup(backend.stop)
+        with self.assertRaises(RangesRefused):
+            await backend.read_range("1.2", "1.3", "1.4", 0, 10)
 
 
 class ChainCredentialTests(S3TestCase):

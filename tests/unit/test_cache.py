@@ -185,6 +185,23 @@ class CoalescingTests(CacheTestCase):
         self.assertEqual(len(self.backend.retrieves), 1)
         self.assertEqual((self.cache.fills, self.cache.misses, self.cache.hits), (1, 5, 5))
 
+    def test_holds_and_filling(self) -> None:
+        """What the frames route asks before it reads by range (`holds`, `filling`)."""
+        self.assertFalse(self.cache.holds("PACS", sop_uid(0)))
+        self.assertFalse(self.cache.filling("PACS", STUDY, SERIES))
+        first = self.ask(0)
+        self.assertTrue(self.cache.filling("PACS", STUDY, SERIES))
+        self.assertFalse(self.cache.filling("PACS", STUDY, "1.2.3.other"))
+        self.assertFalse(self.cache.filling("OTHER", STUDY, SERIES))
+        send(self.the_retrieve().sink, Item(0))
+        self.got(first, Item(0))
+        self.assertTrue(self.cache.holds("PACS", sop_uid(0)))
+        self.assertFalse(self.cache.holds("OTHER", sop_uid(0)))
+        self.the_retrieve().deferred.callback(1)
+        self.assertFalse(self.cache.filling("PACS", STUDY, SERIES))
+        self.clock.advance(TTL + 1)
+        self.assertFalse(self.cache.holds("PACS", sop_uid(0)))
+
     def test_concurrent_misses_wait_for_one_retrieve(self) -> None:
         first = self.ask(0)
         send(self.the_retrieve().sink, Item(0))

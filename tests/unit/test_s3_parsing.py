@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.backends.s3 import S3Backend
 from dicomrst.backends.s3.objects import NotDicomObject, parse_file_meta
-from dicomrst.backends.s3.retrieve import matching_keys
+from dicomrst.backends.s3.retrieve import matching_keys, parse_content_range
 from dicomrst.config import parse_config
 from tests.support.datasets import EXPLICIT_VR_LE
 
@@ -69,6 +69,12 @@ class ParsingTests(TestCase):
             parse_file_meta(b"\0" * 200)
         with self.assertRaises(NotDicomObject):
             parse_file_meta(data[:150], complete=True)
+
+    def test_content_range(self) -> None:
+        self.assertEqual(parse_content_range("bytes 0-65535/31457902"), (0, 31457902))
+        self.assertEqual(parse_content_range("bytes 100-199/200"), (100, 200))
+        for bad in (None, "", "bytes */200", "bytes 0-9/*", "items 0-9/10", "bytes x-9/10"):
+            self.assertIsNone(parse_content_range(bad), bad)
 
     def test_exact_instance_keys(self) -> None:
         listed = [

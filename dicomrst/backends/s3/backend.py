@@ -13,7 +13,7 @@ from pydicom.uid import AllTransferSyntaxes
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
-from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.interfaces import IBackend, IRangedReads
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
     CONNECT_TIMEOUT,
@@ -21,9 +21,9 @@ from dicomrst.backends.s3.client import (
     CredentialSource,
     S3Client,
 )
-from dicomrst.backends.s3.retrieve import retrieve_objects
+from dicomrst.backends.s3.retrieve import level_prefix, read_object_range, retrieve_objects
 from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
-from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
@@ -34,7 +34,7 @@ from dicomrst.logs import logger
 log = logger("dicomrst.s3")
 
 
-@implementer(IBackend)
+@implementer(IBackend, IRangedReads)
 class S3Backend:
     kind = "S3"
     #: Objects are served in the syntax they were stored in (or converted, as the web
@@ -125,6 +125,12 @@ class S3Backend:
                 sink=sink,
             )
         )
+
+    def read_range(
+        self, study: str, series: str, sop: str, start: int, stop: int, *, version: str | None = None
+    ) -> Deferred[ObjectRange]:
+        key = f"{level_prefix(self.config.prefix, study, series)}{sop}.dcm"
+        return Deferred.fromCoroutine(read_object_range(self.client, key, start, stop, version))
 
     def store_instance(self, instance: UploadedInstance) -> Deferred[StoreOutcome]:
         return Deferred.fromCoroutine(self.store.store(instance))

@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from dicomrst.backends.s3.client import S3Client, S3Error, body_producer
 from dicomrst.backends.s3.objects import HEAD_BYTES, NotDicomObject, parse_file_meta, without_bulk_tail
+from dicomrst.backends.values import ObjectChanged, ObjectRange, RangesRefused
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -513,3 +514,42 @@ async def retrieve_objects(
     if instance is not None and run.missing:
         raise NotFound(f"{aet} has no instance {instance} in study {study} series {series}")
     return delivered
+
+
+def parse_content_range(value: str | None) -> tuple[int, int] | None:
+    """(first byte, object size) from a ``Content-Range: bytes a-b/size`` header, or None."""
+    if not value or not value.startswith("bytes "):
+        return None
+    span, _, total = value[6:].partition("/")
+    first = span.partition("-")[0]
+    if not first.isdigit() or not total.isdigit():
+        return None
+    return int(first), int(total)
+
+
+async def read_object_range(
+    client: S3Client, key: str, start: int, stop: int, version: str | None = None
+) -> ObjectRange:
+    """Bytes ``[start, stop)`` of object `key` (one GetObject with ``Range``; with
+    ``If-Match`` when `version`, an ETag, is given)."""
+    headers = {"Range": f"bytes={start}-{stop - 1}"}
+    if version is not None:
+        headers["If-Match"] = version
+    try:
+        response = await client.request("GET", key, headers=headers, ok=(200, 206))
+    except S3Error as e:
+        if e.code in ("NoSuchKey", "NotFound"):
+            raise NotFound(f"no S3 object {key!r}") from None
+        if e.status == 412:
+            raise ObjectChanged(f"S3 object {key!r} changed since its head was read") from None
+        if e.status == 416:  # a range past the end: the object is shorter than its head said
+            raise ObjectChanged(f"S3 object {key!r} is shorter than byte {start}") from None
+        raise
+    found = parse_content_range((response.headers.getRawHeaders("Content-Range") or [None])[0])
+    if response.code != 206 or found is None or found[0] != start:
+        # A store that ignores Range would send the whole object: not read here.
+        response.deliverBody(_Discard())
+        raise RangesRefused(f"S3 answered GET {key!r} with {response.code}, not the range asked for")
+    etag = (response.headers.getRawHeaders("ETag") or [None])[0]
+    data = await client.read_body(response)
+    return ObjectRange(data, start, found[1], etag)
