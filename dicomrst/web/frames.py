@@ -99,9 +99,31 @@ async def frames(
     context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str, frame_list: str
 ) -> bytes | IResource:
     """``.../instances/{sop}/frames/{frame_list}``: one part per frame, in the order asked."""
+    return await _frames(context, request, aet, study, series, sop, frame_list)
+
+
+async def pixeldata(
+    context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str
+) -> bytes | IResource:
+    """``.../instances/{sop}/pixeldata``: every frame, one part each (PS3.18 §10.4.1.1.4;
+    §8.7.3.3.2: multi-frame pixel data is one part per frame)."""
+    return await _frames(context, request, aet, study, series, sop, None)
+
+
+async def _frames(
+    context: WebContext,
+    request: IRequest,
+    aet: str,
+    study: str,
+    series: str,
+    sop: str,
+    frame_list: str | None,
+) -> bytes | IResource:
+    """The frames `frame_list` names of an instance (None: all), by range where the
+    backend can, else from the instance cache."""
     backend = context.backend(aet)
     _check_uids(study, series, sop)
-    numbers = parse_frame_list(frame_list)
+    numbers = parse_frame_list(frame_list) if frame_list is not None else None
     choice = _choice(request)
     location = _instance_url(context, request, aet, study, series, sop) + "/frames"
     ranged = await _ranged(context, backend, (study, series, sop), numbers, choice, location)
@@ -111,25 +133,6 @@ async def frames(
     head = request.method == b"HEAD"
     return await _send(
         context, request, found, lambda: prepare_frames(found.file, numbers, choice, location, first=not head)
-    )
-
-
-async def pixeldata(
-    context: WebContext, request: IRequest, aet: str, study: str, series: str, sop: str
-) -> bytes | IResource:
-    """``.../instances/{sop}/pixeldata``: every frame, one part each (PS3.18 §10.4.1.1.4;
-    §8.7.3.3.2: multi-frame pixel data is one part per frame)."""
-    backend = context.backend(aet)
-    _check_uids(study, series, sop)
-    choice = _choice(request)
-    location = _instance_url(context, request, aet, study, series, sop) + "/frames"
-    ranged = await _ranged(context, backend, (study, series, sop), None, choice, location)
-    if ranged is not None:
-        return await _send_ranged(context, request, ranged)
-    found = await context.cache.instance(backend, study, series, sop)
-    head = request.method == b"HEAD"
-    return await _send(
-        context, request, found, lambda: prepare_frames(found.file, None, choice, location, first=not head)
     )
 
 
