@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.common.cpu import CpuWorkers, default_limit
 from dicomrst.errors import ServiceUnavailable
-
-
-class HeldPool:
-    """A thread pool whose calls run only when the test says (`run_next`), on the test's
-    thread: the calls in flight are those started and not yet run."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[..., Any], f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> None:
-        self.calls.append((on_result, f, args, kwargs))
-
-    def run_next(self) -> None:
-        on_result, f, args, kwargs = self.calls.pop(0)
-        try:
-            result = f(*args, **kwargs)
-        except Exception as e:
-            from twisted.python.failure import Failure
-
-            on_result(False, Failure(e))
-        else:
-            on_result(True, result)
-
-
-class Reactor:
-    """callFromThread runs at once: the pool above calls back on the test's thread."""
-
-    def __init__(self, pool: HeldPool) -> None:
-        self.pool = pool
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-    def getThreadPool(self) -> HeldPool:
-        return self.pool
+from tests.support.threads import HeldPool, ThreadsReactor
 
 
 class CpuWorkersTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.pool = HeldPool()
-        self.workers = CpuWorkers(Reactor(self.pool), limit=2)  # type: ignore[arg-type]
+        self.workers = CpuWorkers(ThreadsReactor(self.pool), limit=2)  # type: ignore[arg-type]
 
     def test_runs_in_the_pool_and_fires_with_the_result(self) -> None:
         d = self.workers.run(lambda a, b=0: a + b, 2, b=3)
@@ -109,7 +70,7 @@ class CpuWorkersTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(third), "third")
 
     def test_a_full_line_is_503(self) -> None:
-        workers = CpuWorkers(Reactor(self.pool), limit=1, max_waiting=1)  # type: ignore[arg-type]
+        workers = CpuWorkers(ThreadsReactor(self.pool), limit=1, max_waiting=1)  # type: ignore[arg-type]
         workers.run(lambda: 1)
         workers.run(lambda: 2)
         failure = self.failureResultOf(workers.run(lambda: 3), ServiceUnavailable)
@@ -117,4 +78,4 @@ class CpuWorkersTests(SynchronousTestCase):
 
     def test_limits(self) -> None:
         self.assertGreaterEqual(default_limit(), 1)
-        self.assertRaises(ValueError, CpuWorkers, Reactor(self.pool), limit=0)
+        self.assertRaises(ValueError, CpuWorkers, ThreadsReactor(self.pool), limit=0)

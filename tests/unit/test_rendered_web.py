@@ -36,6 +36,7 @@ from dicomrst.web.site import make_site
 from tests.support.datasets import encode
 from tests.support.fakes import FakeBackend, RetrieveCall
 from tests.support.http import ROOT, AppRequests, Connection
+from tests.support.threads import HeldPool, InlinePool, ThreadsReactor
 from tests.unit.test_render import reference_gray
 
 TEST_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
@@ -43,61 +44,6 @@ STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = f"{STUDY}.1"
 OTHER_SERIES = f"{STUDY}.2"
 SERIES_PATH = f"/aets/PACS/studies/{STUDY}/series/{SERIES}"
-
-
-class InlinePool:
-    """A thread pool that runs each call at once, on the caller's thread."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[..., Any], f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> None:
-        self.calls += 1
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class HeldPool:
-    """A thread pool whose calls run only when the test says (`run_next`)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[..., Any], f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> None:
-        self.calls.append((on_result, f, args, kwargs))
-
-    def run_next(self) -> Any:
-        """Run the next call; its result or `Failure`."""
-        on_result, f, args, kwargs = self.calls.pop(0)
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            failure = Failure()
-            on_result(False, failure)
-            return failure
-        on_result(True, result)
-        return result
-
-
-class ThreadsReactor:
-    """callFromThread at once: the pools above call back on the test's thread."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-    def getThreadPool(self) -> Any:
-        return self.pool
 
 
 class Item:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -36,33 +35,12 @@ from dicomrst.web.site import make_site
 from tests.support.fakes import FakeBackend
 from tests.support.frames import ANY, OCTET, expected_frames, parse_parts
 from tests.support.http import CLIENT, ROOT, AppRequests
+from tests.support.threads import ThreadsReactor
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 RLE = "1.2.840.10008.1.2.5"
 NATIVE = f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}"
 J2K = "1.2.840.10008.1.2.4.91"
-
-
-class NowPool:
-    """A thread pool that runs each call at once, on the test's thread."""
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[..., Any], f: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> None:
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class NowReactor:
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-    def getThreadPool(self) -> NowPool:
-        return NowPool()
 
 
 class Original:
@@ -92,7 +70,7 @@ class FramesTestCase(AppRequests):
         self.cache.start()
         self.addCleanup(self.cache.stop)
         self.app = app = GatewayApp({"PACS": self.pacs}, self.clock, cache=self.cache)
-        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        cpu = CpuWorkers(ThreadsReactor(), limit=1)  # type: ignore[arg-type]
         app.context = attrs.evolve(app.context, cpu=cpu)
         self.stub = StubTreq(app.resource())
 

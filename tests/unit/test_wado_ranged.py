@@ -31,8 +31,8 @@ from dicomrst.wado.ranged import (
     index_head,
     plan_reads,
 )
+from tests.support.threads import ThreadsReactor
 from tests.unit.test_imaging_frames import image, part10, testdata
-from tests.unit.test_wado_frames import NowReactor
 
 ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE_ONLY = 'multipart/related; type="application/octet-stream"'
@@ -176,7 +176,7 @@ class IndexHeadTests(SynchronousTestCase):
 
 class RangedFramesTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        self.cpu = CpuWorkers(ThreadsReactor(), limit=1)  # type: ignore[arg-type]
         self.ranged = RangedFrames(heads=2, budget=1 << 20, min_size=0)
 
     def prepare(
@@ -327,7 +327,7 @@ class RangedFramesTests(SynchronousTestCase):
 
 class RangedBulkTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        self.cpu = CpuWorkers(ThreadsReactor(), limit=1)  # type: ignore[arg-type]
         self.ranged = RangedFrames(budget=1 << 16, min_size=0)
 
     def both(self, data: bytes, path: str, accept: str, range_header: str | None = None) -> tuple[Any, Any]:
@@ -380,7 +380,7 @@ class RangedBulkTests(SynchronousTestCase):
 
 class CoalescedHeadTests(SynchronousTestCase):
     def test_concurrent_calls_read_the_head_once(self) -> None:
-        cpu = CpuWorkers(NowReactor(), limit=1)  # type: ignore[arg-type]
+        cpu = CpuWorkers(ThreadsReactor(), limit=1)  # type: ignore[arg-type]
         ranged = RangedFrames()
         data = native(64, 64, 4)
         pending: list[Deferred[ObjectRange]] = []
