@@ -1,0 +1,74 @@
+"""The contract between the backends that keep objects (LOCAL, S3) and the index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+@attrs.frozen
+class IndexRecord:
+    """One stored object as the index keeps it.
+
+    :ivar key: where the object is, relative to its AET's root: the S3 object key or the
+        LOCAL path under ``aets[].path`` (``{study}/{series}/{sop}.dcm``).
+    :ivar stamp: what changes when the object does: the S3 ETag, or
+        ``"{mtime_ns}:{size}"`` for a file; the reconcile scan compares it.
+    :ivar attributes: the object's data set up to (not including) Pixel Data, bulk values
+        included or not as the producer read them; the index keeps what QIDO-RS can ask
+        for (``includefield=all`` answers from it).
+    """
+
+    aet: str
+    study: str
+    series: str
+    sop_instance: str
+    sop_class: str
+    transfer_syntax: str
+    key: str
+    stamp: str
+    size: int
+    attributes: Dataset = attrs.field(eq=False, repr=False)
+
+
+class IIndex(Interface):
+    """A searchable record of stored objects, for any number of AETs.
+
+    Every method may be called on the reactor and never blocks it: database work runs in
+    a thread of the index's own (SQLite) or a bounded pool (PostgreSQL).
+    """
+
+    def start() -> Deferred[None]:
+        """Open the database, create or migrate the schema; errback (naming ``index.url``)
+        when it cannot be opened or its schema is newer than this code knows."""
+
+    def stop() -> Deferred[None]:
+        """Finish what is under way and close; called once at shutdown."""
+
+    def add(record: IndexRecord) -> Deferred[None]:
+        """Insert or replace the record of ``(record.aet, record.sop_instance)``; fire once
+        it is committed (durable: a crash after it fires does not lose it)."""
+
+    def remove(aet: str, sop_instance: str) -> Deferred[bool]:
+        """Delete one record; fire with whether there was one."""
+
+    def find(
+        aet: str,
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        offset: int,
+        on_result: Callable[[Dataset], None],
+    ) -> Deferred[None]:
+        """Answer a C-FIND identifier (Study Root, QueryRetrieveLevel STUDY, SERIES or
+        IMAGE) over the records of `aet`, with the matching rules of PS3.4 C.2.2.2 as a
+        PACS applies them: call `on_result` with each match's identifier (the return keys
+        filled), in a stable order, after skipping `offset`, at most `limit`."""
+
+    def stamps(aet: str) -> Deferred[dict[str, str]]:
+        """Every record's ``key`` → ``stamp`` for `aet`: what the reconcile scan compares
+        the store with."""
