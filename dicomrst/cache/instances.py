@@ -12,7 +12,10 @@ local files:
 * `InstanceCache.instance` is what frames, bulk data and rendered responses call: a
   fresh entry is served at once; on a miss the whole series is retrieved once (or the
   retrieve already in progress for it is joined), and each caller is answered as soon as
-  *its* instance is stored, not when the series ends.  An instance that the series
+  *its* instance is stored, not when the series ends.  The instance that caused the miss
+  is retrieved alone just before its series: a PACS sends a series in an order of its
+  own (Orthanc 1.10: by descending Instance Number), and the first image a viewer asks
+  for would otherwise wait for most of the series.  An instance that the series
   retrieve did not bring is a `NotFound`; a retrieve that fails fails its waiters with its
   error.
 
@@ -104,6 +107,8 @@ class InstanceCache:
     :param max_size: bytes on disk at most (0: nothing is cached).
     :param ttl: seconds an entry may be served after it was stored.
     :param bypass: AE titles with ``cache: false``: never cached (see `instance`).
+    :param instance_first: on a miss, retrieve the instance asked for alone before its
+        series (see the module docstring).
     """
 
     def __init__(
@@ -114,8 +119,10 @@ class InstanceCache:
         max_size: int = DEFAULT_MAX_SIZE,
         ttl: float = DEFAULT_TTL,
         bypass: Iterable[str] = (),
+        instance_first: bool = True,
     ) -> None:
         self.clock = clock
+        self.instance_first = instance_first
         self.store = EntryStore(clock, directory, max_size, ttl, on_stored=self._stored, wanted=self._wanted)
         self.bypass = frozenset(bypass)
         self.hits = 0
@@ -270,14 +277,31 @@ class InstanceCache:
             aet=backend.aet,
             sop=waiter.key[1],
         )
-        sink = FillSink(lambda cls, sop, ts: self._open_writer(retrieval, cls, sop, ts))
+        if not self.instance_first:
+            self._start(retrieval, None).addBoth(lambda result: self._ended(retrieval, result))
+            return
+
+        def then(result: object) -> None:
+            # Whatever became of the instance alone (not found in this series, an error),
+            # the series retrieve decides what its waiters get.
+            if self._stopped or retrieval not in self._retrievals:
+                self._ended(retrieval, result)
+                return
+            self._start(retrieval, None).addBoth(lambda result: self._ended(retrieval, result))
+
+        self._start(retrieval, waiter.key[1]).addBoth(then)
+
+    def _start(self, retrieval: _Retrieval, sop: str | None) -> Deferred[int]:
+        """Retrieve `sop` (None: the retrieval's whole series) into the cache, as the
+        retrieval's current step."""
+        sink = FillSink(lambda cls, uid, ts: self._open_writer(retrieval, cls, uid, ts))
         retrieval.sink = sink
         try:
-            d: Deferred[int] = backend.retrieve(waiter.study, waiter.series, None, sink=sink)
+            d: Deferred[int] = retrieval.backend.retrieve(retrieval.study, retrieval.series, sop, sink=sink)
         except Exception:
             d = fail()
         retrieval.deferred = d
-        d.addBoth(lambda result: self._ended(retrieval, result))
+        return d
 
     def _open_writer(
         self, retrieval: _Retrieval, sop_class: str, sop: str, syntax: str

@@ -153,18 +153,19 @@ class CacheOverMoveTests(TestCase):
         # Everything again, in another order: from disk.
         for i in reversed(range(INSTANCES)):
             self.check(await cache.instance(backend, study, series, get_sop_uid(0, i)), 0, i)
-        await self.until_moved(scp, 1)
-        [move] = self.moves(scp)
-        self.assertEqual((move["level"], move["series"]), ("SERIES", series))
+        # The instance asked for first, alone, then its series.
+        await self.until_moved(scp, 2)
+        lead, whole = self.moves(scp)
+        self.assertEqual((lead["level"], whole["level"], whole["series"]), ("IMAGE", "SERIES", series))
         self.assertEqual((cache.fills, cache.hits), (1, INSTANCES))
-        # An instance the series does not hold: the series was moved again to find out.
+        # An instance the series does not hold: it and the series were moved again to find out.
         try:
             await cache.instance(backend, study, series, get_sop_uid(0, INSTANCES + 5))
         except NotFound:
             pass
         else:
             self.fail("an instance the series lacks was found")
-        await self.until_moved(scp, 2)
+        await self.until_moved(scp, 4)
 
     async def test_a_metadata_retrieve_fills_the_cache_for_the_frames(self) -> None:
         """The viewer's cold start: the series metadata request moves the series; its frame

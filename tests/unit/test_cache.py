@@ -132,6 +132,9 @@ class CacheTestCase(SynchronousTestCase):
     def make_cache(self, **kwargs: Any) -> InstanceCache:
         kwargs.setdefault("max_size", self.max_size)
         kwargs.setdefault("ttl", TTL)
+        # The series retrieve alone, so most tests have one retrieve to feed;
+        # InstanceFirstTests cover the instance fetched ahead of it.
+        kwargs.setdefault("instance_first", False)
         return InstanceCache(self.clock, self.directory, **kwargs)
 
     def ask(
@@ -294,6 +297,66 @@ class CoalescingTests(CacheTestCase):
         self.assertRaises(ConnectionError, call.sink.begin, CT_IMAGE_STORAGE, sop_uid(0), EXPLICIT_VR_LE)
         self.failureResultOf(self.ask(1), ServiceUnavailable)
         self.assertEqual(self.files(), [])
+
+
+class InstanceFirstTests(CacheTestCase):
+    """On a miss, the instance asked for is retrieved alone, then its series."""
+
+    def make_cache(self, **kwargs: Any) -> InstanceCache:
+        return super().make_cache(instance_first=True, **kwargs)
+
+    def test_the_instance_asked_for_comes_first_then_its_series(self) -> None:
+        items = [Item(n) for n in range(4)]
+        first = self.ask(3)
+        self.assertEqual(len(self.backend.retrieves), 1)
+        lead = self.the_retrieve()
+        self.assertEqual((lead.study, lead.series, lead.instance), (STUDY, SERIES, sop_uid(3)))
+        # Misses for other instances meanwhile wait for the series, not a retrieve each.
+        other = self.ask(1)
+        self.assertTrue(self.cache.filling("PACS", STUDY, SERIES))
+        send(lead.sink, items[3])
+        self.got(first, items[3])
+        self.assertEqual(len(self.backend.retrieves), 1)  # the series starts when it ends
+        lead.deferred.callback(1)
+        self.assertEqual(len(self.backend.retrieves), 2)
+        series = self.the_retrieve(1)
+        self.assertEqual((series.series, series.instance), (SERIES, None))
+        # The PACS sends the whole series, the instance already kept included.
+        for item in reversed(items):
+            self.assertEqual(self.successResultOf(send(series.sink, item).done), STORE_SUCCESS)
+        self.got(other, items[1])
+        series.deferred.callback(4)
+        self.assertFalse(self.cache.filling("PACS", STUDY, SERIES))
+        self.assertEqual(len(self.files()), 4)  # one entry each, the first not written twice
+        self.got(self.ask(0), items[0])
+        self.assertEqual((self.cache.fills, len(self.backend.retrieves)), (1, 2))
+
+    def test_a_failed_instance_retrieve_still_retrieves_the_series(self) -> None:
+        waiting = self.ask(2)
+        self.the_retrieve().deferred.errback(NotFound("PACS has no instance"))
+        self.assertNoResult(waiting)
+        series = self.the_retrieve(1)
+        send(series.sink, Item(0))
+        series.deferred.callback(1)
+        # The series decides: it did not bring the instance either.
+        self.assertIn(sop_uid(2), str(self.failureResultOf(waiting, NotFound).value))
+
+    def test_the_series_failing_fails_the_rest(self) -> None:
+        first, other = self.ask(0), self.ask(1)
+        send(self.the_retrieve().sink, Item(0))
+        self.the_retrieve().deferred.callback(1)
+        self.got(first, Item(0))
+        self.the_retrieve(1).deferred.errback(UpstreamError("C-GET failed with status 0xA701"))
+        self.failureResultOf(other, UpstreamError)
+
+    def test_stop_during_the_instance_retrieve(self) -> None:
+        waiting = self.ask(0)
+        lead = self.the_retrieve()
+        self.cache.stop()
+        self.assertTrue(lead.cancelled)
+        self.failureResultOf(waiting, ServiceUnavailable)
+        self.assertEqual(len(self.backend.retrieves), 1)  # no series after the stop
+        self.assertFalse(self.cache.filling("PACS", STUDY, SERIES))
 
 
 class EntryTests(CacheTestCase):
