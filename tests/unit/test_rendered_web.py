@@ -125,7 +125,8 @@ class RenderedTestCase(AppRequests):
     def setUp(self) -> None:
         self.clock = Clock()
         self.backend = FakeBackend("PACS")
-        self.cache = InstanceCache(self.clock, self.mktemp())
+        # One retrieve per miss (the series); see test_cache.InstanceFirstTests.
+        self.cache = InstanceCache(self.clock, self.mktemp(), instance_first=False)
         self.cache.start()
         self.addCleanup(self.cache.stop)
         self.pool: Any = InlinePool()

@@ -66,7 +66,11 @@ class FramesTestCase(AppRequests):
     def setUp(self) -> None:
         self.clock = Clock()
         self.pacs = FakeBackend("PACS")
-        self.cache = InstanceCache(self.clock, self.mktemp(), max_size=100_000_000, ttl=300.0)
+        # One retrieve per miss (the series), which `deliver` answers; the instance fetched
+        # ahead of its series is test_cache.InstanceFirstTests'.
+        self.cache = InstanceCache(
+            self.clock, self.mktemp(), max_size=100_000_000, ttl=300.0, instance_first=False
+        )
         self.cache.start()
         self.addCleanup(self.cache.stop)
         self.app = app = GatewayApp({"PACS": self.pacs}, self.clock, cache=self.cache)
