@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -32,9 +32,17 @@ class MetadataSink(ResponseThrottle):
     """Retrieved instances written as one DICOM JSON array, an object per instance.
 
     Each instance is held until it is complete (the JSON needs the whole data set to
-    place its BulkDataURIs), converted off the reactor, written, and dropped; C-GET
-    sends instances one at a time, so one is held at most.
+    place its BulkDataURIs), converted off the reactor, written, and dropped.  The source
+    is answered (C-STORE-RSP) as soon as the conversion is under way, not when it is done:
+    a PACS sends a series one instance at a time, each after the previous one's answer,
+    so waiting for the conversion would make the retrieve as slow as converting the
+    series.  At most `MAX_CONVERTING` instances are converted at once; the next one is
+    answered only when one of those is done, which bounds what is held to that many
+    data sets plus those arriving meanwhile.  A conversion that fails drops its instance
+    (the response is cut off at the end, as before); `settled` says when all are done.
     """
+
+    MAX_CONVERTING = 4
 
     # Pixel Data only ever becomes a BulkDataURI here, so a backend that can read just the
     # head of an object (S3, with a ranged GET) may hand over a placeholder instead.
@@ -58,6 +66,9 @@ class MetadataSink(ResponseThrottle):
         self.location = location
         self.study = study
         self.series = series
+        self._converting = 0
+        self._queued: list[tuple[Deferred[None], bytes, str, str, str]] = []
+        self._settled: list[Deferred[None]] = []
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
         self.refuse_if_gone()
@@ -86,6 +97,51 @@ class MetadataSink(ResponseThrottle):
         """Cut the started response off (the client sees a truncated body)."""
         if self.abort is not None:
             self.abort(reason)
+
+    def settled(self) -> Deferred[None]:
+        if not self._converting and not self._queued:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._settled.append(d)
+        return d
+
+    def convert(self, data: bytes, transfer_syntax: str, bulk_base: str, sop_instance: str) -> Deferred[None]:
+        """Convert one complete data set and write it; fires when the source may be
+        answered (the conversion began), not when it is done."""
+        if self._converting < self.MAX_CONVERTING:
+            self._begin(data, transfer_syntax, bulk_base, sop_instance)
+            return succeed(None)
+        ready: Deferred[None] = Deferred()
+        self._queued.append((ready, data, transfer_syntax, bulk_base, sop_instance))
+        return ready
+
+    def _begin(self, data: bytes, transfer_syntax: str, bulk_base: str, sop_instance: str) -> None:
+        self._converting += 1
+        reactor = self.reactor
+        d = deferToThreadPool(
+            reactor, reactor.getThreadPool(), instance_metadata_json, data, transfer_syntax, bulk_base
+        )
+
+        def write(encoded: bytes) -> None:
+            if not self.gone:
+                self.write_object(encoded)
+
+        def failed(f: Failure) -> None:
+            log.warn("cannot describe {uid}: {why}", uid=sop_instance, why=f.getErrorMessage())
+            self.dropped += 1
+
+        d.addCallbacks(write, failed).addBoth(self._converted)
+
+    def _converted(self, _: object) -> None:
+        self._converting -= 1
+        if self._queued:
+            ready, data, transfer_syntax, bulk_base, sop_instance = self._queued.pop(0)
+            self._begin(data, transfer_syntax, bulk_base, sop_instance)
+            ready.callback(None)
+        elif not self._converting:
+            waiting, self._settled = self._settled, []
+            for d in waiting:
+                d.callback(None)
 
 
 @implementer(IInstanceConsumer)
@@ -116,23 +172,13 @@ class MetadataConsumer:
             f"{self.sink.location}/studies/{self.sink.study}/series/{series or ''}"
             f"/instances/{self.sop_instance}/bulkdata"
         )
-        reactor = self.sink.reactor
-        d = deferToThreadPool(
-            reactor, reactor.getThreadPool(), instance_metadata_json, data, self.transfer_syntax, bulk_base
-        )
-
-        def write(encoded: bytes) -> int:
-            if self.sink.gone:
-                return STORE_OUT_OF_RESOURCES
-            self.sink.write_object(encoded)
-            return STORE_SUCCESS
-
-        def failed(f: Failure) -> Failure:
-            log.warn("cannot describe {uid}: {why}", uid=self.sop_instance, why=f.getErrorMessage())
-            self.sink.dropped += 1
-            return f
-
-        d.addCallbacks(write, failed).chainDeferred(self.done)
+        if self.sink.gone:
+            self.done.callback(STORE_OUT_OF_RESOURCES)
+            return
+        # The source is answered once the conversion is under way (see MetadataSink).
+        self.sink.convert(data, self.transfer_syntax, bulk_base, self.sop_instance).addCallback(
+            lambda _: STORE_SUCCESS
+        ).chainDeferred(self.done)
 
     def dataFailed(self, reason: Failure) -> None:
         self._parts = []

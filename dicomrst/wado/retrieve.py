@@ -44,10 +44,15 @@ async def send(
     aet = backend.aet
     what = describe_target(study, series, instance)
     try:
-        if cache is not None:
-            await cache.retrieve(backend, study, series, instance, sink=sink)
-        else:
-            await backend.retrieve(study, series, instance, sink=sink)
+        try:
+            if cache is not None:
+                await cache.retrieve(backend, study, series, instance, sink=sink)
+            else:
+                await backend.retrieve(study, series, instance, sink=sink)
+        finally:
+            # Instances the source was already answered for may still be on their way
+            # into the response (metadata converts after answering): judge it after them.
+            await sink.settled()
     except CancelledError:
         sink.abandon()
         raise

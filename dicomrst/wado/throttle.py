@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from weakref import WeakKeyDictionary
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -140,6 +141,12 @@ class ResponseThrottle:
     def abandon(self) -> None:
         """The handler was cancelled (client gone, or the request timed out and was answered)."""
         self._run.fire("gone")
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every instance the source delivered is written or dropped: what the
+        retrieve's end waits for before it judges the response (`parts`, `dropped`).  A
+        sink that writes each instance before it answers the source is always settled."""
+        return succeed(None)
 
     # -- actions -----------------------------------------------------------------------
 
