@@ -9,6 +9,9 @@ local files:
 * `InstanceCache.retrieve` is what a WADO-RS instances or metadata response calls instead
   of ``backend.retrieve``: its instances also go into the cache (`TeeSink`), and while it
   runs, a study- or series-level one counts as the retrieve in progress for its series.
+  A series whose retrieve ended well and whose every instance is still kept is answered
+  from the cache (`Replay`): a viewer that opens a study again, or asks for its metadata
+  twice, causes no second retrieve within the TTL.
 * `InstanceCache.instance` is what frames, bulk data and rendered responses call: a
   fresh entry is served at once; on a miss the whole series is retrieved once (or the
   retrieve already in progress for it is joined), and each caller is answered as soon as
@@ -40,6 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.cache.replay import Replay
 from dicomrst.cache.sinks import FillSink, PrivateSink, TeeSink
 from dicomrst.cache.store import CachedInstance, Entry, EntryStore, EntryWriter, Key
 from dicomrst.common.interfaces import IInstanceSink
@@ -128,6 +132,10 @@ class InstanceCache:
         self.hits = 0
         self.misses = 0
         self.fills = 0  # series retrieves the cache started itself
+        self.replays = 0  # series responses answered from the cache
+        # Series retrieved whole: (aet, study, series) -> their instances and until when
+        # the record may be used (the entries' own TTL decides too: each is looked up).
+        self._series: dict[tuple[str, str, str], tuple[tuple[str, ...], float]] = {}
         self._waiters: dict[Key, list[_Waiter]] = {}
         self._retrievals: list[_Retrieval] = []
         self._stopped = False
@@ -233,6 +241,10 @@ class InstanceCache:
         whole = sink.wants_bulk_data or backend.kind == "DIMSE"
         if self._stopped or not self.caches(aet) or not whole:
             return backend.retrieve(study, series, instance, sink=sink)
+        if series is not None and instance is None:
+            held = self._whole_series(aet, study, series)
+            if held is not None:
+                return self._replay(backend, study, series, held, sink)
         retrieval = _Retrieval(backend, study, series, own=False, started=self.clock.seconds())
         tee = TeeSink(sink, lambda cls, sop, ts: self._open_writer(retrieval, cls, sop, ts))
         if instance is not None:
@@ -251,6 +263,60 @@ class InstanceCache:
             return result  # the response's, untouched
 
         return d.addBoth(ended)
+
+    def _whole_series(self, aet: str, study: str, series: str) -> list[CachedInstance] | None:
+        """Every instance of a series retrieved whole, opened; None unless all are still
+        fresh entries."""
+        record = self._series.get((aet, study, series))
+        if record is None:
+            return None
+        sops, until = record
+        if self.clock.seconds() >= until:
+            del self._series[(aet, study, series)]
+            return None
+        opened: list[CachedInstance] = []
+        for sop in sops:
+            found = self.store.lookup((aet, sop))
+            if found is None:
+                for instance in opened:
+                    instance.close()
+                del self._series[(aet, study, series)]
+                return None
+            opened.append(found)
+        return opened
+
+    def _replay(
+        self, backend: IBackend, study: str, series: str, held: list[CachedInstance], sink: IInstanceSink
+    ) -> Deferred[int]:
+        self.replays += 1
+        log.info(
+            "cache: answering series {series} of study {study} at {aet} from {n} cached instance(s)",
+            series=series,
+            study=study,
+            aet=backend.aet,
+            n=len(held),
+        )
+
+        def unreadable(f: Failure) -> Failure:
+            if f.check(OSError):
+                raise CacheError(f"cannot read a cached instance: {f.getErrorMessage()}")
+            return f
+
+        return Replay(self.clock, sink, held).start().addErrback(unreadable)
+
+    def _remember(self, retrieval: _Retrieval) -> None:
+        """A series retrieve ended well: if every instance it brought is kept, later
+        responses for the series are answered from the cache."""
+        aet = retrieval.backend.aet
+        if retrieval.series is None or not retrieval.arrived:
+            return
+        if not all((aet, sop) in self.store for sop in retrieval.arrived):
+            return
+        now = self.clock.seconds()
+        for key in [k for k, (_, until) in self._series.items() if until <= now]:
+            del self._series[key]
+        sops = tuple(sorted(retrieval.arrived))
+        self._series[(aet, retrieval.study, retrieval.series)] = (sops, now + self.store.ttl)
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -347,6 +413,8 @@ class InstanceCache:
         if retrieval in self._retrievals:
             self._retrievals.remove(retrieval)
         failed = isinstance(result, Failure)
+        if not failed:
+            self._remember(retrieval)
         if retrieval.own:
             self._log_end(retrieval, result)
         waiters, retrieval.waiters = retrieval.waiters, []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pydicom import dcmread
@@ -615,12 +616,13 @@ class RecordingSink:
         self.attached: IPushProducer | None = None
         self.ended: list[str] = []
         self.consumers: list[RecordingConsumer] = []
+        self.on_data: Callable[[], object] | None = None  # called after each fragment
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> RecordingConsumer:
         if self.gone:
             raise ConnectionError("HTTP client disconnected")
         self.started = True
-        consumer = RecordingConsumer()
+        consumer = RecordingConsumer(self)
         self.consumers.append(consumer)
         return consumer
 
@@ -638,13 +640,16 @@ class RecordingSink:
 
 
 class RecordingConsumer:
-    def __init__(self) -> None:
+    def __init__(self, sink: RecordingSink) -> None:
+        self.sink = sink
         self.data = b""
         self.finished = False
         self.done: Deferred[int] = Deferred()
 
     def dataReceived(self, fragment: bytes) -> None:
         self.data += fragment
+        if self.sink.on_data is not None:
+            self.sink.on_data()
 
     def dataFinished(self) -> None:
         self.finished = True
@@ -815,3 +820,100 @@ def succeed_with(found: CachedInstance) -> Deferred[CachedInstance]:
     d: Deferred[CachedInstance] = Deferred()
     d.callback(found)
     return d
+
+
+class ReplayTests(CacheTestCase):
+    """A series retrieved whole answers the next response for it from the cache."""
+
+    def fill(self, items: list[Item], series: str = SERIES, backend: FakeBackend | None = None) -> None:
+        backend = backend or self.backend
+        d = self.cache.retrieve(backend, STUDY, series, None, sink=RecordingSink())
+        call = backend.retrieves[-1]
+        for item in items:
+            send(call.sink, item)
+        call.deferred.callback(len(items))
+        self.successResultOf(d)
+
+    def replay(self, sink: RecordingSink, backend: FakeBackend | None = None) -> Deferred[int]:
+        d = self.cache.retrieve(backend or self.backend, STUDY, SERIES, None, sink=sink)
+        self.clock.pump([0] * 50)  # a chunk per reactor turn
+        return d
+
+    def test_a_second_response_comes_from_the_cache(self) -> None:
+        items = [Item(n, pixels=300_000) for n in range(3)]  # more than a chunk each
+        self.fill(items)
+        sink = RecordingSink()
+        d = self.replay(sink)
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(len(self.backend.retrieves), 1)
+        self.assertEqual(sorted(c.data for c in sink.consumers), sorted(i.data for i in items))
+        self.assertTrue(all(c.finished for c in sink.consumers))
+        self.assertIsNone(sink.attached)  # detached at the end
+        self.assertEqual(self.cache.replays, 1)
+        # An instance-level response is not a series: the backend's.
+        self.cache.retrieve(self.backend, STUDY, SERIES, sop_uid(0), sink=RecordingSink())
+        self.assertEqual(len(self.backend.retrieves), 2)
+
+    def test_not_once_an_instance_is_gone(self) -> None:
+        self.fill([Item(n) for n in range(3)])
+        os.unlink(os.path.join(self.directory, self.files()[0]))  # deleted behind our back
+        self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=RecordingSink())
+        self.assertEqual((len(self.backend.retrieves), self.cache.replays), (2, 0))
+
+    def test_not_past_the_ttl(self) -> None:
+        self.fill([Item(0)])
+        self.clock.advance(TTL + 1)
+        self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=RecordingSink())
+        self.assertEqual(len(self.backend.retrieves), 2)
+
+    def test_not_after_a_failed_or_partly_kept_retrieve(self) -> None:
+        d = self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=RecordingSink())
+        send(self.the_retrieve().sink, Item(0))
+        self.the_retrieve().deferred.errback(UpstreamError("C-GET failed"))
+        self.failureResultOf(d, UpstreamError)
+        self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=RecordingSink())
+        self.assertEqual(len(self.backend.retrieves), 2)
+        # This one brings an instance that is not kept (cut off midway).
+        call = self.the_retrieve(1)
+        send(call.sink, Item(1))
+        cut = call.sink.begin(CT_IMAGE_STORAGE, sop_uid(2), EXPLICIT_VR_LE)
+        cut.dataFailed(Failure(ValueError("cut")))
+        self.failureResultOf(cut.done, ValueError)
+        call.deferred.callback(1)
+        self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=RecordingSink())
+        self.assertEqual(len(self.backend.retrieves), 3)
+
+    def test_not_across_aets_or_series(self) -> None:
+        self.fill([Item(0)])
+        other = FakeBackend("OTHER")
+        self.cache.retrieve(other, STUDY, SERIES, None, sink=RecordingSink())
+        self.assertEqual(len(other.retrieves), 1)
+        self.cache.retrieve(self.backend, STUDY, OTHER_SERIES, None, sink=RecordingSink())
+        self.assertEqual(len(self.backend.retrieves), 2)
+
+    def test_a_paused_client_pauses_the_replay(self) -> None:
+        items = [Item(n, pixels=300_000) for n in range(2)]
+        self.fill(items)
+        sink = RecordingSink()
+        # The client's socket fills with the first chunk: twisted.web pauses the producer.
+        sink.on_data = lambda: sink.attached.pauseProducing()  # type: ignore[union-attr]
+        d = self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=sink)
+        self.clock.pump([0] * 50)
+        self.assertEqual([len(c.data) for c in sink.consumers], [256 * 1024])
+        sink.on_data = None
+        assert sink.attached is not None
+        sink.attached.resumeProducing()
+        self.clock.pump([0] * 50)
+        self.assertEqual(self.successResultOf(d), 2)
+        self.assertEqual([c.data for c in sink.consumers], [i.data for i in items])
+
+    def test_cancelled_midway(self) -> None:
+        self.fill([Item(n, pixels=300_000) for n in range(2)])
+        sink = RecordingSink()
+        d = self.cache.retrieve(self.backend, STUDY, SERIES, None, sink=sink)
+        sink.on_data = d.cancel  # the client leaves during the first instance
+        self.clock.pump([0] * 50)
+        self.failureResultOf(d, CancelledError)
+        [consumer] = sink.consumers
+        self.failureResultOf(consumer.done, CancelledError)  # its part is not whole
+        self.assertIsNone(sink.attached)

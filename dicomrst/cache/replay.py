@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.unit.test_cache -*-
+"""A retrieve answered from the cache: its entries fed to a response's sink as a backend
+would feed them.
+
+`Replay` is what `InstanceCache.retrieve` runs instead of the backend's retrieve when it
+holds a whole series: each entry's data set goes to the sink in chunks, one instance at
+a time (the next begins once the sink answered the last, as after a C-STORE-RSP), and the
+sink pauses it as it pauses an association (`IInstanceSink.attach`).  Reads are of local
+files, a chunk per reactor turn, so a large series does not hold the reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dicomrst.cache.store import CachedInstance
+from dicomrst.common.deferreds import shielded
+from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.errors import NotAcceptable
+from dicomrst.logs import logger
+
+log = logger("dicomrst.cache")
+
+CHUNK = 256 * 1024
+
+
+@implementer(IPushProducer)
+class Replay:
+    """Feed `instances` (open entries; closed here, whatever happens) to `sink`."""
+
+    def __init__(self, clock: IReactorTime, sink: IInstanceSink, instances: Sequence[CachedInstance]) -> None:
+        self.clock = clock
+        self.sink = sink
+        self.instances = list(instances)
+        self.delivered = 0
+        self.paused = False
+        self.stopped = False
+        self._waiting: Deferred[None] | None = None
+
+    # -- the sink's throttle -------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:  # not cancelled meanwhile
+            waiting.callback(None)
+
+    def _turn(self) -> Deferred[None]:
+        """The next reactor turn in which the sink is not paused."""
+        d: Deferred[None] = Deferred()
+        if self.paused:
+            self._waiting = d
+        else:
+            self.clock.callLater(0, self._next_turn, d)
+        return d
+
+    def _next_turn(self, d: Deferred[None]) -> None:
+        if d.called:  # cancelled meanwhile
+            return
+        if self.paused:  # paused since the turn was asked for
+            self._waiting = d
+        else:
+            d.callback(None)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> Deferred[int]:
+        """Deliver every instance; fires with the number delivered.  Cancelling it stops
+        the replay at its next chunk, even when called from inside the sink."""
+        inner = Deferred.fromCoroutine(self._run())
+
+        def cancel(_: Deferred[int]) -> None:
+            self.stopped = True
+            self._wake()
+            inner.cancel()
+
+        outer: Deferred[int] = Deferred(cancel)
+
+        def forward(result: int | Failure) -> None:
+            if outer.called:  # cancelled: the replay's own end does not matter
+                return
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+
+        inner.addBoth(forward)
+        return outer
+
+    async def _run(self) -> int:
+        self.sink.attach(self)
+        try:
+            for instance in self.instances:
+                await self._one(instance)
+            return self.delivered
+        finally:
+            for instance in self.instances:
+                instance.close()
+            self.sink.attach(None)
+
+    async def _one(self, instance: CachedInstance) -> None:
+        try:
+            consumer = self.sink.begin(
+                instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax
+            )
+        except Exception as e:
+            if self.sink.gone:
+                raise CancelledError() from e
+            if isinstance(e, NotAcceptable) and not self.sink.started:
+                raise  # the answer is a 406: the rest would be refused too
+            log.warn("cached instance {sop} not delivered: {why}", sop=instance.sop_instance_uid, why=str(e))
+            return
+        f = instance.file
+        try:
+            f.seek(instance.dataset_offset)
+            while True:
+                await self._turn()
+                if self.stopped:
+                    raise CancelledError()
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                consumer.dataReceived(chunk)
+        except BaseException:
+            # Cancelled, or the file could not be read: the part is not whole.
+            consumer.dataFailed(Failure())
+            raise
+        consumer.dataFinished()
+        try:
+            await shielded(consumer.done)
+        except Exception as e:
+            log.warn("cached instance {sop} not delivered: {why}", sop=instance.sop_instance_uid, why=str(e))
+            return
+        self.delivered += 1
