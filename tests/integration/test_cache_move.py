@@ -186,6 +186,19 @@ class CacheOverMoveTests(TestCase):
         self.assertEqual(len(self.moves(scp)), 1)
         self.assertEqual(cache.fills, 0)
 
+    async def test_a_series_retrieved_whole_is_answered_from_the_cache(self) -> None:
+        """A viewer opening the study again: the second metadata response moves nothing."""
+        scp, backend, cache = await self.start()
+        study, series = get_study_uid(), get_series_uid(1)
+        first, second = CollectingSink(), CollectingSink()
+        self.assertEqual(await cache.retrieve(backend, study, series, None, sink=first), INSTANCES)
+        await self.until_moved(scp, 1)
+        self.assertEqual(await cache.retrieve(backend, study, series, None, sink=second), INSTANCES)
+        self.assertEqual(second.received, first.received)
+        self.assertEqual(len(first.received), INSTANCES)
+        self.assertEqual(cache.replays, 1)
+        await self.until_moved(scp, 1)
+
     async def until_moved(self, scp: peers.Peer, n: int) -> None:
         """The PACS logged `n` C-MOVEs and finished them (its log is written as it goes)."""
         reactor = global_reactor()
