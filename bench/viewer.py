@@ -457,7 +457,7 @@ def run(runs: int = 5, slices: int = 200) -> None:
         print(row("Orthanc's own: metadata", [s.metadata for s in orth], "s", fmt="{:.3f}"))
         print(
             row(
-                "dicomrst: metadata (a C-GET of the series each time)",
+                "dicomrst warm: metadata (the series answered from the cache)",
                 [s.metadata for s in warm],
                 "s",
                 _med([s.metadata for s in orth]),
