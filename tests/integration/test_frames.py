@@ -24,22 +24,21 @@ from twisted.trial.unittest import TestCase
 
 from dicomrst.wado.frames import prepare_frames, select_part_media
 from dicomrst.wado.ranged import HEAD_BYTES
-from tests.integration.test_s3 import BUCKET, big_study, key_of, s3_aet, upload
-from tests.integration.test_wado_move import (
+from tests.support import peers
+from tests.support.datasets import EXPLICIT_VR_LE
+from tests.support.frames import ANY, OCTET, expected_frames, parse_parts
+from tests.support.gateway import LISTENER_AET, Gateway, start_gateway
+from tests.support.imaging import image
+from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
+from tests.support.s3 import BUCKET, big_study, key_of, s3_aet, upload
+from tests.support.wado import Stored, fresh, get_aet, instance_path, upload_all
+from tests.support.wado_move import (
     MOVE_PACS_AET,
     ORTHANC_AET,
     move_aet,
     start_move_gateway,
     start_orthanc_for_move,
-    upload_all,
 )
-from tests.support import peers
-from tests.support.datasets import EXPLICIT_VR_LE
-from tests.support.frames import ANY, OCTET, expected_frames, parse_parts
-from tests.support.gateway import LISTENER_AET, Gateway, start_gateway
-from tests.support.pacs.datasets import get_instance, get_series_uid, get_sop_uid, get_study_uid
-from tests.support.wado import Stored, fresh, get_aet, instance_path
-from tests.unit.test_imaging_frames import image
 
 reactor: Any = _global_reactor
 

@@ -20,9 +20,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from twisted.trial.unittest import TestCase
 
-from tests.integration.test_wado_move import start_move_gateway, start_orthanc_for_move, upload_all
 from tests.support.pacs.datasets import get_instance
-from tests.support.wado import Stored, fresh, instance_path
+from tests.support.wado import Stored, fresh, instance_path, upload_all
+from tests.support.wado_move import start_move_gateway, start_orthanc_for_move
 
 TIMEOUT = 180
 

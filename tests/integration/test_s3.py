@@ -15,7 +15,6 @@ import json
 import os
 import socket
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydicom import dcmread
@@ -49,6 +48,7 @@ from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_d
 from tests.support.gateway import Gateway, Response, eventually, start_gateway
 from tests.support.metadata import compare_metadata, metadata_data, pydicom_json
 from tests.support.pacs.datasets import get_instance
+from tests.support.s3 import AET, BUCKET, big_study, key_of, s3_aet, upload
 from tests.support.sinks import RecordingPart, RecordingSink
 from tests.support.stow import multipart_body
 from tests.support.wado import (
@@ -67,79 +67,19 @@ from tests.support.wado import (
 reactor: Any = _global_reactor
 
 TIMEOUT = 240
-BUCKET = "dicom-bucket"
-AET = "S3AET"
 MPEG2 = "1.2.840.10008.1.2.4.100"  # no decoder: video
 
 
 # -- data in the bucket ------------------------------------------------------------------------
 
 
-def key_of(item: Stored, prefix: str = "") -> str:
-    return f"{prefix}{item.study}/{item.series}/{item.sop}.dcm"
-
-
-def upload(
-    moto: peers.Moto, bucket: str, objects: dict[str, bytes], acl: str | None = None
-) -> Deferred[None]:
-    """Create `bucket` (if needed) and put `objects` (key -> bytes), with boto3 in threads."""
-
-    def blocking() -> None:
-        s3 = moto.boto3()
-        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-        if bucket not in existing:
-            s3.create_bucket(Bucket=bucket, **({"ACL": acl} if acl else {}))
-        extra = {"ACL": acl} if acl else {}
-
-        def put(item: tuple[str, bytes]) -> None:
-            moto.boto3().put_object(Bucket=bucket, Key=item[0], Body=item[1], **extra)
-
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(put, objects.items()))
-
-    return deferToThread(blocking)
-
-
 def get_object(moto: peers.Moto, bucket: str, key: str) -> Deferred[bytes]:
     return deferToThread(lambda: moto.boto3().get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def s3_aet(
-    moto: peers.Moto,
-    *,
-    aet: str = AET,
-    bucket: str = BUCKET,
-    style: str = "path",
-    credentials: dict[str, Any] | None = None,
-    prefix: str | None = None,
-    concurrency: int | None = None,
-    anonymous: bool = False,
-) -> dict[str, Any]:
-    endpoint = f"http://localhost:{moto.port}" if style == "vhost" else moto.url
-    config: dict[str, Any] = {
-        "aet": aet,
-        "backend": "S3",
-        "endpoint": endpoint,
-        "endpoint-style": style,
-        "bucket": bucket,
-    }
-    if not anonymous:
-        config["credentials"] = credentials or {"access-key": moto.access_key, "secret-key": moto.secret_key}
-    if prefix is not None:
-        config["prefix"] = prefix
-    if concurrency is not None:
-        config["concurrency"] = concurrency
-    return config
 
 
 def backend_for(config: dict[str, Any], **kwargs: Any) -> S3Backend:
     loaded = parse_config({"aets": [config]})
     return S3Backend(loaded.aets[0], reactor, **kwargs)
-
-
-def big_study(n: int, rows: int = 512) -> list[Stored]:
-    study, series = generate_uid(), generate_uid()
-    return [fresh(get_instance(0, i, rows, rows), f"big{i}", study, series) for i in range(n)]
 
 
 # -- the test cases ----------------------------------------------------------------------------

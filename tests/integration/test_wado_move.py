@@ -33,7 +33,7 @@ from twisted.web.client import ResponseFailed
 from dicomrst.wado.metadata import instance_metadata_json
 from tests.support import metadata, peers, wado
 from tests.support.datasets import EXPLICIT_VR_LE, IMPLICIT_VR_LE, assert_same_dataset, part10
-from tests.support.gateway import LISTENER_AET, OUR_AET, Gateway, eventually, pacs_aet, start_gateway
+from tests.support.gateway import LISTENER_AET, OUR_AET, Gateway, eventually, start_gateway
 from tests.support.pacs.datasets import (
     CT_IMAGE_STORAGE,
     get_instance,
@@ -53,79 +53,18 @@ from tests.support.wado import (
     parse_multipart,
     read_partial,
     read_then_leave,
+    upload_all,
+)
+from tests.support.wado_move import (
+    MOVE_PACS_AET,
+    ORTHANC_AET,
+    move_aet,
+    start_move_gateway,
+    start_orthanc_for_move,
 )
 
-MOVE_PACS_AET = "PYMOVE"
-ORTHANC_AET = "ORTHANC"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 JPEG_2000 = "1.2.840.10008.1.2.4.91"
-
-
-def move_aet(
-    aet: str,
-    host: str,
-    port: int,
-    wado_timeout_ms: int = 20_000,
-    pool_size: int | None = None,
-    mode: str = "concurrent",
-    senders: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
-    """An `aets[]` entry that retrieves by C-MOVE to the gateway's own listener."""
-    config = pacs_aet(aet, host, port, timeout_ms=5000)
-    config["wado-rs"] = {
-        "retrieve": "move",
-        "receivers": [LISTENER_AET],
-        "mode": mode,
-        "timeout": wado_timeout_ms,
-    }
-    if senders is not None:
-        config["wado-rs"]["senders"] = senders
-    if pool_size is not None:
-        config["pool"]["size"] = pool_size
-    return config
-
-
-async def start_orthanc_for_move(case: TestCase) -> tuple[peers.Orthanc, int]:
-    """Orthanc knowing the gateway's listener (on a port chosen now) as a C-MOVE destination."""
-    listener_port = peers.free_port()
-    orthanc = await peers.start_orthanc(
-        case, ORTHANC_AET, modalities={"dicomrst": (LISTENER_AET, peers.LOCALHOST, listener_port)}
-    )
-    return orthanc, listener_port
-
-
-async def upload_all(case: TestCase, orthanc: peers.Orthanc, data: dict[str, list[Stored]]) -> None:
-    for group in data.values():
-        for item in group:
-            answer = await orthanc.upload(item.data)
-            case.assertEqual(answer.get("Status"), "Success", answer)
-
-
-async def start_move_gateway(
-    case: TestCase,
-    orthanc: peers.Orthanc,
-    listener_port: int,
-    uncompressed: bool = True,
-    mode: str = "concurrent",
-) -> Gateway:
-    gw = await start_gateway(
-        case,
-        [move_aet(ORTHANC_AET, orthanc.host, orthanc.dicom_port, mode=mode)],
-        dimse_port=listener_port,
-        listener={"uncompressed": uncompressed},
-    )
-
-    async def moved() -> None:
-        # The instances came by C-MOVE: Orthanc called our listener (runs before the gateway
-        # stops: cleanups run last-in first-out).
-        pattern = rf"association acceptor .*calling={ORTHANC_AET} called={LISTENER_AET} "
-        await eventually(lambda: bool(gw.log_lines(pattern)))
-        case.assertTrue(
-            gw.log_lines(pattern), f"no association from Orthanc to our listener\n{gw.log_tail()}"
-        )
-
-    case.addCleanup(moved)
-    return gw
 
 
 def expect_generated(series: Sequence[int], instances: int) -> list[tuple[str, str, str]]:

@@ -5,10 +5,10 @@ a Part-10 file), `read_partial` (a response cut off midway), `parse_http` and th
 `RawClient` (a socket with a small receive buffer, read slowly or abandoned, in a thread).
 Data: `Stored` (an instance uploaded to a PACS: its UIDs and bytes), `fresh` (a data set given
 new UIDs, as a `Stored`), `orthanc_data` (CT_small, MR_small_implicit and a generated 2 x 3
-study). Config and paths: `get_aet`, `instance_path`. Test bases: `RetrieveTestCase`
-(`assert_multipart`, `assert_parts`) and the `OrthancRetrieveTests` mixin, the Orthanc
-retrieve tests run over C-GET (tests/integration/test_wado_pacs.py) and over C-MOVE
-(tests/integration/test_wado_move.py).
+study), `upload_all` (groups of them into Orthanc). Config and paths: `get_aet`,
+`instance_path`. Test bases: `RetrieveTestCase` (`assert_multipart`, `assert_parts`) and the
+`OrthancRetrieveTests` mixin, the Orthanc retrieve tests run over C-GET
+(tests/integration/test_wado_pacs.py) and over C-MOVE (tests/integration/test_wado_move.py).
 """
 
 from __future__ import annotations
@@ -150,6 +150,13 @@ def orthanc_data() -> dict[str, list[Stored]]:
         for i in range(3):
             multi.append(fresh(get_instance(s, i, 32, 24), f"gen{s}.{i}", study, series))
     return {"ct": [ct], "mr": [mr], "multi": multi}
+
+
+async def upload_all(case: TestCase, orthanc: peers.Orthanc, data: dict[str, list[Stored]]) -> None:
+    for group in data.values():
+        for item in group:
+            answer = await orthanc.upload(item.data)
+            case.assertEqual(answer.get("Status"), "Success", answer)
 
 
 

@@ -36,7 +36,7 @@ from dicomrst.imaging.elements import open_instance
 from dicomrst.imaging.extent import StoredObjectError, iter_extent, read_extent
 from dicomrst.imaging.frames import index_frames
 from dicomrst.wado.metadata import instance_metadata_json
-from tests.unit.test_imaging_frames import read_dataset, testdata
+from tests.support.imaging import read_dataset, testdata
 
 BASE = "http://gateway/studies/1/series/2/instances/3/bulkdata"
 

@@ -13,11 +13,8 @@ import io
 import warnings
 from typing import Any, BinaryIO
 
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.common.uids import JPEG_BASELINE, RLE_LOSSLESS
@@ -27,48 +24,7 @@ from dicomrst.imaging.extent import Extent, Span, StoredObjectError, iter_extent
 from dicomrst.imaging.framelist import FrameNotFound
 from dicomrst.imaging.frames import FrameIndex, FramesNotSeparable, NoPixelData, index_frames
 from dicomrst.imaging.media import NATIVE_MEDIA, PartMedia
-
-
-def testdata(name: str) -> bytes:
-    path = get_testdata_file(name)
-    assert path is not None, name
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def read_dataset(data: bytes) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(io.BytesIO(data))
-
-
-def part10(ds: Dataset, syntax: str) -> bytes:
-    """`ds` written as a Part-10 file in `syntax`, its elements as they are."""
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = syntax
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, little_endian=syntax != ExplicitVRBigEndian, implicit_vr=False)
-    return out.getvalue()
-
-
-def image(rows: int, columns: int, frames: int, bits: int = 8, samples: int = 1) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = generate_uid()
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
-    if samples > 1:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
-        bits,
-        max(bits, 1),
-        max(bits, 1) - 1,
-        0,
-    )
-    return ds
+from tests.support.imaging import image, part10, read_dataset, testdata
 
 
 def encapsulated(

@@ -5,7 +5,6 @@ pseudo-code one pixel at a time."""
 from __future__ import annotations
 
 import io
-import math
 import os
 from typing import Any
 
@@ -20,40 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from dicomrst.errors import BadRequest, NotAcceptable
 from dicomrst.imaging import params, render
 from dicomrst.imaging.params import RenderOptions, Viewport, Window
+from tests.support.rendering import reference_gray, reference_voi
 
 TEST_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
-
-
-# -- the reference: PS3.3 C.11.2.1.2.1 and C.11.2.1.3, written out per value -------------------
-
-
-def reference_voi(x: float, c: float, w: float, function: str, ymin: float = 0, ymax: float = 255) -> float:
-    if function == "LINEAR":
-        if x <= c - 0.5 - (w - 1) / 2:
-            return ymin
-        if x > c - 0.5 + (w - 1) / 2:
-            return ymax
-        return ((x - (c - 0.5)) / (w - 1) + 0.5) * (ymax - ymin) + ymin
-    if function == "LINEAR_EXACT":
-        if x <= c - w / 2:
-            return ymin
-        if x > c + w / 2:
-            return ymax
-        return ((x - c) / w + 0.5) * (ymax - ymin) + ymin
-    assert function == "SIGMOID"
-    exponent = -4 * (x - c) / w
-    if exponent > 700:  # exp() overflows a float; the value is ymin to the last digit
-        return ymin
-    return (ymax - ymin) / (1 + math.exp(exponent)) + ymin
-
-
-def reference_gray(stored: Any, slope: float, intercept: float, window: Window, monochrome1: bool) -> Any:
-    out = np.empty(stored.shape, dtype=np.uint8)
-    for index, value in np.ndenumerate(stored):
-        y = reference_voi(float(value) * slope + intercept, window.center, window.width, window.function)
-        level = math.floor(y + 0.5)
-        out[index] = 255 - level if monochrome1 else level
-    return out
 
 
 def gray_dataset(

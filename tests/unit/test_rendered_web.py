@@ -36,8 +36,8 @@ from dicomrst.web.site import make_site
 from tests.support.datasets import encode
 from tests.support.fakes import FakeBackend, RetrieveCall
 from tests.support.http import ROOT, AppRequests, Connection
+from tests.support.rendering import reference_gray
 from tests.support.threads import HeldPool, InlinePool, ThreadsReactor
-from tests.unit.test_render import reference_gray
 
 TEST_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
 STUDY = "1.2.826.0.1.3680043.10.7"

@@ -31,8 +31,8 @@ from dicomrst.wado.ranged import (
     index_head,
     plan_reads,
 )
+from tests.support.imaging import image, part10, testdata
 from tests.support.threads import ThreadsReactor
-from tests.unit.test_imaging_frames import image, part10, testdata
 
 ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NATIVE_ONLY = 'multipart/related; type="application/octet-stream"'
