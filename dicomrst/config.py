@@ -234,7 +234,7 @@ def _url(value: Any, path: str, env: _Env) -> str:
 
 _PORT = _integer(1, 65535)
 _MS = _integer(0)  # a duration in milliseconds
-_BACKEND = _choice("DIMSE", "S3")
+_BACKEND = _choice("DIMSE", "S3", "LOCAL")
 
 
 def _key(check: _Check[Any], default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
@@ -346,6 +346,12 @@ class DimseServerConfig:
     # Not in DICOM-RST: an association whose peer sends no whole PDU for this long, while
     # it is the peer's turn, is aborted (a silent or trickling peer holds it otherwise).
     idle_timeout: int = _key(_integer(1), 60_000)
+    # Not in DICOM-RST: a Storage SCP into this AET (a LOCAL or S3 one) instead of a C-MOVE
+    # destination, so that modalities and storescu can push into the archive.
+    store_to: str | None = _key(_optional(_ae_title), None)
+    # Not in DICOM-RST: the calling AE titles that may associate with this listener
+    # (empty: any).
+    allowed_callers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -498,9 +504,9 @@ def _credentials(value: Any, path: str, env: _Env) -> S3Credentials | None:
 
 @attrs.frozen
 class AetConfig:
-    """One ``aets[]`` entry: a PACS reached over DIMSE, or an S3 bucket.
+    """One ``aets[]`` entry: a PACS reached over DIMSE, an S3 bucket, or a LOCAL directory.
 
-    Fields mirror the YAML keys. Keys of the other backend are rejected, so for an S3
+    Fields mirror the YAML keys. Keys of another backend are rejected, so for an S3
     AET the DIMSE fields keep their defaults (``host``/``port`` None) and vice versa.
     """
 
@@ -523,7 +529,8 @@ class AetConfig:
     concurrency: int = _key(_integer(1), 32, backend="S3")
     prefix: str = _key(_string(empty=True), "", backend="S3")
     credentials: S3Credentials | None = _key(_credentials, None, backend="S3")  # None: anonymous
-
+    # backend: LOCAL (not in DICOM-RST): the directory holding the Part-10 files
+    path: str | None = _key(_string(), None, backend="LOCAL", required=True)
 
     def move_senders(self) -> tuple[tuple[str, str], ...]:
         """(calling AE title, host) of each node whose C-STOREs may belong to a C-MOVE of
@@ -582,12 +589,28 @@ def parse_config(data: object, resolve: Callable[[str], object] = default_resolv
     _unique_aets([a.aet for a in config.aets], "aets")
     listeners = [d.aet for d in config.server.dimse]
     _unique_aets(listeners, "server.dimse")
+    archives = {a.aet: a.backend for a in config.aets}
+    storing: dict[str, str] = {}
+    for i, listener in enumerate(config.server.dimse):
+        if listener.store_to is None:
+            continue
+        backend = archives.get(listener.store_to)
+        if backend not in ("LOCAL", "S3"):
+            what = f"a {backend} AET" if backend else "no aets[].aet"
+            raise ConfigError(f"server.dimse[{i}].store-to",
+                              f"{listener.store_to!r} names {what}; it must name a LOCAL or S3 AET")
+        storing[listener.aet] = listener.store_to
     for i, entry in enumerate(config.aets):
         for j, receiver in enumerate(entry.wado_rs.receivers):
             if receiver not in listeners:
                 known = ", ".join(listeners) or "none configured"
                 raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
                                   f"{receiver!r} names no server.dimse[].aet ({known})")
+            if receiver in storing:
+                # Its C-STOREs go into the archive: sub-operations of a move would too.
+                raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
+                                  f"{receiver!r} stores into {storing[receiver]} (store-to); a C-MOVE "
+                                  "destination must be a listener without store-to")
     # DNS last, so a typo elsewhere is reported without waiting on the resolver.
     for i, entry in enumerate(config.aets):
         if entry.host is None:  # an S3 AET

@@ -485,7 +485,7 @@ class ErrorTests(SynchronousTestCase):
 
     def test_enums(self) -> None:
         self.assertError(with_aets(dimse_aet(backend="FTP")), "aets[0].backend",
-                         "expected one of DIMSE, S3, got 'FTP'")
+                         "expected one of DIMSE, S3, LOCAL, got 'FTP'")
         self.assertError(with_aets(dimse_aet(**{"wado-rs": {"mode": "parallel"}})), "aets[0].wado-rs.mode",
                          "concurrent, sequential")
         self.assertError(with_aets(dimse_aet(**{"wado-rs": {"retrieve": "store"}})),
