@@ -16,9 +16,12 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 import dicomrst
-from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.intake import SpoolingIntake
+from dicomrst.backends.interfaces import IBackend, IInstanceIntake
+from dicomrst.backends.local import LocalArchiveError, LocalBackend
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.cache import CacheDirectoryError, InstanceCache
 from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
@@ -29,6 +32,7 @@ from dicomrst.config import Config, ConfigError, config_warnings, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
+from dicomrst.index.interfaces import IIndex
 from dicomrst.logs import logger, set_level
 
 log = logger("dicomrst")
@@ -62,14 +66,30 @@ class Options(usage.Options):
 
 
 class BackendsService(Service):
-    """Owns the backends; stopping it releases their associations."""
+    """Owns the backends; starting it readies the LOCAL directories (a directory that
+    cannot be used stops the gateway), stopping it releases their associations."""
 
-    def __init__(self, backends: dict[str, IBackend]) -> None:
+    def __init__(self, backends: dict[str, IBackend], paths: dict[str, str] | None = None) -> None:
         self.backends = backends
+        self.paths = paths or {}  # LOCAL AET -> its config key, for messages
+
+    def startService(self) -> None:
+        for aet, backend in self.backends.items():
+            if isinstance(backend, LocalBackend):
+                try:
+                    started = backend.start()
+                except LocalArchiveError as e:
+                    _die(f"config error: {self.paths.get(aet, aet)}: {e}")
+                started.addErrback(_cleanup_failed, aet)
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
+
+
+def _cleanup_failed(reason: Failure, aet: str) -> None:
+    log.failure("{aet}: removing the temporary files of an earlier run failed", reason, aet=aet)
 
 
 class CacheService(Service):
@@ -181,9 +201,12 @@ async def _flushed(reactor: IGatewayReactor, bound: float) -> None:
         await deferLater(reactor, 0.01, lambda: None)
 
 
-def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
+def build(config: Config, reactor: IGatewayReactor, index: IIndex | None = None) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
-    the order they stop): the backends, the cache, the DIMSE listeners, HTTP."""
+    the order they stop): the backends, the cache, the DIMSE listeners, HTTP.
+
+    `index`: what LOCAL AETs search and record their instances in (None: files only,
+    and search on them answers 501)."""
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
@@ -194,6 +217,7 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     # their sub-operations arrive on.
     moves = MoveRegistry(config.server.aet)
     listeners = {listener.aet: listener for listener in config.server.dimse}
+    local_paths: dict[str, str] = {}
     for i, aet in enumerate(config.aets):
         if aet.backend == "DIMSE":
             receiver = None
@@ -212,13 +236,17 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
                         i=i,
                     )
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
+        elif aet.backend == "LOCAL":
+            assert aet.path is not None
+            backends[aet.aet] = LocalBackend(aet.aet, aet.path, reactor, index=index)
+            local_paths[aet.aet] = f"aets[{i}].path"
         else:
             # Imported only when a bucket is configured: botocore alone adds ~25 MB of
             # resident memory to every gateway that never talks to S3.
             from dicomrst.backends.s3 import S3Backend
 
             backends[aet.aet] = S3Backend(aet, reactor)
-    BackendsService(backends).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    BackendsService(backends, local_paths).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     # After the backends: it stops before them, so its retrieves are cancelled while the
     # associations they run on still exist.
     cache = make_cache(config, reactor)
@@ -227,12 +255,19 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
         _check_endpoint(reactor, description, f"server.dimse[{i}].endpoint")
+        store_to = None
+        if listener.store_to is not None:
+            archive = backends[listener.store_to]
+            intake = archive if IInstanceIntake.providedBy(archive) else SpoolingIntake(archive, reactor)
+            store_to = (listener.store_to, cast(IInstanceIntake, intake).receive)
         factory = listener_factory(
             listener.aet,
             reactor,
             moves,
             uncompressed=listener.uncompressed,
             idle_timeout=listener.idle_timeout_s,
+            store_to=store_to,
+            allowed_callers=frozenset(listener.allowed_callers),
         )
         listening = DimseListenerService(reactor, description, factory)
         listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted

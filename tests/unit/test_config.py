@@ -657,3 +657,46 @@ class WarningTests(SynchronousTestCase):
         [warning] = config_warnings(parse({"telemetry": {"sentry": "https://key@sentry.example/1"}}))
         self.assertIn("telemetry.sentry is set, but dicomrst does not report to Sentry", warning)
         self.assertNotIn("key@", warning)
+
+
+LOCAL_AET = {"aet": "ARCHIVE", "backend": "LOCAL", "path": "/srv/dicom"}
+
+
+class LocalAndStoreToTests(SynchronousTestCase):
+    """``backend: LOCAL`` and listeners with ``store-to`` / ``allowed-callers``."""
+
+    assertError = ErrorTests.assertError
+
+    def test_local_aet(self) -> None:
+        config = parse(with_aets(dict(LOCAL_AET, backend="local", cache=False)))
+        [aet] = config.aets
+        self.assertEqual((aet.backend, aet.path, aet.cache, aet.host), ("LOCAL", "/srv/dicom", False, None))
+
+    def test_local_needs_a_path_and_takes_no_other_backends_keys(self) -> None:
+        self.assertError(with_aets({"aet": "A", "backend": "LOCAL"}), "aets[0].path",
+                         "missing required key for backend LOCAL")
+        other = "unknown key for backend LOCAL"
+        self.assertError(with_aets(dict(LOCAL_AET, host="pacs")), "aets[0].host", other)
+        self.assertError(with_aets(dict(LOCAL_AET, bucket="b")), "aets[0].bucket", other)
+        self.assertError(with_aets(dimse_aet(path="/x")), "aets[0].path", "unknown key for backend DIMSE")
+        self.assertError(with_aets(dict(S3_AET, path="/x")), "aets[0].path", "unknown key for backend S3")
+
+    def test_store_to(self) -> None:
+        data = with_aets(LOCAL_AET, S3_AET, dimse_aet())
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "ARCHIVE", "allowed-callers": ["CT1", "MR1 "]},
+                                    {"aet": "IN2", "store-to": S3_AET["aet"]}]}
+        listeners = parse(data).server.dimse
+        self.assertEqual((listeners[0].store_to, listeners[0].allowed_callers), ("ARCHIVE", ("CT1", "MR1")))
+        self.assertEqual((listeners[1].store_to, listeners[1].allowed_callers), (S3_AET["aet"], ()))
+
+    def test_store_to_must_name_an_archive(self) -> None:
+        data = with_aets(LOCAL_AET, dimse_aet())
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "PACS"}]}
+        self.assertError(data, "server.dimse[0].store-to", "'PACS' names a DIMSE AET", "LOCAL or S3")
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "NOPE"}]}
+        self.assertError(data, "server.dimse[0].store-to", "names no aets[].aet")
+
+    def test_a_store_to_listener_is_no_move_destination(self) -> None:
+        data = with_aets(LOCAL_AET, dimse_aet(**{"wado-rs": {"receivers": ["IN"]}}))
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "ARCHIVE"}]}
+        self.assertError(data, "aets[1].wado-rs.receivers[0]", "stores into ARCHIVE")
