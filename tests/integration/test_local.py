@@ -10,6 +10,7 @@ wired into ``twistd dicomrst`` these tests do not search.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from pydicom import dcmread
@@ -186,6 +187,39 @@ class StoreToTests(LocalTestCase):
         accepted = await peers.run_tool(self, [argv[0], "-aet", "MODALITY", *argv[1:]])
         self.assertEqual(accepted.returncode, 0, accepted.describe())
         self.assertTrue(os.path.exists(os.path.join(root, ds.StudyInstanceUID)))
+
+
+class EnvironmentTests(LocalTestCase):
+    """``DICOM_RST_*`` variables over the file, in a real ``twistd dicomrst``."""
+
+    async def test_overrides_reach_the_gateway(self) -> None:
+        in_file, from_env = self.archive(), self.archive()
+        env = {"DICOM_RST_SERVER_HTTP_BASE_PATH": "/dicomweb", "DICOM_RST_AETS_0_PATH": from_env}
+        gw = await start_gateway(self, [{"aet": AET, "backend": "LOCAL", "path": in_file}], env=env,
+                                 ready_path="/dicomweb/aets")
+        self.assertEqual((await gw.get("/aets")).code, 404)
+        self.assertIn(AET, (await gw.get("/dicomweb/aets")).body.decode())
+        self.assertTrue(os.path.isdir(from_env))
+        self.assertFalse(os.path.exists(in_file))
+
+    async def test_unknown_variable_stops_the_gateway_naming_it(self) -> None:
+        from tests.support.gateway import gateway_config, gateway_env, twistd_args, write_config
+
+        directory, path = write_config(self, gateway_config(*peers.free_ports(2)))
+        env = {**gateway_env(), "DICOM_RST_SERVER_HTTP_PROT": "8080"}
+        child = peers._spawn(self, sys.executable, sys.executable, twistd_args(path), env, cwd=directory,
+                             keep_output=True, grace=2.0)
+        killer = reactor.callLater(30, child.stop, 2.0)
+        try:
+            returncode = await child.proto.when_ended()
+        finally:
+            if killer.active():
+                killer.cancel()
+        output = bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+        self.assertGreater(returncode, 0, output)
+        expected = "dicomrst: config error: DICOM_RST_SERVER_HTTP_PROT: names no configuration key"
+        self.assertIn(expected, output)
+        self.assertNotIn("Traceback", output)
 
 
 def _data_set(part10_object: bytes) -> bytes:

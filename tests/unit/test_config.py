@@ -700,3 +700,73 @@ class LocalAndStoreToTests(SynchronousTestCase):
         data = with_aets(LOCAL_AET, dimse_aet(**{"wado-rs": {"receivers": ["IN"]}}))
         data["server"] = {"dimse": [{"aet": "IN", "store-to": "ARCHIVE"}]}
         self.assertError(data, "aets[1].wado-rs.receivers[0]", "stores into ARCHIVE")
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """``DICOM_RST_`` + the key path in upper case, ``_`` for ``.`` and ``-``, over the file
+    and the defaults; list entries as ``AETS[0]`` (DICOM-RST's form) or ``AETS_0``."""
+
+    assertError = ErrorTests.assertError
+
+    def test_over_the_defaults_and_the_file(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_PORT": "18081"})
+        self.assertEqual(config.server.http.port, 18081)
+        config = parse({"server": {"http": {"port": 9000, "interface": "127.0.0.1"}}},
+                       {"DICOM_RST_SERVER_HTTP_PORT": "18081"})
+        self.assertEqual((config.server.http.port, config.server.http.interface), (18081, "127.0.0.1"))
+
+    def test_underscore_stands_for_dot_and_dash_and_case_does_not_matter(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_MAX_UPLOAD_SIZE": "1000",
+                              "dicom_rst_server_http_base-path": "/dicomweb",
+                              "DICOM_RST_TELEMETRY_LEVEL": "debug"})
+        self.assertEqual(config.server.http.max_upload_size, 1000)
+        self.assertEqual(config.server.http.base_path, "/dicomweb")
+        self.assertEqual(config.telemetry.level, "DEBUG")
+
+    def test_values_are_yaml_scalars(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_GRACEFUL_SHUTDOWN": "false",
+                              "DICOM_RST_SERVER_AET": "'1234'",
+                              "DICOM_RST_SERVER_HTTP_BASE_PATH": ""})
+        self.assertEqual((config.server.http.graceful_shutdown, config.server.aet), (False, "1234"))
+        self.assertEqual(config.server.http.base_path, "/")
+
+    def test_list_entries(self) -> None:
+        data = with_aets(dimse_aet("A"), dimse_aet("B"))
+        config = parse(data, {"DICOM_RST_AETS[1]_PORT": "11112", "DICOM_RST_AETS_0_POOL_SIZE": "3",
+                              "DICOM_RST_AETS[-1]_AET": "LAST"})
+        self.assertEqual([(a.aet, a.port, a.pool.size) for a in config.aets],
+                         [("A", 104, 3), ("LAST", 11112, 16)])
+
+    def test_new_entries_in_index_order_and_the_default_listener(self) -> None:
+        config = parse(None, {"DICOM_RST_AETS_0_AET": "ARCHIVE", "DICOM_RST_AETS_0_BACKEND": "LOCAL",
+                              "DICOM_RST_AETS_0_PATH": "/srv/dicom",
+                              "DICOM_RST_SERVER_DIMSE_0_STORE_TO": "ARCHIVE",
+                              "DICOM_RST_SERVER_DIMSE_0_ALLOWED_CALLERS": "[CT1, MR1]"})
+        [aet] = config.aets
+        [listener] = config.server.dimse
+        self.assertEqual((aet.aet, aet.backend, aet.path), ("ARCHIVE", "LOCAL", "/srv/dicom"))
+        self.assertEqual((listener.aet, listener.port, listener.store_to, listener.allowed_callers),
+                         ("DICOM-RST", 7001, "ARCHIVE", ("CT1", "MR1")))
+        gap = {"DICOM_RST_AETS_1_AET": "X"}
+        self.assertError(None, "DICOM_RST_AETS_1_AET", "aets has 0 entries", environ=gap)
+
+    def test_an_alias_in_the_file_is_overridden_not_doubled(self) -> None:
+        data = {"server": {"http": {"host": "127.0.0.1"}}}
+        config = parse(data, {"DICOM_RST_SERVER_HTTP_INTERFACE": "::1"})
+        self.assertEqual(config.server.http.interface, "::1")
+
+    def test_unknown_key_names_the_variable(self) -> None:
+        for name in ("DICOM_RST_SERVER_HTTP_PROT", "DICOM_RST_SERVER_HTTP", "DICOM_RST_AETS",
+                     "DICOM_RST_SERVER_HTTP_PORT[0]", "DICOM_RST_SERVER.HTTP.PORT"):
+            self.assertError(None, name, "names no configuration key", environ={name: "1"})
+
+    def test_a_bad_value_names_the_key_and_the_variable(self) -> None:
+        e = self.assertError(None, "server.http.port", environ={"DICOM_RST_SERVER_HTTP_PORT": "0"})
+        self.assertEqual(str(e), "server.http.port: must be between 1 and 65535, got 0 "
+                                 "(set by DICOM_RST_SERVER_HTTP_PORT)")
+        self.assertError(None, "DICOM_RST_SERVER_AET", "not a YAML value",
+                         environ={"DICOM_RST_SERVER_AET": "[unclosed"})
+
+    def test_other_variables_are_left_alone(self) -> None:
+        config = parse(None, {"DICOM_RSTX": "1", "HOME": "/root", "DICOM_RST": "1"})
+        self.assertEqual(config, parse(None))
