@@ -121,6 +121,53 @@ class StowRetrieveTests(LocalTestCase):
         self.assertNotEqual((await gw.get(f"/aets/{AET}")).code, 200)
 
 
+class ResourcesTests(LocalTestCase):
+    async def test_metadata_frames_rendered_and_bulk_data(self) -> None:
+        """The other WADO-RS resources on what STOW-RS stored: metadata as JSON with a
+        BulkDataURI for Pixel Data, a frame's bytes as stored, a rendered JPEG."""
+        root = self.archive()
+        gw = await self.gateway(root)
+        study = generate_uid()
+        ds = fresh_test_file("CT_small.dcm", study)
+        self.assertEqual((await self.stow(gw, study, [part10(ds)])).code, 200)
+        where = instance_path(AET, study, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        metadata = await gw.get(where + "/metadata", headers={"Accept": "application/dicom+json"})
+        self.assertEqual(metadata.code, 200, metadata.body[:300])
+        [item] = metadata.json()
+        self.assertEqual(item["00100020"]["Value"], [ds.PatientID])
+        self.assertIn("BulkDataURI", item["7FE00010"])
+        octets = 'multipart/related; type="application/octet-stream"'
+        frame = await gw.get(where + "/frames/1", headers={"Accept": octets})
+        self.assertEqual(frame.code, 200, frame.body[:300])
+        self.assertIn(ds.PixelData, frame.body)
+        rendered = await gw.get(where + "/rendered", headers={"Accept": "image/jpeg"})
+        self.assertEqual(rendered.code, 200, rendered.body[:300])
+        self.assertTrue(rendered.body.startswith(b"\xff\xd8"))
+
+
+class RangedFramesTests(LocalTestCase):
+    async def test_frames_of_a_large_object_by_range(self) -> None:
+        """A 5 MiB multi-frame object (over the ranged-read threshold): each frame is its
+        own bytes, read from the file by range."""
+        root = self.archive()
+        gw = await self.gateway(root)
+        ds = fresh_test_file("CT_small.dcm")
+        ds.Rows = ds.Columns = 512
+        ds.NumberOfFrames = 10
+        frames = [bytes([n]) * (512 * 512 * 2) for n in range(10)]
+        ds.PixelData = b"".join(frames)
+        self.assertEqual((await self.stow(gw, ds.StudyInstanceUID, [part10(ds)])).code, 200)
+        where = instance_path(AET, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        octets = 'multipart/related; type="application/octet-stream"'
+        response = await gw.get(where + "/frames/3,7", headers={"Accept": octets})
+        self.assertEqual(response.code, 200, response.body[:300])
+        self.assertIn(frames[2], response.body)
+        self.assertIn(frames[6], response.body)
+        # Not through the instance cache (which would hold the whole object): by range.
+        cache = os.path.join(os.path.dirname(gw.config_path), "cache")
+        self.assertEqual([n for n in os.listdir(cache) if not n.startswith(".")], [], gw.log_tail())
+
+
 class StoreToTests(LocalTestCase):
     """A listener with ``store-to``: modalities push into the archive."""
 
