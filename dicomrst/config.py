@@ -46,6 +46,8 @@ __all__ = [
     "WadoConfig",
     "config_warnings",
     "default_resolver",
+    "first_run_config",
+    "first_run_data",
     "load_config",
     "parse_config",
 ]
@@ -887,6 +889,39 @@ class _Loader(yaml.SafeLoader):
                     f"found duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+#: Where a first run (no ``--config``) keeps its data, relative to the working directory.
+FIRST_RUN_DIRECTORY = "dicomrst-data"
+
+
+def first_run_data() -> dict[str, Any]:
+    """The configuration of ``twistd dicomrst`` without ``--config``: something to try
+    with nothing else installed.  One LOCAL AET ``LOCAL`` in ``./dicomrst-data/objects``,
+    HTTP on 127.0.0.1:8080, and a listener ``DICOMRST`` on 127.0.0.1:11112 that stores
+    what is pushed to it into ``LOCAL`` (compressed syntaxes taken as sent).  Loopback
+    only: a first run must not open an archive to the network."""
+    return {
+        "server": {
+            "http": {"interface": "127.0.0.1", "port": 8080},
+            "dimse": [
+                {
+                    "aet": "DICOMRST",
+                    "interface": "127.0.0.1",
+                    "port": 11112,
+                    "store-to": "LOCAL",
+                    "uncompressed": False,
+                }
+            ],
+        },
+        "aets": [{"aet": "LOCAL", "backend": "LOCAL", "path": f"{FIRST_RUN_DIRECTORY}/objects"}],
+    }
+
+
+def first_run_config(resolve: Callable[[str], object] = default_resolver,
+                     environ: Mapping[str, str] = os.environ) -> Config:
+    """`first_run_data`, with the ``DICOM_RST_*`` variables of `environ` over it."""
+    return parse_config(first_run_data(), resolve, environ)
 
 
 def load_config(path: str | os.PathLike[str] | None,

@@ -8,6 +8,7 @@ install the default reactor before twistd has read ``--reactor``.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NoReturn, cast
 
@@ -28,7 +29,7 @@ from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import Config, ConfigError, config_warnings, load_config
+from dicomrst.config import Config, ConfigError, config_warnings, first_run_config, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
@@ -49,10 +50,11 @@ class Options(usage.Options):
     synopsis = "[--config PATH]"
     longdesc = (
         "dicomrst answers QIDO-RS, WADO-RS and STOW-RS over HTTP by talking DIMSE to PACS "
-        "(and reading S3). It reads a DICOM-RST style YAML config; without --config it runs "
-        "on DICOM-RST's defaults (HTTP on 0.0.0.0:8080, a C-STORE/C-ECHO listener "
-        "DICOM-RST on 0.0.0.0:7001, no AETs). Config errors stop startup with one line "
-        "naming the key."
+        "(and reading S3 or a local directory). It reads a DICOM-RST style YAML config; "
+        "without --config it serves a local archive: the AET LOCAL in ./dicomrst-data, "
+        "HTTP on 127.0.0.1:8080 and a C-STORE listener DICOMRST on 127.0.0.1:11112 into it. "
+        "DICOM_RST_* environment variables override either. Config errors stop startup "
+        "with one line naming the key."
     )
     optParameters = [
         ["config", "c", None, "YAML config file with DICOM-RST's keys (times in milliseconds)."],
@@ -60,7 +62,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["loaded"] = load_config(self["config"])
+            if self["config"] is None:
+                self["loaded"] = first_run_config()
+            else:
+                self["loaded"] = load_config(self["config"])
         except ConfigError as e:
             _die(f"config error: {e}")
 
@@ -298,6 +303,28 @@ def build(config: Config, reactor: IGatewayReactor, index: IIndex | None = None)
     return top
 
 
+def first_run_lines(config: Config) -> list[str]:
+    """What a first run (no ``--config``) tells its user: where things are, what to use."""
+    http = config.server.http
+    base = http.base_path.rstrip("/")
+    host = "[" + http.interface + "]" if ":" in http.interface else http.interface
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    root = f"http://{host}:{http.port}{base}"
+    lines = ["no --config: serving a local archive (DICOM_RST_* variables override its keys)"]
+    for aet in config.aets:
+        if aet.backend == "LOCAL" and aet.path is not None:
+            lines.append(f"{aet.aet}: files in {os.path.abspath(aet.path)}")
+            lines.append(f"DICOMweb (QIDO-RS, WADO-RS, STOW-RS): {root}/aets/{aet.aet}")
+    for listener in config.server.dimse:
+        if listener.store_to is not None:
+            lines.append(
+                f"C-STORE into {listener.store_to}: AE title {listener.aet} at "
+                f"{listener.interface}:{listener.port}"
+            )
+    return lines
+
+
 def _check_endpoint(reactor: IGatewayReactor, description: str, key: str) -> None:
     try:
         serverFromString(reactor, description)
@@ -314,11 +341,14 @@ def makeService(options: Options) -> IService:
         "dicomrst {version} starting: {n} AET(s), config {path}",
         version=dicomrst.__version__,
         n=len(config.aets),
-        path=options["config"] or "(built-in defaults)",
+        path=options["config"] or "(none: a first run, see below)",
     )
     # Not a "warning" field: Twisted's legacy observers take that for a Python warning.
     for problem in config_warnings(config):
         log.warn("config: {problem}", problem=problem)
+    if options["config"] is None:
+        for line in first_run_lines(config):
+            log.info("{line}", line=line)
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.

@@ -10,6 +10,7 @@ wired into ``twistd dicomrst`` these tests do not search.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -267,6 +268,62 @@ class EnvironmentTests(LocalTestCase):
         expected = "dicomrst: config error: DICOM_RST_SERVER_HTTP_PROT: names no configuration key"
         self.assertIn(expected, output)
         self.assertNotIn("Traceback", output)
+
+
+class FirstRunTests(TestCase):
+    """``twistd -n dicomrst`` without ``--config`` in an empty directory (its ports moved to
+    free ones, and its cache into the directory, by environment overrides)."""
+
+    timeout = TIMEOUT
+
+    async def test_serves_and_stores_a_local_archive(self) -> None:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from tests.support.gateway import TWISTD_MAIN, gateway_env, read
+
+        directory = peers._temp_dir(self, "first-run")
+        http_port, dimse_port = peers.free_ports(2)
+        env = {**gateway_env(), "DICOM_RST_SERVER_HTTP_PORT": str(http_port),
+               "DICOM_RST_SERVER_DIMSE_0_PORT": str(dimse_port), "DICOM_RST_SERVER_CACHE_PATH": "cache"}
+        log_path = os.path.join(directory, "gateway.log")
+        child = peers._spawn(self, sys.executable, sys.executable,
+                             ["-c", TWISTD_MAIN, "-n", "--pidfile=", "dicomrst"], env, cwd=directory,
+                             log_path=log_path, grace=10.0)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        url = f"http://{peers.LOCALHOST}:{http_port}"
+
+        async def ready() -> bool:
+            return (await read(await http.get(url + "/aets", timeout=2))).code == 200
+
+        await peers._wait_until(ready, "the first-run gateway", 30.0, child)
+        with open(log_path, encoding="utf-8") as f:
+            started = f.read()
+        self.assertIn(f"DICOMweb (QIDO-RS, WADO-RS, STOW-RS): {url}/aets/LOCAL", started)
+        self.assertIn(f"C-STORE into LOCAL: AE title DICOMRST at 127.0.0.1:{dimse_port}", started)
+
+        ds = fresh_test_file("CT_small.dcm")
+        body = multipart_body([([("Content-Type", "application/dicom")], part10(ds))], BOUNDARY)
+        stow = await read(await http.post(url + "/aets/LOCAL/studies", data=body,
+                                          headers={"Content-Type": STOW_CONTENT_TYPE}, timeout=30))
+        self.assertEqual(stow.code, 200, stow.body[:300])
+        objects = os.path.join(directory, "dicomrst-data", "objects")
+        self.assertTrue(os.path.exists(os.path.join(objects, ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                    f"{ds.SOPInstanceUID}.dcm")))
+        pushed = fresh_test_file("MR_small.dcm")
+        path = os.path.join(directory, "mr.dcm")
+        pushed.save_as(path, enforce_file_format=True)
+        result = await peers.run_tool(
+            self, ["storescu", "-aec", "DICOMRST", peers.LOCALHOST, str(dimse_port), path]
+        )
+        self.assertEqual(result.returncode, 0, result.describe())
+        retrieved = await read(await http.get(
+            url + instance_path("LOCAL", pushed.StudyInstanceUID),
+            headers={"Accept": ANY_SYNTAX}, timeout=30))
+        self.assertEqual(retrieved.code, 200, retrieved.body[:300])
+        await pool.closeCachedConnections()
+        self.assertIn(await child.stop(grace=10.0), (0, -signal.SIGTERM))
 
 
 def _data_set(part10_object: bytes) -> bytes:

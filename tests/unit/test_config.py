@@ -26,6 +26,7 @@ from dicomrst.config import (
     config_warnings,
     default_cache_path,
     default_resolver,
+    first_run_config,
     load_config,
     parse_config,
 )
@@ -770,3 +771,19 @@ class EnvironmentTests(SynchronousTestCase):
     def test_other_variables_are_left_alone(self) -> None:
         config = parse(None, {"DICOM_RSTX": "1", "HOME": "/root", "DICOM_RST": "1"})
         self.assertEqual(config, parse(None))
+
+
+class FirstRunTests(SynchronousTestCase):
+    def test_a_local_archive_on_loopback(self) -> None:
+        config = first_run_config(resolver(), {})
+        [aet] = config.aets
+        [listener] = config.server.dimse
+        self.assertEqual((aet.aet, aet.backend, aet.path), ("LOCAL", "LOCAL", "dicomrst-data/objects"))
+        self.assertEqual((config.server.http.interface, config.server.http.port), ("127.0.0.1", 8080))
+        got = (listener.aet, listener.interface, listener.port, listener.store_to, listener.uncompressed)
+        self.assertEqual(got, ("DICOMRST", "127.0.0.1", 11112, "LOCAL", False))
+
+    def test_the_environment_applies(self) -> None:
+        config = first_run_config(resolver(), {"DICOM_RST_SERVER_HTTP_PORT": "18081",
+                                               "DICOM_RST_AETS_0_PATH": "/srv/archive"})
+        self.assertEqual((config.server.http.port, config.aets[0].path), (18081, "/srv/archive"))
