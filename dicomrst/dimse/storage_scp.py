@@ -63,7 +63,13 @@ class ArchiveStoreSCP:
             reply.send(CANNOT_UNDERSTAND)
             return None  # the data set is read and dropped
 
+        def gone() -> bool:
+            # Ended, or ending: `ended` is set before consumers hear of it.
+            return connection.ended is not None or connection.is_ended
+
         def answered(status: int) -> None:
+            if gone():
+                return  # nobody to answer
             if status != 0:
                 log.warn(
                     "{aet}: C-STORE of {uid} from {calling} into {target} answered 0x{status:04X}",
@@ -76,9 +82,9 @@ class ArchiveStoreSCP:
             reply.send(status)
 
         def failed(reason: Failure) -> None:
-            # The association ended mid data set (nobody to answer), or the archive broke.
-            if connection.ended is None and not connection.is_ended:
-                log.failure("{aet}: storing {uid} failed", reason, aet=self.aet, uid=reply.sop_instance)
+            if gone():
+                return  # the association ended mid data set: nobody to answer
+            log.failure("{aet}: storing {uid} failed", reason, aet=self.aet, uid=reply.sop_instance)
             reply.send(PROCESSING_FAILURE)
 
         consumer.done.addCallbacks(answered, failed)

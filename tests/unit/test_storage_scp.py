@@ -115,10 +115,14 @@ class ArchiveStoreSCPTests(ULTestCase):
 
     def test_association_lost_mid_data_set(self) -> None:
         self.send_store(b"\x00" * 16, last=False)
+        self.transport.clear()
         self.lose(self.proto)
         [opened] = self.opened
         self.assertIsNotNone(opened.failed)
         self.assertFalse(opened.finished)
+        self.assertEqual(self.transport.value(), b"")  # nothing answered
+        self.assertIsNone(self.successResultOf(opened.done))  # and nothing raised trying to
+        self.assertNoTraceback()
 
 
 class AllowedCallersTests(ULTestCase):
