@@ -11,6 +11,7 @@ backend provides `IInstanceIntake` itself and writes straight into its directory
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -33,6 +34,9 @@ from dicomrst.errors import ServiceUnavailable
 from dicomrst.logs import logger
 
 log = logger("dicomrst.intake")
+
+#: A UID as STOW-RS checks it (it becomes part of the object's key).
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @implementer(IInstanceIntake)
@@ -116,6 +120,8 @@ class _Spooled:
                 return FAILURE_OUT_OF_RESOURCES
             try:
                 study, series = await self.intake.run_blocking(_uids, path)
+                if not _UID.fullmatch(study) or (series is not None and not _UID.fullmatch(series)):
+                    raise ValueError(f"no valid Study/Series Instance UID ({study!r}, {series!r})")
             except Exception as e:
                 log.warn("instance {sop} refused: {why}", sop=self.sop, why=str(e))
                 return FAILURE_CANNOT_UNDERSTAND

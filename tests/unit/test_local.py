@@ -490,3 +490,68 @@ def _open_fds_to(path: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+class SpoolingIntakeTests(SynchronousTestCase):
+    """C-STOREs into an archive without an intake of its own (S3): spooled with file meta,
+    handed to store_instance as a STOW-RS part, its status the C-STORE's; the spool file
+    gone afterwards in every case."""
+
+    def setUp(self) -> None:
+        from dicomrst.backends.intake import SpoolingIntake
+        from tests.support.fakes import FakeBackend
+
+        self.spool = self.mktemp()
+        os.makedirs(self.spool)
+        self.backend = FakeBackend("BUCKET")
+        self.intake = SpoolingIntake(self.backend, _Reactor(InlinePool()), self.spool)
+
+    def test_spooled_then_stored(self) -> None:
+        ds = _dataset()
+        consumer = self.intake.receive(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "CT1")
+        body = encode(ds)
+        consumer.dataReceived(body[:100])
+        consumer.dataReceived(body[100:])
+        self.assertEqual(self.backend.received, [])
+        consumer.dataFinished()
+        self.assertEqual(self.successResultOf(consumer.done), SUCCESS)
+        [(instance, data)] = self.backend.received
+        got = (instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        self.assertEqual(got, (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+        self.assertEqual(data[instance.dataset_offset:], body)
+        self.assertEqual(dcmread(_bytes(data)).file_meta.SourceApplicationEntityTitle, "CT1")
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_the_archives_status_is_the_answer(self) -> None:
+        ds = _dataset()
+        self.backend.statuses[ds.SOPInstanceUID] = FAILURE_CONFLICT
+        consumer = self.intake.receive(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "CT1")
+        consumer.dataReceived(encode(ds))
+        consumer.dataFinished()
+        self.assertEqual(self.successResultOf(consumer.done), FAILURE_CONFLICT)
+        self.assertEqual(os.listdir(self.spool), [])
+
+    def test_unreadable_or_lost_leaves_nothing(self) -> None:
+        consumer = self.intake.receive("1.2", "1.2.3", "1.2.840.10008.1.2.1", "CT1")
+        consumer.dataReceived(b"\x08\x00\x05\x00ZZ\x04\x00abcd")
+        consumer.dataFinished()
+        self.assertEqual(self.successResultOf(consumer.done), FAILURE_CANNOT_UNDERSTAND)
+        ds = _dataset()
+        ds.StudyInstanceUID = "../../x"
+        unsafe = self.intake.receive(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "CT1")
+        unsafe.dataReceived(encode(ds))
+        unsafe.dataFinished()
+        self.assertEqual(self.successResultOf(unsafe.done), FAILURE_CANNOT_UNDERSTAND)
+        lost = self.intake.receive("1.2", "1.2.4", "1.2.840.10008.1.2.1", "CT1")
+        ended: list[object] = []
+        lost.done.addBoth(ended.append)
+        lost.dataFailed(Failure(ConnectionError("aborted")))
+        self.assertIsInstance(ended[0], Failure)
+        self.assertEqual(self.backend.received, [])
+        self.assertEqual(os.listdir(self.spool), [])
+
+
+def _bytes(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
