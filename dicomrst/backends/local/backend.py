@@ -34,8 +34,9 @@ from dicomrst.backends.local.files import (
     safe_uid,
     stamp_of,
 )
-from dicomrst.backends.local.retrieve import LocalRetrieval, Threads
+from dicomrst.backends.local.retrieve import LocalRetrieval
 from dicomrst.backends.local.store import LocalStore
+from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.values import ObjectChanged, ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND

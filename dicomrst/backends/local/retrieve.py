@@ -15,15 +15,14 @@ object whose pixel data ends it (`without_bulk_tail`, as the S3 backend does).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.objects import NotDicomObject, parse_file_meta, without_bulk_tail
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
@@ -33,24 +32,11 @@ from dicomrst.logs import logger
 
 log = logger("dicomrst.local")
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 #: Bytes read at a time (and the head read first: it holds the file meta, and for
 #: metadata usually everything up to the pixel data).
 CHUNK = 512 << 10
-
-
-class Threads:
-    """Runs blocking file work in a thread pool (the reactor's, or one given)."""
-
-    def __init__(self, reactor: Any, pool: Any = None) -> None:
-        self.reactor = reactor
-        self.pool = pool
-
-    def run(self, f: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
-        pool = self.pool if self.pool is not None else self.reactor.getThreadPool()
-        return deferToThreadPool(self.reactor, pool, f, *args, **kwargs)
 
 
 class _File:

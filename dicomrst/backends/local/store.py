@@ -43,7 +43,7 @@ from dicomrst.backends.local.files import (
     safe_uid,
     stamp_of,
 )
-from dicomrst.backends.local.retrieve import Threads
+from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.values import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_CONFLICT,
