@@ -172,11 +172,13 @@ def start_gateway(
     ready_path: str = "/",
     dimse_port: int | None = None,
     listener: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Deferred[Gateway]:
     """Start the gateway on free ports; fire once ``GET ready_path`` answers 200.
 
     ``dimse_port``: the listener's port when the caller chose it (a C-MOVE source must know it
-    before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry.
+    before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry;
+    ``env``: more environment variables for the process (``DICOM_RST_*`` overrides).
 
     At cleanup: close our HTTP connections, SIGTERM the gateway, and fail the test unless it
     exits 0 within `STOP_TIMEOUT`.
@@ -193,7 +195,7 @@ def start_gateway(
             sys.executable,
             sys.executable,
             twistd_args(config_path),
-            gateway_env(),
+            {**gateway_env(), **(env or {})},
             cwd=directory,
             log_path=log_path,
             grace=STOP_TIMEOUT,
