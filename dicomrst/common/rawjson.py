@@ -38,6 +38,7 @@ import json
 import struct
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
@@ -166,7 +167,9 @@ def _strings(vr: str, values: list[str], clean: Callable[[str], str]) -> str:
     return f'{{"vr":"{vr}","Value":[{",".join(out)}]}}'
 
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+# What json.dumps(text, ensure_ascii=False) does for a string, without its dispatch: the
+# walk's text is decoded strictly, so it never holds the lone surrogates json_string escapes.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _text(vr: str, raw: bytes, codec: str) -> str:
@@ -189,7 +192,7 @@ def _text(vr: str, raw: bytes, codec: str) -> str:
         return _strings(vr, [v.strip() for v in text.split("\\")], _clean_both)
     if vr == "UR":
         return _strings(vr, [text.rstrip()], _clean_right)
-    return _strings(vr, text.rstrip(" \x00").split("\\"), _clean_right)  # AS DA DT TM
+    return _strings(vr, text.rstrip(" \x00").split("\\"), _clean_both if vr == "AS" else _clean_right)
 
 
 def _person_names(raw: bytes, codec: str) -> str:
@@ -251,7 +254,7 @@ def _numbers(vr: str, raw: bytes, lut_fix: bool) -> str:
     count, rest = divmod(len(raw), size)
     if rest:
         raise _Decline  # pydicom raises or makes it UN
-    values: list[int] | list[float] = list(struct.unpack(f"<{count}{code}", raw))
+    values: list[Any] = list(struct.unpack(f"<{count}{code}", raw))
     if lut_fix and count > 1 and values[0] < 0:
         values[0] += 65536
     if code in "fd":
@@ -395,7 +398,7 @@ class _Walk:
             if vr in _AMBIGUOUS:
                 if not (top and implicit):
                     raise _Decline  # pydicom looks at the parents' Pixel Representation
-                vr = _resolve(tag, length, pixel_representation)
+                vr = _resolve(tag, length, pixel_representation, tag > _PIXEL_REPRESENTATION)
                 lut_fix = False  # pydicom fixes LUT Descriptors only when it knows the VR
             if element == 0 or (top and group == 2) or tag == TRAILING_PADDING:
                 continue
@@ -517,17 +520,18 @@ class _Walk:
         return _private_vr(tag, values[0])
 
 
-def _resolve(tag: int, length: int, pixel_representation: bytes | None) -> str:
+def _resolve(tag: int, length: int, pixel_representation: bytes | None, after: bool) -> str:
     """An ambiguous VR at the top level of an Implicit VR data set, as pydicom resolves it
-    (`pydicom.filewriter.correct_ambiguous_vr_element`)."""
+    (`pydicom.filewriter.correct_ambiguous_vr_element`); `after`: the element comes after
+    Pixel Representation's tag."""
     if tag == _PIXEL_DATA or tag in _OW:
         return "OW"
-    if (
-        tag in _US_OR_SS
-        and pixel_representation is not None
-        and len(pixel_representation) == 2
-        and not length % 2
-    ):
-        # Without Pixel Representation pydicom looks at Pixel Data, which may come later.
-        return "US" if _U16.unpack(pixel_representation)[0] == 0 else "SS"
-    raise _Decline
+    if tag not in _US_OR_SS or length % 2 or not after:
+        raise _Decline
+    if pixel_representation is None:
+        raise _Decline  # pydicom guesses from Pixel Data, or fails
+    if not pixel_representation:
+        return "SS"  # pydicom: an empty Pixel Representation is not 0
+    if len(pixel_representation) != 2:
+        raise _Decline
+    return "US" if _U16.unpack(pixel_representation)[0] == 0 else "SS"

@@ -105,10 +105,13 @@ def _vr_and_length(ds: Dataset, tag: int, element: DataElement | RawDataElement)
 def _object(ds: Dataset, prefix: str, threshold: int, top: bool = False) -> str:
     """`ds` as a JSON object; `prefix` is the BulkDataURI of this level, ending in '/'."""
     members = []
-    for tag in sorted(ds.keys()):
+    # The elements as read, before any is converted: pydicom converts some on the way (Pixel
+    # Representation when a sequence is opened; get_item any empty Implicit VR element), and a
+    # converted one has lost its length.
+    elements = [(tag, ds.get_item(tag, keep_deferred=True)) for tag in sorted(ds.keys())]
+    for tag, element in elements:
         if tag.element == 0 or (top and tag.group == 2) or tag == TRAILING_PADDING:
             continue  # group lengths; file meta that some PACS leave in the data set; padding
-        element = ds.get_item(tag)
         vr, length = _vr_and_length(ds, tag, element)
         if vr in AMBIGUOUS_VR:  # all of them binary or numeric; pydicom resolves them
             vr = str(resolve_ambiguous(ds, tag).VR)
