@@ -54,7 +54,7 @@ from dicomrst.common.tags import (
     UNDEFINED_LENGTH,
 )
 
-__all__ = ["metadata_json"]
+__all__ = ["clear_cache", "metadata_json"]
 
 _HEADER = struct.Struct("<HHL")  # tag and a 32-bit length (Implicit VR, items, delimiters)
 _EXPLICIT = struct.Struct("<HH2sH")
@@ -275,6 +275,34 @@ def _tags(raw: bytes) -> str:
     return f'{{"vr":"AT","Value":[{",".join(out)}]}}'
 
 
+_USES_CODEC = frozenset("LO SH UC LT ST UT PN".split())
+_CACHED_LENGTH = 64
+_CACHE_SIZE = 1 << 14
+_ATTRIBUTES: dict[tuple[str, str, bytes], str] = {}
+
+
+def clear_cache() -> None:
+    """Forget the attributes kept for values seen before (benchmarks measure without them)."""
+    _ATTRIBUTES.clear()
+
+
+def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:
+    """The attribute object for a non-empty value of `vr` (not SQ, not bulk data)."""
+    if vr in _TEXT_VRS:
+        return _text(vr, raw, codec)
+    if vr in _NUMBERS:
+        return _numbers(vr, raw, lut_fix)
+    if vr in _BINARY:
+        return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(raw).decode()}"}}'
+    if vr == "PN":
+        return _person_names(raw, codec)
+    if vr == "IS" or vr == "DS":
+        return _decimals(vr, raw)
+    if vr == "AT":
+        return _tags(raw)
+    raise _Decline
+
+
 class _Walk:
     """One data set's walk; `dataset` recurses into sequence items."""
 
@@ -293,6 +321,7 @@ class _Walk:
         explicit = _EXPLICIT.unpack_from
         u32 = _U32.unpack_from
         threshold = self.threshold
+        cache = _ATTRIBUTES
         members: list[str] = []
         last = -1
         used_codec = False  # pydicom decodes a data set's text with the set it ends up with
@@ -410,29 +439,27 @@ class _Walk:
                     raise _Decline
                 members.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{json.dumps(prefix + key)}}}')
                 continue
-            if vr in _TEXT_VRS:
-                if vr in _CHARSET_VRS:
-                    used_codec = True
-                members.append(f'"{key}":{_text(vr, data[start:pos], codec)}')
-            elif vr in _NUMBERS:
-                members.append(f'"{key}":{_numbers(vr, data[start:pos], lut_fix)}')
-            elif vr == "SQ":
+            if vr == "SQ":
                 used_codec = True
                 items, _ = self.sequence(start, pos, pos, implicit, codec, f"{prefix}{key}/")
                 members.append(f'"{key}":{items}')
-            elif vr in _BINARY:
-                members.append(
-                    f'"{key}":{{"vr":"{vr}","InlineBinary":"{base64.b64encode(data[start:pos]).decode()}"}}'
-                )
-            elif vr == "PN":
+                continue
+            if vr in _USES_CODEC:
                 used_codec = True
-                members.append(f'"{key}":{_person_names(data[start:pos], codec)}')
-            elif vr == "IS" or vr == "DS":
-                members.append(f'"{key}":{_decimals(vr, data[start:pos])}')
-            elif vr == "AT":
-                members.append(f'"{key}":{_tags(data[start:pos])}')
-            else:
-                raise _Decline
+            raw = data[start:pos]
+            if length > _CACHED_LENGTH or lut_fix:
+                members.append(f'"{key}":{_attribute(vr, raw, codec, lut_fix)}')
+                continue
+            # Most values of a series' instances are alike (and many within one): the
+            # attribute for a value is kept, keyed by what it depends on.
+            cache_key = (vr, codec, raw)
+            attribute = cache.get(cache_key)
+            if attribute is None:
+                attribute = _attribute(vr, raw, codec, lut_fix)
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                cache[cache_key] = attribute
+            members.append(f'"{key}":{attribute}')
         return "{" + ",".join(members) + "}", pos
 
     def sequence(
