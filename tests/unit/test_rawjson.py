@@ -287,12 +287,26 @@ def datasets(
         vr = draw(st.sampled_from(["US", "SS"]))
         elements[0x00280106] = b.element(0x00280106, vr, value_bytes(vr, codec, draw, clean))
         elements[0x7FE00010] = b.element(0x7FE00010, "OW", bytes(draw(st.binary(max_size=8))))
+    if depth == 0 and not implicit and draw(st.integers(0, 3)) == 0:  # encapsulated pixel data
+        fragments = [
+            b"",
+            *draw(st.lists(st.binary(max_size=6).map(lambda f: f + b"\0" * (len(f) % 2)), max_size=3)),
+        ]
+        content = b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(f)) + f for f in fragments)
+        elements[0x7FE00010] = b.element(
+            0x7FE00010, "OB", content + b"\xfe\xff\xdd\xe0\0\0\0\0", undefined=True
+        )
     if depth < 2:
         for _ in range(draw(st.integers(0, 2))):
             tag = draw(st.sampled_from([t for t in _BY_VR["SQ"] if t > 0x00080005 or not clean]))
+            vr = "SQ" if implicit or draw(st.integers(0, 4)) else "UN"
+            if not clean and draw(st.integers(0, 4)) == 0:
+                tag, vr = 0x00091050, "UN"  # a private sequence: pydicom looks for an item
+            # A UN sequence's items are in Implicit VR (PS3.5 6.2.2); pydicom tells by the bytes.
+            items_implicit = implicit or (vr == "UN" and draw(st.booleans()))
             items = []
             for _ in range(draw(st.integers(0, 2))):
-                item = draw(datasets(implicit, clean, depth + 1, codec))
+                item = draw(datasets(items_implicit, clean, depth + 1, codec))
                 if draw(st.booleans()):
                     items.append(
                         struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + b"\xfe\xff\x0d\xe0\0\0\0\0"
@@ -300,7 +314,6 @@ def datasets(
                 else:
                     items.append(struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item)
             content = b"".join(items)
-            vr = "SQ" if implicit or draw(st.integers(0, 4)) else "UN"
             if draw(st.booleans()) or vr == "UN":
                 elements[tag] = b.element(tag, vr, content + b"\xfe\xff\xdd\xe0\0\0\0\0", undefined=True)
             else:
