@@ -18,6 +18,13 @@ items or elements that run past their parent, encodings pydicom switches mid-str
 (an Explicit VR data set whose first element looks implicit, and the reverse), truncated
 data (pydicom decides whether it is an error).
 
+Attributes of small values are kept in a process-wide table keyed by VR, character set
+and bytes (bounded; `clear_cache` empties it): the instances of a series share most values.
+
+It is a second walker beside `dicomrst.common.walker.ElementWalker` on purpose: that one is
+fed fragments, flattens nesting and skips values; this one needs the whole data set, item
+boundaries, defined-length sequences opened and every value.
+
 Rules taken from pydicom 3 (`filereader`, `values`, `hooks`, `valuerep`) and reproduced here:
 
 * An item of a sequence in an Explicit VR data set is read in Implicit VR when its first

@@ -209,7 +209,8 @@ def value_bytes(vr: str, codec: str, draw: Callable[[st.SearchStrategy[Any]], An
     if vr in ("DS", "IS"):
         raw = draw(numbers_text(vr, clean)).encode("latin-1")
     elif vr == "PN":
-        alphabet = st.sampled_from("AZaz ^=Ééж頭" if codec == "utf-8" else "AZaz ^=")
+        extra = {"utf-8": "Ééж頭", "latin-1": "éÜ", "iso8859-5": "жЖ", "iso8859-2": "ěŘ"}[codec]
+        alphabet = st.sampled_from("AZaz ^=" + extra)
         raw = draw(text_values(alphabet)).encode(codec, "replace")
     elif vr in ("LO", "SH", "UC", "LT", "ST", "UT"):
         extra = {"utf-8": "é頭ж€", "latin-1": "éÜ", "iso8859-5": "жЖ", "iso8859-2": "ěŘ"}[codec]
