@@ -284,7 +284,7 @@ def _tags(raw: bytes) -> str:
 
 _USES_CODEC = frozenset("LO SH UC LT ST UT PN".split())
 _CACHED_LENGTH = 64
-_CACHE_SIZE = 1 << 14
+_CACHE_SIZE = 4096  # a 200-slice CT series needs ~550; at most ~1 MB
 _ATTRIBUTES: dict[tuple[str, str, bytes], str] = {}
 
 
