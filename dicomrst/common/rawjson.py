@@ -90,7 +90,6 @@ _OW = frozenset((0x54000110, 0x54000112, 0x5400100A, 0x54001010)) | frozenset(
     group << 16 | 0x3000 for group in range(0x6000, 0x601F, 2)
 )
 _AMBIGUOUS = frozenset(("OB or OW", "US or SS", "US or OW", "US or SS or OW"))
-_CHARSET_VRS = frozenset("LO SH UC LT ST UT".split())
 _ITEM_BYTES = b"\xfe\xff\x00\xe0"
 _PIXEL_REPRESENTATION = 0x00280103
 _PIXEL_DATA = 0x7FE00010
