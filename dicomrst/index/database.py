@@ -116,16 +116,15 @@ def write_add(session: Session, record: IndexRecord, row: InstanceRow) -> None:
         _prune(session, int(old[0][2]), int(old[0][1]))
 
 
-def write_remove(session: Session, aet: str, sop_instance: str) -> bool:
+def write_remove(session: Session, aet: str, column: str, value: str) -> bool:
+    """Delete the instance whose `column` (``sop_uid`` or ``object_key``) is `value`."""
     rows = session.execute(
-        "SELECT id, study, series FROM instances WHERE aet = ? AND sop_uid = ?", (aet, sop_instance)
+        f"SELECT id, study, series FROM instances WHERE aet = ? AND {column} = ?", (aet, value)
     )
-    if not rows:
-        return False
-    instance, study, series = rows[0]
-    session.execute("DELETE FROM instances WHERE id = ?", (instance,))
-    _prune(session, int(series), int(study))
-    return True
+    for instance, study, series in rows:
+        session.execute("DELETE FROM instances WHERE id = ?", (instance,))
+        _prune(session, int(series), int(study))
+    return bool(rows)
 
 
 @attrs.frozen
@@ -140,10 +139,11 @@ class _Add:
 @attrs.frozen
 class _Remove:
     aet: str
-    sop_instance: str
+    column: str
+    value: str
 
     def run(self, session: Session) -> object:
-        return write_remove(session, self.aet, self.sop_instance)
+        return write_remove(session, self.aet, self.column, self.value)
 
 
 _Write = _Add | _Remove
@@ -349,7 +349,10 @@ class SqlIndex:
         return self._write(_Add(record))
 
     def remove(self, aet: str, sop_instance: str) -> Deferred[bool]:
-        return self._write(_Remove(aet, sop_instance))
+        return self._write(_Remove(aet, "sop_uid", sop_instance))
+
+    def remove_key(self, aet: str, key: str) -> Deferred[bool]:
+        return self._write(_Remove(aet, "object_key", key))
 
     def _write(self, write: _Write) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()

@@ -56,6 +56,10 @@ class IIndex(Interface):
     def remove(aet: str, sop_instance: str) -> Deferred[bool]:
         """Delete one record; fire with whether there was one."""
 
+    def remove_key(aet: str, key: str) -> Deferred[bool]:
+        """Delete the record of the object at `key` (one a reconcile scan no longer
+        finds: the scan knows keys, not what they held); fire with whether there was one."""
+
     def find(
         aet: str,
         identifier: Dataset,

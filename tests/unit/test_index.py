@@ -285,6 +285,16 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual(find(self, index, query(Target.all_series(), PatientID="P2")), [])
         self.assertEqual(len(find(self, index, query(Target.studies()))), 4)
 
+    def test_remove_by_key(self) -> None:
+        index = make_index(self)
+        stored = index_data.build()
+        for item in stored[:3]:
+            self.successResultOf(index.add(item.record))
+        self.assertTrue(self.successResultOf(index.remove_key(AET, stored[0].record.key)))
+        self.assertFalse(self.successResultOf(index.remove_key(AET, stored[0].record.key)))
+        self.assertFalse(self.successResultOf(index.remove_key("OTHER", stored[1].record.key)))
+        self.assertEqual(set(self.successResultOf(index.stamps(AET))), {s.record.key for s in stored[1:3]})
+
     def test_an_instance_moved_to_another_series(self) -> None:
         index = make_index(self)
         item = index_data.build()[-1]  # study e's only instance
