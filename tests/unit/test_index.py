@@ -459,3 +459,45 @@ class ConfigTests(SynchronousTestCase):
     def test_passwords_stay_out_of_messages(self) -> None:
         self.assertEqual(redacted("postgresql://u:pw@h:5/db"), "postgresql://u:***@h:5/db")
         self.assertEqual(redacted("postgresql://h/db"), "postgresql://h/db")
+
+
+class PeriodicScanTests(SynchronousTestCase):
+    def test_at_start_then_every_interval_never_overlapping(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from dicomrst.index.scans import PeriodicScans
+
+        clock = Clock()
+        started: list[Deferred[int]] = []
+
+        def scan() -> Deferred[int]:
+            started.append(Deferred())
+            return started[-1]
+
+        service = PeriodicScans("LOCAL", scan, 60.0, clock)
+        service.startService()
+        self.assertEqual(len(started), 1)
+        joined = service.scan_now()  # joins the running one
+        self.assertEqual(len(started), 1)
+        clock.advance(120)
+        self.assertEqual(len(started), 1)  # the interval counts from the end of a scan
+        started[0].callback(7)
+        self.assertEqual(self.successResultOf(joined), 7)
+        clock.advance(59)
+        self.assertEqual(len(started), 1)
+        clock.advance(1)
+        self.assertEqual(len(started), 2)
+        started[1].errback(RuntimeError("bucket gone"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((service.scans, service.failures), (2, 1))
+        clock.advance(60)
+        self.assertEqual(len(started), 3)  # retried at the next interval
+        failed = service.scan_now()
+        started[2].errback(RuntimeError("again"))
+        self.failureResultOf(failed, RuntimeError)
+        self.flushLoggedErrors(RuntimeError)
+        stopped = service.stopService()
+        self.successResultOf(stopped)
+        clock.advance(600)
+        self.assertEqual(len(started), 3)
