@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from dicomrst.errors import UpstreamError
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.records import InstanceRow, instance_row
+from dicomrst.index.records import instance_row
 from dicomrst.index.schema import POSTGRESQL, SQLITE, Dialect
 from dicomrst.index.search import FindCursor, plan
 from dicomrst.index.session import Session, migrate
@@ -90,30 +90,68 @@ def _prune(session: Session, series: int, study: int) -> None:
     )
 
 
-def write_add(session: Session, record: IndexRecord, row: InstanceRow) -> None:
-    aet = record.aet
-    old = session.execute(
-        "SELECT id, study, series FROM instances WHERE aet = ? AND sop_uid = ?", (aet, record.sop_instance)
-    )
-    sql, params = _upsert("studies", "study_uid", {"aet": aet, **row.study})
-    ((study,),) = session.execute(sql, params)
-    sql, params = _upsert("series", "series_uid", {"aet": aet, "study": study, **row.series})
-    ((series,),) = session.execute(sql, params)
-    values = {
-        "aet": aet,
-        "study": study,
-        "series": series,
-        "transfer_syntax": record.transfer_syntax,
-        "object_key": record.key,
-        "stamp": record.stamp,
-        "size": record.size,
-        "attributes": row.attributes,
-        **row.instance,
-    }
-    sql, params = _upsert("instances", "sop_uid", values, returning=False)
-    session.execute(sql, params)
-    if old and (old[0][1], old[0][2]) != (study, series):
-        _prune(session, int(old[0][2]), int(old[0][1]))
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def write_adds(session: Session, records: list[IndexRecord]) -> None:
+    """Insert or replace the records, in few statements: one upsert per study and per
+    series among them, the instances in one ``executemany``.  Of two records of one
+    instance the later wins, as it would one after the other."""
+    latest: dict[tuple[str, str], IndexRecord] = {}
+    for record in records:
+        latest.pop((record.aet, record.sop_instance), None)
+        latest[(record.aet, record.sop_instance)] = record
+    rows = {key: instance_row(record) for key, record in latest.items()}
+    # Where the instances were, to drop a study or series one of them leaves empty.
+    old: dict[tuple[str, str], tuple[int, int]] = {}
+    for aet in sorted({aet for aet, _ in latest}):
+        sops = [sop for a, sop in latest if a == aet]
+        for chunk in _chunks(sops):
+            marks = ", ".join("?" * len(chunk))
+            found = session.execute(
+                f"SELECT sop_uid, study, series FROM instances WHERE aet = ? AND sop_uid IN ({marks})",
+                [aet, *chunk],
+            )
+            old.update(((aet, sop), (int(study), int(series))) for sop, study, series in found)
+    studies: dict[tuple[str, str], dict[str, object]] = {}
+    series: dict[tuple[str, str], tuple[str, dict[str, object]]] = {}
+    for (aet, _), record in latest.items():
+        row = rows[(aet, record.sop_instance)]
+        studies[(aet, record.study)] = row.study
+        series[(aet, record.series)] = (record.study, row.series)
+    study_ids: dict[tuple[str, str], int] = {}
+    for (aet, uid), values in studies.items():
+        sql, params = _upsert("studies", "study_uid", {"aet": aet, **values})
+        ((study_ids[(aet, uid)],),) = session.execute(sql, params)
+    series_ids: dict[tuple[str, str], int] = {}
+    for (aet, uid), (study_uid, values) in series.items():
+        sql, params = _upsert(
+            "series", "series_uid", {"aet": aet, "study": study_ids[(aet, study_uid)], **values}
+        )
+        ((series_ids[(aet, uid)],),) = session.execute(sql, params)
+    statement = ""
+    batch: list[list[object]] = []
+    for (aet, sop), record in latest.items():
+        row = rows[(aet, sop)]
+        values = {
+            "aet": aet,
+            "study": study_ids[(aet, record.study)],
+            "series": series_ids[(aet, record.series)],
+            "transfer_syntax": record.transfer_syntax,
+            "object_key": record.key,
+            "stamp": record.stamp,
+            "size": record.size,
+            "attributes": row.attributes,
+            **row.instance,
+        }
+        statement, params = _upsert("instances", "sop_uid", values, returning=False)
+        batch.append(params)
+    session.executemany(statement, batch)
+    for (aet, sop), (study, series_id) in old.items():
+        record = latest[(aet, sop)]
+        if (study, series_id) != (study_ids[(aet, record.study)], series_ids[(aet, record.series)]):
+            _prune(session, series_id, study)
 
 
 def write_remove(session: Session, aet: str, column: str, value: str) -> bool:
@@ -130,10 +168,6 @@ def write_remove(session: Session, aet: str, column: str, value: str) -> bool:
 @attrs.frozen
 class _Add:
     record: IndexRecord
-
-    def run(self, session: Session) -> object:
-        write_add(session, self.record, instance_row(self.record))
-        return None
 
 
 @attrs.frozen
@@ -153,7 +187,19 @@ def write_batch(session: Session, writes: list[_Write]) -> list[object]:
     """Run `writes` in one transaction; their results."""
     session.begin()
     try:
-        results = [write.run(session) for write in writes]
+        results: list[object] = []
+        adds: list[IndexRecord] = []
+        for write in writes:
+            if isinstance(write, _Add):
+                adds.append(write.record)
+                results.append(None)
+                continue
+            if adds:  # the adds before this remove, first
+                write_adds(session, adds)
+                adds = []
+            results.append(write.run(session))
+        if adds:
+            write_adds(session, adds)
         session.commit()
     except BaseException:
         session.rollback()

@@ -6,6 +6,7 @@ mode otherwise, so a read never holds a transaction open)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any, Protocol
 
 from dicomrst.index.schema import Dialect, SchemaTooNew, migrations
@@ -20,6 +21,8 @@ class _Cursor(Protocol):
 
 class _Connection(Protocol):
     def execute(self, sql: Any, params: Sequence[object] = ...) -> Any: ...
+
+    def cursor(self) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -40,6 +43,18 @@ class Session:
         if cursor.description is None:
             return []
         return [tuple(row) for row in cursor.fetchall()]
+
+    def executemany(self, sql: str, params: Sequence[Sequence[object]]) -> None:
+        """Run one statement (without rows) for each set of parameters."""
+        if not params:
+            return
+        if self._postgres:
+            # psycopg sends an executemany's statements in a pipeline: one round trip.
+            with closing(self.connection.cursor()) as cursor:
+                cursor.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])
+        else:
+            with closing(self.connection.cursor()) as cursor:
+                cursor.executemany(sql, [tuple(p) for p in params])
 
     def begin(self) -> None:
         self.execute(self.dialect.begin)
