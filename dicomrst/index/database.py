@@ -229,14 +229,16 @@ class Database:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def _session(self) -> Session:
+    def _session(self) -> tuple[Session, bool]:
+        """This thread's session, and whether it was opened just now."""
         session: Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self.connect()
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        if session is not None:
+            return session, False
+        session = self.connect()
+        self._local.session = session
+        with self._lock:
+            self._sessions.append(session)
+        return session, True
 
     def _drop_session(self) -> None:
         session = getattr(self._local, "session", None)
@@ -251,10 +253,21 @@ class Database:
                 pass
 
     def _call(self, f: Callable[[Session], T]) -> T:
+        session, fresh = self._session()
         try:
-            return f(self._session())
+            return f(session)
         except self.broken_errors():
-            self._drop_session()  # reconnect on the next call
+            self._drop_session()
+            if fresh:
+                raise
+        # A connection kept from before (the server restarted, a proxy dropped it): once
+        # more on a new one.  Every operation may run twice: writes are upserts and
+        # deletes, and a transaction cut off before its commit did nothing.
+        session, _ = self._session()
+        try:
+            return f(session)
+        except self.broken_errors():
+            self._drop_session()
             raise
 
     def broken_errors(self) -> tuple[type[BaseException], ...]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 
 from pydicom.dataset import Dataset
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial.unittest import TestCase
 
 from dicomrst.common.dicomjson import encode_dataset
-from dicomrst.index.database import PostgresDatabase, SqlIndex, SqliteDatabase
+from dicomrst.index.database import IndexFailed, PostgresDatabase, SqlIndex, SqliteDatabase
 from dicomrst.qido.query import parse_query
 from dicomrst.qido.target import Target
 from tests.support import index_data
@@ -129,3 +129,32 @@ class IndexDatabaseTests(TestCase):
         found = []
         await first.find(AET, identifier, limit=None, offset=0, on_result=found.append)
         self.assertEqual(found, [])
+
+    async def test_a_restarted_server_is_reconnected_to(self) -> None:
+        pg = await start_postgres(self)
+        index = await self.postgres_index(pg.url())
+        stored = index_data.build(AET)
+        await index.add(stored[0].record)
+        identifier = parse_query(Target.studies(), {}).identifier
+
+        async def count() -> int:
+            found: list[Dataset] = []
+            await index.find(AET, identifier, limit=None, offset=0, on_result=found.append)
+            return len(found)
+
+        # Searches at once: every thread of the pool opens its connection.
+        self.assertEqual(
+            [n for _, n in await DeferredList([Deferred.fromCoroutine(count()) for _ in range(8)])], [1] * 8
+        )
+        await pg.stop()
+        # Down: a search and a write fail as the index's failure (502), and nothing hangs.
+        with self.assertRaises(IndexFailed):
+            await index.find(AET, identifier, limit=None, offset=0, on_result=lambda ds: None)
+        with self.assertRaises(IndexFailed):
+            await index.add(stored[1].record)
+        await pg.start()
+        # Up again: every thread's connection, broken, is replaced as it is used.
+        counted = await DeferredList([Deferred.fromCoroutine(count()) for _ in range(8)], consumeErrors=True)
+        self.assertEqual(counted, [(True, 1)] * 8)
+        await index.add(stored[1].record)
+        self.assertEqual(len(await index.stamps(AET)), 2)

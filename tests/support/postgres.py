@@ -27,6 +27,7 @@ from tests.support import peers
 
 START_TIMEOUT = 60.0
 USER = "dicomrst"
+_READY = "database system is ready to accept connections"
 
 
 def _binary(name: str) -> str:
@@ -78,17 +79,36 @@ class _Server(protocol.ProcessProtocol):
 class Postgres:
     port: int
     directory: str
-    pid: int
+    argv: list[str]
     log_path: str
-    _server: _Server = attrs.field(repr=False)
-    _transport: object = attrs.field(repr=False)
+    pid: int = 0
+    _server: _Server | None = attrs.field(default=None, repr=False)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
+    async def start(self) -> None:
+        """Start the server (again) and wait until it takes sessions."""
+        from twisted.internet import reactor
+
+        ready = self.log_tail().count(_READY)
+        server = self._server = _Server(self.log_path)
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            server, self.argv[0], self.argv, env={"PATH": os.environ.get("PATH", "")}
+        )
+        self.pid = transport.pid
+        # It listens before it takes sessions ("the database system is starting up"); its
+        # log says when it does.
+        waited = 0.0
+        while self.log_tail().count(_READY) <= ready:
+            if server.exited or waited > START_TIMEOUT:
+                raise peers.PeerError(f"postgres did not start\n--- postgres log ---\n{self.log_tail()}")
+            await task.deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+
     def stop(self) -> Deferred[None]:
         """SIGINT (a fast shutdown: open sessions are ended) to the server's PID."""
-        if self._server.exited:
+        if self._server is None or self._server.exited:
             return defer.succeed(None)
         try:
             os.kill(self.pid, signal.SIGINT)
@@ -99,7 +119,7 @@ class Postgres:
     def log_tail(self) -> str:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()[-4000:]
+                return f.read()[-100_000:]
         except OSError:
             return ""
 
@@ -114,31 +134,14 @@ async def start_postgres(case: TestCase) -> Postgres:
     if uid is not None and gid is not None:
         os.chown(directory, uid, gid)
     data = os.path.join(directory, "data")
-    result = await peers.run_tool(
-        case,
-        [*prefix, initdb, "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]
-        if prefix
-        else [initdb, "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"],
-        timeout=120,
-    )
+    initdb_args = [initdb, "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]
+    result = await peers.run_tool(case, [*prefix, *initdb_args], timeout=120)
     if result.returncode != 0:
         raise peers.PeerError(f"initdb failed: {result.describe()}")
     port = peers.free_port()
-    log_path = os.path.join(directory, "postgres.log")
-    server = _Server(log_path)
-    from twisted.internet import reactor
-
     argv = [*prefix, postgres, "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", directory,
             "-c", "fsync=off", "-c", "max_connections=50"]  # fmt: skip
-    transport = reactor.spawnProcess(server, argv[0], argv, env={"PATH": os.environ.get("PATH", "")})  # type: ignore[attr-defined]
-    pg = Postgres(port, directory, transport.pid, log_path, server, transport)
+    pg = Postgres(port, directory, argv, os.path.join(directory, "postgres.log"))
     case.addCleanup(pg.stop)
-    # It listens before it takes sessions ("the database system is starting up"); its log
-    # says when it does.
-    waited = 0.0
-    while "ready to accept connections" not in pg.log_tail():
-        if server.exited or waited > START_TIMEOUT:
-            raise peers.PeerError(f"postgres did not start\n--- postgres log ---\n{pg.log_tail()}")
-        await task.deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
+    await pg.start()
     return pg

@@ -285,6 +285,16 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual(find(self, index, query(Target.all_series(), PatientID="P2")), [])
         self.assertEqual(len(find(self, index, query(Target.studies()))), 4)
 
+    def test_committed_when_acknowledged(self) -> None:
+        index = make_index(self)
+        path = index.database.path  # type: ignore[attr-defined]
+        item = index_data.build()[0]
+        self.successResultOf(index.add(item.record))
+        # Another connection (another process) sees it: the transaction is committed.
+        with sqlite3.connect(path) as other:
+            rows = other.execute("SELECT sop_uid, object_key, stamp FROM instances").fetchall()
+        self.assertEqual(rows, [(item.record.sop_instance, item.record.key, item.record.stamp)])
+
     def test_remove_by_key(self) -> None:
         index = make_index(self)
         stored = index_data.build()
