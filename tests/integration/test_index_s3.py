@@ -14,10 +14,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from dicomrst.backends.s3 import S3Backend
-from dicomrst.backends.s3.reconcile import S3Reconciler
+from dicomrst.backends.s3.reconcile import GROWTH, SCAN_HEAD_BYTES, S3Reconciler
 from dicomrst.config import parse_config
 from dicomrst.index.database import SqlIndex, SqliteDatabase
-from dicomrst.index.records import HEAD_BYTES
 from dicomrst.qido.query import parse_query
 from dicomrst.qido.target import Target
 from tests.support import index_data, peers
@@ -51,6 +50,12 @@ class S3ReconcileTests(TestCase):
         big.Rows, big.Columns = 1024, 2048
         big_data = index_data.part10(big)
         await put(f"{PREFIX}big.dcm", big_data)
+        # One whose data set is longer than the first read: read on until Pixel Data.
+        long = index_data.dataset(index_data.STUDIES[0], 9, index_data.Series(9, "CT", index_data.CT, 1), 2)
+        long.ICCProfile = bytes(40_000)
+        long.PixelData = bytes(1 << 20)
+        long.Rows, long.Columns = 512, 1024
+        await put(f"{PREFIX}long.dcm", index_data.part10(long))
         await put(f"{PREFIX}notes.txt", b"not DICOM at all")
         await put("elsewhere/x.dcm", stored[0].data)  # outside the prefix: not this AET's
 
@@ -85,14 +90,15 @@ class S3ReconcileTests(TestCase):
             return found
 
         first = await scanner.scan()
-        self.assertEqual((first.listed, first.added, first.unreadable), (len(stored) + 1, len(stored), 1))
+        self.assertEqual((first.listed, first.added, first.unreadable), (len(stored) + 2, len(stored) + 1, 1))
         small = sum(len(item.data) for item in stored[:-1])
-        self.assertEqual(first.bytes_read, small + HEAD_BYTES + len(b"not DICOM at all"))
+        heads = SCAN_HEAD_BYTES + SCAN_HEAD_BYTES * GROWTH  # the big one's, the long one's
+        self.assertEqual(first.bytes_read, small + heads + len(b"not DICOM at all"))
         self.assertEqual(len(await studies()), 4)  # e's only instance was not put
         (a,) = await studies(PatientID="P_1")
-        self.assertEqual(a.NumberOfStudyRelatedInstances, 6)  # five, and the big one
+        self.assertEqual(a.NumberOfStudyRelatedInstances, 7)  # five, the big and the long one
         stamps = await index.stamps(AET)
-        self.assertEqual(set(stamps), {*list(keys.values())[:-1], f"{PREFIX}big.dcm"})
+        self.assertEqual(set(stamps), {*list(keys.values())[:-1], f"{PREFIX}big.dcm", f"{PREFIX}long.dcm"})
 
         # Nothing changed: only the listing is read, the non-DICOM object included.
         again = await scanner.scan()

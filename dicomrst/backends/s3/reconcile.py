@@ -5,7 +5,7 @@ Objects put, replaced or deleted behind the gateway's back (with another tool, b
 another gateway without the shared index) are found by listing the bucket
 (ListObjectsV2, which gives each object's ETag) and comparing with the index's stamps:
 an object whose key is new or whose ETag changed has its head read (ranged GETs from
-byte 0, `HEAD_BYTES` first and more only while its Pixel Data has not begun) and is
+byte 0, `SCAN_HEAD_BYTES` first, then more only while its Pixel Data has not begun) and is
 indexed; a key the bucket no longer has is removed from the index.  Unchanged objects
 cost nothing but their line of the listing.
 
@@ -31,12 +31,16 @@ from dicomrst.backends.values import ObjectChanged
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.records import HEAD_BYTES, NotIndexable, record_from_head
+from dicomrst.index.records import NotIndexable, record_from_head
 from dicomrst.logs import logger
 
 T = TypeVar("T")
 
 log = logger("dicomrst.index")
+
+#: Bytes of an object a scan reads first: most data sets end within a few KiB, and the
+#: scan of a bucket of 512 KiB CT slices then reads about 3% of it.
+SCAN_HEAD_BYTES = 16 << 10
 
 #: How much more of an object each further read takes, when its head is longer.
 GROWTH = 4
@@ -72,7 +76,7 @@ class S3Reconciler:
         reactor: IGatewayReactor,
         *,
         concurrency: int = 32,
-        head_bytes: int = HEAD_BYTES,
+        head_bytes: int = SCAN_HEAD_BYTES,
         parse: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
     ) -> None:
         self.client = client
