@@ -94,7 +94,7 @@ def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def write_adds(session: Session, records: list[IndexRecord]) -> None:
+def write_adds(session: Session, records: list[IndexRecord]) -> list[str | None]:
     """Insert or replace the records, in few statements: one upsert per study and per
     series among them, the instances in one ``executemany``.  Of two records of one
     instance the later wins, as it would one after the other."""
@@ -105,15 +105,19 @@ def write_adds(session: Session, records: list[IndexRecord]) -> None:
     rows = {key: instance_row(record) for key, record in latest.items()}
     # Where the instances were, to drop a study or series one of them leaves empty.
     old: dict[tuple[str, str], tuple[int, int]] = {}
+    old_keys: dict[tuple[str, str], str] = {}
     for aet in sorted({aet for aet, _ in latest}):
         sops = [sop for a, sop in latest if a == aet]
         for chunk in _chunks(sops):
             marks = ", ".join("?" * len(chunk))
             found = session.execute(
-                f"SELECT sop_uid, study, series FROM instances WHERE aet = ? AND sop_uid IN ({marks})",
+                "SELECT sop_uid, study, series, object_key FROM instances "
+                f"WHERE aet = ? AND sop_uid IN ({marks})",
                 [aet, *chunk],
             )
-            old.update(((aet, sop), (int(study), int(series))) for sop, study, series in found)
+            for sop, study_id, series_id, key in found:
+                old[(aet, sop)] = (int(study_id), int(series_id))
+                old_keys[(aet, sop)] = str(key)
     studies: dict[tuple[str, str], dict[str, object]] = {}
     series: dict[tuple[str, str], tuple[str, dict[str, object]]] = {}
     for (aet, _), record in latest.items():
@@ -152,6 +156,7 @@ def write_adds(session: Session, records: list[IndexRecord]) -> None:
         record = latest[(aet, sop)]
         if (study, series_id) != (study_ids[(aet, record.study)], series_ids[(aet, record.series)]):
             _prune(session, series_id, study)
+    return [old_keys.get((record.aet, record.sop_instance)) for record in records]
 
 
 def write_remove(session: Session, aet: str, column: str, value: str) -> bool:
@@ -192,14 +197,13 @@ def write_batch(session: Session, writes: list[_Write]) -> list[object]:
         for write in writes:
             if isinstance(write, _Add):
                 adds.append(write.record)
-                results.append(None)
                 continue
             if adds:  # the adds before this remove, first
-                write_adds(session, adds)
+                results.extend(write_adds(session, adds))
                 adds = []
             results.append(write.run(session))
         if adds:
-            write_adds(session, adds)
+            results.extend(write_adds(session, adds))
         session.commit()
     except BaseException:
         session.rollback()
@@ -404,7 +408,7 @@ class SqlIndex:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add(self, record: IndexRecord) -> Deferred[None]:
+    def add(self, record: IndexRecord) -> Deferred[str | None]:
         return self._write(_Add(record))
 
     def remove(self, aet: str, sop_instance: str) -> Deferred[bool]:

@@ -121,3 +121,16 @@ class S3ReconcileTests(TestCase):
         (c,) = await studies(PatientID="P2")
         self.assertEqual(c.PatientName, "Smith^Anne")
         self.assertEqual(len(await studies(PatientID="P3")), 2)
+
+        # A copy of an instance under another key: one record, and the copy is not read
+        # again at every scan (each would swap which key the index holds).
+        copied = stored[0]
+        await put(f"{PREFIX}copy.dcm", copied.data)
+        fourth = await scanner.scan()
+        self.assertEqual((fourth.added, fourth.duplicates), (1, 1))
+        fifth = await scanner.scan()
+        sixth = await scanner.scan()
+        self.assertEqual((sixth.added, sixth.changed, sixth.duplicates, sixth.bytes_read), (0, 0, 0, 0))
+        self.assertLessEqual(fifth.added + fifth.duplicates, 2)
+        stamps = await index.stamps(AET)
+        self.assertEqual(len({keys[copied.record.sop_instance], f"{PREFIX}copy.dcm"} & set(stamps)), 1)

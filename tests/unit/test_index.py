@@ -262,7 +262,7 @@ class WriteTests(SynchronousTestCase):
         index = make_index(self)
         stored = index_data.build()
         for item in stored:
-            self.successResultOf(index.add(item.record))
+            self.assertIsNone(self.successResultOf(index.add(item.record)))
         stamps = self.successResultOf(index.stamps(AET))
         self.assertEqual(stamps, {item.record.key: item.record.stamp for item in stored})
         # Changed: the same instance with another patient name and stamp.
@@ -272,7 +272,7 @@ class WriteTests(SynchronousTestCase):
         data = index_data.part10(ds)
         record = record_from_head(AET, item.record.key, "2:x", len(data), data, complete=True)
         assert record is not None
-        self.successResultOf(index.add(record))
+        self.assertEqual(self.successResultOf(index.add(record)), item.record.key)  # what it replaced
         self.assertEqual(self.successResultOf(index.stamps(AET))[item.record.key], "2:x")
         (c,) = find(self, index, query(Target.studies(), PatientID="P2"))
         self.assertEqual(c.PatientName, "Smith^Anne")

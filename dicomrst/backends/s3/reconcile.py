@@ -10,9 +10,10 @@ indexed; a key the bucket no longer has is removed from the index.  Unchanged ob
 cost nothing but their line of the listing.
 
 An object that is not DICOM, or whose head does not parse, is logged once and skipped,
-and not read again until its ETag changes.  One object that vanishes or changes between
-the listing and its read is left for the next scan.  Any other S3 error fails the scan
-(it is retried at the next one).
+and not read again until its ETag changes; so is an object that holds the same instance
+(SOP Instance UID) as another key (the index keeps one record per instance).  An object
+that vanishes or changes between the listing and its read is left for the next scan.
+Any other S3 error fails the scan (it is retried at the next one).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class ScanReport:
     changed: int = 0
     removed: int = 0
     unreadable: int = 0  # found not indexable (logged) in this scan
+    duplicates: int = 0  # holding an instance another key holds too (logged)
     left: int = 0  # vanished or changed while read: for the next scan
     bytes_read: int = 0
     seconds: float = 0.0
@@ -87,8 +89,10 @@ class S3Reconciler:
         self.concurrency = concurrency
         self.head_bytes = head_bytes
         self._parse = parse or (lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f))
-        # key -> ETag of objects found unreadable, so they are logged and read once.
-        self.unreadable: dict[str, str] = {}
+        # key -> ETag of objects found unreadable, or holding an instance another listed
+        # key holds too: logged and read once (until their ETag changes).
+        self.skipped: dict[str, str] = {}
+        self._listed: set[str] = set()
 
     def scan(self) -> Deferred[ScanReport]:
         return Deferred.fromCoroutine(self._scan())
@@ -99,12 +103,12 @@ class S3Reconciler:
         listed = [item for item in await self.client.list_objects(self.prefix) if not item.key.endswith("/")]
         report.listed = len(listed)
         known = await self.index.stamps(self.aet)
-        present = {item.key for item in listed}
-        self.unreadable = {k: v for k, v in self.unreadable.items() if k in present}
+        present = self._listed = {item.key for item in listed}
+        self.skipped = {k: v for k, v in self.skipped.items() if k in present}
         to_read = [
             item
             for item in listed
-            if known.get(item.key) != item.etag and self.unreadable.get(item.key) != item.etag
+            if known.get(item.key) != item.etag and self.skipped.get(item.key) != item.etag
         ]
         semaphore = DeferredSemaphore(self.concurrency)
         reads = [semaphore.run(self._index_object, item, item.key in known, report) for item in to_read]
@@ -140,7 +144,7 @@ class S3Reconciler:
             report.left += 1
             return
         except NotIndexable as e:
-            self.unreadable[item.key] = item.etag
+            self.skipped[item.key] = item.etag
             report.unreadable += 1
             log.warn(
                 "index: skipping s3 object {key} of {aet}: {why}", key=item.key, aet=self.aet, why=str(e)
@@ -148,7 +152,20 @@ class S3Reconciler:
             if known:  # it was DICOM and is not any more
                 await self.index.remove_key(self.aet, item.key)
             return
-        await self.index.add(record)
+        replaced = await self.index.add(record)
+        if replaced is not None and replaced != item.key and replaced in self._listed:
+            # One instance under two keys: the index keeps one; reading the other at
+            # every scan would only swap them.
+            self.skipped[item.key] = item.etag
+            report.duplicates += 1
+            log.warn(
+                "index: s3 object {key} of {aet} holds instance {sop}, which {other} holds too; "
+                "{key} is indexed, {other} is not",
+                key=item.key,
+                aet=self.aet,
+                sop=record.sop_instance,
+                other=replaced,
+            )
         if known:
             report.changed += 1
         else:
