@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import tempfile
 
 import attrs
@@ -53,6 +54,14 @@ def _as_unprivileged() -> tuple[list[str], int | None, int | None]:
         "--",
     ]
     return prefix, user.pw_uid, user.pw_gid
+
+
+def _locales() -> set[str]:
+    try:
+        listed = subprocess.run(["locale", "-a"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip().lower() for line in listed.stdout.splitlines()}
 
 
 class _Server(protocol.ProcessProtocol):
@@ -134,7 +143,21 @@ async def start_postgres(case: TestCase) -> Postgres:
     if uid is not None and gid is not None:
         os.chown(directory, uid, gid)
     data = os.path.join(directory, "data")
-    initdb_args = [initdb, "-D", data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]
+    # A database collation other than C where the machine has one, as most servers do:
+    # the index must not depend on it.
+    locale = "en_US.UTF-8" if "en_US.utf8" in _locales() else "C"
+    initdb_args = [
+        initdb,
+        "-D",
+        data,
+        "-U",
+        USER,
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        f"--locale={locale}",
+    ]
     result = await peers.run_tool(case, [*prefix, *initdb_args], timeout=120)
     if result.returncode != 0:
         raise peers.PeerError(f"initdb failed: {result.describe()}")
