@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DimseServerConfig",
     "HttpConfig",
+    "IndexConfig",
     "MwlConfig",
     "PoolConfig",
     "QidoConfig",
@@ -573,11 +574,44 @@ _SHAPES[_credentials] = (_CredentialKeys, False)
 _SHAPES[_aet_entry] = (AetConfig, False)
 
 
+def _index_url(value: Any, path: str, env: _Env) -> str:
+    """``sqlite:PATH`` or ``postgresql://...`` (``postgres://`` too, as libpq takes it)."""
+    text = _string()(value, path, env)
+    if text.startswith("sqlite:"):
+        if not text[len("sqlite:"):].strip():
+            raise ConfigError(path, "sqlite: needs a file path, e.g. sqlite:dicomrst-data/index.sqlite")
+        return text
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port like :99999 or :abc
+        ok = parts.scheme in ("postgresql", "postgres")
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = text if "@" not in text else "a URL"  # it may hold a password
+        raise ConfigError(path, f"expected sqlite:PATH or a postgresql:// URL, got {shown!r}")
+    return text
+
+
+@attrs.frozen
+class IndexConfig:
+    """Not in DICOM-RST: the index LOCAL and S3 AETs are searched with (``dicomrst.index``)."""
+
+    url: str = _key(_index_url, "sqlite:dicomrst-data/index.sqlite")
+    # The reconcile scan runs at start and then this often; 0: only at start.
+    scan_interval: int = _key(_MS, 300_000)
+
+    @property
+    def scan_interval_s(self) -> float:
+        return self.scan_interval / 1000
+
+
 @attrs.frozen
 class Config:
     telemetry: TelemetryConfig = _key(_section(TelemetryConfig), factory=TelemetryConfig)
     server: ServerConfig = _key(_section(ServerConfig), factory=ServerConfig)
     aets: tuple[AetConfig, ...] = _key(_list_of(_aet_entry), factory=tuple)
+    index: IndexConfig = _key(_section(IndexConfig), factory=IndexConfig)
 
     def aet(self, name: str) -> AetConfig | None:
         return next((a for a in self.aets if a.aet == name), None)
@@ -847,6 +881,8 @@ def config_warnings(config: Config) -> list[str]:
         ("server.http.header-timeout", http.header_timeout),
         ("server.cache.ttl", config.server.cache.ttl),
     ]
+    if config.index.scan_interval:
+        times.append(("index.scan-interval", config.index.scan_interval))
     for i, aet in enumerate(config.aets):
         if aet.backend != "DIMSE":
             continue

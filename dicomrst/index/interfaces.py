@@ -49,12 +49,18 @@ class IIndex(Interface):
     def stop() -> Deferred[None]:
         """Finish what is under way and close; called once at shutdown."""
 
-    def add(record: IndexRecord) -> Deferred[None]:
+    def add(record: IndexRecord) -> Deferred[str | None]:
         """Insert or replace the record of ``(record.aet, record.sop_instance)``; fire once
-        it is committed (durable: a crash after it fires does not lose it)."""
+        it is committed (durable: a crash after it fires does not lose it), with the
+        ``key`` of the record it replaced (None: there was none).  A reconcile scan
+        finding one instance under two keys learns so from it."""
 
     def remove(aet: str, sop_instance: str) -> Deferred[bool]:
         """Delete one record; fire with whether there was one."""
+
+    def remove_key(aet: str, key: str) -> Deferred[bool]:
+        """Delete the record of the object at `key` (one a reconcile scan no longer
+        finds: the scan knows keys, not what they held); fire with whether there was one."""
 
     def find(
         aet: str,

@@ -5,7 +5,7 @@ again here, as is combined date-time range matching (PS3.4 C.2.2.2.5)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.charset import python_encoding
@@ -13,6 +13,15 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicomrst.common.dicomjson import original_text
+from dicomrst.common.matching import (
+    WildcardPattern,
+    pad_datetime,
+    pad_time,
+    range_bounds,
+    split_range,
+    valid_date,
+    valid_time,
+)
 from dicomrst.common.tags import SPECIFIC_CHARACTER_SET
 from dicomrst.qido.attributes import Attribute, Path
 from dicomrst.qido.values import (
@@ -20,12 +29,6 @@ from dicomrst.qido.values import (
     RANGE_VRS,
     WILDCARD_VRS,
     integer,
-    pad_datetime,
-    pad_time,
-    range_bounds,
-    split_range,
-    valid_date,
-    valid_time,
 )
 
 
@@ -72,74 +75,6 @@ def _representable(text: str, dataset: Dataset) -> bool:
 
 def _text(value: object) -> str:
     return original_text(value).strip(" \x00")
-
-
-# Tokens of a wildcard pattern besides literal characters (which are str).
-_STAR = 0  # "*": any sequence of characters, the empty one included
-_ANY = 1  # "?": exactly one character
-
-
-def wildcard_steps(pattern: Sequence[str | int], text: Sequence[str]) -> tuple[bool, int]:
-    """Whether `text` matches `pattern` (tokens: `_STAR`, `_ANY` or a character), and the
-    steps it took.
-
-    The greedy matcher with one backtrack point, the last ``*``: a later ``*`` makes
-    any earlier one's choice final, because whatever the earlier one could have
-    matched more, the later one can match instead.  So it never revisits more than the
-    text since the last ``*``, and never takes more than (len(pattern) + 1) *
-    (len(text) + 1) steps; a regex built from the pattern backtracks over every ``*``
-    at once, exponentially (``*a*a*a…*b`` against ``aaaa…`` took seconds per result).
-    """
-    p = t = steps = 0
-    star = -1  # position in the pattern after the last "*" seen, or -1
-    resume = 0  # where in the text that "*" stopped matching
-    while t < len(text):
-        steps += 1
-        token = pattern[p] if p < len(pattern) else None
-        if token == _STAR:
-            star, resume = p + 1, t
-            p += 1
-        elif token is not None and (token == _ANY or token == text[t]):
-            p += 1
-            t += 1
-        elif star >= 0:
-            # The last "*" takes one more character; everything after it starts over.
-            resume += 1
-            p, t = star, resume
-        else:
-            return False, steps
-    while p < len(pattern) and pattern[p] == _STAR:
-        p += 1
-        steps += 1
-    return p == len(pattern), steps
-
-
-def _fold(text: str, ignore_case: bool) -> list[str]:
-    # Character by character, so "?" stays one character whatever case folding makes of it.
-    return [c.casefold() for c in text] if ignore_case else list(text)
-
-
-class WildcardPattern:
-    """A C-FIND wildcard value (PS3.4 C.2.2.2.4: ``*`` any sequence, ``?`` one character),
-    matched in at most O(len(pattern) * len(text)) steps (`wildcard_steps`)."""
-
-    __slots__ = ("_ignore_case", "_tokens")
-
-    def __init__(self, pattern: str, ignore_case: bool = False) -> None:
-        self._ignore_case = ignore_case
-        tokens: list[str | int] = []
-        for char in pattern:
-            if char == "*":
-                if not (tokens and tokens[-1] == _STAR):  # "**" is "*"
-                    tokens.append(_STAR)
-            elif char == "?":
-                tokens.append(_ANY)
-            else:
-                tokens.append(char.casefold() if ignore_case else char)
-        self._tokens = tokens
-
-    def matches(self, text: str) -> bool:
-        return wildcard_steps(self._tokens, _fold(text, self._ignore_case))[0]
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from dicomrst.common.matching import split_range
 from dicomrst.common.tags import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 from dicomrst.errors import BadRequest
 from dicomrst.qido.attributes import (
@@ -72,7 +73,7 @@ from dicomrst.qido.attributes import (
 )
 from dicomrst.qido.matching import DateTimeFilter, combined_bounds, value_filter
 from dicomrst.qido.target import SearchTarget
-from dicomrst.qido.values import integer, match_value, shown, split_range
+from dicomrst.qido.values import integer, match_value, shown
 
 DEFAULT_LIMIT = 1000
 """Results in one response when the request gives no ``limit``, and the most it may ask for."""

@@ -1,13 +1,12 @@
 # -*- test-case-name: tests.unit.test_qido_query -*-
 """Match values in QIDO-RS query parameters, checked against their attribute's VR
-(PS3.18 §8.3.4, PS3.4 C.2.2.2), and the date/time range arithmetic matching needs."""
+(PS3.18 §8.3.4, PS3.4 C.2.2.2), which uses the date/time range arithmetic of `dicomrst.common.matching`."""
 
 from __future__ import annotations
 
-import datetime
 import re
-from collections.abc import Callable
 
+from dicomrst.common.matching import range_bounds, split_range
 from dicomrst.common.tags import BINARY_VRS
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest
@@ -40,12 +39,6 @@ _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 MAX_INTEGER_DIGITS = 20
 _BEYOND_EVERY_RANGE: int = 10**MAX_INTEGER_DIGITS
 _AGE = re.compile(r"[0-9]{3}[DWMY]")
-_DA = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
-_TM = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?")
-_DT = re.compile(
-    r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?"
-    r"([+-][0-9]{4})?"
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # LT/ST/UT keep TAB LF FF CR
 
@@ -77,110 +70,6 @@ def shown(value: str, limit: int = 64) -> str:
 
 def _bad_value(attribute: Attribute, value: str, why: str) -> BadRequest:
     return BadRequest(f"invalid value for {attribute.name} ({attribute.vr}): {shown(value)}: {why}")
-
-
-def valid_date(text: str) -> bool:
-    m = _DA.fullmatch(text)
-    if m is None:
-        return False
-    try:
-        datetime.date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError:
-        return False
-    return True
-
-
-def valid_time(text: str) -> bool:
-    m = _TM.fullmatch(text)
-    if m is None:
-        return False
-    hh, mm, ss = m[1], m[2], m[3]
-    return int(hh) <= 23 and (mm is None or int(mm) <= 59) and (ss is None or int(ss) <= 60)
-
-
-def _valid_datetime(text: str) -> bool:
-    m = _DT.fullmatch(text)
-    if m is None:
-        return False
-    year, month, day, hh, mm, ss, _, offset = m.groups()
-    if month is not None and not 1 <= int(month) <= 12:
-        return False
-    if day is not None:
-        try:
-            datetime.date(int(year), int(month), int(day))
-        except ValueError:
-            return False
-    if hh is not None and not valid_time(hh + (mm or "") + (ss or "")):
-        return False
-    if offset is not None and (int(offset[1:3]) > 14 or int(offset[3:]) > 59):
-        return False
-    return True
-
-
-_VALIDATORS: dict[str, Callable[[str], bool]] = {"DA": valid_date, "TM": valid_time, "DT": _valid_datetime}
-
-
-def split_range(vr: str, value: str) -> tuple[str, str] | None:
-    """A DA/TM/DT range ``a-b``, ``-b`` or ``a-`` → (a, b); None if `value` is one value.
-
-    Raises ValueError when it is neither. A DT's UTC offset may itself start with '-':
-    a string that is one valid DT is one value, otherwise the first split into two
-    valid sides (or an empty one) wins.
-    """
-    valid = _VALIDATORS[vr]
-    if "-" not in value:
-        if not valid(value):
-            raise ValueError("not a valid value")
-        return None
-    if vr == "DT" and valid(value):
-        return None
-    for i, char in enumerate(value):
-        if char != "-":
-            continue
-        low, high = value[:i], value[i + 1 :]
-        if (low or high) and (not low or valid(low)) and (not high or valid(high)):
-            return low, high
-    raise ValueError("not a valid value or range")
-
-
-def pad_time(text: str, high: bool) -> str:
-    """A (partial) TM → HHMMSS.FFFFFF, filled with the smallest or largest value."""
-    text = text.replace(":", "")
-    whole, _, fraction = text.partition(".")
-    filler = "235959" if high else "000000"
-    whole = whole + filler[len(whole) :]
-    fraction = (fraction + ("9" if high else "0") * 6)[:6]
-    return f"{whole}.{fraction}"
-
-
-def _days_in_month(year: int, month: int) -> int:
-    if month == 2:
-        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
-    return 30 if month in (4, 6, 9, 11) else 31
-
-
-def pad_datetime(text: str, high: bool) -> str:
-    """A (partial) DT, UTC offset dropped → YYYYMMDDHHMMSS.FFFFFF filled low or high."""
-    m = _DT.fullmatch(text)
-    if m is not None and m[8]:
-        text = text[: -len(m[8])]
-    whole, _, fraction = text.partition(".")
-    filler = "99991231235959" if high else "00000101000000"
-    if len(whole) >= 6 and high and len(whole) < 8:
-        # A month with no day: the last day of that month (years 0000 and 9999 included,
-        # which Python's dates do not hold).
-        whole += f"{_days_in_month(int(whole[:4]), int(whole[4:6])):02d}"
-    whole = whole + filler[len(whole) :]
-    fraction = (fraction + ("9" if high else "0") * 6)[:6]
-    return f"{whole}.{fraction}"
-
-
-def range_bounds(vr: str, low: str, high: str) -> tuple[str | None, str | None]:
-    """Comparable, fixed-width forms of a range's ends (None = open)."""
-    if vr == "DA":
-        return low or None, high or None
-    pad = pad_time if vr == "TM" else pad_datetime
-    return (pad(low, False) if low else None), (pad(high, True) if high else None)
 
 
 def _check_text(attribute: Attribute, value: str) -> None:

@@ -19,8 +19,8 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common.matching import WildcardPattern, wildcard_steps
 from dicomrst.errors import BadRequest
-from dicomrst.qido.matching import WildcardPattern, wildcard_steps
 from dicomrst.qido.query import parse_query
 from dicomrst.qido.target import Target
 from dicomrst.qido.values import MAX_WILDCARD_LENGTH

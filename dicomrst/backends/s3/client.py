@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 from urllib.parse import quote, urlsplit
 
+import attrs
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
@@ -69,6 +70,15 @@ READ_TIMEOUT = 20.0
 ATTEMPTS = 4
 BACKOFF = 0.2  # first delay; doubles per attempt
 RETRY_STATUSES = frozenset((500, 502, 503, 504))
+
+
+@attrs.frozen
+class ListedObject:
+    """An object as ListObjectsV2 lists it."""
+
+    key: str
+    size: int
+    etag: str  # as listed, quotes included: what changes when the object does
 
 
 class S3Error(UpstreamError):
@@ -414,7 +424,11 @@ class S3Client:
 
     async def list_keys(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object under `prefix`, following continuation tokens."""
-        found: list[tuple[str, int]] = []
+        return [(item.key, item.size) for item in await self.list_objects(prefix)]
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        """Every object under `prefix` (key, size, ETag), following continuation tokens."""
+        found: list[ListedObject] = []
         token: str | None = None
         while True:
             query = [("list-type", "2"), ("prefix", prefix)]
@@ -430,7 +444,8 @@ class S3Client:
             for item in root.iter(f"{ns}Contents"):
                 key = item.findtext(f"{ns}Key")
                 if key is not None:
-                    found.append((key, int(item.findtext(f"{ns}Size") or 0)))
+                    size = int(item.findtext(f"{ns}Size") or 0)
+                    found.append(ListedObject(key, size, item.findtext(f"{ns}ETag") or ""))
             truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
             token = root.findtext(f"{ns}NextContinuationToken")
             if not truncated or not token:

@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.integration.test_index_s3 -*-
+"""The reconcile scan of an S3 AET: what is in its bucket against what its index holds.
+
+Objects put, replaced or deleted behind the gateway's back (with another tool, by
+another gateway without the shared index) are found by listing the bucket
+(ListObjectsV2, which gives each object's ETag) and comparing with the index's stamps:
+an object whose key is new or whose ETag changed has its head read (ranged GETs from
+byte 0, `SCAN_HEAD_BYTES` first, then more only while its Pixel Data has not begun) and is
+indexed; a key the bucket no longer has is removed from the index.  Unchanged objects
+cost nothing but their line of the listing.
+
+An object that is not DICOM, or whose head does not parse, is logged once and skipped,
+and not read again until its ETag changes; so is an object that holds the same instance
+(SOP Instance UID) as another key (the index keeps one record per instance).  An object
+that vanishes or changes between the listing and its read is left for the next scan.
+Any other S3 error fails the scan (it is retried at the next one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from dicomrst.backends.s3.client import ListedObject, S3Client
+from dicomrst.backends.s3.retrieve import read_object_range
+from dicomrst.backends.values import ObjectChanged
+from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.errors import NotFound
+from dicomrst.index.interfaces import IIndex, IndexRecord
+from dicomrst.index.records import NotIndexable, record_from_head
+from dicomrst.logs import logger
+
+T = TypeVar("T")
+
+log = logger("dicomrst.index")
+
+#: Bytes of an object a scan reads first: most data sets end within a few KiB, and the
+#: scan of a bucket of 512 KiB CT slices then reads about 3% of it.
+SCAN_HEAD_BYTES = 16 << 10
+
+#: How much more of an object each further read takes, when its head is longer.
+GROWTH = 4
+
+
+@attrs.define
+class ScanReport:
+    """What one scan found and did."""
+
+    listed: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unreadable: int = 0  # found not indexable (logged) in this scan
+    duplicates: int = 0  # holding an instance another key holds too (logged)
+    left: int = 0  # vanished or changed while read: for the next scan
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+class S3Reconciler:
+    """Reconciles the index records of one S3 AET with its bucket (`scan`).
+
+    :param parse: runs a function off the reactor (the head parse is CPU work); the
+        reactor's thread pool by default.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        index: IIndex,
+        aet: str,
+        prefix: str,
+        reactor: IGatewayReactor,
+        *,
+        concurrency: int = 32,
+        head_bytes: int = SCAN_HEAD_BYTES,
+        parse: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+    ) -> None:
+        self.client = client
+        self.index = index
+        self.aet = aet
+        self.prefix = prefix
+        self.reactor = reactor
+        self.concurrency = concurrency
+        self.head_bytes = head_bytes
+        self._parse = parse or (lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f))
+        # key -> ETag of objects found unreadable, or holding an instance another listed
+        # key holds too: logged and read once (until their ETag changes).
+        self.skipped: dict[str, str] = {}
+        self._listed: set[str] = set()
+
+    def scan(self) -> Deferred[ScanReport]:
+        return Deferred.fromCoroutine(self._scan())
+
+    async def _scan(self) -> ScanReport:
+        report = ScanReport()
+        started = self.reactor.seconds()
+        listed = [item for item in await self.client.list_objects(self.prefix) if not item.key.endswith("/")]
+        report.listed = len(listed)
+        known = await self.index.stamps(self.aet)
+        present = self._listed = {item.key for item in listed}
+        self.skipped = {k: v for k, v in self.skipped.items() if k in present}
+        to_read = [
+            item
+            for item in listed
+            if known.get(item.key) != item.etag and self.skipped.get(item.key) != item.etag
+        ]
+        semaphore = DeferredSemaphore(self.concurrency)
+        reads = [semaphore.run(self._index_object, item, item.key in known, report) for item in to_read]
+        results = await DeferredList(reads, consumeErrors=True)
+        for _, outcome in results:
+            if isinstance(outcome, Failure):
+                outcome.raiseException()  # the first S3 failure fails the scan
+        for key in sorted(set(known) - present):
+            if await self.index.remove_key(self.aet, key):
+                report.removed += 1
+        report.seconds = self.reactor.seconds() - started
+        log.info(
+            "index: scanned {aet}: {listed} objects, {added} added, {changed} changed, {removed} removed, "
+            "{unreadable} unreadable, {bytes} bytes read in {seconds:.1f} s",
+            aet=self.aet,
+            listed=report.listed,
+            added=report.added,
+            changed=report.changed,
+            removed=report.removed,
+            unreadable=report.unreadable,
+            bytes=report.bytes_read,
+            seconds=report.seconds,
+        )
+        return report
+
+    def _index_object(self, item: ListedObject, known: bool, report: ScanReport) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._read_and_add(item, known, report))
+
+    async def _read_and_add(self, item: ListedObject, known: bool, report: ScanReport) -> None:
+        try:
+            record = await self._record(item, report)
+        except (NotFound, ObjectChanged):
+            report.left += 1
+            return
+        except NotIndexable as e:
+            self.skipped[item.key] = item.etag
+            report.unreadable += 1
+            log.warn(
+                "index: skipping s3 object {key} of {aet}: {why}", key=item.key, aet=self.aet, why=str(e)
+            )
+            if known:  # it was DICOM and is not any more
+                await self.index.remove_key(self.aet, item.key)
+            return
+        replaced = await self.index.add(record)
+        if replaced is not None and replaced != item.key and replaced in self._listed:
+            # One instance under two keys: the index keeps one; reading the other at
+            # every scan would only swap them.
+            self.skipped[item.key] = item.etag
+            report.duplicates += 1
+            log.warn(
+                "index: s3 object {key} of {aet} holds instance {sop}, which {other} holds too; "
+                "{key} is indexed, {other} is not",
+                key=item.key,
+                aet=self.aet,
+                sop=record.sop_instance,
+                other=replaced,
+            )
+        if known:
+            report.changed += 1
+        else:
+            report.added += 1
+
+    async def _record(self, item: ListedObject, report: ScanReport) -> IndexRecord:
+        if item.size == 0:
+            raise NotIndexable("an empty object")
+        data = b""
+        want = min(self.head_bytes, item.size)
+        while True:
+            part = await read_object_range(self.client, item.key, len(data), want, item.etag)
+            data += part.data
+            report.bytes_read += len(part.data)
+            complete = len(data) >= item.size or not part.data
+            head = data
+
+            def parse(head: bytes = head, complete: bool = complete) -> IndexRecord | None:
+                return record_from_head(self.aet, item.key, item.etag, item.size, head, complete=complete)
+
+            record: IndexRecord | None = await self._parse(parse)
+            if record is not None:
+                return record
+            if complete:
+                raise NotIndexable("the object ends before its data set does")
+            want = min(item.size, len(data) * GROWTH)

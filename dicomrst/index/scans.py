@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.unit.test_index -*-
+"""Reconcile scans run at start and every ``index.scan-interval``, one at a time.
+
+`PeriodicScans` is a Twisted service around any scan (the S3 one, LOCAL's directory
+walk): started, it runs one at once and then one every interval after the previous
+ended (a slow scan never overlaps the next); `scan_now` runs one on demand, or joins the
+one running.  A failed scan is logged and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from dicomrst.logs import logger
+
+log = logger("dicomrst.index")
+
+
+class PeriodicScans(Service):
+    """Runs `scan` at start, then every `interval` seconds (0: only at start and when asked)."""
+
+    def __init__(
+        self, name: str, scan: Callable[[], Deferred[Any]], interval: float, clock: IReactorTime
+    ) -> None:
+        self.name = name
+        self._scan = scan
+        self.interval = interval
+        self.clock = clock
+        self._running: Deferred[Any] | None = None
+        self._waiters: list[Deferred[Any]] = []
+        self._next: IDelayedCall | None = None
+        self.scans = 0
+        self.failures = 0
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self._scheduled()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        if self._running is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._waiters.append(done)
+        done.addErrback(lambda _: None)  # logged already
+        return done.addCallback(lambda _: None)
+
+    def scan_now(self) -> Deferred[Any]:
+        """Run a scan now (or join the one running); fire with its result, or fail as it does."""
+        joined: Deferred[Any] = Deferred()
+        self._waiters.append(joined)
+        if self._running is None:
+            if self._next is not None and self._next.active():
+                self._next.cancel()
+            self._next = None
+            self._running = self._scan()
+            self._running.addBoth(self._ended)
+        return joined
+
+    def _scheduled(self) -> None:
+        self._next = None
+        self.scan_now().addErrback(lambda _: None)  # logged in _ended
+
+    def _ended(self, result: Any) -> None:
+        self._running = None
+        self.scans += 1
+        if isinstance(result, Failure):
+            self.failures += 1
+            log.failure("index: scan of {name} failed; retried at the next interval", result, name=self.name)
+        if self.running and self.interval > 0:
+            self._next = self.clock.callLater(self.interval, self._scheduled)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(result)  # a Failure errbacks the waiter
