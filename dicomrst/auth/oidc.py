@@ -65,7 +65,9 @@ MAX_TOKEN = 16 * 1024
 class KeySource(Protocol):
     """Where the JWKS document comes from."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """For log lines: the URL or the file name."""
 
     def fetch(self) -> Deferred[bytes]:
         """The JWKS document; fails with an exception saying why not."""
