@@ -175,6 +175,7 @@ class KeySet:
         self._keys: dict[str | None, list[RSAKey | ECKey]] = {}
         self._fetched_at: float | None = None  # the last fetch that worked
         self._tried_at: float | None = None  # the last fetch, whatever came of it
+        self._unknown_kid_at: float | None = None  # the last fetch an unknown kid caused
         self._fetching: list[Deferred[None]] | None = None
 
     def keys(self, kid: str | None, alg: str) -> Deferred[list[RSAKey | ECKey]]:
@@ -187,8 +188,9 @@ class KeySet:
         if found or kid is None or kid in self._keys:
             return succeed(found)
         # An unknown kid: the provider may have rotated its keys.
-        if self._tried_at is not None and now - self._tried_at < MIN_REFRESH:
+        if self._unknown_kid_at is not None and now - self._unknown_kid_at < MIN_REFRESH:
             return succeed([])
+        self._unknown_kid_at = now
         return self._refresh().addCallback(lambda _: self._match(kid, alg))
 
     def _match(self, kid: str | None, alg: str) -> list[RSAKey | ECKey]:
