@@ -75,7 +75,9 @@ class Signer:
 
     def __init__(self, kind: str = "RSA", kid: str | None = "test-key") -> None:
         self.key: RSAKey | ECKey = (
-            RSAKey.generate_key(2048, private=True) if kind == "RSA" else ECKey.generate_key("P-256", private=True)
+            RSAKey.generate_key(2048, private=True)
+            if kind == "RSA"
+            else ECKey.generate_key("P-256", private=True)
         )
         self.alg = "RS256" if kind == "RSA" else "ES256"
         self.kid = kid
@@ -105,7 +107,9 @@ class Signer:
     def hs256_with_public_key(self, payload: Mapping[str, Any] | None = None) -> str:
         """The classic confusion: HMAC-SHA256 keyed with the public key's PEM."""
         public = self.key.get_op_key("verify")
-        secret = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        secret = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         header = {"alg": "HS256", "typ": "JWT", "kid": self.kid}
         body = json.dumps(claims() if payload is None else dict(payload)).encode()
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(body)}"

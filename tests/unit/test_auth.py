@@ -83,7 +83,9 @@ class UsersFileTests(SynchronousTestCase):
     def test_lines_that_are_not_bcrypt_entries_are_skipped(self) -> None:
         text = (
             b"# comment\n\nplain:secret\nmd5:$apr1$abc$defghijklmnopqrstuvwx\nnohash\n:$2y$04$x\n"
-            + b"ok:" + bcrypt_2y("pw").encode() + b"\n"
+            + b"ok:"
+            + bcrypt_2y("pw").encode()
+            + b"\n"
         )
         self.assertEqual(list(parse_users(text, "f")), ["ok"])
 
@@ -148,7 +150,9 @@ class BasicTests(SynchronousTestCase):
         first, second = self.authenticate("alice", "wonderland"), self.authenticate("alice", "wonderland")
         self.assertEqual(len(self.checks.calls), 1)
         self.checks.run_all()
-        self.assertEqual((self.successResultOf(first).name, self.successResultOf(second).name), ("alice", "alice"))
+        self.assertEqual(
+            (self.successResultOf(first).name, self.successResultOf(second).name), ("alice", "alice")
+        )
 
     def test_bad_password(self) -> None:
         d = self.authenticate("alice", "wrong")
@@ -194,7 +198,14 @@ class BasicTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).name, "ünï")
 
     def test_malformed_credentials(self) -> None:
-        for credentials in (b"not base64!", b"", b"YWxpY2U=", b"OndvbmRlcmxhbmQ=", b"/w==", b"YWxpY2U6d29uZGVybGFuZA"):
+        for credentials in (
+            b"not base64!",
+            b"",
+            b"YWxpY2U=",
+            b"OndvbmRlcmxhbmQ=",
+            b"/w==",
+            b"YWxpY2U6d29uZGVybGFuZA",
+        ):
             error = self.refused(self.auth.authenticate(credentials))
             self.assertIn("malformed", error.message, credentials)
         self.assertEqual(self.checks.calls, [])
@@ -237,7 +248,9 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(error.message, f"invalid bearer token: {why}")
         [challenge] = error.challenges
         realm = self.auth.settings.realm
-        self.assertEqual(challenge, f'Bearer realm="{realm}", error="invalid_token", error_description="{why}"')
+        self.assertEqual(
+            challenge, f'Bearer realm="{realm}", error="invalid_token", error_description="{why}"'
+        )
 
     def test_rsa_and_ec_tokens_are_taken(self) -> None:
         for signer in (self.rsa, self.ec):
@@ -327,7 +340,9 @@ class TokenTests(SynchronousTestCase):
         self.assertIsNone(claim_at(token_claims, "scope.x"))
         settings = OidcSettings(ISSUER, AUDIENCE, roles_claim="nested.one")
         auth = BearerAuthenticator(settings, self.keys, self.clock)
-        principal = self.successResultOf(auth.authenticate(self.rsa.token(claims(nested={"one": "r"})).encode()))
+        principal = self.successResultOf(
+            auth.authenticate(self.rsa.token(claims(nested={"one": "r"})).encode())
+        )
         self.assertEqual(principal.roles, frozenset({"r"}))
 
 
@@ -357,7 +372,9 @@ class UrlKeysTests(SynchronousTestCase):
         self.resource = JwksResource(jwks(self.signer.jwk()))
         stub = StubTreq(self.resource)
         source = UrlKeys("https://idp.example/certs", stub, self.clock)  # type: ignore[arg-type]  # StubTreq quacks like HTTPClient
-        self.auth = BearerAuthenticator(OidcSettings(ISSUER, AUDIENCE), KeySet(source, self.clock), self.clock)
+        self.auth = BearerAuthenticator(
+            OidcSettings(ISSUER, AUDIENCE), KeySet(source, self.clock), self.clock
+        )
         self.stub = stub
 
     def test_fetched_once_for_many_tokens(self) -> None:
@@ -407,9 +424,7 @@ class AuthenticatorTests(SynchronousTestCase):
         auth = Authenticator(self.basic, self.bearer)
         error = self.failureResultOf(auth.authenticate(None), Unauthorized).value
         assert isinstance(error, Unauthorized)
-        self.assertEqual(
-            error.challenges, ('Basic realm="gw", charset="UTF-8"', 'Bearer realm="gw"')
-        )
+        self.assertEqual(error.challenges, ('Basic realm="gw", charset="UTF-8"', 'Bearer realm="gw"'))
 
     def test_anonymous_allowed_still_checks_given_credentials(self) -> None:
         auth = Authenticator(self.basic, self.bearer, anonymous=True)
@@ -418,7 +433,9 @@ class AuthenticatorTests(SynchronousTestCase):
 
     def test_both_methods(self) -> None:
         auth = Authenticator(self.basic, self.bearer)
-        self.assertEqual(self.successResultOf(auth.authenticate(basic("alice", "wonderland"))).method, "basic")
+        self.assertEqual(
+            self.successResultOf(auth.authenticate(basic("alice", "wonderland"))).method, "basic"
+        )
         token = b"bearer " + self.signer.token().encode()  # the scheme is case-insensitive
         self.assertEqual(self.successResultOf(auth.authenticate(token)).method, "oidc")
 
@@ -441,7 +458,9 @@ class PolicyTests(SynchronousTestCase):
     def test_lists_of_names_and_roles(self) -> None:
         policy = AccessPolicy(
             {
-                "PACS": AetAccess(read=AccessList.parse(["alice", "role:radiology"]), write=AccessList.parse([])),
+                "PACS": AetAccess(
+                    read=AccessList.parse(["alice", "role:radiology"]), write=AccessList.parse([])
+                ),
                 "OPEN": AetAccess(),
             }
         )
@@ -487,45 +506,77 @@ class AuthConfigTests(SynchronousTestCase):
         self.assertTrue(config.server.auth.anonymous_allowed)
 
     def test_oidc_keys(self) -> None:
-        oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwks-url": "https://idp.example/certs",
-                "roles-claim": "realm_access.roles"}
+        oidc = {
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "jwks-url": "https://idp.example/certs",
+            "roles-claim": "realm_access.roles",
+        }
         parsed = self.parse({"server": {"auth": {"oidc": oidc}}}).server.auth.oidc
         self.assertEqual((parsed.roles_claim, parsed.username_claim), ("realm_access.roles", "sub"))
-        self.assertConfigError({"server": {"auth": {"oidc": {**oidc, "jwks-file": "/k"}}}},
-                               "server.auth.oidc", "exactly one of jwks-url and jwks-file")
-        self.assertConfigError({"server": {"auth": {"oidc": {"issuer": ISSUER, "jwks-file": "/k"}}}},
-                               "server.auth.oidc.audience", "missing")
-        self.assertConfigError({"server": {"auth": {"oidc": {**oidc, "roles-claim": "a..b"}}}},
-                               "server.auth.oidc.roles-claim", "dotted path")
+        self.assertConfigError(
+            {"server": {"auth": {"oidc": {**oidc, "jwks-file": "/k"}}}},
+            "server.auth.oidc",
+            "exactly one of jwks-url and jwks-file",
+        )
+        self.assertConfigError(
+            {"server": {"auth": {"oidc": {"issuer": ISSUER, "jwks-file": "/k"}}}},
+            "server.auth.oidc.audience",
+            "missing",
+        )
+        self.assertConfigError(
+            {"server": {"auth": {"oidc": {**oidc, "roles-claim": "a..b"}}}},
+            "server.auth.oidc.roles-claim",
+            "dotted path",
+        )
 
     def test_mistakes_that_would_open_or_close_everything(self) -> None:
-        self.assertConfigError({"server": {"auth": {"basic": None}}}, "server.auth.basic", "expected a mapping")
+        self.assertConfigError(
+            {"server": {"auth": {"basic": None}}}, "server.auth.basic", "expected a mapping"
+        )
         self.assertConfigError({"server": {"auth": {"anonymous": False}}}, "server.auth.anonymous", "no one")
 
     def test_access_lists(self) -> None:
         aet = {"aet": "PACS", "host": "pacs", "port": 104}
-        config = self.parse({"aets": [{**aet, "access": {"read": ["alice", "role:radiology"], "write": None}}]})
+        config = self.parse(
+            {"aets": [{**aet, "access": {"read": ["alice", "role:radiology"], "write": None}}]}
+        )
         self.assertEqual(config.aets[0].access.read, ("alice", "role:radiology"))
         self.assertEqual(config.aets[0].access.write, ())  # written but empty: nobody
         self.assertIsNone(self.parse({"aets": [{**aet, "access": {}}]}).aets[0].access.read)
-        self.assertConfigError({"aets": [{**aet, "access": {"read": ["role:"]}}]}, "aets[0].access.read[0]", "role")
-        self.assertConfigError({"aets": [{**aet, "access": {"delete": []}}]}, "aets[0].access.delete", "unknown key")
+        self.assertConfigError(
+            {"aets": [{**aet, "access": {"read": ["role:"]}}]}, "aets[0].access.read[0]", "role"
+        )
+        self.assertConfigError(
+            {"aets": [{**aet, "access": {"delete": []}}]}, "aets[0].access.delete", "unknown key"
+        )
         warnings = config_warnings(self.parse({"aets": [{**aet, "access": {"read": ["alice"]}}]}))
         self.assertTrue(any("aets[0].access" in w for w in warnings), warnings)
 
     def test_allowed_origins(self) -> None:
         def origins(value: object) -> object:
-            return self.parse({"server": {"http": {"cors": {"allowed-origins": value}}}}).server.http.cors.allowed_origins
+            return self.parse(
+                {"server": {"http": {"cors": {"allowed-origins": value}}}}
+            ).server.http.cors.allowed_origins
 
         self.assertIsNone(origins("*"))
         self.assertIsNone(origins(["*"]))
-        self.assertEqual(origins(["https://Viewer.example", "http://localhost:3000"]),
-                         ("https://viewer.example", "http://localhost:3000"))
-        for bad in (["https://viewer.example/path"], ["viewer.example"], ["null"], ["*", "https://a.example"]):
+        self.assertEqual(
+            origins(["https://Viewer.example", "http://localhost:3000"]),
+            ("https://viewer.example", "http://localhost:3000"),
+        )
+        for bad in (
+            ["https://viewer.example/path"],
+            ["viewer.example"],
+            ["null"],
+            ["*", "https://a.example"],
+        ):
             self.assertRaises(ConfigError, origins, bad)
 
     def test_realm(self) -> None:
-        self.assertEqual(self.parse({"server": {"auth": {"realm": "PACS gateway"}}}).server.auth.realm, "PACS gateway")
+        self.assertEqual(
+            self.parse({"server": {"auth": {"realm": "PACS gateway"}}}).server.auth.realm, "PACS gateway"
+        )
         self.assertConfigError({"server": {"auth": {"realm": 'a"b'}}}, "server.auth.realm", "quotes")
 
 
@@ -533,10 +584,12 @@ class JsonSafetyTests(SynchronousTestCase):
     def test_error_descriptions_need_no_escaping(self) -> None:
         # RFC 6750 §3: error_description is printable ASCII without '"' or '\\'.
         clock = Clock()
-        auth = BearerAuthenticator(OidcSettings(ISSUER, AUDIENCE), KeySet(FileKeys("/nonexistent"), clock), clock)
+        auth = BearerAuthenticator(
+            OidcSettings(ISSUER, AUDIENCE), KeySet(FileKeys("/nonexistent"), clock), clock
+        )
         header = json.dumps({"alg": 'RS256"\\', "kid": "x"}).encode()
         token = base64.urlsafe_b64encode(header).rstrip(b"=") + b".e30.c2ln"
         error = self.failureResultOf(auth.authenticate(token), Unauthorized).value
         assert isinstance(error, Unauthorized)
-        self.assertNotIn('\\', error.challenges[0])
+        self.assertNotIn("\\", error.challenges[0])
         self.assertEqual(error.challenges[0].count('"'), 6)
