@@ -209,7 +209,9 @@ def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
             _die(f"config error: server.auth.basic.users-file: cannot read {auth.basic.users_file!r}: "
                  f"{e.strerror or e}")
         # Its own bounded line in the reactor's thread pool, apart from the images'.
-        workers = CpuWorkers(cast(IThreadsReactor, reactor), max_waiting=AUTH_MAX_WAITING)
+        workers = CpuWorkers(
+            cast(IThreadsReactor, reactor), max_waiting=AUTH_MAX_WAITING, what="password checks"
+        )
 
         def check(password: bytes, stored: bytes) -> Deferred[bool]:
             return workers.run(check_password, password, stored)

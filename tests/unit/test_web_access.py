@@ -186,6 +186,14 @@ class AuthenticationTests(GuardedApp):
                 self.assertIn("error", json.loads(body))
         self.assertFalse(self.touched())
 
+    def test_head_asks_too(self) -> None:
+        for path in ("/", "/aets", "/aets/PACS/studies", f"/aets/PACS/studies/{UID}/metadata"):
+            response, body = self.fetch(path, "HEAD")
+            self.assertEqual((response.code, body), (401, b""), path)
+        response, _ = self.fetch("/aets/PACS/studies", "HEAD", basic("bob", "builder"))
+        self.assertEqual(response.code, 403)
+        self.assertFalse(self.touched())
+
     def test_unknown_paths_ask_too(self) -> None:
         response, _ = self.fetch("/no/such/thing")
         self.assertEqual(response.code, 401)
