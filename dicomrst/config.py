@@ -13,7 +13,9 @@ Times are integer milliseconds, as in DICOM-RST's files; ``*_s`` properties give
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
@@ -49,6 +51,8 @@ __all__ = [
     "WadoConfig",
     "config_warnings",
     "default_resolver",
+    "first_run_config",
+    "first_run_data",
     "load_config",
     "parse_config",
 ]
@@ -147,6 +151,12 @@ def _optional(check: _Check[_T]) -> _Check[_T | None]:
     return lambda value, path, env: None if value is None else check(value, path, env)
 
 
+#: The shape of the checks whose value is not a scalar: the schema class of the mapping
+#: they take (None: scalars), and whether they take a list of them.  What the
+#: environment overrides walk (`_resolve`); `_build` needs only the checks themselves.
+_SHAPES: dict[Callable[..., Any], tuple[type | None, bool]] = {}
+
+
 def _list_of(item: _Check[_T]) -> _Check[tuple[_T, ...]]:
     def check(value: Any, path: str, env: _Env) -> tuple[_T, ...]:
         if value is None:  # a key whose entries are all commented out
@@ -155,17 +165,28 @@ def _list_of(item: _Check[_T]) -> _Check[tuple[_T, ...]]:
             raise ConfigError(path, f"expected a list, got {_show(value)}")
         return tuple(item(v, f"{path}[{i}]", env) for i, v in enumerate(value))
 
+    _SHAPES[check] = (_SHAPES.get(item, (None, False))[0], True)
     return check
 
 
 def _section(cls: type[_A]) -> _Check[_A]:
     """A mapping under a key; null there (every sub-key commented out) means all defaults."""
-    return lambda value, path, env: _build(cls, {} if value is None else value, path, env)
+
+    def check(value: Any, path: str, env: _Env) -> _A:
+        return _build(cls, {} if value is None else value, path, env)
+
+    _SHAPES[check] = (cls, False)
+    return check
 
 
 def _entry(cls: type[_A]) -> _Check[_A]:
     """A mapping as a list entry; null there (a bare ``-``) is a mistake, which `_build` reports."""
-    return lambda value, path, env: _build(cls, value, path, env)
+
+    def check(value: Any, path: str, env: _Env) -> _A:
+        return _build(cls, value, path, env)
+
+    _SHAPES[check] = (cls, False)
+    return check
 
 
 def _ae_title(value: Any, path: str, env: _Env) -> str:
@@ -239,7 +260,7 @@ def _url(value: Any, path: str, env: _Env) -> str:
 
 _PORT = _integer(1, 65535)
 _MS = _integer(0)  # a duration in milliseconds
-_BACKEND = _choice("DIMSE", "S3")
+_BACKEND = _choice("DIMSE", "S3", "LOCAL")
 
 
 def _key(check: _Check[Any], default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
@@ -384,6 +405,12 @@ class DimseServerConfig:
     # Not in DICOM-RST: an association whose peer sends no whole PDU for this long, while
     # it is the peer's turn, is aborted (a silent or trickling peer holds it otherwise).
     idle_timeout: int = _key(_integer(1), 60_000)
+    # Not in DICOM-RST: a Storage SCP into this AET (a LOCAL or S3 one) instead of a C-MOVE
+    # destination, so that modalities and storescu can push into the archive.
+    store_to: str | None = _key(_optional(_ae_title), None)
+    # Not in DICOM-RST: the calling AE titles that may associate with this listener
+    # (empty: any).
+    allowed_callers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -605,9 +632,9 @@ class AccessConfig:
 
 @attrs.frozen
 class AetConfig:
-    """One ``aets[]`` entry: a PACS reached over DIMSE, or an S3 bucket.
+    """One ``aets[]`` entry: a PACS reached over DIMSE, an S3 bucket, or a LOCAL directory.
 
-    Fields mirror the YAML keys. Keys of the other backend are rejected, so for an S3
+    Fields mirror the YAML keys. Keys of another backend are rejected, so for an S3
     AET the DIMSE fields keep their defaults (``host``/``port`` None) and vice versa.
     """
 
@@ -631,7 +658,8 @@ class AetConfig:
     concurrency: int = _key(_integer(1), 32, backend="S3")
     prefix: str = _key(_string(empty=True), "", backend="S3")
     credentials: S3Credentials | None = _key(_credentials, None, backend="S3")  # None: anonymous
-
+    # backend: LOCAL (not in DICOM-RST): the directory holding the Part-10 files
+    path: str | None = _key(_string(), None, backend="LOCAL", required=True)
 
     def move_senders(self) -> tuple[tuple[str, str], ...]:
         """(calling AE title, host) of each node whose C-STOREs may belong to a C-MOVE of
@@ -647,6 +675,10 @@ def _aet_entry(value: Any, path: str, env: _Env) -> AetConfig:
     if isinstance(value, Mapping) and "backend" in value:
         backend = _BACKEND(value["backend"], _join(path, "backend"), env)
     return _build(AetConfig, value, path, env, backend)
+
+
+_SHAPES[_credentials] = (_CredentialKeys, False)
+_SHAPES[_aet_entry] = (AetConfig, False)
 
 
 @attrs.frozen
@@ -679,23 +711,213 @@ def _unique_aets(titles: list[str], prefix: str) -> None:
         first[title] = i
 
 
+# -- environment overrides --------------------------------------------------------------
+
+#: What every override's name starts with (matched in any case, as DICOM-RST does).
+ENV_PREFIX = "DICOM_RST_"
+_WORD = re.compile(r"([A-Za-z0-9]+)(?:\[(-?[0-9]+)\])?")
+
+#: One step of a key path: a key (as spelled in the schema), or a list index.
+_Step = tuple[str, str | int]
+
+
+def _words(rest: str) -> list[tuple[str, int | None]] | None:
+    """``AETS[0]_HOST`` → [("aets", 0), ("host", None)]: `_` and `-` separate words, a
+    word may end in a subscript.  None if the name has anything else."""
+    words = []
+    for word in re.split(r"[_-](?![^\[]*\])", rest):  # not inside a subscript: [-1]
+        match = _WORD.fullmatch(word)
+        if match is None:
+            return None
+        index = match.group(2)
+        words.append((match.group(1).lower(), None if index is None else int(index)))
+    return words
+
+
+def _resolve(cls: type, words: list[tuple[str, int | None]], start: int = 0) -> list[_Step] | None:
+    """The key path in `cls`'s schema that `words[start:]` spell, or None.
+
+    A key's words are its kebab-case parts (``max-upload-size``: three), so a `_` in the
+    variable's name stands for a ``.`` or a ``-`` of the path, whichever the schema has;
+    a list entry is a subscript on the list's key (``AETS[0]``, DICOM-RST's form) or a
+    number word after it (``AETS_0``, which a shell can export)."""
+    fields = {f.name.replace("_", "-"): f for f in attrs.fields(cls)}
+    fields.update({f.metadata["alias"]: f for f in attrs.fields(cls) if f.metadata["alias"]})
+    for spelled in sorted(fields, key=len, reverse=True):
+        parts = spelled.split("-")
+        end = start + len(parts)
+        seg = words[start:end]
+        if [name for name, _ in seg] != parts or any(i is not None for _, i in seg[:-1]):
+            continue
+        index = seg[-1][1]
+        schema, many = _SHAPES.get(fields[spelled].metadata["check"], (None, False))
+        steps: list[_Step] = [("key", spelled)]
+        if many:
+            if index is None and end < len(words) and words[end][0].isdigit() and words[end][1] is None:
+                index, end = int(words[end][0]), end + 1
+            if index is not None:
+                steps.append(("index", index))
+            elif end < len(words):
+                continue  # words after a list's key that are no index
+        elif index is not None:
+            continue
+        if end == len(words):
+            if schema is None:
+                return steps  # a key (a scalar, a list of scalars, or one of them)
+            continue  # a section or an entry: its keys are set, not it
+        if schema is None:
+            continue
+        rest = _resolve(schema, words, end)
+        if rest is not None:
+            return steps + rest
+    return None
+
+
+def _show_path(steps: list[_Step]) -> str:
+    out = ""
+    for kind, key in steps:
+        out += f"[{key}]" if kind == "index" else (f".{key}" if out else str(key))
+    return out
+
+
+def _env_value(name: str, text: str) -> Any:
+    """A variable's value as the YAML scalar (or flow list) it spells; empty is ``""``."""
+    if text == "":
+        return ""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(name, f"not a YAML value: {e}") from None
+
+
+def _apply_environment(data: Any, environ: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """`data` (the file's YAML, None for none) with every ``DICOM_RST_*`` variable of
+    `environ` applied over it; and which key path each variable set."""
+    found = []
+    for name, text in environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        words = _words(name[len(ENV_PREFIX):])
+        steps = _resolve(Config, words) if words else None
+        if steps is None:
+            raise ConfigError(name, "names no configuration key (DICOM_RST_ + the key path in upper case, "
+                                    "'_' for '.' and '-', e.g. DICOM_RST_SERVER_HTTP_PORT, "
+                                    "DICOM_RST_AETS_0_HOST)")
+        found.append((steps, name, _env_value(name, text)))
+    if not found:
+        return data, {}
+    # In path order, so entries of a list are added in index order.
+    found.sort(key=lambda item: [(0, k, 0) if kind == "key" else (1, "", k) for kind, k in item[0]])
+    root = copy.deepcopy(data) if data is not None else {}
+    if not isinstance(root, Mapping):
+        return data, {}  # the file's own error is reported
+    origins = {}
+    for steps, name, value in found:
+        _set_path(root, Config, steps, value, name)
+        origins[_show_path(steps)] = name
+    return root, origins
+
+
+def _set_path(node: Any, cls: type, steps: list[_Step], value: Any, name: str) -> None:
+    fields = {f.name.replace("_", "-"): f for f in attrs.fields(cls)}
+    fields.update({f.metadata["alias"]: f for f in attrs.fields(cls) if f.metadata["alias"]})
+    i = 0
+    while i < len(steps):
+        _, spelled = steps[i]
+        assert isinstance(spelled, str)
+        field = fields[spelled]
+        # Where the file has the key under its other spelling (``host`` for ``interface``), that one.
+        spellings = [field.name.replace("_", "-"), field.metadata["alias"]]
+        key = next((k for k in spellings if k and k in node), spelled)
+        where = _show_path(steps[: i + 1])
+        if i == len(steps) - 1:
+            node[key] = value
+            return
+        schema, many = _SHAPES[field.metadata["check"]]
+        child = node.get(key)
+        if many:
+            index = steps[i + 1][1]
+            assert isinstance(index, int)
+            if child is None:
+                # Not in the file: the default list, each entry all defaults.
+                factory = getattr(field.default, "factory", None)
+                child = [{} for _ in (factory() if factory is not None else ())]
+            if not isinstance(child, list):
+                raise ConfigError(name, f"cannot set {_show_path(steps)}: {where} is not a list")
+            node[key] = child
+            at = index + len(child) if index < 0 else index
+            if at == len(child):
+                child.append({})
+            elif not 0 <= at < len(child):
+                raise ConfigError(name, f"cannot set {_show_path(steps)}: {where} has {len(child)} "
+                                        "entries; add them in order, from the next index")
+            if i + 1 == len(steps) - 1:
+                child[at] = value
+                return
+            entry = child[at]
+            if entry is None:
+                entry = child[at] = {}
+            if not isinstance(entry, dict):
+                raise ConfigError(name, f"cannot set {_show_path(steps)}: {where}[{index}] is not a mapping")
+            node, i = entry, i + 2
+        else:
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(name, f"cannot set {_show_path(steps)}: {where} is not a mapping")
+            node, i = child, i + 1
+        assert schema is not None
+        cls = schema
+        fields = {f.name.replace("_", "-"): f for f in attrs.fields(cls)}
+        fields.update({f.metadata["alias"]: f for f in attrs.fields(cls) if f.metadata["alias"]})
+
+
 def parse_config(data: object, resolve: Callable[[str], object] = default_resolver,
                  environ: Mapping[str, str] = os.environ) -> Config:
-    """Validate already-parsed YAML (None = all defaults) and build the `Config`.
+    """Validate already-parsed YAML (None = all defaults), with the ``DICOM_RST_*``
+    variables of `environ` over it, and build the `Config`.
 
     `resolve(host)` must raise OSError (or ValueError) for a host that does not resolve;
-    `environ` supplies ``credentials.*-env`` variables.
+    `environ` also supplies ``credentials.*-env`` variables.  An error in a value a
+    variable set names the variable too.
     """
+    data, origins = _apply_environment(data, environ)
+    try:
+        return _parse(data, resolve, environ)
+    except ConfigError as e:
+        for key, name in origins.items():
+            if e.path == key or e.path.startswith((key + ".", key + "[")):
+                raise ConfigError(e.path, f"{e.message} (set by {name})", file=e.file, line=e.line) from None
+        raise
+
+
+def _parse(data: object, resolve: Callable[[str], object], environ: Mapping[str, str]) -> Config:
     config: Config = _build(Config, {} if data is None else data, "", environ)
     _unique_aets([a.aet for a in config.aets], "aets")
     listeners = [d.aet for d in config.server.dimse]
     _unique_aets(listeners, "server.dimse")
+    archives = {a.aet: a.backend for a in config.aets}
+    storing: dict[str, str] = {}
+    for i, listener in enumerate(config.server.dimse):
+        if listener.store_to is None:
+            continue
+        backend = archives.get(listener.store_to)
+        if backend not in ("LOCAL", "S3"):
+            what = f"a {backend} AET" if backend else "no aets[].aet"
+            raise ConfigError(f"server.dimse[{i}].store-to",
+                              f"{listener.store_to!r} names {what}; it must name a LOCAL or S3 AET")
+        storing[listener.aet] = listener.store_to
     for i, entry in enumerate(config.aets):
         for j, receiver in enumerate(entry.wado_rs.receivers):
             if receiver not in listeners:
                 known = ", ".join(listeners) or "none configured"
                 raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
                                   f"{receiver!r} names no server.dimse[].aet ({known})")
+            if receiver in storing:
+                # Its C-STOREs go into the archive: sub-operations of a move would too.
+                raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
+                                  f"{receiver!r} stores into {storing[receiver]} (store-to); a C-MOVE "
+                                  "destination must be a listener without store-to")
     _check_auth(config.server.auth)
     # DNS last, so a typo elsewhere is reported without waiting on the resolver.
     for i, entry in enumerate(config.aets):
@@ -792,6 +1014,39 @@ class _Loader(yaml.SafeLoader):
                     f"found duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+#: Where a first run (no ``--config``) keeps its data, relative to the working directory.
+FIRST_RUN_DIRECTORY = "dicomrst-data"
+
+
+def first_run_data() -> dict[str, Any]:
+    """The configuration of ``twistd dicomrst`` without ``--config``: something to try
+    with nothing else installed.  One LOCAL AET ``LOCAL`` in ``./dicomrst-data/objects``,
+    HTTP on 127.0.0.1:8080, and a listener ``DICOMRST`` on 127.0.0.1:11112 that stores
+    what is pushed to it into ``LOCAL`` (compressed syntaxes taken as sent).  Loopback
+    only: a first run must not open an archive to the network."""
+    return {
+        "server": {
+            "http": {"interface": "127.0.0.1", "port": 8080},
+            "dimse": [
+                {
+                    "aet": "DICOMRST",
+                    "interface": "127.0.0.1",
+                    "port": 11112,
+                    "store-to": "LOCAL",
+                    "uncompressed": False,
+                }
+            ],
+        },
+        "aets": [{"aet": "LOCAL", "backend": "LOCAL", "path": f"{FIRST_RUN_DIRECTORY}/objects"}],
+    }
+
+
+def first_run_config(resolve: Callable[[str], object] = default_resolver,
+                     environ: Mapping[str, str] = os.environ) -> Config:
+    """`first_run_data`, with the ``DICOM_RST_*`` variables of `environ` over it."""
+    return parse_config(first_run_data(), resolve, environ)
 
 
 def load_config(path: str | os.PathLike[str] | None,

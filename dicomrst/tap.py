@@ -8,6 +8,7 @@ install the default reactor before twistd has read ``--reactor``.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -16,23 +17,27 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 import dicomrst
 from dicomrst.auth.authenticator import Authenticator
 from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
 from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, KeySource, OidcSettings, UrlKeys
 from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
-from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.intake import SpoolingIntake
+from dicomrst.backends.interfaces import IBackend, IInstanceIntake
+from dicomrst.backends.local import LocalArchiveError, LocalBackend
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.cache import CacheDirectoryError, InstanceCache
 from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import Config, ConfigError, config_warnings, load_config
+from dicomrst.config import Config, ConfigError, config_warnings, first_run_config, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
+from dicomrst.index.interfaces import IIndex
 from dicomrst.logs import logger, set_level
 
 if TYPE_CHECKING:
@@ -52,10 +57,11 @@ class Options(usage.Options):
     synopsis = "[--config PATH]"
     longdesc = (
         "dicomrst answers QIDO-RS, WADO-RS and STOW-RS over HTTP by talking DIMSE to PACS "
-        "(and reading S3). It reads a DICOM-RST style YAML config; without --config it runs "
-        "on DICOM-RST's defaults (HTTP on 0.0.0.0:8080, a C-STORE/C-ECHO listener "
-        "DICOM-RST on 0.0.0.0:7001, no AETs). Config errors stop startup with one line "
-        "naming the key."
+        "(and reading S3 or a local directory). It reads a DICOM-RST style YAML config; "
+        "without --config it serves a local archive: the AET LOCAL in ./dicomrst-data, "
+        "HTTP on 127.0.0.1:8080 and a C-STORE listener DICOMRST on 127.0.0.1:11112 into it. "
+        "DICOM_RST_* environment variables override either. Config errors stop startup "
+        "with one line naming the key."
     )
     optParameters = [
         ["config", "c", None, "YAML config file with DICOM-RST's keys (times in milliseconds)."],
@@ -63,20 +69,39 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["loaded"] = load_config(self["config"])
+            if self["config"] is None:
+                self["loaded"] = first_run_config()
+            else:
+                self["loaded"] = load_config(self["config"])
         except ConfigError as e:
             _die(f"config error: {e}")
 
 
 class BackendsService(Service):
-    """Owns the backends; stopping it releases their associations."""
+    """Owns the backends; starting it readies the LOCAL directories (a directory that
+    cannot be used stops the gateway), stopping it releases their associations."""
 
-    def __init__(self, backends: dict[str, IBackend]) -> None:
+    def __init__(self, backends: dict[str, IBackend], paths: dict[str, str] | None = None) -> None:
         self.backends = backends
+        self.paths = paths or {}  # LOCAL AET -> its config key, for messages
+
+    def startService(self) -> None:
+        for aet, backend in self.backends.items():
+            if isinstance(backend, LocalBackend):
+                try:
+                    started = backend.start()
+                except LocalArchiveError as e:
+                    _die(f"config error: {self.paths.get(aet, aet)}: {e}")
+                started.addErrback(_cleanup_failed, aet)
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return DeferredList([maybeDeferred(b.stop) for b in self.backends.values()], consumeErrors=True)
+
+
+def _cleanup_failed(reason: Failure, aet: str) -> None:
+    log.failure("{aet}: removing the temporary files of an earlier run failed", reason, aet=aet)
 
 
 class CacheService(Service):
@@ -246,9 +271,12 @@ def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
     return AccessGate(authenticator, policy)
 
 
-def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
+def build(config: Config, reactor: IGatewayReactor, index: IIndex | None = None) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
-    the order they stop): the backends, the cache, the DIMSE listeners, HTTP."""
+    the order they stop): the backends, the cache, the DIMSE listeners, HTTP.
+
+    `index`: what LOCAL AETs search and record their instances in (None: files only,
+    and search on them answers 501)."""
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.responses import CorsPolicy
     from dicomrst.web.service import HTTPService
@@ -260,6 +288,7 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     # their sub-operations arrive on.
     moves = MoveRegistry(config.server.aet)
     listeners = {listener.aet: listener for listener in config.server.dimse}
+    local_paths: dict[str, str] = {}
     for i, aet in enumerate(config.aets):
         if aet.backend == "DIMSE":
             receiver = None
@@ -278,13 +307,17 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
                         i=i,
                     )
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
+        elif aet.backend == "LOCAL":
+            assert aet.path is not None
+            backends[aet.aet] = LocalBackend(aet.aet, aet.path, reactor, index=index)
+            local_paths[aet.aet] = f"aets[{i}].path"
         else:
             # Imported only when a bucket is configured: botocore alone adds ~25 MB of
             # resident memory to every gateway that never talks to S3.
             from dicomrst.backends.s3 import S3Backend
 
             backends[aet.aet] = S3Backend(aet, reactor)
-    BackendsService(backends).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    BackendsService(backends, local_paths).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     # After the backends: it stops before them, so its retrieves are cancelled while the
     # associations they run on still exist.
     cache = make_cache(config, reactor)
@@ -293,12 +326,19 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     for i, listener in enumerate(config.server.dimse):
         description = listener.endpoint_description()
         _check_endpoint(reactor, description, f"server.dimse[{i}].endpoint")
+        store_to = None
+        if listener.store_to is not None:
+            archive = backends[listener.store_to]
+            intake = archive if IInstanceIntake.providedBy(archive) else SpoolingIntake(archive, reactor)
+            store_to = (listener.store_to, cast(IInstanceIntake, intake).receive)
         factory = listener_factory(
             listener.aet,
             reactor,
             moves,
             uncompressed=listener.uncompressed,
             idle_timeout=listener.idle_timeout_s,
+            store_to=store_to,
+            allowed_callers=frozenset(listener.allowed_callers),
         )
         listening = DimseListenerService(reactor, description, factory)
         listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -333,6 +373,28 @@ def build(config: Config, reactor: IGatewayReactor) -> GatewayService:
     return top
 
 
+def first_run_lines(config: Config) -> list[str]:
+    """What a first run (no ``--config``) tells its user: where things are, what to use."""
+    http = config.server.http
+    base = http.base_path.rstrip("/")
+    host = "[" + http.interface + "]" if ":" in http.interface else http.interface
+    if host in ("0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    root = f"http://{host}:{http.port}{base}"
+    lines = ["no --config: serving a local archive (DICOM_RST_* variables override its keys)"]
+    for aet in config.aets:
+        if aet.backend == "LOCAL" and aet.path is not None:
+            lines.append(f"{aet.aet}: files in {os.path.abspath(aet.path)}")
+            lines.append(f"DICOMweb (QIDO-RS, WADO-RS, STOW-RS): {root}/aets/{aet.aet}")
+    for listener in config.server.dimse:
+        if listener.store_to is not None:
+            lines.append(
+                f"C-STORE into {listener.store_to}: AE title {listener.aet} at "
+                f"{listener.interface}:{listener.port}"
+            )
+    return lines
+
+
 def _check_endpoint(reactor: IGatewayReactor, description: str, key: str) -> None:
     try:
         serverFromString(reactor, description)
@@ -349,11 +411,14 @@ def makeService(options: Options) -> IService:
         "dicomrst {version} starting: {n} AET(s), config {path}",
         version=dicomrst.__version__,
         n=len(config.aets),
-        path=options["config"] or "(built-in defaults)",
+        path=options["config"] or "(none: a first run, see below)",
     )
     # Not a "warning" field: Twisted's legacy observers take that for a Python warning.
     for problem in config_warnings(config):
         log.warn("config: {problem}", problem=problem)
+    if options["config"] is None:
+        for line in first_run_lines(config):
+            log.info("{line}", line=line)
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.

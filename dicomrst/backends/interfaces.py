@@ -1,8 +1,8 @@
 """Where backends plug in: the web layer talks to an AET only through `IBackend`.
 
 An interface module holds contracts only: it imports no implementation.  The DIMSE
-backend (`dicomrst.backends.pacs`) and the S3 backend (`dicomrst.backends.s3`) provide
-it, and so does the tests' fake.
+backend (`dicomrst.backends.pacs`), the S3 backend (`dicomrst.backends.s3`) and the
+LOCAL backend (`dicomrst.backends.local`) provide it, and so does the tests' fake.
 """
 
 from __future__ import annotations
@@ -14,22 +14,23 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
-from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import STUDY_ROOT_FIND
 
 
 class IBackend(Interface):
-    """One configured AET (``aets[]``): a PACS reached over DIMSE, or an S3 bucket."""
+    """One configured AET (``aets[]``): a PACS reached over DIMSE, an S3 bucket, or a
+    LOCAL directory."""
 
     aet: str = Attribute("The AE title this backend is published under (``/aets/{aet}``).")
-    kind: str = Attribute('"DIMSE" or "S3".')
+    kind: str = Attribute('"DIMSE", "S3" or "LOCAL".')
     retrieve_syntaxes: tuple[str, ...] = Attribute(
         "The transfer syntaxes retrieved instances may arrive in, best first: a WADO-RS "
         "request none of which can be answered as asked is a 406 before anything moves."
     )
     store_concurrency: int = Attribute(
         "How many instances of one STOW-RS upload may be stored at once (``pool.size`` for "
-        "DIMSE, ``concurrency`` for S3)."
+        "DIMSE, ``concurrency`` for S3, a few file writers for LOCAL)."
     )
 
     def echo() -> Deferred[float]:
@@ -99,3 +100,22 @@ class IRangedReads(Interface):
         `NotFound` (no such object), `RangesRefused` (the store answered without a
         range), `UpstreamError`, `UpstreamTimeout` or `ServiceUnavailable`; cancelling the
         Deferred drops the read."""
+
+
+class IInstanceIntake(Interface):
+    """Takes instances pushed into an archive AET (a ``server.dimse[]`` listener with
+    ``store-to``), each as its data set arrives.
+
+    The LOCAL backend provides it itself (the data set streams into a temporary file in
+    its directory); any other backend that stores instances is given one that spools to a
+    temporary file and then calls `IBackend.store_instance`
+    (`dicomrst.backends.intake.SpoolingIntake`).
+    """
+
+    def receive(
+        sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_aet: str
+    ) -> IInstanceConsumer:
+        """Open one instance (its data set in `transfer_syntax`, no file meta; `source_aet`
+        the calling AE title); its consumer's ``done`` fires with the C-STORE status once
+        the instance is stored durably (or was refused: a failure status), never earlier.
+        Raises to refuse the instance at once."""

@@ -47,7 +47,8 @@ _SAFE_INTEGER = 2**53
 _KEEP_TEXT = (IS, DSfloat, DSdecimal, DA, DT, TM)
 
 
-def _string(text: str) -> str:
+def json_string(text: str) -> str:
+    """`text` as a JSON string, UTF-8 characters kept (escaped only when they cannot be)."""
     encoded = json.dumps(text, ensure_ascii=False)
     try:
         encoded.encode("utf-8")
@@ -61,7 +62,8 @@ def _clean(vr: str, text: str) -> str:
     return text.lstrip(" ") if vr in _STRIP_BOTH else text
 
 
-def _float(value: float, single: bool) -> str:
+def float_text(value: float, single: bool) -> str:
+    """An FL (`single`) or FD value as a JSON number; ``null`` for NaN and infinities."""
     if not math.isfinite(value):
         return "null"
     if single:
@@ -97,7 +99,13 @@ def original_text(value: object) -> str:
 
 def _decimal(vr: str, value: object) -> str:
     """An IS or DS value as a JSON number, keeping the written digits when JSON allows."""
-    text = _clean(vr, original_text(value))
+    return decimal_text(vr, original_text(value))
+
+
+def decimal_text(vr: str, text: str) -> str:
+    """An IS or DS value written as `text` (see `original_text`) as a JSON number, or as a
+    JSON string when it is not a number."""
+    text = _clean(vr, text)
     if text.startswith("+"):
         text = text[1:]
     if _JSON_NUMBER.fullmatch(text):
@@ -105,9 +113,9 @@ def _decimal(vr: str, value: object) -> str:
     try:
         number = int(text) if vr == "IS" else float(text)
     except ValueError:
-        return _string(text)  # not a number at all: keep it as the string it is
+        return json_string(text)  # not a number at all: keep it as the string it is
     if isinstance(number, float):
-        return _float(number, single=False)
+        return float_text(number, single=False)
     return str(number)
 
 
@@ -117,7 +125,7 @@ def _person_name(value: object) -> str:
     groups = list(value.components) if isinstance(value, PersonName) else str(value).split("=")
     names = ("Alphabetic", "Ideographic", "Phonetic")
     parts = [
-        f'"{name}":{_string(group.rstrip(" "))}'
+        f'"{name}":{json_string(group.rstrip(" "))}'
         for name, group in zip(names, groups, strict=False)
         if group and group.rstrip(" ")
     ]
@@ -137,13 +145,13 @@ def _value(vr: str, value: Any) -> str:  # one value of a pydicom element, of an
         number = int(value)
         return str(number) if abs(number) <= _SAFE_INTEGER else f'"{number}"'
     if vr in _FLOAT_VRS:
-        return _float(float(value), single=vr == "FL")
+        return float_text(float(value), single=vr == "FL")
     if vr == "AT":
         return f'"{int(value):08X}"'
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     text = _clean(vr, original_text(value))
-    return _string(text) if text else "null"
+    return json_string(text) if text else "null"
 
 
 def _is_empty(value: object) -> bool:

@@ -140,6 +140,7 @@ class StoragePolicy(AcceptorPolicy):
             tuple(contexts),
             max_pdu=self.max_pdu,
             check_called_aet=self.check_called_aet,
+            allowed_callers=self.allowed_callers,
         ).decide(request, protocol_version)
 
 
@@ -166,10 +167,13 @@ def _proposal_key(request: A_ASSOCIATE, protocol_version: int) -> tuple[Any, ...
     )
 
 
-def listener_policy(aet: str, uncompressed: bool, max_pdu: int) -> StoragePolicy:
+def listener_policy(
+    aet: str, uncompressed: bool, max_pdu: int, allowed_callers: frozenset[str] = frozenset()
+) -> StoragePolicy:
     return StoragePolicy(
         aet,
         listener_contexts(uncompressed),
         max_pdu=max_pdu,
+        allowed_callers=allowed_callers,
         storage_syntaxes=receivable_syntaxes(uncompressed),
     )

@@ -12,6 +12,7 @@ from dicomrst.dimse.contexts import listener_policy
 from dicomrst.dimse.echo import VERIFICATION_CONTEXT, EchoSCP
 from dicomrst.dimse.move_destination import MoveStoreSCP
 from dicomrst.dimse.move_registry import MoveRegistry
+from dicomrst.dimse.storage_scp import ArchiveStoreSCP, OpenInstance
 from dicomrst.ul.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, ContextProposal
 from dicomrst.ul.protocol import DEFAULT_ARTIM_TIMEOUT, ULProtocol
 
@@ -81,18 +82,27 @@ def listener_factory(
     max_pdu: int = DEFAULT_MAX_PDU,
     artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    store_to: tuple[str, OpenInstance] | None = None,
+    allowed_callers: frozenset[str] = frozenset(),
 ) -> DimseServerFactory:
-    """A ``server.dimse[]`` listener: C-ECHO, and C-STORE for the moves in `registry`.
+    """A ``server.dimse[]`` listener: C-ECHO, and C-STORE for the moves in `registry`, or,
+    with `store_to` (the archive AET, and how an instance is opened in it), into that
+    archive (`ArchiveStoreSCP`).  Only `allowed_callers` may associate (empty: anyone).
 
     It takes every storage SOP class in Explicit or Implicit VR Little Endian, and the
     compressed transfer syntaxes only when `uncompressed` is false.
     """
+    handler: RequestHandler
+    if store_to is not None:
+        handler = ArchiveStoreSCP(aet, store_to[0], store_to[1])
+    else:
+        handler = MoveStoreSCP(registry, aet)
     return DimseServerFactory(
         aet,
         clock,
-        handlers={commands.C_STORE_RQ: MoveStoreSCP(registry, aet)},
+        handlers={commands.C_STORE_RQ: handler},
         max_pdu=max_pdu,
         artim_timeout=artim_timeout,
         idle_timeout=idle_timeout,
-        policy=listener_policy(aet, uncompressed, max_pdu),
+        policy=listener_policy(aet, uncompressed, max_pdu, allowed_callers),
     )

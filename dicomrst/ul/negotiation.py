@@ -285,6 +285,8 @@ class AcceptorPolicy:
     contexts: tuple[ContextProposal, ...]
     max_pdu: int = DEFAULT_MAX_PDU
     check_called_aet: bool = True
+    #: The calling AE titles accepted (empty: any).
+    allowed_callers: frozenset[str] = frozenset()
 
     def decide(self, request: A_ASSOCIATE, protocol_version: int = 1) -> Acceptance | Rejection:
         """Accept or reject `request` (an A-ASSOCIATE-RQ with `protocol_version`)."""
@@ -296,6 +298,8 @@ class AcceptorPolicy:
             return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_USER, REASON_APP_CONTEXT_NOT_SUPPORTED)
         if self.check_called_aet and request.called_ae_title.strip() != self.aet.strip():
             return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_USER, REASON_CALLED_AE_NOT_RECOGNIZED)
+        if self.allowed_callers and request.calling_ae_title.strip() not in self.allowed_callers:
+            return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
         supported = []
         for proposal in self.contexts:
             cx = PresentationContext()

@@ -1,9 +1,13 @@
 # -*- test-case-name: tests.unit.test_wado_parts -*-
 """WADO-RS metadata: one instance's data set → a DICOM JSON object with BulkDataURIs.
 
-`instance_metadata_json` parses the data set with pydicom and writes the object with
-`dicomrst.common.dicomjson.element_json` for every attribute it keeps inline, so search and
-retrieve speak the same DICOM JSON. Values replaced by ``{"vr": …, "BulkDataURI": …}``:
+`instance_metadata_json` writes the object straight from the data set's bytes with
+`dicomrst.common.rawjson` (Explicit and Implicit VR Little Endian). For what that walk
+declines (other syntaxes, code extensions, values pydicom would have to guess at…), and
+as the reference the walk is tested against, `pydicom_metadata_json` parses the data set
+with pydicom and writes the object with `dicomrst.common.dicomjson.element_json` for every
+attribute it keeps inline, so search and retrieve speak the same DICOM JSON. Both write the
+same bytes. Values replaced by ``{"vr": …, "BulkDataURI": …}``:
 
 * the pixel data elements (7FE0,0010), (7FE0,0008), (7FE0,0009), whenever not empty
   (native or encapsulated), at any depth;
@@ -35,6 +39,7 @@ from pydicom.hooks import hooks
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicomrst.common.dicomjson import element_json
+from dicomrst.common.rawjson import metadata_json
 from dicomrst.common.tags import PIXEL_DATA_TAGS, TRAILING_PADDING, UNDEFINED_LENGTH
 from dicomrst.common.transcode import DataSetError, check_length, parse_dataset, resolve_ambiguous
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
@@ -52,6 +57,23 @@ def instance_metadata_json(
     compressed ones are explicit VR little endian outside the pixel data). Raises
     `DataSetError` when it does not parse.
     """
+    if transfer_syntax not in (DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE):
+        text = metadata_json(
+            dataset_bytes,
+            implicit=transfer_syntax == IMPLICIT_VR_LE,
+            bulk_base=bulk_base,
+            threshold=threshold,
+        )
+        if text is not None:
+            return text.encode("utf-8")
+    return pydicom_metadata_json(dataset_bytes, transfer_syntax, bulk_base, threshold)
+
+
+def pydicom_metadata_json(
+    dataset_bytes: bytes, transfer_syntax: str, bulk_base: str, threshold: int = DEFAULT_THRESHOLD
+) -> bytes:
+    """`instance_metadata_json` through pydicom: any transfer syntax, every value pydicom
+    reads; the reference the fast walk is tested against."""
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
         try:
             dataset_bytes = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
@@ -83,10 +105,13 @@ def _vr_and_length(ds: Dataset, tag: int, element: DataElement | RawDataElement)
 def _object(ds: Dataset, prefix: str, threshold: int, top: bool = False) -> str:
     """`ds` as a JSON object; `prefix` is the BulkDataURI of this level, ending in '/'."""
     members = []
-    for tag in sorted(ds.keys()):
+    # The elements as read, before any is converted: pydicom converts some on the way (Pixel
+    # Representation when a sequence is opened; get_item any empty Implicit VR element), and a
+    # converted one has lost its length.
+    elements = [(tag, ds.get_item(tag, keep_deferred=True)) for tag in sorted(ds.keys())]
+    for tag, element in elements:
         if tag.element == 0 or (top and tag.group == 2) or tag == TRAILING_PADDING:
             continue  # group lengths; file meta that some PACS leave in the data set; padding
-        element = ds.get_item(tag)
         vr, length = _vr_and_length(ds, tag, element)
         if vr in AMBIGUOUS_VR:  # all of them binary or numeric; pydicom resolves them
             vr = str(resolve_ambiguous(ds, tag).VR)

@@ -509,6 +509,30 @@ class GatewayStowTests(S3TestCase):
         self.assertEqual(await get_object(moto, BUCKET, key_of(items[0])), items[0].data)
 
 
+class StoreToTests(S3TestCase):
+    async def test_storescu_into_the_bucket(self) -> None:
+        """A listener with ``store-to`` an S3 AET: DCMTK's storescu pushes, the object in the
+        bucket is the instance (the gateway's file meta, the data set as sent)."""
+        moto = await self.moto()
+        await upload(moto, BUCKET, {})
+        gw = await start_gateway(self, [s3_aet(moto)], listener={"store-to": AET})
+        item = orthanc_data()["multi"][0]
+        path = os.path.join(peers._temp_dir(self, "storescu"), "one.dcm")
+        with open(path, "wb") as f:
+            f.write(item.data)
+        argv = ["storescu", "-v", "-aet", "MODALITY", "-aec", "GWSCP", peers.LOCALHOST, str(gw.dimse_port)]
+        argv.append(path)
+        result = await peers.run_tool(self, argv)
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertIn("Received Store Response (Success)", result.stdout + result.stderr, result.describe())
+        stored = await get_object(moto, BUCKET, key_of(item))
+        sent = parse_file_meta(item.data, complete=True)
+        got = parse_file_meta(stored, complete=True)
+        assert sent is not None and got is not None
+        self.assertEqual(stored[got[0]:], item.data[sent[0]:])
+        self.assertEqual(dcmread(io.BytesIO(stored)).file_meta.SourceApplicationEntityTitle, "MODALITY")
+
+
 class MidStreamTests(S3TestCase):
     async def test_server_stopped_mid_stream(self) -> None:
         moto = await self.moto(auth=False)

@@ -175,6 +175,7 @@ def start_gateway(
     ready_path: str = "/",
     dimse_port: int | None = None,
     listener: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
     ready_headers: Mapping[str, str] | None = None,
     server: Mapping[str, Any] | None = None,
 ) -> Deferred[Gateway]:
@@ -182,6 +183,7 @@ def start_gateway(
 
     ``dimse_port``: the listener's port when the caller chose it (a C-MOVE source must know it
     before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry;
+    ``env``: more environment variables for the process (``DICOM_RST_*`` overrides);
     ``ready_headers``: sent with the readiness request (credentials, for ``server.auth``);
     ``server``: more ``server`` sections of the config.
 
@@ -202,7 +204,7 @@ def start_gateway(
             sys.executable,
             sys.executable,
             twistd_args(config_path),
-            gateway_env(),
+            {**gateway_env(), **(env or {})},
             cwd=directory,
             log_path=log_path,
             grace=STOP_TIMEOUT,

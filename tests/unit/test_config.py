@@ -26,6 +26,7 @@ from dicomrst.config import (
     config_warnings,
     default_cache_path,
     default_resolver,
+    first_run_config,
     load_config,
     parse_config,
 )
@@ -485,7 +486,7 @@ class ErrorTests(SynchronousTestCase):
 
     def test_enums(self) -> None:
         self.assertError(with_aets(dimse_aet(backend="FTP")), "aets[0].backend",
-                         "expected one of DIMSE, S3, got 'FTP'")
+                         "expected one of DIMSE, S3, LOCAL, got 'FTP'")
         self.assertError(with_aets(dimse_aet(**{"wado-rs": {"mode": "parallel"}})), "aets[0].wado-rs.mode",
                          "concurrent, sequential")
         self.assertError(with_aets(dimse_aet(**{"wado-rs": {"retrieve": "store"}})),
@@ -657,3 +658,132 @@ class WarningTests(SynchronousTestCase):
         [warning] = config_warnings(parse({"telemetry": {"sentry": "https://key@sentry.example/1"}}))
         self.assertIn("telemetry.sentry is set, but dicomrst does not report to Sentry", warning)
         self.assertNotIn("key@", warning)
+
+
+LOCAL_AET = {"aet": "ARCHIVE", "backend": "LOCAL", "path": "/srv/dicom"}
+
+
+class LocalAndStoreToTests(SynchronousTestCase):
+    """``backend: LOCAL`` and listeners with ``store-to`` / ``allowed-callers``."""
+
+    assertError = ErrorTests.assertError
+
+    def test_local_aet(self) -> None:
+        config = parse(with_aets(dict(LOCAL_AET, backend="local", cache=False)))
+        [aet] = config.aets
+        self.assertEqual((aet.backend, aet.path, aet.cache, aet.host), ("LOCAL", "/srv/dicom", False, None))
+
+    def test_local_needs_a_path_and_takes_no_other_backends_keys(self) -> None:
+        self.assertError(with_aets({"aet": "A", "backend": "LOCAL"}), "aets[0].path",
+                         "missing required key for backend LOCAL")
+        other = "unknown key for backend LOCAL"
+        self.assertError(with_aets(dict(LOCAL_AET, host="pacs")), "aets[0].host", other)
+        self.assertError(with_aets(dict(LOCAL_AET, bucket="b")), "aets[0].bucket", other)
+        self.assertError(with_aets(dimse_aet(path="/x")), "aets[0].path", "unknown key for backend DIMSE")
+        self.assertError(with_aets(dict(S3_AET, path="/x")), "aets[0].path", "unknown key for backend S3")
+
+    def test_store_to(self) -> None:
+        data = with_aets(LOCAL_AET, S3_AET, dimse_aet())
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "ARCHIVE", "allowed-callers": ["CT1", "MR1 "]},
+                                    {"aet": "IN2", "store-to": S3_AET["aet"]}]}
+        listeners = parse(data).server.dimse
+        self.assertEqual((listeners[0].store_to, listeners[0].allowed_callers), ("ARCHIVE", ("CT1", "MR1")))
+        self.assertEqual((listeners[1].store_to, listeners[1].allowed_callers), (S3_AET["aet"], ()))
+
+    def test_store_to_must_name_an_archive(self) -> None:
+        data = with_aets(LOCAL_AET, dimse_aet())
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "PACS"}]}
+        self.assertError(data, "server.dimse[0].store-to", "'PACS' names a DIMSE AET", "LOCAL or S3")
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "NOPE"}]}
+        self.assertError(data, "server.dimse[0].store-to", "names no aets[].aet")
+
+    def test_a_store_to_listener_is_no_move_destination(self) -> None:
+        data = with_aets(LOCAL_AET, dimse_aet(**{"wado-rs": {"receivers": ["IN"]}}))
+        data["server"] = {"dimse": [{"aet": "IN", "store-to": "ARCHIVE"}]}
+        self.assertError(data, "aets[1].wado-rs.receivers[0]", "stores into ARCHIVE")
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """``DICOM_RST_`` + the key path in upper case, ``_`` for ``.`` and ``-``, over the file
+    and the defaults; list entries as ``AETS[0]`` (DICOM-RST's form) or ``AETS_0``."""
+
+    assertError = ErrorTests.assertError
+
+    def test_over_the_defaults_and_the_file(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_PORT": "18081"})
+        self.assertEqual(config.server.http.port, 18081)
+        config = parse({"server": {"http": {"port": 9000, "interface": "127.0.0.1"}}},
+                       {"DICOM_RST_SERVER_HTTP_PORT": "18081"})
+        self.assertEqual((config.server.http.port, config.server.http.interface), (18081, "127.0.0.1"))
+
+    def test_underscore_stands_for_dot_and_dash_and_case_does_not_matter(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_MAX_UPLOAD_SIZE": "1000",
+                              "dicom_rst_server_http_base-path": "/dicomweb",
+                              "DICOM_RST_TELEMETRY_LEVEL": "debug"})
+        self.assertEqual(config.server.http.max_upload_size, 1000)
+        self.assertEqual(config.server.http.base_path, "/dicomweb")
+        self.assertEqual(config.telemetry.level, "DEBUG")
+
+    def test_values_are_yaml_scalars(self) -> None:
+        config = parse(None, {"DICOM_RST_SERVER_HTTP_GRACEFUL_SHUTDOWN": "false",
+                              "DICOM_RST_SERVER_AET": "'1234'",
+                              "DICOM_RST_SERVER_HTTP_BASE_PATH": ""})
+        self.assertEqual((config.server.http.graceful_shutdown, config.server.aet), (False, "1234"))
+        self.assertEqual(config.server.http.base_path, "/")
+
+    def test_list_entries(self) -> None:
+        data = with_aets(dimse_aet("A"), dimse_aet("B"))
+        config = parse(data, {"DICOM_RST_AETS[1]_PORT": "11112", "DICOM_RST_AETS_0_POOL_SIZE": "3",
+                              "DICOM_RST_AETS[-1]_AET": "LAST"})
+        self.assertEqual([(a.aet, a.port, a.pool.size) for a in config.aets],
+                         [("A", 104, 3), ("LAST", 11112, 16)])
+
+    def test_new_entries_in_index_order_and_the_default_listener(self) -> None:
+        config = parse(None, {"DICOM_RST_AETS_0_AET": "ARCHIVE", "DICOM_RST_AETS_0_BACKEND": "LOCAL",
+                              "DICOM_RST_AETS_0_PATH": "/srv/dicom",
+                              "DICOM_RST_SERVER_DIMSE_0_STORE_TO": "ARCHIVE",
+                              "DICOM_RST_SERVER_DIMSE_0_ALLOWED_CALLERS": "[CT1, MR1]"})
+        [aet] = config.aets
+        [listener] = config.server.dimse
+        self.assertEqual((aet.aet, aet.backend, aet.path), ("ARCHIVE", "LOCAL", "/srv/dicom"))
+        self.assertEqual((listener.aet, listener.port, listener.store_to, listener.allowed_callers),
+                         ("DICOM-RST", 7001, "ARCHIVE", ("CT1", "MR1")))
+        gap = {"DICOM_RST_AETS_1_AET": "X"}
+        self.assertError(None, "DICOM_RST_AETS_1_AET", "aets has 0 entries", environ=gap)
+
+    def test_an_alias_in_the_file_is_overridden_not_doubled(self) -> None:
+        data = {"server": {"http": {"host": "127.0.0.1"}}}
+        config = parse(data, {"DICOM_RST_SERVER_HTTP_INTERFACE": "::1"})
+        self.assertEqual(config.server.http.interface, "::1")
+
+    def test_unknown_key_names_the_variable(self) -> None:
+        for name in ("DICOM_RST_SERVER_HTTP_PROT", "DICOM_RST_SERVER_HTTP", "DICOM_RST_AETS",
+                     "DICOM_RST_SERVER_HTTP_PORT[0]", "DICOM_RST_SERVER.HTTP.PORT"):
+            self.assertError(None, name, "names no configuration key", environ={name: "1"})
+
+    def test_a_bad_value_names_the_key_and_the_variable(self) -> None:
+        e = self.assertError(None, "server.http.port", environ={"DICOM_RST_SERVER_HTTP_PORT": "0"})
+        self.assertEqual(str(e), "server.http.port: must be between 1 and 65535, got 0 "
+                                 "(set by DICOM_RST_SERVER_HTTP_PORT)")
+        self.assertError(None, "DICOM_RST_SERVER_AET", "not a YAML value",
+                         environ={"DICOM_RST_SERVER_AET": "[unclosed"})
+
+    def test_other_variables_are_left_alone(self) -> None:
+        config = parse(None, {"DICOM_RSTX": "1", "HOME": "/root", "DICOM_RST": "1"})
+        self.assertEqual(config, parse(None))
+
+
+class FirstRunTests(SynchronousTestCase):
+    def test_a_local_archive_on_loopback(self) -> None:
+        config = first_run_config(resolver(), {})
+        [aet] = config.aets
+        [listener] = config.server.dimse
+        self.assertEqual((aet.aet, aet.backend, aet.path), ("LOCAL", "LOCAL", "dicomrst-data/objects"))
+        self.assertEqual((config.server.http.interface, config.server.http.port), ("127.0.0.1", 8080))
+        got = (listener.aet, listener.interface, listener.port, listener.store_to, listener.uncompressed)
+        self.assertEqual(got, ("DICOMRST", "127.0.0.1", 11112, "LOCAL", False))
+
+    def test_the_environment_applies(self) -> None:
+        config = first_run_config(resolver(), {"DICOM_RST_SERVER_HTTP_PORT": "18081",
+                                               "DICOM_RST_AETS_0_PATH": "/srv/archive"})
+        self.assertEqual((config.server.http.port, config.aets[0].path), (18081, "/srv/archive"))

@@ -26,6 +26,7 @@ from dicomrst.web.service import HTTPService
 from tests.support.auth import Signer, jwks, users_file
 from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, encode, instance
 from tests.support.fakes import FakeBackend
+from tests.support.threads import InlinePool
 
 
 class Recorder(Service):
@@ -223,3 +224,66 @@ class StartupWarningTests(SynchronousTestCase):
         warnings = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1, warnings)
         self.assertTrue(warnings[0].startswith("config: server.http.request-timeout is 60 ms"), warnings)
+
+
+class _ThreadsReactor(MemoryReactorClock):
+    """Thread work runs at once, on the test's thread."""
+
+    def getThreadPool(self) -> InlinePool:
+        return InlinePool()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class ArchiveWiringTests(SynchronousTestCase):
+    """``backend: LOCAL`` becomes a LocalBackend whose directory is made when the service
+    tree starts, and a listener with ``store-to`` a Storage SCP into it, or into an S3 AET
+    through a spooling intake; ``allowed-callers`` reaches its policy."""
+
+    def build(self, root: str) -> list[Service]:
+        config = parse_config(
+            {
+                "server": {
+                    "cache": {"path": self.mktemp()},
+                    "dimse": [
+                        {"aet": "IN", "store-to": "ARCHIVE", "allowed-callers": ["CT1"]},
+                        {"aet": "IN3", "store-to": "BUCKET"},
+                        {"aet": "MOVES"},
+                    ],
+                },
+                "aets": [
+                    {"aet": "ARCHIVE", "backend": "LOCAL", "path": root},
+                    {"aet": "BUCKET", "backend": "S3", "endpoint": "http://127.0.0.1:9", "bucket": "b"},
+                ],
+            }
+        )
+        return list(build(config, _ThreadsReactor()))
+
+    def test_local_backend_and_store_to_listeners(self) -> None:
+        from dicomrst.backends.intake import SpoolingIntake
+        from dicomrst.backends.local import LocalBackend
+        from dicomrst.dimse import commands
+        from dicomrst.dimse.move_destination import MoveStoreSCP
+        from dicomrst.dimse.storage_scp import ArchiveStoreSCP
+        from dicomrst.tap import BackendsService, DimseListenerService
+
+        root = self.mktemp()
+        services = self.build(root)
+        [backends] = [s for s in services if isinstance(s, BackendsService)]
+        archive = backends.backends["ARCHIVE"]
+        self.assertIsInstance(archive, LocalBackend)
+        listeners = {s.listener.aet: s.listener for s in services if isinstance(s, DimseListenerService)}
+        into_local = listeners["IN"].handlers[commands.C_STORE_RQ]
+        into_s3 = listeners["IN3"].handlers[commands.C_STORE_RQ]
+        self.assertIsInstance(into_local, ArchiveStoreSCP)
+        self.assertEqual(into_local.open_instance, archive.receive)
+        self.assertIsInstance(into_s3, ArchiveStoreSCP)
+        self.assertIsInstance(into_s3.open_instance.__self__, SpoolingIntake)
+        self.assertIsInstance(listeners["MOVES"].handlers[commands.C_STORE_RQ], MoveStoreSCP)
+        self.assertEqual(listeners["IN"].policy.allowed_callers, frozenset({"CT1"}))
+        self.assertEqual(listeners["MOVES"].policy.allowed_callers, frozenset())
+        self.assertFalse(os.path.exists(root))
+        backends.startService()
+        self.assertTrue(os.path.isdir(root))
+        backends.stopService()

@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
+from dicomrst.backends.objects import HEAD_BYTES, NotDicomObject, parse_file_meta, without_bulk_tail
 from dicomrst.backends.s3.client import S3Client, S3Error, body_producer
-from dicomrst.backends.s3.objects import HEAD_BYTES, NotDicomObject, parse_file_meta, without_bulk_tail
 from dicomrst.backends.values import ObjectChanged, ObjectRange, RangesRefused
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink

@@ -1,0 +1,570 @@
+# -*- test-case-name: tests.unit.test_rawjson -*-
+"""DICOM JSON straight from a data set's bytes, for WADO-RS metadata (issue 15).
+
+`metadata_json` walks a data set in Explicit or Implicit VR Little Endian and writes the
+DICOM JSON object `dicomrst.wado.metadata` describes (BulkDataURIs, group lengths, group
+0002 and trailing padding left out) without building pydicom elements: several times
+faster than parsing with pydicom and converting each element, which made a viewer's
+series metadata slow.
+
+The pydicom encoder stays the reference: the output is byte for byte what it writes, and
+its quirks are reproduced on purpose (pydicom's value types, which whitespace each VR
+strips, which values it keeps as written). Where that cannot be done cheaply and exactly,
+the walk declines and returns None, and the caller uses the pydicom encoder for that data
+set: values pydicom would retry under other VRs or warn about (numbers it cannot read,
+lengths that are not a whole number of values), ISO 2022 code extensions and multi-byte
+character sets other than UTF-8, ambiguous VRs inside sequences, elements out of order,
+items or elements that run past their parent, encodings pydicom switches mid-stream
+(an Explicit VR data set whose first element looks implicit, and the reverse), truncated
+data (pydicom decides whether it is an error).
+
+Attributes of small values are kept in a process-wide table keyed by VR, character set
+and bytes (bounded; `clear_cache` empties it): the instances of a series share most values.
+
+It is a second walker beside `dicomrst.common.walker.ElementWalker` on purpose: that one is
+fed fragments, flattens nesting and skips values; this one needs the whole data set, item
+boundaries, defined-length sequences opened and every value.
+
+Rules taken from pydicom 3 (`filereader`, `values`, `hooks`, `valuerep`) and reproduced here:
+
+* An item of a sequence in an Explicit VR data set is read in Implicit VR when its first
+  element's VR bytes are not two upper-case letters (PS3.5 §6.2.2 allows it for UN).
+* A UN of undefined length is a sequence; a UN whose tag pydicom's dictionaries know takes
+  the dictionary's VR; an unknown element in Implicit VR is UN, a private creator LO, a
+  private element what pydicom's private dictionary says for its creator.
+* Ambiguous VRs at the top level of an Implicit VR data set: Pixel Data is OW (OB when of
+  undefined length), Pixel Representation decides between US and SS, overlay and
+  waveform-like data are OW.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import struct
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
+
+from dicomrst.common.dicomjson import decimal_text, float_text
+from dicomrst.common.tags import (
+    ITEM,
+    ITEM_END,
+    PIXEL_DATA_TAGS,
+    SEQUENCE_END,
+    SPECIFIC_CHARACTER_SET,
+    TRAILING_PADDING,
+    UNDEFINED_LENGTH,
+)
+
+__all__ = ["clear_cache", "metadata_json"]
+
+_HEADER = struct.Struct("<HHL")  # tag and a 32-bit length (Implicit VR, items, delimiters)
+_EXPLICIT = struct.Struct("<HH2sH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+
+_LONG = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_TEXT_VRS = frozenset("AE AS CS DA DT TM UI UR LO SH UC LT ST UT".split())
+_BULK = frozenset("OB OD OF OL OV OW UN FL FD SL SS SV UL US UV".split())
+_BINARY = frozenset("OB OD OF OL OV OW UN".split())
+_NUMBERS = {
+    "FL": ("f", 4), "FD": ("d", 8), "SL": ("l", 4), "SS": ("h", 2), "SV": ("q", 8),
+    "UL": ("L", 4), "US": ("H", 2), "UV": ("Q", 8),
+}  # fmt: skip
+_VRS = {vr.encode(): vr for vr in _TEXT_VRS | _BINARY | set(_NUMBERS) | {"AT", "DS", "IS", "PN", "SQ"}}
+_SAFE_INTEGER = 2**53
+# pydicom turns a negative first value of these into an unsigned one (LUT Descriptors).
+_LUT_DESCRIPTORS = frozenset((0x00281101, 0x00281102, 0x00281103, 0x00283002))
+# Ambiguous VRs pydicom resolves from the data set (pydicom.filewriter).
+_US_OR_SS = frozenset(
+    (0x00189810, 0x00221452, 0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108, 0x00280109,
+     0x00280110, 0x00280111, 0x00280120, 0x00280121, 0x00281101, 0x00281102, 0x00281103, 0x00283002,
+     0x00409211, 0x00409216, 0x00603004, 0x00603006)
+)  # fmt: skip
+_OW = frozenset((0x54000110, 0x54000112, 0x5400100A, 0x54001010)) | frozenset(
+    group << 16 | 0x3000 for group in range(0x6000, 0x601F, 2)
+)
+_AMBIGUOUS = frozenset(("OB or OW", "US or SS", "US or OW", "US or SS or OW"))
+_ITEM_BYTES = b"\xfe\xff\x00\xe0"
+_PIXEL_REPRESENTATION = 0x00280103
+_PIXEL_DATA = 0x7FE00010
+# Codecs whose text pydicom's PersonName round trip (decode, encode, decode) leaves as is.
+_SAFE_CODECS = frozenset(["utf-8"] + [f"iso8859-{n}" for n in range(1, 10)])
+_DEFAULT_CODEC = "iso8859-1"
+# Explicit VR: pydicom reads an item whose first VR is not two such letters as Implicit VR.
+_LETTERS = range(0x41, 0x5B)
+
+
+class _Decline(Exception):
+    """The pydicom encoder must do this data set."""
+
+
+def metadata_json(data: bytes, *, implicit: bool, bulk_base: str, threshold: int) -> str | None:
+    """The WADO-RS metadata object of a data set (no File Meta) in Implicit (`implicit`) or
+    Explicit VR Little Endian, as text; None when only the pydicom encoder can write it
+    exactly (see the module docstring).
+
+    `bulk_base` is the instance's ``…/bulkdata`` URL; binary and numeric values longer than
+    `threshold` bytes and pixel data become BulkDataURIs below it.
+    """
+    n = len(data)
+    if n >= 6 and (data[4] in _LETTERS and data[5] in _LETTERS) == implicit:
+        return None  # pydicom switches encodings here, with a warning
+    walk = _Walk(data, bulk_base.rstrip("/") + "/", threshold)
+    try:
+        text, _ = walk.dataset(0, n, implicit, _DEFAULT_CODEC, walk.prefix, top=True, undefined=False)
+    except _Decline:
+        return None
+    except Exception:  # a case the walk does not know: pydicom knows better
+        return None
+    return text
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _private_vr(tag: int, creator: str) -> str:
+    try:
+        return str(private_dictionary_VR(tag, creator))
+    except KeyError:
+        return "UN"
+
+
+@lru_cache(maxsize=64)
+def _codec(raw: bytes) -> str:
+    """The Python codec for a Specific Character Set value, as pydicom reads it."""
+    items = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    encodings = convert_encodings(items[0] if len(items) == 1 else items)
+    if len(encodings) != 1:
+        raise _Decline  # code extensions
+    name = codecs.lookup(encodings[0]).name
+    if name not in _SAFE_CODECS:
+        raise _Decline
+    return name
+
+
+def _clean_both(text: str) -> str:
+    return text.rstrip(" \x00").lstrip(" ")
+
+
+def _clean_right(text: str) -> str:
+    return text.rstrip(" \x00")
+
+
+def _strings(vr: str, values: list[str], clean: Callable[[str], str]) -> str:
+    """A text attribute from pydicom's values (a single '' is an empty attribute)."""
+    if len(values) == 1 and not values[0]:
+        return f'{{"vr":"{vr}"}}'
+    out = []
+    for value in values:
+        text = clean(value) if value else ""
+        out.append(_quote(text) if text else "null")
+    return f'{{"vr":"{vr}","Value":[{",".join(out)}]}}'
+
+
+# What json.dumps(text, ensure_ascii=False) does for a string, without its dispatch: the
+# walk's text is decoded strictly, so it never holds the lone surrogates json_string escapes.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _text(vr: str, raw: bytes, codec: str) -> str:
+    """AE AS CS DA DT TM UI UR LO SH UC LT ST UT: as pydicom converts and dicomjson writes."""
+    if vr in ("LO", "SH", "UC"):
+        if b"\x1b" in raw:
+            raise _Decline
+        values = [v.rstrip("\x00 ") for v in raw.decode(codec).split("\\")]
+        return _strings(vr, values, _clean_right if vr == "UC" else _clean_both)
+    if vr in ("LT", "ST", "UT"):
+        if b"\x1b" in raw:
+            raise _Decline
+        return _strings(vr, [raw.decode(codec).rstrip("\x00 ")], _clean_right)
+    text = raw.decode("latin-1")
+    if vr == "CS":
+        return _strings(vr, text.rstrip(" \x00").split("\\"), _clean_both)
+    if vr == "UI":
+        return _strings(vr, [v.strip() for v in text.rstrip("\x00 ").split("\\")], _clean_right)
+    if vr == "AE":
+        return _strings(vr, [v.strip() for v in text.split("\\")], _clean_both)
+    if vr == "UR":
+        return _strings(vr, [text.rstrip()], _clean_right)
+    return _strings(vr, text.rstrip(" \x00").split("\\"), _clean_both if vr == "AS" else _clean_right)
+
+
+def _person_names(raw: bytes, codec: str) -> str:
+    if b"\x1b" in raw:
+        raise _Decline
+    values = raw.rstrip(b"\x00 ").decode(codec).split("\\")
+    out = []
+    for value in values:
+        groups = value.split("=")
+        while groups and not groups[-1]:
+            groups.pop()
+        if not groups:
+            if len(values) == 1:
+                return '{"vr":"PN"}'
+            out.append("null")
+            continue
+        parts = [
+            f'"{name}":{_quote(group.rstrip(" "))}'
+            for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False)
+            if group.rstrip(" ")
+        ]
+        out.append("{" + ",".join(parts) + "}" if parts else "null")
+    return f'{{"vr":"PN","Value":[{",".join(out)}]}}'
+
+
+def _decimal(vr: str, value: str) -> str:
+    """One IS or DS value as pydicom's IS/ISfloat/DSfloat objects and dicomjson write it."""
+    if not value:
+        return "null"
+    if not value.strip():
+        return decimal_text(vr, value)  # pydicom keeps a blank value as the string it is
+    if vr == "DS":
+        float(value)  # ValueError: pydicom retries other VRs
+        return decimal_text(vr, value.strip())
+    try:
+        number = int(value)
+    except ValueError:
+        number_f = float(value)  # ValueError, OverflowError: pydicom's own trouble
+        if int(number_f) != number_f:
+            return decimal_text(vr, str(number_f))  # an ISfloat: written as a float
+        return decimal_text(vr, value.strip())
+    if number != float(value):  # too large for a float: pydicom makes it an ISfloat
+        return decimal_text(vr, str(float(value)))
+    return decimal_text(vr, value.strip())
+
+
+def _decimals(vr: str, raw: bytes) -> str:
+    text = raw.decode("latin-1")
+    if vr == "DS":
+        text = text.strip()
+    values = text.rstrip(" \x00").split("\\")
+    if len(values) == 1 and not values[0]:
+        return f'{{"vr":"{vr}"}}'
+    return f'{{"vr":"{vr}","Value":[{",".join(_decimal(vr, v) for v in values)}]}}'
+
+
+def _numbers(vr: str, raw: bytes, lut_fix: bool) -> str:
+    code, size = _NUMBERS[vr]
+    count, rest = divmod(len(raw), size)
+    if rest:
+        raise _Decline  # pydicom raises or makes it UN
+    values: list[Any] = list(struct.unpack(f"<{count}{code}", raw))
+    if lut_fix and count > 1 and values[0] < 0:
+        values[0] += 65536
+    if code in "fd":
+        out = [float_text(v, code == "f") for v in values]
+    elif code in "qQ":
+        out = [str(v) if abs(v) <= _SAFE_INTEGER else f'"{v}"' for v in values]
+    else:
+        out = [str(v) for v in values]
+    return f'{{"vr":"{vr}","Value":[{",".join(out)}]}}'
+
+
+def _tags(raw: bytes) -> str:
+    count, rest = divmod(len(raw), 4)
+    if rest:
+        raise _Decline
+    words = struct.unpack(f"<{count * 2}H", raw)
+    out = [f'"{words[i] << 16 | words[i + 1]:08X}"' for i in range(0, len(words), 2)]
+    return f'{{"vr":"AT","Value":[{",".join(out)}]}}'
+
+
+_USES_CODEC = frozenset("LO SH UC LT ST UT PN".split())
+_CACHED_LENGTH = 64
+_CACHE_SIZE = 4096  # a 200-slice CT series needs ~550; at most ~1 MB
+_ATTRIBUTES: dict[tuple[str, str, bytes], str] = {}
+
+
+def clear_cache() -> None:
+    """Forget the attributes kept for values seen before (benchmarks measure without them)."""
+    _ATTRIBUTES.clear()
+
+
+def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:
+    """The attribute object for a non-empty value of `vr` (not SQ, not bulk data)."""
+    if vr in _TEXT_VRS:
+        return _text(vr, raw, codec)
+    if vr in _NUMBERS:
+        return _numbers(vr, raw, lut_fix)
+    if vr in _BINARY:
+        return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(raw).decode()}"}}'
+    if vr == "PN":
+        return _person_names(raw, codec)
+    if vr == "IS" or vr == "DS":
+        return _decimals(vr, raw)
+    if vr == "AT":
+        return _tags(raw)
+    raise _Decline
+
+
+class _Walk:
+    """One data set's walk; `dataset` recurses into sequence items."""
+
+    def __init__(self, data: bytes, prefix: str, threshold: int) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.threshold = threshold
+
+    def dataset(
+        self, pos: int, end: int, implicit: bool, codec: str, prefix: str, *, top: bool, undefined: bool
+    ) -> tuple[str, int]:
+        """The data set from `pos` to `end`, or (`undefined`) to its Item Delimitation
+        Item: its JSON object and the position after it."""
+        data = self.data
+        header = _HEADER.unpack_from
+        explicit = _EXPLICIT.unpack_from
+        u32 = _U32.unpack_from
+        threshold = self.threshold
+        cache = _ATTRIBUTES
+        members: list[str] = []
+        last = -1
+        used_codec = False  # pydicom decodes a data set's text with the set it ends up with
+        creators: dict[int, bytes] = {}
+        pixel_representation: bytes | None = None
+        while True:
+            if pos >= end:
+                if undefined or pos > end:
+                    raise _Decline
+                break
+            if end - pos < 8:
+                if top:
+                    break  # pydicom stops at a trailing scrap shorter than a header
+                raise _Decline
+            if implicit:
+                group, element, length = header(data, pos)
+                vr: str | None = None
+                start = pos + 8
+            else:
+                group, element, vr_bytes, length = explicit(data, pos)
+                if group == 0xFFFE:
+                    vr = None
+                    start = pos + 8
+                else:
+                    vr = _VRS.get(vr_bytes)
+                    if vr is None:
+                        raise _Decline  # pydicom guesses: implicit, or an unknown VR
+                    if vr in _LONG:
+                        if end - pos < 12:
+                            raise _Decline
+                        (length,) = u32(data, pos + 8)
+                        start = pos + 12
+                    else:
+                        start = pos + 8
+            tag = group << 16 | element
+            if group == 0xFFFE:
+                if tag == ITEM_END and undefined:
+                    return "{" + ",".join(members) + "}", pos + 8
+                raise _Decline
+            if tag <= last:
+                raise _Decline  # out of order or repeated: pydicom keeps the last
+            last = tag
+            key = f"{tag:08X}"
+            private = group & 1
+            # -- the VR pydicom gives the element
+            if vr is None:
+                if private:
+                    used_codec = True
+                    vr = self.private_vr(tag, creators, codec)
+                else:
+                    vr = _dictionary_vr(tag)
+                    if vr is None:
+                        vr = "UL" if element == 0 else "UN"
+            elif vr == "UN" and length != UNDEFINED_LENGTH:
+                # pydicom replaces UN by the VR its dictionaries know (Explicit VR)
+                if private:
+                    used_codec = True
+                    vr = self.private_vr(tag, creators, codec)
+                elif length < 0xFFFF:
+                    vr = _dictionary_vr(tag) or "UN"
+            if length == UNDEFINED_LENGTH:
+                if implicit:
+                    known = None if private else _dictionary_vr(tag)
+                    if known is None:
+                        if end - start < 4:
+                            raise _Decline
+                        sequence = data[start : start + 4] == _ITEM_BYTES
+                    else:
+                        sequence = known == "SQ"
+                else:
+                    sequence = vr in ("SQ", "UN")
+                if sequence:
+                    used_codec = True
+                    items, pos = self.sequence(start, end, None, implicit, codec, f"{prefix}{key}/")
+                    if not (element == 0 or (top and group == 2) or tag == TRAILING_PADDING):
+                        members.append(f'"{key}":{items}')
+                    continue
+                pos = self.encapsulated(start, end)
+                if vr in _AMBIGUOUS:
+                    if not (top and implicit and tag == _PIXEL_DATA):
+                        raise _Decline
+                    vr = "OB"
+                if element == 0 or (top and group == 2) or tag == TRAILING_PADDING:
+                    continue
+                if tag in PIXEL_DATA_TAGS or vr in _BULK:
+                    members.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{json.dumps(prefix + key)}}}')
+                    continue
+                raise _Decline
+            pos = start + length
+            if pos > end:
+                raise _Decline  # pydicom decides whether a short value is an error
+            if tag == SPECIFIC_CHARACTER_SET:
+                if used_codec:
+                    raise _Decline
+                codec = _codec(data[start:pos])
+            elif private and 0x10 <= element <= 0xFF:
+                if vr != "LO":
+                    raise _Decline  # pydicom would read the creator by another VR
+                creators[tag] = data[start:pos]
+            elif tag == _PIXEL_REPRESENTATION and vr == "US":
+                pixel_representation = data[start:pos]
+            lut_fix = tag in _LUT_DESCRIPTORS
+            if vr in _AMBIGUOUS:
+                if not (top and implicit):
+                    raise _Decline  # pydicom looks at the parents' Pixel Representation
+                vr = _resolve(tag, length, pixel_representation, tag > _PIXEL_REPRESENTATION)
+                lut_fix = False  # pydicom fixes LUT Descriptors only when it knows the VR
+            if element == 0 or (top and group == 2) or tag == TRAILING_PADDING:
+                continue
+            if length == 0:
+                members.append(f'"{key}":{{"vr":"{vr}"}}')
+                continue
+            if tag in PIXEL_DATA_TAGS or (vr in _BULK and length > threshold):
+                if vr not in _BULK:
+                    raise _Decline
+                members.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{json.dumps(prefix + key)}}}')
+                continue
+            if vr == "SQ":
+                used_codec = True
+                items, _ = self.sequence(start, pos, pos, implicit, codec, f"{prefix}{key}/")
+                members.append(f'"{key}":{items}')
+                continue
+            if vr in _USES_CODEC:
+                used_codec = True
+            raw = data[start:pos]
+            if length > _CACHED_LENGTH or lut_fix:
+                members.append(f'"{key}":{_attribute(vr, raw, codec, lut_fix)}')
+                continue
+            # Most values of a series' instances are alike (and many within one): the
+            # attribute for a value is kept, keyed by what it depends on.
+            cache_key = (vr, codec, raw)
+            attribute = cache.get(cache_key)
+            if attribute is None:
+                attribute = _attribute(vr, raw, codec, lut_fix)
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                cache[cache_key] = attribute
+            members.append(f'"{key}":{attribute}')
+        return "{" + ",".join(members) + "}", pos
+
+    def sequence(
+        self, pos: int, end: int, defined_end: int | None, implicit: bool, codec: str, prefix: str
+    ) -> tuple[str, int]:
+        """A sequence's items from `pos`: to `defined_end`, or (None) to its Sequence
+        Delimitation Item within `end`. The attribute object and the position after it."""
+        data = self.data
+        header = _HEADER.unpack_from
+        limit = end if defined_end is None else defined_end
+        items: list[str] = []
+        while True:
+            if defined_end is not None and pos == defined_end:
+                break
+            if limit - pos < 8:
+                raise _Decline
+            group, element, length = header(data, pos)
+            tag = group << 16 | element
+            pos += 8
+            if tag == SEQUENCE_END:
+                if defined_end is not None or length:
+                    raise _Decline
+                break
+            if tag != ITEM:
+                raise _Decline
+            item_prefix = f"{prefix}{len(items)}/"
+            item_end = limit if length == UNDEFINED_LENGTH else pos + length
+            if item_end > limit:
+                raise _Decline
+            item_implicit = implicit
+            if (
+                not implicit
+                and item_end - pos >= 6
+                and not (data[pos + 4] in _LETTERS and data[pos + 5] in _LETTERS)
+            ):
+                item_implicit = True  # pydicom: an item may be in Implicit VR (PS3.5 6.2.2)
+            text, pos = self.dataset(
+                pos,
+                item_end,
+                item_implicit,
+                codec,
+                item_prefix,
+                top=False,
+                undefined=length == UNDEFINED_LENGTH,
+            )
+            items.append(text)
+        if not items:
+            return '{"vr":"SQ"}', pos
+        return f'{{"vr":"SQ","Value":[{",".join(items)}]}}', pos
+
+    def encapsulated(self, pos: int, end: int) -> int:
+        """The end of a non-sequence value of undefined length (encapsulated pixel data):
+        items up to a Sequence Delimitation Item, which pydicom finds the same way."""
+        data = self.data
+        header = _HEADER.unpack_from
+        while True:
+            if end - pos < 8:
+                raise _Decline  # pydicom scans the bytes for a delimiter instead
+            group, element, length = header(data, pos)
+            tag = group << 16 | element
+            pos += 8
+            if tag == SEQUENCE_END:
+                return pos
+            if tag != ITEM:
+                raise _Decline
+            pos += length
+            if pos > end:
+                raise _Decline
+
+    def private_vr(self, tag: int, creators: dict[int, bytes], codec: str) -> str:
+        """The VR pydicom gives a private element it has no VR for (hooks._private_vr_for_tag)."""
+        element = tag & 0xFFFF
+        if 0x10 <= element <= 0xFF:
+            return "LO"
+        if not element & 0xFF00:
+            return "UN"
+        raw = creators.get(tag >> 16 << 16 | element >> 8)
+        if raw is None:
+            return "UN"
+        if b"\x1b" in raw:
+            raise _Decline
+        values = [v.rstrip("\x00 ") for v in raw.decode(codec).split("\\")]
+        if len(values) != 1:
+            raise _Decline
+        return _private_vr(tag, values[0])
+
+
+def _resolve(tag: int, length: int, pixel_representation: bytes | None, after: bool) -> str:
+    """An ambiguous VR at the top level of an Implicit VR data set, as pydicom resolves it
+    (`pydicom.filewriter.correct_ambiguous_vr_element`); `after`: the element comes after
+    Pixel Representation's tag."""
+    if tag == _PIXEL_DATA or tag in _OW:
+        return "OW"
+    if tag not in _US_OR_SS or length % 2 or not after:
+        raise _Decline
+    if pixel_representation is None:
+        raise _Decline  # pydicom guesses from Pixel Data, or fails
+    if not pixel_representation:
+        return "SS"  # pydicom: an empty Pixel Representation is not 0
+    if len(pixel_representation) != 2:
+        raise _Decline
+    return "US" if _U16.unpack(pixel_representation)[0] == 0 else "SS"
