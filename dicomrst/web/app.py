@@ -152,11 +152,16 @@ class GatewayRoot(Resource):
         return Requirement(need, values.get("aet") if need is not Need.ADMITTED else None)
 
     def bodyConsumerFactory(self, request: GatewayRequest) -> BodyConsumer | None:
-        """A `StowUpload` for a STOW-RS request (behind its access check), None for any other."""
-        if request.method != b"POST" or request.path is None:
+        """A `StowUpload` for a STOW-RS request (behind its access check); a consumer that
+        drops the body of a request no route takes (a 404 or 405 whatever it holds: it
+        need not be kept, up to ``max-upload-size``, in memory or a temporary file); None
+        for any other."""
+        if request.method in (b"GET", b"HEAD", b"OPTIONS") or request.path is None:
             return None
-        route = self._app.route_of(request.path, "POST")
-        if route is None or route[0] not in STOW_ENDPOINTS:
+        route = self._app.route_of(request.path, request.method.decode("ascii", "replace"))
+        if route is None:
+            return DroppedBody()
+        if route[0] not in STOW_ENDPOINTS:
             return None
         values = route[1]
 
@@ -244,6 +249,22 @@ class GatewayRoot(Resource):
             request.write(body)
             request.finish()
         return NOT_DONE_YET
+
+
+class DroppedBody:
+    """The body of a request that will be answered 404 or 405: read, and dropped."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def bodyFinished(self) -> None:
+        pass
+
+    def bodyTooLarge(self, reason: str) -> bool:
+        return False
+
+    def requestOver(self) -> None:
+        pass
 
 
 class GatewayApp:
