@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -20,6 +21,21 @@ from twisted.python.failure import Failure
 from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
+
+
+@attrs.define
+class ScanReport:
+    """What one scan found and did."""
+
+    listed: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unreadable: int = 0  # found not indexable (logged) in this scan
+    duplicates: int = 0  # holding an instance another key holds too (logged)
+    left: int = 0  # vanished or changed while read: for the next scan
+    bytes_read: int = 0
+    seconds: float = 0.0
 
 
 class PeriodicScans(Service):

@@ -4,7 +4,8 @@
 Objects are ``{path}/{study}/{series}/{sop}.dcm`` Part-10 files, the S3 layout
 (`dicomrst.backends.local.files`).  Retrieves stream them (`retrieve`), STOW-RS and
 C-STOREs into a listener with ``store-to`` write them durably (`store`), search asks
-the index (`dicomrst.index.interfaces.IIndex`), and frames and bulk data read the
+the index (`dicomrst.index.interfaces.IIndex`; the reconcile scan, `reconciler`, finds
+what was copied in or deleted by hand), and frames and bulk data read the
 byte ranges they need (`IRangedReads`).  Every blocking file operation runs in a
 thread; the directory must be on a local disk (a slow network filesystem would still
 hold each thread, and each C-STORE fragment's append, as long as it takes).
@@ -34,6 +35,7 @@ from dicomrst.backends.local.files import (
     safe_uid,
     stamp_of,
 )
+from dicomrst.backends.local.reconcile import LocalReconciler
 from dicomrst.backends.local.retrieve import LocalRetrieval
 from dicomrst.backends.local.store import LocalStore
 from dicomrst.backends.local.threads import Threads
@@ -91,6 +93,11 @@ class LocalBackend:
             return n
 
         return cleaned.addCallback(report)
+
+    def reconciler(self) -> LocalReconciler:
+        """The reconcile scan of this AET's directory against its index (which it needs)."""
+        assert self.index is not None
+        return LocalReconciler(self.root, self.index, self.aet, self.threads)
 
     def echo(self) -> Deferred[float]:
         started = self.reactor.seconds()
