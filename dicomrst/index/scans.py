@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from dicomrst.errors import DicomrstError
 from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
@@ -91,7 +92,17 @@ class PeriodicScans(Service):
         self.scans += 1
         if isinstance(result, Failure):
             self.failures += 1
-            log.failure("index: scan of {name} failed; retried at the next interval", result, name=self.name)
+            if result.check(DicomrstError, OSError):
+                # The store or the database said no (S3 refused, a bucket missing, the
+                # index down): the operator needs what it said, not a traceback.
+                log.warn(
+                    "index: scan of {name} failed; retried at the next interval: {why}",
+                    name=self.name,
+                    why=result.getErrorMessage(),
+                )
+            else:
+                what = "index: scan of {name} failed; retried at the next interval"
+                log.failure(what, result, name=self.name)
         if self.running and self.interval > 0:
             self._next = self.clock.callLater(self.interval, self._scheduled)
         waiters, self._waiters = self._waiters, []
