@@ -686,8 +686,17 @@ class StoreTests(S3TestCase):
         self.assertTrue(ct.data.endswith(dataset) and len(dataset) > 30000)
 
     async def test_multipart_upload(self) -> None:
+        """Also indexed, with the ETag CompleteMultipartUpload answered: the one S3 lists,
+        so a scan afterwards finds the object unchanged."""
+        from dicomrst.index.database import SqlIndex, SqliteDatabase
+
         moto = await self.moto()
-        backend = await self.backend(moto, multipart_threshold=5 << 20, part_size=5 << 20)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        index = SqlIndex(SqliteDatabase(reactor, os.path.join(directory, "index.sqlite")))
+        await index.start()
+        self.addCleanup(index.stop)
+        backend = await self.backend(moto, multipart_threshold=5 << 20, part_size=5 << 20, index=index)
         study = big_study(1, rows=2400)[0]  # ~11.5 MB: three parts
         self.assertGreater(len(study.data), 10 << 20)
         outcome = await backend.store_instance(self.uploaded(study, spool=True))
@@ -695,6 +704,9 @@ class StoreTests(S3TestCase):
         self.assertEqual(await get_object(moto, BUCKET, key_of(study)), study.data)
         etag = await deferToThread(lambda: moto.boto3().head_object(Bucket=BUCKET, Key=key_of(study))["ETag"])
         self.assertTrue(etag.strip('"').endswith("-3"), etag)
+        self.assertEqual(await index.stamps(AET), {key_of(study): etag})
+        report = await backend.reconciler().scan()
+        self.assertEqual((report.listed, report.added, report.changed, report.bytes_read), (1, 0, 0, 0))
         self.assertEqual(
             (await backend.store_instance(self.uploaded(study, spool=True))).status, model.SUCCESS
         )
