@@ -15,7 +15,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -418,6 +418,37 @@ class EchoFindTests(_Base):
         results: list[Dataset] = []
         self.successResultOf(self.backend.find(identifier, limit=None, on_result=results.append))
         self.assertEqual([(r.StudyInstanceUID, r.PatientID) for r in results], [(study, "STOW-1")])
+
+    def test_qido_pages_skip_the_offset_in_the_index(self) -> None:
+        """A QIDO-RS page: the offset goes to the index (which skips it in SQL), not a
+        decoded result per skipped match; ``more`` still says a next page exists."""
+        from dicomrst.backends.interfaces import ISkipsOffset
+        from dicomrst.qido.query import parse_query
+        from dicomrst.qido.search import search
+        from dicomrst.qido.target import Target
+
+        self.assertTrue(ISkipsOffset.providedBy(self.backend))
+        studies = sorted(generate_uid() for _ in range(4))  # no date: in UID order
+        for study in studies:
+            self.store(part10_bytes(study=study))
+        asked: list[tuple[int | None, int]] = []
+        find = self.index.find
+
+        def spy(aet: str, identifier: Dataset, *, limit: int | None, offset: int, on_result: Any) -> Any:
+            asked.append((limit, offset))
+            return find(aet, identifier, limit=limit, offset=offset, on_result=on_result)
+
+        self.index.find = spy  # type: ignore[method-assign]
+        pages = []
+        for offset in (0, 2, 3):
+            # A study list's page (a viewer's): no key the gateway filters on itself.
+            query = parse_query(Target.studies(), {"limit": ["2"], "offset": [str(offset)]})
+            outcome = self.successResultOf(Deferred.fromCoroutine(search(self.backend, query, "http://gw",
+                                                                         self.reactor)))
+            pages.append(([r["0020000D"]["Value"][0] for r in json.loads(outcome.body)], outcome.more))
+        self.assertEqual(asked, [(3, 0), (3, 2), (3, 3)])
+        self.assertEqual([found for found, _ in pages], [studies[:2], studies[2:], studies[3:]])
+        self.assertEqual([more for _, more in pages], [True, False, False])
 
     def test_no_worklist_and_no_search_without_an_index(self) -> None:
         self.failureResultOf(

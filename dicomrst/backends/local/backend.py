@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads
+from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads, ISkipsOffset
 from dicomrst.backends.local.files import (
     check_root,
     list_objects,
@@ -57,7 +57,7 @@ class LocalArchiveError(Exception):
     """The directory cannot be used (at start); the message says why."""
 
 
-@implementer(IBackend, IRangedReads, IInstanceIntake)
+@implementer(IBackend, IRangedReads, IInstanceIntake, ISkipsOffset)
 class LocalBackend:
     kind = "LOCAL"
     #: Files are served in the syntax they were stored in (converted as the web layer
@@ -119,6 +119,7 @@ class LocalBackend:
         limit: int | None,
         on_result: Callable[[Dataset], None],
         model: str = STUDY_ROOT_FIND,
+        offset: int = 0,
     ) -> Deferred[None]:
         if model == MODALITY_WORKLIST_FIND:
             return fail(
@@ -133,7 +134,7 @@ class LocalBackend:
                     f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
                 )
             )
-        return self.index.find(self.aet, identifier, limit=limit, offset=0, on_result=on_result)
+        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
 
     def retrieve(
         self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink

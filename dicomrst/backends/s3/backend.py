@@ -16,7 +16,7 @@ from pydicom.uid import AllTransferSyntaxes
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
-from dicomrst.backends.interfaces import IBackend, IRangedReads
+from dicomrst.backends.interfaces import IBackend, IRangedReads, ISkipsOffset
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
     CONNECT_TIMEOUT,
@@ -39,7 +39,7 @@ from dicomrst.logs import logger
 log = logger("dicomrst.s3")
 
 
-@implementer(IBackend, IRangedReads)
+@implementer(IBackend, IRangedReads, ISkipsOffset)
 class S3Backend:
     kind = "S3"
     #: Objects are served in the syntax they were stored in (or converted, as the web
@@ -100,6 +100,7 @@ class S3Backend:
         limit: int | None,
         on_result: Callable[[Dataset], None],
         model: str = STUDY_ROOT_FIND,
+        offset: int = 0,
     ) -> Deferred[None]:
         if model == MODALITY_WORKLIST_FIND:
             # A bucket of images never holds a worklist, and never will: not a "not yet"
@@ -118,7 +119,7 @@ class S3Backend:
                     f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
                 )
             )
-        return self.index.find(self.aet, identifier, limit=limit, offset=0, on_result=on_result)
+        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
 
     def reconciler(self) -> S3Reconciler:
         """The reconcile scan of this AET's bucket against its index (which it needs)."""
