@@ -29,14 +29,19 @@ from dicomrst.common.addresses import parse_network
 from dicomrst.logs import parse_level
 
 __all__ = [
+    "AccessConfig",
     "AetConfig",
+    "AuthConfig",
+    "BasicAuthConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
+    "CorsConfig",
     "DimseServerConfig",
     "HttpConfig",
     "IndexConfig",
     "MwlConfig",
+    "OidcConfig",
     "PoolConfig",
     "QidoConfig",
     "S3Credentials",
@@ -332,6 +337,38 @@ class TelemetryConfig:
     level: str = _key(_level, "INFO")
 
 
+def _origin(value: Any, path: str, env: _Env) -> str:
+    """A browser origin, ``scheme://host[:port]`` (RFC 6454 serialization), lower case."""
+    text = _string()(value, path, env)
+    try:
+        parts = urlsplit(text)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
+              and not parts.query and not parts.fragment and parts.username is None)
+        _ = parts.port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(path, f"expected an origin like https://viewer.example.org[:port], got {text!r}")
+    return text.lower()
+
+
+def _allowed_origins(value: Any, path: str, env: _Env) -> tuple[str, ...] | None:
+    """``*`` (any origin: None), or a list of origins."""
+    if value == "*" or value == ["*"]:
+        return None
+    if isinstance(value, list) and "*" in value:
+        raise ConfigError(path, "'*' stands alone: give '*' or a list of origins")
+    return _list_of(_origin)(value, path, env)
+
+
+@attrs.frozen
+class CorsConfig:
+    """Not in DICOM-RST: which browser origins may read responses (``server.http.cors``)."""
+
+    # None: any ("*", as before); a tuple: only these origins (lower case).
+    allowed_origins: tuple[str, ...] | None = _key(_allowed_origins, None)
+
+
 @attrs.frozen
 class HttpConfig:
     interface: str = _key(_string(), "0.0.0.0", alias="host")  # DICOM-RST's docs say `host`
@@ -345,6 +382,7 @@ class HttpConfig:
     # Not in DICOM-RST: the most a request's line and headers may take, counted from when
     # the connection is ready for it (so it also bounds an idle keep-alive connection).
     header_timeout: int = _key(_integer(1), 20_000)
+    cors: CorsConfig = _key(_section(CorsConfig), factory=CorsConfig)  # not in DICOM-RST
 
     @property
     def request_timeout_s(self) -> float:
@@ -406,6 +444,58 @@ class CacheConfig:
         return self.path if self.path is not None else default_cache_path()
 
 
+def _dotted_path(value: Any, path: str, env: _Env) -> str:
+    text = _string()(value, path, env)
+    if any(not part for part in text.split(".")):
+        raise ConfigError(path, f"expected a dotted path of claim names (realm_access.roles), got {text!r}")
+    return text
+
+
+def _realm(value: Any, path: str, env: _Env) -> str:
+    text = _string()(value, path, env)
+    if not text.isascii() or not text.isprintable() or '"' in text or "\\" in text:
+        raise ConfigError(path, "must be printable ASCII without quotes or backslashes")
+    return text
+
+
+@attrs.frozen
+class BasicAuthConfig:
+    """``server.auth.basic``: HTTP Basic against an ``htpasswd -B`` file."""
+
+    users_file: str = _key(_string())  # checked (readable) where the gateway is built
+
+
+@attrs.frozen
+class OidcConfig:
+    """``server.auth.oidc``: bearer JWTs from an OpenID Connect provider."""
+
+    issuer: str = _key(_string())
+    audience: str = _key(_string())
+    jwks_url: str | None = _key(_url, None)
+    jwks_file: str | None = _key(_string(), None)
+    roles_claim: str = _key(_dotted_path, "roles")
+    username_claim: str = _key(_dotted_path, "sub")  # the user name access lists match
+
+
+@attrs.frozen
+class AuthConfig:
+    """Not in DICOM-RST: ``server.auth``."""
+
+    basic: BasicAuthConfig | None = _key(_entry(BasicAuthConfig), None)
+    oidc: OidcConfig | None = _key(_entry(OidcConfig), None)
+    # None: let requests without credentials in only when no method is configured.
+    anonymous: bool | None = _key(_optional(_boolean), None)
+    realm: str = _key(_realm, "dicomrst")
+
+    @property
+    def configured(self) -> bool:
+        return self.basic is not None or self.oidc is not None
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        return self.anonymous if self.anonymous is not None else not self.configured
+
+
 @attrs.frozen
 class ServerConfig:
     aet: str = _key(_ae_title, "DICOM-RST")  # our calling AE title towards PACS
@@ -413,6 +503,7 @@ class ServerConfig:
     dimse: tuple[DimseServerConfig, ...] = _key(
         _list_of(_entry(DimseServerConfig)), factory=lambda: (DimseServerConfig(),))
     cache: CacheConfig = _key(_section(CacheConfig), factory=CacheConfig)
+    auth: AuthConfig = _key(_section(AuthConfig), factory=AuthConfig)
 
 
 @attrs.frozen
@@ -524,6 +615,22 @@ def _credentials(value: Any, path: str, env: _Env) -> S3Credentials | None:
                          access_key_env=a, secret_key_env=b)
 
 
+def _access_entry(value: Any, path: str, env: _Env) -> str:
+    text = _string()(value, path, env)
+    if text.startswith("role:") and not text[len("role:"):].strip():
+        raise ConfigError(path, "'role:' needs a role name")
+    return text
+
+
+@attrs.frozen
+class AccessConfig:
+    """Not in DICOM-RST: ``aets[].access``; a list left out admits every admitted caller,
+    an empty (or null) one nobody."""
+
+    read: tuple[str, ...] | None = _key(_list_of(_access_entry), None)
+    write: tuple[str, ...] | None = _key(_list_of(_access_entry), None)
+
+
 @attrs.frozen
 class AetConfig:
     """One ``aets[]`` entry: a PACS reached over DIMSE, an S3 bucket, or a LOCAL directory.
@@ -535,6 +642,7 @@ class AetConfig:
     aet: str = _key(_url_ae_title)  # also the URL segment /aets/{aet}
     backend: str = _key(_BACKEND, "DIMSE")
     cache: bool = _key(_boolean, True)  # not in DICOM-RST: false keeps its instances out of server.cache
+    access: AccessConfig | None = _key(_entry(AccessConfig), None)  # not in DICOM-RST
     # backend: DIMSE
     host: str | None = _key(_string(), None, backend="DIMSE", required=True)
     port: int | None = _key(_PORT, None, backend="DIMSE", required=True)
@@ -844,6 +952,7 @@ def _parse(data: object, resolve: Callable[[str], object], environ: Mapping[str,
                 raise ConfigError(f"aets[{i}].wado-rs.receivers[{j}]",
                                   f"{receiver!r} stores into {storing[receiver]} (store-to); a C-MOVE "
                                   "destination must be a listener without store-to")
+    _check_auth(config.server.auth)
     # DNS last, so a typo elsewhere is reported without waiting on the resolver.
     for i, entry in enumerate(config.aets):
         if entry.host is None:  # an S3 AET
@@ -858,6 +967,14 @@ def _parse(data: object, resolve: Callable[[str], object], environ: Mapping[str,
             except (OSError, ValueError) as e:  # IDNA failures are UnicodeError
                 raise ConfigError(key, f"cannot resolve {host!r}: {e}") from None
     return config
+
+
+def _check_auth(auth: AuthConfig) -> None:
+    if auth.oidc is not None and (auth.oidc.jwks_url is None) == (auth.oidc.jwks_file is None):
+        raise ConfigError("server.auth.oidc", "give exactly one of jwks-url and jwks-file")
+    if auth.anonymous is False and not auth.configured:
+        raise ConfigError("server.auth.anonymous",
+                          "false with no method (basic, oidc) configured would let no one in")
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -898,6 +1015,14 @@ def config_warnings(config: Config) -> list[str]:
         if ms < 1000:
             hint = f"for {ms} seconds write {ms * 1000}" if ms else "0 leaves no time at all"
             warnings.append(f"{key} is {ms} ms: times are in milliseconds (as in DICOM-RST's files); {hint}")
+    if not config.server.auth.configured:
+        for i, aet in enumerate(config.aets):
+            lists = [] if aet.access is None else [aet.access.read, aet.access.write]
+            if any(lst for lst in lists):
+                warnings.append(
+                    f"aets[{i}].access names users or roles, but server.auth configures no method: "
+                    "no request can match them"
+                )
     if config.telemetry.sentry is not None:
         warnings.append(
             "telemetry.sentry is set, but dicomrst does not report to Sentry: the key is "

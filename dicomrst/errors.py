@@ -69,3 +69,22 @@ class ServiceUnavailable(DicomrstError):
 
 class UpstreamTimeout(DicomrstError):
     """The PACS or object store did not answer in time."""
+
+
+class Unauthorized(DicomrstError):
+    """The request carries no credentials where some are needed, or credentials that
+    identify no one.  `challenges` are the ways the client may authenticate (RFC 9110
+    §11.6.1), each a ``WWW-Authenticate`` value such as ``Basic realm="dicomrst"``."""
+
+    def __init__(self, message: str, challenges: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.challenges = challenges
+
+
+class Forbidden(DicomrstError):
+    """The caller is known but may not do this (``aets[].access``).  `challenges` as for
+    `Unauthorized` (RFC 6750's ``insufficient_scope`` for a bearer token)."""
+
+    def __init__(self, message: str, challenges: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.challenges = challenges

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -21,6 +21,10 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 import dicomrst
+from dicomrst.auth.authenticator import Authenticator
+from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
+from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, KeySource, OidcSettings, UrlKeys
+from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
 from dicomrst.backends.intake import SpoolingIntake
 from dicomrst.backends.interfaces import IBackend, IInstanceIntake
 from dicomrst.backends.local import LocalArchiveError, LocalBackend
@@ -39,6 +43,9 @@ from dicomrst.index.factory import open_index
 from dicomrst.index.interfaces import IIndex
 from dicomrst.index.scans import PeriodicScans, ScanReport
 from dicomrst.logs import logger, set_level
+
+if TYPE_CHECKING:
+    from dicomrst.web.access import AccessGate
 
 log = logger("dicomrst")
 
@@ -269,6 +276,64 @@ async def _flushed(reactor: IGatewayReactor, bound: float) -> None:
         await deferLater(reactor, 0.01, lambda: None)
 
 
+#: bcrypt checks of Basic credentials that may wait for a thread before more are answered
+#: 503: a flood of wrong passwords queues there, not in the image line.
+AUTH_MAX_WAITING = 64
+
+
+def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
+    """``server.auth`` and ``aets[].access`` as the web layer's `AccessGate`."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from dicomrst.web.access import AccessGate
+
+    auth = config.server.auth
+    basic = bearer = None
+    if auth.basic is not None:
+        try:
+            users = UsersFile(auth.basic.users_file, reactor)
+        except OSError as e:
+            _die(f"config error: server.auth.basic.users-file: cannot read {auth.basic.users_file!r}: "
+                 f"{e.strerror or e}")
+        # Its own bounded line in the reactor's thread pool, apart from the images'.
+        workers = CpuWorkers(
+            cast(IThreadsReactor, reactor), max_waiting=AUTH_MAX_WAITING, what="password checks"
+        )
+
+        def check(password: bytes, stored: bytes) -> Deferred[bool]:
+            return workers.run(check_password, password, stored)
+
+        basic = BasicAuthenticator(users, check, reactor, auth.realm)
+    if auth.oidc is not None:
+        oidc = auth.oidc
+        source: KeySource
+        if oidc.jwks_url is not None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            source = UrlKeys(oidc.jwks_url, HTTPClient(Agent(reactor, pool=pool)), reactor)
+        else:
+            assert oidc.jwks_file is not None  # parse_config asks for exactly one
+            source = FileKeys(oidc.jwks_file)
+        settings = OidcSettings(oidc.issuer, oidc.audience, oidc.roles_claim, oidc.username_claim, auth.realm)
+        bearer = BearerAuthenticator(settings, KeySet(source, reactor), reactor)
+    policy = AccessPolicy({
+        aet.aet: AetAccess(
+            None if aet.access.read is None else AccessList.parse(aet.access.read),
+            None if aet.access.write is None else AccessList.parse(aet.access.write),
+        )
+        for aet in config.aets
+        if aet.access is not None
+    })
+    authenticator = Authenticator(basic, bearer, auth.anonymous)
+    log.info(
+        "HTTP authentication: {methods}; anonymous requests {anonymous}; access lists on {n} AET(s)",
+        methods=", ".join(m for m, on in (("basic", basic), ("oidc", bearer)) if on is not None) or "none",
+        anonymous="admitted" if authenticator.anonymous else "refused (401)",
+        n=len(policy.aets),
+    )
+    return AccessGate(authenticator, policy)
+
+
 def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = None) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
     the order they stop): the index, the backends, the reconcile scans, the cache, the
@@ -277,6 +342,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     `index`: what LOCAL and S3 AETs search and record their instances in, scanned at
     start and every ``index.scan-interval`` (None: no search on them, 501)."""
     from dicomrst.web.app import GatewayApp
+    from dicomrst.web.responses import CorsPolicy
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
 
@@ -350,6 +416,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     _check_endpoint(reactor, description, "server.http.endpoint")
     # IGatewayReactor has the thread pool CpuWorkers asks for (Twisted's reactors do).
     cpu = CpuWorkers(cast(IThreadsReactor, reactor), max_waiting=CPU_MAX_WAITING)
+    cors = CorsPolicy.allowing(http.cors.allowed_origins)
     app = GatewayApp(
         backends,
         reactor,
@@ -357,6 +424,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         echo_timeout=http.request_timeout_s,
         cache=cache,
         cpu=cpu,
+        access=make_access(config, reactor),
+        cors=cors,
     )
     site = make_site(
         app.resource(),
@@ -364,6 +433,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         request_timeout=http.request_timeout_s,
         max_upload_size=http.max_upload_size,
         header_timeout=http.header_timeout_s,
+        cors=cors,
     )
     grace = http.request_timeout_s
     serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)

@@ -43,7 +43,8 @@ def default_limit() -> int:
 
 class CpuWorkers:
     """Runs functions in threads, at most `limit` at once, the others queued in order
-    (at most `max_waiting` of them: more is a 503, since each waits for a core)."""
+    (at most `max_waiting` of them: more is a 503, since each waits for a core).  `what`
+    names the work in that 503's message."""
 
     def __init__(
         self,
@@ -51,8 +52,10 @@ class CpuWorkers:
         limit: int | None = None,
         pool: ThreadPool | None = None,
         max_waiting: int | None = None,
+        what: str = "image conversions",
     ) -> None:
         self.reactor = reactor
+        self.what = what
         self.limit = limit if limit is not None else default_limit()
         if self.limit < 1:
             raise ValueError("CpuWorkers needs a limit of at least 1")
@@ -77,7 +80,7 @@ class CpuWorkers:
             failed: Deferred[T] = Deferred()
             failed.errback(
                 Failure(
-                    ServiceUnavailable(f"{self.waiting} image conversions already waiting", retry_after=1)
+                    ServiceUnavailable(f"{self.waiting} {self.what} already waiting", retry_after=1)
                 )
             )
             return failed

@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -29,22 +30,29 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
-from dicomrst.errors import BadRequest, NotFound, UpstreamTimeout
+from dicomrst.common.twisted_internals import request_disconnected
+from dicomrst.errors import BadRequest, DicomrstError, NotFound, UpstreamTimeout
+from dicomrst.logs import logger
 from dicomrst.qido.target import Target
 from dicomrst.qido.worklist import WorklistTarget
 from dicomrst.stow.upload import StowUpload
 from dicomrst.web import frames, qido, rendered, stow, wado
+from dicomrst.web.access import ADMITTED, AccessGate, Need, Requirement
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
-from dicomrst.web.errors import error_response
+from dicomrst.web.errors import error_response, http_status, set_error_headers
 from dicomrst.web.requests import request_host
 from dicomrst.web.responses import (
     ALLOW_METHODS,
+    ANY_ORIGIN,
     DEFAULT_ALLOW_HEADERS,
     PREFLIGHT_MAX_AGE,
+    CorsPolicy,
     json_body,
     set_common_headers,
 )
-from dicomrst.web.site import GatewayRequest, IStreamedBodies
+from dicomrst.web.site import BodyConsumer, GatewayRequest, IStreamedBodies
+
+log = logger("dicomrst.web")
 
 # A comma-separated list of RFC 9110 tokens (header names), as long as a header block allows.
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -52,6 +60,57 @@ _HEADER_NAMES = re.compile(rb"[ \t]*" + _TOKEN + rb"(?:[ \t]*,[ \t]*" + _TOKEN +
 
 #: The STOW-RS routes: their bodies are parsed as they arrive (`GatewayRoot.bodyConsumerFactory`).
 STOW_ENDPOINTS = frozenset(("store_instances", "store_study_instances"))
+
+#: What each route (by endpoint: its handler's name) asks of the caller, checked by
+#: `GatewayRoot` before Klein sees the request (`dicomrst.web.access`).  Every route of
+#: the URL map must be here: `GatewayRoot` refuses to build otherwise, so a route added
+#: without a line here fails every test rather than going out unchecked.
+ROUTE_ACCESS: Mapping[str, Need] = {
+    "root": Need.ADMITTED,
+    "aets": Need.ADMITTED,  # lists only the AETs the caller may read
+    "aet_health": Need.READ,
+    # QIDO-RS and MWL-RS
+    "search_studies": Need.READ,
+    "search_study_series": Need.READ,
+    "search_series_instances": Need.READ,
+    "search_study_instances": Need.READ,
+    "search_series": Need.READ,
+    "search_instances": Need.READ,
+    "search_worklist": Need.READ,
+    # WADO-RS
+    "retrieve_study": Need.READ,
+    "retrieve_series": Need.READ,
+    "retrieve_instance": Need.READ,
+    "study_metadata": Need.READ,
+    "series_metadata": Need.READ,
+    "instance_metadata": Need.READ,
+    "retrieve_frames": Need.READ,
+    "instance_pixeldata": Need.READ,
+    "study_pixeldata": Need.READ,
+    "series_pixeldata": Need.READ,
+    "instance_bulkdata": Need.READ,
+    "rendered_study": Need.READ,
+    "rendered_series": Need.READ,
+    "rendered_instance": Need.READ,
+    "rendered_frames": Need.READ,
+    "thumbnail_study": Need.READ,
+    "thumbnail_series": Need.READ,
+    "thumbnail_instance": Need.READ,
+    "thumbnail_frames": Need.READ,
+    # STOW-RS
+    "store_instances": Need.WRITE,
+    "store_study_instances": Need.WRITE,
+}
+
+
+def unchecked_routes(app: Klein) -> set[str]:
+    """Endpoints of `app`'s URL map that `ROUTE_ACCESS` does not name (empty when all are)."""
+    return {str(rule.endpoint) for rule in app.url_map.iter_rules()} - set(ROUTE_ACCESS)
+
+
+def _gone(request: IRequest) -> bool:
+    """The response was finished (a 504 at the deadline) or the client left."""
+    return isinstance(request, Request) and (bool(request.finished) or request_disconnected(request))
 
 
 def _split_base(base_path: str) -> list[bytes]:
@@ -62,32 +121,69 @@ def _split_base(base_path: str) -> list[bytes]:
 class GatewayRoot(Resource):
     """Everything that must happen before routing, for every request.
 
-    Headers common to all responses, CORS preflight, the base path and trailing
-    slashes are handled here rather than in Klein so routes added later cannot
-    forget them.  It is also the `GatewaySite`'s hook for request bodies: a STOW-RS
-    body (found through Klein's URL map, as the route itself is) is parsed as it arrives.
+    Headers common to all responses, CORS preflight, the base path, trailing slashes
+    and the access check (`dicomrst.web.access`) are handled here rather than in Klein
+    so routes added later cannot forget them.  It is also the `GatewaySite`'s hook for
+    request bodies: a STOW-RS body (found through Klein's URL map, as the route itself
+    is) is parsed as it arrives, once its access check allows it.
     """
 
     isLeaf = True
 
     def __init__(self, app: GatewayApp) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        unchecked = unchecked_routes(app.app)
+        if unchecked:
+            raise RuntimeError(f"routes missing from ROUTE_ACCESS: {', '.join(sorted(unchecked))}")
         self._app = app
         self._routes = app.app.resource()
         self._base = _split_base(app.context.base_path)
+        self._gate = app.context.access
+        self._cors = app.cors
 
-    def bodyConsumerFactory(self, request: GatewayRequest) -> StowUpload | None:
-        """A `StowUpload` for a STOW-RS request, None for any other."""
-        if request.method != b"POST" or request.path is None:
+    def requirement(self, path: bytes, method: str) -> Requirement:
+        """What a request for `path` with `method` asks of its caller (`ROUTE_ACCESS`);
+        a path no route matches asks to be admitted (and is then a 404 or 405)."""
+        route = self._app.route_of(path, method)
+        if route is None:
+            return ADMITTED
+        endpoint, values = route
+        need = ROUTE_ACCESS[endpoint]
+        return Requirement(need, values.get("aet") if need is not Need.ADMITTED else None)
+
+    def bodyConsumerFactory(self, request: GatewayRequest) -> BodyConsumer | None:
+        """A `StowUpload` for a STOW-RS request (behind its access check); a consumer that
+        drops the body of a request no route takes (a 404 or 405 whatever it holds: it
+        need not be kept, up to ``max-upload-size``, in memory or a temporary file); None
+        for any other."""
+        if request.method in (b"GET", b"HEAD", b"OPTIONS") or request.path is None:
             return None
-        route = self._app.route_of(request.path, "POST")
-        if route is None or route[0] not in STOW_ENDPOINTS:
+        route = self._app.route_of(request.path, request.method.decode("ascii", "replace"))
+        if route is None:
+            return DroppedBody()
+        if route[0] not in STOW_ENDPOINTS:
             return None
         values = route[1]
-        return stow.body_consumer(self._app.context, request, values["aet"], values.get("study"))
+
+        def upload() -> StowUpload:
+            return stow.body_consumer(self._app.context, request, values["aet"], values.get("study"))
+
+        requirement = Requirement(ROUTE_ACCESS[route[0]], values["aet"])
+        return self._gate.streamed_body(request, requirement, upload, self._refuse_body)
+
+    def _refuse_body(self, request: GatewayRequest, failure: Failure) -> None:
+        """The access check refused a STOW-RS request whose body is still arriving."""
+        if request.state != "body":
+            return  # the body is in (the route answers with the same decision) or the request is over
+        error = failure.value
+        if not isinstance(error, DicomrstError):
+            log.failure("access check of {path} failed", failure, path=request.path)
+            error = DicomrstError("internal error")
+        set_error_headers(request, error)
+        request.refuse(http_status(error), error.message)
 
     def render(self, request: IRequest) -> bytes | int:
-        set_common_headers(request)
+        set_common_headers(request, self._cors)
         try:
             # Before Klein (which answers a non-UTF-8 Host with a bare text 400, and passes
             # others to werkzeug) and before any URL is built from it.
@@ -108,13 +204,28 @@ class GatewayRoot(Resource):
             # "/studies/" is "/studies" for every route, with no redirect.
             while rest and rest[-1] == b"":
                 rest.pop()
+            requirement = self.requirement(request.path or b"/", request.method.decode("ascii", "replace"))
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
-            # Klein annotates render as returning any KleinRenderable, but it returns the
-            # bytes of a URL decoding error or NOT_DONE_YET (as its own ignore there says).
-            return cast(bytes | int, self._routes.render(request))
+            decision = self._gate.check(request, requirement)
+            decision.addCallback(self._route, request)
+            decision.addErrback(self._refused, request)
+            return NOT_DONE_YET
         except Exception:
             return self._respond(request, error_response(request, Failure()))
+
+    def _route(self, principal: object, request: IRequest) -> None:
+        if _gone(request):
+            return
+        # Klein annotates render as returning any KleinRenderable, but it returns the
+        # bytes of a URL decoding error or NOT_DONE_YET (as its own ignore there says).
+        result = cast(bytes | int, self._routes.render(request))
+        if isinstance(result, bytes):
+            self._respond(request, result)
+
+    def _refused(self, failure: Failure, request: IRequest) -> None:
+        if not _gone(request):
+            self._respond(request, error_response(request, failure))
 
     def _preflight(self, request: IRequest) -> int:
         request.setResponseCode(204)
@@ -124,8 +235,10 @@ class GatewayRoot(Resource):
         valid = asked is not None and _HEADER_NAMES.fullmatch(asked) is not None
         request.setHeader(b"Access-Control-Allow-Headers", asked if valid else DEFAULT_ALLOW_HEADERS)
         request.setHeader(b"Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
-        # The answer depends on the asked headers; caches must not mix them up.
-        request.setHeader(b"Vary", b"Access-Control-Request-Headers")
+        # The answer depends on the asked headers (and the origin, with a list of them);
+        # caches must not mix them up.
+        vary = b"Access-Control-Request-Headers"
+        request.setHeader(b"Vary", vary if self._cors.origins is None else b"Origin, " + vary)
         return self._respond(request, b"")
 
     @staticmethod
@@ -136,6 +249,22 @@ class GatewayRoot(Resource):
             request.write(body)
             request.finish()
         return NOT_DONE_YET
+
+
+class DroppedBody:
+    """The body of a request that will be answered 404 or 405: read, and dropped."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def bodyFinished(self) -> None:
+        pass
+
+    def bodyTooLarge(self, reason: str) -> bool:
+        return False
+
+    def requestOver(self) -> None:
+        pass
 
 
 class GatewayApp:
@@ -151,6 +280,8 @@ class GatewayApp:
     :param cache: the instance cache (None: one that keeps nothing, `InstanceCache.off`).
     :param cpu: the bounded line of image work (None: `CpuWorkers` on `reactor`'s thread
         pool; tests without threads pass one with a pool of their own).
+    :param access: ``server.auth`` and ``aets[].access`` (None: everyone may do everything).
+    :param cors: ``server.http.cors`` (None: any origin).
     """
 
     app = Klein()
@@ -171,9 +302,14 @@ class GatewayApp:
         stow_spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
         cache: InstanceCache | None = None,
         cpu: CpuWorkers | None = None,
+        access: AccessGate | None = None,
+        cors: CorsPolicy | None = None,
     ) -> None:
         # Left out, the context makes its own (one per gateway, the ranged reads' too).
         optional: dict[str, Any] = {"cpu": cpu} if cpu is not None else {}
+        if access is not None:
+            optional["access"] = access
+        self.cors = cors if cors is not None else ANY_ORIGIN
         self.context = WebContext(
             backends,
             reactor,
@@ -217,7 +353,7 @@ class GatewayApp:
 
     @app.route("/aets", methods=["GET"])
     def aets(self, request: IRequest) -> bytes:
-        return json_body(request, list(self.context.backends))
+        return json_body(request, self.context.access.readable(request, self.context.backends))
 
     @app.route("/aets/<aet>", methods=["GET"])
     async def aet_health(self, request: IRequest, aet: str) -> bytes:

@@ -20,6 +20,7 @@ from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.wado.ranged import RangedFrames
+from dicomrst.web.access import AccessGate
 from dicomrst.web.requests import request_host
 
 #: STOW-RS parts larger than this are spooled to a temporary file.
@@ -43,6 +44,8 @@ class WebContext:
         reactor and the streams it serves.
     :ivar ranged: frames read by byte range from backends that can (`IRangedReads`) on a
         cache miss, and the heads of the objects read last.
+    :ivar access: who may do what (``server.auth``, ``aets[].access``); `GatewayRoot`
+        applies it to every request before routing.  Left out: everyone may do everything.
     """
 
     backends: Mapping[str, IBackend]
@@ -58,6 +61,7 @@ class WebContext:
         default=attrs.Factory(lambda self: CpuWorkers(self.reactor), takes_self=True)
     )
     ranged: RangedFrames = attrs.field(factory=RangedFrames)
+    access: AccessGate = attrs.field(factory=AccessGate.open)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

@@ -17,12 +17,14 @@ from dicomrst.errors import (
     BadRequest,
     Conflict,
     DicomrstError,
+    Forbidden,
     NotAcceptable,
     NotFound,
     NotImplementedService,
     PayloadTooLarge,
     RangeNotSatisfiable,
     ServiceUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
     UpstreamError,
     UpstreamTimeout,
@@ -36,6 +38,8 @@ log = logger("dicomrst.web")
 #: By error type; a subclass answers with the status of its nearest listed base.
 HTTP_STATUS: dict[type[BaseException], int] = {
     BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     NotAcceptable: 406,
     Conflict: 409,
@@ -57,6 +61,20 @@ def http_status(error: BaseException) -> int:
         if status is not None:
             return status
     return 500
+
+
+def set_error_headers(request: IRequest, error: DicomrstError) -> None:
+    """The headers `error`'s status comes with: ``WWW-Authenticate`` (one field per
+    challenge), ``Retry-After``, ``Content-Range``."""
+    if isinstance(error, (Unauthorized, Forbidden)):
+        request.responseHeaders.removeHeader(b"WWW-Authenticate")
+        for challenge in error.challenges:
+            request.responseHeaders.addRawHeader(b"WWW-Authenticate", challenge.encode("ascii", "replace"))
+    if isinstance(error, ServiceUnavailable) and error.retry_after is not None:
+        request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+    if isinstance(error, RangeNotSatisfiable):
+        # RFC 9110 §15.5.17: the current length, so the client can ask again.
+        request.setHeader(b"Content-Range", b"bytes */%d" % error.length)
 
 
 def _path_for_log(request: IRequest) -> str:
@@ -85,11 +103,7 @@ def error_response(request: IRequest, failure: Failure) -> bytes | IResource:
 
     error = failure.value
     if isinstance(error, DicomrstError):
-        if isinstance(error, ServiceUnavailable) and error.retry_after is not None:
-            request.setHeader(b"Retry-After", b"%d" % error.retry_after)
-        if isinstance(error, RangeNotSatisfiable):
-            # RFC 9110 §15.5.17: the current length, so the client can ask again.
-            request.setHeader(b"Content-Range", b"bytes */%d" % error.length)
+        set_error_headers(request, error)
         return error_body(request, http_status(error), error.message)
     if isinstance(error, MethodNotAllowed):
         allowed = {m.upper() for m in error.valid_methods or ()} | {"OPTIONS"}

@@ -9,8 +9,10 @@ JSON error shape without importing the routes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -26,7 +28,10 @@ ALLOW_METHODS = b"GET, HEAD, POST, OPTIONS"
 
 # Browsers hide every response header not listed here from cross-origin scripts;
 # viewers need Location/Content-Location after STOW and Retry-After on a 503.
-EXPOSE_HEADERS = b"Content-Type, Content-Length, Content-Location, Location, Warning, Retry-After"
+# WWW-Authenticate: a browser app learns why its token was refused (RFC 6750 error=...).
+EXPOSE_HEADERS = (
+    b"Content-Type, Content-Length, Content-Location, Location, Warning, Retry-After, WWW-Authenticate"
+)
 
 # Offered in a preflight that did not name its headers (rare; browsers always do).
 DEFAULT_ALLOW_HEADERS = b"Accept, Authorization, Content-Type, Cache-Control, X-Requested-With"
@@ -34,11 +39,51 @@ DEFAULT_ALLOW_HEADERS = b"Accept, Authorization, Content-Type, Cache-Control, X-
 PREFLIGHT_MAX_AGE = b"600"
 
 
-def set_common_headers(request: IRequest) -> None:
+@attrs.frozen
+class CorsPolicy:
+    """Which browser origins may read the gateway's responses
+    (``server.http.cors.allowed-origins``).
+
+    Any origin (`origins` None): ``Access-Control-Allow-Origin: *`` and never
+    ``Access-Control-Allow-Credentials``: the Fetch standard refuses ``*`` for a request
+    made with credentials (cookies, the browser's own HTTP authentication, TLS client
+    certificates), and a wildcard must not hand those to every site.  A script that sets
+    ``Authorization`` itself (a viewer with an OIDC token) sends no credentials in the
+    Fetch sense, so it works with ``*`` (the preflight names ``Authorization``, and the
+    gateway echoes the header names asked for).  A list: an ``Origin`` on it is echoed,
+    with ``Access-Control-Allow-Credentials: true`` (the operator trusts it) and
+    ``Vary: Origin``; any other origin gets no CORS headers, so the browser keeps the
+    response from it.
+    """
+
+    origins: frozenset[str] | None = None
+
+    @classmethod
+    def allowing(cls, origins: Iterable[str] | None) -> CorsPolicy:
+        return cls(None if origins is None else frozenset(o.lower() for o in origins))
+
+    def apply(self, request: IRequest) -> None:
+        if self.origins is None:
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+            return
+        request.setHeader(b"Vary", b"Origin")
+        origin = request.getHeader(b"origin")
+        if origin is not None and origin.decode("latin-1").lower() in self.origins:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+            request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+
+
+ANY_ORIGIN = CorsPolicy()
+
+
+def set_common_headers(request: IRequest, cors: CorsPolicy = ANY_ORIGIN) -> None:
     """Headers every response carries, errors and 404s included."""
     request.setHeader(b"Server", SERVER)
-    request.setHeader(b"Access-Control-Allow-Origin", b"*")
-    request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+    # No response may be sniffed into another type (a JSON error into HTML, say).
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    cors.apply(request)
 
 
 def response_started(request: IRequest) -> bool:

@@ -42,7 +42,7 @@ from dicomrst.common.twisted_internals import (
     site_of,
 )
 from dicomrst.logs import logger
-from dicomrst.web.responses import error_body, set_common_headers
+from dicomrst.web.responses import ANY_ORIGIN, CorsPolicy, error_body, set_common_headers
 
 log = logger("dicomrst.web")
 
@@ -144,7 +144,7 @@ REQUEST = Machine(
         "body": "headers in, body arriving (to a body consumer, or buffered)",
         "rejected": "answered without the whole request (413 body over max-upload-size, or the body "
         "consumer's report of what it took; 400/414/431 head or body it cannot take; 408 head too "
-        "slow); the rest of the request is discarded",
+        "slow; 401/403 streamed body refused); the rest of the request is discarded",
         "handling": "body in, the resource is rendering; the deadline runs",
         "responding": "the status line is out",
         "timing-out": "deadline passed before the response began: the 504 is written",
@@ -158,6 +158,7 @@ REQUEST = Machine(
         "bad-request": "the channel cannot take the head (400 malformed, 414 line, 431 header fields) "
         "or the chunked body (400)",
         "too-large": "the declared or received body is over max-upload-size",
+        "refused": "the access check refused a request whose body streams (401, 403): it is not read",
         "chunk": "a piece of the body arrived",
         "complete": "requestReceived: the whole body is in",
         "written": "the first write: the status line goes out",
@@ -177,6 +178,7 @@ REQUEST = Machine(
             ("body", "chunk", "body", "_feed"),
             ("body", "too-large", "rejected", "_reject_later"),
             ("body", "bad-request", "rejected", "_reject_bad"),
+            ("body", "refused", "rejected", "_reject_bad"),
             ("body", "complete", "handling", "_handle"),
             ("body", "abort", "aborting", "_abort"),
             ("body", "lost", "lost", "_lost"),
@@ -315,6 +317,12 @@ class GatewayRequest(Request):
         with `message` and close.  `line`: the start of an oversized request line."""
         self._run.fire("bad-request", status, message, line)
 
+    def refuse(self, status: int, message: str) -> None:
+        """The access check refused this request while its body is arriving: answer
+        `status` with `message` (the caller set ``WWW-Authenticate``) and close, without
+        reading the rest of the body.  Only in state ``body``."""
+        self._run.fire("refused", status, message, None)
+
     def head_timed_out(self) -> None:
         """``server.http.header-timeout`` passed before this request's headers were in."""
         self._run.fire("head-deadline")
@@ -379,7 +387,7 @@ class GatewayRequest(Request):
     def _answer_too_large(self) -> None:
         if self.finished or request_disconnected(self) or self._rendering:
             return
-        set_common_headers(self)
+        set_common_headers(self, self.gateway.cors)
         # The rest of the body is not read: the connection cannot carry another request.
         self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
@@ -422,7 +430,7 @@ class GatewayRequest(Request):
         if not self.clientproto.startswith(b"HTTP/"):
             self.clientproto = b"HTTP/1.1"  # the version of the line we could not read
         self.content = BytesIO()
-        set_common_headers(self)
+        set_common_headers(self, self.gateway.cors)
         self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
         body = error_body(self, status, message)
@@ -677,6 +685,8 @@ class GatewaySite(Site):
     :ivar bodyConsumers: asked for each request once its headers are in; a
         `BodyConsumer` it returns takes the body as it arrives.  The resource, when it
         provides `IStreamedBodies`.
+    :ivar cors: the CORS headers of the answers the site writes itself (400, 408, 413,
+        414, 431); the resource sets its own on the others.
     """
 
     requestFactory = GatewayRequest
@@ -694,6 +704,7 @@ class GatewaySite(Site):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_upload_size: int | None = None,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        cors: CorsPolicy = ANY_ORIGIN,
     ) -> None:
         # parsePOSTFormSubmission: STOW bodies are never forms; parsing would only
         # cost memory on large uploads.
@@ -705,6 +716,7 @@ class GatewaySite(Site):
         self.headerTimeout = header_timeout
         self.draining = False
         self.maxUploadSize = max_upload_size
+        self.cors = cors
         self.bodyConsumers: IStreamedBodies = (
             resource if IStreamedBodies.providedBy(resource) else _NoStreamedBodies()
         )
@@ -780,6 +792,7 @@ def make_site(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_upload_size: int | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    cors: CorsPolicy = ANY_ORIGIN,
 ) -> GatewaySite:
     """The `Site` the gateway listens with.
 
@@ -791,5 +804,6 @@ def make_site(
     :param max_upload_size: ``server.http.max-upload-size``: larger bodies get 413.
     :param header_timeout: ``server.http.header-timeout`` in seconds: the most a request
         head may take, counted from when the connection is ready for it.
+    :param cors: ``server.http.cors``, for the answers the site writes itself.
     """
-    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size, header_timeout)
+    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size, header_timeout, cors)

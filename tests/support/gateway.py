@@ -79,8 +79,10 @@ def gateway_config(
     aets: Sequence[Mapping[str, Any]] = (),
     http: Mapping[str, Any] | None = None,
     listener: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``listener``: more keys for the one ``server.dimse`` entry (e.g. ``uncompressed``)."""
+    """``listener``: more keys for the one ``server.dimse`` entry (e.g. ``uncompressed``);
+    ``server``: more ``server`` sections (e.g. ``auth``)."""
     return {
         "telemetry": {"level": "INFO"},
         "server": {
@@ -92,6 +94,7 @@ def gateway_config(
             # Relative to the gateway's working directory, its own temp directory: gateways
             # of parallel test runs (trial -j) must not share the default one.
             "cache": {"path": "cache"},
+            **(server or {}),
         },
         "aets": [dict(a) for a in aets],
     }
@@ -173,12 +176,16 @@ def start_gateway(
     dimse_port: int | None = None,
     listener: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    ready_headers: Mapping[str, str] | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> Deferred[Gateway]:
     """Start the gateway on free ports; fire once ``GET ready_path`` answers 200.
 
     ``dimse_port``: the listener's port when the caller chose it (a C-MOVE source must know it
     before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry;
-    ``env``: more environment variables for the process (``DICOM_RST_*`` overrides).
+    ``env``: more environment variables for the process (``DICOM_RST_*`` overrides);
+    ``ready_headers``: sent with the readiness request (credentials, for ``server.auth``);
+    ``server``: more ``server`` sections of the config.
 
     At cleanup: close our HTTP connections, SIGTERM the gateway, and fail the test unless it
     exits 0 within `STOP_TIMEOUT`.
@@ -187,7 +194,9 @@ def start_gateway(
     async def start() -> Gateway:
         http_port, free_dimse_port = peers.free_ports(2)
         port = free_dimse_port if dimse_port is None else dimse_port
-        directory, config_path = write_config(case, gateway_config(http_port, port, aets, http, listener))
+        directory, config_path = write_config(
+            case, gateway_config(http_port, port, aets, http, listener, server)
+        )
         log_path = os.path.join(directory, "gateway.log")
         # argv[0] is the interpreter's path: a venv's python finds its venv through it.
         child = peers._spawn(
@@ -216,7 +225,7 @@ def start_gateway(
         case.addCleanup(stop_gateway, case, gateway)
 
         async def ready() -> bool:
-            response = await gateway.get(ready_path, timeout=2)
+            response = await gateway.get(ready_path, timeout=2, headers=dict(ready_headers or {}))
             return response.code == 200
 
         await peers._wait_until(ready, f"dicomrst on http port {http_port}", READY_TIMEOUT, child)

@@ -389,6 +389,9 @@ class RequestTransitions(TransitionTests):
             self.send(b"no colon here\r\n\r\n" if state == "head" else b"zz\r\n")
         elif event == "abort":
             abort_connection(request, "error")
+        elif event == "refused":
+            request.setHeader(b"WWW-Authenticate", b'Basic realm="gw"')
+            request.refuse(401, "authentication required")
         elif event == "lost":
             self.protocol.connectionLost(Failure(ConnectionDone()))
         else:
@@ -406,6 +409,11 @@ class RequestTransitions(TransitionTests):
         if t.event == "bad-request":
             self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", self.transport.value())
             self.assertIn(b"Connection: close", self.transport.value())
+        if t.event == "refused":
+            self.assertIn(b"HTTP/1.1 401 Unauthorized\r\n", self.transport.value())
+            self.assertIn(b'WWW-Authenticate: Basic realm="gw"', self.transport.value())
+            self.assertIn(b"Connection: close", self.transport.value())
+            self.assertEqual(self.resource.rendered, [])
         if (t.source, t.event) == ("body", "complete"):
             self.assertEqual(self.resource.bodies[-1].events, ["finished"])
             self.assertEqual(len(self.resource.rendered), 1)

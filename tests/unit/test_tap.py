@@ -14,6 +14,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.auth.principal import AccessList
 from dicomrst.cache import InstanceCache
 from dicomrst.cache.store import MARKER
 from dicomrst.config import parse_config
@@ -22,6 +23,7 @@ from dicomrst.tap import CPU_MAX_WAITING, CacheService, GatewayService, Options,
 from dicomrst.wado.sinks import MultipartSink
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.service import HTTPService
+from tests.support.auth import Signer, jwks, users_file
 from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, encode, instance
 from tests.support.fakes import FakeBackend
 from tests.support.threads import InlinePool
@@ -132,6 +134,52 @@ class SiteSettingsTests(SynchronousTestCase):
         [http] = [s for s in build(parse_config({}), MemoryReactorClock()) if isinstance(s, HTTPService)]
         cpu = http.site.resource._app.context.cpu
         self.assertEqual(cpu.max_waiting, CPU_MAX_WAITING)
+
+
+class AuthSettingsTests(SynchronousTestCase):
+    """server.auth, aets[].access and server.http.cors reach the app and the site."""
+
+    def build(self, data: dict[str, object]) -> Any:
+        config = parse_config(data, lambda host: None, {})
+        [http] = [s for s in build(config, MemoryReactorClock()) if isinstance(s, HTTPService)]
+        return http.site
+
+    def test_the_keys_reach_the_gate_and_the_site(self) -> None:
+        users = users_file(self.mktemp(), {"alice": "x"})
+        jwks_path = self.mktemp()
+        with open(jwks_path, "wb") as f:
+            f.write(jwks(Signer("EC").jwk()))
+        site = self.build(
+            {
+                "server": {
+                    "http": {"cors": {"allowed-origins": ["https://viewer.example"]}},
+                    "auth": {
+                        "basic": {"users-file": users},
+                        "oidc": {"issuer": "https://idp", "audience": "gw", "jwks-file": jwks_path},
+                        "realm": "hospital",
+                    },
+                },
+                "aets": [{"aet": "PACS", "host": "pacs", "port": 104, "access": {"read": ["role:r"]}}],
+            }
+        )
+        gate = site.resource._app.context.access
+        authenticator = gate.authenticator
+        self.assertEqual((authenticator.configured, authenticator.anonymous), (True, False))
+        self.assertEqual(
+            authenticator.challenges, ('Basic realm="hospital", charset="UTF-8"', 'Bearer realm="hospital"')
+        )
+        self.assertEqual(gate.policy.aets["PACS"].read, AccessList(frozenset(), frozenset({"r"})))
+        self.assertIsNone(gate.policy.aets["PACS"].write)
+        self.assertEqual(site.cors.origins, frozenset({"https://viewer.example"}))
+        self.assertIs(site.resource._app.cors, site.cors)
+
+    def test_without_auth_everyone_is_let_in(self) -> None:
+        gate = self.build({}).resource._app.context.access
+        self.assertEqual((gate.authenticator.configured, gate.authenticator.anonymous), (False, True))
+
+    def test_an_unreadable_users_file_stops_startup(self) -> None:
+        missing = self.mktemp()
+        self.assertRaises(SystemExit, self.build, {"server": {"auth": {"basic": {"users-file": missing}}}})
 
 
 class CacheSettingsTests(SynchronousTestCase):
