@@ -18,15 +18,21 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.backends.objects import without_bulk_tail
 from dicomrst.cache.store import CachedInstance
 from dicomrst.common.deferreds import shielded
-from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.errors import NotAcceptable
 from dicomrst.logs import logger
 
 log = logger("dicomrst.cache")
 
 CHUNK = 256 * 1024
+#: What a metadata replay reads first: the file meta and, for most objects, every
+#: attribute before the pixel data.
+HEAD = 64 * 1024
+_NATIVE = frozenset((EXPLICIT_VR_LE, IMPLICIT_VR_LE))
 
 
 @implementer(IPushProducer)
@@ -127,20 +133,39 @@ class Replay:
             return
         f = instance.file
         try:
-            f.seek(instance.dataset_offset)
-            while True:
+            if not self.sink.wants_bulk_data and instance.transfer_syntax in _NATIVE:
+                # Metadata: the head up to the pixel data is all it needs when pixel data
+                # ends the object (as the S3 and LOCAL backends read it).
+                f.seek(0)
+                head = f.read(HEAD)
+                cut = without_bulk_tail(
+                    head, instance.dataset_offset, instance.transfer_syntax == IMPLICIT_VR_LE, instance.size
+                )
+            else:
+                cut = None
+            if cut is not None:
                 await self._turn()
                 if self.stopped:
                     raise CancelledError()
-                chunk = f.read(CHUNK)
-                if not chunk:
-                    break
-                consumer.dataReceived(chunk)
+                consumer.dataReceived(cut)
+            else:
+                f.seek(instance.dataset_offset)
+                while True:
+                    await self._turn()
+                    if self.stopped:
+                        raise CancelledError()
+                    chunk = f.read(CHUNK)
+                    if not chunk:
+                        break
+                    consumer.dataReceived(chunk)
         except BaseException:
             # Cancelled, or the file could not be read: the part is not whole.
             consumer.dataFailed(Failure())
             raise
         consumer.dataFinished()
+        await self._answered(consumer, instance)
+
+    async def _answered(self, consumer: IInstanceConsumer, instance: CachedInstance) -> None:
         try:
             await shielded(consumer.done)
         except Exception as e:

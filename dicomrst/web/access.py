@@ -72,6 +72,13 @@ class AccessGate:
         """Everyone may do everything: the gateway without ``server.auth`` or ``access``."""
         return cls(Authenticator.open(), AccessPolicy())
 
+    @property
+    def unrestricted(self) -> bool:
+        """Every request is let in, whatever it asks (no method configured, anonymous
+        allowed, no access lists): the route need not be looked up to decide."""
+        auth = self.authenticator
+        return not auth.configured and auth.anonymous and not self.policy.aets
+
     def check(self, request: IRequest, requirement: Requirement) -> Deferred[Principal]:
         """The request's principal, once it is known to meet `requirement`; fails with
         `Unauthorized` (401) or `Forbidden` (403), or `ServiceUnavailable` when the

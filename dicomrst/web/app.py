@@ -204,7 +204,12 @@ class GatewayRoot(Resource):
             # "/studies/" is "/studies" for every route, with no redirect.
             while rest and rest[-1] == b"":
                 rest.pop()
-            requirement = self.requirement(request.path or b"/", request.method.decode("ascii", "replace"))
+            # Matching the route costs about 0.1 ms a request; an open gate needs none.
+            requirement = (
+                ADMITTED
+                if self._gate.unrestricted
+                else self.requirement(request.path or b"/", request.method.decode("ascii", "replace"))
+            )
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
             decision = self._gate.check(request, requirement)

@@ -25,6 +25,7 @@ from dicomrst.cache import CachedInstance, CacheDirectoryError, InstanceCache
 from dicomrst.cache.store import MARKER
 from dicomrst.common.interfaces import STORE_SUCCESS, IInstanceConsumer, IInstanceSink
 from dicomrst.errors import NotFound, ServiceUnavailable, UpstreamError
+from dicomrst.wado.metadata import instance_metadata_json
 from dicomrst.wado.negotiation import select_instance_media
 from dicomrst.wado.sinks import MultipartSink
 from tests.support.datasets import (
@@ -917,3 +918,16 @@ class ReplayTests(CacheTestCase):
         [consumer] = sink.consumers
         self.failureResultOf(consumer.done, CancelledError)  # its part is not whole
         self.assertIsNone(sink.attached)
+
+    def test_metadata_reads_only_the_head(self) -> None:
+        items = [Item(n, pixels=300_000) for n in range(2)]
+        self.fill(items)
+        sink = RecordingSink()
+        sink.wants_bulk_data = False  # a metadata response
+        self.assertEqual(self.successResultOf(self.replay(sink)), 2)
+        for consumer, item in zip(sink.consumers, sorted(items, key=lambda i: i.sop), strict=True):
+            self.assertLess(len(consumer.data), len(item.data) - 299_000)  # no pixel data read
+            self.assertEqual(
+                instance_metadata_json(consumer.data, item.syntax, "b"),
+                instance_metadata_json(item.data, item.syntax, "b"),
+            )

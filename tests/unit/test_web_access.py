@@ -308,6 +308,18 @@ class OpenGatewayTests(SynchronousTestCase):
         self.assertEqual(json.loads(self.successResultOf(response.content())), ["PACS"])
 
 
+class UnrestrictedTests(GuardedApp):
+    anonymous = True
+
+    def test_only_a_gate_with_nothing_to_check_skips_the_route_lookup(self) -> None:
+        self.assertTrue(AccessGate.open().unrestricted)
+        self.assertFalse(self.gate.unrestricted)  # methods and access lists configured
+        lists_only = AccessGate(Authenticator(None, None, True), self.gate.policy)
+        self.assertFalse(lists_only.unrestricted)
+        methods_only = AccessGate(Authenticator(self.basic, None, True), AccessPolicy())
+        self.assertFalse(methods_only.unrestricted)
+
+
 class CorsListTests(GuardedApp):
     cors = CorsPolicy.allowing(["https://viewer.example"])
 
