@@ -78,8 +78,8 @@ class CollectingSink:
 
     def metadata(self) -> dict[str, bytes]:
         """What a metadata response makes of each instance received."""
-        syntaxes = self.syntaxes
-        return {sop: instance_metadata_json(data, syntaxes[sop], "bulk") for sop, data in self.received.items()}
+        received, syntaxes = self.received, self.syntaxes
+        return {sop: instance_metadata_json(data, syntaxes[sop], "bulk") for sop, data in received.items()}
 
     def attach(self, producer: IPushProducer | None) -> None:
         pass

@@ -139,4 +139,5 @@ class MetadataSinkTests(SynchronousTestCase):
             on_result(True, f(*args, **kwargs))
         self.successResultOf(self.sink.settled())
         self.sink.finish()
-        self.assertEqual([o["00080018"]["Value"][0] for o in self.body()], [f"{SERIES}.{n}" for n in range(3)])
+        written = [o["00080018"]["Value"][0] for o in self.body()]
+        self.assertEqual(written, [f"{SERIES}.{n}" for n in range(3)])
