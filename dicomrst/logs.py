@@ -221,6 +221,11 @@ def current_level() -> LogLevel:
     return cast(LogLevel, _predicate.logLevelForNamespace(""))
 
 
+def debug_enabled() -> bool:
+    """DEBUG (or TRACE) lines are shown: worth gathering their fields."""
+    return bool(current_level() <= _LEVELS["DEBUG"])
+
+
 def logger(namespace: str) -> Logger:
     """A Logger for `namespace` whose events pass the configured level filter, carry the
     request ID (`request_scope`) and are escaped (`escape_event`)."""
