@@ -23,6 +23,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from dicomrst.auth.basic import UsersFile
 from dicomrst.daemon import HangupService, log_output
+from dicomrst.dimse.echo import c_echo
+from dicomrst.dimse.pool import Lease
 from dicomrst.errors import BadRequest
 from dicomrst.logs import (
     OutputLog,
@@ -38,6 +40,7 @@ from dicomrst.web.site import make_site
 from dicomrst.web.urls import PublicUrls, forwarded_pairs
 from tests.support.fakes import FakeBackend
 from tests.support.http import CLIENT, Connection
+from tests.support.pool import CALLED, QIDO, WAIT, PoolTestCase
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 HOSTILE = "a\r\nFORGED\x1b[31m\u202e\u2028\\x"
@@ -404,3 +407,65 @@ class HangupTests(SynchronousTestCase):
         assert to_file is not None
         self.addCleanup(to_file.stream.close)
         self.assertEqual(to_file.path, os.path.abspath(path))
+
+
+class PoolDebugTests(PoolTestCase):
+    """DEBUG: each DIMSE message and pool decision; INFO: the association taken."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        set_level("DEBUG")
+        self.addCleanup(set_level, "INFO")
+
+    def lines(self) -> list[tuple[str, str | None]]:
+        return [
+            (formatEvent(e), e.get("request_id"))
+            for e in self.logs
+            # The in-memory PACS's own DIMSE lines (its peer is us) are not the gateway's.
+            if e.get("log_namespace") in ("dicomrst.pool", "dicomrst.dimse")
+            and e.get("peer_aet") != "GATEWAY"
+        ]
+
+    def test_messages_and_decisions_name_the_request(self) -> None:
+        pool = self.make_pool(size=1)
+
+        async def op(lease: Lease) -> None:
+            await c_echo(lease.connection, aet=CALLED, timeout=QIDO)
+
+        for request_id in ("first", "second"):
+            with request_scope(request_id):
+                d = Deferred.fromCoroutine(pool.run(op))
+            if request_id == "first":
+                self.connect()
+            # The response arrives from the link (the network), outside the request.
+            self.flush()
+            self.successResultOf(d)
+        texts = [text for text, _ in self.lines()]
+        expected = [
+            "pool PACS: open: a new association",
+            "association to PACS taken (new)",
+            "DIMSE sent C-ECHO-RQ message_id=1 status=- peer_aet=PACS",
+            "DIMSE received C-ECHO-RSP message_id=1 status=0x0000 peer_aet=PACS",
+            "pool PACS: release: association kept idle",
+            "pool PACS: reuse: an idle association",
+            "association to PACS taken (reused)",
+            "DIMSE sent C-ECHO-RQ message_id=2 status=- peer_aet=PACS",
+            "DIMSE received C-ECHO-RSP message_id=2 status=0x0000 peer_aet=PACS",
+            "pool PACS: release: association kept idle",
+        ]
+        self.assertEqual(len(texts), len(expected), texts)
+        for text, start in zip(texts, expected, strict=True):
+            self.assertTrue(text.startswith(start), (text, start))
+        ids = [request_id for _, request_id in self.lines()]
+        self.assertEqual(ids, ["first"] * 5 + ["second"] * 5)
+
+    def test_a_full_pool_waits(self) -> None:
+        pool = self.make_pool(size=1)
+        held = Deferred.fromCoroutine(pool.acquire())
+        self.connect()
+        self.successResultOf(held)
+        Deferred.fromCoroutine(pool.acquire()).addErrback(lambda _: None)
+        [wait] = [text for text, _ in self.lines() if ": wait:" in text]
+        self.assertIn("busy=1 idle=0", wait)
+        self.clock.advance(WAIT + 1)
