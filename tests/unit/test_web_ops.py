@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from dicomrst.auth.basic import UsersFile
+from dicomrst.config import ConfigError, parse_config
 from dicomrst.daemon import HangupService, log_output
 from dicomrst.dimse.echo import c_echo
 from dicomrst.dimse.pool import Lease
@@ -469,3 +470,37 @@ class PoolDebugTests(PoolTestCase):
         [wait] = [text for text, _ in self.lines() if ": wait:" in text]
         self.assertIn("busy=1 idle=0", wait)
         self.clock.advance(WAIT + 1)
+
+
+class ConfigKeyTests(SynchronousTestCase):
+    def parse(self, server_http: dict[str, Any], telemetry: dict[str, Any] | None = None) -> Any:
+        data = {"telemetry": telemetry or {}, "server": {"http": server_http}, "aets": []}
+        return parse_config(data, environ={})
+
+    def test_defaults(self) -> None:
+        config = self.parse({})
+        self.assertEqual(
+            (config.server.http.public_url, config.server.http.trusted_proxies, config.telemetry.format),
+            (None, (), "text"),
+        )
+
+    def test_values(self) -> None:
+        config = self.parse(
+            {"public-url": "https://pacs.example.org/dicomweb/", "trusted-proxies": ["10.0.0.1", "fd00::/8"]},
+            {"format": "JSON"},
+        )
+        self.assertEqual(config.server.http.public_url, "https://pacs.example.org/dicomweb")
+        self.assertEqual(config.server.http.trusted_proxies, ("10.0.0.1/32", "fd00::/8"))
+        self.assertEqual(config.telemetry.format, "json")
+
+    def test_errors_name_the_key(self) -> None:
+        for http, telemetry, key in (
+            ({"public-url": "pacs.example.org"}, None, "server.http.public-url"),
+            ({"public-url": "https://h/x?a=b"}, None, "server.http.public-url"),
+            ({"trusted-proxies": ["10.0.0.0/33"]}, None, "server.http.trusted-proxies[0]"),
+            ({"trusted-proxies": ["proxy.local"]}, None, "server.http.trusted-proxies[0]"),
+            ({}, {"format": "xml"}, "telemetry.format"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                self.parse(http, telemetry)
+            self.assertTrue(str(caught.exception).startswith(key + ":"), str(caught.exception))
