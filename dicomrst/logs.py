@@ -306,8 +306,11 @@ class OutputLog:
         return self.stream.path if isinstance(self.stream, LogFile) else None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if _level_of(event) < current_level():
+        level = _level_of(event)
+        if level < current_level():
             return
+        if level is not event.get("log_level"):
+            event = dict(event, log_level=level)  # demoted noise says so in its line
         text = json_line(event) if self.json_format else formatEventAsClassicLogText(event)
         if not text:
             return

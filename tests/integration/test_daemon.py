@@ -10,11 +10,13 @@ import signal
 import sys
 from typing import Any
 
+from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 import dicomrst
+from tests.support import peers
 from tests.support.auth import users_file
 from tests.support.gateway import (
     INTEGRATION_TIMEOUT,
@@ -24,6 +26,8 @@ from tests.support.gateway import (
     gateway_env,
     start_gateway,
 )
+from tests.support.s3 import AET, BUCKET, s3_aet, upload
+from tests.support.stow import multipart_body, part10_bytes
 
 reactor: Any = _global_reactor
 
@@ -94,3 +98,39 @@ class JsonLogTests(TestCase):
             self.assertEqual(list(line)[:4], ["time", "level", "namespace", "message"])
         [http] = [x for x in lines if x.get("path") == "/aets/LOCAL"]
         self.assertEqual((http["status"], http["request_id"]), (200, "op-check-1"))
+
+
+class S3LinesTests(TestCase):
+    timeout = INTEGRATION_TIMEOUT
+
+    async def stow(self, level: str) -> Gateway:
+        moto = await peers.start_moto(self)
+        await upload(moto, BUCKET, {})
+        gateway = await start_gateway(self, [s3_aet(moto)], telemetry={"level": level})
+        study = generate_uid()
+        part = part10_bytes(study=study)
+        body = multipart_body([([("Content-Type", "application/dicom")], part)], b"b0und")
+        response = await gateway.request(
+            "POST",
+            f"/aets/{AET}/studies",
+            data=body,
+            headers={
+                "Content-Type": 'multipart/related; type="application/dicom"; boundary=b0und',
+                "X-Request-ID": "stow-s3-7",
+            },
+        )
+        self.assertEqual(response.code, 200, response.body[:300])
+        self.assertTrue(await eventually(lambda: bool(gateway.log_lines("POST /aets/.* 200 "))))
+        return gateway
+
+    async def test_s3_lines_carry_the_request_id_and_factories_stay_below_info(self) -> None:
+        gateway = await self.stow("INFO")
+        stored = gateway.log_lines(r"stored .*\.dcm")
+        self.assertEqual(len(stored), 1, gateway.log_tail())
+        self.assertTrue(stored[0].endswith(" request_id=stow-s3-7"), stored[0])
+        self.assertEqual(gateway.log_lines("Starting factory|Stopping factory"), [], gateway.log_tail())
+
+    async def test_factory_lines_show_at_debug(self) -> None:
+        gateway = await self.stow("DEBUG")
+        factories = gateway.log_lines(r"_HTTP11ClientFactory#debug\] Starting factory _HTTP11ClientFactory")
+        self.assertTrue(factories, gateway.log_tail())
