@@ -452,7 +452,7 @@ def makeService(options: Options) -> IService:
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.
     if output is None and config.telemetry.format == "json":
-        log.warn("telemetry.format is json, but twistd logs through --syslog or --logger: lines are text")
+        log.warn("telemetry.format is json, but twistd's own log observer is in use (--syslog, --logger)")
     top = build(config, cast(IGatewayReactor, reactor))
     top.log_output = output
     hangup = HangupService(cast(IReactorFromThreads, reactor), output, top.reloaders)
