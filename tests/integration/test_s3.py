@@ -906,7 +906,12 @@ class ResumeTests(TestCase):
         self.addCleanup(backend.stop)
         sink = RecordingSink()
         await backend.retrieve(item.study, item.series, item.sop, sink=sink)
-        self.assertEqual([r for _, r in resource.requests], [None, "bytes=20000-"])
+        # The cut-off GET is resumed where it stopped.  (Under load the reset may come
+        # before the client read anything of the response: that GET is then made again
+        # whole, and the resumption follows.)
+        ranges = [r for _, r in resource.requests]
+        self.assertEqual(ranges[-1], "bytes=20000-")
+        self.assertEqual(set(ranges[:-1]), {None})
         self.assertEqual(resource.if_match, '"etag-1"')
         offset = parse_file_meta(item.data)[0]  # type: ignore[index]
         self.assertEqual(b"".join(sink.parts[0].data), item.data[offset:])
