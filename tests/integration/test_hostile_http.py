@@ -121,7 +121,8 @@ class HostileHeadTests(TestCase):
         self.assertEqual((status, headers["connection"]), (408, "close"))
         self.assertEqual(body, {"error": f"request headers not received within {HEADER_TIMEOUT_MS} ms"})
         self.assertLess(sent, len(trickle))  # cut off, not finished
-        logged = await eventually(lambda: bool(gateway.log_lines(r"GET /aets 408 .* timeout request_id=\w+$")))
+        line = r"GET /aets 408 .* timeout request_id=\w+$"
+        logged = await eventually(lambda: bool(gateway.log_lines(line)))
         self.assertTrue(logged, gateway.log_tail())
 
     async def test_a_connection_that_sends_nothing_is_closed(self) -> None:
