@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -33,11 +34,14 @@ from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import Config, ConfigError, config_warnings, first_run_config, load_config
+from dicomrst.config import AetConfig, Config, ConfigError, config_warnings, first_run_config, load_config
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
+from dicomrst.index.database import IndexStartFailed, SqlIndex
+from dicomrst.index.factory import open_index
 from dicomrst.index.interfaces import IIndex
+from dicomrst.index.scans import PeriodicScans, ScanReport
 from dicomrst.logs import logger, set_level
 
 if TYPE_CHECKING:
@@ -102,6 +106,65 @@ class BackendsService(Service):
 
 def _cleanup_failed(reason: Failure, aet: str) -> None:
     log.failure("{aet}: removing the temporary files of an earlier run failed", reason, aet=aet)
+
+
+class IndexService(Service):
+    """Owns the index: opens it (creating or migrating its schema) when started, before
+    the reactor runs and so before anything is served (an index that cannot be opened
+    stops the gateway with one line naming ``index.url``); closes it when stopped, after
+    everything that uses it."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self.index = index
+
+    def startService(self) -> None:
+        try:
+            self.index.start_blocking()
+        except IndexStartFailed as e:
+            _die(f"config error: {e}")
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        return self.index.stop()
+
+
+def needs_index(config: Config) -> bool:
+    """Whether `config` has an AET the index serves (LOCAL, S3): a DIMSE-only gateway
+    neither opens nor creates one."""
+    return any(aet.backend in ("LOCAL", "S3") for aet in config.aets)
+
+
+def open_configured_index(config: Config, reactor: IGatewayReactor) -> SqlIndex | None:
+    """The index of ``index.url`` when `config` needs one (not started); `ConfigError`
+    when its driver is missing."""
+    if not needs_index(config):
+        return None
+    index = open_index(config.index, reactor)
+    assert isinstance(index, SqlIndex)
+    return index
+
+
+def archive_backend(aet: AetConfig, reactor: IGatewayReactor, index: IIndex | None) -> IBackend:
+    """The backend of a LOCAL or S3 AET, searching and recording in `index`."""
+    if aet.backend == "LOCAL":
+        assert aet.path is not None
+        return LocalBackend(aet.aet, aet.path, reactor, index=index)
+    # Imported only when a bucket is configured: botocore alone adds ~25 MB of
+    # resident memory to every gateway that never talks to S3.
+    from dicomrst.backends.s3 import S3Backend
+
+    return S3Backend(aet, reactor, index=index)
+
+
+def scan_of(backend: IBackend) -> Callable[[], Deferred[ScanReport]]:
+    """The reconcile scan of a LOCAL or S3 backend that has an index."""
+    if isinstance(backend, LocalBackend):
+        return backend.reconciler().scan
+    from dicomrst.backends.s3 import S3Backend  # only when a bucket is configured
+
+    assert isinstance(backend, S3Backend)
+    return backend.reconciler().scan
 
 
 class CacheService(Service):
@@ -271,18 +334,21 @@ def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
     return AccessGate(authenticator, policy)
 
 
-def build(config: Config, reactor: IGatewayReactor, index: IIndex | None = None) -> GatewayService:
+def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = None) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
-    the order they stop): the backends, the cache, the DIMSE listeners, HTTP.
+    the order they stop): the index, the backends, the reconcile scans, the cache, the
+    DIMSE listeners, HTTP.
 
-    `index`: what LOCAL AETs search and record their instances in (None: files only,
-    and search on them answers 501)."""
+    `index`: what LOCAL and S3 AETs search and record their instances in, scanned at
+    start and every ``index.scan-interval`` (None: no search on them, 501)."""
     from dicomrst.web.app import GatewayApp
     from dicomrst.web.responses import CorsPolicy
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
 
     top = GatewayService(reactor)
+    if index is not None:
+        IndexService(index).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     backends: dict[str, IBackend] = {}
     # The C-MOVEs in flight, shared by the backends that start them and the listeners
     # their sub-operations arrive on.
@@ -307,17 +373,19 @@ def build(config: Config, reactor: IGatewayReactor, index: IIndex | None = None)
                         i=i,
                     )
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
-        elif aet.backend == "LOCAL":
-            assert aet.path is not None
-            backends[aet.aet] = LocalBackend(aet.aet, aet.path, reactor, index=index)
-            local_paths[aet.aet] = f"aets[{i}].path"
         else:
-            # Imported only when a bucket is configured: botocore alone adds ~25 MB of
-            # resident memory to every gateway that never talks to S3.
-            from dicomrst.backends.s3 import S3Backend
-
-            backends[aet.aet] = S3Backend(aet, reactor)
+            backends[aet.aet] = archive_backend(aet, reactor, index)
+            if aet.backend == "LOCAL":
+                local_paths[aet.aet] = f"aets[{i}].path"
     BackendsService(backends, local_paths).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    if index is not None:
+        # After the backends (a LOCAL directory exists once they started), stopped before
+        # them and the index.
+        for aet in config.aets:
+            if aet.backend in ("LOCAL", "S3"):
+                scan = scan_of(backends[aet.aet])
+                scans = PeriodicScans(aet.aet, scan, config.index.scan_interval_s, reactor)
+                scans.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     # After the backends: it stops before them, so its retrieves are cancelled while the
     # associations they run on still exist.
     cache = make_cache(config, reactor)
@@ -422,4 +490,9 @@ def makeService(options: Options) -> IService:
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.
-    return build(config, cast(IGatewayReactor, reactor))
+    gateway_reactor = cast(IGatewayReactor, reactor)
+    try:
+        index = open_configured_index(config, gateway_reactor)
+    except ConfigError as e:
+        _die(f"config error: {e}")
+    return build(config, gateway_reactor, index)

@@ -102,6 +102,23 @@ class IRangedReads(Interface):
         Deferred drops the read."""
 
 
+class ISkipsOffset(Interface):
+    """An optional capability of an `IBackend` whose searches run in a database (LOCAL and
+    S3, through the index): its ``find`` also takes ``offset``, the matches to skip before
+    the first delivered (and counted against ``limit``), so a QIDO-RS page far into the
+    results costs the database's OFFSET, not a decoded result per skipped match."""
+
+    def find(
+        identifier: Dataset,
+        *,
+        limit: int | None,
+        on_result: Callable[[Dataset], None],
+        model: str = STUDY_ROOT_FIND,
+        offset: int = 0,
+    ) -> Deferred[None]:
+        """`IBackend.find`, skipping the first `offset` matches."""
+
+
 class IInstanceIntake(Interface):
     """Takes instances pushed into an archive AET (a ``server.dimse[]`` listener with
     ``store-to``), each as its data set arrives.

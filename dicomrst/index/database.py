@@ -44,6 +44,9 @@ log = logger("dicomrst.index")
 
 #: Writes committed in one transaction at most.
 MAX_BATCH = 256
+#: How long `SqlIndex.start_blocking` waits for the database (PostgreSQL's own connect
+#: timeout is 10 s; a migration of a large index may take longer).
+START_TIMEOUT = 300.0
 
 
 class IndexFailed(UpstreamError):
@@ -395,6 +398,36 @@ class SqlIndex:
             )
 
         return self.database.run(migrate).addCallbacks(opened, failed)
+
+    def start_blocking(self, timeout: float = START_TIMEOUT) -> None:
+        """`start`, waiting in the calling thread: for ``twistd``, whose services start
+        before its reactor runs (a Deferred would fire only then, after the listeners
+        serve).  Raises `IndexStartFailed` (naming ``index.url``)."""
+        self.database.start()
+        self._started = True
+        done = threading.Event()
+        outcome: list[tuple[bool, object]] = []
+
+        def ended(ok: bool, result: object) -> None:
+            outcome.append((ok, result))
+            done.set()
+
+        self.database.pool.callInThreadWithCallback(ended, self.database._call, migrate)
+        if not done.wait(timeout):
+            error: object = f"no answer within {timeout:.0f} s"
+        else:
+            ok, result = outcome[0]
+            if ok:
+                log.info(
+                    "index: opened {database}, schema version {version}",
+                    database=self.database.describe(),
+                    version=result,
+                )
+                return
+            error = result.value if isinstance(result, Failure) else result
+        self.database.close()
+        self._started = False
+        raise IndexStartFailed(f"index.url: cannot open {self.database.describe()}: {error}")
 
     def stop(self) -> Deferred[None]:
         async def stop() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import attrs
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -46,6 +47,8 @@ from dicomrst.index.interfaces import IndexRecord
 
 #: Bytes of an object's head read first; most data sets end well before.
 HEAD_BYTES = 64 << 10
+#: How much more of an object each further read of its head takes, when its data set is longer.
+HEAD_GROWTH = 4
 
 #: Binary values (OB, OW, UN, ...) longer than this are not kept: no search returns them
 #: usefully, and a LUT or an icon would make every row large.
@@ -330,6 +333,25 @@ def record_from_head(
         sop_instance=meta.text(MEDIA_STORAGE_SOP_INSTANCE),
         transfer_syntax=syntax,
     )
+
+
+def record_from_stream(aet: str, source: BinaryIO, size: int) -> tuple[IndexRecord, int]:
+    """Blocking: the record of the Part-10 object `source` reads (`size` bytes, from its
+    start), read up to its Pixel Data a growing chunk at a time, with an empty ``key``
+    and ``stamp`` for the caller to fill; and the bytes read.  `NotIndexable` as
+    `record_from_head` raises it, or when the object ends before its data set does."""
+    data = b""
+    want = HEAD_BYTES
+    while True:
+        chunk = source.read(max(0, want - len(data)))
+        data += chunk
+        complete = len(data) >= size or not chunk
+        record = record_from_head(aet, "", "", size, data, complete=complete)
+        if record is not None:
+            return record, len(data)
+        if complete:
+            raise NotIndexable("the object ends before its data set does")
+        want = len(data) * HEAD_GROWTH
 
 
 def decode_attributes(text: str) -> dict[str, object]:

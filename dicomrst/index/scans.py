@@ -12,14 +12,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from dicomrst.errors import DicomrstError
 from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
+
+
+@attrs.define
+class ScanReport:
+    """What one scan found and did."""
+
+    listed: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unreadable: int = 0  # found not indexable (logged) in this scan
+    duplicates: int = 0  # holding an instance another key holds too (logged)
+    left: int = 0  # vanished or changed while read: for the next scan
+    bytes_read: int = 0
+    seconds: float = 0.0
 
 
 class PeriodicScans(Service):
@@ -75,7 +92,17 @@ class PeriodicScans(Service):
         self.scans += 1
         if isinstance(result, Failure):
             self.failures += 1
-            log.failure("index: scan of {name} failed; retried at the next interval", result, name=self.name)
+            if result.check(DicomrstError, OSError):
+                # The store or the database said no (S3 refused, a bucket missing, the
+                # index down): the operator needs what it said, not a traceback.
+                log.warn(
+                    "index: scan of {name} failed; retried at the next interval: {why}",
+                    name=self.name,
+                    why=result.getErrorMessage(),
+                )
+            else:
+                what = "index: scan of {name} failed; retried at the next interval"
+                log.failure(what, result, name=self.name)
         if self.running and self.interval > 0:
             self._next = self.clock.callLater(self.interval, self._scheduled)
         waiters, self._waiters = self._waiters, []

@@ -2,12 +2,16 @@
 """Running one search: the find, the gateway's own matching, offset and limit, DICOM JSON.
 
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and
-the offset; at most ``limit`` are held, so memory is bounded.  The caller writes the
+the offset (skipped by the backend itself when it searches a database, `ISkipsOffset`,
+and the gateway has no filter of its own); at most ``limit`` are held, so memory is
+bounded.  The caller writes the
 response only once the find has ended: a failure status, a timeout or a full pool is
 then an error and never a 200 with part of the results.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import attrs
 from pydicom.dataset import Dataset
@@ -15,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from dicomrst.backends.interfaces import IBackend
+from dicomrst.backends.interfaces import IBackend, ISkipsOffset
 from dicomrst.common.dicomjson import encode_dataset, json_array
 from dicomrst.qido.query import Query
 
@@ -94,9 +98,18 @@ async def search(backend: IBackend, query: Query, service: str, clock: IReactorT
     client went away or the request timed out), which cancels the find.
     """
     results = SearchResults(query, service, clock)
-    find = backend.find(
-        query.identifier, limit=query.backend_limit, on_result=results, model=query.target.sop_class
-    )
+    limit = query.backend_limit
+    if query.offset and limit is not None and ISkipsOffset.providedBy(backend):
+        # The index skips the offset itself; with filters of the gateway's own (limit None)
+        # it cannot: only the gateway knows which of its results count.
+        results.skipped = query.offset
+        limit -= query.offset
+        model = query.target.sop_class
+        find = cast(ISkipsOffset, backend).find(
+            query.identifier, limit=limit, on_result=results, model=model, offset=query.offset
+        )
+    else:
+        find = backend.find(query.identifier, limit=limit, on_result=results, model=query.target.sop_class)
     results.find = find
     try:
         await find

@@ -3,8 +3,8 @@ byte, C-STOREs pushed into the archive by DCMTK's ``storescu`` and by a pynetdic
 listener with ``store-to``), ``allowed-callers``, and what a crash left in the directory
 neither served nor kept.
 
-Search on LOCAL needs the index (``dicomrst.index``, built on another branch); until it is
-wired into ``twistd dicomrst`` these tests do not search.
+Search on LOCAL through the index is tested in ``test_index_wiring``; the first run here
+also searches.
 """
 
 from __future__ import annotations
@@ -322,6 +322,14 @@ class FirstRunTests(TestCase):
             url + instance_path("LOCAL", pushed.StudyInstanceUID),
             headers={"Accept": ANY_SYNTAX}, timeout=30))
         self.assertEqual(retrieved.code, 200, retrieved.body[:300])
+        # Both found by search at once, from the index the first run created.
+        for stored in (ds, pushed):
+            query = f"PatientID={stored.PatientID}&StudyInstanceUID={stored.StudyInstanceUID}"
+            found = await read(await http.get(url + "/aets/LOCAL/studies?" + query,
+                                              headers={"Accept": "application/dicom+json"}, timeout=30))
+            self.assertEqual(found.code, 200, found.body[:300])
+            self.assertEqual([r["0020000D"]["Value"][0] for r in found.json()], [stored.StudyInstanceUID])
+        self.assertTrue(os.path.isfile(os.path.join(directory, "dicomrst-data", "index.sqlite")))
         await pool.closeCachedConnections()
         self.assertIn(await child.stop(grace=10.0), (0, -signal.SIGTERM))
 

@@ -511,3 +511,23 @@ class PeriodicScanTests(SynchronousTestCase):
         self.successResultOf(stopped)
         clock.advance(600)
         self.assertEqual(len(started), 3)
+
+    def test_a_store_or_database_error_is_one_line_not_a_traceback(self) -> None:
+        from twisted.internet.defer import fail
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+
+        from dicomrst.backends.s3.client import S3Error
+        from dicomrst.index.scans import PeriodicScans
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        error = S3Error("bucket", 404, "NoSuchBucket", "The specified bucket does not exist")
+        service = PeriodicScans("S3AET", lambda: fail(error), 0, Clock())
+        service.startService()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        [warned] = [e for e in events if e.get("log_namespace") == "dicomrst.index"]
+        self.assertEqual(warned["why"], str(error))
+        self.assertNotIn("log_failure", warned)
+        self.assertEqual(service.failures, 1)

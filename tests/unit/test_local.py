@@ -2,18 +2,20 @@
 test's thread (`InlinePool`, or `HeldPool` where the order of reads matters): STOW-RS then
 retrieve byte-identical, conflicts, durability order (file, then index), leftovers of a
 crash neither served nor kept, backpressure, metadata from the head, ranged reads, echo,
-search through the index (`tests.support.index.MemoryIndex`, a stand-in for the real
-one), and C-STOREs streamed in (`receive`)."""
+search through the index (the real one, SQLite in the test's directory, its work on
+the test's thread too), and C-STOREs streamed in (`receive`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,8 +35,8 @@ from dicomrst.backends.values import (
 )
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND
 from dicomrst.errors import NotFound, NotImplementedService, ServiceUnavailable, UpstreamError
+from dicomrst.index.database import SqlIndex, SqliteDatabase
 from tests.support.datasets import encode
-from tests.support.index import MemoryIndex
 from tests.support.sinks import RecordingSink
 from tests.support.stow import expected_info, part10_bytes
 from tests.support.threads import HeldPool, InlinePool
@@ -78,9 +80,37 @@ class _Base(SynchronousTestCase):
         self.root = self.mktemp()
         self.pool: Any = InlinePool()
         self.reactor = _Reactor(self.pool)
-        self.index = MemoryIndex()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.index_path = os.path.join(directory, "index.sqlite")
+        # Its own inline pool: the backend's may be held by a test.
+        index_pool = InlinePool()
+        self.index = SqlIndex(SqliteDatabase(_Reactor(index_pool), self.index_path, pool=index_pool))
+        self.successResultOf(self.index.start())
+        self.addCleanup(lambda: self.successResultOf(self.index.stop()))
         self.backend = LocalBackend(AET, self.root, self.reactor, index=self.index)
         self.successResultOf(self.backend.start())
+
+    def indexed(self) -> dict[str, dict[str, Any]]:
+        """The index's instance rows of AET, by SOP Instance UID."""
+        columns = ("sop_uid", "sop_class", "transfer_syntax", "object_key", "stamp", "size", "attributes")
+
+        def read(session: Any) -> list[Any]:
+            return session.execute(f"SELECT {', '.join(columns)} FROM instances WHERE aet = ?", (AET,))
+
+        rows = self.successResultOf(self.index.database.run(read))
+        return {row[0]: dict(zip(columns, row, strict=True)) for row in rows}
+
+    def refuse_adds(self, refuse: bool) -> None:
+        """Make the index's database refuse (or again accept) new instance rows."""
+        with sqlite3.connect(self.index_path) as connection:
+            if refuse:
+                connection.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON instances "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            else:
+                connection.execute("DROP TRIGGER refuse")
 
     def store(self, data: bytes, info: Any = None) -> int:
         outcome = self.successResultOf(self.backend.store_instance(uploaded(self, data, info)))
@@ -136,17 +166,18 @@ class StoreRetrieveTests(_Base):
         data = part10_bytes()
         info = expected_info(data)
         self.store(data)
-        record = self.index.records[(AET, info.sop_instance_uid)]
+        row = self.indexed()[info.sop_instance_uid]
         st = os.stat(self.path_of(data))
-        self.assertEqual(record.key, f"{info.study_instance_uid}/{info.series_instance_uid}/"
-                                     f"{info.sop_instance_uid}.dcm")
-        self.assertEqual(record.stamp, f"{st.st_mtime_ns}:{st.st_size}")
-        self.assertEqual(record.size, len(data))
-        self.assertEqual((record.study, record.series, record.sop_class, record.transfer_syntax),
-                         (info.study_instance_uid, info.series_instance_uid, info.sop_class_uid,
-                          info.transfer_syntax))
-        self.assertEqual(record.attributes.PatientID, "STOW-1")
-        self.assertNotIn("PixelData", record.attributes)
+        self.assertEqual(row["object_key"], f"{info.study_instance_uid}/{info.series_instance_uid}/"
+                                            f"{info.sop_instance_uid}.dcm")
+        self.assertEqual(row["stamp"], f"{st.st_mtime_ns}:{st.st_size}")
+        self.assertEqual(row["size"], len(data))
+        self.assertEqual((row["sop_class"], row["transfer_syntax"]),
+                         (info.sop_class_uid, info.transfer_syntax))
+        attributes = json.loads(row["attributes"])
+        self.assertEqual(attributes["00100020"]["Value"], ["STOW-1"])
+        self.assertEqual(attributes["0020000D"]["Value"], [info.study_instance_uid])
+        self.assertNotIn("7FE00010", attributes)
 
     def test_same_object_again_is_success_different_one_a_conflict(self) -> None:
         sop = generate_uid()
@@ -163,12 +194,13 @@ class StoreRetrieveTests(_Base):
     def test_not_reported_stored_when_the_index_fails(self) -> None:
         """The file is durable, the row is not: failure now, success on the client's retry."""
         data = part10_bytes()
-        self.index.fail_adds = RuntimeError("database is locked")
+        self.refuse_adds(True)
         self.assertEqual(self.store(data), FAILURE_PROCESSING)
         self.assertTrue(os.path.exists(self.path_of(data)))
-        self.index.fail_adds = None
+        self.assertEqual(self.indexed(), {})
+        self.refuse_adds(False)
         self.assertEqual(self.store(data), SUCCESS)
-        self.assertEqual(len(self.index.records), 1)
+        self.assertEqual(list(self.indexed()), [expected_info(data).sop_instance_uid])
 
     def test_no_index_stores_files_only(self) -> None:
         backend = LocalBackend(AET, self.root, self.reactor)
@@ -387,6 +419,37 @@ class EchoFindTests(_Base):
         self.successResultOf(self.backend.find(identifier, limit=None, on_result=results.append))
         self.assertEqual([(r.StudyInstanceUID, r.PatientID) for r in results], [(study, "STOW-1")])
 
+    def test_qido_pages_skip_the_offset_in_the_index(self) -> None:
+        """A QIDO-RS page: the offset goes to the index (which skips it in SQL), not a
+        decoded result per skipped match; ``more`` still says a next page exists."""
+        from dicomrst.backends.interfaces import ISkipsOffset
+        from dicomrst.qido.query import parse_query
+        from dicomrst.qido.search import search
+        from dicomrst.qido.target import Target
+
+        self.assertTrue(ISkipsOffset.providedBy(self.backend))
+        studies = sorted(generate_uid() for _ in range(4))  # no date: in UID order
+        for study in studies:
+            self.store(part10_bytes(study=study))
+        asked: list[tuple[int | None, int]] = []
+        find = self.index.find
+
+        def spy(aet: str, identifier: Dataset, *, limit: int | None, offset: int, on_result: Any) -> Any:
+            asked.append((limit, offset))
+            return find(aet, identifier, limit=limit, offset=offset, on_result=on_result)
+
+        self.index.find = spy  # type: ignore[method-assign]
+        pages = []
+        for offset in (0, 2, 3):
+            # A study list's page (a viewer's): no key the gateway filters on itself.
+            query = parse_query(Target.studies(), {"limit": ["2"], "offset": [str(offset)]})
+            outcome = self.successResultOf(Deferred.fromCoroutine(search(self.backend, query, "http://gw",
+                                                                         self.reactor)))
+            pages.append(([r["0020000D"]["Value"][0] for r in json.loads(outcome.body)], outcome.more))
+        self.assertEqual(asked, [(3, 0), (3, 2), (3, 3)])
+        self.assertEqual([found for found, _ in pages], [studies[:2], studies[2:], studies[3:]])
+        self.assertEqual([more for _, more in pages], [True, False, False])
+
     def test_no_worklist_and_no_search_without_an_index(self) -> None:
         self.failureResultOf(
             self.backend.find(Dataset(), limit=None, on_result=lambda _: None, model=MODALITY_WORKLIST_FIND),
@@ -414,7 +477,7 @@ class ReceiveTests(_Base):
         self.assertNoResult(consumer.done)  # not before the data set is whole
         consumer.dataFinished()
         self.assertEqual(self.successResultOf(consumer.done), SUCCESS)
-        self.assertIn((AET, ds.SOPInstanceUID), self.index.records)
+        self.assertIn(ds.SOPInstanceUID, self.indexed())
         stored = dcmread(os.path.join(self.root, ds.StudyInstanceUID, ds.SeriesInstanceUID,
                                       f"{ds.SOPInstanceUID}.dcm"))
         self.assertEqual(stored.file_meta.SourceApplicationEntityTitle, "MODALITY")

@@ -287,3 +287,53 @@ class ArchiveWiringTests(SynchronousTestCase):
         backends.startService()
         self.assertTrue(os.path.isdir(root))
         backends.stopService()
+
+
+class IndexWiringTests(SynchronousTestCase):
+    """The index is opened only for LOCAL and S3 AETs, first in the tree (so it stops last),
+    shared by their backends, with one periodic scan per such AET after the backends."""
+
+    def test_a_dimse_only_gateway_opens_no_index(self) -> None:
+        from dicomrst.tap import IndexService, open_configured_index
+
+        config = parse_config({"aets": [{"aet": "PACS", "host": "127.0.0.1", "port": 104}]})
+        self.assertIsNone(open_configured_index(config, _ThreadsReactor()))
+        options = Options()
+        options["config"] = "dicom-rst.yaml"
+        options["loaded"] = config
+        top = makeService(options)
+        self.assertEqual([s for s in top if isinstance(s, IndexService)], [])
+
+    def test_index_first_then_backends_then_one_scan_per_archive(self) -> None:
+        from dicomrst.backends.local import LocalBackend
+        from dicomrst.backends.s3 import S3Backend
+        from dicomrst.index.scans import PeriodicScans
+        from dicomrst.tap import BackendsService, IndexService, open_configured_index
+
+        directory = self.mktemp()
+        config = parse_config(
+            {
+                "server": {"cache": {"path": self.mktemp()}},
+                "index": {"url": f"sqlite:{directory}/index.sqlite", "scan-interval": 5000},
+                "aets": [
+                    {"aet": "PACS", "host": "127.0.0.1", "port": 104},
+                    {"aet": "ARCHIVE", "backend": "LOCAL", "path": self.mktemp()},
+                    {"aet": "BUCKET", "backend": "S3", "endpoint": "http://127.0.0.1:9", "bucket": "b"},
+                ],
+            }
+        )
+        reactor = _ThreadsReactor()
+        index = open_configured_index(config, reactor)
+        assert index is not None
+        services = list(build(config, reactor, index))
+        self.assertIsInstance(services[0], IndexService)
+        self.assertIsInstance(services[1], BackendsService)
+        scans = [s for s in services if isinstance(s, PeriodicScans)]
+        self.assertEqual([(s.name, s.interval) for s in scans], [("ARCHIVE", 5.0), ("BUCKET", 5.0)])
+        self.assertEqual(services.index(scans[0]), 2)
+        backends = services[1].backends
+        self.assertIsInstance(backends["ARCHIVE"], LocalBackend)
+        self.assertIsInstance(backends["BUCKET"], S3Backend)
+        self.assertIs(backends["ARCHIVE"].index, index)
+        self.assertIs(backends["BUCKET"].index, index)
+        self.assertFalse(os.path.exists(directory))  # opened when started, not before

@@ -4,7 +4,8 @@
 Objects are ``{path}/{study}/{series}/{sop}.dcm`` Part-10 files, the S3 layout
 (`dicomrst.backends.local.files`).  Retrieves stream them (`retrieve`), STOW-RS and
 C-STOREs into a listener with ``store-to`` write them durably (`store`), search asks
-the index (`dicomrst.index.interfaces.IIndex`), and frames and bulk data read the
+the index (`dicomrst.index.interfaces.IIndex`; the reconcile scan, `reconciler`, finds
+what was copied in or deleted by hand), and frames and bulk data read the
 byte ranges they need (`IRangedReads`).  Every blocking file operation runs in a
 thread; the directory must be on a local disk (a slow network filesystem would still
 hold each thread, and each C-STORE fragment's append, as long as it takes).
@@ -23,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads
+from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads, ISkipsOffset
 from dicomrst.backends.local.files import (
     check_root,
     list_objects,
@@ -34,6 +35,7 @@ from dicomrst.backends.local.files import (
     safe_uid,
     stamp_of,
 )
+from dicomrst.backends.local.reconcile import LocalReconciler
 from dicomrst.backends.local.retrieve import LocalRetrieval
 from dicomrst.backends.local.store import LocalStore
 from dicomrst.backends.local.threads import Threads
@@ -55,7 +57,7 @@ class LocalArchiveError(Exception):
     """The directory cannot be used (at start); the message says why."""
 
 
-@implementer(IBackend, IRangedReads, IInstanceIntake)
+@implementer(IBackend, IRangedReads, IInstanceIntake, ISkipsOffset)
 class LocalBackend:
     kind = "LOCAL"
     #: Files are served in the syntax they were stored in (converted as the web layer
@@ -92,6 +94,11 @@ class LocalBackend:
 
         return cleaned.addCallback(report)
 
+    def reconciler(self) -> LocalReconciler:
+        """The reconcile scan of this AET's directory against its index (which it needs)."""
+        assert self.index is not None
+        return LocalReconciler(self.root, self.index, self.aet, self.threads)
+
     def echo(self) -> Deferred[float]:
         started = self.reactor.seconds()
 
@@ -112,6 +119,7 @@ class LocalBackend:
         limit: int | None,
         on_result: Callable[[Dataset], None],
         model: str = STUDY_ROOT_FIND,
+        offset: int = 0,
     ) -> Deferred[None]:
         if model == MODALITY_WORKLIST_FIND:
             return fail(
@@ -126,7 +134,7 @@ class LocalBackend:
                     f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
                 )
             )
-        return self.index.find(self.aet, identifier, limit=limit, offset=0, on_result=on_result)
+        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
 
     def retrieve(
         self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink

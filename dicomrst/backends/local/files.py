@@ -23,8 +23,9 @@ import secrets
 from typing import BinaryIO
 
 import attrs
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+
+from dicomrst.index.interfaces import IndexRecord
+from dicomrst.index.records import NotIndexable, record_from_stream
 
 #: UIDs as path components: digits and dots, no empty component (so never ``.`` or
 #: ``..``), as STOW-RS checks them; at most 64 characters.
@@ -183,13 +184,21 @@ def copy_into(temporary: TemporaryObject, source: BinaryIO) -> None:
             temporary.write(data)
 
 
-def read_attributes(path: str) -> Dataset:
-    """The data set of a Part-10 file up to its pixel data (what the index keeps);
-    `InvalidObject` when pydicom cannot read it."""
-    try:
-        return dcmread(path, stop_before_pixels=True)
-    except Exception as e:  # pydicom raises many kinds (InvalidDicomError, NotImplementedError, ...)
-        raise InvalidObject(f"not a readable DICOM data set: {e}") from None
+def read_record(path: str, aet: str) -> IndexRecord:
+    """Blocking: `read_head_record` without the count."""
+    return read_head_record(path, aet)[0]
+
+
+def read_head_record(path: str, aet: str) -> tuple[IndexRecord, int]:
+    """Blocking: the index record of the Part-10 file at `path`, read from its head up to
+    its pixel data (`record_from_stream`, as the reconcile scans read objects), with an
+    empty ``key`` and ``stamp`` for the caller to fill, and the bytes read; `InvalidObject`
+    when it is not an object the index can read (it would be stored and never found)."""
+    with open(path, "rb") as f:
+        try:
+            return record_from_stream(aet, f, os.fstat(f.fileno()).st_size)
+        except NotIndexable as e:
+            raise InvalidObject(f"not a readable DICOM data set: {e}") from None
 
 
 def same_content(a: str, b: str) -> bool:

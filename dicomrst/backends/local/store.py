@@ -4,8 +4,9 @@
 
 An instance is written under a temporary name (a STOW-RS upload: copied from its spooled
 part, in a thread; a C-STORE: its file meta, then each data set fragment as it comes off
-the association), fsynced, read back up to its pixel data (what the index keeps; an
-object pydicom cannot read is refused, not stored), given its final name and the
+the association), fsynced, read back up to its pixel data as the reconcile scan reads files
+(`dicomrst.index.records.record_from_head`: what the index keeps; an object it cannot
+read is refused, not stored), given its final name and the
 directory fsynced (`dicomrst.backends.local.files.commit`), and then added to the index.
 Only when the index has committed its row is the instance reported stored: a crash
 before leaves a file the index does not know (the reconcile scan finds it), never an
@@ -26,7 +27,6 @@ import errno
 import os
 
 import attrs
-from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -39,7 +39,7 @@ from dicomrst.backends.local.files import (
     copy_into,
     make_directories,
     object_key,
-    read_attributes,
+    read_record,
     safe_uid,
     stamp_of,
 )
@@ -72,7 +72,8 @@ class Written:
     placed: Placed
     study: str
     series: str
-    attributes: Dataset | None = attrs.field(eq=False, repr=False)
+    # What the index gets (its key and stamp filled once the file has its name).
+    record: IndexRecord = attrs.field(eq=False, repr=False)
 
 
 class LocalStore:
@@ -108,12 +109,12 @@ class LocalStore:
         try:
             copy_into(temporary, instance.open())
             temporary.finish()
-            attributes = read_attributes(temporary.path)
+            record = read_record(temporary.path, self.aet)
         except BaseException:
             temporary.discard()
             raise
         target = os.path.join(directory, f"{instance.sop_instance_uid}.dcm")
-        return Written(commit(temporary.path, directory, target), study, series, attributes)
+        return Written(commit(temporary.path, directory, target), study, series, record)
 
     # -- C-STORE (IInstanceIntake) ---------------------------------------------------------
 
@@ -128,10 +129,10 @@ class LocalStore:
         """Blocking: make the received file durable, read where it belongs, commit."""
         try:
             temporary.finish()
-            attributes = read_attributes(temporary.path)
-            study = str(attributes.get("StudyInstanceUID", ""))
-            series = str(attributes.get("SeriesInstanceUID", ""))
-            found = str(attributes.get("SOPInstanceUID", ""))
+            record = read_record(temporary.path, self.aet)
+            study, series = record.study, record.series
+            # The file meta was written from the command; the data set says what it holds.
+            found = str(record.attributes.get("SOPInstanceUID", ""))
             if not (safe_uid(study) and safe_uid(series)):
                 raise InvalidObject(f"no valid Study/Series Instance UID ({study!r}, {series!r})")
             if found != sop:
@@ -141,7 +142,7 @@ class LocalStore:
             temporary.discard()
             raise
         target = os.path.join(directory, f"{sop}.dcm")
-        return Written(commit(temporary.path, directory, target), study, series, attributes)
+        return Written(commit(temporary.path, directory, target), study, series, record)
 
     async def finish_received(
         self, temporary: TemporaryObject, sop_class: str, sop: str, transfer_syntax: str
@@ -177,19 +178,11 @@ class LocalStore:
                 FAILURE_CONFLICT,
                 "an instance with this SOP Instance UID is stored with different content",
             )
-        assert placed.stat is not None and written.attributes is not None
+        assert placed.stat is not None
         if self.index is not None:
-            record = IndexRecord(
-                aet=self.aet,
-                study=written.study,
-                series=written.series,
-                sop_instance=sop,
-                sop_class=sop_class,
-                transfer_syntax=transfer_syntax,
-                key=key,
-                stamp=stamp_of(placed.stat),
-                size=placed.stat.st_size,
-                attributes=written.attributes,
+            # As the reconcile scan would read the file: same key, stamp and attributes.
+            record = attrs.evolve(
+                written.record, key=key, stamp=stamp_of(placed.stat), size=placed.stat.st_size
             )
             try:
                 await self.index.add(record)

@@ -2,6 +2,9 @@
 """An AET served from an S3 bucket (``backend: S3``), on the reactor.
 
 Objects are ``{prefix}{study}/{series}/{sop}.dcm`` Part-10 files, DICOM-RST's layout.
+Search asks the index (`dicomrst.index.interfaces.IIndex`), which STOW-RS and C-STOREs
+through the gateway update as they store, and the reconcile scan (`reconciler`) keeps
+true of what others put into the bucket or delete from it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydicom.uid import AllTransferSyntaxes
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
-from dicomrst.backends.interfaces import IBackend, IRangedReads
+from dicomrst.backends.interfaces import IBackend, IRangedReads, ISkipsOffset
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
     CONNECT_TIMEOUT,
@@ -21,6 +24,7 @@ from dicomrst.backends.s3.client import (
     CredentialSource,
     S3Client,
 )
+from dicomrst.backends.s3.reconcile import S3Reconciler
 from dicomrst.backends.s3.retrieve import level_prefix, read_object_range, retrieve_objects
 from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
@@ -29,12 +33,13 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
 from dicomrst.config import AetConfig
 from dicomrst.errors import NotImplementedService, ServiceUnavailable
+from dicomrst.index.interfaces import IIndex
 from dicomrst.logs import logger
 
 log = logger("dicomrst.s3")
 
 
-@implementer(IBackend, IRangedReads)
+@implementer(IBackend, IRangedReads, ISkipsOffset)
 class S3Backend:
     kind = "S3"
     #: Objects are served in the syntax they were stored in (or converted, as the web
@@ -51,12 +56,14 @@ class S3Backend:
         attempts: int = ATTEMPTS,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
+        index: IIndex | None = None,
     ) -> None:
         assert config.endpoint is not None and config.bucket is not None
         self.config = config
         self.aet = config.aet
         self.store_concurrency = config.concurrency
         self.reactor = reactor
+        self.index = index
         self.credentials = CredentialSource(config.credentials, reactor)
         self.client = S3Client(
             reactor,
@@ -70,7 +77,9 @@ class S3Backend:
             attempts=attempts,
             persistent=config.concurrency,
         )
-        self.store = Store(self.client, config.prefix, multipart_threshold, part_size)
+        self.store = Store(
+            self.client, config.prefix, multipart_threshold, part_size, index=index, aet=config.aet
+        )
         # The chain may call instance metadata: resolve it now, off the reactor.
         started = self.credentials.start()
         started.addErrback(lambda f: None)  # logged by the source; requests will retry
@@ -91,6 +100,7 @@ class S3Backend:
         limit: int | None,
         on_result: Callable[[Dataset], None],
         model: str = STUDY_ROOT_FIND,
+        offset: int = 0,
     ) -> Deferred[None]:
         if model == MODALITY_WORKLIST_FIND:
             # A bucket of images never holds a worklist, and never will: not a "not yet"
@@ -101,13 +111,22 @@ class S3Backend:
                     "an S3 backend holds no worklist"
                 )
             )
-        # An object store cannot be searched by attribute; QIDO needs an index of the
-        # stored instances, which a later version builds.  501: not a crash, not a 503.
-        return fail(
-            NotImplementedService(
-                f"search (QIDO-RS) on {self.aet} is not supported: the S3 backend has no index "
-                "of instance attributes to search yet"
+        if self.index is None:
+            # An object store cannot be searched by attribute: without an index of the
+            # stored instances, 501 (not a crash, not a 503).
+            return fail(
+                NotImplementedService(
+                    f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
+                )
             )
+        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
+
+    def reconciler(self) -> S3Reconciler:
+        """The reconcile scan of this AET's bucket against its index (which it needs)."""
+        assert self.index is not None
+        return S3Reconciler(
+            self.client, self.index, self.aet, self.config.prefix, self.reactor,
+            concurrency=self.config.concurrency,
         )
 
     def retrieve(

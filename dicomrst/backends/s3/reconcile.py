@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -33,6 +32,7 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.index.interfaces import IIndex, IndexRecord
 from dicomrst.index.records import NotIndexable, record_from_head
+from dicomrst.index.scans import ScanReport
 from dicomrst.logs import logger
 
 T = TypeVar("T")
@@ -45,21 +45,6 @@ SCAN_HEAD_BYTES = 16 << 10
 
 #: How much more of an object each further read takes, when its head is longer.
 GROWTH = 4
-
-
-@attrs.define
-class ScanReport:
-    """What one scan found and did."""
-
-    listed: int = 0
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unreadable: int = 0  # found not indexable (logged) in this scan
-    duplicates: int = 0  # holding an instance another key holds too (logged)
-    left: int = 0  # vanished or changed while read: for the next scan
-    bytes_read: int = 0
-    seconds: float = 0.0
 
 
 class S3Reconciler:
@@ -100,9 +85,11 @@ class S3Reconciler:
     async def _scan(self) -> ScanReport:
         report = ScanReport()
         started = self.reactor.seconds()
+        # The index first, then the bucket: an object stored through the gateway between
+        # the two is then listed (and read once more), never taken for one deleted.
+        known = await self.index.stamps(self.aet)
         listed = [item for item in await self.client.list_objects(self.prefix) if not item.key.endswith("/")]
         report.listed = len(listed)
-        known = await self.index.stamps(self.aet)
         present = self._listed = {item.key for item in listed}
         self.skipped = {k: v for k, v in self.skipped.items() if k in present}
         to_read = [

@@ -9,6 +9,14 @@ CompleteMultipartUpload); a key that exists already is compared with what we wou
 the same content is success (a client retrying a STOW), different content is
 `FAILURE_CONFLICT`.  A HEAD first catches the common case cheaply and covers stores that
 ignore the condition.  Bodies stream from the spooled file; nothing is held whole.
+
+With an index (`dicomrst.index.interfaces.IIndex`), the object's head is read up to its
+Pixel Data in the same thread as the digest (`record_from_stream`, as the reconcile scan
+reads it; an object the index cannot read is refused before anything is written), and
+once the object is stored its record (key with the prefix, the ETag S3 answered as stamp)
+is added: the instance is reported stored only once the index has committed it.  If the
+index fails, the object stays in the bucket (the reconcile scan indexes it later, a retry
+finds the same content) and the instance is reported failed.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from dicomrst.backends.values import (
     UploadedInstance,
 )
 from dicomrst.errors import ServiceUnavailable
+from dicomrst.index.interfaces import IIndex, IndexRecord
+from dicomrst.index.records import NotIndexable, record_from_stream
 from dicomrst.logs import logger
 
 log = logger("dicomrst.s3")
@@ -58,6 +68,18 @@ class Digest:
     sha256: str  # hex
     md5: bytes
     parts: tuple[tuple[int, int, bytes], ...] = ()  # (offset, length, md5) when multipart
+    record: IndexRecord | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def digest_and_record(instance: UploadedInstance, part_size: int | None, aet: str | None) -> Digest:
+    """Blocking (in a thread): `digest`, and with `aet` the record of the object's head
+    (`NotIndexable` when the index cannot read it)."""
+    d = digest(instance, part_size)
+    if aet is None:
+        return d
+    with instance.open() as f:
+        record, _ = record_from_stream(aet, f, instance.size)
+    return attrs.evolve(d, record=record)
 
 
 def digest(instance: UploadedInstance, part_size: int | None) -> Digest:
@@ -129,8 +151,13 @@ class Store:
         prefix: str,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
+        *,
+        index: IIndex | None = None,
+        aet: str = "",
     ) -> None:
         self.client = client
+        self.index = index
+        self.aet = aet
         self.prefix = prefix
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
@@ -147,18 +174,28 @@ class Store:
         multipart = instance.size > self.multipart_threshold
         try:
             reactor = self.client.reactor
-            d = await deferToThreadPool(
-                reactor, reactor.getThreadPool(), digest, instance, self.part_size if multipart else None
-            )
+            try:
+                d = await deferToThreadPool(
+                    reactor,
+                    reactor.getThreadPool(),
+                    digest_and_record,
+                    instance,
+                    self.part_size if multipart else None,
+                    self.aet if self.index is not None else None,
+                )
+            except NotIndexable as e:
+                why = f"not a readable DICOM data set: {e}"
+                log.warn("instance {sop} refused: {why}", sop=instance.sop_instance_uid, why=why)
+                return outcome(FAILURE_CANNOT_UNDERSTAND, why)
             existing = await self._head(key)
             if existing is None:
                 try:
                     if multipart:
-                        await self._put_multipart(key, instance, d)
+                        etag = await self._put_multipart(key, instance, d)
                     else:
-                        await self._put(key, instance, d)
+                        etag = await self._put(key, instance, d)
                     log.info("stored {key} ({size} bytes)", key=key, size=instance.size)
-                    return outcome(SUCCESS)
+                    return await self._indexed(outcome(SUCCESS), key, etag, instance, d)
                 except S3Error as e:
                     if e.code != "PreconditionFailed":
                         raise
@@ -166,7 +203,10 @@ class Store:
                 if existing is None:
                     return outcome(FAILURE_PROCESSING, f"S3 refused the conditional write of {key}")
             if await self._same(key, existing, instance, d):
-                return outcome(SUCCESS, "already stored with the same content")
+                etag = (existing.getRawHeaders("ETag") or [""])[0]
+                return await self._indexed(
+                    outcome(SUCCESS, "already stored with the same content"), key, etag, instance, d
+                )
             log.warn("{key} exists with different content; not overwritten", key=key)
             return outcome(
                 FAILURE_CONFLICT, "an instance with this SOP Instance UID is stored with different content"
@@ -178,6 +218,23 @@ class Store:
         except S3Error as e:
             log.warn("cannot store {key}: {why}", key=key, why=str(e))
             return outcome(FAILURE_PROCESSING, str(e))
+
+    async def _indexed(
+        self, stored: StoreOutcome, key: str, etag: str, instance: UploadedInstance, d: Digest
+    ) -> StoreOutcome:
+        """`stored`, once the object's record is committed to the index (if any)."""
+        if self.index is None or d.record is None:
+            return stored
+        # The ETag as S3 answered it, quotes included, as ListObjectsV2 lists it: the
+        # reconcile scan then finds the object unchanged.
+        record = attrs.evolve(d.record, key=key, stamp=etag.strip(), size=instance.size)
+        try:
+            await self.index.add(record)
+        except Exception as e:
+            log.warn("{key} stored but not indexed: {why}", key=key, why=str(e))
+            why = f"stored, but not indexed: {e}"
+            return StoreOutcome(stored.sop_class_uid, stored.sop_instance_uid, FAILURE_PROCESSING, why)
+        return stored
 
     async def _head(self, key: str) -> Headers | None:
         try:
@@ -212,7 +269,8 @@ class Store:
     def _headers(self, d: Digest) -> dict[str, str]:
         return {"Content-Type": "application/dicom", SHA_HEADER: d.sha256}
 
-    async def _put(self, key: str, instance: UploadedInstance, d: Digest) -> None:
+    async def _put(self, key: str, instance: UploadedInstance, d: Digest) -> str:
+        """PUT the object; its ETag."""
         headers = self._headers(d)
         headers["Content-MD5"] = base64.b64encode(d.md5).decode("ascii")
         headers["If-None-Match"] = "*"
@@ -224,8 +282,11 @@ class Store:
             payload_hash=d.sha256,
         )
         await self.client.discard(response)
+        etag: str = (response.headers.getRawHeaders("ETag") or [""])[0]
+        return etag
 
-    async def _put_multipart(self, key: str, instance: UploadedInstance, d: Digest) -> None:
+    async def _put_multipart(self, key: str, instance: UploadedInstance, d: Digest) -> str:
+        """Upload the object in parts; its ETag (from CompleteMultipartUpload's answer)."""
         response = await self.client.request("POST", key, query=[("uploads", "")], headers=self._headers(d))
         root = ET.fromstring(await self.client.read_body(response))
         upload_id = root.findtext(f"{S3_NS}UploadId") or root.findtext("UploadId")
@@ -268,6 +329,11 @@ class Store:
 
                 code, message = parse_error(body, 200)
                 raise S3Error(self.client.bucket, 200, code, message, key)
+            try:
+                done = ET.fromstring(body)
+            except ET.ParseError:
+                return ""
+            return done.findtext(f"{S3_NS}ETag") or done.findtext("ETag") or ""
         except BaseException:
             try:
                 query = [("uploadId", upload_id)]

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.unit.test_local_reconcile -*-
+"""The reconcile scan of a LOCAL AET: what is in its directory against what its index holds.
+
+Files copied in, replaced or deleted behind the gateway's back (by hand, by rsync, by a
+restore) are found by walking the directory (`walk`: ``{study}/{series}/{sop}.dcm``,
+each file's ``mtime:size`` stamp) and comparing with the index's stamps: a file whose key
+is new or whose stamp changed has its head read (up to its Pixel Data, as the store
+reads what it writes: `dicomrst.backends.local.files.read_record`) and is indexed; a key
+the directory no longer has is removed from the index.  Unchanged files cost one
+``stat`` each.
+
+Temporary files (hidden names: a store in progress, or a crash's leftover) are never
+looked at.  A file that is not DICOM, whose head does not parse, or whose UIDs are not
+the ones its path names (the backend serves files by that path, so it could be found
+and never retrieved) is logged once and skipped until its stamp changes.  A file that
+vanishes or changes while read is left for the next scan.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from dicomrst.backends.local.files import (
+    SUFFIX,
+    InvalidObject,
+    object_key,
+    read_head_record,
+    safe_uid,
+    stamp_of,
+)
+from dicomrst.backends.local.threads import Threads
+from dicomrst.index.interfaces import IIndex, IndexRecord
+from dicomrst.index.scans import ScanReport
+from dicomrst.logs import logger
+
+log = logger("dicomrst.index")
+
+
+@attrs.frozen
+class Found:
+    """One object file the walk found."""
+
+    key: str  # ``{study}/{series}/{sop}.dcm``, relative to the root
+    stamp: str
+    size: int
+
+
+def walk(root: str) -> tuple[list[Found], list[str]]:
+    """Blocking: every object file under `root` in the archive's layout, in key order,
+    and the keys of other regular files found there (not hidden ones), for the log."""
+    found: list[Found] = []
+    strays: list[str] = []
+
+    def entries(path: str) -> list[os.DirEntry[str]]:
+        try:
+            return [e for e in os.scandir(path) if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # removed while walked
+
+    for study in entries(root):
+        if not study.is_dir(follow_symlinks=False):
+            strays.append(study.name)
+            continue
+        for series in entries(study.path):
+            if not series.is_dir(follow_symlinks=False):
+                strays.append(f"{study.name}/{series.name}")
+                continue
+            for entry in entries(series.path):
+                key = f"{study.name}/{series.name}/{entry.name}"
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                name = entry.name
+                if (
+                    name.endswith(SUFFIX)
+                    and safe_uid(name[: -len(SUFFIX)])
+                    and safe_uid(study.name)
+                    and safe_uid(series.name)
+                ):
+                    found.append(Found(key, stamp_of(st), st.st_size))
+                else:
+                    strays.append(key)
+    found.sort(key=lambda f: f.key)
+    strays.sort()
+    return found, strays
+
+
+def read_found(root: str, aet: str, found: Found) -> tuple[IndexRecord, int] | None:
+    """Blocking: the record of a found file and the bytes read for it, or None when it
+    changed or vanished since the walk (`InvalidObject` when it is not one the archive
+    can serve)."""
+    path = os.path.join(root, *found.key.split("/"))
+    try:
+        record, read = read_head_record(path, aet)
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stamp_of(st) != found.stamp:
+        return None  # written to while read: the next scan reads the new content
+    expected = object_key(record.study, record.series, record.sop_instance)
+    if expected != found.key:
+        raise InvalidObject(f"its UIDs put it at {expected}, not where it is")
+    return attrs.evolve(record, key=found.key, stamp=found.stamp, size=found.size), read
+
+
+class LocalReconciler:
+    """Reconciles the index records of one LOCAL AET with its directory (`scan`)."""
+
+    def __init__(self, root: str, index: IIndex, aet: str, threads: Threads) -> None:
+        self.root = os.path.abspath(root)
+        self.index = index
+        self.aet = aet
+        self.threads = threads
+        # key -> stamp of files found unreadable (logged), read again only once changed.
+        self.skipped: dict[str, str] = {}
+        self._strays: set[str] = set()
+        self._present: set[str] = set()
+
+    def scan(self) -> Deferred[ScanReport]:
+        return Deferred.fromCoroutine(self._scan())
+
+    async def _scan(self) -> ScanReport:
+        report = ScanReport()
+        started = self.threads.reactor.seconds()
+        # The index first, then the directory: a file stored meanwhile is then found on
+        # disk (and read once more), never taken for one deleted.
+        known = await self.index.stamps(self.aet)
+        found, strays = await self.threads.run(walk, self.root)
+        report.listed = len(found)
+        new_strays = [key for key in strays if key not in self._strays]
+        self._strays = set(strays)
+        if new_strays:
+            log.warn(
+                "index: {n} file(s) in {root} are not {{study}}/{{series}}/{{sop}}.dcm and are not "
+                "served nor indexed, e.g. {first}",
+                n=len(new_strays),
+                root=self.root,
+                first=new_strays[0],
+            )
+        present = self._present = {f.key for f in found}
+        self.skipped = {k: v for k, v in self.skipped.items() if k in present}
+        for item in found:
+            if known.get(item.key) == item.stamp or self.skipped.get(item.key) == item.stamp:
+                continue
+            await self._read_and_add(item, item.key in known, report)
+        for key in sorted(set(known) - present):
+            if await self.index.remove_key(self.aet, key):
+                report.removed += 1
+        report.seconds = self.threads.reactor.seconds() - started
+        log.info(
+            "index: scanned {aet}: {listed} files, {added} added, {changed} changed, {removed} removed, "
+            "{unreadable} unreadable, {bytes} bytes read in {seconds:.1f} s",
+            aet=self.aet,
+            listed=report.listed,
+            added=report.added,
+            changed=report.changed,
+            removed=report.removed,
+            unreadable=report.unreadable,
+            bytes=report.bytes_read,
+            seconds=report.seconds,
+        )
+        return report
+
+    async def _read_and_add(self, item: Found, known: bool, report: ScanReport) -> None:
+        try:
+            found_record = await self.threads.run(read_found, self.root, self.aet, item)
+        except InvalidObject as e:
+            self.skipped[item.key] = item.stamp
+            report.unreadable += 1
+            log.warn("index: skipping file {key} of {aet}: {why}", key=item.key, aet=self.aet, why=str(e))
+            if known:  # it was an object and is not any more
+                await self.index.remove_key(self.aet, item.key)
+            return
+        except OSError as e:
+            # Unreadable now (permissions, I/O): not fatal to the scan; the next one retries.
+            report.left += 1
+            log.warn("index: cannot read {key} of {aet}: {why}", key=item.key, aet=self.aet,
+                     why=e.strerror or str(e))
+            return
+        if found_record is None:
+            report.left += 1
+            return
+        record, read = found_record
+        report.bytes_read += read
+        replaced = await self.index.add(record)
+        if replaced is not None and replaced != item.key and replaced in self._present:
+            # One instance in two files: the index keeps one; reading the other at every
+            # scan would only swap them.
+            self.skipped[item.key] = item.stamp
+            report.duplicates += 1
+            log.warn(
+                "index: file {key} of {aet} holds instance {sop}, which {other} holds too; "
+                "{key} is indexed, {other} is not",
+                key=item.key,
+                aet=self.aet,
+                sop=record.sop_instance,
+                other=replaced,
+            )
+        if known:
+            report.changed += 1
+        else:
+            report.added += 1
