@@ -14,6 +14,7 @@ Times are integer milliseconds, as in DICOM-RST's files; ``*_s`` properties give
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import socket
@@ -246,6 +247,25 @@ def _base_path(value: Any, path: str, env: _Env) -> str:
     return "/" + text.strip("/")
 
 
+def _public_url(value: Any, path: str, env: _Env) -> str:
+    """``server.http.public-url``: an http(s) URL without query or fragment; kept without
+    a trailing slash, since ``/aets/...`` is appended to it."""
+    text = _url(value, path, env)
+    parts = urlsplit(text)
+    if parts.query or parts.fragment or parts.username is not None or text.endswith("?"):
+        raise ConfigError(path, f"expected a URL without user, query or fragment, got {text!r}")
+    return text.rstrip("/")
+
+
+def _network(value: Any, path: str, env: _Env) -> str:
+    """An IP address or CIDR network (``10.0.0.0/8``, ``::1``), normalised."""
+    text = _string()(value, path, env)
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ConfigError(path, f"expected an IP address or a network (10.0.0.0/8), got {text!r}") from None
+
+
 def _url(value: Any, path: str, env: _Env) -> str:
     text = _string()(value, path, env)
     try:
@@ -335,6 +355,8 @@ class _Timed:
 class TelemetryConfig:
     sentry: str | None = _key(_optional(_string()), None)  # accepted for DICOM-RST; unused
     level: str = _key(_level, "INFO")
+    # Not in DICOM-RST: "json" writes one JSON object per line (dicomrst.logs.JsonLines).
+    format: str = _key(_choice("text", "json"), "text")
 
 
 def _origin(value: Any, path: str, env: _Env) -> str:
@@ -383,6 +405,11 @@ class HttpConfig:
     # the connection is ready for it (so it also bounds an idle keep-alive connection).
     header_timeout: int = _key(_integer(1), 20_000)
     cors: CorsConfig = _key(_section(CorsConfig), factory=CorsConfig)  # not in DICOM-RST
+    # Not in DICOM-RST: the URL clients reach the gateway's base path at, as written into
+    # RetrieveURL, BulkDataURI, Content-Location (Orthanc's PublicRoot); None: from the request.
+    public_url: str | None = _key(_optional(_public_url), None)
+    # Not in DICOM-RST: peers whose Forwarded / X-Forwarded-* headers are believed.
+    trusted_proxies: tuple[str, ...] = _key(_list_of(_network), ())
 
     @property
     def request_timeout_s(self) -> float:

@@ -11,12 +11,35 @@ control characters, line breaks, ANSI escapes and other non-printable characters
 escaped, as are backslashes (so an escape is never ambiguous).  Paths, AE titles, part
 headers and whatever else arrives from the network are logged by many modules; escaping
 here, once, covers every one of them and every one added later: no client or peer can
-break a log line or forge one.
+break a log line or forge one.  With ``telemetry.format: json`` the fields pass unescaped
+and `JsonLines` escapes them the JSON way instead (every control and non-ASCII character
+as ``\\uXXXX``), so a JSON reader gets the text as it arrived.
+
+**Request IDs.**  The HTTP request being served is kept in a `contextvars` variable
+(`request_scope`), and every event a dicomrst logger emits while it is set carries it as
+the field ``request_id``.  contextvars rather than an argument passed down: Twisted runs
+each coroutine (``Deferred.fromCoroutine``, Klein's handlers, the DIMSE and S3 code they
+await) in a copy of the context it was started in, resumed step by step in that copy, so
+everything a request awaits sees its ID without a parameter through every layer.  What
+runs in a plain callback fired by the network (a PDU arriving) runs in the reactor's
+context instead; the DIMSE layer names the request there from the association it took
+(`dicomrst.dimse.pool`), explicitly.
+
+**The output.**  Under twistd, `make_output` builds the global observer itself (the
+file twistd's ``--logfile`` names, or stdout): text as twistd writes it, or one JSON
+object per line; Twisted's own noise (factories starting and stopping for each pooled
+HTTP connection) is shown at DEBUG only; the file can be reopened (SIGHUP).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -24,8 +47,11 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
+    formatEventAsClassicLogText,
     globalLogPublisher,
 )
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 # LogLevel.* are constantly NamedConstants, which mypy sees as Any (constantly is untyped).
@@ -39,6 +65,25 @@ _LEVELS: dict[str, LogLevel] = {
 }
 
 LEVEL_NAMES = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+
+FORMATS = ("text", "json")
+
+#: The ID of the HTTP request being served in this context (see the module docstring).
+REQUEST_ID: ContextVar[str | None] = ContextVar("dicomrst_request_id", default=None)
+
+
+@contextmanager
+def request_scope(request_id: str | None) -> Iterator[None]:
+    """Run the body (and every coroutine started in it) as part of request `request_id`."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
+
+
+def current_request_id() -> str | None:
+    return REQUEST_ID.get()
 
 _NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -113,13 +158,38 @@ def escape_event(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Settings:
+    format = "text"
+
+
+_settings = _Settings()
+
+
 @implementer(ILogObserver)
 class _EscapingObserver:
     def __init__(self, downstream: ILogObserver) -> None:
         self._downstream = downstream
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if _settings.format == "json":
+            # JsonLines escapes every field (and the message) as JSON does.
+            self._downstream(event)
+            return
+        if event.get("request_id") is not None and event.get("log_format"):
+            # Text lines name their request at the end, where grep finds it.
+            event = dict(event, log_format=event["log_format"] + " request_id={request_id}")
         self._downstream(escape_event(event))
+
+
+class _GatewayLogger(Logger):
+    """A Logger whose events carry the current request's ID (`request_scope`)."""
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if "request_id" not in kwargs:
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                kwargs["request_id"] = request_id
+        super().emit(level, format, **kwargs)
 
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
@@ -139,7 +209,125 @@ def set_level(name: str) -> None:
     _predicate.setLogLevelForNamespace("", parse_level(name))
 
 
+def set_format(name: str) -> None:
+    """``telemetry.format``: ``text`` (fields escaped Python-style) or ``json`` (left to
+    `JsonLines`)."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown log format {name!r}; use one of {', '.join(FORMATS)}")
+    _settings.format = name
+
+
+def current_level() -> LogLevel:
+    return cast(LogLevel, _predicate.logLevelForNamespace(""))
+
+
+def debug_enabled() -> bool:
+    """DEBUG (or TRACE) lines are shown: worth gathering their fields."""
+    return bool(current_level() <= _LEVELS["DEBUG"])
+
+
 def logger(namespace: str) -> Logger:
-    """A Logger for `namespace` whose events pass the configured level filter and are
-    escaped (`escape_event`)."""
-    return Logger(namespace=namespace, observer=_observer)
+    """A Logger for `namespace` whose events pass the configured level filter, carry the
+    request ID (`request_scope`) and are escaped (`escape_event`)."""
+    return _GatewayLogger(namespace=namespace, observer=_observer)
+
+
+# -- the output ----------------------------------------------------------------------------
+
+#: Twisted's lines for every connection a client pool opens and closes (treq's
+#: _HTTP11ClientFactory, once per S3 connection): DEBUG, not INFO.
+_NOISE = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+
+_ALL_LEVELS: tuple[LogLevel, ...] = tuple(LogLevel.iterconstants())
+
+#: Keys of a JSON line that are not the event's own fields.
+_JSON_KEYS = ("time", "level", "namespace", "message")
+
+
+def _level_of(event: dict[str, Any]) -> LogLevel:
+    level = event.get("log_level")
+    if level is _LEVELS["INFO"] and event.get("log_format") in _NOISE:
+        return _LEVELS["DEBUG"]
+    # Legacy events (log.msg) carry a level too; anything else counts as INFO.
+    return cast(LogLevel, level) if level in _ALL_LEVELS else _LEVELS["INFO"]
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, bytes | bytearray):
+        return repr(bytes(value))
+    return str(value)
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """`event` as one line of JSON with the keys time (UTC, ISO 8601), level, namespace,
+    message, then the event's own fields (``request_id`` among them when set), and
+    ``traceback`` for a failure.  ASCII only: controls, line separators and every other
+    character a terminal could act on are ``\\uXXXX`` escapes."""
+    level = _level_of(event)
+    stamp = event.get("log_time")
+    when = datetime.fromtimestamp(stamp if isinstance(stamp, int | float) else 0, UTC)
+    out: dict[str, object] = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level.name.upper(),
+        "namespace": str(event.get("log_namespace") or "-"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _JSON_KEYS or key in ("format", "message", "isError"):
+            continue
+        out[key] = _json_value(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            out["traceback"] = failure.getTraceback()
+        except Exception:
+            out["traceback"] = repr(failure)
+    return json.dumps(out, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+@implementer(ILogObserver)
+class OutputLog:
+    """The gateway's log output: filters Twisted's events by the configured level (with
+    its noise demoted to DEBUG; dicomrst's own were filtered already), writes each as text
+    or a JSON line to `stream`, and reopens a log file on request.
+
+    :ivar stream: a `LogFile` (reopened by `reopen`) or a stream such as stdout.
+    """
+
+    def __init__(self, stream: IO[str] | LogFile, json_format: bool) -> None:
+        self.stream = stream
+        self.json_format = json_format
+
+    @property
+    def path(self) -> str | None:
+        """The log file's path (None: a stream)."""
+        return self.stream.path if isinstance(self.stream, LogFile) else None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = _level_of(event)
+        if level < current_level():
+            return
+        if level is not event.get("log_level"):
+            event = dict(event, log_level=level)  # demoted noise says so in its line
+        text = json_line(event) if self.json_format else formatEventAsClassicLogText(event)
+        if not text:
+            return
+        self.stream.write(text)
+        self.stream.flush()
+
+    def reopen(self) -> bool:
+        """Reopen the log file (after logrotate moved it); False for a stream."""
+        if isinstance(self.stream, LogFile):
+            self.stream.reopen()
+            return True
+        return False
+
+
+def make_output(logfile: str | None, nodaemon: bool, json_format: bool) -> OutputLog:
+    """The output twistd's own choice would be (``--logfile``: ``-`` or none with
+    ``--nodaemon`` is stdout, else the file, ``twistd.log`` by default)."""
+    if logfile == "-" or (nodaemon and not logfile):
+        return OutputLog(sys.stdout, json_format)
+    return OutputLog(LogFile.fromFullPath(logfile or "twistd.log"), json_format)

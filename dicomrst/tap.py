@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 import dicomrst
@@ -35,6 +38,7 @@ from dicomrst.common.listening import ListeningService
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
 from dicomrst.config import AetConfig, Config, ConfigError, config_warnings, first_run_config, load_config
+from dicomrst.daemon import HangupService, Reloader, log_output
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
 from dicomrst.dimse.server import DimseServerFactory, listener_factory
@@ -42,7 +46,7 @@ from dicomrst.index.database import IndexStartFailed, SqlIndex
 from dicomrst.index.factory import open_index
 from dicomrst.index.interfaces import IIndex
 from dicomrst.index.scans import PeriodicScans, ScanReport
-from dicomrst.logs import logger, set_level
+from dicomrst.logs import OutputLog, logger, set_format, set_level
 
 if TYPE_CHECKING:
     from dicomrst.web.access import AccessGate
@@ -70,6 +74,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML config file with DICOM-RST's keys (times in milliseconds)."],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """Display dicomrst's version and exit."""
+        print(f"dicomrst {dicomrst.__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:
@@ -226,6 +235,16 @@ class GatewayService(MultiService):
     def __init__(self, reactor: IGatewayReactor | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._reactor = reactor
+        #: What SIGHUP re-reads (`dicomrst.daemon`).
+        self.reloaders: list[Reloader] = []
+        #: The log output twistd is to use (`dicomrst.logs.make_output`), None: its own.
+        self.log_output: OutputLog | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd's application: the log observer it finds there is the one it starts.
+        if self.log_output is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_output)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def stopService(self) -> Deferred[None]:
         # One child after another, last added first, each waited for: MultiService would
@@ -281,8 +300,11 @@ async def _flushed(reactor: IGatewayReactor, bound: float) -> None:
 AUTH_MAX_WAITING = 64
 
 
-def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
-    """``server.auth`` and ``aets[].access`` as the web layer's `AccessGate`."""
+def make_access(
+    config: Config, reactor: IGatewayReactor, reloaders: list[Reloader] | None = None
+) -> AccessGate:
+    """``server.auth`` and ``aets[].access`` as the web layer's `AccessGate`; the users
+    file's reload joins `reloaders` (SIGHUP)."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -296,6 +318,8 @@ def make_access(config: Config, reactor: IGatewayReactor) -> AccessGate:
         except OSError as e:
             _die(f"config error: server.auth.basic.users-file: cannot read {auth.basic.users_file!r}: "
                  f"{e.strerror or e}")
+        if reloaders is not None:
+            reloaders.append(users.reload)
         # Its own bounded line in the reactor's thread pool, apart from the images'.
         workers = CpuWorkers(
             cast(IThreadsReactor, reactor), max_waiting=AUTH_MAX_WAITING, what="password checks"
@@ -345,6 +369,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     from dicomrst.web.responses import CorsPolicy
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
+    from dicomrst.web.urls import PublicUrls
 
     top = GatewayService(reactor)
     if index is not None:
@@ -424,8 +449,9 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         echo_timeout=http.request_timeout_s,
         cache=cache,
         cpu=cpu,
-        access=make_access(config, reactor),
+        access=make_access(config, reactor, top.reloaders),
         cors=cors,
+        urls=PublicUrls.from_config(http.public_url, http.trusted_proxies),
     )
     site = make_site(
         app.resource(),
@@ -475,6 +501,9 @@ def makeService(options: Options) -> IService:
 
     config: Config = options["loaded"]
     set_level(config.telemetry.level)
+    output = log_output(options.parent, config.telemetry.format == "json")
+    if output is not None:
+        set_format(config.telemetry.format)
     log.info(
         "dicomrst {version} starting: {n} AET(s), config {path}",
         version=dicomrst.__version__,
@@ -487,6 +516,8 @@ def makeService(options: Options) -> IService:
     if options["config"] is None:
         for line in first_run_lines(config):
             log.info("{line}", line=line)
+    if output is None and config.telemetry.format == "json":
+        log.warn("telemetry.format is json, but twistd's own log observer is in use (--syslog, --logger)")
     # The installed reactor (twistd's --reactor, else the default): Twisted's reactors
     # provide every interface IGatewayReactor combines, but none declares IGatewayReactor
     # itself, and the module's static type is a narrower conglomerate.
@@ -495,4 +526,8 @@ def makeService(options: Options) -> IService:
         index = open_configured_index(config, gateway_reactor)
     except ConfigError as e:
         _die(f"config error: {e}")
-    return build(config, gateway_reactor, index)
+    top = build(config, gateway_reactor, index)
+    top.log_output = output
+    hangup = HangupService(cast(IReactorFromThreads, reactor), output, top.reloaders)
+    hangup.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    return top

@@ -118,6 +118,21 @@ class UsersFile:
         """Some user's stored hash (for checking unknown names at the same cost)."""
         return next(iter(self._users.values()), None)
 
+    def reload(self) -> str:
+        """Re-read the file now (SIGHUP), changed or not; a few words for the log line."""
+        self._checked = self._clock.seconds()
+        try:
+            stamp = self._stat()
+            users = self._read()
+        except OSError as e:
+            self._stamp = ()
+            self._users = {}
+            return (f"users file {self.path} cannot be read ({e.strerror or e}): no basic user is "
+                    f"admitted until it can")
+        self._stamp = stamp
+        self._users = users
+        return f"re-read users file {self.path}: {len(users)} user(s)"
+
     def _stat(self) -> tuple[int, ...]:
         st = os.stat(self.path)
         return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

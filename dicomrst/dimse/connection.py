@@ -22,7 +22,7 @@ from zope.interface import implementer
 from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.dimse import commands
 from dicomrst.dimse.commands import Command
-from dicomrst.logs import logger
+from dicomrst.logs import debug_enabled, logger
 from dicomrst.ul.errors import AssociationClosed, AssociationTimeout
 from dicomrst.ul.pdu import PDV, ProtocolError
 from dicomrst.ul.protocol import ULProtocol
@@ -99,6 +99,9 @@ class DimseConnection:
         # Message IDs of the peer's requests we have not answered yet.
         self._unanswered: set[int] = set()
         self._next_id = 0
+        #: The HTTP request the association serves (set by the pool that lent it): named
+        #: on the DEBUG lines of messages that arrive in network callbacks.
+        self.request_id: str | None = None
 
     @property
     def is_ended(self) -> bool:
@@ -167,7 +170,30 @@ class DimseConnection:
 
     # -- dispatch ---------------------------------------------------------------------
 
+    def _logged(self, direction: str, command: Command) -> None:
+        """A DEBUG line per DIMSE message: command, message ID, status, the peer's AET."""
+        if not debug_enabled():
+            return  # a C-STORE stream sends thousands: not even the fields are gathered
+        field = command.number("CommandField")
+        association = self.association
+        peer_aet = "-"
+        if association is not None:
+            peer_aet = association.called_aet if association.is_requestor else association.calling_aet
+        response = commands.is_response(field)
+        status = command.number("Status", -1) if response else -1
+        extra = {} if self.request_id is None else {"request_id": self.request_id}
+        log.debug(
+            "DIMSE {direction} {command} message_id={message_id} status={status} peer_aet={peer_aet}",
+            direction=direction,
+            command=commands.NAMES.get(field, hex(field)),
+            message_id=command.number("MessageIDBeingRespondedTo" if response else "MessageID", -1),
+            status="-" if status < 0 else f"0x{status:04X}",
+            peer_aet=peer_aet,
+            **extra,
+        )
+
     def _message_received(self, message: IncomingMessage) -> None:
+        self._logged("received", message.command)
         field = message.command_field
         consumer: IDataSetConsumer | None
         if commands.is_response(field):
@@ -258,6 +284,7 @@ class DimseConnection:
         )
         self._pending[message_id] = pending
         self._arm(pending)
+        self._logged("sent", command)
         try:
             association.send_message(context_id, commands.encode_command(command), dataset)
         except Exception:
@@ -274,6 +301,7 @@ class DimseConnection:
         command.CommandDataSetType = commands.HAS_DATASET if dataset is not None else commands.NO_DATASET
         if commands.is_response(command.number("CommandField")):
             self._unanswered.discard(command.number("MessageIDBeingRespondedTo", -1))
+        self._logged("sent", command)
         self._require().send_message(context_id, commands.encode_command(command), dataset)
 
     def release(self) -> Deferred[None]:

@@ -42,7 +42,7 @@ from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
-from dicomrst.logs import logger
+from dicomrst.logs import current_request_id, logger
 from dicomrst.ul.errors import (
     AssociationAborted,
     AssociationClosed,
@@ -157,8 +157,10 @@ class AssociationPool:
             if not lease.connection.whenEnded.called:
                 lease.reused = True
                 self._busy.add(lease)
+                self._decided("reuse", "an idle association")
                 return lease
         if self._count() < self._limit():
+            self._decided("open", "a new association")
             try:
                 return await self._open(key)
             except AssociationRejected as e:
@@ -169,7 +171,25 @@ class AssociationPool:
             if lease.request != key:
                 self._retire(lease)
                 break
+        self._decided("wait", f"at most {self.acquire_timeout * 1000:.0f} ms for an association")
         return await self._wait(key)
+
+    def _decided(self, decision: str, what: str, request_id: str | None = None) -> None:
+        """A DEBUG line for each decision (reuse, open, wait, release, retire, end)."""
+        extra = {} if request_id is None else {"request_id": request_id}
+        log.debug(
+            "pool {aet}: {decision}: {what} (busy={busy} idle={idle} opening={opening} waiting={waiting} "
+            "size={size})",
+            aet=self.aet,
+            decision=decision,
+            what=what,
+            busy=len(self._busy),
+            idle=len(self._idle),
+            opening=self._opening,
+            waiting=len(self._waiters),
+            size=self._limit(),
+            **extra,
+        )
 
     def _limit(self) -> int:
         if self._ceiling is not None and self.clock.seconds() < self._ceiling_until:
@@ -294,10 +314,14 @@ class AssociationPool:
             return
         self._busy.discard(lease)
         connection = lease.connection
+        # The request the association served, named on the release line: the release may
+        # run in a callback fired by the network, outside the request's context.
+        served, connection.request_id = connection.request_id, None
         # `ended` stays None after an orderly release: whenEnded says whether it is over.
         if connection.whenEnded.called or self._stopped or not reusable:
             if not connection.whenEnded.called:
                 connection.abort("not reusable" if not self._stopped else "gateway is shutting down")
+            self._decided("release", "association ended, not reusable", served)
             self._wake()
             return
         for waiter in list(self._waiters):
@@ -307,15 +331,18 @@ class AssociationPool:
                 self._waiters.remove(waiter)
                 lease.reused = True
                 self._busy.add(lease)
+                self._decided("release", "association handed to a waiting request", served)
                 waiter.callback(lease)
                 return
         if self._waiters or len(self._idle) >= self.max_idle:
             # Everyone waiting needs other contexts: this slot serves them better free.
             # Or enough are idle already: this one would only hold a PACS worker.
             self._retire(lease)
+            self._decided("release", "association released to the PACS (not kept idle)", served)
             return
         lease.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_expired, lease)
         self._idle.append(lease)
+        self._decided("release", "association kept idle", served)
 
     def _idle_expired(self, lease: Lease) -> None:
         lease.idle_timer = None
@@ -355,6 +382,7 @@ class AssociationPool:
         """
         for attempt in (1, 2):
             lease = await self.acquire(request)
+            self._taken(lease)
             try:
                 result = await operation(lease)
             except STALE_ERRORS as e:
@@ -381,6 +409,22 @@ class AssociationPool:
             self.release(lease)
             return result
         raise AssertionError("unreachable")
+
+    def _taken(self, lease: Lease) -> None:
+        """The association line for a request, when it is taken (the UL logs another when
+        it ends); the connection remembers the request for its DIMSE lines."""
+        connection = lease.connection
+        connection.request_id = current_request_id()
+        association = connection.association
+        log.info(
+            "association to {aet} taken ({how}) peer={peer} calling={calling} busy={busy}/{size}",
+            aet=self.aet,
+            how="reused" if lease.reused else "new",
+            peer=association.peer if association is not None else "-",
+            calling=association.calling_aet if association is not None else "-",
+            busy=len(self._busy),
+            size=self._limit(),
+        )
 
     # -- shutdown -------------------------------------------------------------------
 

@@ -69,6 +69,9 @@ class MetadataSink(ResponseThrottle):
         self._converting = 0
         self._queued: list[tuple[Deferred[None], bytes, str, str, str]] = []
         self._settled: list[Deferred[None]] = []
+        self._next_slot = 0  # the arrival number of the next conversion
+        self._next_write = 0  # of the next object to write
+        self._done: dict[int, bytes | None] = {}  # converted (None: failed), not yet written
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> MetadataConsumer:
         self.refuse_if_gone()
@@ -117,22 +120,30 @@ class MetadataSink(ResponseThrottle):
 
     def _begin(self, data: bytes, transfer_syntax: str, bulk_base: str, sop_instance: str) -> None:
         self._converting += 1
+        # Conversions run in several threads and may end in any order; objects are
+        # written in the order their instances arrived, so the array's order is the
+        # source's (the S3 key order, the PACS's), as it was when one ran at a time.
+        slot = self._next_slot
+        self._next_slot += 1
         reactor = self.reactor
         d = deferToThreadPool(
             reactor, reactor.getThreadPool(), instance_metadata_json, data, transfer_syntax, bulk_base
         )
 
-        def write(encoded: bytes) -> None:
-            if not self.gone:
-                self.write_object(encoded)
-
         def failed(f: Failure) -> None:
             log.warn("cannot describe {uid}: {why}", uid=sop_instance, why=f.getErrorMessage())
             self.dropped += 1
+            return None
 
-        d.addCallbacks(write, failed).addBoth(self._converted)
+        d.addCallbacks(lambda encoded: encoded, failed).addCallback(self._converted, slot)
 
-    def _converted(self, _: object) -> None:
+    def _converted(self, encoded: bytes | None, slot: int) -> None:
+        self._done[slot] = encoded
+        while self._next_write in self._done:
+            ready_object = self._done.pop(self._next_write)
+            self._next_write += 1
+            if ready_object is not None and not self.gone:
+                self.write_object(ready_object)
         self._converting -= 1
         if self._queued:
             ready, data, transfer_syntax, bulk_base, sop_instance = self._queued.pop(0)

@@ -51,6 +51,7 @@ from dicomrst.web.responses import (
     set_common_headers,
 )
 from dicomrst.web.site import BodyConsumer, GatewayRequest, IStreamedBodies
+from dicomrst.web.urls import PublicUrls
 
 log = logger("dicomrst.web")
 
@@ -309,11 +310,14 @@ class GatewayApp:
         cpu: CpuWorkers | None = None,
         access: AccessGate | None = None,
         cors: CorsPolicy | None = None,
+        urls: PublicUrls | None = None,
     ) -> None:
         # Left out, the context makes its own (one per gateway, the ranged reads' too).
         optional: dict[str, Any] = {"cpu": cpu} if cpu is not None else {}
         if access is not None:
             optional["access"] = access
+        if urls is not None:
+            optional["urls"] = urls
         self.cors = cors if cors is not None else ANY_ORIGIN
         self.context = WebContext(
             backends,

@@ -15,13 +15,12 @@ from twisted.web.iweb import IRequest
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
-from dicomrst.common.addresses import format_address
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.wado.ranged import RangedFrames
 from dicomrst.web.access import AccessGate
-from dicomrst.web.requests import request_host
+from dicomrst.web.urls import PublicUrls
 
 #: STOW-RS parts larger than this are spooled to a temporary file.
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
@@ -46,6 +45,7 @@ class WebContext:
         cache miss, and the heads of the objects read last.
     :ivar access: who may do what (``server.auth``, ``aets[].access``); `GatewayRoot`
         applies it to every request before routing.  Left out: everyone may do everything.
+    :ivar urls: ``server.http.public-url`` and ``trusted-proxies``: how `base_url` is found.
     """
 
     backends: Mapping[str, IBackend]
@@ -62,6 +62,7 @@ class WebContext:
     )
     ranged: RangedFrames = attrs.field(factory=RangedFrames)
     access: AccessGate = attrs.field(factory=AccessGate.open)
+    urls: PublicUrls = attrs.field(factory=PublicUrls)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""
@@ -71,17 +72,10 @@ class WebContext:
             raise NotFound(f"unknown AET '{aet}'") from None
 
     def base_url(self, request: IRequest) -> str:
-        """``{scheme}://{Host}{base-path}`` as the client addressed us.
-
-        The scheme of the connection and the request's Host header (`request_host`:
-        a malformed one is a `BadRequest`); ``X-Forwarded-*`` headers are not trusted
-        (anyone can send them): a proxy in front should pass Host through.
-        """
-        scheme = "https" if request.isSecure() else "http"
-        # BadRequest for a Host that is not one: it would end up in every URL we send.
-        host = request_host(request) or format_address(request.getHost())  # HTTP/1.0 without Host
-        base = "/" + self.base_path.strip("/") if self.base_path.strip("/") else ""
-        return f"{scheme}://{host}{base}"
+        """``{scheme}://{host}{base-path}`` as the client addressed us: the public URL,
+        else what a trusted proxy forwarded, else the connection's scheme and the Host
+        header (`PublicUrls`; a malformed Host is a `BadRequest`)."""
+        return self.urls.base_url(request, self.base_path)
 
     def service_url(self, request: IRequest, aet: str) -> str:
         """``{base}/aets/{aet}``: where RetrieveURLs and Content-Locations start."""

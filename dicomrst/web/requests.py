@@ -17,7 +17,7 @@ from dicomrst.errors import BadRequest
 # covers DNS names and IPv4 addresses), with an optional port.  reg-name's sub-delims
 # (',' ';' '(' ...) are left out on purpose: no real host has them, and the Host goes
 # into the URLs this gateway answers with (Retrieve URL, Content-Location, Warning).
-_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]{2,64}\]|[0-9A-Za-z._~-]{1,253})(?::[0-9]{1,5})?")
+HOST_PATTERN = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]{2,64}\]|[0-9A-Za-z._~-]{1,253})(?::[0-9]{1,5})?")
 
 
 def query_args(request: IRequest) -> dict[str, list[str]]:
@@ -60,7 +60,7 @@ def request_host(request: IRequest) -> str | None:
     if value == b"":
         return None
     text = value.decode("latin-1")
-    if not _HOST.fullmatch(text):
+    if not HOST_PATTERN.fullmatch(text):
         shown = repr(text) if len(text) <= 64 else f"{text[:64]!r}..."
         raise BadRequest(f"invalid Host header {shown}: expected a host name or address and an optional port")
     return text

@@ -30,7 +30,8 @@ ALLOW_METHODS = b"GET, HEAD, POST, OPTIONS"
 # viewers need Location/Content-Location after STOW and Retry-After on a 503.
 # WWW-Authenticate: a browser app learns why its token was refused (RFC 6750 error=...).
 EXPOSE_HEADERS = (
-    b"Content-Type, Content-Length, Content-Location, Location, Warning, Retry-After, WWW-Authenticate"
+    b"Content-Type, Content-Length, Content-Location, Location, Warning, Retry-After, WWW-Authenticate, "
+    b"X-Request-ID"
 )
 
 # Offered in a preflight that did not name its headers (rare; browsers always do).

@@ -16,6 +16,8 @@ this needs are in `dicomrst.common.twisted_internals`.
 
 from __future__ import annotations
 
+import re
+import uuid
 from io import BytesIO
 from typing import Any, Protocol, cast
 
@@ -41,7 +43,7 @@ from dicomrst.common.twisted_internals import (
     request_line,
     site_of,
 )
-from dicomrst.logs import logger
+from dicomrst.logs import logger, request_scope
 from dicomrst.web.responses import ANY_ORIGIN, CorsPolicy, error_body, set_common_headers
 
 log = logger("dicomrst.web")
@@ -64,6 +66,12 @@ MAX_HEADER_BLOCK = 16 * 1024
 
 MAX_HEADERS = 100
 """Header fields in one request; more is a 431."""
+
+#: An incoming X-Request-ID taken as it is: a bounded token of characters no log reader
+#: or proxy trips on; anything else is replaced by a generated one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
+
+REQUEST_ID_HEADER = b"X-Request-ID"
 
 #: Reason phrases Twisted's table lacks or words differently (RFC 9110 §15).
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
@@ -255,7 +263,18 @@ class GatewayRequest(Request):
         self._outcome: str | None = None  # logged instead of complete/timeout when set
         self._reporting = False  # over max-upload-size, the body consumer reports what it took
         self._rendering = False  # ... and the resource is rendering that report
+        self._request_id: str | None = None
         site.request_started(self)
+
+    @property
+    def request_id(self) -> str:
+        """The client's ``X-Request-ID`` when it is a sane token, else a generated one;
+        on the request's log lines (and those of the work it causes) and its response."""
+        if self._request_id is None:
+            given = self.requestHeaders.getRawHeaders(REQUEST_ID_HEADER) or []
+            text = given[-1].decode("latin-1") if len(given) == 1 else ""
+            self._request_id = text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+        return self._request_id
 
     @property
     def state(self) -> str:
@@ -288,6 +307,7 @@ class GatewayRequest(Request):
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
+            self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))  # type: ignore[no-untyped-call]  # unannotated in Twisted
             if self._draining():
                 self._close_after_response()
             self._run.fire("written")
@@ -346,7 +366,8 @@ class GatewayRequest(Request):
     # -- actions ----------------------------------------------------------------------------
 
     def _take_body(self, length: int | None) -> None:
-        consumer = self.gateway.bodyConsumers.bodyConsumerFactory(self)
+        with request_scope(self.request_id):
+            consumer = self.gateway.bodyConsumers.bodyConsumerFactory(self)
         if consumer is None:
             super().gotLength(length)  # type: ignore[no-untyped-call]  # unannotated in Twisted
             return
@@ -363,7 +384,8 @@ class GatewayRequest(Request):
             self._run.fire("too-large")
             return
         if self.bodyConsumer is not None:
-            self.bodyConsumer.dataReceived(data)
+            with request_scope(self.request_id):
+                self.bodyConsumer.dataReceived(data)
         else:
             super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
@@ -447,7 +469,10 @@ class GatewayRequest(Request):
             self._deadline = self.gateway.clock.callLater(
                 self.gateway.requestTimeout, self._run.fire, "deadline"
             )
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        # The resource renders in the request's scope: the coroutines it starts (Klein's
+        # handlers, the backends they await) log with its ID (`dicomrst.logs`).
+        with request_scope(self.request_id):
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _answer_timeout(self) -> None:
         self._deadline = None
@@ -773,6 +798,7 @@ class GatewaySite(Site):
             duration_ms=(self.clock.seconds() - request.started) * 1000.0,
             client=format_address(request.getClientAddress()),  # type: ignore[no-untyped-call]  # unannotated in Twisted
             outcome=outcome,
+            request_id=request.request_id,
         )
         fmt = "{method} {path} {status} {bytes_sent}B {duration_ms:.1f}ms {client} {outcome}"
         if outcome in (COMPLETE, DISCONNECTED):

@@ -380,6 +380,16 @@ class SharedArchiveTests(IndexTestCase):
                          {pushed.SOPInstanceUID})
         [served] = await self.retrieve(first, instance_path(S3AET, pushed.StudyInstanceUID))
         self.assertEqual(dcmread(_bytes(served)).SOPInstanceUID, pushed.SOPInstanceUID)
+        # Put behind both gateways' backs: one scan (the command, on the shared index)
+        # and both find it.
+        behind = fresh_test_file("CT_small.dcm")
+        key = f"{PREFIX}{behind.StudyInstanceUID}/{behind.SeriesInstanceUID}/{behind.SOPInstanceUID}.dcm"
+        await deferToThread(moto.boto3().put_object, Bucket=BUCKET, Key=key, Body=part10(behind))
+        result = await self.scan_command(first, env=env)
+        self.assertIn(f"{S3AET}: 3 objects, 1 added, 0 changed, 0 removed", result.stdout, result.describe())
+        for gw in (first, second):
+            self.assertEqual(await self.sops(gw, S3AET, StudyInstanceUID=behind.StudyInstanceUID),
+                             {behind.SOPInstanceUID})
 
 
 class StartupTests(IndexTestCase):

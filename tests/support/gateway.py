@@ -69,8 +69,9 @@ def gateway_env() -> dict[str, str]:
     return env
 
 
-def twistd_args(config_path: str) -> list[str]:
-    return ["-c", TWISTD_MAIN, "-n", "--pidfile=", "dicomrst", "--config", config_path]
+def twistd_args(config_path: str, twistd_options: Sequence[str] = ()) -> list[str]:
+    """``twistd_options``: twistd's own, before the subcommand (e.g. ``--logfile=gw.log``)."""
+    return ["-c", TWISTD_MAIN, "-n", "--pidfile=", *twistd_options, "dicomrst", "--config", config_path]
 
 
 def gateway_config(
@@ -80,11 +81,12 @@ def gateway_config(
     http: Mapping[str, Any] | None = None,
     listener: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
+    telemetry: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``listener``: more keys for the one ``server.dimse`` entry (e.g. ``uncompressed``);
-    ``server``: more ``server`` sections (e.g. ``auth``)."""
+    ``server``: more ``server`` sections (e.g. ``auth``); ``telemetry``: more of its keys."""
     return {
-        "telemetry": {"level": "INFO"},
+        "telemetry": {"level": "INFO", **(telemetry or {})},
         "server": {
             "aet": OUR_AET,
             "http": {"interface": peers.LOCALHOST, "port": http_port, **(http or {})},
@@ -178,6 +180,8 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     ready_headers: Mapping[str, str] | None = None,
     server: Mapping[str, Any] | None = None,
+    twistd_options: Sequence[str] = (),
+    telemetry: Mapping[str, Any] | None = None,
 ) -> Deferred[Gateway]:
     """Start the gateway on free ports; fire once ``GET ready_path`` answers 200.
 
@@ -185,7 +189,9 @@ def start_gateway(
     before the gateway starts); ``listener``: more keys for that ``server.dimse`` entry;
     ``env``: more environment variables for the process (``DICOM_RST_*`` overrides);
     ``ready_headers``: sent with the readiness request (credentials, for ``server.auth``);
-    ``server``: more ``server`` sections of the config.
+    ``server``: more ``server`` sections of the config; ``twistd_options``: twistd's own
+    options (a ``--logfile`` relative to the gateway's directory); ``telemetry``: more
+    ``telemetry`` keys.
 
     At cleanup: close our HTTP connections, SIGTERM the gateway, and fail the test unless it
     exits 0 within `STOP_TIMEOUT`.
@@ -195,7 +201,7 @@ def start_gateway(
         http_port, free_dimse_port = peers.free_ports(2)
         port = free_dimse_port if dimse_port is None else dimse_port
         directory, config_path = write_config(
-            case, gateway_config(http_port, port, aets, http, listener, server)
+            case, gateway_config(http_port, port, aets, http, listener, server, telemetry)
         )
         log_path = os.path.join(directory, "gateway.log")
         # argv[0] is the interpreter's path: a venv's python finds its venv through it.
@@ -203,7 +209,7 @@ def start_gateway(
             case,
             sys.executable,
             sys.executable,
-            twistd_args(config_path),
+            twistd_args(config_path, twistd_options),
             {**gateway_env(), **(env or {})},
             cwd=directory,
             log_path=log_path,
@@ -260,6 +266,16 @@ def client_sockets_to(port: int) -> list[Any]:
     return found
 
 
+def _message(line: str) -> str:
+    """A log line's message: the line itself, or its ``message`` with ``telemetry.format: json``."""
+    if line.startswith("{"):
+        try:
+            return str(json.loads(line)["message"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return line
+
+
 def assert_clean_exit(case: TestCase, gateway: Gateway, returncode: int) -> None:
     """The gateway stopped in order after SIGTERM.
 
@@ -269,7 +285,7 @@ def assert_clean_exit(case: TestCase, gateway: Gateway, returncode: int) -> None
     from a crash or a SIGKILL is the log: the main loop ended and twistd said goodbye.
     """
     case.assertIn(returncode, (0, -signal.SIGTERM), f"gateway exit status {returncode}\n{gateway.log_tail()}")
-    lines = gateway.log().splitlines()
+    lines = [_message(line) for line in gateway.log().splitlines()]
     ends = [i for i, line in enumerate(lines) if line.endswith("Main loop terminated.")]
     case.assertEqual(len(ends), 1, gateway.log_tail())
     case.assertTrue(any(line.endswith("Server Shut Down.") for line in lines[ends[0] :]), gateway.log_tail())

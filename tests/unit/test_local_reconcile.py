@@ -128,6 +128,15 @@ class LocalReconcileTests(SynchronousTestCase):
         self.assertEqual(logged.events, [])
 
 
+    def test_a_missing_directory_fails_the_scan_and_keeps_the_records(self) -> None:
+        key = self.put(part10_bytes(extra=_patient("KEPT^ONE")))
+        self.scan()
+        shutil.move(self.root, self.root + ".unmounted")
+        self.failureResultOf(self.reconciler.scan(), FileNotFoundError)
+        self.assertEqual(set(self.successResultOf(self.index.stamps(AET))), {key})
+        self.assertEqual(self.patients(), ["KEPT^ONE"])
+
+
 class _Logged:
     """Collects the formatted warnings of ``dicomrst.index`` while in use."""
 
@@ -147,3 +156,4 @@ class _Logged:
 
     def __exit__(self, *exc: object) -> None:
         self._publisher.removeObserver(self._observer)
+

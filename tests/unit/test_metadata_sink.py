@@ -129,3 +129,15 @@ class MetadataSinkTests(SynchronousTestCase):
         self.assertEqual(self.pool.calls, [])
         done: Deferred[None] = self.sink.settled()
         self.successResultOf(done)
+
+    def test_objects_in_arrival_order_whatever_order_conversions_end(self) -> None:
+        for n in range(3):
+            self.deliver(n)
+        # The last conversion ends first, then the first, then the middle one.
+        for index in (2, 0, 0):
+            on_result, f, args, kwargs = self.pool.calls.pop(index)
+            on_result(True, f(*args, **kwargs))
+        self.successResultOf(self.sink.settled())
+        self.sink.finish()
+        written = [o["00080018"]["Value"][0] for o in self.body()]
+        self.assertEqual(written, [f"{SERIES}.{n}" for n in range(3)])

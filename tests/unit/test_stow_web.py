@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from typing import Any
 
 from treq.testing import StubTreq
@@ -153,8 +154,9 @@ class StowTestCase(SynchronousTestCase):
         return client
 
     def stow_lines(self) -> list[str]:
+        """The STOW summary lines, without the request ID every line of a request ends with."""
         return [
-            formatEvent(e)
+            re.sub(r" request_id=\S+$", "", formatEvent(e))
             for e in self.logs
             if formatEvent(e).startswith("STOW ") and "part(s)" in formatEvent(e)
         ]

@@ -371,7 +371,9 @@ class SiteTests(SynchronousTestCase):
             },
         )
         text = formatEvent(line)
-        self.assertEqual(text, "GET /slow/path 200 5B 1500.0ms 192.0.2.7:50123 complete")
+        self.assertRegex(
+            text, "^GET /slow/path 200 5B 1500.0ms 192.0.2.7:50123 complete request_id=[0-9a-f]{32}$"
+        )
         self.assertNotIn("DOE", text)
         self.assertEqual(self.site.inflight, 0)
 

@@ -50,7 +50,8 @@ class Found:
 
 def walk(root: str) -> tuple[list[Found], list[str]]:
     """Blocking: every object file under `root` in the archive's layout, in key order,
-    and the keys of other regular files found there (not hidden ones), for the log."""
+    and the keys of other regular files found there (not hidden ones), for the log;
+    OSError when `root` cannot be listed."""
     found: list[Found] = []
     strays: list[str] = []
 
@@ -60,7 +61,10 @@ def walk(root: str) -> tuple[list[Found], list[str]]:
         except (FileNotFoundError, NotADirectoryError):
             return []  # removed while walked
 
-    for study in entries(root):
+    # The root itself must be there: a directory gone (an unmounted disk) fails the scan
+    # (OSError) rather than removing every record of the AET.
+    studies = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    for study in studies:
         if not study.is_dir(follow_symlinks=False):
             strays.append(study.name)
             continue
