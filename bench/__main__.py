@@ -1,4 +1,4 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, soak): start the peers,
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
 measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
 mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import qido, s3, soak, stow, viewer, wado
+from bench import index, qido, s3, soak, stow, viewer, wado
 
 
 def _wado_slow(runs: int) -> None:
@@ -25,6 +25,9 @@ SUITES: dict[str, Callable[[int], None]] = {
     "s3": lambda runs: s3.run(runs=runs),
     # OHIF-like client, warm and cold cache, rendered; about 2 minutes (not in the default set).
     "viewer": lambda runs: viewer.run(runs=runs),
+    # 10,000 instances in Orthanc, LOCAL (SQLite and PostgreSQL) and S3; several minutes
+    # (not in the default set).
+    "index": lambda runs: index.run(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")

@@ -160,10 +160,13 @@ class Gateway(Process):
         dimse_port: int | None = None,
         name: str = "dicomrst",
         cache: dict | None = None,
+        http: dict | None = None,
+        index: dict | None = None,
     ) -> None:
         """`dimse_port`: the listener's port when a C-MOVE source must know it beforehand;
         `name`: for the config and log file names, when several gateways run; `cache`:
-        ``server.cache`` keys merged over the path (`cache_dir`)."""
+        ``server.cache`` keys merged over the path (`cache_dir`); `http`: ``server.http``
+        keys merged over the defaults; `index`: the ``index`` section (for LOCAL and S3 AETs)."""
         import yaml
 
         self.http_port = free_port()
@@ -180,14 +183,16 @@ class Gateway(Process):
                     "interface": "127.0.0.1",
                     "port": self.http_port,
                     "request-timeout": request_timeout_ms,
+                    **(http or {}),
                 },
                 "dimse": [{"aet": dimse_aet, "interface": "127.0.0.1", "port": self.dimse_port}],
                 # One per gateway: several may run at once, and each locks its own.
                 "cache": {"path": str(self.cache_dir), **(cache or {})},
             },
             "aets": aets,
+            **({"index": index} if index else {}),
         }
-        path = workdir / f"{name}.yaml"
+        self.config = path = workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
         env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -220,3 +225,70 @@ class Storescp(Process):
 
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="dicomrst-bench-"))
+
+
+class Postgres(Process):
+    """A PostgreSQL server of the benchmark's own: ``initdb`` in a temporary directory,
+    ``postgres`` on 127.0.0.1 and a free port (Debian's ``postgresql`` package; the
+    system's own cluster is never touched). PostgreSQL refuses to run as root: as root,
+    ``initdb`` and the server run as the ``postgres`` user through ``setpriv`` (which execs,
+    so the PID is the server's). Durability settings are PostgreSQL's defaults (fsync on),
+    as a deployment would have them."""
+
+    USER = "dicomrst"
+    READY = "database system is ready to accept connections"
+
+    def __init__(self) -> None:
+        import glob
+        import pwd
+
+        def binary(name: str) -> str:
+            for directory in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+                if os.path.exists(f"{directory}/{name}"):
+                    return f"{directory}/{name}"
+            found = shutil.which(name)
+            if found is None:
+                sys.exit(f"bench: PostgreSQL's {name} is missing (apt-get install postgresql)")
+            return found
+
+        prefix: list[str] = []
+        self.directory = Path(tempfile.mkdtemp(prefix="dicomrst-bench-postgres-"))
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            prefix = [shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres",
+                      "--clear-groups", "--"]  # fmt: skip
+        data = self.directory / "data"
+        subprocess.run(
+            [*prefix, binary("initdb"), "-D", str(data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
+             "--no-sync", "--locale=C"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.port = free_port()
+        log = Path(tempfile.mkdtemp(prefix="dicomrst-bench-postgres-log-")) / "postgres.log"
+        super().__init__(
+            [*prefix, binary("postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+             "-k", str(self.directory), "-c", "max_connections=50"],
+            log=log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while self.READY not in log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench: postgres did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        # SIGINT: a fast shutdown (open sessions are ended).
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.log is not None:
+            shutil.rmtree(self.log.parent, ignore_errors=True)
