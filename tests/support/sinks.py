@@ -1,4 +1,5 @@
-"""An `IInstanceSink` that records what a retrieve delivers, for tests that run one in process."""
+"""An `IInstanceSink` that records what a retrieve delivers, for tests that run one in process,
+and `StubRequest`, what the response sinks use of a twisted.web request."""
 
 from __future__ import annotations
 
@@ -83,3 +84,29 @@ class RecordingSink:
 
     def data(self, sop: str) -> bytes:
         return b"".join(next(p for p in self.parts if p.sop == sop).data)
+
+
+class StubRequest:
+    """What `MultipartSink` and `MetadataSink` use of a twisted.web request: the status,
+    the producer registered, and every write."""
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.written: list[bytes] = []
+        self.producer: Any = None
+        self.code: int | None = None
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)

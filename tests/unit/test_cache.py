@@ -37,6 +37,7 @@ from tests.support.datasets import (
     instance,
 )
 from tests.support.fakes import FakeBackend, RetrieveCall
+from tests.support.sinks import StubRequest
 
 STUDY = "1.2.826.0.1.3680043.10.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1"
@@ -91,30 +92,6 @@ class Producer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class Request:
-    """What `MultipartSink` uses of a twisted.web request."""
-
-    def __init__(self) -> None:
-        self.transport = None
-        self.written: list[bytes] = []
-        self.producer: Any = None
-
-    def setResponseCode(self, code: int) -> None:
-        pass
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        pass
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
 
 
 class CacheTestCase(SynchronousTestCase):
@@ -693,7 +670,7 @@ class TeeTests(CacheTestCase):
 
     def test_a_paused_client_still_pauses_the_source(self) -> None:
         response = MultipartSink(
-            Request(),  # type: ignore[arg-type]
+            StubRequest(),  # type: ignore[arg-type]
             Clock(),  # type: ignore[arg-type]
             select_instance_media(None, None),
             "http://gw/aets/PACS",
@@ -729,7 +706,7 @@ class TeeTests(CacheTestCase):
         self.got(other, Item(4, series=OTHER_SERIES))
 
     def test_a_client_leaving_midway_leaves_whole_entries_only(self) -> None:
-        request = Request()
+        request = StubRequest()
         response = MultipartSink(
             request,  # type: ignore[arg-type]
             Clock(),  # type: ignore[arg-type]
@@ -762,7 +739,7 @@ class TeeTests(CacheTestCase):
         self.got(waiting, Item(1))
 
     def test_a_client_leaving_after_an_instance_began_still_keeps_it_whole(self) -> None:
-        request = Request()
+        request = StubRequest()
         response = MultipartSink(
             request,  # type: ignore[arg-type]
             Clock(),  # type: ignore[arg-type]

@@ -16,40 +16,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, IInstanceConsumer
 from dicomrst.wado.metadata_sink import MetadataSink
 from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, encode, instance
+from tests.support.sinks import StubRequest
 from tests.support.threads import HeldPool, ThreadsReactor
 
 STUDY = "1.2.826.0.1.3680043.10.7"
 SERIES = "1.2.826.0.1.3680043.10.7.1"
 
 
-class Request:
-    """What `MetadataSink` uses of a twisted.web request."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.producer: Any = None
-        self.code: int | None = None
-
-    def setResponseCode(self, code: int) -> None:
-        self.code = code
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        pass
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-
 class MetadataSinkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.pool = HeldPool()
-        self.request = Request()
+        self.request = StubRequest()
         self.sink = MetadataSink(
             self.request,  # type: ignore[arg-type]  # the stub has what the sink uses
             ThreadsReactor(self.pool),  # type: ignore[arg-type]  # callFromThread and the pool only
