@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from dicomrst.backends.objects import without_bulk_tail
 from dicomrst.cache.store import CachedInstance
 from dicomrst.common.deferreds import shielded
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
+from dicomrst.common.pacing import Pacer
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.errors import NotAcceptable
 from dicomrst.logs import logger
@@ -35,7 +35,6 @@ HEAD = 64 * 1024
 _NATIVE = frozenset((EXPLICIT_VR_LE, IMPLICIT_VR_LE))
 
 
-@implementer(IPushProducer)
 class Replay:
     """Feed `instances` (open entries; closed here, whatever happens) to `sink`."""
 
@@ -44,44 +43,18 @@ class Replay:
         self.sink = sink
         self.instances = list(instances)
         self.delivered = 0
-        self.paused = False
-        self.stopped = False
-        self._waiting: Deferred[None] | None = None
+        self.stopped = False  # cancelled
+        self.pacer = Pacer()  # what the sink pauses, as it pauses an association
 
-    # -- the sink's throttle -------------------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None and not waiting.called:  # not cancelled meanwhile
-            waiting.callback(None)
-
-    def _turn(self) -> Deferred[None]:
-        """The next reactor turn in which the sink is not paused."""
-        d: Deferred[None] = Deferred()
-        if self.paused:
-            self._waiting = d
-        else:
-            self.clock.callLater(0, self._next_turn, d)
-        return d
-
-    def _next_turn(self, d: Deferred[None]) -> None:
-        if d.called:  # cancelled meanwhile
-            return
-        if self.paused:  # paused since the turn was asked for
-            self._waiting = d
-        else:
-            d.callback(None)
+    async def _turn(self) -> None:
+        """The next reactor turn in which the sink is not paused; CancelledError once the
+        replay was stopped or the client left."""
+        turn: Deferred[None] = Deferred()
+        self.clock.callLater(0, _fire, turn)
+        await turn
+        await self.pacer.ready()
+        if self.stopped or self.pacer.gone:
+            raise CancelledError()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -92,7 +65,6 @@ class Replay:
 
         def cancel(_: Deferred[int]) -> None:
             self.stopped = True
-            self._wake()
             inner.cancel()
 
         outer: Deferred[int] = Deferred(cancel)
@@ -109,7 +81,7 @@ class Replay:
         return outer
 
     async def _run(self) -> int:
-        self.sink.attach(self)
+        self.sink.attach(self.pacer)
         try:
             for instance in self.instances:
                 await self._one(instance)
@@ -145,15 +117,11 @@ class Replay:
                 cut = None
             if cut is not None:
                 await self._turn()
-                if self.stopped:
-                    raise CancelledError()
                 consumer.dataReceived(cut)
             else:
                 f.seek(instance.dataset_offset)
                 while True:
                     await self._turn()
-                    if self.stopped:
-                        raise CancelledError()
                     chunk = f.read(CHUNK)
                     if not chunk:
                         break
@@ -172,3 +140,8 @@ class Replay:
             log.warn("cached instance {sop} not delivered: {why}", sop=instance.sop_instance_uid, why=str(e))
             return
         self.delivered += 1
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:  # cancelled meanwhile
+        d.callback(None)

@@ -19,18 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from dicomrst.backends.interfaces import IBackend, IRangedReads
 from dicomrst.cache import CachedInstance
 from dicomrst.common.identifiers import describe_target
 from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS
+from dicomrst.common.pacing import Pacer
 from dicomrst.common.uids import is_uid
 from dicomrst.errors import BadRequest, NotFound, UpstreamError
 from dicomrst.imaging.bulkdata import parse_bulk_path
@@ -44,39 +42,6 @@ from dicomrst.wado.ranged import RangedBody
 from dicomrst.web.context import WebContext
 from dicomrst.web.requests import header_text, query_param
 from dicomrst.web.responses import NoResponse
-
-
-@implementer(IPushProducer)
-class Pacer:
-    """The response's producer: the next batch is read once the transport has taken the
-    last (`ready`); `gone` once the client left."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.gone = False
-        self._waiting: Deferred[None] | None = None
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        self.gone = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def ready(self) -> Deferred[None]:
-        if not self.paused or self.gone:
-            return succeed(None)
-        self._waiting = Deferred()
-        return self._waiting
 
 
 def _check_uids(study: str, series: str, instance: str) -> None:
