@@ -8,6 +8,7 @@ files, byte for byte as a PACS sends them; CPU work runs at once on the test's t
 from __future__ import annotations
 
 import io
+import os
 import re
 from typing import Any
 
@@ -21,20 +22,23 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
 from dicomrst.common.part10 import read_file_meta
 from dicomrst.common.uids import EXPLICIT_VR_LE
 from dicomrst.errors import NotAcceptable
+from dicomrst.imaging.elements import open_instance
 from dicomrst.imaging.media import NATIVE_MEDIA, PartMedia
-from dicomrst.wado.frames import Accepted, PartChoice, choose_output, select_part_media
+from dicomrst.wado.frames import Accepted, FrameIndexes, PartChoice, choose_output, select_part_media
 from dicomrst.wado.metadata import instance_metadata_json
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
 from tests.support.fakes import FakeBackend
 from tests.support.frames import ANY, OCTET, expected_frames, parse_parts
 from tests.support.http import CLIENT, ROOT, AppRequests
+from tests.support.imaging import testdata
 from tests.support.threads import ThreadsReactor
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -553,3 +557,42 @@ def dechunk(data: bytes) -> bytes:
             return b"".join(out)
         out.append(rest[:size])
         data = rest[size + 2 :]
+
+
+class FrameIndexesTests(SynchronousTestCase):
+    """The frame index of a file is walked once, and again when the file is another."""
+
+    def test_remembered_by_file_identity(self) -> None:
+        memo = FrameIndexes(size=2)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(testdata("rtdose.dcm"))
+        with open(path, "rb") as f:
+            first = memo.index(f, open_instance(f))
+        with open(path, "rb") as f:
+            self.assertIs(memo.index(f, open_instance(f)), first)
+        # Replaced by another file under the same name (as a new cache entry is): walked again.
+        os.rename(path, path + ".old")
+        with open(path, "wb") as f:
+            f.write(testdata("CT_small.dcm"))
+        with open(path, "rb") as f:
+            other = memo.index(f, open_instance(f))
+        self.assertIsNot(other, first)
+        self.assertEqual((first.number_of_frames, other.number_of_frames), (15, 1))
+
+    def test_not_a_file_is_walked_each_time(self) -> None:
+        memo = FrameIndexes()
+        data = testdata("CT_small.dcm")
+        one, two = io.BytesIO(data), io.BytesIO(data)
+        self.assertIsNot(memo.index(one, open_instance(one)), memo.index(two, open_instance(two)))
+        self.assertEqual(len(memo._indexes), 0)
+
+    def test_bounded(self) -> None:
+        memo = FrameIndexes(size=1)
+        for name in ("rtdose.dcm", "CT_small.dcm"):
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(testdata(name))
+            with open(path, "rb") as f:
+                memo.index(f, open_instance(f))
+        self.assertEqual(len(memo._indexes), 1)
