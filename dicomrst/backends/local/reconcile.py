@@ -33,7 +33,7 @@ from dicomrst.backends.local.files import (
 )
 from dicomrst.backends.local.threads import Threads
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.scans import ScanReport
+from dicomrst.index.scans import ScanBook, ScanReport
 from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
@@ -121,10 +121,9 @@ class LocalReconciler:
         self.index = index
         self.aet = aet
         self.threads = threads
-        # key -> stamp of files found unreadable (logged), read again only once changed.
-        self.skipped: dict[str, str] = {}
+        # Files found unreadable (logged) are read again only once changed.
+        self.book = ScanBook(index, aet, "file")
         self._strays: set[str] = set()
-        self._present: set[str] = set()
 
     def scan(self) -> Deferred[ScanReport]:
         return Deferred.fromCoroutine(self._scan())
@@ -147,39 +146,17 @@ class LocalReconciler:
                 root=self.root,
                 first=new_strays[0],
             )
-        present = self._present = {f.key for f in found}
-        self.skipped = {k: v for k, v in self.skipped.items() if k in present}
+        self.book.begin({f.key for f in found})
         for item in found:
-            if known.get(item.key) == item.stamp or self.skipped.get(item.key) == item.stamp:
-                continue
-            await self._read_and_add(item, item.key in known, report)
-        for key in sorted(set(known) - present):
-            if await self.index.remove_key(self.aet, key):
-                report.removed += 1
-        report.seconds = self.threads.reactor.seconds() - started
-        log.info(
-            "index: scanned {aet}: {listed} files, {added} added, {changed} changed, {removed} removed, "
-            "{unreadable} unreadable, {bytes} bytes read in {seconds:.1f} s",
-            aet=self.aet,
-            listed=report.listed,
-            added=report.added,
-            changed=report.changed,
-            removed=report.removed,
-            unreadable=report.unreadable,
-            bytes=report.bytes_read,
-            seconds=report.seconds,
-        )
-        return report
+            if not self.book.unchanged(item.key, item.stamp, known):
+                await self._read_and_add(item, item.key in known, report)
+        return await self.book.end(known, report, self.threads.reactor.seconds() - started)
 
     async def _read_and_add(self, item: Found, known: bool, report: ScanReport) -> None:
         try:
             found_record = await self.threads.run(read_found, self.root, self.aet, item)
         except InvalidObject as e:
-            self.skipped[item.key] = item.stamp
-            report.unreadable += 1
-            log.warn("index: skipping file {key} of {aet}: {why}", key=item.key, aet=self.aet, why=str(e))
-            if known:  # it was an object and is not any more
-                await self.index.remove_key(self.aet, item.key)
+            await self.book.not_indexable(item.key, item.stamp, known, str(e), report)
             return
         except OSError as e:
             # Unreadable now (permissions, I/O): not fatal to the scan; the next one retries.
@@ -192,21 +169,4 @@ class LocalReconciler:
             return
         record, read = found_record
         report.bytes_read += read
-        replaced = await self.index.add(record)
-        if replaced is not None and replaced != item.key and replaced in self._present:
-            # One instance in two files: the index keeps one; reading the other at every
-            # scan would only swap them.
-            self.skipped[item.key] = item.stamp
-            report.duplicates += 1
-            log.warn(
-                "index: file {key} of {aet} holds instance {sop}, which {other} holds too; "
-                "{key} is indexed, {other} is not",
-                key=item.key,
-                aet=self.aet,
-                sop=record.sop_instance,
-                other=replaced,
-            )
-        if known:
-            report.changed += 1
-        else:
-            report.added += 1
+        await self.book.add(record, item.key, item.stamp, known, report)

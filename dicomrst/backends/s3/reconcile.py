@@ -32,7 +32,7 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.index.interfaces import IIndex, IndexRecord
 from dicomrst.index.records import NotIndexable, record_from_head
-from dicomrst.index.scans import ScanReport
+from dicomrst.index.scans import ScanBook, ScanReport
 from dicomrst.logs import logger
 
 T = TypeVar("T")
@@ -74,10 +74,9 @@ class S3Reconciler:
         self.concurrency = concurrency
         self.head_bytes = head_bytes
         self._parse = parse or (lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f))
-        # key -> ETag of objects found unreadable, or holding an instance another listed
-        # key holds too: logged and read once (until their ETag changes).
-        self.skipped: dict[str, str] = {}
-        self._listed: set[str] = set()
+        # Objects found unreadable, or holding an instance another listed key holds too,
+        # are logged and read once (until their ETag changes).
+        self.book = ScanBook(index, aet, "s3 object")
 
     def scan(self) -> Deferred[ScanReport]:
         return Deferred.fromCoroutine(self._scan())
@@ -90,36 +89,15 @@ class S3Reconciler:
         known = await self.index.stamps(self.aet)
         listed = [item for item in await self.client.list_objects(self.prefix) if not item.key.endswith("/")]
         report.listed = len(listed)
-        present = self._listed = {item.key for item in listed}
-        self.skipped = {k: v for k, v in self.skipped.items() if k in present}
-        to_read = [
-            item
-            for item in listed
-            if known.get(item.key) != item.etag and self.skipped.get(item.key) != item.etag
-        ]
+        self.book.begin({item.key for item in listed})
+        to_read = [item for item in listed if not self.book.unchanged(item.key, item.etag, known)]
         semaphore = DeferredSemaphore(self.concurrency)
         reads = [semaphore.run(self._index_object, item, item.key in known, report) for item in to_read]
         results = await DeferredList(reads, consumeErrors=True)
         for _, outcome in results:
             if isinstance(outcome, Failure):
                 outcome.raiseException()  # the first S3 failure fails the scan
-        for key in sorted(set(known) - present):
-            if await self.index.remove_key(self.aet, key):
-                report.removed += 1
-        report.seconds = self.reactor.seconds() - started
-        log.info(
-            "index: scanned {aet}: {listed} objects, {added} added, {changed} changed, {removed} removed, "
-            "{unreadable} unreadable, {bytes} bytes read in {seconds:.1f} s",
-            aet=self.aet,
-            listed=report.listed,
-            added=report.added,
-            changed=report.changed,
-            removed=report.removed,
-            unreadable=report.unreadable,
-            bytes=report.bytes_read,
-            seconds=report.seconds,
-        )
-        return report
+        return await self.book.end(known, report, self.reactor.seconds() - started)
 
     def _index_object(self, item: ListedObject, known: bool, report: ScanReport) -> Deferred[None]:
         return Deferred.fromCoroutine(self._read_and_add(item, known, report))
@@ -131,32 +109,9 @@ class S3Reconciler:
             report.left += 1
             return
         except NotIndexable as e:
-            self.skipped[item.key] = item.etag
-            report.unreadable += 1
-            log.warn(
-                "index: skipping s3 object {key} of {aet}: {why}", key=item.key, aet=self.aet, why=str(e)
-            )
-            if known:  # it was DICOM and is not any more
-                await self.index.remove_key(self.aet, item.key)
+            await self.book.not_indexable(item.key, item.etag, known, str(e), report)
             return
-        replaced = await self.index.add(record)
-        if replaced is not None and replaced != item.key and replaced in self._listed:
-            # One instance under two keys: the index keeps one; reading the other at
-            # every scan would only swap them.
-            self.skipped[item.key] = item.etag
-            report.duplicates += 1
-            log.warn(
-                "index: s3 object {key} of {aet} holds instance {sop}, which {other} holds too; "
-                "{key} is indexed, {other} is not",
-                key=item.key,
-                aet=self.aet,
-                sop=record.sop_instance,
-                other=replaced,
-            )
-        if known:
-            report.changed += 1
-        else:
-            report.added += 1
+        await self.book.add(record, item.key, item.etag, known, report)
 
     async def _record(self, item: ListedObject, report: ScanReport) -> IndexRecord:
         if item.size == 0:
