@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.backends.indexed import find_in_index
 from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads, ISkipsOffset
 from dicomrst.backends.local.files import (
     check_root,
@@ -41,8 +42,8 @@ from dicomrst.backends.local.store import LocalStore
 from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.values import ObjectChanged, ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
-from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
-from dicomrst.errors import NotFound, NotImplementedService, ServiceUnavailable, UpstreamError
+from dicomrst.common.uids import STUDY_ROOT_FIND
+from dicomrst.errors import NotFound, UpstreamError
 from dicomrst.index.interfaces import IIndex
 from dicomrst.logs import logger
 
@@ -121,20 +122,16 @@ class LocalBackend:
         model: str = STUDY_ROOT_FIND,
         offset: int = 0,
     ) -> Deferred[None]:
-        if model == MODALITY_WORKLIST_FIND:
-            return fail(
-                ServiceUnavailable(
-                    f"modality worklist (MWL-RS) on {self.aet} is not available: "
-                    "a LOCAL backend holds no worklist"
-                )
-            )
-        if self.index is None:
-            return fail(
-                NotImplementedService(
-                    f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
-                )
-            )
-        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
+        return find_in_index(
+            self.index,
+            self.aet,
+            "LOCAL",
+            identifier,
+            limit=limit,
+            offset=offset,
+            on_result=on_result,
+            model=model,
+        )
 
     def retrieve(
         self, study: str, series: str | None, instance: str | None, *, sink: IInstanceSink

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from dicomrst.backends.indexed import find_in_index
 from dicomrst.backends.interfaces import IBackend, IRangedReads, ISkipsOffset
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
@@ -30,9 +31,8 @@ from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.reactor import IGatewayReactor
-from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
+from dicomrst.common.uids import STUDY_ROOT_FIND
 from dicomrst.config import AetConfig
-from dicomrst.errors import NotImplementedService, ServiceUnavailable
 from dicomrst.index.interfaces import IIndex
 from dicomrst.logs import logger
 
@@ -102,24 +102,16 @@ class S3Backend:
         model: str = STUDY_ROOT_FIND,
         offset: int = 0,
     ) -> Deferred[None]:
-        if model == MODALITY_WORKLIST_FIND:
-            # A bucket of images never holds a worklist, and never will: not a "not yet"
-            # (501) but this AET's service being unavailable, 503 as DICOM-RST answers.
-            return fail(
-                ServiceUnavailable(
-                    f"modality worklist (MWL-RS) on {self.aet} is not available: "
-                    "an S3 backend holds no worklist"
-                )
-            )
-        if self.index is None:
-            # An object store cannot be searched by attribute: without an index of the
-            # stored instances, 501 (not a crash, not a 503).
-            return fail(
-                NotImplementedService(
-                    f"search (QIDO-RS) on {self.aet} is not available: no index is configured"
-                )
-            )
-        return self.index.find(self.aet, identifier, limit=limit, offset=offset, on_result=on_result)
+        return find_in_index(
+            self.index,
+            self.aet,
+            "S3",
+            identifier,
+            limit=limit,
+            offset=offset,
+            on_result=on_result,
+            model=model,
+        )
 
     def reconciler(self) -> S3Reconciler:
         """The reconcile scan of this AET's bucket against its index (which it needs)."""
