@@ -4,7 +4,8 @@
 cost, so tests stay fast); `basic` is an ``Authorization`` value.  `Signer` holds an RSA
 or EC key generated for the test and signs JWTs with it (`token`), publishes it
 (`jwk`, `jwks`), and forges the tokens a gateway must refuse (`alg_none`,
-`hs256_with_public_key`, `tampered`).
+`hs256_with_public_key`, `tampered`).  `ManualChecks` and `at_once` stand in for the CPU
+workers that run bcrypt.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import bcrypt
 from cryptography.hazmat.primitives import serialization
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
+from twisted.internet.defer import Deferred, succeed
+
+from dicomrst.auth.basic import check_password
 
 ISSUER = "https://idp.example/realms/test"
 AUDIENCE = "dicomrst"
@@ -125,3 +129,25 @@ class Signer:
 
 def jwks(*keys: dict[str, Any]) -> bytes:
     return json.dumps({"keys": list(keys)}).encode()
+
+
+class ManualChecks:
+    """Stands in for the CPU workers: each bcrypt check waits until the test runs it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, bytes, Deferred[bool]]] = []
+
+    def __call__(self, password: bytes, stored: bytes) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        self.calls.append((password, stored, d))
+        return d
+
+    def run_all(self) -> None:
+        calls, self.calls = self.calls, []
+        for password, stored, d in calls:
+            d.callback(check_password(password, stored))
+
+
+def at_once(password: bytes, stored: bytes) -> Deferred[bool]:
+    """A bcrypt check run at once, on the test's thread."""
+    return succeed(check_password(password, stored))

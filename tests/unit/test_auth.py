@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from dicomrst.auth.authenticator import Authenticator
-from dicomrst.auth.basic import CACHE_TTL, BasicAuthenticator, UsersFile, check_password, parse_users
+from dicomrst.auth.basic import CACHE_TTL, BasicAuthenticator, UsersFile, parse_users
 from dicomrst.auth.oidc import (
     MIN_REFRESH,
     BearerAuthenticator,
@@ -38,34 +38,15 @@ from tests.support.auth import (
     AUDIENCE,
     ISSUER,
     NOW,
+    ManualChecks,
     Signer,
+    at_once,
     basic,
     bcrypt_2y,
     claims,
     jwks,
     users_file,
 )
-
-
-class ManualChecks:
-    """Stands in for the CPU workers: each check waits until the test runs it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, bytes, Deferred[bool]]] = []
-
-    def __call__(self, password: bytes, stored: bytes) -> Deferred[bool]:
-        d: Deferred[bool] = Deferred()
-        self.calls.append((password, stored, d))
-        return d
-
-    def run_all(self) -> None:
-        calls, self.calls = self.calls, []
-        for password, stored, d in calls:
-            d.callback(check_password(password, stored))
-
-
-def at_once(password: bytes, stored: bytes) -> Deferred[bool]:
-    return succeed(check_password(password, stored))
 
 
 class UsersFileTests(SynchronousTestCase):

@@ -13,7 +13,7 @@ from typing import Any
 
 from klein import Klein
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 
 from dicomrst.auth.authenticator import Authenticator
-from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
+from dicomrst.auth.basic import BasicAuthenticator, UsersFile
 from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, OidcSettings
 from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
 from dicomrst.web import app as app_module
@@ -29,7 +29,19 @@ from dicomrst.web.access import AccessGate, Need
 from dicomrst.web.app import ROUTE_ACCESS, STOW_ENDPOINTS, GatewayApp, unchecked_routes
 from dicomrst.web.responses import CorsPolicy
 from dicomrst.web.site import make_site
-from tests.support.auth import AUDIENCE, ISSUER, NOW, Signer, basic, bearer, claims, jwks, users_file
+from tests.support.auth import (
+    AUDIENCE,
+    ISSUER,
+    NOW,
+    ManualChecks,
+    Signer,
+    at_once,
+    basic,
+    bearer,
+    claims,
+    jwks,
+    users_file,
+)
 from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 from tests.support.stow import multipart_body, part10_bytes
@@ -62,27 +74,6 @@ def every_route() -> list[tuple[str, str, str]]:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             out.append((str(rule.endpoint), method, concrete(rule.rule)))
     return out
-
-
-class ManualChecks:
-    """bcrypt checks answered when the test says so."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, bytes, Deferred[bool]]] = []
-
-    def __call__(self, password: bytes, stored: bytes) -> Deferred[bool]:
-        d: Deferred[bool] = Deferred()
-        self.calls.append((password, stored, d))
-        return d
-
-    def run_all(self) -> None:
-        calls, self.calls = self.calls, []
-        for password, stored, d in calls:
-            d.callback(check_password(password, stored))
-
-
-def at_once(password: bytes, stored: bytes) -> Deferred[bool]:
-    return succeed(check_password(password, stored))
 
 
 class GuardedApp(SynchronousTestCase):
