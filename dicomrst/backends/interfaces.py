@@ -102,11 +102,16 @@ class IRangedReads(Interface):
         Deferred drops the read."""
 
 
-class ISkipsOffset(Interface):
+class IIndexedSearch(Interface):
     """An optional capability of an `IBackend` whose searches run in a database (LOCAL and
-    S3, through the index): its ``find`` also takes ``offset``, the matches to skip before
-    the first delivered (and counted against ``limit``), so a QIDO-RS page far into the
-    results costs the database's OFFSET, not a decoded result per skipped match."""
+    S3, through the index).  Its ``find`` matches every key of the identifier itself, as
+    the gateway's own result filters would (`dicomrst.qido.query.Query.filters`, written
+    for a PACS that may ignore keys): no key is ignored, an empty or absent attribute never
+    matches a key with a value, and a date range with the time range of its pair (xDate
+    and xTime, at the top level or in one sequence's items) is combined date-time matching
+    (PS3.4 C.2.2.2.5).  So the gateway filters nothing, and ``find`` takes ``offset`` too:
+    a QIDO-RS page far into the results costs the database's OFFSET, not a decoded result
+    per skipped match."""
 
     def find(
         identifier: Dataset,

@@ -121,6 +121,30 @@ def range_bounds(vr: str, low: str, high: str) -> tuple[str | None, str | None]:
     return (pad(low, False) if low else None), (pad(high, True) if high else None)
 
 
+def combined_bounds(
+    date_range: tuple[str, str], time_range: tuple[str, str]
+) -> tuple[str | None, str | None]:
+    """The ends (YYYYMMDDHHMMSS.FFFFFF, None = open) of a combined date-time range
+    (PS3.4 C.2.2.2.5): a DA range and the TM range of its pair."""
+    (date_low, date_high), (time_low, time_high) = date_range, time_range
+    low = date_low + pad_time(time_low or "00", False) if date_low else None
+    high = date_high + pad_time(time_high or "23", True) if date_high else None
+    return low, high
+
+
+def in_combined_range(date: str, time: str, low: str | None, high: str | None) -> bool | None:
+    """Whether a stored date and time fall within a combined date-time range; with no (or
+    no valid) time, whether the date does.  None when `date` is not a valid DA: the caller
+    decides (the gateway's result filter lets it pass, the index does not match it)."""
+    if not valid_date(date):
+        return None
+    time = time.replace(":", "")
+    if not time or not valid_time(time):
+        return (low is None or date >= low[:8]) and (high is None or date <= high[:8])
+    key = date + pad_time(time, False)
+    return (low is None or key >= low) and (high is None or key <= high)
+
+
 # Tokens of a wildcard pattern besides literal characters (which are str).
 _STAR = 0  # "*": any sequence of characters, the empty one included
 _ANY = 1  # "?": exactly one character

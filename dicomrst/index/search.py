@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 from pydicom import config as pydicom_config
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -36,6 +37,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from dicomrst.common.dicomjson import original_text
 from dicomrst.common.matching import (
     WildcardPattern,
+    combined_bounds,
+    in_combined_range,
     pad_datetime,
     pad_time,
     range_bounds,
@@ -212,6 +215,38 @@ class _ItemKey:
     tag: int
     predicates: tuple[Predicate, ...]  # empty: a return key
 
+    @property
+    def tags(self) -> tuple[int, ...]:
+        return (self.tag,)
+
+    def matches(self, item: Dataset) -> bool:
+        return not self.predicates or element_matches(item.get(self.tag), self.predicates)
+
+
+@attrs.frozen
+class _CombinedKey:
+    """A date range and its pair's time range, matched as one date-time range (PS3.4
+    C.2.2.2.5), as the gateway's `dicomrst.qido.matching.DateTimeFilter` does; a stored
+    object without a valid date does not match."""
+
+    date_tag: int
+    time_tag: int
+    low: str | None
+    high: str | None
+
+    @property
+    def tags(self) -> tuple[int, ...]:
+        return (self.date_tag, self.time_tag)
+
+    def matches(self, item: Dataset) -> bool:
+        date = item.get(self.date_tag)
+        dates = _values(date) if date is not None and date.VR != "SQ" else []
+        if not dates:
+            return False
+        time = item.get(self.time_tag)
+        times = _values(time) if time is not None and time.VR != "SQ" else []
+        return bool(in_combined_range(_text(dates[0]), _text(times[0]) if times else "", self.low, self.high))
+
 
 @attrs.frozen
 class Residual:
@@ -219,9 +254,19 @@ class Residual:
 
     tag: int
     predicates: tuple[Predicate, ...] = ()
-    items: tuple[_ItemKey, ...] = ()  # sequence matching: some item matches all of these
+    items: tuple[_ItemKey | _CombinedKey, ...] = ()  # sequence matching: some item matches all of these
+    combined: _CombinedKey | None = None  # a top-level combined date-time pair (tag is its date)
+
+    @property
+    def tags(self) -> set[int]:
+        """The stored attributes this residual reads."""
+        if self.combined is not None:
+            return set(self.combined.tags)
+        return {self.tag}
 
     def __call__(self, stored: Dataset) -> bool:
+        if self.combined is not None:
+            return self.combined.matches(stored)
         element = stored.get(self.tag)
         if not self.items:
             return element_matches(element, self.predicates)
@@ -230,7 +275,38 @@ class Residual:
         return any(self._item_matches(item) for item in element.value)
 
     def _item_matches(self, item: Dataset) -> bool:
-        return all(element_matches(item.get(key.tag), key.predicates) for key in self.items if key.predicates)
+        return all(key.matches(item) for key in self.items)
+
+
+def combined_pairs(elements: Iterable[DataElement]) -> dict[int, _CombinedKey]:
+    """The combined date-time pairs among a data set's (or an item's) keys, by time tag:
+    an xDate range whose xTime is a range too (PS3.4 C.2.2.2.5; the gateway sends QIDO's
+    date and time ranges so, `dicomrst.qido.query.Query.exact_identifier`)."""
+    ranges: dict[int, str] = {}
+    for element in elements:
+        vr = str(element.VR).split(" or ")[0]
+        if vr in ("DA", "TM"):
+            texts = _key_texts(element)
+            if len(texts) == 1 and "-" in texts[0]:
+                ranges[int(element.tag)] = texts[0]
+    pairs: dict[int, _CombinedKey] = {}
+    for date_tag, date_text in ranges.items():
+        keyword = keyword_for_tag(date_tag)
+        if not keyword.endswith("Date"):
+            continue
+        time_tag = tag_for_keyword(keyword[:-4] + "Time")
+        if time_tag is None or time_tag not in ranges:
+            continue
+        try:
+            date_range = split_range("DA", date_text)
+            time_range = split_range("TM", ranges[time_tag])
+        except ValueError:
+            continue
+        if date_range is None or time_range is None:
+            continue
+        low, high = combined_bounds(date_range, time_range)
+        pairs[time_tag] = _CombinedKey(date_tag, time_tag, low, high)
+    return pairs
 
 
 @attrs.frozen
@@ -367,6 +443,9 @@ def plan(aet: str, identifier: Dataset) -> Plan:
     joined = _levels_joined(level)
     alias = _ALIAS[level]
     result = Plan(aet, level, [], [f"{alias}.aet = ?"], [aet], [])
+    # The time half of a combined pair is matched with its date (a residual below); its
+    # date half keeps its own condition, which every match of the pair meets.
+    pairs = combined_pairs(identifier)
     for element in identifier:
         tag = int(element.tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag >> 16 in (0x0000, 0x0002):
@@ -376,7 +455,7 @@ def plan(aet: str, identifier: Dataset) -> Plan:
             _sequence_key(result, tag, element)
             continue
         texts = _key_texts(element)
-        match = not _universal(vr, texts)
+        match = not _universal(vr, texts) and tag not in pairs
         column = COLUMN_OF_TAG.get(tag)
         if tag in COMPUTED and not (tag == SERIES_RELATED_INSTANCES and level == STUDY):
             result.keys.append(ReturnKey(tag, vr, "computed"))
@@ -394,6 +473,8 @@ def plan(aet: str, identifier: Dataset) -> Plan:
             result.keys.append(ReturnKey(tag, vr, "stored"))
             if match:
                 result.residual.append(Residual(tag, tuple(value_predicate(vr, t) for t in texts)))
+    for pair in pairs.values():
+        result.residual.append(Residual(pair.date_tag, combined=pair))
     return result
 
 
@@ -403,16 +484,19 @@ def _sequence_key(result: Plan, tag: int, element: DataElement) -> None:
     if item is None or len(item) == 0:
         result.keys.append(ReturnKey(tag, "SQ", "stored"))  # universal: whole items
         return
-    keys = []
+    keys: list[_ItemKey | _CombinedKey] = []
     item_tags = []
+    pairs = combined_pairs(item)
     for item_element in item:
         item_vr = str(item_element.VR).split(" or ")[0]
         item_tags.append((int(item_element.tag), item_vr))
         texts = [] if item_vr == "SQ" else _key_texts(item_element)
-        predicates = () if _universal(item_vr, texts) else tuple(value_predicate(item_vr, t) for t in texts)
+        universal = _universal(item_vr, texts) or int(item_element.tag) in pairs
+        predicates = () if universal else tuple(value_predicate(item_vr, t) for t in texts)
         keys.append(_ItemKey(int(item_element.tag), predicates))
+    keys.extend(pairs.values())
     result.keys.append(ReturnKey(tag, "SQ", "stored", item_tags=tuple(item_tags)))
-    if any(key.predicates for key in keys):
+    if pairs or any(isinstance(key, _ItemKey) and key.predicates for key in keys):
         result.residual.append(Residual(tag, items=tuple(keys)))
 
 
@@ -502,7 +586,8 @@ def _read_extras(session: Session, query: Plan, page: _Page) -> None:
             sql = f"SELECT {parent}, COUNT(*) FROM {table} WHERE {parent} IN ({{marks}}) GROUP BY {parent}"
             into.update((int(p), int(n)) for p, n in _grouped(session, sql, ids))
     if query.needs_stored:
-        wanted = {key.tag for key in query.keys if key.source == "stored"} | {r.tag for r in query.residual}
+        wanted = {key.tag for key in query.keys if key.source == "stored"}
+        wanted.update(tag for r in query.residual for tag in r.tags)
         ids = sorted({_own_id(query.level, r) for r in rows})
         page.stored = _stored_datasets(session, query.level, ids, wanted)
 

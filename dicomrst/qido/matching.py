@@ -15,12 +15,11 @@ from pydicom.multival import MultiValue
 from dicomrst.common.dicomjson import original_text
 from dicomrst.common.matching import (
     WildcardPattern,
+    in_combined_range,
     pad_datetime,
     pad_time,
     range_bounds,
     split_range,
-    valid_date,
-    valid_time,
 )
 from dicomrst.common.tags import SPECIFIC_CHARACTER_SET
 from dicomrst.qido.attributes import Attribute, Path
@@ -206,22 +205,6 @@ class DateTimeFilter:
         dates = _result_values(dataset, self.date_tag)
         if not dates:
             return True
-        date = _text(dates[0])
-        if not valid_date(date):
-            return True
         times = _result_values(dataset, self.time_tag)
-        time = _text(times[0]).replace(":", "") if times else ""
-        if not time or not valid_time(time):
-            # No time: judge by the date alone.
-            return (self.low is None or date >= self.low[:8]) and (self.high is None or date <= self.high[:8])
-        low_key = date + pad_time(time, False)
-        return (self.low is None or low_key >= self.low) and (self.high is None or low_key <= self.high)
-
-
-def combined_bounds(
-    date_range: tuple[str, str], time_range: tuple[str, str]
-) -> tuple[str | None, str | None]:
-    (date_low, date_high), (time_low, time_high) = date_range, time_range
-    low = date_low + pad_time(time_low or "00", False) if date_low else None
-    high = date_high + pad_time(time_high or "23", True) if date_high else None
-    return low, high
+        matched = in_combined_range(_text(dates[0]), _text(times[0]) if times else "", self.low, self.high)
+        return True if matched is None else matched  # an invalid date: not ours to judge

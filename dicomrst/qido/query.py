@@ -60,7 +60,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from dicomrst.common.matching import split_range
+from dicomrst.common.matching import combined_bounds, split_range
 from dicomrst.common.tags import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 from dicomrst.errors import BadRequest
 from dicomrst.qido.attributes import (
@@ -71,7 +71,7 @@ from dicomrst.qido.attributes import (
     resolve_attribute,
     vr_of,
 )
-from dicomrst.qido.matching import DateTimeFilter, combined_bounds, value_filter
+from dicomrst.qido.matching import DateTimeFilter, value_filter
 from dicomrst.qido.target import SearchTarget
 from dicomrst.qido.values import integer, match_value, shown
 
@@ -103,6 +103,11 @@ class Query:
         it has ``offset + limit + 1`` accepted ones.
     :ivar warnings: Warning texts (without ``299 <service>:``) to send with a 200.
     :ivar filters: the matching the gateway does on each result; see `accepts`.
+    :ivar exact_identifier: the identifier for a backend that matches every key itself
+        (`dicomrst.backends.interfaces.IIndexedSearch`): `identifier` with the time
+        range of each combined date-time pair as a match key too, since such a backend
+        does the combined matching the gateway otherwise does in `filters`; None when it
+        is `identifier` itself.
     """
 
     target: SearchTarget
@@ -111,6 +116,7 @@ class Query:
     offset: int
     warnings: list[str] = field(default_factory=list)
     filters: list[Callable[[Dataset], bool]] = field(default_factory=list)
+    exact_identifier: Dataset | None = None
 
     @property
     def backend_limit(self) -> int | None:
@@ -275,6 +281,7 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
 
     filters: list[Callable[[Dataset], bool]] = []
     combined_times = {time_path for time_path, _, _ in combined.values()}
+    exact_times: dict[Path, object] = {}
     required = target.required_keys()
     non_ascii = False
     for path, (attribute, value) in matches.items():
@@ -288,6 +295,7 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
             continue
         if path in combined_times:
             keys.add_return(path, attribute.vr)  # matched with its date, here
+            exact_times[path] = match_value(attribute, value, combined=True)
             continue
         stored = match_value(attribute, value, combined=path in combined)
         keys.set(path, attribute.vr, stored)
@@ -301,8 +309,18 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
         low, high = combined_bounds(date_range, time_range)
         filters.append(DateTimeFilter(date_path[-1], time_path[-1], low, high, date_path[:-1]))
 
+    identifier = _identifier(keys, target, non_ascii)
+    exact_identifier = None
+    if exact_times:
+        exact_keys = _Keys()
+        exact_keys.values = {**keys.values, **{path: ("TM", value) for path, value in exact_times.items()}}
+        exact_identifier = _identifier(exact_keys, target, non_ascii)
+    return Query(target, identifier, limit, offset, warnings, filters, exact_identifier)
+
+
+def _identifier(keys: _Keys, target: SearchTarget, non_ascii: bool) -> Dataset:
     identifier = keys.dataset()
     if target.query_level is not None:
         identifier.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", target.query_level))
     identifier.add(DataElement(SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192" if non_ascii else None))
-    return Query(target, identifier, limit, offset, warnings, filters)
+    return identifier

@@ -2,9 +2,9 @@
 """Running one search: the find, the gateway's own matching, offset and limit, DICOM JSON.
 
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and
-the offset (skipped by the backend itself when it searches a database, `ISkipsOffset`,
-and the gateway has no filter of its own); at most ``limit`` are held, so memory is
-bounded.  The caller writes the
+the offset; a backend that searches a database (`IIndexedSearch`) matches every key and
+skips the offset itself, so there the gateway filters nothing.  At most ``limit`` are
+held, so memory is bounded.  The caller writes the
 response only once the find has ended: a failure status, a timeout or a full pool is
 then an error and never a 200 with part of the results.
 """
@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from dicomrst.backends.interfaces import IBackend, ISkipsOffset
+from dicomrst.backends.interfaces import IBackend, IIndexedSearch
 from dicomrst.common.dicomjson import encode_dataset, json_array
 from dicomrst.qido.query import Query
 
@@ -39,8 +39,9 @@ class SearchResults:
     :param service: the service URL (``{base}/aets/{aet}``) RetrieveURLs start with.
     """
 
-    def __init__(self, query: Query, service: str, clock: IReactorTime) -> None:
+    def __init__(self, query: Query, service: str, clock: IReactorTime, filtered: bool = True) -> None:
         self.query = query
+        self._filtered = filtered and bool(query.filters)
         self._service = service
         self._clock = clock
         self.skipped = 0
@@ -56,7 +57,7 @@ class SearchResults:
         if self.done:
             return
         try:
-            if not self.query.accepts(dataset):
+            if self._filtered and not self.query.accepts(dataset):
                 return
             if self.skipped < self.query.offset:
                 self.skipped += 1
@@ -73,8 +74,8 @@ class SearchResults:
 
     def _stop(self) -> None:
         self.done = True
-        if self.query.backend_limit is not None and self.error is None:
-            return  # the backend stops by itself after backend_limit results
+        if not self._filtered and self.error is None:
+            return  # the backend stops by itself after the limit it was given
         # Cancel outside the backend's own call stack: it is delivering a result.
         self._stop_call = self._clock.callLater(0, self._cancel_find)
 
@@ -97,19 +98,23 @@ async def search(backend: IBackend, query: Query, service: str, clock: IReactorT
     `ServiceUnavailable`, `NotImplementedService`); `CancelledError` when cancelled (the
     client went away or the request timed out), which cancels the find.
     """
-    results = SearchResults(query, service, clock)
-    limit = query.backend_limit
-    if query.offset and limit is not None and ISkipsOffset.providedBy(backend):
-        # The index skips the offset itself; with filters of the gateway's own (limit None)
-        # it cannot: only the gateway knows which of its results count.
+    if IIndexedSearch.providedBy(backend):
+        # The index matches every key itself (the gateway's filters, combined date-time
+        # included) and skips the offset in its SQL.
+        results = SearchResults(query, service, clock, filtered=False)
         results.skipped = query.offset
-        limit -= query.offset
-        model = query.target.sop_class
-        find = cast(ISkipsOffset, backend).find(
-            query.identifier, limit=limit, on_result=results, model=model, offset=query.offset
+        find = cast(IIndexedSearch, backend).find(
+            query.exact_identifier or query.identifier,
+            limit=query.limit + 1,
+            on_result=results,
+            model=query.target.sop_class,
+            offset=query.offset,
         )
     else:
-        find = backend.find(query.identifier, limit=limit, on_result=results, model=query.target.sop_class)
+        results = SearchResults(query, service, clock)
+        find = backend.find(
+            query.identifier, limit=query.backend_limit, on_result=results, model=query.target.sop_class
+        )
     results.find = find
     try:
         await find

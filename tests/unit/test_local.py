@@ -422,12 +422,12 @@ class EchoFindTests(_Base):
     def test_qido_pages_skip_the_offset_in_the_index(self) -> None:
         """A QIDO-RS page: the offset goes to the index (which skips it in SQL), not a
         decoded result per skipped match; ``more`` still says a next page exists."""
-        from dicomrst.backends.interfaces import ISkipsOffset
+        from dicomrst.backends.interfaces import IIndexedSearch
         from dicomrst.qido.query import parse_query
         from dicomrst.qido.search import search
         from dicomrst.qido.target import Target
 
-        self.assertTrue(ISkipsOffset.providedBy(self.backend))
+        self.assertTrue(IIndexedSearch.providedBy(self.backend))
         studies = sorted(generate_uid() for _ in range(4))  # no date: in UID order
         for study in studies:
             self.store(part10_bytes(study=study))
@@ -449,6 +449,85 @@ class EchoFindTests(_Base):
         self.assertEqual(asked, [(3, 0), (3, 2), (3, 3)])
         self.assertEqual([found for found, _ in pages], [studies[:2], studies[2:], studies[3:]])
         self.assertEqual([more for _, more in pages], [True, False, False])
+
+    def _search(self, params: dict[str, str]) -> tuple[list[str], bool]:
+        from dicomrst.qido.query import parse_query
+        from dicomrst.qido.search import search
+        from dicomrst.qido.target import Target
+
+        query = parse_query(Target.studies(), {k: [v] for k, v in params.items()})
+        searched = Deferred.fromCoroutine(search(self.backend, query, "http://gw", self.reactor))
+        outcome = self.successResultOf(searched)
+        return [r["0020000D"]["Value"][0] for r in json.loads(outcome.body)], outcome.more
+
+    def _spy_on_the_index(self) -> list[tuple[int | None, int]]:
+        asked: list[tuple[int | None, int]] = []
+        find = self.index.find
+
+        def spy(aet: str, identifier: Dataset, *, limit: int | None, offset: int, on_result: Any) -> Any:
+            asked.append((limit, offset))
+            return find(aet, identifier, limit=limit, offset=offset, on_result=on_result)
+
+        self.index.find = spy  # type: ignore[method-assign]
+        return asked
+
+    def test_keys_the_gateway_filters_for_a_pacs_leave_the_offset_to_the_index(self) -> None:
+        """An optional key (which a PACS may ignore, so the gateway checks it again on a
+        PACS's results) is the index's to match: the offset and limit still go to SQL."""
+        knee = sorted(generate_uid() for _ in range(4))
+        for study in knee:
+            self.store(part10_bytes(study=study, extra=_with(StudyDescription="KNEE")))
+        self.store(part10_bytes(extra=_with(StudyDescription="HEAD")))
+        asked = self._spy_on_the_index()
+        page = {"StudyDescription": "KNEE", "limit": "2", "offset": "2"}
+        self.assertEqual(self._search(page), (knee[2:], False))
+        self.assertEqual(self._search({**page, "limit": "1", "offset": "1"}), (knee[1:2], True))
+        self.assertEqual(asked, [(3, 2), (2, 1)])
+
+    def test_a_date_range_with_a_time_range_is_combined_date_time_matching(self) -> None:
+        """PS3.4 C.2.2.2.5, as QIDO-RS on a PACS answers it (the gateway filters there):
+        from 1 January 22:00 to 2 January 02:00, not 22:00-02:00 on each day."""
+        moments = {"a": ("20200101", "100000"), "b": ("20200101", "230000"), "c": ("20200102", "010000"),
+                   "d": ("20200102", "120000"), "e": ("20200102", "")}
+        uids = {}
+        for label, (date, time) in moments.items():
+            uids[label] = generate_uid()
+            extra = _with(StudyDate=date, StudyTime=time) if time else _with(StudyDate=date)
+            self.store(part10_bytes(study=uids[label], extra=extra))
+        asked = self._spy_on_the_index()
+        found, more = self._search({"StudyDate": "20200101-20200102", "StudyTime": "2200-0200"})
+        self.assertEqual(found, [uids["b"], uids["c"], uids["e"]])  # no time: judged by its date
+        self.assertFalse(more)
+        found, _ = self._search({"StudyDate": "20200101-20200102", "StudyTime": "2200-0200", "offset": "1"})
+        self.assertEqual(found, [uids["c"], uids["e"]])
+        self.assertEqual([offset for _, offset in asked], [0, 1])
+
+    def test_combined_date_time_on_a_sequence_s_items(self) -> None:
+        """The pair as item keys: some item must fall in the combined range."""
+        from pydicom.sequence import Sequence
+
+        uids = []
+        for moments in ([("20200101", "230000")], [("20200101", "100000"), ("20200102", "120000")]):
+            uids.append(generate_uid())
+            extra = Dataset()
+            items = []
+            for date, time in moments:
+                item = Dataset()
+                item.ScheduledProcedureStepStartDate = date
+                item.ScheduledProcedureStepStartTime = time
+                items.append(item)
+            extra.ScheduledProcedureStepSequence = Sequence(items)
+            self.store(part10_bytes(study=uids[-1], extra=extra))
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        key = Dataset()
+        key.ScheduledProcedureStepStartDate = "20200101-20200102"
+        key.ScheduledProcedureStepStartTime = "2200-0200"
+        identifier.ScheduledProcedureStepSequence = Sequence([key])
+        results: list[Dataset] = []
+        self.successResultOf(self.index.find(AET, identifier, limit=None, offset=0, on_result=results.append))
+        self.assertEqual([r.StudyInstanceUID for r in results], uids[:1])
 
     def test_no_worklist_and_no_search_without_an_index(self) -> None:
         self.failureResultOf(
@@ -618,3 +697,10 @@ def _bytes(data: bytes) -> Any:
     import io
 
     return io.BytesIO(data)
+
+
+def _with(**attributes: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds

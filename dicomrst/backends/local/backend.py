@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomrst.backends.indexed import find_in_index
-from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads, ISkipsOffset
+from dicomrst.backends.interfaces import IBackend, IIndexedSearch, IInstanceIntake, IRangedReads
 from dicomrst.backends.local.files import (
     check_root,
     list_objects,
@@ -58,7 +58,7 @@ class LocalArchiveError(Exception):
     """The directory cannot be used (at start); the message says why."""
 
 
-@implementer(IBackend, IRangedReads, IInstanceIntake, ISkipsOffset)
+@implementer(IBackend, IRangedReads, IInstanceIntake, IIndexedSearch)
 class LocalBackend:
     kind = "LOCAL"
     #: Files are served in the syntax they were stored in (converted as the web layer

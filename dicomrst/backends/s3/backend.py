@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from dicomrst.backends.indexed import find_in_index
-from dicomrst.backends.interfaces import IBackend, IRangedReads, ISkipsOffset
+from dicomrst.backends.interfaces import IBackend, IIndexedSearch, IRangedReads
 from dicomrst.backends.s3.client import (
     ATTEMPTS,
     CONNECT_TIMEOUT,
@@ -39,7 +39,7 @@ from dicomrst.logs import logger
 log = logger("dicomrst.s3")
 
 
-@implementer(IBackend, IRangedReads, ISkipsOffset)
+@implementer(IBackend, IRangedReads, IIndexedSearch)
 class S3Backend:
     kind = "S3"
     #: Objects are served in the syntax they were stored in (or converted, as the web
