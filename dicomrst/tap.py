@@ -155,8 +155,11 @@ def open_configured_index(config: Config, reactor: IGatewayReactor) -> SqlIndex 
     return index
 
 
-def archive_backend(aet: AetConfig, reactor: IGatewayReactor, index: IIndex | None) -> IBackend:
-    """The backend of a LOCAL or S3 AET, searching and recording in `index`."""
+def archive_backend(
+    aet: AetConfig, reactor: IGatewayReactor, index: IIndex | None, metrics: Metrics | None = None
+) -> IBackend:
+    """The backend of a LOCAL or S3 AET, searching and recording in `index`; `metrics`
+    counts an S3 AET's bytes."""
     if aet.backend == "LOCAL":
         assert aet.path is not None
         return LocalBackend(aet.aet, aet.path, reactor, index=index)
@@ -164,7 +167,7 @@ def archive_backend(aet: AetConfig, reactor: IGatewayReactor, index: IIndex | No
     # resident memory to every gateway that never talks to S3.
     from dicomrst.backends.s3 import S3Backend
 
-    return S3Backend(aet, reactor, index=index)
+    return S3Backend(aet, reactor, index=index, metrics=metrics)
 
 
 def scan_of(backend: IBackend) -> Callable[[], Deferred[ScanReport]]:
@@ -402,7 +405,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
                     )
             backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver, metrics)
         else:
-            backends[aet.aet] = archive_backend(aet, reactor, index)
+            backends[aet.aet] = archive_backend(aet, reactor, index, metrics)
             if aet.backend == "LOCAL":
                 local_paths[aet.aet] = f"aets[{i}].path"
     BackendsService(backends, local_paths).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted

@@ -116,15 +116,15 @@ class Metrics:
         )
         received = Counter(
             "dicomrst_received_bytes",
-            "Bytes received: DIMSE (every association, PDUs whole), HTTP (request bodies), S3 "
-            "(response bodies)",
+            "Bytes received: dimse (every association, PDUs whole), http (request bodies), s3 "
+            "(responses of the S3 endpoints, headers included, inside TLS)",
             ["service"],
             registry=r,
         )
         sent = Counter(
             "dicomrst_sent_bytes",
-            "Bytes sent: DIMSE (every association, PDUs whole), HTTP (response bodies), S3 "
-            "(request bodies)",
+            "Bytes sent: dimse (every association, PDUs whole), http (response bodies), s3 "
+            "(requests to the S3 endpoints, headers included, inside TLS)",
             ["service"],
             registry=r,
         )
