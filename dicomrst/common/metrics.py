@@ -158,10 +158,12 @@ class Metrics:
     def http_request(self, route: str | None, method: bytes, status: int, seconds: float) -> None:
         """One HTTP request over: `route` its template (None: no route took it), `status`
         0 when no status line was sent."""
-        key = (route or UNMATCHED, method.decode("ascii", "replace"), status)
+        name = method.decode("ascii", "replace")
+        if name not in HTTP_METHODS:
+            name = "other"  # before the lookup: the children kept stay as few as the labels
+        key = (route or UNMATCHED, name, status)
         children = self._http_children.get(key)
         if children is None:
-            name = key[1] if key[1] in HTTP_METHODS else "other"
             children = (
                 self._http_requests.labels(key[0], name, str(status)),
                 self._http_duration.labels(key[0], name),

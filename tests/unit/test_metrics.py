@@ -115,8 +115,11 @@ class HttpTests(SynchronousTestCase):
         site = self.site()
         Connection(site).send("GET", "/nothing/here")
         Connection(site).send("BREW", "/aets/PACS/studies")
+        Connection(site).send("MAKE", "/aets/PACS/studies")
         self.assertEqual(self.requests("unmatched", status="404"), 1)
-        self.assertEqual(self.requests("unmatched", method="other", status="405"), 1)
+        self.assertEqual(self.requests("unmatched", method="other", status="405"), 2)
+        # What a client chooses does not grow what is kept.
+        self.assertEqual(len(self.metrics._http_children), 2)
 
     def test_a_request_refused_by_the_access_check_is_labelled_with_its_route(self) -> None:
         policy = AccessPolicy({"PACS": AetAccess(AccessList.parse(["alice"]), None)})
