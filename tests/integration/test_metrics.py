@@ -18,6 +18,8 @@ from twisted.trial.unittest import TestCase
 from tests.support import peers
 from tests.support.datasets import part10
 from tests.support.gateway import INTEGRATION_TIMEOUT, Gateway, read, start_gateway
+from tests.support.s3 import AET as S3_AET
+from tests.support.s3 import BUCKET, s3_aet, upload
 from tests.support.stow import fresh_test_file, multipart_body
 from tests.support.wado import ANY_SYNTAX, get_aet, instance_path
 
@@ -40,14 +42,16 @@ def get(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def scrape(case: TestCase, gw: Gateway, port: int) -> Samples:
+    """``GET /metrics`` on the metrics listener, parsed."""
+    response = await read(await gw.http.get(f"http://{peers.LOCALHOST}:{port}/metrics", timeout=10))
+    case.assertEqual(response.code, 200, response.body[:300])
+    case.assertTrue((response.header("Content-Type") or "").startswith("text/plain"))
+    return parse(response.body.decode("utf-8"))
+
+
 class MetricsTests(TestCase):
     timeout = INTEGRATION_TIMEOUT
-
-    async def scrape(self, gw: Gateway, port: int) -> Samples:
-        response = await read(await gw.http.get(f"http://{peers.LOCALHOST}:{port}/metrics", timeout=10))
-        self.assertEqual(response.code, 200, response.body[:300])
-        self.assertTrue((response.header("Content-Type") or "").startswith("text/plain"))
-        return parse(response.body.decode("utf-8"))
 
     def moved(self, before: Samples, after: Samples, name: str, **labels: str) -> float:
         return get(after, name, **labels) - get(before, name, **labels)
@@ -72,7 +76,7 @@ class MetricsTests(TestCase):
             telemetry={"metrics": {"endpoint": f"tcp:{metrics_port}:interface={peers.LOCALHOST}"}},
         )
         self.assertTrue(gw.log_lines(rf"Prometheus metrics listening on .*:{metrics_port}"), gw.log_tail())
-        before = await self.scrape(gw, metrics_port)
+        before = await scrape(self, gw, metrics_port)
         # Process metrics, on the gateway's registry.
         self.assertGreater(get(before, "process_resident_memory_bytes"), 0)
 
@@ -96,7 +100,7 @@ class MetricsTests(TestCase):
         # No route: unmatched.
         self.assertEqual((await gw.get("/no/such/route")).code, 404)
 
-        after = await self.scrape(gw, metrics_port)
+        after = await scrape(self, gw, metrics_port)
         http = "dicomrst_http_requests_total"
         dimse = "dicomrst_dimse_operations_total"
         self.assertMoved(before, after, {
@@ -136,3 +140,46 @@ class MetricsTests(TestCase):
         self.assertEqual(get(after, "dicomrst_dimse_pool_size", aet=AET), 16)
         # Orthanc really has the uploads.
         self.assertEqual(len(await orthanc.get_json("/instances")), 3)
+
+
+class S3MetricsTests(TestCase):
+    """The S3 client's connections, wrapped to count their bytes, in front of moto: a STOW-RS
+    upload puts objects and a WADO-RS retrieve reads them back, through the real Agent pool."""
+
+    timeout = INTEGRATION_TIMEOUT
+
+    async def test_stow_and_wado_on_s3_count_its_bytes(self) -> None:
+        moto = await peers.start_moto(self)
+        await upload(moto, BUCKET, {})
+        metrics_port = peers.free_port()
+        gw = await start_gateway(
+            self,
+            [s3_aet(moto)],
+            telemetry={"metrics": {"endpoint": f"tcp:{metrics_port}:interface={peers.LOCALHOST}"}},
+        )
+        before = await scrape(self, gw, metrics_port)
+        study = generate_uid()
+        new = [fresh_test_file(name, study) for name in ("CT_small.dcm", "MR_small.dcm")]
+        objects = [part10(ds) for ds in new]
+        body = multipart_body([([("Content-Type", "application/dicom")], data) for data in objects], BOUNDARY)
+        response = await gw.request(
+            "POST", f"/aets/{S3_AET}/studies", data=body,
+            headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+json"},
+        )
+        self.assertEqual(response.code, 200, response.body[:500])
+        response = await gw.get(f"/aets/{S3_AET}/studies/{study}", headers={"Accept": ANY_SYNTAX})
+        self.assertEqual(response.code, 200, response.body[:300])
+        self.assertGreater(len(response.body), sum(map(len, objects)))
+        after = await scrape(self, gw, metrics_port)
+
+        def moved(name: str, **labels: str) -> float:
+            return get(after, name, **labels) - get(before, name, **labels)
+
+        self.assertEqual(moved("dicomrst_stow_instances_total", outcome="stored"), 2)
+        # What went into the bucket went out over S3's connections, and came back in.
+        self.assertGreater(moved("dicomrst_sent_bytes_total", service="s3"), sum(map(len, objects)))
+        self.assertGreater(moved("dicomrst_received_bytes_total", service="s3"), sum(map(len, objects)))
+        # No DIMSE here.
+        self.assertEqual(moved("dicomrst_sent_bytes_total", service="dimse"), 0)
+        route = "/aets/<aet>/studies/<study>"
+        self.assertEqual(moved("dicomrst_http_requests_total", route=route, method="GET", status="200"), 1)
