@@ -155,13 +155,14 @@ class GatewayRoot(Resource):
 
     def requirement(self, path: bytes, method: str, request: IRequest | None = None) -> Requirement:
         """What a request for `path` with `method` asks of its caller (`ROUTE_ACCESS`);
-        a path no route matches asks to be admitted (and is then a 404 or 405)."""
+        a path no route matches asks to be admitted (and is then a 404 or 405).  `request`,
+        when given, learns its route (the metrics' label, also when it is refused)."""
         route = self._app.route_of(path, method)
         if route is None:
             return ADMITTED
         endpoint, values = route
         if isinstance(request, GatewayRequest):
-            request.route = ROUTE_TEMPLATES.get(endpoint, endpoint)  # also if it is refused
+            request.route = ROUTE_TEMPLATES.get(endpoint, endpoint)
         need = ROUTE_ACCESS[endpoint]
         return Requirement(need, values.get("aet") if need is not Need.ADMITTED else None)
 
