@@ -41,6 +41,7 @@ __all__ = [
     "DimseServerConfig",
     "HttpConfig",
     "IndexConfig",
+    "MetricsConfig",
     "MwlConfig",
     "OidcConfig",
     "PoolConfig",
@@ -352,11 +353,21 @@ class _Timed:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """Not in DICOM-RST: Prometheus metrics (``dicomrst.common.metrics``) on a listener of
+    their own, ``/metrics``; off unless `endpoint` is given."""
+
+    # A Twisted endpoint string (tcp:9464:interface=127.0.0.1); None: no metrics.
+    endpoint: str | None = _key(_optional(_string()), None)
+
+
+@attrs.frozen
 class TelemetryConfig:
     sentry: str | None = _key(_optional(_string()), None)  # accepted for DICOM-RST; unused
     level: str = _key(_level, "INFO")
     # Not in DICOM-RST: "json" writes one JSON object per line (dicomrst.logs.JsonLines).
     format: str = _key(_choice("text", "json"), "text")
+    metrics: MetricsConfig = _key(_section(MetricsConfig), factory=MetricsConfig)  # not in DICOM-RST
 
 
 def _origin(value: Any, path: str, env: _Env) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -35,6 +35,7 @@ from dicomrst.backends.pacs import DimseBackend
 from dicomrst.cache import CacheDirectoryError, InstanceCache
 from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
+from dicomrst.common.metrics import Metrics, PoolState
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import closing_connections_pending
 from dicomrst.config import AetConfig, Config, ConfigError, config_warnings, first_run_config, load_config
@@ -154,8 +155,11 @@ def open_configured_index(config: Config, reactor: IGatewayReactor) -> SqlIndex 
     return index
 
 
-def archive_backend(aet: AetConfig, reactor: IGatewayReactor, index: IIndex | None) -> IBackend:
-    """The backend of a LOCAL or S3 AET, searching and recording in `index`."""
+def archive_backend(
+    aet: AetConfig, reactor: IGatewayReactor, index: IIndex | None, metrics: Metrics | None = None
+) -> IBackend:
+    """The backend of a LOCAL or S3 AET, searching and recording in `index`; `metrics`
+    counts an S3 AET's bytes."""
     if aet.backend == "LOCAL":
         assert aet.path is not None
         return LocalBackend(aet.aet, aet.path, reactor, index=index)
@@ -163,7 +167,7 @@ def archive_backend(aet: AetConfig, reactor: IGatewayReactor, index: IIndex | No
     # resident memory to every gateway that never talks to S3.
     from dicomrst.backends.s3 import S3Backend
 
-    return S3Backend(aet, reactor, index=index)
+    return S3Backend(aet, reactor, index=index, metrics=metrics)
 
 
 def scan_of(backend: IBackend) -> Callable[[], Deferred[ScanReport]]:
@@ -360,8 +364,9 @@ def make_access(
 
 def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = None) -> GatewayService:
     """The gateway's services for `config`, in the order they start (and the reverse of
-    the order they stop): the index, the backends, the reconcile scans, the cache, the
-    DIMSE listeners, HTTP.
+    the order they stop): the metrics listener (``telemetry.metrics.endpoint``; last to
+    stop, so a graceful stop can be watched), the index, the backends, the reconcile
+    scans, the cache, the DIMSE listeners, HTTP.
 
     `index`: what LOCAL and S3 AETs search and record their instances in, scanned at
     start and every ``index.scan-interval`` (None: no search on them, 501)."""
@@ -372,6 +377,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     from dicomrst.web.urls import PublicUrls
 
     top = GatewayService(reactor)
+    metrics = metrics_service(config, reactor, top)
     if index is not None:
         IndexService(index).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     backends: dict[str, IBackend] = {}
@@ -397,9 +403,9 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
                         aet=aet.aet,
                         i=i,
                     )
-            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver)
+            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver, metrics)
         else:
-            backends[aet.aet] = archive_backend(aet, reactor, index)
+            backends[aet.aet] = archive_backend(aet, reactor, index, metrics)
             if aet.backend == "LOCAL":
                 local_paths[aet.aet] = f"aets[{i}].path"
     BackendsService(backends, local_paths).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -414,6 +420,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     # After the backends: it stops before them, so its retrieves are cancelled while the
     # associations they run on still exist.
     cache = make_cache(config, reactor)
+    if metrics is not None:
+        watch(metrics, backends, cache)
     CacheService(cache).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     for i, listener in enumerate(config.server.dimse):
@@ -432,6 +440,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
             idle_timeout=listener.idle_timeout_s,
             store_to=store_to,
             allowed_callers=frozenset(listener.allowed_callers),
+            metrics=metrics,
         )
         listening = DimseListenerService(reactor, description, factory)
         listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -452,6 +461,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         access=make_access(config, reactor, top.reloaders),
         cors=cors,
         urls=PublicUrls.from_config(http.public_url, http.trusted_proxies),
+        metrics=metrics,
     )
     site = make_site(
         app.resource(),
@@ -460,11 +470,40 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         max_upload_size=http.max_upload_size,
         header_timeout=http.header_timeout_s,
         cors=cors,
+        metrics=metrics,
     )
     grace = http.request_timeout_s
     serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)
     serving.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return top
+
+
+def metrics_service(config: Config, reactor: IGatewayReactor, top: GatewayService) -> Metrics | None:
+    """``telemetry.metrics``: the gateway's `Metrics` and their listener (a child of
+    `top`), or None when no endpoint is configured (nothing is counted then)."""
+    description = config.telemetry.metrics.endpoint
+    if description is None:
+        return None
+    from dicomrst.web.metrics import metrics_site
+
+    _check_endpoint(reactor, description, "telemetry.metrics.endpoint")
+    metrics = Metrics()
+    site = metrics_site(metrics.registry, reactor)
+    listening = ListeningService(reactor, description, site, "Prometheus metrics")
+    listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    return metrics
+
+
+def watch(metrics: Metrics, backends: Mapping[str, IBackend], cache: InstanceCache) -> None:
+    """What the metrics read at scrape time: the pools of the DIMSE AETs, the cache."""
+    pools = [backend.pool for backend in backends.values() if isinstance(backend, DimseBackend)]
+
+    def pool_states() -> list[PoolState]:
+        return [(pool.aet, pool.stats(), pool.size) for pool in pools]
+
+    if pools:
+        metrics.state.watch_pools(pool_states)
+    metrics.state.watch_cache(cache)
 
 
 def first_run_lines(config: Config) -> list[str]:

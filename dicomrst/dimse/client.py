@@ -12,6 +12,7 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, Timeo
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
 from dicomrst.ul.errors import AssociationTimeout, ConnectFailed
@@ -27,14 +28,16 @@ async def associate(
     *,
     timeout: float,
     handlers: Mapping[int, RequestHandler] | None = None,
+    metrics: Metrics | None = None,
 ) -> DimseConnection:
     """Connect and negotiate; return the DIMSE connection once established.
 
     `timeout` bounds the TCP connect and, separately, the wait for A-ASSOCIATE-AC
-    (the protocol's ARTIM timer).  Failures are `dicomrst.ul.errors` types.
+    (the protocol's ARTIM timer).  Failures are `dicomrst.ul.errors` types.  `metrics`
+    counts its bytes and operations (None: metrics are off).
     """
-    connection = DimseConnection(reactor, handlers)
-    protocol = ULProtocol(reactor, connection, request=request, artim_timeout=timeout)
+    connection = DimseConnection(reactor, handlers, metrics)
+    protocol = ULProtocol(reactor, connection, request=request, artim_timeout=timeout, metrics=metrics)
     endpoint: IStreamClientEndpoint
     if isIPAddress(host):
         # HostnameEndpoint's happy-eyeballs delay costs 300 ms on every refused connect.

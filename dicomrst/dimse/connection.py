@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dicomrst.common import metrics as m
 from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.dimse import commands
 from dicomrst.dimse.commands import Command
@@ -78,14 +79,22 @@ class _Pending:
     on_response: ResponseCallback | None
     timeout: float | None
     timer: IDelayedCall | None = None
+    started: float = 0.0  # when it was sent (kept with metrics on)
 
 
 class DimseConnection:
     """The ULUser that speaks DIMSE on an association, in either role."""
 
-    def __init__(self, clock: IReactorTime, handlers: Mapping[int, RequestHandler] | None = None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        handlers: Mapping[int, RequestHandler] | None = None,
+        metrics: m.Metrics | None = None,
+    ) -> None:
         self.clock = clock
         self.handlers = dict(handlers or {})
+        #: Counts the requests we send, by their end (None: metrics are off).
+        self.metrics = metrics
         self.association: ULProtocol | None = None
         self.ended: Failure | None = None
         self.whenEnded: Deferred[None] = Deferred()
@@ -131,6 +140,7 @@ class DimseConnection:
         pending, self._pending = self._pending, {}
         for p in pending.values():
             _cancel(p.timer)
+            self._count(p, m.ERROR)
             p.deferred.errback(failure)
         if not self.whenEnded.called:
             self.whenEnded.callback(None)
@@ -228,6 +238,7 @@ class DimseConnection:
             return consumer
         del self._pending[message_id]
         _cancel(pending.timer)
+        self._count(pending, m.status_class(status))
         if consumer is not None and commands.has_dataset(rsp):
             # The final response carries a data set (e.g. a failed-SOP list): fire
             # only after the consumer has it.
@@ -283,6 +294,8 @@ class DimseConnection:
             message_id, name, Deferred(lambda d: self._cancelled(message_id)), on_response, timeout
         )
         self._pending[message_id] = pending
+        if self.metrics is not None:
+            pending.started = self.clock.seconds()
         self._arm(pending)
         self._logged("sent", command)
         try:
@@ -318,6 +331,19 @@ class DimseConnection:
             raise AssociationClosed("association is not established")
         return self.association
 
+    def _count(self, pending: _Pending, outcome: str) -> None:
+        """The end of a request we sent, for the metrics: by the AE title asked."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        association = self.association
+        aet = "-"
+        if association is not None:
+            aet = association.called_aet if association.is_requestor else association.calling_aet
+        # "C-FIND-RQ" -> "C-FIND"
+        service = pending.name[:-3] if pending.name.endswith("-RQ") else pending.name
+        metrics.dimse_operation(aet, service, outcome, self.clock.seconds() - pending.started)
+
     def _arm(self, pending: _Pending) -> None:
         _cancel(pending.timer)
         if pending.timeout is not None:
@@ -328,6 +354,7 @@ class DimseConnection:
         if pending is None:
             return
         pending.timer = None
+        self._count(pending, m.ERROR)
         pending.deferred.errback(
             AssociationTimeout(f"no {pending.name[:-3]}-RSP within {pending.timeout:g} s")
         )
@@ -340,6 +367,7 @@ class DimseConnection:
         pending = self._pending.pop(message_id, None)
         if pending is not None:
             _cancel(pending.timer)
+            self._count(pending, m.ABANDONED)
             self._abandoned.add(message_id)
 
 

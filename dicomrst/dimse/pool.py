@@ -37,6 +37,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
@@ -91,8 +92,11 @@ class AssociationPool:
         idle_timeout: float,
         connect_timeout: float,
         max_idle: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
+        # Given to every association it opens (None: metrics are off).
+        self.metrics = metrics
         self.clock: IReactorTime = reactor
         self.host = host
         self.port = port
@@ -238,7 +242,14 @@ class AssociationPool:
         self._opening += 1
         opened: Deferred[Lease] = Deferred()
         attempt: Deferred[None] = Deferred.fromCoroutine(
-            associate(self.reactor, self.host, self.port, key or self.request, timeout=self.connect_timeout)
+            associate(
+                self.reactor,
+                self.host,
+                self.port,
+                key or self.request,
+                timeout=self.connect_timeout,
+                metrics=self.metrics,
+            )
         ).addBoth(self._settled, opened, key)
         if not attempt.called:
             self._attempts.add(attempt)

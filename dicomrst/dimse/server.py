@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 
+from dicomrst.common.metrics import Metrics
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
 from dicomrst.dimse.contexts import listener_policy
@@ -42,8 +43,10 @@ class DimseServerFactory(Factory):
         artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         policy: AcceptorPolicy | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.aet = aet
+        self.metrics = metrics  # counts its associations' bytes (None: metrics are off)
         self.clock = clock
         self.policy = policy or AcceptorPolicy(aet, contexts, max_pdu=max_pdu)
         self.handlers: dict[int, RequestHandler] = {commands.C_ECHO_RQ: EchoSCP(), **(handlers or {})}
@@ -58,6 +61,7 @@ class DimseServerFactory(Factory):
             policy=self.policy,
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
+            metrics=self.metrics,
         )
         self.open.add(protocol)
         protocol.whenClosed.addBoth(self._closed, protocol)
@@ -84,6 +88,7 @@ def listener_factory(
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     store_to: tuple[str, OpenInstance] | None = None,
     allowed_callers: frozenset[str] = frozenset(),
+    metrics: Metrics | None = None,
 ) -> DimseServerFactory:
     """A ``server.dimse[]`` listener: C-ECHO, and C-STORE for the moves in `registry`, or,
     with `store_to` (the archive AET, and how an instance is opened in it), into that
@@ -105,4 +110,5 @@ def listener_factory(
         artim_timeout=artim_timeout,
         idle_timeout=idle_timeout,
         policy=listener_policy(aet, uncompressed, max_pdu, allowed_callers),
+        metrics=metrics,
     )

@@ -34,6 +34,7 @@ from dicomrst.backends.values import (
     StoreOutcome,
     UploadedInstance,
 )
+from dicomrst.common.metrics import Metrics
 from dicomrst.errors import BadRequest, DicomrstError, ServiceUnavailable
 from dicomrst.logs import logger
 from dicomrst.stow.multipart import MultipartError, MultipartParser
@@ -182,8 +183,10 @@ class StowUpload:
         spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
         error: DicomrstError | None = None,
         reading: ReadControl | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.target = target
+        self.metrics = metrics
         self.backend = backend
         self.error = error
         self.concurrency = max(1, concurrency)
@@ -468,6 +471,8 @@ class StowUpload:
             return
         self._settled = True
         self._cleanup()
+        if self.metrics is not None:
+            self._count(self._final_results())
         if self._over and not self.answered:
             results = self._final_results()
             log.info(
@@ -482,6 +487,20 @@ class StowUpload:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self._final_results())
+
+    def _count(self, results: list[InstanceResult]) -> None:
+        # Once per upload, when it settles: answered or not, each instance counts once.
+        stored = warning = failed = 0
+        for result in results:
+            outcome = result.outcome
+            if outcome is None or not outcome.stored:
+                failed += 1
+            elif outcome.warning:
+                warning += 1
+            else:
+                stored += 1
+        assert self.metrics is not None
+        self.metrics.stow_instances(stored, warning, failed)
 
     def _cleanup(self) -> None:
         for spool in self._spools.values():

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomrst.common.addresses import address_host, format_address
+from dicomrst.common.metrics import Metrics
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
 from dicomrst.ul.errors import (
@@ -104,11 +105,14 @@ class ULProtocol(Protocol):
         policy: AcceptorPolicy | None = None,
         artim_timeout: float = DEFAULT_ARTIM_TIMEOUT,
         idle_timeout: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if (request is None) == (policy is None):
             raise ValueError("give exactly one of request (requestor) or policy (acceptor)")
         self.clock = clock
         self.user = user
+        # Counts the bytes that cross the connection (None: metrics are off).
+        self.metrics = metrics
         self.request = request
         self.policy = policy
         self.is_requestor = request is not None
@@ -164,6 +168,8 @@ class ULProtocol(Protocol):
             self._event("Evt5")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.metrics is not None:
+            self.metrics.dimse_received(len(data))
         if self._desynchronized:
             return
         self._framer.feed(data)
@@ -426,6 +432,8 @@ class ULProtocol(Protocol):
         return cast(_IConnection, self.transport)
 
     def _write(self, data: bytes) -> None:
+        if self.metrics is not None:
+            self.metrics.dimse_sent(len(data))
         self._connection.write(data)
 
     def _close(self) -> None:
@@ -547,7 +555,10 @@ class ULProtocol(Protocol):
     # -- DT: data transfer (Table 9-7) --------------------------------------------
 
     def _DT_1(self, pdus: list[list[bytes]]) -> None:
+        metrics = self.metrics
         for parts in pdus:
+            if metrics is not None:
+                metrics.dimse_sent(sum(map(len, parts)))
             self._connection.writeSequence(parts)
         # What we sent (a response) hands the turn to the peer: its time starts now.
         self._restart_idle()

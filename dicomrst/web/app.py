@@ -29,6 +29,7 @@ from dicomrst import NAME, __version__
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.twisted_internals import request_disconnected
 from dicomrst.errors import BadRequest, DicomrstError, NotFound, UpstreamTimeout
@@ -104,6 +105,16 @@ ROUTE_ACCESS: Mapping[str, Need] = {
 }
 
 
+class _RouteLabelling(Klein):
+    """Klein, telling each request it routes which route took it (`GatewayRequest.route`,
+    the metrics' label): its template, one string per route whatever the URL."""
+
+    def execute_endpoint(self, endpoint: str, request: IRequest, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(request, GatewayRequest):
+            request.route = ROUTE_TEMPLATES.get(endpoint, endpoint)
+        return super().execute_endpoint(endpoint, request, *args, **kwargs)
+
+
 def unchecked_routes(app: Klein) -> set[str]:
     """Endpoints of `app`'s URL map that `ROUTE_ACCESS` does not name (empty when all are)."""
     return {str(rule.endpoint) for rule in app.url_map.iter_rules()} - set(ROUTE_ACCESS)
@@ -142,13 +153,16 @@ class GatewayRoot(Resource):
         self._gate = app.context.access
         self._cors = app.cors
 
-    def requirement(self, path: bytes, method: str) -> Requirement:
+    def requirement(self, path: bytes, method: str, request: IRequest | None = None) -> Requirement:
         """What a request for `path` with `method` asks of its caller (`ROUTE_ACCESS`);
-        a path no route matches asks to be admitted (and is then a 404 or 405)."""
+        a path no route matches asks to be admitted (and is then a 404 or 405).  `request`,
+        when given, learns its route (the metrics' label, also when it is refused)."""
         route = self._app.route_of(path, method)
         if route is None:
             return ADMITTED
         endpoint, values = route
+        if isinstance(request, GatewayRequest):
+            request.route = ROUTE_TEMPLATES.get(endpoint, endpoint)
         need = ROUTE_ACCESS[endpoint]
         return Requirement(need, values.get("aet") if need is not Need.ADMITTED else None)
 
@@ -206,11 +220,10 @@ class GatewayRoot(Resource):
             while rest and rest[-1] == b"":
                 rest.pop()
             # Matching the route costs about 0.1 ms a request; an open gate needs none.
-            requirement = (
-                ADMITTED
-                if self._gate.unrestricted
-                else self.requirement(request.path or b"/", request.method.decode("ascii", "replace"))
-            )
+            requirement = ADMITTED
+            if not self._gate.unrestricted:
+                method = request.method.decode("ascii", "replace")
+                requirement = self.requirement(request.path or b"/", method, request)
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
             decision = self._gate.check(request, requirement)
@@ -288,9 +301,10 @@ class GatewayApp:
         pool; tests without threads pass one with a pool of their own).
     :param access: ``server.auth`` and ``aets[].access`` (None: everyone may do everything).
     :param cors: ``server.http.cors`` (None: any origin).
+    :param metrics: what counts STOW-RS instances (None: metrics are off).
     """
 
-    app = Klein()
+    app = _RouteLabelling()
     # Set before any route is added (werkzeug copies them into each rule):
     # a rule written with a trailing slash must not answer with a redirect,
     # and "//" must not be redirected (the Location would use the wrong scheme
@@ -311,6 +325,7 @@ class GatewayApp:
         access: AccessGate | None = None,
         cors: CorsPolicy | None = None,
         urls: PublicUrls | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # Left out, the context makes its own (one per gateway, the ranged reads' too).
         optional: dict[str, Any] = {"cpu": cpu} if cpu is not None else {}
@@ -318,6 +333,8 @@ class GatewayApp:
             optional["access"] = access
         if urls is not None:
             optional["urls"] = urls
+        if metrics is not None:
+            optional["metrics"] = metrics
         self.cors = cors if cors is not None else ANY_ORIGIN
         self.context = WebContext(
             backends,
@@ -535,3 +552,10 @@ class GatewayApp:
         self, request: IRequest, aet: str, study: str, series: str, sop: str, frames: str
     ) -> bytes:
         return await rendered.rendered(self.context, request, aet, study, series, sop, frames, thumbnail=True)
+
+
+#: Each route's template by endpoint (``/aets/<aet>/studies/<study>``): the metrics'
+#: route label (`_RouteLabelling`).
+ROUTE_TEMPLATES: Mapping[str, str] = {
+    str(rule.endpoint): rule.rule for rule in GatewayApp.app.url_map.iter_rules()
+}

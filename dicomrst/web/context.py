@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.wado.ranged import RangedFrames
@@ -46,6 +47,7 @@ class WebContext:
     :ivar access: who may do what (``server.auth``, ``aets[].access``); `GatewayRoot`
         applies it to every request before routing.  Left out: everyone may do everything.
     :ivar urls: ``server.http.public-url`` and ``trusted-proxies``: how `base_url` is found.
+    :ivar metrics: ``telemetry.metrics``: what counts (None: metrics are off).
     """
 
     backends: Mapping[str, IBackend]
@@ -63,6 +65,7 @@ class WebContext:
     ranged: RangedFrames = attrs.field(factory=RangedFrames)
     access: AccessGate = attrs.field(factory=AccessGate.open)
     urls: PublicUrls = attrs.field(factory=PublicUrls)
+    metrics: Metrics | None = None
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

@@ -33,6 +33,7 @@ from zope.interface import Interface, implementer
 
 from dicomrst.common.addresses import format_address
 from dicomrst.common.machine import Machine, Run, transitions
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.twisted_internals import (
     BadRequestHook,
     BodyReading,
@@ -264,6 +265,9 @@ class GatewayRequest(Request):
         self._reporting = False  # over max-upload-size, the body consumer reports what it took
         self._rendering = False  # ... and the resource is rendering that report
         self._request_id: str | None = None
+        #: The template of the route that took it (``/aets/<aet>/studies``), set by the
+        #: app when it routes the request: the metrics' label (None: no route took it).
+        self.route: str | None = None
         site.request_started(self)
 
     @property
@@ -279,6 +283,11 @@ class GatewayRequest(Request):
     @property
     def state(self) -> str:
         return self._run.state
+
+    @property
+    def body_received(self) -> int:
+        """Bytes of the request body received so far."""
+        return self._body_received
 
     # -- twisted.web's calls, as events -----------------------------------------------------
 
@@ -712,6 +721,8 @@ class GatewaySite(Site):
         provides `IStreamedBodies`.
     :ivar cors: the CORS headers of the answers the site writes itself (400, 408, 413,
         414, 431); the resource sets its own on the others.
+    :ivar metrics: counts each request once it is over, and the bytes of its bodies
+        (None: metrics are off).
     """
 
     requestFactory = GatewayRequest
@@ -730,6 +741,7 @@ class GatewaySite(Site):
         max_upload_size: int | None = None,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         cors: CorsPolicy = ANY_ORIGIN,
+        metrics: Metrics | None = None,
     ) -> None:
         # parsePOSTFormSubmission: STOW bodies are never forms; parsing would only
         # cost memory on large uploads.
@@ -742,6 +754,7 @@ class GatewaySite(Site):
         self.draining = False
         self.maxUploadSize = max_upload_size
         self.cors = cors
+        self.metrics = metrics
         self.bodyConsumers: IStreamedBodies = (
             resource if IStreamedBodies.providedBy(resource) else _NoStreamedBodies()
         )
@@ -788,14 +801,21 @@ class GatewaySite(Site):
     def request_over(self, request: GatewayRequest, outcome: str) -> None:
         self._inflight.pop(request, None)
         path = request.path if request.path is not None else b"-"
+        # 0: no status line was sent (lost or aborted before the response began).
+        status = request.code if request.startedWriting else 0
+        seconds = self.clock.seconds() - request.started
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.http_request(request.route, request.method, status, seconds)
+            metrics.http_received(request.body_received)
+            metrics.http_sent(request.sentLength)
         fields = dict(
             method=request.method.decode("ascii", "replace"),
             # The path only: query strings carry patient names and IDs.
             path=path.decode("utf-8", "backslashreplace"),
-            # 0: no status line was sent (lost or aborted before the response began).
-            status=request.code if request.startedWriting else 0,
+            status=status,
             bytes_sent=request.sentLength,
-            duration_ms=(self.clock.seconds() - request.started) * 1000.0,
+            duration_ms=seconds * 1000.0,
             client=format_address(request.getClientAddress()),  # type: ignore[no-untyped-call]  # unannotated in Twisted
             outcome=outcome,
             request_id=request.request_id,
@@ -819,6 +839,7 @@ def make_site(
     max_upload_size: int | None = None,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     cors: CorsPolicy = ANY_ORIGIN,
+    metrics: Metrics | None = None,
 ) -> GatewaySite:
     """The `Site` the gateway listens with.
 
@@ -831,5 +852,8 @@ def make_site(
     :param header_timeout: ``server.http.header-timeout`` in seconds: the most a request
         head may take, counted from when the connection is ready for it.
     :param cors: ``server.http.cors``, for the answers the site writes itself.
+    :param metrics: what counts the requests (None: metrics are off).
     """
-    return GatewaySite(resource, clock, request_timeout, idle_timeout, max_upload_size, header_timeout, cors)
+    return GatewaySite(
+        resource, clock, request_timeout, idle_timeout, max_upload_size, header_timeout, cors, metrics
+    )

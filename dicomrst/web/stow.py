@@ -105,6 +105,7 @@ def new_upload(
         spool_threshold=context.stow_spool_threshold,
         error=error,
         reading=reading,
+        metrics=context.metrics,
     )
 
 

@@ -25,6 +25,7 @@ from twisted.test import iosim
 
 from dicomrst.backends.pacs import POOL_CONTEXTS, DimseBackend
 from dicomrst.common.identifiers import decode_identifier, encode_identifier
+from dicomrst.common.metrics import Metrics
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import BufferConsumer, DimseConnection, IncomingMessage
@@ -196,7 +197,12 @@ class PoolTestCase(ULTestCase):
         return pool
 
     def make_backend(
-        self, size: int = 2, acquire_ms: int = 2500, qido_ms: int = 5000, mwl_ms: int = 30_000
+        self,
+        size: int = 2,
+        acquire_ms: int = 2500,
+        qido_ms: int = 5000,
+        mwl_ms: int = 30_000,
+        metrics: Metrics | None = None,
     ) -> DimseBackend:
         config = parse_config(
             {
@@ -214,7 +220,7 @@ class PoolTestCase(ULTestCase):
             resolve=lambda host: None,
         )
         self.connect_timeout = acquire_ms / 1000  # the backend uses pool.timeout for connecting
-        backend = DimseBackend(config.aets[0], CALLING, self.reactor)
+        backend = DimseBackend(config.aets[0], CALLING, self.reactor, metrics=metrics)
         self.pools.append(backend.pool)
         return backend
 

@@ -21,6 +21,7 @@ from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.common.addresses import host_networks
 from dicomrst.common.identifiers import describe_target, retrieve_identifier
 from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import (
     EXPLICIT_VR_LE,
@@ -94,6 +95,7 @@ class DimseBackend:
         calling_aet: str,
         reactor: IGatewayReactor,
         receiver: MoveReceiver | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         assert config.host is not None and config.port is not None
         self.config = config
@@ -125,6 +127,7 @@ class DimseBackend:
             idle_timeout=config.pool.idle_timeout_s,
             connect_timeout=config.pool.timeout_s,
             max_idle=config.pool.max_idle,
+            metrics=metrics,
         )
 
     def echo(self) -> Deferred[float]:

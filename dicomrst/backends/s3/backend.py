@@ -30,6 +30,7 @@ from dicomrst.backends.s3.retrieve import level_prefix, read_object_range, retri
 from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
 from dicomrst.common.interfaces import IInstanceSink
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.uids import STUDY_ROOT_FIND
 from dicomrst.config import AetConfig
@@ -57,6 +58,7 @@ class S3Backend:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         index: IIndex | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         assert config.endpoint is not None and config.bucket is not None
         self.config = config
@@ -76,6 +78,7 @@ class S3Backend:
             read_timeout=read_timeout,
             attempts=attempts,
             persistent=config.concurrency,
+            metrics=metrics,
         )
         self.store = Store(
             self.client, config.prefix, multipart_threshold, part_size, index=index, aet=config.aet

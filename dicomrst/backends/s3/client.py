@@ -30,10 +30,18 @@ from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import (  # type: ignore[attr-defined]  # RequestNotSent: not in its __all__
     URI,
@@ -52,6 +60,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.config import S3Credentials
 from dicomrst.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -202,12 +211,16 @@ class _PayloadSigner(S3SigV4Auth):  # type: ignore[misc]  # botocore ships no ty
 
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
-    """HostnameEndpoint per URI (TLS for https); ``*.localhost`` connects to localhost."""
+    """HostnameEndpoint per URI (TLS for https); ``*.localhost`` connects to localhost;
+    connections counted by `metrics` (None: metrics are off)."""
 
-    def __init__(self, reactor: IGatewayReactor, connect_timeout: float) -> None:
+    def __init__(
+        self, reactor: IGatewayReactor, connect_timeout: float, metrics: Metrics | None = None
+    ) -> None:
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.tls = BrowserLikePolicyForHTTPS()
+        self.metrics = metrics
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
@@ -223,7 +236,51 @@ class _Endpoints:
             )
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        if self.metrics is not None:
+            endpoint = _Counting(endpoint, self.metrics)
         return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class _Counting:
+    """An endpoint whose connections count the HTTP bytes (headers and bodies, inside
+    TLS) they carry, in and out: at the connection, which every request and response
+    passes whichever of the client's paths writes or reads it."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, metrics: Metrics) -> None:
+        self._endpoint = endpoint
+        self._metrics = metrics
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        factory = _CountingFactory(protocolFactory, self._metrics)
+        # The Agent's pool wants its own protocol back, not the wrapper (as wrapClientTLS does).
+        d: Deferred[_Counted] = self._endpoint.connect(factory)  # type: ignore[assignment]  # built by factory
+        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
+class _CountingFactory(WrappingFactory):
+    def __init__(self, wrapped: IProtocolFactory, metrics: Metrics) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.metrics = metrics
+        self.protocol = _Counted
+
+
+class _Counted(ProtocolWrapper):
+    factory: _CountingFactory
+    wrappedProtocol: IProtocol
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.metrics.s3_received(len(data))
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def write(self, data: bytes) -> None:
+        self.factory.metrics.s3_sent(len(data))
+        super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        parts = list(data)
+        self.factory.metrics.s3_sent(sum(map(len, parts)))
+        super().writeSequence(parts)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
 
 def encode_key(key: str) -> str:
@@ -266,6 +323,7 @@ class S3Client:
         attempts: int = ATTEMPTS,
         backoff: float = BACKOFF,
         persistent: int = 32,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -295,7 +353,8 @@ class S3Client:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = persistent
         self.pool.retryAutomatically = False  # we retry, with backoff, ourselves
-        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout), pool=self.pool)
+        endpoints = _Endpoints(reactor, connect_timeout, metrics)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
         self.http = HTTPClient(agent)
 
     def url(self, key: str | None, query: Sequence[tuple[str, str]] = ()) -> str:
