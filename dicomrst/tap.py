@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 import dicomrst
 from dicomrst.auth.authenticator import Authenticator
 from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
-from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, KeySource, OidcSettings, UrlKeys
 from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
 from dicomrst.backends.intake import SpoolingIntake
 from dicomrst.backends.interfaces import IBackend, IInstanceIntake
@@ -334,6 +333,9 @@ def make_access(
 
         basic = BasicAuthenticator(users, check, reactor, auth.realm)
     if auth.oidc is not None:
+        # Here, not at the top: only an OIDC configuration needs the JOSE library (~60 modules).
+        from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, KeySource, OidcSettings, UrlKeys
+
         oidc = auth.oidc
         source: KeySource
         if oidc.jwks_url is not None:

@@ -11,13 +11,18 @@ no method configured the header is not looked at (a proxy in front may add its o
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from dicomrst.auth.basic import BasicAuthenticator
-from dicomrst.auth.oidc import BearerAuthenticator
 from dicomrst.auth.principal import ANONYMOUS, Principal
 from dicomrst.errors import Unauthorized
+
+if TYPE_CHECKING:
+    # Types only: OIDC's JOSE library is imported when server.auth.oidc is configured.
+    from dicomrst.auth.basic import BasicAuthenticator
+    from dicomrst.auth.oidc import BearerAuthenticator
 
 DEFAULT_REALM = "dicomrst"
 

@@ -19,16 +19,23 @@ set accordingly, as pydicom's pylibjpeg plugin does).
 from __future__ import annotations
 
 import threading
+from functools import cache
 from typing import Any
 
 from pydicom import uid
 from pydicom.pixels.common import PhotometricInterpretation as PI
 from pydicom.pixels.decoders.base import DecodeRunner
 
-try:
-    import imagecodecs
-except ImportError:  # pragma: no cover - a dependency; without it these syntaxes are 406
-    imagecodecs = None  # type: ignore[assignment]
+
+@cache
+def _imagecodecs() -> Any:
+    """imagecodecs, imported on first use (a process that never decodes a compressed
+    frame need not hold it), or None if missing."""
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - a dependency; without it these syntaxes are 406
+        return None
+    return imagecodecs
 
 LABEL = "imagecodecs"
 
@@ -46,6 +53,7 @@ _installed = False
 
 def is_available(transfer_syntax: str) -> bool:
     """pydicom's plugin contract: the codec for `transfer_syntax` loaded."""
+    imagecodecs = _imagecodecs()
     if imagecodecs is None:
         return False
     if transfer_syntax in _JPEG:
@@ -89,6 +97,7 @@ def _set_container(runner: DecodeRunner, precision: int) -> None:
 def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
     """One frame's codestream → its raw samples (pydicom's decoder plugin contract)."""
     syntax = runner.transfer_syntax
+    imagecodecs = _imagecodecs()
     arr: Any
     if syntax in _JPEG:
         arr = _decode_jpeg(src, runner)
@@ -121,8 +130,8 @@ def _decode_jpeg(src: bytes, runner: DecodeRunner) -> Any:
         # Interpretation has been conformed to the codestream (APP markers, component
         # IDs) by pydicom.
         space = "RGB" if runner.photometric_interpretation == PI.RGB else "YCBCR"
-        arr = imagecodecs.jpeg8_decode(src, colorspace=space, outcolorspace=space)
+        arr = _imagecodecs().jpeg8_decode(src, colorspace=space, outcolorspace=space)
     else:
-        arr = imagecodecs.jpeg8_decode(src)
+        arr = _imagecodecs().jpeg8_decode(src)
     _set_container(runner, 8 if arr.dtype.itemsize == 1 else 16)
     return arr
