@@ -1,4 +1,4 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, idle, soak): start the peers,
 measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
 mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import index, qido, s3, soak, stow, viewer, wado
+from bench import idle, index, qido, s3, soak, stow, viewer, wado
 
 
 def _wado_slow(runs: int) -> None:
@@ -28,6 +28,8 @@ SUITES: dict[str, Callable[[int], None]] = {
     # 10,000 instances in Orthanc, LOCAL (SQLite and PostgreSQL) and S3; several minutes
     # (not in the default set).
     "index": lambda runs: index.run(runs=runs),
+    # RSS of the default configuration, idle and after one query; under a minute.
+    "idle": lambda runs: idle.run(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")

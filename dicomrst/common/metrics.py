@@ -22,11 +22,13 @@ the configured ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
+if TYPE_CHECKING:
+    # The client library is imported when a `Metrics` is made (metrics configured): a
+    # gateway without them does not hold it.
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.metrics_core import Metric
 
 #: Seconds: from a cached frame (milliseconds) to a study retrieved from a slow PACS.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -83,6 +85,8 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._http_requests = Counter(
@@ -220,6 +224,8 @@ class StateCollector:
         return list(self._families())
 
     def _families(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         associations = GaugeMetricFamily(
             "dicomrst_dimse_associations",
             "Associations of each AET's pool: idle, in_use (lent to an operation), opening, "

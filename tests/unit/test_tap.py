@@ -337,3 +337,46 @@ class IndexWiringTests(SynchronousTestCase):
         self.assertIs(backends["ARCHIVE"].index, index)
         self.assertIs(backends["BUCKET"].index, index)
         self.assertFalse(os.path.exists(directory))  # opened when started, not before
+
+
+_IMPORTED_AFTER_BUILD = """
+import sys
+from dicomrst.tap import Options, makeService
+options = Options()
+options.parseOptions(sys.argv[1:])
+makeService(options)
+print(" ".join(sorted(m for m in {names} if m in sys.modules)))
+"""
+
+
+class FootprintTests(SynchronousTestCase):
+    """Issue 15 item 4: what only some configurations use is imported only by them."""
+
+    OPTIONAL = ("joserfc", "imagecodecs", "prometheus_client", "psycopg", "botocore")
+
+    def imported(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        import subprocess
+        import sys
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        script = _IMPORTED_AFTER_BUILD.format(names=repr(self.OPTIONAL))
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv],
+            cwd=directory,
+            env={**os.environ, "PYTHONPATH": root, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        return done.stdout.split()
+
+    def test_the_default_configuration_imports_none_of_the_optional_libraries(self) -> None:
+        self.assertEqual(self.imported(), [])
+
+    def test_configured_features_import_theirs(self) -> None:
+        """The check above can see a library: metrics configured bring theirs in."""
+        found = self.imported(env={"DICOM_RST_TELEMETRY_METRICS_ENDPOINT": "tcp:0:interface=127.0.0.1"})
+        self.assertEqual(found, ["prometheus_client"])
