@@ -268,6 +268,9 @@ class GatewayRequest(Request):
         #: The template of the route that took it (``/aets/<aet>/studies``), set by the
         #: app when it routes the request: the metrics' label (None: no route took it).
         self.route: str | None = None
+        #: An HTTP/1.0 request that asked for ``Connection: keep-alive`` (the channel's
+        #: `GatewayChannel.checkPersistence`): kept when its response has a length.
+        self.keep_alive_10 = False
         site.request_started(self)
 
     @property
@@ -317,12 +320,18 @@ class GatewayRequest(Request):
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            if self.keep_alive_10:
+                self._head_of_a_kept_http10_response()
             if self._draining():
                 self._close_after_response()
             self._run.fire("written")
         super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def finish(self) -> None:
+        unsized = not self.responseHeaders.hasHeader(b"Content-Length")
+        if self.keep_alive_10 and not self.startedWriting and unsized:
+            # Nothing was written: the length is known, and HTTP/1.0 needs it to keep going.
+            self.setHeader(b"Content-Length", b"0")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self._draining():
             self._close_after_response()
         super().finish()  # type: ignore[no-untyped-call]  # unannotated in Twisted
@@ -519,6 +528,19 @@ class GatewayRequest(Request):
         if consumer is not None:
             consumer.requestOver()
 
+    def _head_of_a_kept_http10_response(self) -> None:
+        # HTTP/1.0 has no chunked coding: only a response whose length is in its head can
+        # end without closing the connection.  Any other (a stream) closes it, as before.
+        sized = (
+            self.responseHeaders.hasHeader(b"Content-Length")
+            or self.method == b"HEAD"
+            or self.code in http.NO_BODY_CODES
+        )
+        if sized:
+            self.setHeader(b"Connection", b"keep-alive")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        else:
+            close_after_response(self.channel)
+
     def _draining(self) -> bool:
         return self.gateway.draining and not (self.finished or request_disconnected(self))
 
@@ -584,6 +606,18 @@ class GatewayChannel(BadRequestHook):
         if not isinstance(site, GatewaySite):
             raise TypeError("a GatewayChannel is built by a GatewaySite")
         return site
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        """HTTP/1.1 as Twisted decides; an HTTP/1.0 request with ``Connection:
+        keep-alive`` is kept too (RFC 7230 A.1.2; ``ab -k`` and older load balancers send
+        it), provided its response has a length (decided at its head,
+        `GatewayRequest.write`).  Twisted closes every HTTP/1.0 connection."""
+        if version == b"HTTP/1.0" and isinstance(request, GatewayRequest):
+            tokens = b",".join(request.requestHeaders.getRawHeaders(b"Connection") or [])
+            if b"keep-alive" in (t.strip().lower() for t in tokens.split(b",")):
+                request.keep_alive_10 = True
+                return True
+        return bool(super().checkPersistence(request, version))  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     # -- the deadline -----------------------------------------------------------------------
 

@@ -744,6 +744,50 @@ class HeadDeadlineTests(HeadTestCase):
         self.assertEqual(request.content.read(), b"0123456789")
 
 
+class Http10KeepAliveTests(HeadTestCase):
+    """HTTP/1.0 clients that ask for keep-alive (``ab -k``, older proxies) get it when the
+    response's length is known; Twisted closed every HTTP/1.0 connection (issue 15)."""
+
+    def ask(self, conn: Connection, connection: bytes = b"Keep-Alive") -> Any:
+        conn.protocol.dataReceived(b"GET /slow HTTP/1.0\r\nConnection: " + connection + b"\r\n\r\n")
+        return self.resource.requests[-1]
+
+    def head(self, conn: Connection, since: int = 0) -> dict[bytes, bytes]:
+        head, _, _ = conn.transport.value()[since:].partition(b"\r\n\r\n")
+        fields = (line.partition(b": ") for line in head.split(b"\r\n")[1:])
+        return {name.lower(): value for name, _, value in fields}
+
+    def test_a_sized_response_keeps_the_connection_for_the_next_request(self) -> None:
+        conn = Connection(self.site)
+        request = self.ask(conn)
+        request.setHeader(b"Content-Length", b"2")
+        request.write(b"{}")
+        request.finish()
+        self.assertEqual(self.head(conn)[b"connection"], b"keep-alive")
+        self.assertFalse(conn.transport.disconnecting)
+        since = len(conn.transport.value())
+        self.ask(conn, b"keep-alive").finish()  # nothing written: Content-Length 0
+        self.assertEqual(self.head(conn, since)[b"content-length"], b"0")
+        self.assertFalse(conn.transport.disconnecting)
+        self.assertEqual(len(self.resource.requests), 2)
+
+    def test_a_stream_without_a_length_closes_as_before(self) -> None:
+        conn = Connection(self.site)
+        request = self.ask(conn)
+        request.write(b"part")  # HTTP/1.0 has no chunked coding: the close ends it
+        request.finish()
+        self.assertNotIn(b"transfer-encoding", self.head(conn))
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_without_keep_alive_http_10_closes(self) -> None:
+        for connection in (b"close", b"upgrade"):
+            conn = Connection(self.site)
+            request = self.ask(conn, connection)
+            request.setHeader(b"Content-Length", b"0")
+            request.finish()
+            self.assertTrue(conn.transport.disconnecting, connection)
+
+
 class HeadLimitTests(HeadTestCase):
     """An oversized request line got the connection closed with no status, an oversized
     header block Twisted's bare 400 (issue 11); they are 414 and 431 now, and what Twisted
