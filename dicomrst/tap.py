@@ -243,6 +243,9 @@ class GatewayService(MultiService):
         self.reloaders: list[Reloader] = []
         #: The log output twistd is to use (`dicomrst.logs.make_output`), None: its own.
         self.log_output: OutputLog | None = None
+        #: The audit trail (``telemetry.audit``), None: off.  Its ``dropped`` (records
+        #: dropped with the queue full) is what ``dicomrst_audit_dropped_total`` counts.
+        self.audit: AuditTrail | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd's application: the log observer it finds there is the one it starts.
@@ -500,6 +503,7 @@ def make_audit(config: Config, reactor: IGatewayReactor, top: GatewayService) ->
     if isinstance(trail.writer, FileWriter):
         top.reloaders.append(trail.writer.reopen)
     service.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    top.audit = trail
     log.info(
         "audit trail ({body}) to {destination}, up to {size} records queued",
         body=settings.format,

@@ -17,7 +17,7 @@ from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -35,9 +35,11 @@ from dicomrst.audit.record import (
     dimse_outcome,
     http_outcome,
 )
+from dicomrst.audit.service import AuditService
 from dicomrst.audit.trail import AuditQueue, AuditTrail
 from dicomrst.audit.writers import FILE_RETRY, FileWriter, StreamWriter
 from dicomrst.config import ConfigError, parse_config
+from dicomrst.tap import build
 from dicomrst.web.urls import PublicUrls
 
 SOURCE = Source("gw-1.example.org", "dicomrst", "4242", "SITE-A")
@@ -679,3 +681,51 @@ class ClientAddressTests(SynchronousTestCase):
         request = self.request("192.0.2.50", {b"x-forwarded-for": b"203.0.113.5"})
         self.assertEqual(urls.client_host(request), "192.0.2.50")
         self.assertEqual(PublicUrls().client_host(request), "192.0.2.50")
+
+
+class WiringTests(SynchronousTestCase):
+    """``telemetry.audit`` in the service tree (``dicomrst.tap.build``)."""
+
+    def build(self, audit: dict[str, Any] | None, directory: str) -> Any:
+        data: dict[str, Any] = {
+            "server": {
+                "cache": {"path": os.path.join(directory, "cache")},
+                "dimse": [{"aet": "IN", "store-to": "ARCHIVE"}],
+            },
+            "aets": [{"aet": "ARCHIVE", "backend": "LOCAL", "path": os.path.join(directory, "archive")}],
+        }
+        if audit is not None:
+            data["telemetry"] = {"audit": audit}
+        return build(parse_config(data, lambda host: None, {}), MemoryReactorClock())
+
+    def test_file_trail(self) -> None:
+        """The audit service starts first (stops last), the file reopens on SIGHUP, the
+        routes record into the trail, and the trail is on the gateway for the metrics."""
+        directory = self.mktemp()
+        top = self.build(
+            {"endpoint": f"file:{directory}/audit.log", "queue-size": 7, "hostname": "gw"}, directory
+        )
+        services = list(top)
+        self.assertIsInstance(services[0], AuditService)
+        trail = top.audit
+        assert trail is not None
+        self.assertIs(services[0].trail, trail)
+        self.assertEqual((trail.queue.size, trail.source.hostname, trail.dropped), (7, "gw", 0))
+        self.assertIsInstance(trail.writer, FileWriter)
+        self.assertIn(trail.writer.reopen, top.reloaders)
+        http = services[-1]
+        self.assertIs(http.site.resource._app.context.audit.trail, trail)
+
+    def test_tcp_trail(self) -> None:
+        directory = self.mktemp()
+        top = self.build({"endpoint": "tcp:collector.example:6514"}, directory)
+        self.assertIsInstance(top.audit.writer, StreamWriter)
+
+    def test_off(self) -> None:
+        directory = self.mktemp()
+        top = self.build(None, directory)
+        self.assertIsNone(top.audit)
+        self.assertFalse([s for s in top if isinstance(s, AuditService)])
+
+    def test_bad_endpoint_stops_startup(self) -> None:
+        self.assertRaises(SystemExit, self.build, {"endpoint": "tcp:no-port-here"}, self.mktemp())
