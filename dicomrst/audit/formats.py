@@ -186,7 +186,17 @@ def audit_xml(record: AuditRecord, source: Source) -> bytes:
         ET.SubElement(query, "ParticipantObjectQuery").text = _b64(record.query)
         ET.SubElement(query, "ParticipantObjectDetail", {"type": "QueryEncoding", "value": _b64("UTF-8")})
 
-    for study in record.studies:
+    # Each instance under its study; those of no known study (a C-STORE's) on their own.
+    by_study: dict[str, dict[str, list[str]]] = {study: {} for study in record.studies}
+    loose: dict[str, list[str]] = {}
+    sole = record.studies[0] if len(record.studies) == 1 else ""
+    for i, uid in enumerate(record.instances):
+        sop_class = record.sop_classes[i] if i < len(record.sop_classes) else ""
+        study = record.instance_studies[i] if i < len(record.instance_studies) else sole
+        into = by_study[study] if study in by_study else loose
+        into.setdefault(sop_class, []).append(uid)
+
+    for study, classes in by_study.items():
         study_object = ET.SubElement(root, "ParticipantObjectIdentification")
         _set(
             study_object,
@@ -195,44 +205,37 @@ def audit_xml(record: AuditRecord, source: Source) -> bytes:
             ParticipantObjectTypeCodeRole="3",
         )
         _code(study_object, "ParticipantObjectIDTypeCode", "110180", "Study Instance UID")
-        # A series has no element of its own: a detail, as the schema's ValuePair allows.
-        for series in record.series:
-            ET.SubElement(
-                study_object, "ParticipantObjectDetail", {"type": "SeriesInstanceUID", "value": _b64(series)}
-            )
-        if record.instances and len(record.studies) == 1:
-            by_class: dict[str, list[str]] = {}
-            classes = record.sop_classes or ("",) * len(record.instances)
-            for uid, sop_class in zip(record.instances, classes, strict=False):
-                by_class.setdefault(sop_class, []).append(uid)
-            for sop_class, uids in by_class.items():
-                element = ET.SubElement(study_object, "SOPClass", {"NumberOfInstances": str(len(uids))})
-                _set(element, UID=sop_class or None)
-                for uid in uids:
-                    _set(ET.SubElement(element, "Instance"), UID=uid)
-
-    if not record.studies and record.instances:
-        # A C-STORE names its instance, not its study (that is in the data set).
-        by_class = {}
-        for uid, sop_class in zip(
-            record.instances, record.sop_classes or ("",) * len(record.instances), strict=False
-        ):
-            by_class.setdefault(sop_class, []).append(uid)
-        for sop_class, uids in by_class.items():
-            for uid in uids:
-                instance_object = ET.SubElement(root, "ParticipantObjectIdentification")
-                _set(
-                    instance_object,
-                    ParticipantObjectID=sop_class or uid,
-                    ParticipantObjectTypeCode="2",
-                    ParticipantObjectTypeCodeRole="3",
+        if len(record.studies) == 1:
+            # A series has no element of its own: a detail, as the schema's ValuePair allows.
+            for series in record.series:
+                ET.SubElement(
+                    study_object,
+                    "ParticipantObjectDetail",
+                    {"type": "SeriesInstanceUID", "value": _b64(series)},
                 )
-                _code(instance_object, "ParticipantObjectIDTypeCode", "110181", "SOP Class UID")
-                element = ET.SubElement(instance_object, "SOPClass", {"NumberOfInstances": "1"})
-                _set(element, UID=sop_class or None)
-                _set(ET.SubElement(element, "Instance"), UID=uid)
+        for sop_class, uids in classes.items():
+            _sop_class(study_object, sop_class, uids)
+
+    for sop_class, uids in loose.items():
+        # A C-STORE names its instance and SOP Class, not its study (that is in the data set).
+        instance_object = ET.SubElement(root, "ParticipantObjectIdentification")
+        _set(
+            instance_object,
+            ParticipantObjectID=sop_class or "-",
+            ParticipantObjectTypeCode="2",
+            ParticipantObjectTypeCodeRole="3",
+        )
+        _code(instance_object, "ParticipantObjectIDTypeCode", "110181", "SOP Class UID")
+        _sop_class(instance_object, sop_class, uids)
     xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=False)
     return xml
+
+
+def _sop_class(parent: ET.Element, sop_class: str, uids: list[str]) -> None:
+    element = ET.SubElement(parent, "SOPClass", {"NumberOfInstances": str(len(uids))})
+    _set(element, UID=sop_class or None)
+    for uid in uids:
+        _set(ET.SubElement(element, "Instance"), UID=uid)
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -260,6 +263,7 @@ def json_body(record: AuditRecord) -> bytes:
     }
     optional = {
         "sop_classes": list(record.sop_classes) if any(record.sop_classes) else None,
+        "instance_studies": list(record.instance_studies) if any(record.instance_studies) else None,
         "calling_aet": record.calling_aet,
         "called_aet": record.called_aet,
         "query": record.query,

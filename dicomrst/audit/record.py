@@ -83,6 +83,8 @@ class AuditRecord:
     :ivar studies, series, instances: the UIDs concerned: from the path, and for STOW-RS
         those the stored instances belong to.
     :ivar sop_classes: the SOP Class of each of `instances` where known ("" where not).
+    :ivar instance_studies: the study of each of `instances` where known ("" where not:
+        with one of `studies`, that one).
     :ivar query: a search's query string (PHI: patient names, IDs), as it came.
     :ivar request_id: the HTTP request's ID, as its log lines carry it.
     :ivar path: the HTTP request's path.
@@ -103,6 +105,7 @@ class AuditRecord:
     series: tuple[str, ...] = ()
     instances: tuple[str, ...] = ()
     sop_classes: tuple[str, ...] = ()
+    instance_studies: tuple[str, ...] = ()
     query: str | None = None
     request_id: str | None = None
     path: str | None = None

@@ -9,12 +9,13 @@
   dropped and counted, never held without bound.  Syslog over TCP has no acknowledgement:
   what was written to a connection that then breaks may be lost with it.
 * **File.**  One message a line, appended in a thread of its own (a slow disk must not
-  stop the reactor), a batch at a time; reopened on SIGHUP as the log file is, so
-  logrotate can move it.
+  stop the reactor), a batch at a time; created readable by its owner only; reopened on
+  SIGHUP as the log file is, so logrotate can move it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -214,7 +215,9 @@ class FileWriter:
             self._file.close()
             self._file = None
         if self._file is None:
-            self._file = open(self.path, "ab")  # kept open across writes
+            # Owner only when created: the records hold patient data.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._file = os.fdopen(fd, "ab")
         if data:
             self._file.write(data)
             self._file.flush()

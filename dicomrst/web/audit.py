@@ -71,6 +71,7 @@ class Note:
     series: list[str] = attrs.field(factory=list)
     instances: list[str] = attrs.field(factory=list)
     sop_classes: list[str] = attrs.field(factory=list)
+    instance_studies: list[str] = attrs.field(factory=list)
     refusal: str | None = None
 
 
@@ -116,6 +117,7 @@ class WebAudit:
                 into.append(str(values[key]))
         if note.instances:
             note.sop_classes.append("")
+            note.instance_studies.append(note.studies[0] if note.studies else "")
         self._notes[request] = note
         request.notifyFinish().addBoth(self._ended, request, note)
         return note
@@ -134,6 +136,7 @@ class WebAudit:
                 note.studies.append(study)
             note.instances.append(sop_instance)
             note.sop_classes.append(sop_class)
+            note.instance_studies.append(study or "")
 
     def _ended(self, result: Failure | None, request: IRequest, note: Note) -> None:
         trail = self.trail
@@ -170,6 +173,7 @@ class WebAudit:
                 series=tuple(note.series),
                 instances=tuple(note.instances),
                 sop_classes=tuple(note.sop_classes),
+                instance_studies=tuple(note.instance_studies),
                 query=query if note.service in (Service.QIDO, Service.MWL) else None,
                 request_id=request.request_id if isinstance(request, GatewayRequest) else None,
                 path=path,

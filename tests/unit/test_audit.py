@@ -187,6 +187,37 @@ class AuditXmlTests(SynchronousTestCase):
             ],
         )
 
+    def test_instances_under_their_studies(self) -> None:
+        """STOW-RS of two studies: each study object lists its own instances, by SOP Class."""
+        other = STUDY + ".9"
+        root = parse_xml(
+            encode(
+                record(
+                    service=Service.STOW,
+                    studies=(STUDY, other),
+                    series=(),
+                    instances=(SOP, SOP + ".1", SOP + ".2"),
+                    sop_classes=(CT, CT, "1.2.840.10008.5.1.4.1.1.4"),
+                    instance_studies=(STUDY, other, other),
+                ),
+                SOURCE,
+            )
+        )
+        objects = {
+            o.get("ParticipantObjectID"): [
+                (c.get("UID"), c.get("NumberOfInstances"), [i.get("UID") for i in c])
+                for c in o.iterfind("SOPClass")
+            ]
+            for o in root.findall("ParticipantObjectIdentification")
+        }
+        self.assertEqual(
+            objects,
+            {
+                STUDY: [(CT, "1", [SOP])],
+                other: [(CT, "1", [SOP + ".1"]), ("1.2.840.10008.5.1.4.1.1.4", "1", [SOP + ".2"])],
+            },
+        )
+
     def test_query(self) -> None:
         """QIDO-RS: Query (110112), action E, the client the requesting source; the query
         object is the Study Root FIND SOP Class with the query string base64-encoded."""
@@ -517,6 +548,7 @@ class FileWriterTests(SynchronousTestCase):
         self.assertEqual(self.read(), [b"three"])
         self.successResultOf(self.writer.stop())
         self.assertEqual(self.writer.written, 3)
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
 
     def test_failed_write_kept_and_retried(self) -> None:
         """A write that fails (the directory gone) keeps its records, in order, and is
