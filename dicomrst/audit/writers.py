@@ -53,10 +53,12 @@ class _SyslogSender(Protocol):
     def __init__(self, writer: StreamWriter) -> None:
         self.writer = writer
         self.paused = False
+        self.registered = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]  # ITransport lacks it; TCP has it
+        self.registered = True
         self.writer.connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -156,6 +158,11 @@ class StreamWriter:
             while (item := self.queue.take()) is not None:
                 sender.transport.write(octet_counted(item))
                 self.sent += 1
+            # TLS holds its close (close_notify) while a producer is registered: the
+            # stop would wait for ever.
+            if sender.registered:
+                sender.registered = False
+                sender.transport.unregisterProducer()  # type: ignore[attr-defined]  # ITransport lacks it; TCP has it
         elif len(self.queue):
             log.warn(
                 "audit: stopping with {count} record(s) not sent to {destination}",

@@ -103,6 +103,61 @@ class Collector(Protocol):
             self.buffer = rest[int(length) :]
 
 
+def _certificate(
+    name: str, key: Any, issuer_name: Any, issuer_key: Any, ca: bool, dns: str | None = None
+) -> Any:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if dns is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def make_pki(directory: str) -> dict[str, str]:
+    """A CA, a collector certificate for ``localhost`` and a client (node) certificate it
+    signed, as PEM files; the CA alone in ``trust/`` (a ``trustRoots`` directory)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def pem_key(key: Any) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("audit test CA", ca_key, None, None, ca=True)
+    paths = {}
+    os.makedirs(os.path.join(directory, "trust"))
+    paths["trust"] = os.path.join(directory, "trust")
+    with open(os.path.join(paths["trust"], "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    for name, dns in (("collector", "localhost"), ("gateway", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(name, key, ca.subject, ca_key, ca=False, dns=dns)
+        for kind, data in (("cert", cert.public_bytes(serialization.Encoding.PEM)), ("key", pem_key(key))):
+            paths[f"{name}-{kind}"] = os.path.join(directory, f"{name}-{kind}.pem")
+            with open(paths[f"{name}-{kind}"], "wb") as f:
+                f.write(data)
+    paths["ca"] = os.path.join(paths["trust"], "ca.pem")
+    return paths
+
+
 class AuditGatewayTests(TestCase):
     timeout = INTEGRATION_TIMEOUT
 
@@ -263,3 +318,33 @@ class AuditGatewayTests(TestCase):
             (stored["instances"], stored["sop_classes"]), ([ds.SOPInstanceUID], [ds.SOPClassUID])
         )
         self.assertEqual((refused["status"], refused["outcome"]), (conflict, 8))
+
+    async def test_tls_collector_with_node_certificates(self) -> None:
+        """RFC 5425 as IHE ATNA has it: the gateway checks the collector's certificate
+        (``trustRoots``) and presents its own (``certificate``, ``privateKey``), which the
+        collector requires."""
+        from twisted.internet import ssl
+
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        with open(pki["collector-cert"], "rb") as f:
+            cert = f.read()
+        with open(pki["collector-key"], "rb") as f:
+            key = f.read()
+        with open(pki["ca"], "rb") as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        server_cert = ssl.PrivateCertificate.loadPEM(key + cert)
+        # verify=True with the CA: a client without a certificate it signed is refused.
+        options = server_cert.options(ca)
+        frames: list[bytes] = []
+        port = reactor.listenSSL(
+            0, Factory.forProtocol(lambda: Collector(frames)), options, interface=peers.LOCALHOST
+        )
+        self.addCleanup(port.stopListening)
+        endpoint = (
+            f"tls:localhost:{port.getHost().port}:trustRoots={pki['trust']}"
+            f":certificate={pki['gateway-cert']}:privateKey={pki['gateway-key']}"
+        )
+        gw = await self.gateway(endpoint)
+        study, _, sop = await self.exercise(gw)
+        self.assertTrue(await eventually(lambda: len(frames) >= 4), gw.log_tail())
+        self.check_four(frames, study, sop)

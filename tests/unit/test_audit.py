@@ -508,11 +508,15 @@ class StreamWriterTests(SynchronousTestCase):
         self.assertEqual(frames(second.value()), [b"b", b"c"])
 
     def test_stop_hands_over_the_queue(self) -> None:
+        """At a stop what is queued is written, and the producer unregistered: TLS holds
+        its close_notify (and the stop) while one is registered."""
         transport = self.connect()
         transport.producer.pauseProducing()
         self.put(b"x", b"y")
         self.writer.stop()
         self.assertEqual(frames(transport.value()), [b"x", b"y"])
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
 
 
 def synchronous(f: Any, *args: Any) -> Deferred[Any]:
