@@ -348,3 +348,54 @@ class AuditGatewayTests(TestCase):
         study, _, sop = await self.exercise(gw)
         self.assertTrue(await eventually(lambda: len(frames) >= 4), gw.log_tail())
         self.check_four(frames, study, sop)
+
+    async def test_blocked_collector(self) -> None:
+        """A collector that stops reading: the gateway's send buffer fills, then the
+        queue; records beyond it are dropped and counted while the requests go on at
+        full speed; once it reads again, what was queued arrives."""
+        frames: list[bytes] = []
+        collectors: list[Collector] = []
+
+        def collector() -> Collector:
+            made = Collector(frames)
+            collectors.append(made)
+            return made
+
+        port = reactor.listenTCP(0, Factory.forProtocol(collector), interface=peers.LOCALHOST)
+        self.addCleanup(port.stopListening)
+        gw = await self.gateway(f"tcp:{peers.LOCALHOST}:{port.getHost().port}", **{"queue-size": 5})
+        self.assertTrue(await eventually(lambda: bool(collectors)), gw.log_tail())
+        collectors[0].transport.pauseProducing()  # type: ignore[union-attr]  # reads nothing more
+        # Large records (the query string is in them, base64) fill the buffers sooner.
+        padding = "x" * 12000
+        timings = []
+        sent = 0
+        while not gw.log_lines("audit: queue full") and sent < 2000:
+            for _ in range(20):
+                started = time.monotonic()
+                response = await gw.get(f"/aets/{AET}/studies?PatientName=P{sent}&padding={padding}")
+                timings.append(time.monotonic() - started)
+                self.assertEqual(response.code, 200)  # an unknown parameter is ignored
+                sent += 1
+        self.assertTrue(gw.log_lines("audit: queue full"), f"{sent} requests, no drop\n{gw.log_tail()}")
+        timings.sort()
+        self.assertLess(timings[len(timings) // 2], 0.1, timings[-5:])
+        self.assertLess(timings[-1], 1.0, timings[-5:])
+        collectors[0].transport.resumeProducing()  # type: ignore[union-attr]
+        # Everything that was not dropped arrives, in order.
+        self.assertTrue(await eventually(lambda: len(frames) >= 6), gw.log_tail())
+        response = await gw.get(f"/aets/{AET}/studies?PatientName=after")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(await eventually(lambda: bool(gw.log_lines("dropped while the queue was full"))))
+        (burst,) = gw.log_lines("dropped while the queue was full")
+        dropped = int(re.search(r"audit: (\d+) record", burst).group(1))  # type: ignore[union-attr]
+
+        def names() -> list[str]:
+            """The PatientName of each record's query, in the order they arrived."""
+            queries = [summary(parse_message(f)[1])["query"][0] for f in frames]
+            return [re.match(r"PatientName=([^&]*)", q).group(1) for q in queries]  # type: ignore[union-attr]
+
+        self.assertTrue(await eventually(lambda: names()[-1:] == ["after"]), gw.log_tail())
+        self.assertEqual(len(frames), sent + 1 - dropped)  # every record not dropped, once
+        numbers = [int(n[1:]) for n in names()[:-1]]
+        self.assertEqual(numbers, sorted(numbers))
