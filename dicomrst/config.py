@@ -1061,6 +1061,7 @@ def config_warnings(config: Config) -> list[str]:
       which its code reads as seconds: ``request-timeout: 60`` copied from a DICOM-RST
       config makes every request here time out after 60 ms.
     * ``telemetry.sentry``: accepted so DICOM-RST configs load; nothing is sent to Sentry.
+    * ``telemetry.audit.endpoint`` over plain ``tcp:`` to another host: patient data in clear.
     """
     warnings: list[str] = []
     http = config.server.http
@@ -1099,6 +1100,14 @@ def config_warnings(config: Config) -> list[str]:
                     f"aets[{i}].access names users or roles, but server.auth configures no method: "
                     "no request can match them"
                 )
+    audit = config.telemetry.audit
+    if audit is not None and audit.endpoint.startswith("tcp:"):
+        host = audit.endpoint.split(":")[1].removeprefix("host=")
+        if host not in ("localhost", "127.0.0.1"):
+            warnings.append(
+                f"telemetry.audit.endpoint {audit.endpoint!r} sends the audit records (patient data) "
+                "unencrypted; use tls: unless the collector is on this host"
+            )
     if config.telemetry.sentry is not None:
         warnings.append(
             "telemetry.sentry is set, but dicomrst does not report to Sentry: the key is "

@@ -38,7 +38,7 @@ from dicomrst.audit.record import (
 from dicomrst.audit.service import AuditService
 from dicomrst.audit.trail import AuditQueue, AuditTrail
 from dicomrst.audit.writers import FILE_RETRY, FileWriter, StreamWriter
-from dicomrst.config import ConfigError, parse_config
+from dicomrst.config import ConfigError, config_warnings, parse_config
 from dicomrst.tap import build
 from dicomrst.web.urls import PublicUrls
 
@@ -678,6 +678,15 @@ class ConfigTests(SynchronousTestCase):
             self.parse({"endpoint": "file: /var/log/audit.log"}).telemetry.audit.file_path,
             "/var/log/audit.log",
         )
+
+    def test_plain_tcp_warned(self) -> None:
+        def warnings(endpoint: str) -> list[str]:
+            return [w for w in config_warnings(self.parse({"endpoint": endpoint})) if "telemetry.audit" in w]
+
+        self.assertEqual(len(warnings("tcp:audit.example.org:514")), 1)
+        self.assertEqual(warnings("tcp:127.0.0.1:514"), [])
+        self.assertEqual(warnings("tls:audit.example.org:6514"), [])
+        self.assertEqual(warnings("file:/var/log/audit.log"), [])
 
     def test_errors_name_the_key(self) -> None:
         cases = [
