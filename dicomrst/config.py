@@ -32,6 +32,7 @@ from dicomrst.logs import parse_level
 __all__ = [
     "AccessConfig",
     "AetConfig",
+    "AuditConfig",
     "AuthConfig",
     "BasicAuthConfig",
     "CacheConfig",
@@ -352,6 +353,52 @@ class _Timed:
         return self.timeout / 1000
 
 
+def _audit_endpoint(value: Any, path: str, env: _Env) -> str:
+    text = _string()(value, path, env).strip()
+    if text.startswith("file:"):
+        if not text[len("file:") :].strip():
+            raise ConfigError(path, "file: needs a path (file:/var/log/dicomrst/audit.log)")
+        return text
+    kind = text.split(":", 1)[0]
+    if ":" not in text or not kind.isidentifier():
+        raise ConfigError(
+            path, f"expected file:PATH or a client endpoint (tcp:HOST:PORT, tls:HOST:PORT), got {text!r}"
+        )
+    return text  # the endpoint itself is checked where the trail is built
+
+
+def _header_text(limit: int) -> _Check[str]:
+    # RFC 5424 header fields: printable ASCII without spaces.
+    def check(value: Any, path: str, env: _Env) -> str:
+        text = _string()(value, path, env)
+        if len(text) > limit or any(not 33 <= ord(c) <= 126 for c in text):
+            raise ConfigError(
+                path, f"expected at most {limit} printable ASCII characters without spaces, got {text!r}"
+            )
+        return text
+
+    return check
+
+
+@attrs.frozen
+class AuditConfig:
+    """Not in DICOM-RST: ``telemetry.audit``, the audit trail (``dicomrst.audit``)."""
+
+    # tcp:HOST:PORT, tls:HOST:PORT (RFC 5425) or any Twisted client endpoint; file:PATH.
+    endpoint: str = _key(_audit_endpoint)
+    # xml: the DICOM audit message (IHE ATNA); json: one JSON object.
+    format: str = _key(_choice("xml", "json"), "xml")
+    queue_size: int = _key(_integer(1, 10_000_000), 10_000)
+    app_name: str = _key(_header_text(48), "dicomrst")
+    hostname: str | None = _key(_optional(_header_text(255)), None)  # None: the machine's name
+    site_id: str | None = _key(_optional(_string()), None)  # AuditEnterpriseSiteID
+
+    @property
+    def file_path(self) -> str | None:
+        """The file records are appended to, None when they go to a collector."""
+        return self.endpoint[len("file:") :].strip() if self.endpoint.startswith("file:") else None
+
+
 @attrs.frozen
 class MetricsConfig:
     """Not in DICOM-RST: Prometheus metrics (``dicomrst.common.metrics``) on a listener of
@@ -368,6 +415,8 @@ class TelemetryConfig:
     # Not in DICOM-RST: "json" writes one JSON object per line (dicomrst.logs.JsonLines).
     format: str = _key(_choice("text", "json"), "text")
     metrics: MetricsConfig = _key(_section(MetricsConfig), factory=MetricsConfig)  # not in DICOM-RST
+    # Not in DICOM-RST: the audit trail; off when left out.
+    audit: AuditConfig | None = _key(_entry(AuditConfig), None)
 
 
 def _origin(value: Any, path: str, env: _Env) -> str:
@@ -1023,6 +1072,7 @@ def config_warnings(config: Config) -> list[str]:
       which its code reads as seconds: ``request-timeout: 60`` copied from a DICOM-RST
       config makes every request here time out after 60 ms.
     * ``telemetry.sentry``: accepted so DICOM-RST configs load; nothing is sent to Sentry.
+    * ``telemetry.audit.endpoint`` over plain ``tcp:`` to another host: patient data in clear.
     """
     warnings: list[str] = []
     http = config.server.http
@@ -1061,6 +1111,14 @@ def config_warnings(config: Config) -> list[str]:
                     f"aets[{i}].access names users or roles, but server.auth configures no method: "
                     "no request can match them"
                 )
+    audit = config.telemetry.audit
+    if audit is not None and audit.endpoint.startswith("tcp:"):
+        host = audit.endpoint.split(":")[1].removeprefix("host=")
+        if host not in ("localhost", "127.0.0.1"):
+            warnings.append(
+                f"telemetry.audit.endpoint {audit.endpoint!r} sends the audit records (patient data) "
+                "unencrypted; use tls: unless the collector is on this host"
+            )
     if config.telemetry.sentry is not None:
         warnings.append(
             "telemetry.sentry is set, but dicomrst does not report to Sentry: the key is "

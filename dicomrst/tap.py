@@ -24,6 +24,10 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 import dicomrst
+from dicomrst.audit.dimse import audited_receive
+from dicomrst.audit.service import make_trail
+from dicomrst.audit.trail import AuditTrail
+from dicomrst.audit.writers import FileWriter
 from dicomrst.auth.authenticator import Authenticator
 from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
 from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
@@ -242,6 +246,9 @@ class GatewayService(MultiService):
         self.reloaders: list[Reloader] = []
         #: The log output twistd is to use (`dicomrst.logs.make_output`), None: its own.
         self.log_output: OutputLog | None = None
+        #: The audit trail (``telemetry.audit``), None: off.  Its ``dropped`` (records
+        #: dropped with the queue full) is what ``dicomrst_audit_dropped_total`` counts.
+        self.audit: AuditTrail | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd's application: the log observer it finds there is the one it starts.
@@ -373,13 +380,19 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     `index`: what LOCAL and S3 AETs search and record their instances in, scanned at
     start and every ``index.scan-interval`` (None: no search on them, 501)."""
     from dicomrst.web.app import GatewayApp
+    from dicomrst.web.audit import WebAudit
     from dicomrst.web.responses import CorsPolicy
     from dicomrst.web.service import HTTPService
     from dicomrst.web.site import make_site
     from dicomrst.web.urls import PublicUrls
 
     top = GatewayService(reactor)
+    # First: it stops last, once the requests the HTTP service lets finish are recorded.
+    trail = make_audit(config, reactor, top)
     metrics = metrics_service(config, reactor, top)
+    if metrics is not None and trail is not None:
+        audit = trail
+        metrics.state.watch_audit(lambda: audit.dropped)
     if index is not None:
         IndexService(index).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     backends: dict[str, IBackend] = {}
@@ -433,7 +446,10 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         if listener.store_to is not None:
             archive = backends[listener.store_to]
             intake = archive if IInstanceIntake.providedBy(archive) else SpoolingIntake(archive, reactor)
-            store_to = (listener.store_to, cast(IInstanceIntake, intake).receive)
+            receive: Callable[[str, str, str, str], Any] = cast(IInstanceIntake, intake).receive
+            if trail is not None:
+                receive = audited_receive(trail, listener.aet, listener.store_to, receive)
+            store_to = (listener.store_to, receive)
         factory = listener_factory(
             listener.aet,
             reactor,
@@ -453,6 +469,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     # IGatewayReactor has the thread pool CpuWorkers asks for (Twisted's reactors do).
     cpu = CpuWorkers(cast(IThreadsReactor, reactor), max_waiting=CPU_MAX_WAITING)
     cors = CorsPolicy.allowing(http.cors.allowed_origins)
+    urls = PublicUrls.from_config(http.public_url, http.trusted_proxies)
     app = GatewayApp(
         backends,
         reactor,
@@ -462,8 +479,9 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         cpu=cpu,
         access=make_access(config, reactor, top.reloaders),
         cors=cors,
-        urls=PublicUrls.from_config(http.public_url, http.trusted_proxies),
+        urls=urls,
         metrics=metrics,
+        audit=WebAudit(trail, urls),
     )
     site = make_site(
         app.resource(),
@@ -506,6 +524,37 @@ def watch(metrics: Metrics, backends: Mapping[str, IBackend], cache: InstanceCac
     if pools:
         metrics.state.watch_pools(pool_states)
     metrics.state.watch_cache(cache)
+
+
+def make_audit(config: Config, reactor: IGatewayReactor, top: GatewayService) -> AuditTrail | None:
+    """The audit trail of ``telemetry.audit`` (None: off), its service added to `top`; a
+    file's reopen joins the reloaders (SIGHUP)."""
+    settings = config.telemetry.audit
+    if settings is None:
+        return None
+    try:
+        trail, service = make_trail(
+            reactor,
+            settings.endpoint,
+            settings.format,
+            settings.queue_size,
+            settings.app_name,
+            settings.hostname,
+            settings.site_id,
+        )
+    except Exception as e:
+        _die(f"config error: telemetry.audit.endpoint: invalid endpoint {settings.endpoint!r}: {e}")
+    if isinstance(trail.writer, FileWriter):
+        top.reloaders.append(trail.writer.reopen)
+    service.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    top.audit = trail
+    log.info(
+        "audit trail ({body}) to {destination}, up to {size} records queued",
+        body=settings.format,
+        destination=settings.endpoint,
+        size=settings.queue_size,
+    )
+    return trail
 
 
 def first_run_lines(config: Config) -> list[str]:

@@ -148,10 +148,6 @@ class Metrics:
         self._stow_stored = stow.labels("stored").inc
         self._stow_warning = stow.labels("warning").inc
         self._stow_failed = stow.labels("failed").inc
-        # The audit log's queue (issue 14 item 5) counts what it had to drop here.
-        self.audit_dropped = Counter(
-            "dicomrst_audit_dropped", "Audit records dropped (the audit log's queue was full)", registry=r
-        ).inc
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._dimse_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.state = StateCollector()
@@ -209,12 +205,17 @@ class StateCollector:
     def __init__(self) -> None:
         self._pools: list[Callable[[], Iterable[PoolState]]] = []
         self._caches: list[CacheState] = []
+        self._audit_dropped: list[Callable[[], int]] = []
 
     def watch_pools(self, source: Callable[[], Iterable[PoolState]]) -> None:
         self._pools.append(source)
 
     def watch_cache(self, cache: CacheState) -> None:
         self._caches.append(cache)
+
+    def watch_audit(self, dropped: Callable[[], int]) -> None:
+        """The audit trail's count of records dropped with its queue full."""
+        self._audit_dropped.append(dropped)
 
     def describe(self) -> Iterable[Metric]:
         # Named up front, so the registry refuses a clash when this is registered.
@@ -263,4 +264,9 @@ class StateCollector:
             "dicomrst_cache_replays",
             "Series responses answered from the cache instead of a retrieve",
             replays,
+        )
+        yield CounterMetricFamily(
+            "dicomrst_audit_dropped",
+            "Audit records dropped (the audit trail's queue was full: its collector down or slow)",
+            sum(source() for source in self._audit_dropped),
         )

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from dicomrst import NAME, __version__
+from dicomrst.auth.principal import Principal
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.cache import InstanceCache
 from dicomrst.common.cpu import CpuWorkers
@@ -39,6 +40,7 @@ from dicomrst.qido.worklist import WorklistTarget
 from dicomrst.stow.upload import StowUpload
 from dicomrst.web import frames, qido, rendered, stow, wado
 from dicomrst.web.access import ADMITTED, AccessGate, Need, Requirement
+from dicomrst.web.audit import WebAudit
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
 from dicomrst.web.errors import error_response, http_status, set_error_headers
 from dicomrst.web.requests import request_host
@@ -115,6 +117,17 @@ class _RouteLabelling(Klein):
         return super().execute_endpoint(endpoint, request, *args, **kwargs)
 
 
+#: A route Klein's URL map matched: its endpoint and the path's values.
+_Route = tuple[str, Mapping[str, Any]]
+
+
+def _label(request: IRequest | None, route: _Route | None) -> None:
+    """Tell `request` its route's template before Klein does (a refused request never
+    reaches Klein; the metrics label it all the same)."""
+    if route is not None and isinstance(request, GatewayRequest):
+        request.route = ROUTE_TEMPLATES.get(route[0], route[0])
+
+
 def unchecked_routes(app: Klein) -> set[str]:
     """Endpoints of `app`'s URL map that `ROUTE_ACCESS` does not name (empty when all are)."""
     return {str(rule.endpoint) for rule in app.url_map.iter_rules()} - set(ROUTE_ACCESS)
@@ -151,6 +164,7 @@ class GatewayRoot(Resource):
         self._routes = app.app.resource()
         self._base = _split_base(app.context.base_path)
         self._gate = app.context.access
+        self._audit = app.context.audit
         self._cors = app.cors
 
     def requirement(self, path: bytes, method: str, request: IRequest | None = None) -> Requirement:
@@ -158,11 +172,14 @@ class GatewayRoot(Resource):
         a path no route matches asks to be admitted (and is then a 404 or 405).  `request`,
         when given, learns its route (the metrics' label, also when it is refused)."""
         route = self._app.route_of(path, method)
+        _label(request, route)
+        return self._requirement_of(route)
+
+    @staticmethod
+    def _requirement_of(route: _Route | None) -> Requirement:
         if route is None:
             return ADMITTED
         endpoint, values = route
-        if isinstance(request, GatewayRequest):
-            request.route = ROUTE_TEMPLATES.get(endpoint, endpoint)
         need = ROUTE_ACCESS[endpoint]
         return Requirement(need, values.get("aet") if need is not Need.ADMITTED else None)
 
@@ -184,9 +201,15 @@ class GatewayRoot(Resource):
             return stow.body_consumer(self._app.context, request, values["aet"], values.get("study"))
 
         requirement = Requirement(ROUTE_ACCESS[route[0]], values["aet"])
-        return self._gate.streamed_body(request, requirement, upload, self._refuse_body)
 
-    def _refuse_body(self, request: GatewayRequest, failure: Failure) -> None:
+        def refuse(request: GatewayRequest, failure: Failure) -> None:
+            self._refuse_body(request, failure, route)
+
+        return self._gate.streamed_body(request, requirement, upload, refuse)
+
+    def _refuse_body(
+        self, request: GatewayRequest, failure: Failure, route: _Route | None = None
+    ) -> None:
         """The access check refused a STOW-RS request whose body is still arriving."""
         if request.state != "body":
             return  # the body is in (the route answers with the same decision) or the request is over
@@ -194,6 +217,8 @@ class GatewayRoot(Resource):
         if not isinstance(error, DicomrstError):
             log.failure("access check of {path} failed", failure, path=request.path)
             error = DicomrstError("internal error")
+        if route is not None:
+            self._audit.begin(request, route[0], route[1], None, refusal=error.message)
         set_error_headers(request, error)
         request.refuse(http_status(error), error.message)
 
@@ -219,31 +244,39 @@ class GatewayRoot(Resource):
             # "/studies/" is "/studies" for every route, with no redirect.
             while rest and rest[-1] == b"":
                 rest.pop()
-            # Matching the route costs about 0.1 ms a request; an open gate needs none.
-            requirement = ADMITTED
-            if not self._gate.unrestricted:
-                method = request.method.decode("ascii", "replace")
-                requirement = self.requirement(request.path or b"/", method, request)
+            # Matching the route costs about 0.1 ms a request; an open gate and no audit
+            # trail need none.
+            route = None
+            if self._audit.enabled or not self._gate.unrestricted:
+                route = self._app.route_of(request.path or b"/", request.method.decode("ascii", "replace"))
+                _label(request, route)
+            requirement = ADMITTED if self._gate.unrestricted else self._requirement_of(route)
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
             decision = self._gate.check(request, requirement)
-            decision.addCallback(self._route, request)
-            decision.addErrback(self._refused, request)
+            decision.addCallback(self._route, request, route)
+            decision.addErrback(self._refused, request, route)
             return NOT_DONE_YET
         except Exception:
             return self._respond(request, error_response(request, Failure()))
 
-    def _route(self, principal: object, request: IRequest) -> None:
+    def _route(self, principal: object, request: IRequest, route: _Route | None) -> None:
         if _gone(request):
             return
+        if route is not None and isinstance(principal, Principal):
+            self._audit.begin(request, route[0], route[1], principal)
         # Klein annotates render as returning any KleinRenderable, but it returns the
         # bytes of a URL decoding error or NOT_DONE_YET (as its own ignore there says).
         result = cast(bytes | int, self._routes.render(request))
         if isinstance(result, bytes):
             self._respond(request, result)
 
-    def _refused(self, failure: Failure, request: IRequest) -> None:
+    def _refused(self, failure: Failure, request: IRequest, route: _Route | None) -> None:
         if not _gone(request):
+            if route is not None:
+                error = failure.value
+                why = error.message if isinstance(error, DicomrstError) else "access check failed"
+                self._audit.begin(request, route[0], route[1], None, refusal=why)
             self._respond(request, error_response(request, failure))
 
     def _preflight(self, request: IRequest) -> int:
@@ -302,6 +335,8 @@ class GatewayApp:
     :param access: ``server.auth`` and ``aets[].access`` (None: everyone may do everything).
     :param cors: ``server.http.cors`` (None: any origin).
     :param metrics: what counts STOW-RS instances (None: metrics are off).
+    :param urls: ``server.http.public-url`` and ``trusted-proxies`` (None: neither).
+    :param audit: ``telemetry.audit`` (None: no audit trail).
     """
 
     app = _RouteLabelling()
@@ -326,6 +361,7 @@ class GatewayApp:
         cors: CorsPolicy | None = None,
         urls: PublicUrls | None = None,
         metrics: Metrics | None = None,
+        audit: WebAudit | None = None,
     ) -> None:
         # Left out, the context makes its own (one per gateway, the ranged reads' too).
         optional: dict[str, Any] = {"cpu": cpu} if cpu is not None else {}
@@ -335,6 +371,8 @@ class GatewayApp:
             optional["urls"] = urls
         if metrics is not None:
             optional["metrics"] = metrics
+        if audit is not None:
+            optional["audit"] = audit
         self.cors = cors if cors is not None else ANY_ORIGIN
         self.context = WebContext(
             backends,

@@ -21,6 +21,7 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.wado.ranged import RangedFrames
 from dicomrst.web.access import AccessGate
+from dicomrst.web.audit import WebAudit
 from dicomrst.web.urls import PublicUrls
 
 #: STOW-RS parts larger than this are spooled to a temporary file.
@@ -48,6 +49,8 @@ class WebContext:
         applies it to every request before routing.  Left out: everyone may do everything.
     :ivar urls: ``server.http.public-url`` and ``trusted-proxies``: how `base_url` is found.
     :ivar metrics: ``telemetry.metrics``: what counts (None: metrics are off).
+    :ivar audit: ``telemetry.audit``: the requests that touch patient data are recorded
+        there.  Left out: nothing is recorded.
     """
 
     backends: Mapping[str, IBackend]
@@ -66,6 +69,7 @@ class WebContext:
     access: AccessGate = attrs.field(factory=AccessGate.open)
     urls: PublicUrls = attrs.field(factory=PublicUrls)
     metrics: Metrics | None = None
+    audit: WebAudit = attrs.field(factory=WebAudit)
 
     def backend(self, aet: str) -> IBackend:
         """The backend for `aet`; `NotFound` (404) if no such AET is configured."""

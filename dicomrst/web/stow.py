@@ -132,6 +132,14 @@ async def store(context: WebContext, request: IRequest, aet: str, study: str | N
             else:
                 await upload.feed_from(content)
         results = await upload.wait()
+        context.audit.stored(
+            request,
+            (
+                (r.study_instance_uid, r.outcome.sop_class_uid, r.outcome.sop_instance_uid)
+                for r in results
+                if r.outcome is not None and r.outcome.stored
+            ),
+        )
         summary = summarize(results)
         unavailable = upload.unavailable
         status = summary.status

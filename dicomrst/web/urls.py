@@ -25,7 +25,7 @@ import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.iweb import IRequest
 
-from dicomrst.common.addresses import format_address
+from dicomrst.common.addresses import address_host, format_address
 from dicomrst.errors import BadRequest
 from dicomrst.web.requests import HOST_PATTERN, request_host
 
@@ -36,6 +36,8 @@ _PAIR = re.compile(r'\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|
 # A prefix is a URL path of unreserved and sub-delim characters; no '?', '#', '%' or spaces.
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*){1,32}")
 _PORT = re.compile(r"[0-9]{1,5}")
+# What a forwarded client address may hold (an IP address or an obfuscated identifier).
+_FORWARDED_FOR = re.compile(r"[^0-9A-Za-z._:%-]")
 
 
 def _last(values: list[bytes] | None) -> str | None:
@@ -113,6 +115,27 @@ class PublicUrls:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted)
+
+    def client_host(self, request: IRequest) -> str:
+        """The client's address: the peer's, or when the peer is a trusted proxy the one it
+        forwarded (``Forwarded: for=``, else the last ``X-Forwarded-For`` entry: the address
+        the proxy next to us saw).  Not checked beyond its form: for log and audit lines."""
+        peer = request.getClientAddress()
+        host = address_host(peer) or str(peer)
+        if not self.trusts(request):
+            return host
+        headers = request.requestHeaders
+        forwarded = forwarded_pairs(headers.getRawHeaders(b"forwarded")).get("for")
+        if forwarded is None:
+            forwarded = _last(headers.getRawHeaders(b"x-forwarded-for"))
+        if not forwarded:
+            return host
+        # RFC 7239 §6: "[2001:db8::1]:4711", "192.0.2.1:80", "_hidden", "unknown".
+        if forwarded.startswith("["):
+            forwarded = forwarded[1:].split("]", 1)[0]
+        elif forwarded.count(":") == 1:
+            forwarded = forwarded.split(":", 1)[0]
+        return _FORWARDED_FOR.sub("_", forwarded)[:64] or host
 
     def base_url(self, request: IRequest, base_path: str) -> str:
         """``{scheme}://{host}{prefix}{base-path}``, no trailing slash (see the module)."""

@@ -346,10 +346,14 @@ class S3Tests(SynchronousTestCase):
 
 class OtherFamiliesTests(SynchronousTestCase):
     def test_audit_drops(self) -> None:
+        """Read from the audit trail's own count at scrape time."""
         metrics = Metrics(process=False)
-        metrics.audit_dropped()
-        metrics.audit_dropped(2)
+        self.assertEqual(value(metrics, "dicomrst_audit_dropped_total"), 0)
+        dropped = [3]
+        metrics.state.watch_audit(lambda: dropped[0])
         self.assertEqual(value(metrics, "dicomrst_audit_dropped_total"), 3)
+        dropped[0] = 5
+        self.assertEqual(value(metrics, "dicomrst_audit_dropped_total"), 5)
 
     def test_process_metrics_on_the_gateways_registry(self) -> None:
         metrics = Metrics()
