@@ -68,9 +68,15 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -82,8 +88,14 @@ class Authority:
             f.write(certificate.public_bytes(serialization.Encoding.PEM))
         return cls(name, directory, certificate, key, ca)
 
-    def issue(self, common_name: str, *, server: bool = False, client: bool = False,
-              hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Issued:
+    def issue(
+        self,
+        common_name: str,
+        *,
+        server: bool = False,
+        client: bool = False,
+        hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    ) -> Issued:
         """A certificate for `common_name`; a server one names `hosts` (addresses as IP
         SANs, names as DNS SANs)."""
         key = _key(f"{self.name}:{common_name}")
