@@ -13,6 +13,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from dicomrst.common.tls import client_tls
 
 
 @cache
@@ -132,3 +137,16 @@ class Authority:
         with open(stem + ".key", "wb") as f:
             f.write(_pem_key(key))
         return Issued(stem + ".crt", stem + ".key")
+
+
+@implementer(IPolicyForHTTPS)
+class ClientPolicy:
+    """An HTTPS client's TLS (for treq's `Agent`): trust `ca`, present `client` if given."""
+
+    def __init__(self, ca: str, client: Issued | None = None) -> None:
+        self.ca = ca
+        self.client = client
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        cert, key = (self.client.cert, self.client.key) if self.client is not None else (None, None)
+        return client_tls(hostname.decode("ascii"), self.ca, cert, key)  # type: ignore[return-value]
