@@ -15,17 +15,21 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.support import peers
+from tests.support.datasets import part10
 from tests.support.gateway import LISTENER_AET, Gateway, eventually, start_gateway
-from tests.support.stow import fresh_test_file
+from tests.support.stow import BOUNDARY, fresh_test_file, multipart_body
 from tests.support.tls import Authority, ClientPolicy, Issued
 from tests.support.wado import ANY_SYNTAX, get_aet, instance_path, orthanc_data, parse_multipart
 
@@ -85,6 +89,54 @@ class HttpsTests(TlsTestCase):
         # And curl that does not trust the gateway's CA refuses it.
         code, out, err = await curl(gw.url + "/", self.other.ca, self.client)
         self.assertEqual(code, 60, err)  # CURLE_PEER_FAILED_VERIFICATION
+
+    async def test_stow_over_https_writes_https_urls(self) -> None:
+        # A request body through the TLS layer, and the URLs the gateway writes say https.
+        root = os.path.abspath(self.mktemp())
+        gw = await start_gateway(
+            self,
+            [{"aet": ARCHIVE, "backend": "LOCAL", "path": root}],
+            http={"tls": self.listening()},
+            https=ClientPolicy(self.ca.ca, self.client),
+        )
+        study = generate_uid()
+        ds = fresh_test_file("CT_small.dcm", study)
+        response = await gw.request(
+            "POST",
+            f"/aets/{ARCHIVE}/studies/{study}",
+            data=multipart_body([([("Content-Type", "application/dicom")], part10(ds))], BOUNDARY),
+            headers={"Content-Type": b'multipart/related; type="application/dicom"; boundary=' + BOUNDARY},
+            timeout=60,
+        )
+        self.assertEqual(response.code, 200, response.body)
+        url = f"https://{peers.LOCALHOST}:{gw.http_port}/aets/{ARCHIVE}/studies/{study}"
+        self.assertEqual(response.json()["00081190"]["Value"], [url])
+        retrieved = await gw.get(instance_path(ARCHIVE, study), headers={"Accept": ANY_SYNTAX})
+        [part] = parse_multipart(retrieved.header("Content-Type"), retrieved.body).parts
+        self.assertEqual(part.dataset().SOPInstanceUID, ds.SOPInstanceUID)
+
+    async def test_a_stalled_handshake_is_closed_after_header_timeout(self) -> None:
+        # The HTTP channel exists from the TCP connect on, so its header timeout also
+        # bounds a client that never finishes (or starts) its TLS handshake.
+        gw = await start_gateway(
+            self,
+            http={"tls": self.listening(), "header-timeout": 1000},
+            https=ClientPolicy(self.ca.ca, self.client),
+        )
+
+        def stall() -> tuple[float, bytes]:
+            with socket.create_connection((peers.LOCALHOST, gw.http_port), timeout=20) as sock:
+                started = time.monotonic()
+                sock.sendall(b"\x16\x03\x01\x02\x00")  # the head of a ClientHello, no more
+                try:
+                    data = sock.recv(1024)
+                except ConnectionResetError:  # aborted, not closed: just as good
+                    data = b""
+                return time.monotonic() - started, data
+
+        elapsed, data = await deferToThread(stall)
+        self.assertEqual(data, b"")
+        self.assertTrue(0.9 <= elapsed < 3, elapsed)
 
     async def test_without_ca_no_client_certificate_is_asked(self) -> None:
         tls = {"cert": self.server.cert, "key": self.server.key}

@@ -13,9 +13,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from dicomrst.common.tls import TLSFileError, client_tls, server_tls
@@ -229,6 +231,27 @@ class AssociationTests(ULTestCase):
         self.failureResultOf(d, TLSFailed)
         d, _, _, _ = self.run_association(client_tls("127.0.0.1", self.pki.ours.ca), ca=None, require=False)
         self.successResultOf(d)
+
+    def test_a_handshake_that_stalls_is_dropped_by_the_artim_timer(self) -> None:
+        # The UL's ARTIM timer starts when TCP connects, so a client that opens a
+        # connection and never finishes its handshake holds it no longer than that.
+        reactor = MemoryReactorClock()
+        scp = DimseServerFactory("SCP", reactor, artim_timeout=ARTIM)
+        tls = server_tls(self.pki.server.cert, self.pki.server.key, self.pki.ours.ca, True)
+        theirs = TLSMemoryBIOFactory(tls, False, scp, reactor).buildProtocol(
+            IPv4Address("TCP", "192.0.2.2", 1)
+        )
+        transport = iosim.FakeTransport(theirs, isServer=True)
+        theirs.makeConnection(transport)
+        theirs.dataReceived(b"\x16\x03\x01\x02\x00")  # the head of a ClientHello, no more
+        self.assertEqual(len(scp.open), 1)
+        reactor.advance(ARTIM - 0.01)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(0.01)
+        self.assertTrue(transport.disconnecting)
+        theirs.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(scp.open, set())
+        self.assertEqual(self.acceptor_outcomes(), ["ARTIM expired in Sta2"])
 
     def test_the_host_name_is_checked_unless_told_not_to(self) -> None:
         # The server's certificate names pacs.example.org only.
