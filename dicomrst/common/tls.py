@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -255,10 +256,6 @@ def tls_failure(reason: Failure | None) -> str | None:
         return None
     if reason.check(SSL.Error) and reason.value is not None:
         return describe_error(reason.value)
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover  # Twisted's TLS extra brings it
-        return None
     if reason.check(VerificationError):
         return "the certificate does not name the host connected to"
     return None
