@@ -9,13 +9,16 @@
 * DICOM TLS to a PACS (``aets[].tls``): QIDO-RS, WADO-RS (C-GET) and the health check
   through the gateway to Orthanc 1.10 with ``DicomTlsEnabled`` (which requires our client
   certificate); the PACS's certificate checked against the wrong CA, or no client
-  certificate given, is a 502 naming TLS, and leaves no descriptor open.
+  certificate given, is a 502 naming TLS, and leaves no descriptor open; C-MOVE with
+  Orthanc's C-STOREs coming back to a TLS listener;
+* a certificate file that is missing stops twistd with one line naming its key.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -339,3 +342,33 @@ class PacsTests(TlsTestCase):
         # The good AET still works after all that.
         found = await gw.get(f"/aets/ORTHANC/studies?StudyInstanceUID={ct.study}")
         self.assertEqual(found.code, 200, found.body)
+
+
+class StartupTests(TlsTestCase):
+    async def test_a_missing_certificate_stops_the_gateway_naming_its_key(self) -> None:
+        from tests.support.gateway import gateway_config, gateway_env, twistd_args, write_config
+
+        missing = os.path.abspath(self.mktemp())
+        config = gateway_config(*peers.free_ports(2), http={"tls": {"cert": missing, "key": self.server.key}})
+        directory, path = write_config(self, config)
+        child = peers._spawn(
+            self,
+            sys.executable,
+            sys.executable,
+            twistd_args(path),
+            gateway_env(),
+            cwd=directory,
+            keep_output=True,
+            grace=2.0,
+        )
+        killer = reactor.callLater(30, child.stop, 2.0)
+        try:
+            returncode = await child.proto.when_ended()
+        finally:
+            if killer.active():
+                killer.cancel()
+        output = bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+        self.assertGreater(returncode, 0, output)
+        expected = f"dicomrst: config error: server.http.tls.cert: cannot read {missing!r}: No such file"
+        self.assertIn(expected, output)
+        self.assertNotIn("Traceback", output)
