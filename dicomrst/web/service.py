@@ -26,9 +26,9 @@ class HTTPService(ListeningService):
     :param endpoint_description: e.g. ``"tcp:8080:interface=127.0.0.1"``,
         ``"systemd:domain=INET:name=http"``.
     :param site: from `dicomrst.web.site.make_site`.
-    :param tls: HTTPS over that endpoint (`dicomrst.common.tls.server_tls`).
     :param graceful: on stop, wait for in-flight requests (up to `grace_period`
         seconds) instead of aborting them at once.
+    :param tls: HTTPS over that endpoint (`dicomrst.common.tls.server_tls`).
     """
 
     def __init__(
