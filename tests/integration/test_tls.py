@@ -83,12 +83,15 @@ class HttpsTests(TlsTestCase):
         self.assertEqual(code, 0, err)
         self.assertTrue(out.endswith("\n200"), out)
         self.assertIn("version", out)
-        # Without a certificate, or with another CA's, curl gets no response at all.
-        for client in (None, self.intruder):
+        # Without a certificate, or with another CA's, curl gets no response at all, and
+        # the gateway logs why.
+        for client, logged in ((None, "peer did not return a certificate"), (self.intruder, "verify failed")):
             code, out, err = await curl(gw.url + "/", self.ca.ca, client)
             self.assertNotEqual(code, 0, out)
             self.assertTrue(out.endswith("\n000"), out)
             self.assertRegex(err.lower(), "ssl|tls|alert", err)
+            pattern = rf"TLS with 127\.0\.0\.1:\d+ failed: .*{logged}"
+            self.assertTrue(await eventually(lambda p=pattern: len(gw.log_lines(p)) == 1), gw.log_tail())  # type: ignore[misc]
         # And curl that does not trust the gateway's CA refuses it.
         code, out, err = await curl(gw.url + "/", self.other.ca, self.client)
         self.assertEqual(code, 60, err)  # CURLE_PEER_FAILED_VERIFICATION
