@@ -408,8 +408,9 @@ class CorsConfig:
 class ServerTlsConfig:
     """Not in DICOM-RST: ``server.http.tls``, ``server.dimse[].tls``: serve TLS with `cert`
     (PEM: the certificate, then any intermediates) and `key`; with `ca`, ask clients for a
-    certificate and verify it against `ca` (required unless `require-client-cert` is false).
-    The files are read at start (`dicomrst.common.tls.server_tls`)."""
+    certificate and verify it against `ca`, and turn away those without one unless
+    `require-client-cert` is false.  The files are read at start
+    (`dicomrst.common.tls.server_tls`)."""
 
     cert: str = _key(_string())
     key: str = _key(_string())
