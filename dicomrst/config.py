@@ -36,6 +36,7 @@ __all__ = [
     "AuthConfig",
     "BasicAuthConfig",
     "CacheConfig",
+    "ClientTlsConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
@@ -50,6 +51,7 @@ __all__ = [
     "S3Credentials",
     "SenderConfig",
     "ServerConfig",
+    "ServerTlsConfig",
     "StowConfig",
     "TelemetryConfig",
     "WadoConfig",
@@ -452,6 +454,54 @@ class CorsConfig:
 
 
 @attrs.frozen
+class ServerTlsConfig:
+    """Not in DICOM-RST: ``server.http.tls``, ``server.dimse[].tls``: serve TLS with `cert`
+    (PEM: the certificate, then any intermediates) and `key`; with `ca`, ask clients for a
+    certificate and verify it against `ca`, and turn away those without one unless
+    `require-client-cert` is false.  The files are read at start
+    (`dicomrst.common.tls.server_tls`)."""
+
+    cert: str = _key(_string())
+    key: str = _key(_string())
+    ca: str | None = _key(_optional(_string()), None)
+    # None: true when `ca` is given.
+    require_client_cert: bool | None = _key(_optional(_boolean), None)
+
+    @property
+    def client_cert_required(self) -> bool:
+        return self.ca is not None and self.require_client_cert is not False
+
+
+@attrs.frozen
+class ClientTlsConfig:
+    """Not in DICOM-RST: ``aets[].tls``: DICOM TLS (PS3.15 Annex B) to this PACS, whose
+    certificate must chain to `ca` and, with `check-hostname`, name ``aets[].host``;
+    `cert` and `key` are presented as our client certificate when given."""
+
+    ca: str = _key(_string())
+    cert: str | None = _key(_optional(_string()), None)
+    key: str | None = _key(_optional(_string()), None)
+    check_hostname: bool = _key(_boolean, True)
+
+
+def _check_tls(tls: ServerTlsConfig | ClientTlsConfig | None, path: str,
+               endpoint: str | None = None) -> None:
+    if tls is None:
+        return
+    if isinstance(tls, ServerTlsConfig):
+        if tls.require_client_cert and tls.ca is None:
+            raise ConfigError(f"{path}.require-client-cert",
+                              "needs ca, the CA that client certificates are verified against")
+        if endpoint is not None and endpoint.split(":", 1)[0].strip().lower() == "ssl":
+            raise ConfigError(f"{path}",
+                              "the endpoint is an ssl: one already; give TLS either there or here, not both")
+        return
+    for given, missing in (("cert", "key"), ("key", "cert")):
+        if getattr(tls, given) is not None and getattr(tls, missing) is None:
+            raise ConfigError(f"{path}.{missing}", f"missing ({given} is given; both are needed)")
+
+
+@attrs.frozen
 class HttpConfig:
     interface: str = _key(_string(), "0.0.0.0", alias="host")  # DICOM-RST's docs say `host`
     port: int = _key(_PORT, 8080)
@@ -470,6 +520,9 @@ class HttpConfig:
     public_url: str | None = _key(_optional(_public_url), None)
     # Not in DICOM-RST: peers whose Forwarded / X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = _key(_list_of(_network), ())
+    # Not in DICOM-RST: HTTPS, with client certificates if wanted (an ssl: endpoint
+    # string cannot ask for those).
+    tls: ServerTlsConfig | None = _key(_entry(ServerTlsConfig), None)
 
     @property
     def request_timeout_s(self) -> float:
@@ -499,6 +552,8 @@ class DimseServerConfig:
     # Not in DICOM-RST: the calling AE titles that may associate with this listener
     # (empty: any).
     allowed_callers: tuple[str, ...] = _key(_list_of(_ae_title), factory=tuple)
+    # Not in DICOM-RST: DICOM TLS on this listener (PS3.15 Annex B).
+    tls: ServerTlsConfig | None = _key(_entry(ServerTlsConfig), None)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -738,6 +793,7 @@ class AetConfig:
     wado_rs: WadoConfig = _key(_section(WadoConfig), factory=WadoConfig, backend="DIMSE")
     stow_rs: StowConfig = _key(_section(StowConfig), factory=StowConfig, backend="DIMSE")
     mwl_rs: MwlConfig = _key(_section(MwlConfig), factory=MwlConfig, backend="DIMSE")
+    tls: ClientTlsConfig | None = _key(_entry(ClientTlsConfig), None, backend="DIMSE")  # not in DICOM-RST
     # backend: S3
     endpoint: str | None = _key(_url, None, backend="S3", required=True)
     endpoint_style: str = _key(_choice("path", "vhost"), "vhost", backend="S3")
@@ -1040,6 +1096,11 @@ def _parse(data: object, resolve: Callable[[str], object], environ: Mapping[str,
                                   f"{receiver!r} stores into {storing[receiver]} (store-to); a C-MOVE "
                                   "destination must be a listener without store-to")
     _check_auth(config.server.auth)
+    _check_tls(config.server.http.tls, "server.http.tls", config.server.http.endpoint)
+    for i, listener in enumerate(config.server.dimse):
+        _check_tls(listener.tls, f"server.dimse[{i}].tls", listener.endpoint)
+    for i, entry in enumerate(config.aets):
+        _check_tls(entry.tls, f"aets[{i}].tls")
     # DNS last, so a typo elsewhere is reported without waiting on the resolver.
     for i, entry in enumerate(config.aets):
         if entry.host is None:  # an S3 AET

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorFromThreads
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 from twisted.python import usage
@@ -40,8 +40,18 @@ from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
 from dicomrst.common.metrics import Metrics, PoolState
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.tls import ClientTLS, TLSFileError, client_tls, server_tls
 from dicomrst.common.twisted_internals import closing_connections_pending
-from dicomrst.config import AetConfig, Config, ConfigError, config_warnings, first_run_config, load_config
+from dicomrst.config import (
+    AetConfig,
+    ClientTlsConfig,
+    Config,
+    ConfigError,
+    ServerTlsConfig,
+    config_warnings,
+    first_run_config,
+    load_config,
+)
 from dicomrst.daemon import HangupService, Reloader, log_output
 from dicomrst.dimse.contexts import receivable_syntaxes
 from dicomrst.dimse.move_registry import MoveReceiver, MoveRegistry
@@ -217,8 +227,14 @@ def make_cache(config: Config, reactor: IGatewayReactor) -> InstanceCache:
 class DimseListenerService(ListeningService):
     """One ``server.dimse[]`` listener; aborts its open associations when stopped."""
 
-    def __init__(self, reactor: IGatewayReactor, description: str, factory: DimseServerFactory) -> None:
-        super().__init__(reactor, description, factory, f"DIMSE listener {factory.aet}")
+    def __init__(
+        self,
+        reactor: IGatewayReactor,
+        description: str,
+        factory: DimseServerFactory,
+        tls: IOpenSSLContextFactory | None = None,
+    ) -> None:
+        super().__init__(reactor, description, factory, f"DIMSE listener {factory.aet}", tls=tls)
         self.listener = factory
 
     def stopService(self) -> Deferred[None]:
@@ -418,7 +434,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
                         aet=aet.aet,
                         i=i,
                     )
-            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver, metrics)
+            tls = pacs_tls(aet.tls, aet.host, f"aets[{i}].tls")
+            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver, metrics, tls)
         else:
             backends[aet.aet] = archive_backend(aet, reactor, index, metrics)
             if aet.backend == "LOCAL":
@@ -460,7 +477,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
             allowed_callers=frozenset(listener.allowed_callers),
             metrics=metrics,
         )
-        listening = DimseListenerService(reactor, description, factory)
+        tls = listening_tls(listener.tls, f"server.dimse[{i}].tls")
+        listening = DimseListenerService(reactor, description, factory, tls)
         listening.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     http = config.server.http
@@ -493,7 +511,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
         metrics=metrics,
     )
     grace = http.request_timeout_s
-    serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace)
+    tls = listening_tls(http.tls, "server.http.tls")
+    serving = HTTPService(description, site, reactor, http.graceful_shutdown, grace, tls)
     serving.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     return top
 
@@ -577,6 +596,28 @@ def first_run_lines(config: Config) -> list[str]:
                 f"{listener.interface}:{listener.port}"
             )
     return lines
+
+
+def listening_tls(tls: ServerTlsConfig | None, key: str) -> IOpenSSLContextFactory | None:
+    """A listener's ``tls`` block made ready; its files are read now, and one that cannot
+    be used stops startup naming its key."""
+    if tls is None:
+        return None
+    try:
+        return server_tls(tls.cert, tls.key, tls.ca, tls.client_cert_required)
+    except TLSFileError as e:
+        _die(f"config error: {key}.{e.field}: {e.message}")
+
+
+def pacs_tls(tls: ClientTlsConfig | None, host: str | None, key: str) -> ClientTLS | None:
+    """``aets[].tls`` made ready, as `listening_tls`."""
+    if tls is None:
+        return None
+    assert host is not None  # a DIMSE AET
+    try:
+        return client_tls(host, tls.ca, tls.cert, tls.key, tls.check_hostname)
+    except TLSFileError as e:
+        _die(f"config error: {key}.{e.field}: {e.message}")
 
 
 def _check_endpoint(reactor: IGatewayReactor, description: str, key: str) -> None:

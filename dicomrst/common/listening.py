@@ -1,20 +1,27 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """A listening socket as a service: Twisted's `StreamServerEndpointService` on an
-endpoint string (``tcp:...``, ``ssl:...``, ``systemd:...``), which also tells the port it
-got and raises a listen error from ``startService``."""
+endpoint string (``tcp:...``, ``ssl:...``, ``systemd:...``), optionally with TLS over it
+(client certificates included, which ``ssl:`` cannot ask for), which also tells the port
+it got and raises a listen error from ``startService``."""
 
 from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dicomrst.common.addresses import format_address
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.tls import TLSServerEndpoint
 from dicomrst.common.twisted_internals import raise_listen_errors
 from dicomrst.logs import logger
 
@@ -34,7 +41,8 @@ class _Reporting:
 
 
 class ListeningService(StreamServerEndpointService):
-    """Listen with `factory` on the endpoint `description` while running.
+    """Listen with `factory` on the endpoint `description` while running; with `tls`
+    (`dicomrst.common.tls.server_tls`), every connection speaks TLS.
 
     :ivar port: the `IListeningPort` once listening, else None.
     :ivar whenListening: fires with `port`, or errbacks with the listen error (e.g.
@@ -48,13 +56,16 @@ class ListeningService(StreamServerEndpointService):
         factory: IProtocolFactory,
         what: str,
         log: Logger = log,
+        tls: IOpenSSLContextFactory | None = None,
     ) -> None:
-        endpoint = _Reporting(serverFromString(reactor, description), self)
+        plain = serverFromString(reactor, description)
+        endpoint = _Reporting(plain if tls is None else TLSServerEndpoint(plain, tls, reactor), self)
         super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         raise_listen_errors(self)
         self.description = description
         self.what = what
         self.log = log
+        self.tls = tls
         self.port: IListeningPort | None = None
         self.whenListening: Deferred[IListeningPort] = Deferred()
 
@@ -71,7 +82,10 @@ class ListeningService(StreamServerEndpointService):
             return result
         self.port = result
         self.log.info(
-            "{what} listening on {address}", what=self.what, address=format_address(result.getHost())
+            "{what} listening on {address}{tls}",
+            what=self.what,
+            address=format_address(result.getHost()),
+            tls=" (TLS)" if self.tls is not None else "",
         )
         self.whenListening.callback(result)
         return result

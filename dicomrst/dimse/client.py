@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory
 
 from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.tls import ClientTLS, TLSClientEndpoint
 from dicomrst.dimse.connection import DimseConnection, RequestHandler
 from dicomrst.ul.errors import AssociationTimeout, ConnectFailed
 from dicomrst.ul.negotiation import AssociationRequest
@@ -29,12 +30,15 @@ async def associate(
     timeout: float,
     handlers: Mapping[int, RequestHandler] | None = None,
     metrics: Metrics | None = None,
+    tls: ClientTLS | None = None,
 ) -> DimseConnection:
     """Connect and negotiate; return the DIMSE connection once established.
 
-    `timeout` bounds the TCP connect and, separately, the wait for A-ASSOCIATE-AC
-    (the protocol's ARTIM timer).  Failures are `dicomrst.ul.errors` types.  `metrics`
-    counts its bytes and operations (None: metrics are off).
+    `timeout` bounds the TCP connect and, separately, the TLS handshake and the wait for
+    A-ASSOCIATE-AC (the protocol's ARTIM timer, started once connected: the request
+    waits in the TLS layer until the handshake is done).  `metrics` counts its bytes and
+    operations (None: metrics are off).  `tls` (`dicomrst.common.tls.client_tls`): DICOM
+    TLS.  Failures are `dicomrst.ul.errors` types (a failed handshake `TLSFailed`).
     """
     connection = DimseConnection(reactor, handlers, metrics)
     protocol = ULProtocol(reactor, connection, request=request, artim_timeout=timeout, metrics=metrics)
@@ -46,6 +50,8 @@ async def associate(
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls is not None:
+        endpoint = TLSClientEndpoint(endpoint, tls, reactor)
     where = f"{request.called_aet}@{host}:{port}"
     try:
         await endpoint.connect(_QuietFactory(protocol))

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.tls import ClientTLS
 from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
@@ -93,10 +94,13 @@ class AssociationPool:
         connect_timeout: float,
         max_idle: int,
         metrics: Metrics | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.reactor = reactor
         # Given to every association it opens (None: metrics are off).
         self.metrics = metrics
+        # DICOM TLS for every association it opens (None: plain TCP).
+        self.tls = tls
         self.clock: IReactorTime = reactor
         self.host = host
         self.port = port
@@ -249,6 +253,7 @@ class AssociationPool:
                 key or self.request,
                 timeout=self.connect_timeout,
                 metrics=self.metrics,
+                tls=self.tls,
             )
         ).addBoth(self._settled, opened, key)
         if not attempt.called:

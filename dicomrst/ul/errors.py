@@ -42,6 +42,11 @@ class ConnectFailed(AssociationError):
     """No TCP connection to the peer could be made."""
 
 
+class TLSFailed(ConnectFailed):
+    """The TLS handshake with the peer failed: its certificate did not verify, or it
+    refused ours (or our lack of one)."""
+
+
 class NoAcceptableContext(AssociationError):
     """The peer accepted the association but none of the contexts we needed."""
 

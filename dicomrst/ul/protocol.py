@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from dicomrst.common.addresses import address_host, format_address
 from dicomrst.common.metrics import Metrics
+from dicomrst.common.tls import tls_failure
 from dicomrst.logs import logger
 from dicomrst.ul import fsm, pdu
 from dicomrst.ul.errors import (
@@ -42,6 +43,7 @@ from dicomrst.ul.errors import (
     ConnectionLost,
     NoAcceptableContext,
     ProtocolViolation,
+    TLSFailed,
 )
 from dicomrst.ul.negotiation import (
     Acceptance,
@@ -61,6 +63,9 @@ log = logger("dicomrst.ul")
 UNLIMITED_PDU_CHUNK = 1 << 20
 
 DEFAULT_ARTIM_TIMEOUT = 30.0
+
+# Connected, no association yet: where a TLS handshake can still be under way.
+_UNASSOCIATED = frozenset({"Sta2", "Sta3", "Sta4", "Sta5"})
 
 
 class ULUser(TypingProtocol):
@@ -176,6 +181,15 @@ class ULProtocol(Protocol):
         self._process()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        # Over TLS, a refused certificate ends the connection before any PDU: say so, not
+        # just "closed" (the peer sees only an alert, or nothing).
+        tls = tls_failure(reason) if self.state in _UNASSOCIATED else None
+        if tls is not None:
+            if self.outcome == "open":
+                self.outcome = f"TLS failed: {tls}"
+            if self.is_requestor and not self.whenEstablished.called:
+                failed = TLSFailed(f"TLS with {self.called_aet}@{self.peer} failed: {tls}")
+                self.whenEstablished.errback(failed)
         if self.state != "Sta1":
             self._event("Evt17")
         self._stop_artim()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.python.failure import Failure
 
 from dicomrst.common.listening import ListeningService
@@ -27,6 +28,7 @@ class HTTPService(ListeningService):
     :param site: from `dicomrst.web.site.make_site`.
     :param graceful: on stop, wait for in-flight requests (up to `grace_period`
         seconds) instead of aborting them at once.
+    :param tls: HTTPS over that endpoint (`dicomrst.common.tls.server_tls`).
     """
 
     def __init__(
@@ -36,8 +38,9 @@ class HTTPService(ListeningService):
         reactor: IGatewayReactor,
         graceful: bool,
         grace_period: float,
+        tls: IOpenSSLContextFactory | None = None,
     ) -> None:
-        super().__init__(reactor, endpoint_description, site, "HTTP", log)
+        super().__init__(reactor, endpoint_description, site, "HTTP", log, tls)
         self.site = site
         self.graceful = graceful
         self.grace_period = grace_period

@@ -34,6 +34,7 @@ from zope.interface import Interface, implementer
 from dicomrst.common.addresses import format_address
 from dicomrst.common.machine import Machine, Run, transitions
 from dicomrst.common.metrics import Metrics
+from dicomrst.common.tls import tls_failure
 from dicomrst.common.twisted_internals import (
     BadRequestHook,
     BodyReading,
@@ -637,6 +638,15 @@ class GatewayChannel(BadRequestHook):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's is unannotated
         self._disarm()
+        # A client refused in the TLS handshake (server.http.tls: no certificate, or one of
+        # another CA) sent no request, so no request line would tell of it.
+        failed = tls_failure(reason)
+        if failed is not None:
+            log.info(
+                "TLS with {client} failed: {reason}",
+                client=format_address(self.transport.getPeer()) if self.transport is not None else "-",
+                reason=failed,
+            )
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _arm(self) -> None:

@@ -29,7 +29,7 @@ from twisted.internet import task, tcp
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
 from tests.support import peers
 
@@ -182,6 +182,8 @@ def start_gateway(
     server: Mapping[str, Any] | None = None,
     twistd_options: Sequence[str] = (),
     telemetry: Mapping[str, Any] | None = None,
+    https: IPolicyForHTTPS | None = None,
+    http_port: int | None = None,
 ) -> Deferred[Gateway]:
     """Start the gateway on free ports; fire once ``GET ready_path`` answers 200.
 
@@ -191,17 +193,20 @@ def start_gateway(
     ``ready_headers``: sent with the readiness request (credentials, for ``server.auth``);
     ``server``: more ``server`` sections of the config; ``twistd_options``: twistd's own
     options (a ``--logfile`` relative to the gateway's directory); ``telemetry``: more
-    ``telemetry`` keys.
+    ``telemetry`` keys; ``https``: the gateway serves HTTPS, and our client makes its TLS
+    connections with this policy (``tests.support.tls.ClientPolicy``); ``http_port``: the
+    HTTP port when the caller chose it (for an ``endpoint`` string).
 
     At cleanup: close our HTTP connections, SIGTERM the gateway, and fail the test unless it
     exits 0 within `STOP_TIMEOUT`.
     """
 
     async def start() -> Gateway:
-        http_port, free_dimse_port = peers.free_ports(2)
+        free_http_port, free_dimse_port = peers.free_ports(2)
         port = free_dimse_port if dimse_port is None else dimse_port
+        web_port = free_http_port if http_port is None else http_port
         directory, config_path = write_config(
-            case, gateway_config(http_port, port, aets, http, listener, server, telemetry)
+            case, gateway_config(web_port, port, aets, http, listener, server, telemetry)
         )
         log_path = os.path.join(directory, "gateway.log")
         # argv[0] is the interpreter's path: a venv's python finds its venv through it.
@@ -216,10 +221,11 @@ def start_gateway(
             grace=STOP_TIMEOUT,
         )
         pool = HTTPConnectionPool(reactor, persistent=True)
-        client = HTTPClient(Agent(reactor, pool=pool))
+        agent = Agent(reactor, pool=pool) if https is None else Agent(reactor, https, pool=pool)
+        client = HTTPClient(agent)
         gateway = Gateway(
-            url=f"http://{peers.LOCALHOST}:{http_port}",
-            http_port=http_port,
+            url=f"{'http' if https is None else 'https'}://{peers.LOCALHOST}:{web_port}",
+            http_port=web_port,
             dimse_port=port,
             config_path=config_path,
             log_path=log_path,
@@ -234,7 +240,7 @@ def start_gateway(
             response = await gateway.get(ready_path, timeout=2, headers=dict(ready_headers or {}))
             return response.code == 200
 
-        await peers._wait_until(ready, f"dicomrst on http port {http_port}", READY_TIMEOUT, child)
+        await peers._wait_until(ready, f"dicomrst on http port {web_port}", READY_TIMEOUT, child)
         return gateway
 
     return Deferred.fromCoroutine(start())

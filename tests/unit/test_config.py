@@ -703,6 +703,70 @@ class LocalAndStoreToTests(SynchronousTestCase):
         self.assertError(data, "aets[1].wado-rs.receivers[0]", "stores into ARCHIVE")
 
 
+class TlsTests(SynchronousTestCase):
+    """``server.http.tls``, ``server.dimse[].tls`` and ``aets[].tls``: the keys and their
+    combinations (the files are read where the listeners and pools are built: test_tls)."""
+
+    assertError = ErrorTests.assertError
+
+    def test_listener_blocks(self) -> None:
+        config = parse({"server": {
+            "http": {"tls": {"cert": "c.pem", "key": "k.pem"}},
+            "dimse": [{"aet": "IN", "tls": {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}},
+                      {"aet": "IN2", "tls": {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem",
+                                             "require-client-cert": False}}],
+        }})
+        http = config.server.http.tls
+        assert http is not None
+        self.assertEqual((http.cert, http.key, http.ca, http.client_cert_required),
+                         ("c.pem", "k.pem", None, False))
+        required, optional = (d.tls for d in config.server.dimse)
+        assert required is not None and optional is not None
+        self.assertEqual((required.ca, required.client_cert_required), ("ca.pem", True))
+        self.assertEqual((optional.ca, optional.client_cert_required), ("ca.pem", False))
+        self.assertIsNone(parse({}).server.http.tls)
+        self.assertIsNone(parse({}).server.dimse[0].tls)
+
+    def test_pacs_block(self) -> None:
+        [aet] = parse(with_aets(dimse_aet(tls={"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"}))).aets
+        assert aet.tls is not None
+        self.assertEqual((aet.tls.ca, aet.tls.cert, aet.tls.key, aet.tls.check_hostname),
+                         ("ca.pem", "c.pem", "k.pem", True))
+        [aet] = parse(with_aets(dimse_aet(tls={"ca": "ca.pem", "check-hostname": False}))).aets
+        assert aet.tls is not None
+        self.assertEqual((aet.tls.cert, aet.tls.check_hostname), (None, False))
+
+    def test_errors(self) -> None:
+        self.assertError({"server": {"http": {"tls": {"key": "k.pem"}}}}, "server.http.tls.cert",
+                         "missing required key")
+        self.assertError({"server": {"dimse": [{"tls": {"cert": "c.pem"}}]}}, "server.dimse[0].tls.key",
+                         "missing required key")
+        required = {"cert": "c", "key": "k", "require-client-cert": True}
+        self.assertError({"server": {"http": {"tls": required}}}, "server.http.tls.require-client-cert",
+                         "needs ca")
+        self.assertError({"server": {"http": {"tls": {"cert": "c", "key": "k", "verify": True}}}},
+                         "server.http.tls.verify", "unknown key")
+        self.assertError({"server": {"http": {"tls": "yes"}}}, "server.http.tls", "expected a mapping")
+        self.assertError({"server": {"http": {"endpoint": "ssl:8443:privateKey=k:certKey=c",
+                                              "tls": {"cert": "c", "key": "k"}}}},
+                         "server.http.tls", "ssl:", "not both")
+        self.assertError(with_aets(dimse_aet(tls={"cert": "c.pem", "key": "k.pem"})), "aets[0].tls.ca",
+                         "missing required key")
+        self.assertError(with_aets(dimse_aet(tls={"ca": "ca.pem", "cert": "c.pem"})), "aets[0].tls.key",
+                         "missing (cert is given; both are needed)")
+        self.assertError(with_aets(dimse_aet(tls={"ca": "ca.pem", "key": "k.pem"})), "aets[0].tls.cert",
+                         "missing (key is given")
+        self.assertError(with_aets(dict(LOCAL_AET, tls={"ca": "ca.pem"})), "aets[0].tls",
+                         "unknown key for backend LOCAL")
+
+    def test_environment(self) -> None:
+        config = parse(with_aets(dimse_aet(tls={"ca": "ca.pem"})),
+                       {"DICOM_RST_AETS_0_TLS_CA": "/etc/pacs-ca.pem",
+                        "DICOM_RST_SERVER_HTTP_TLS_CERT": "c.pem", "DICOM_RST_SERVER_HTTP_TLS_KEY": "k.pem"})
+        assert config.aets[0].tls is not None and config.server.http.tls is not None
+        self.assertEqual((config.aets[0].tls.ca, config.server.http.tls.cert), ("/etc/pacs-ca.pem", "c.pem"))
+
+
 class EnvironmentTests(SynchronousTestCase):
     """``DICOM_RST_`` + the key path in upper case, ``_`` for ``.`` and ``-``, over the file
     and the defaults; list entries as ``AETS[0]`` (DICOM-RST's form) or ``AETS_0``."""

@@ -23,6 +23,7 @@ from dicomrst.common.identifiers import describe_target, retrieve_identifier
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
+from dicomrst.common.tls import ClientTLS
 from dicomrst.common.uids import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
@@ -96,7 +97,9 @@ class DimseBackend:
         reactor: IGatewayReactor,
         receiver: MoveReceiver | None = None,
         metrics: Metrics | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
+        """`tls`: ``aets[].tls`` made ready (`dicomrst.common.tls.client_tls`)."""
         assert config.host is not None and config.port is not None
         self.config = config
         self.host = config.host
@@ -128,6 +131,7 @@ class DimseBackend:
             connect_timeout=config.pool.timeout_s,
             max_idle=config.pool.max_idle,
             metrics=metrics,
+            tls=tls,
         )
 
     def echo(self) -> Deferred[float]:
