@@ -11,6 +11,8 @@
   certificate); the PACS's certificate checked against the wrong CA, or no client
   certificate given, is a 502 naming TLS, and leaves no descriptor open; C-MOVE with
   Orthanc's C-STOREs coming back to a TLS listener;
+* DICOM TLS to DCMTK ``storescp +tls`` as the PACS: STOW-RS stored there, the health
+  check; no client certificate or the wrong CA fails naming TLS;
 * a certificate file that is missing stops twistd with one line naming its key.
 """
 
@@ -345,6 +347,63 @@ class PacsTests(TlsTestCase):
         # The good AET still works after all that.
         found = await gw.get(f"/aets/ORTHANC/studies?StudyInstanceUID={ct.study}")
         self.assertEqual(found.code, 200, found.body)
+
+
+CONTENT_TYPE = b'multipart/related; type="application/dicom"; boundary=' + BOUNDARY
+
+
+class DcmtkPacsTests(TlsTestCase):
+    """The gateway as the TLS client of DCMTK 3.6.7's ``storescp +tls`` (which requires a
+    client certificate, ``-rc``): STOW-RS through the gateway stored there over TLS, the
+    health check's C-ECHO; no client certificate, or the PACS's certificate checked
+    against another CA, fails naming TLS (503 for the STOW-RS, 502 for the health check)
+    and nothing is stored."""
+
+    async def test_stow_and_echo_to_storescp_over_tls(self) -> None:
+        scp_cert = self.ca.issue("storescp", server=True)
+        scp = await peers.start_storescp(
+            # --fork: a child per association, so the idle one the gateway's pool keeps to
+            # STORESCP does not hold the others' handshakes in the listen queue.
+            self,
+            aet="STORESCP",
+            extra_args=("--fork", "+tls", scp_cert.key, scp_cert.cert, "+cf", self.ca.ca, "-rc"),
+        )
+        where = {"host": scp.host, "port": scp.port}
+        ours = {"cert": self.client.cert, "key": self.client.key, "check-hostname": False}
+        gw = await start_gateway(
+            self,
+            [
+                {"aet": "STORESCP", **where, "tls": {**ours, "ca": self.ca.ca}},
+                {"aet": "NOCERT", **where, "tls": {"ca": self.ca.ca, "check-hostname": False}},
+                {"aet": "WRONGCA", **where, "tls": {**ours, "ca": self.other.ca}},
+            ],
+        )
+        health = await gw.get("/aets/STORESCP")
+        self.assertEqual(health.code, 200, health.body)
+        stored = []
+        for aet in ("STORESCP", "NOCERT", "WRONGCA"):
+            study = generate_uid()
+            ds = fresh_test_file("CT_small.dcm", study)
+            response = await gw.request(
+                "POST",
+                f"/aets/{aet}/studies/{study}",
+                data=multipart_body([([("Content-Type", "application/dicom")], part10(ds))], BOUNDARY),
+                headers={"Content-Type": CONTENT_TYPE},
+                timeout=60,
+            )
+            if aet == "STORESCP":
+                self.assertEqual(response.code, 200, response.body)
+                stored.append(ds.SOPInstanceUID)
+            else:
+                # STOW-RS's answer when no association could be had for any instance.
+                self.assertEqual(response.code, 503, (aet, response.body))
+                self.assertIn(f"TLS with {aet}@", response.json()["error"], aet)
+                health = await gw.get(f"/aets/{aet}")
+                self.assertEqual(health.code, 502, health.body)
+                self.assertIn(f"TLS with {aet}@", health.json()["error"], aet)
+        assert scp.output_dir is not None
+        received = [dcmread(os.path.join(scp.output_dir, name)) for name in os.listdir(scp.output_dir)]
+        self.assertEqual([r.SOPInstanceUID for r in received], stored)
 
 
 class StartupTests(TlsTestCase):
