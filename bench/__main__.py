@@ -1,6 +1,6 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
-measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
-mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, index-stow,
+soak): start the peers, measure dicomrst and the anchors in the same run.  ``soak`` (not in
+the default set) runs mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ SUITES: dict[str, Callable[[int], None]] = {
     # 10,000 instances in Orthanc, LOCAL (SQLite and PostgreSQL) and S3; several minutes
     # (not in the default set).
     "index": lambda runs: index.run(runs=runs),
+    # Only the index suite's STOW-RS of the CT study into LOCAL, against Orthanc's STOW-RS
+    # and storescu, in about a minute (not in the default set).
+    "index-stow": lambda runs: index.run_stow(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")
