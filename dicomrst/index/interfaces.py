@@ -21,6 +21,9 @@ class IndexRecord:
     :ivar attributes: the object's data set up to (not including) Pixel Data, bulk values
         included or not as the producer read them; the index keeps what QIDO-RS can ask
         for (``includefield=all`` answers from it).
+    :ivar attributes_json: what the index stores of `attributes` (a DICOM JSON object),
+        when the producer made it while reading them (`dicomrst.index.records`); None: the
+        index makes it.
     """
 
     aet: str
@@ -33,6 +36,7 @@ class IndexRecord:
     stamp: str
     size: int
     attributes: Dataset = attrs.field(eq=False, repr=False)
+    attributes_json: str | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class IIndex(Interface):

@@ -18,9 +18,10 @@ from typing import BinaryIO
 
 import attrs
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from dicomrst.common.dicomjson import element_json, original_text
 from dicomrst.common.matching import pad_time, valid_time
@@ -203,19 +204,25 @@ class InstanceRow:
     attributes: str  # a DICOM JSON object
 
 
+def _member(element: DataElement) -> str | None:
+    """The element as a member of the stored JSON object, or None when it is not kept."""
+    tag = int(element.tag)
+    if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS or tag >> 16 == 0x0002:
+        return None  # values are kept decoded (JSON is UTF-8); pixel data never
+    if element.VR in BINARY_VRS and element.value is not None and len(element.value) > MAX_BINARY_VALUE:
+        return None
+    try:
+        encoded = element_json(element)
+    except Exception:  # a value pydicom cannot make sense of: not searchable
+        return None
+    return f'"{tag:08X}":{encoded}' if encoded is not None else None
+
+
 def _kept(dataset: Dataset) -> Iterator[str]:
     for element in dataset:
-        tag = int(element.tag)
-        if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS or tag >> 16 == 0x0002:
-            continue  # values are kept decoded (JSON is UTF-8); pixel data never
-        if element.VR in BINARY_VRS and element.value is not None and len(element.value) > MAX_BINARY_VALUE:
-            continue
-        try:
-            encoded = element_json(element)
-        except Exception:  # a value pydicom cannot make sense of: not searchable
-            continue
-        if encoded is not None:
-            yield f'"{tag:08X}":{encoded}'
+        member = _member(element)
+        if member is not None:
+            yield member
 
 
 def instance_row(record: IndexRecord) -> InstanceRow:
@@ -233,7 +240,10 @@ def instance_row(record: IndexRecord) -> InstanceRow:
     levels[SERIES]["series_uid"] = record.series
     levels[IMAGE]["sop_uid"] = record.sop_instance
     levels[IMAGE]["sop_class"] = record.sop_class
-    return InstanceRow(levels[STUDY], levels[SERIES], levels[IMAGE], "{" + ",".join(_kept(ds)) + "}")
+    attributes = record.attributes_json
+    if attributes is None:
+        attributes = "{" + ",".join(_kept(ds)) + "}"
+    return InstanceRow(levels[STUDY], levels[SERIES], levels[IMAGE], attributes)
 
 
 def _uid(dataset: Dataset, tag: int) -> str:
@@ -251,6 +261,7 @@ def record_from_dataset(
     sop_class: str = "",
     sop_instance: str = "",
     transfer_syntax: str,
+    attributes_json: str | None = None,
 ) -> IndexRecord:
     """The record of a parsed data set; the UIDs from the file meta when given, else from
     the data set.  Raises `NotIndexable` when a UID is missing."""
@@ -270,6 +281,7 @@ def record_from_dataset(
         size=size,
         transfer_syntax=transfer_syntax,
         attributes=dataset,
+        attributes_json=attributes_json,
         **uids,
     )
 
@@ -315,10 +327,8 @@ def record_from_head(
     else:
         return None
     try:
-        dataset = parse_dataset(data[:end], implicit, little)
-        # Decode every element now: a broken one fails here, not in the index's writer.
-        for _ in dataset:
-            pass
+        # Every element decoded now: a broken one fails here, not in the index's writer.
+        dataset, attributes = _decoded(parse_dataset(data[:end], implicit, little), little)
     except DataSetError as e:
         raise NotIndexable(str(e)) from None
     except Exception as e:
@@ -332,7 +342,90 @@ def record_from_head(
         sop_class=meta.text(MEDIA_STORAGE_SOP_CLASS),
         sop_instance=meta.text(MEDIA_STORAGE_SOP_INSTANCE),
         transfer_syntax=syntax,
+        attributes_json=attributes,
     )
+
+
+# -- decoding elements once ----------------------------------------------------------------
+#
+# Decoding an element (pydicom's conversion, then its JSON) costs some 14 us; a CT slice's
+# head holds ~250 of them (most private), ~4 ms a slice, more than writing and fsyncing it.
+# The slices of a series repeat nearly all of them byte for byte, so an element decoded
+# once is kept by what decodes it the same way again: its tag, VR, bytes, byte order, the
+# data set's Specific Character Set and, for a private element, its private creator (which
+# pydicom records on the element).  The kept elements are shared between data sets: a
+# record's attributes are read, never changed.
+
+#: Elements kept at most (then all are forgotten: a new series repeats its own).
+MEMO_ENTRIES = 8192
+#: Values longer than this are decoded every time (rare, and not worth their memory).
+MEMO_VALUE_BYTES = 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+_memo: dict[tuple[object, ...], tuple[DataElement, str | None]] = {}
+_implicit_vr: dict[int, str | None] = {}  # a public tag's VR when implicit (None: not kept)
+
+
+def _unambiguous_vr(tag: int) -> str | None:
+    """A public tag's dictionary VR, when an implicit VR element of it always decodes the
+    same way (a VR such as ``US or SS`` depends on other elements; SQ is never kept)."""
+    if tag not in _implicit_vr:
+        try:
+            vr: str | None = dictionary_VR(tag)
+        except KeyError:
+            vr = None
+        if vr is not None and (" or " in vr or vr in ("SQ", "UN")):
+            vr = None
+        _implicit_vr[tag] = vr
+    return _implicit_vr[tag]
+
+
+def _memo_key(raw: object, little: bool, charset: object, dataset: Dataset) -> tuple[object, ...] | None:
+    """What decides how `raw` (a RawDataElement) decodes, or None when it is not kept."""
+    if not isinstance(raw, RawDataElement):
+        return None
+    value, vr, tag = raw.value, raw.VR, int(raw.tag)
+    if value is None or raw.length == _UNDEFINED_LENGTH or len(value) > MEMO_VALUE_BYTES:
+        return None
+    creator: object = None
+    if tag >> 16 & 1:  # private
+        if vr is None or (tag & 0xFFFF) < 0x0100:
+            return None  # implicit (its VR from the private dictionary); or a creator itself
+        found = dataset.get_item((tag & 0xFFFF0000) | ((tag >> 8) & 0xFF))
+        creator = found.value if found is not None else None
+    if vr is None:
+        if _unambiguous_vr(tag) is None:
+            return None
+    elif vr in ("SQ", "UN") or " or " in vr:
+        return None
+    return (tag, vr, value, little, charset, creator)
+
+
+def _decoded(parsed: Dataset, little: bool) -> tuple[Dataset, str]:
+    """`parsed` (just read, its elements raw) with every element decoded, and what the index
+    stores of it (`instance_row`'s JSON object).  Raises what decoding raises."""
+    found = parsed.get_item(SPECIFIC_CHARACTER_SET)
+    charset = found.value if found is not None else None
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    members: list[str] = []
+    for tag in sorted(parsed.keys()):
+        key = _memo_key(parsed.get_item(tag), little, charset, parsed)
+        kept = _memo.get(key) if key is not None else None
+        if kept is None:
+            element = parsed[tag]  # decoded as pydicom does (VR corrections included)
+            kept = (element, _member(element))
+            if key is not None:
+                if len(_memo) >= MEMO_ENTRIES:
+                    _memo.clear()
+                _memo[key] = kept
+        elements[tag] = kept[0]
+        if kept[1] is not None:
+            members.append(kept[1])
+    dataset = Dataset(elements)
+    dataset.set_original_encoding(
+        parsed.original_encoding[0], parsed.original_encoding[1], parsed.original_character_set
+    )
+    return dataset, "{" + ",".join(members) + "}"
 
 
 def record_from_stream(aet: str, source: BinaryIO, size: int) -> tuple[IndexRecord, int]:

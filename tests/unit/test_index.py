@@ -8,6 +8,7 @@ has fired when its call returns.
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 from typing import Any
@@ -17,10 +18,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.config import ConfigError, parse_config
+from dicomrst.index import records
 from dicomrst.index.database import IndexFailed, IndexStartFailed, SqlIndex, SqliteDatabase, redacted
 from dicomrst.index.factory import open_index
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.records import NotIndexable, record_from_head
+from dicomrst.index.records import NotIndexable, instance_row, record_from_dataset, record_from_head
 from dicomrst.index.schema import SCHEMA_VERSION, SQLITE, migrations
 from dicomrst.index.search import like_pattern
 from dicomrst.qido.query import parse_query
@@ -92,6 +94,76 @@ class RecordTests(SynchronousTestCase):
         data = index_data.part10(ds)
         with self.assertRaisesRegex(NotIndexable, "study"):
             record_from_head(AET, "k", "s", len(data), data, complete=True)
+
+
+def _plain_row(data: bytes) -> records.InstanceRow:
+    """The row of a Part-10 object decoded without the element memo (pydicom alone)."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    del ds.file_meta
+    return instance_row(record_from_dataset(AET, "k", "s", len(data), ds, transfer_syntax=syntax))
+
+
+class ElementMemoTests(SynchronousTestCase):
+    """Elements decoded once are reused only where they decode the same way."""
+
+    def setUp(self) -> None:
+        records._memo.clear()
+        self.addCleanup(records._memo.clear)
+
+    def record(self, ds: Dataset, implicit: bool = False) -> IndexRecord:
+        data = index_data.part10(ds, implicit)
+        record = record_from_head(AET, "k", "s", len(data), data, complete=True)
+        assert record is not None
+        return record
+
+    def test_rows_as_without_it_first_and_again(self) -> None:
+        for item in index_data.build():
+            for _ in range(2):  # decoded, then from the memo
+                record = record_from_head(AET, "k", "s", len(item.data), item.data, complete=True)
+                assert record is not None
+                self.assertEqual(instance_row(record), _plain_row(item.data))
+        self.assertTrue(records._memo)
+
+    def test_specific_character_set_decides(self) -> None:
+        ds = index_data.build()[0].dataset
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "S\xe6ther^Ole"
+        latin1 = self.record(ds)
+        # The same bytes (0xE6) in Latin-2 are another letter.
+        data = index_data.part10(ds).replace(b"ISO_IR 100", b"ISO_IR 101")
+        latin2 = record_from_head(AET, "k", "s", len(data), data, complete=True)
+        assert latin2 is not None
+        self.assertEqual(str(latin1.attributes.PatientName), "S\xe6ther^Ole")
+        self.assertEqual(str(latin2.attributes.PatientName), "S\u0107ther^Ole")
+
+    def test_private_creator_decides(self) -> None:
+        ds = index_data.build()[0].dataset
+        for creator in ("ACME 1", "OTHER 2"):
+            ds.private_block(0x0011, creator, create=True).add_new(0x01, "LO", "same value")
+            record = self.record(ds)
+            self.assertEqual(record.attributes[0x00111001].private_creator, creator)
+            del ds[0x00110010]
+            del ds[0x00111001]
+
+    def test_ambiguous_implicit_vr_is_decoded_each_time(self) -> None:
+        ds = index_data.build()[0].dataset
+        ds.add_new(0x00280106, "US", 0xFFFF)  # Smallest Image Pixel Value: US or SS
+        found = []
+        for representation in (0, 1):
+            ds.PixelRepresentation = representation
+            found.append(self.record(ds, implicit=True).attributes.SmallestImagePixelValue)
+        self.assertEqual(found, [0xFFFF, -1])
+
+    def test_a_full_memo_starts_again(self) -> None:
+        self.patch(records, "MEMO_ENTRIES", 3)
+        item = index_data.build()[0]
+        record = record_from_head(AET, "k", "s", len(item.data), item.data, complete=True)
+        assert record is not None
+        self.assertLessEqual(len(records._memo), 3)
+        self.assertEqual(instance_row(record), _plain_row(item.data))
 
 
 class MatchingTests(Loaded):
