@@ -12,16 +12,21 @@ included, is answered.
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 from collections.abc import Iterator
+from io import BytesIO
 from typing import BinaryIO
 
 import attrs
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
 
 from dicomrst.common.dicomjson import element_json, original_text
 from dicomrst.common.matching import pad_time, valid_time
@@ -34,6 +39,7 @@ from dicomrst.common.part10 import (
 )
 from dicomrst.common.tags import (
     BINARY_VRS,
+    LONG_VRS,
     PIXEL_DATA_TAGS,
     SERIES_INSTANCE_UID,
     SOP_CLASS_UID,
@@ -328,7 +334,7 @@ def record_from_head(
         return None
     try:
         # Every element decoded now: a broken one fails here, not in the index's writer.
-        dataset, attributes = _decoded(parse_dataset(data[:end], implicit, little), little)
+        dataset, attributes = _decoded(data[:end], implicit, little)
     except DataSetError as e:
         raise NotIndexable(str(e)) from None
     except Exception as e:
@@ -380,52 +386,160 @@ def _unambiguous_vr(tag: int) -> str | None:
     return _implicit_vr[tag]
 
 
-def _memo_key(raw: object, little: bool, charset: object, dataset: Dataset) -> tuple[object, ...] | None:
-    """What decides how `raw` (a RawDataElement) decodes, or None when it is not kept."""
-    if not isinstance(raw, RawDataElement):
-        return None
-    value, vr, tag = raw.value, raw.VR, int(raw.tag)
-    if value is None or raw.length == _UNDEFINED_LENGTH or len(value) > MEMO_VALUE_BYTES:
-        return None
-    creator: object = None
-    if tag >> 16 & 1:  # private
-        if vr is None or (tag & 0xFFFF) < 0x0100:
-            return None  # implicit (its VR from the private dictionary); or a creator itself
-        found = dataset.get_item((tag & 0xFFFF0000) | ((tag >> 8) & 0xFF))
-        creator = found.value if found is not None else None
+_Element = DataElement | RawDataElement
+_Key = tuple[object, ...]
+_KNOWN_VRS = frozenset(vr.value.encode("ascii") for vr in VR)
+
+
+def _memo_key(
+    tag: int, vr: str | None, value: bytes, little: bool, charset: object, creator: object
+) -> _Key | None:
+    """What decides how a raw element decodes, or None when it is decoded every time."""
+    if len(value) > MEMO_VALUE_BYTES or tag < SPECIFIC_CHARACTER_SET:
+        return None  # long; or before the character set (group 0000/0004: not in a data set)
     if vr is None:
-        if _unambiguous_vr(tag) is None:
-            return None
-    elif vr in ("SQ", "UN") or " or " in vr:
+        if tag >> 16 & 1 or _unambiguous_vr(tag) is None:
+            return None  # its VR from the private dictionary, or from other elements
+    elif vr in ("SQ", "UN"):
         return None
     return (tag, vr, value, little, charset, creator)
 
 
-def _decoded(parsed: Dataset, little: bool) -> tuple[Dataset, str]:
-    """`parsed` (just read, its elements raw) with every element decoded, and what the index
-    stores of it (`instance_row`'s JSON object).  Raises what decoding raises."""
-    found = parsed.get_item(SPECIFIC_CHARACTER_SET)
-    charset = found.value if found is not None else None
-    elements: dict[BaseTag, DataElement | RawDataElement] = {}
-    members: list[str] = []
-    for tag in sorted(parsed.keys()):
-        key = _memo_key(parsed.get_item(tag), little, charset, parsed)
+class _Decoding:
+    """One data set's elements on their way to decoded: those the memo had, in `elements`
+    already, and those still raw (`missed`, with their memo keys)."""
+
+    def __init__(self) -> None:
+        self.elements: dict[BaseTag, _Element] = {}
+        self.members: list[str | None] = []  # in tag order; None: not kept (or still raw)
+        self.missed: list[tuple[int, BaseTag, _Key | None]] = []  # (index in members, tag, key)
+
+    def add(self, tag: BaseTag | int, element: _Element, key: _Key | None) -> None:
         kept = _memo.get(key) if key is not None else None
         if kept is None:
-            element = parsed[tag]  # decoded as pydicom does (VR corrections included)
-            kept = (element, _member(element))
-            if key is not None:
-                if len(_memo) >= MEMO_ENTRIES:
-                    _memo.clear()
-                _memo[key] = kept
-        elements[tag] = kept[0]
-        if kept[1] is not None:
-            members.append(kept[1])
-    dataset = Dataset(elements)
-    dataset.set_original_encoding(
-        parsed.original_encoding[0], parsed.original_encoding[1], parsed.original_character_set
-    )
-    return dataset, "{" + ",".join(members) + "}"
+            self.missed.append((len(self.members), element.tag, key))
+            self.elements[element.tag] = element
+            self.members.append(None)
+        else:
+            self.elements[kept[0].tag] = kept[0]
+            self.members.append(kept[1])
+
+
+def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | list[str]] | None:
+    """`data`'s top-level elements, from the memo or raw as pydicom's reader leaves them
+    (which costs ~1 ms a CT head, more than decoding it with the memo), and the encoding
+    of their text.  Those of a defined length are split off here, the others (sequences,
+    empty values) read by pydicom's own element reader.  None for what only pydicom's
+    reader can make sense of (an unknown VR, as when a writer switched to Implicit VR; an
+    item at the top level; a value cut off; tags out of order)."""
+    implicit_header = struct.Struct("<HHL" if little else ">HHL")
+    explicit_header = struct.Struct("<HH2sH" if little else ">HH2sH")
+    long_length = struct.Struct("<L" if little else ">L")
+    decoding = _Decoding()
+    encoding: str | list[str] = default_encoding
+    charset: bytes | None = None
+    creators: dict[int, bytes] = {}
+    position, size, last = 0, len(data), -1
+    while position < size:
+        if size - position < 8:
+            return None
+        vr: str | None = None
+        if implicit:
+            group, number, length = implicit_header.unpack_from(data, position)
+            start = position + 8
+        else:
+            group, number, code, length = explicit_header.unpack_from(data, position)
+            if code not in _KNOWN_VRS:
+                return None
+            vr, start = code.decode("ascii"), position + 8
+            if code in LONG_VRS:
+                if size - position < 12:
+                    return None
+                (length,) = long_length.unpack_from(data, position + 8)
+                start = position + 12
+        tag = group << 16 | number
+        if group == 0xFFFE or tag <= last:
+            return None
+        last = tag
+        if length == _UNDEFINED_LENGTH or length == 0:
+            source = BytesIO(data)
+            source.seek(position)
+            element = next(data_element_generator(source, implicit, little, encoding=encoding))
+            decoding.add(tag, element, None)
+            position = source.tell()
+            continue
+        end = start + length
+        if end > size:
+            return None
+        value = data[start:end]
+        position = end
+        if tag == SPECIFIC_CHARACTER_SET:
+            # As pydicom's reader: the encoding of the sequences' items that follow.
+            charset = value
+            encoding = convert_encodings(
+                convert_raw_data_element(
+                    RawDataElement(BaseTag(tag), vr, length, value, start, implicit, little)
+                ).value
+            )
+        creator: bytes | None = None
+        if group & 1:
+            if number < 0x0100:
+                creators[tag] = value
+            elif vr is not None:
+                creator = creators.get((tag & 0xFFFF0000) | (number >> 8), b"")
+        key = _memo_key(tag, vr, value, little, charset, creator)
+        raw = _memo.get(key) if key is not None else None
+        if raw is None:
+            element = RawDataElement(BaseTag(tag), vr, length, value, start, implicit, little)
+            decoding.add(tag, element, key)
+        else:
+            decoding.elements[raw[0].tag] = raw[0]
+            decoding.members.append(raw[1])
+    return decoding, encoding
+
+
+def _parsed(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, bool, str | list[str]]:
+    """`_split`, or pydicom's reader where it cannot; and whether the elements are in
+    Implicit VR (pydicom's reader follows a writer that switched)."""
+    split = _split(data, implicit, little)
+    if split is not None:
+        return split[0], implicit, split[1]
+    parsed = parse_dataset(data, implicit, little)
+    implicit = bool(parsed.original_encoding[0])
+    raw = {int(tag): parsed.get_item(tag) for tag in parsed.keys()}
+    found = raw.get(SPECIFIC_CHARACTER_SET)
+    charset = found.value if isinstance(found, RawDataElement) else None
+    decoding = _Decoding()
+    for tag in sorted(raw):
+        element = raw[tag]
+        key = None
+        if isinstance(element, RawDataElement) and element.value is not None:
+            if element.length != _UNDEFINED_LENGTH:
+                creator: object = None
+                if tag >> 16 & 1 and tag & 0xFFFF >= 0x0100:
+                    owner = raw.get((tag & 0xFFFF0000) | ((tag >> 8) & 0xFF))
+                    creator = owner.value if isinstance(owner, RawDataElement) else b""
+                key = _memo_key(tag, element.VR, element.value, little, charset, creator)
+        decoding.add(tag, element, key)
+    encoding = parsed.original_character_set
+    return decoding, implicit, encoding if isinstance(encoding, str) else list(encoding)
+
+
+def _decoded(data: bytes, implicit: bool, little: bool) -> tuple[Dataset, str]:
+    """The data set `data` holds, every element decoded, and what the index stores of it
+    (`instance_row`'s JSON object).  Raises what reading and decoding raise."""
+    decoding, implicit, encoding = _parsed(data, implicit, little)
+    dataset = Dataset(decoding.elements)
+    dataset.set_original_encoding(implicit, little, encoding)
+    members = decoding.members
+    for index, tag, key in decoding.missed:
+        element = dataset[tag]  # as pydicom decodes it (character set, VR corrections)
+        members[index] = _member(element)
+        if key is not None:
+            if len(_memo) >= MEMO_ENTRIES:
+                _memo.clear()
+            _memo[key] = (element, members[index])
+    return dataset, "{" + ",".join(m for m in members if m is not None) + "}"
 
 
 def record_from_stream(aet: str, source: BinaryIO, size: int) -> tuple[IndexRecord, int]:
