@@ -16,12 +16,12 @@ import struct
 import zlib
 from collections.abc import Iterator
 from io import BytesIO
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import attrs
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
@@ -461,7 +461,7 @@ def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | 
         if group == 0xFFFE or tag <= last:
             return None
         last = tag
-        if length == _UNDEFINED_LENGTH or length == 0:
+        if length == _UNDEFINED_LENGTH or (length == 0 and vr in (None, "SQ")):
             source = BytesIO(data)
             source.seek(position)
             element = next(data_element_generator(source, implicit, little, encoding=encoding))
@@ -473,6 +473,8 @@ def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | 
             return None
         value = data[start:end]
         position = end
+        # An empty value as pydicom's reader gives it (b"" or None, by VR); keyed as b"".
+        raw_value = value if length else cast(bytes | None, empty_value_for_VR(vr, raw=True))
         if tag == SPECIFIC_CHARACTER_SET:
             # As pydicom's reader: the encoding of the sequences' items that follow.
             charset = value
@@ -490,7 +492,7 @@ def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | 
         key = _memo_key(tag, vr, value, little, charset, creator)
         raw = _memo.get(key) if key is not None else None
         if raw is None:
-            element = RawDataElement(BaseTag(tag), vr, length, value, start, implicit, little)
+            element = RawDataElement(BaseTag(tag), vr, length, raw_value, start, implicit, little)
             decoding.add(tag, element, key)
         else:
             decoding.elements[raw[0].tag] = raw[0]
