@@ -66,8 +66,9 @@ from dicomrst.logs import logger
 
 log = logger("dicomrst.local")
 
-#: Instances written and fsynced at once (each holds a thread meanwhile; the disk gains
-#: little from more).  An instance waiting for its index commit holds none.
+#: Instances of an AET written and fsynced at once (each holds a thread meanwhile; the
+#: disk gained nothing from 8 in the index-stow bench).  An instance waiting for its
+#: directory's fsync or its index commit holds none.
 DISK_CONCURRENCY = 4
 
 #: OS errors that mean the disk (or the user's quota) is full: out of resources, which
