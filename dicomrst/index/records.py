@@ -400,7 +400,7 @@ def _memo_key(
     if vr is None:
         if tag >> 16 & 1 or _unambiguous_vr(tag) is None:
             return None  # its VR from the private dictionary, or from other elements
-    elif vr in ("SQ", "UN"):
+    elif vr == "UN":
         return None
     return (tag, vr, value, little, charset, creator)
 
@@ -414,12 +414,18 @@ class _Decoding:
         self.members: list[str | None] = []  # in tag order; None: not kept (or still raw)
         self.missed: list[tuple[int, BaseTag, _Key | None]] = []  # (index in members, tag, key)
 
-    def add(self, tag: BaseTag | int, element: _Element, key: _Key | None) -> None:
+    def add(self, element: _Element, key: _Key | None) -> None:
         kept = _memo.get(key) if key is not None else None
         if kept is None:
             self.missed.append((len(self.members), element.tag, key))
             self.elements[element.tag] = element
             self.members.append(None)
+        elif kept[0].VR == "SQ":
+            # A sequence decoded the same way before: what the index stores of it is known,
+            # and the element stays as read (pydicom decodes it if asked): its items are data
+            # sets of their own, not to be shared.
+            self.elements[element.tag] = element
+            self.members.append(kept[1])
         else:
             self.elements[kept[0].tag] = kept[0]
             self.members.append(kept[1])
@@ -465,7 +471,7 @@ def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | 
             source = BytesIO(data)
             source.seek(position)
             element = next(data_element_generator(source, implicit, little, encoding=encoding))
-            decoding.add(tag, element, None)
+            decoding.add(element, None)
             position = source.tell()
             continue
         end = start + length
@@ -490,13 +496,13 @@ def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | 
             elif vr is not None:
                 creator = creators.get((tag & 0xFFFF0000) | (number >> 8), b"")
         key = _memo_key(tag, vr, value, little, charset, creator)
-        raw = _memo.get(key) if key is not None else None
-        if raw is None:
+        kept = _memo.get(key) if key is not None and vr != "SQ" else None
+        if kept is None:
             element = RawDataElement(BaseTag(tag), vr, length, raw_value, start, implicit, little)
-            decoding.add(tag, element, key)
-        else:
-            decoding.elements[raw[0].tag] = raw[0]
-            decoding.members.append(raw[1])
+            decoding.add(element, key)
+        else:  # the common case, inline
+            decoding.elements[kept[0].tag] = kept[0]
+            decoding.members.append(kept[1])
     return decoding, encoding
 
 
@@ -522,7 +528,7 @@ def _parsed(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, bool,
                     owner = raw.get((tag & 0xFFFF0000) | ((tag >> 8) & 0xFF))
                     creator = owner.value if isinstance(owner, RawDataElement) else b""
                 key = _memo_key(tag, element.VR, element.value, little, charset, creator)
-        decoding.add(tag, element, key)
+        decoding.add(element, key)
     encoding = parsed.original_character_set
     return decoding, implicit, encoding if isinstance(encoding, str) else list(encoding)
 

@@ -184,6 +184,19 @@ class ElementMemoTests(SynchronousTestCase):
         self.assertIn("S\u0107ther", instance_row(latin2).attributes)
         self.assertIn("S\xe6ther", instance_row(latin1).attributes)
 
+    def test_a_sequence_seen_before_is_not_shared(self) -> None:
+        ds = index_data.build()[0].dataset
+        item = Dataset()
+        item.PatientID = "OTHER-1"
+        ds.OtherPatientIDsSequence = [item]
+        first, second = self.record(ds), self.record(ds)
+        self.assertIn("SQ", [key[1] for key in records._memo])  # the second from the memo
+        self.assertEqual(instance_row(second), instance_row(first))
+        self.assertIn("OTHER-1", instance_row(second).attributes)
+        sequences = [r.attributes.OtherPatientIDsSequence for r in (first, second)]
+        self.assertEqual([s[0].PatientID for s in sequences], ["OTHER-1", "OTHER-1"])
+        self.assertIsNot(sequences[0][0], sequences[1][0])
+
     def test_private_creator_decides(self) -> None:
         ds = index_data.build()[0].dataset
         for creator in ("ACME 1", "OTHER 2"):
