@@ -1,7 +1,7 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, idle,
-soak): start the peers, measure dicomrst and the anchors in the same run.  ``soak`` (not
-in the default set) runs mixed load for ``--minutes`` (default 30) and writes its figures
-to ``--out``."""
+"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index,
+index-stow, index-scan, qido-cpu, idle, soak): start the peers, measure dicomrst and the
+anchors in the same run.  ``soak`` (not in the default set) runs mixed load for
+``--minutes`` (default 30) and writes its figures to ``--out``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ SUITES: dict[str, Callable[[int], None]] = {
     "index": lambda runs: index.run(runs=runs),
     # RSS of the default configuration, idle and after one query; under a minute.
     "idle": lambda runs: idle.run(runs=runs),
+    # Only the index suite's STOW-RS of the CT study into LOCAL, against Orthanc's STOW-RS
+    # and storescu, in about a minute (not in the default set).
+    "index-stow": lambda runs: index.run_stow(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")

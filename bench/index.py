@@ -327,26 +327,7 @@ def run(
         for session in systems.values():
             session.close()
 
-        # STOW-RS of the CT study: into a fresh LOCAL AET each run, against Orthanc's own
-        # STOW-RS and storescu into Orthanc (the CT study deleted from Orthanc between runs).
-        ct_uid, ct = data.ct_study(ct_slices)
-        ct_dir = wd / "ct-files"
-        ct_dir.mkdir()
-        ct_files = []
-        for i, instance in enumerate(ct):
-            ct_files.append(ct_dir / f"{i:04d}.dcm")
-            ct_files[-1].write_bytes(instance)
-        body = wd / "ct.multipart"
-        ct_mb = stow.write_body(body, ct) / 1e6
-        del ct
-        response = wd / "response.json"
-        times: dict[str, list[float]] = {"dicomrst": [], "storescu": [], "orthanc": []}
-        for r in range(runs):
-            times["dicomrst"].append(stow.post(f"{gw_sqlite.url}/aets/CT{r}/studies", body, response))
-            times["storescu"].append(stow.storescu(orthanc, ct_files))
-            drop_ct(orthanc, ct_uid, ct_slices)
-            times["orthanc"].append(stow.post(f"{orthanc.url}/dicom-web/studies", body, response))
-            drop_ct(orthanc, ct_uid, ct_slices)
+        times, ct_mb = stow_ct(wd, gw_sqlite, orthanc, runs, ct_slices)
         rss = {"SQLite": peers.peak_rss_mb(gw_sqlite.pid), "PostgreSQL": peers.peak_rss_mb(gw_pg.pid)}
         for process in (gw_sqlite, gw_pg, postgres, orthanc):
             process.stop()
@@ -390,21 +371,7 @@ def run(
         for mismatch in mismatches:
             lines.append(f"  ! different numbers of studies: {mismatch}")
 
-        stow_med = {k: statistics.median(v) for k, v in times.items()}
-        lines.append(
-            f"STOW-RS of a {ct_slices}-instance CT study ({ct_mb:.0f} MB body) into LOCAL (SQLite index), "
-            "ratio: median time relative to storescu's"
-        )
-        lines.append(row("dicomrst STOW-RS into LOCAL", times["dicomrst"], "s", stow_med["storescu"]))
-        lines.append(
-            row("DCMTK storescu -> Orthanc (1 association)", times["storescu"], "s", stow_med["storescu"])
-        )
-        lines.append(row("Orthanc's own STOW-RS", times["orthanc"], "s", stow_med["storescu"]))
-        lines.append(
-            f"  dicomrst speed vs Orthanc STOW-RS: {stow_med['orthanc'] / stow_med['dicomrst']:.2f}x "
-            f"(target >= 2x); vs storescu: {stow_med['storescu'] / stow_med['dicomrst']:.2f}x "
-            "(target >= 1.0x)"
-        )
+        lines += stow_lines(times, ct_slices, ct_mb)
         lines.append(
             f"  dicomrst peak RSS: {rss['SQLite']:.0f} MB (SQLite gateway, after everything above), "
             f"{rss['PostgreSQL']:.0f} MB (PostgreSQL gateway)"
@@ -416,6 +383,77 @@ def run(
             process.stop()
         print("\n".join(lines))
         print(f"  (index suite: {time.monotonic() - began:.0f} s)")
+        import shutil
+
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def stow_ct(
+    wd: Path, gateway: peers.Gateway, orthanc: peers.Orthanc, runs: int, ct_slices: int, first: int = 0
+) -> tuple[dict[str, list[float]], float]:
+    """STOW-RS of the CT study into a fresh LOCAL AET each run (``CT{first + r}``, configured in
+    `gateway`), against Orthanc's own STOW-RS and storescu into Orthanc (the CT study deleted
+    from Orthanc between runs), interleaved; the seconds of each, and the body's size in MB."""
+    ct_uid, ct = data.ct_study(ct_slices)
+    ct_dir = wd / "ct-files"
+    ct_dir.mkdir(exist_ok=True)
+    ct_files = []
+    for i, instance in enumerate(ct):
+        ct_files.append(ct_dir / f"{i:04d}.dcm")
+        ct_files[-1].write_bytes(instance)
+    body = wd / "ct.multipart"
+    ct_mb = stow.write_body(body, ct) / 1e6
+    del ct
+    response = wd / "response.json"
+    times: dict[str, list[float]] = {"dicomrst": [], "storescu": [], "orthanc": []}
+    for r in range(runs):
+        times["dicomrst"].append(stow.post(f"{gateway.url}/aets/CT{first + r}/studies", body, response))
+        times["storescu"].append(stow.storescu(orthanc, ct_files))
+        drop_ct(orthanc, ct_uid, ct_slices)
+        times["orthanc"].append(stow.post(f"{orthanc.url}/dicom-web/studies", body, response))
+        drop_ct(orthanc, ct_uid, ct_slices)
+    return times, ct_mb
+
+
+def stow_lines(times: dict[str, list[float]], ct_slices: int, ct_mb: float) -> list[str]:
+    stow_med = {k: statistics.median(v) for k, v in times.items()}
+    return [
+        f"STOW-RS of a {ct_slices}-instance CT study ({ct_mb:.0f} MB body) into LOCAL (SQLite index), "
+        "ratio: median time relative to storescu's",
+        row("dicomrst STOW-RS into LOCAL", times["dicomrst"], "s", stow_med["storescu"]),
+        row("DCMTK storescu -> Orthanc (1 association)", times["storescu"], "s", stow_med["storescu"]),
+        row("Orthanc's own STOW-RS", times["orthanc"], "s", stow_med["storescu"]),
+        f"  dicomrst speed vs Orthanc STOW-RS: {stow_med['orthanc'] / stow_med['dicomrst']:.2f}x "
+        f"(target >= 2x); vs storescu: {stow_med['storescu'] / stow_med['dicomrst']:.2f}x "
+        "(target >= 1.0x)",
+    ]
+
+
+def run_stow(runs: int = 5, ct_slices: int = 200) -> None:
+    """Only the STOW-RS comparison of `run` (its Orthanc, and a gateway with an SQLite index
+    holding nothing else): a minute or so instead of the whole suite."""
+    began = time.monotonic()
+    wd = peers.workdir()
+    lines: list[str] = []
+    processes: list[peers.Process] = []
+    try:
+        orthanc = peers.Orthanc(wd)
+        processes.append(orthanc)
+        aets = [{"aet": f"CT{r}", "backend": "LOCAL", "path": str(wd / f"ct{r}")} for r in range(runs)]
+        index_config = {"url": f"sqlite:{wd / 'index.sqlite'}", "scan-interval": 0}
+        gateway = peers.Gateway(
+            wd, aets, http={"max-upload-size": 200_000_000}, name="dicomrst-sqlite", index=index_config
+        )
+        processes.append(gateway)
+        wait_idle(gateway.pid)
+        times, ct_mb = stow_ct(wd, gateway, orthanc, runs, ct_slices)
+        lines += stow_lines(times, ct_slices, ct_mb)
+        lines.append(f"  dicomrst peak RSS: {peers.peak_rss_mb(gateway.pid):.0f} MB")
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        print("\n".join(lines))
+        print(f"  (index-stow suite: {time.monotonic() - began:.0f} s)")
         import shutil
 
         shutil.rmtree(wd, ignore_errors=True)

@@ -20,7 +20,11 @@ class IndexRecord:
         ``"{mtime_ns}:{size}"`` for a file; the reconcile scan compares it.
     :ivar attributes: the object's data set up to (not including) Pixel Data, bulk values
         included or not as the producer read them; the index keeps what QIDO-RS can ask
-        for (``includefield=all`` answers from it).
+        for (``includefield=all`` answers from it).  Read it, never change it: the records
+        made by `dicomrst.index.records` share their decoded elements.
+    :ivar attributes_json: what the index stores of `attributes` (a DICOM JSON object),
+        when the producer made it while reading them (`dicomrst.index.records`); None: the
+        index makes it.
     """
 
     aet: str
@@ -33,6 +37,7 @@ class IndexRecord:
     stamp: str
     size: int
     attributes: Dataset = attrs.field(eq=False, repr=False)
+    attributes_json: str | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class IIndex(Interface):

@@ -12,15 +12,21 @@ included, is answered.
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
+from io import BytesIO
+from typing import BinaryIO, cast
 
 import attrs
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
 
 from dicomrst.common.dicomjson import element_json, original_text
 from dicomrst.common.matching import pad_time, valid_time
@@ -33,6 +39,7 @@ from dicomrst.common.part10 import (
 )
 from dicomrst.common.tags import (
     BINARY_VRS,
+    LONG_VRS,
     PIXEL_DATA_TAGS,
     SERIES_INSTANCE_UID,
     SOP_CLASS_UID,
@@ -203,19 +210,25 @@ class InstanceRow:
     attributes: str  # a DICOM JSON object
 
 
+def _member(element: DataElement) -> str | None:
+    """The element as a member of the stored JSON object, or None when it is not kept."""
+    tag = int(element.tag)
+    if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS or tag >> 16 == 0x0002:
+        return None  # values are kept decoded (JSON is UTF-8); pixel data never
+    if element.VR in BINARY_VRS and element.value is not None and len(element.value) > MAX_BINARY_VALUE:
+        return None
+    try:
+        encoded = element_json(element)
+    except Exception:  # a value pydicom cannot make sense of: not searchable
+        return None
+    return f'"{tag:08X}":{encoded}' if encoded is not None else None
+
+
 def _kept(dataset: Dataset) -> Iterator[str]:
     for element in dataset:
-        tag = int(element.tag)
-        if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS or tag >> 16 == 0x0002:
-            continue  # values are kept decoded (JSON is UTF-8); pixel data never
-        if element.VR in BINARY_VRS and element.value is not None and len(element.value) > MAX_BINARY_VALUE:
-            continue
-        try:
-            encoded = element_json(element)
-        except Exception:  # a value pydicom cannot make sense of: not searchable
-            continue
-        if encoded is not None:
-            yield f'"{tag:08X}":{encoded}'
+        member = _member(element)
+        if member is not None:
+            yield member
 
 
 def instance_row(record: IndexRecord) -> InstanceRow:
@@ -233,7 +246,10 @@ def instance_row(record: IndexRecord) -> InstanceRow:
     levels[SERIES]["series_uid"] = record.series
     levels[IMAGE]["sop_uid"] = record.sop_instance
     levels[IMAGE]["sop_class"] = record.sop_class
-    return InstanceRow(levels[STUDY], levels[SERIES], levels[IMAGE], "{" + ",".join(_kept(ds)) + "}")
+    attributes = record.attributes_json
+    if attributes is None:
+        attributes = "{" + ",".join(_kept(ds)) + "}"
+    return InstanceRow(levels[STUDY], levels[SERIES], levels[IMAGE], attributes)
 
 
 def _uid(dataset: Dataset, tag: int) -> str:
@@ -251,6 +267,7 @@ def record_from_dataset(
     sop_class: str = "",
     sop_instance: str = "",
     transfer_syntax: str,
+    attributes_json: str | None = None,
 ) -> IndexRecord:
     """The record of a parsed data set; the UIDs from the file meta when given, else from
     the data set.  Raises `NotIndexable` when a UID is missing."""
@@ -270,6 +287,7 @@ def record_from_dataset(
         size=size,
         transfer_syntax=transfer_syntax,
         attributes=dataset,
+        attributes_json=attributes_json,
         **uids,
     )
 
@@ -315,10 +333,8 @@ def record_from_head(
     else:
         return None
     try:
-        dataset = parse_dataset(data[:end], implicit, little)
-        # Decode every element now: a broken one fails here, not in the index's writer.
-        for _ in dataset:
-            pass
+        # Every element decoded now: a broken one fails here, not in the index's writer.
+        dataset, attributes = _decoded(data[:end], implicit, little)
     except DataSetError as e:
         raise NotIndexable(str(e)) from None
     except Exception as e:
@@ -332,7 +348,206 @@ def record_from_head(
         sop_class=meta.text(MEDIA_STORAGE_SOP_CLASS),
         sop_instance=meta.text(MEDIA_STORAGE_SOP_INSTANCE),
         transfer_syntax=syntax,
+        attributes_json=attributes,
     )
+
+
+# -- decoding elements once ----------------------------------------------------------------
+#
+# Decoding an element (pydicom's conversion, then its JSON) costs some 14 us; a CT slice's
+# head holds ~250 of them (most private), ~4 ms a slice, more than writing and fsyncing it.
+# The slices of a series repeat nearly all of them byte for byte, so an element decoded
+# once is kept by what decodes it the same way again: its tag, VR, bytes, byte order, the
+# data set's Specific Character Set and, for a private element, its private creator (which
+# pydicom records on the element).  The kept elements are shared between data sets: a
+# record's attributes are read, never changed.
+
+#: Elements kept at most (then all are forgotten: a new series repeats its own).
+MEMO_ENTRIES = 8192
+#: Values longer than this are decoded every time (rare, and not worth their memory).
+MEMO_VALUE_BYTES = 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+_memo: dict[tuple[object, ...], tuple[DataElement, str | None]] = {}
+_implicit_vr: dict[int, str | None] = {}  # a public tag's VR when implicit (None: not kept)
+
+
+def _unambiguous_vr(tag: int) -> str | None:
+    """A public tag's dictionary VR, when an implicit VR element of it always decodes the
+    same way (a VR such as ``US or SS`` depends on other elements; SQ is never kept)."""
+    if tag not in _implicit_vr:
+        try:
+            vr: str | None = dictionary_VR(tag)
+        except KeyError:
+            vr = None
+        if vr is not None and (" or " in vr or vr in ("SQ", "UN")):
+            vr = None
+        _implicit_vr[tag] = vr
+    return _implicit_vr[tag]
+
+
+_Element = DataElement | RawDataElement
+_Key = tuple[object, ...]
+_KNOWN_VRS = frozenset(vr.value.encode("ascii") for vr in VR)
+
+
+def _memo_key(
+    tag: int, vr: str | None, value: bytes, little: bool, charset: object, creator: object
+) -> _Key | None:
+    """What decides how a raw element decodes, or None when it is decoded every time."""
+    if len(value) > MEMO_VALUE_BYTES or tag < SPECIFIC_CHARACTER_SET:
+        return None  # long; or before the character set (group 0000/0004: not in a data set)
+    if vr is None:
+        if tag >> 16 & 1 or _unambiguous_vr(tag) is None:
+            return None  # its VR from the private dictionary, or from other elements
+    elif vr == "UN":
+        return None
+    return (tag, vr, value, little, charset, creator)
+
+
+class _Decoding:
+    """One data set's elements on their way to decoded: those the memo had, in `elements`
+    already, and those still raw (`missed`, with their memo keys)."""
+
+    def __init__(self) -> None:
+        self.elements: dict[BaseTag, _Element] = {}
+        self.members: list[str | None] = []  # in tag order; None: not kept (or still raw)
+        self.missed: list[tuple[int, BaseTag, _Key | None]] = []  # (index in members, tag, key)
+
+    def add(self, element: _Element, key: _Key | None) -> None:
+        kept = _memo.get(key) if key is not None else None
+        if kept is None:
+            self.missed.append((len(self.members), element.tag, key))
+            self.elements[element.tag] = element
+            self.members.append(None)
+        elif kept[0].VR == "SQ":
+            # A sequence decoded the same way before: what the index stores of it is known,
+            # and the element stays as read (pydicom decodes it if asked): its items are data
+            # sets of their own, not to be shared.
+            self.elements[element.tag] = element
+            self.members.append(kept[1])
+        else:
+            self.elements[kept[0].tag] = kept[0]
+            self.members.append(kept[1])
+
+
+def _split(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, str | list[str]] | None:
+    """`data`'s top-level elements, from the memo or raw as pydicom's reader leaves them
+    (which costs ~1 ms a CT head, more than decoding it with the memo), and the encoding
+    of their text.  Those of a defined length are split off here, the others (sequences,
+    empty values) read by pydicom's own element reader.  None for what only pydicom's
+    reader can make sense of (an unknown VR, as when a writer switched to Implicit VR; an
+    item at the top level; a value cut off; tags out of order)."""
+    implicit_header = struct.Struct("<HHL" if little else ">HHL")
+    explicit_header = struct.Struct("<HH2sH" if little else ">HH2sH")
+    long_length = struct.Struct("<L" if little else ">L")
+    decoding = _Decoding()
+    encoding: str | list[str] = default_encoding
+    charset: bytes | None = None
+    creators: dict[int, bytes] = {}
+    position, size, last = 0, len(data), -1
+    while position < size:
+        if size - position < 8:
+            return None
+        vr: str | None = None
+        if implicit:
+            group, number, length = implicit_header.unpack_from(data, position)
+            start = position + 8
+        else:
+            group, number, code, length = explicit_header.unpack_from(data, position)
+            if code not in _KNOWN_VRS:
+                return None
+            vr, start = code.decode("ascii"), position + 8
+            if code in LONG_VRS:
+                if size - position < 12:
+                    return None
+                (length,) = long_length.unpack_from(data, position + 8)
+                start = position + 12
+        tag = group << 16 | number
+        if group == 0xFFFE or tag <= last:
+            return None
+        last = tag
+        if length == _UNDEFINED_LENGTH or (length == 0 and vr in (None, "SQ")):
+            source = BytesIO(data)
+            source.seek(position)
+            element = next(data_element_generator(source, implicit, little, encoding=encoding))
+            decoding.add(element, None)
+            position = source.tell()
+            continue
+        end = start + length
+        if end > size:
+            return None
+        value = data[start:end]
+        position = end
+        # An empty value as pydicom's reader gives it (b"" or None, by VR); keyed as b"".
+        raw_value = value if length else cast(bytes | None, empty_value_for_VR(vr, raw=True))
+        if tag == SPECIFIC_CHARACTER_SET:
+            # As pydicom's reader: the encoding of the sequences' items that follow.
+            charset = value
+            encoding = convert_encodings(
+                convert_raw_data_element(
+                    RawDataElement(BaseTag(tag), vr, length, value, start, implicit, little)
+                ).value
+            )
+        creator: bytes | None = None
+        if group & 1:
+            if number < 0x0100:
+                creators[tag] = value
+            elif vr is not None:
+                creator = creators.get((tag & 0xFFFF0000) | (number >> 8), b"")
+        key = _memo_key(tag, vr, value, little, charset, creator)
+        kept = _memo.get(key) if key is not None and vr != "SQ" else None
+        if kept is None:
+            element = RawDataElement(BaseTag(tag), vr, length, raw_value, start, implicit, little)
+            decoding.add(element, key)
+        else:  # the common case, inline
+            decoding.elements[kept[0].tag] = kept[0]
+            decoding.members.append(kept[1])
+    return decoding, encoding
+
+
+def _parsed(data: bytes, implicit: bool, little: bool) -> tuple[_Decoding, bool, str | list[str]]:
+    """`_split`, or pydicom's reader where it cannot; and whether the elements are in
+    Implicit VR (pydicom's reader follows a writer that switched)."""
+    split = _split(data, implicit, little)
+    if split is not None:
+        return split[0], implicit, split[1]
+    parsed = parse_dataset(data, implicit, little)
+    implicit = bool(parsed.original_encoding[0])
+    raw = {int(tag): parsed.get_item(tag) for tag in parsed.keys()}
+    found = raw.get(SPECIFIC_CHARACTER_SET)
+    charset = found.value if isinstance(found, RawDataElement) else None
+    decoding = _Decoding()
+    for tag in sorted(raw):
+        element = raw[tag]
+        key = None
+        if isinstance(element, RawDataElement) and element.value is not None:
+            if element.length != _UNDEFINED_LENGTH:
+                creator: object = None
+                if tag >> 16 & 1 and tag & 0xFFFF >= 0x0100:
+                    owner = raw.get((tag & 0xFFFF0000) | ((tag >> 8) & 0xFF))
+                    creator = owner.value if isinstance(owner, RawDataElement) else b""
+                key = _memo_key(tag, element.VR, element.value, little, charset, creator)
+        decoding.add(element, key)
+    encoding = parsed.original_character_set
+    return decoding, implicit, encoding if isinstance(encoding, str) else list(encoding)
+
+
+def _decoded(data: bytes, implicit: bool, little: bool) -> tuple[Dataset, str]:
+    """The data set `data` holds, every element decoded, and what the index stores of it
+    (`instance_row`'s JSON object).  Raises what reading and decoding raise."""
+    decoding, implicit, encoding = _parsed(data, implicit, little)
+    dataset = Dataset(decoding.elements)
+    dataset.set_original_encoding(implicit, little, encoding)
+    members = decoding.members
+    for index, tag, key in decoding.missed:
+        element = dataset[tag]  # as pydicom decodes it (character set, VR corrections)
+        members[index] = _member(element)
+        if key is not None:
+            if len(_memo) >= MEMO_ENTRIES:
+                _memo.clear()
+            _memo[key] = (element, members[index])
+    return dataset, "{" + ",".join(m for m in members if m is not None) + "}"
 
 
 def record_from_stream(aet: str, source: BinaryIO, size: int) -> tuple[IndexRecord, int]:

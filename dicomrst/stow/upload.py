@@ -72,12 +72,14 @@ class _NoReadControl:
 
 
 class _Spool:
-    """A part's bytes: in memory up to `threshold`, then in a temporary file."""
+    """A part's bytes: in memory up to `threshold`, then in a temporary file.  In memory,
+    the chunks as they came, joined once at the end (a part is copied once, not grown
+    and then copied)."""
 
     def __init__(self, threshold: int, directory: str | None) -> None:
         self._threshold = threshold
         self._directory = directory
-        self._memory: bytearray | None = bytearray()
+        self._memory: list[bytes] | None = []
         self._file: IO[bytes] | None = None
         self.path: str | None = None
         self.size = 0
@@ -88,11 +90,11 @@ class _Spool:
             self._file.write(data)
             return
         assert self._memory is not None
-        self._memory += data
-        if len(self._memory) > self._threshold:
+        self._memory.append(data)
+        if self.size > self._threshold:
             fd, self.path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".dcm", dir=self._directory)
             self._file = os.fdopen(fd, "wb")
-            self._file.write(self._memory)
+            self._file.writelines(self._memory)
             self._memory = None
 
     def close(self) -> bytes | None:
@@ -101,7 +103,11 @@ class _Spool:
             self._file.close()
             self._file = None
             return None
-        return bytes(self._memory) if self._memory is not None else None
+        if self._memory is None:
+            return None
+        data = b"".join(self._memory)
+        self._memory = [data]
+        return data
 
     def discard(self) -> None:
         if self._file is not None:

@@ -8,6 +8,7 @@ has fired when its call returns.
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 from typing import Any
@@ -17,10 +18,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.config import ConfigError, parse_config
+from dicomrst.index import records
 from dicomrst.index.database import IndexFailed, IndexStartFailed, SqlIndex, SqliteDatabase, redacted
 from dicomrst.index.factory import open_index
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.records import NotIndexable, record_from_head
+from dicomrst.index.records import NotIndexable, instance_row, record_from_dataset, record_from_head
 from dicomrst.index.schema import SCHEMA_VERSION, SQLITE, migrations
 from dicomrst.index.search import like_pattern
 from dicomrst.qido.query import parse_query
@@ -92,6 +94,134 @@ class RecordTests(SynchronousTestCase):
         data = index_data.part10(ds)
         with self.assertRaisesRegex(NotIndexable, "study"):
             record_from_head(AET, "k", "s", len(data), data, complete=True)
+
+
+def _plain_row(data: bytes) -> records.InstanceRow:
+    """The row of a Part-10 object decoded without the element memo (pydicom alone)."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    meta = ds.file_meta
+    del ds.file_meta
+    return instance_row(
+        record_from_dataset(
+            AET,
+            "k",
+            "s",
+            len(data),
+            ds,
+            sop_class=str(meta.MediaStorageSOPClassUID),
+            sop_instance=str(meta.MediaStorageSOPInstanceUID),
+            transfer_syntax=str(meta.TransferSyntaxUID),
+        )
+    )
+
+
+_PYDICOM_FILES = (
+    "test_files/CT_small.dcm",  # private elements
+    "test_files/MR_small_implicit.dcm",
+    "test_files/MR_small_bigendian.dcm",
+    "test_files/image_dfl.dcm",  # deflated
+    "test_files/rtplan.dcm",  # sequences
+    "test_files/reportsi.dcm",  # sequences of undefined length, nested
+    "test_files/reportsi_with_empty_number_tags.dcm",
+    "test_files/badVR.dcm",  # explicit VRs that are not VRs (pydicom's reader decides)
+    "charset_files/chrX1.dcm",  # character sets (0008,0005) other than the default
+    "charset_files/chrH31.dcm",
+    "charset_files/chrJapMulti.dcm",
+)
+
+
+class ElementMemoTests(SynchronousTestCase):
+    """Elements decoded once are reused only where they decode the same way."""
+
+    def setUp(self) -> None:
+        records._memo.clear()
+        self.addCleanup(records._memo.clear)
+
+    def record(self, ds: Dataset, implicit: bool = False) -> IndexRecord:
+        data = index_data.part10(ds, implicit)
+        record = record_from_head(AET, "k", "s", len(data), data, complete=True)
+        assert record is not None
+        return record
+
+    def test_rows_as_without_it_first_and_again(self) -> None:
+        for item in index_data.build():
+            for _ in range(2):  # decoded, then from the memo
+                record = record_from_head(AET, "k", "s", len(item.data), item.data, complete=True)
+                assert record is not None
+                self.assertEqual(instance_row(record), _plain_row(item.data))
+        self.assertTrue(records._memo)
+
+    def test_pydicom_test_files_as_without_it(self) -> None:
+        # Explicit and Implicit VR, big endian, deflated, sequences of undefined length,
+        # private elements, and writers pydicom's reader works around (the memo's fast
+        # split hands those to it).
+        import pydicom.data
+
+        for name in _PYDICOM_FILES:
+            with open(os.path.join(os.path.dirname(pydicom.data.__file__), name), "rb") as f:
+                data = f.read()
+            for _ in range(2):
+                record = record_from_head(AET, "k", "s", len(data), data, complete=True)
+                assert record is not None
+                self.assertEqual(instance_row(record), _plain_row(data), name)
+
+    def test_specific_character_set_decides(self) -> None:
+        ds = index_data.build()[0].dataset
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "S\xe6ther^Ole"
+        item = Dataset()
+        item.PatientID = "S\xe6ther"  # a sequence's item: in the data set's character set too
+        ds.OtherPatientIDsSequence = [item]
+        latin1 = self.record(ds)
+        # The same bytes (0xE6) in Latin-2 are another letter.
+        data = index_data.part10(ds).replace(b"ISO_IR 100", b"ISO_IR 101")
+        latin2 = record_from_head(AET, "k", "s", len(data), data, complete=True)
+        assert latin2 is not None
+        self.assertEqual(str(latin1.attributes.PatientName), "S\xe6ther^Ole")
+        self.assertEqual(str(latin2.attributes.PatientName), "S\u0107ther^Ole")
+        self.assertIn("S\u0107ther", instance_row(latin2).attributes)
+        self.assertIn("S\xe6ther", instance_row(latin1).attributes)
+
+    def test_a_sequence_seen_before_is_not_shared(self) -> None:
+        ds = index_data.build()[0].dataset
+        item = Dataset()
+        item.PatientID = "OTHER-1"
+        ds.OtherPatientIDsSequence = [item]
+        first, second = self.record(ds), self.record(ds)
+        self.assertIn("SQ", [key[1] for key in records._memo])  # the second from the memo
+        self.assertEqual(instance_row(second), instance_row(first))
+        self.assertIn("OTHER-1", instance_row(second).attributes)
+        sequences = [r.attributes.OtherPatientIDsSequence for r in (first, second)]
+        self.assertEqual([s[0].PatientID for s in sequences], ["OTHER-1", "OTHER-1"])
+        self.assertIsNot(sequences[0][0], sequences[1][0])
+
+    def test_private_creator_decides(self) -> None:
+        ds = index_data.build()[0].dataset
+        for creator in ("ACME 1", "OTHER 2"):
+            ds.private_block(0x0011, creator, create=True).add_new(0x01, "LO", "same value")
+            record = self.record(ds)
+            self.assertEqual(record.attributes[0x00111001].private_creator, creator)
+            del ds[0x00110010]
+            del ds[0x00111001]
+
+    def test_ambiguous_implicit_vr_is_decoded_each_time(self) -> None:
+        ds = index_data.build()[0].dataset
+        ds.add_new(0x00280106, "US", 0xFFFF)  # Smallest Image Pixel Value: US or SS
+        found = []
+        for representation in (0, 1):
+            ds.PixelRepresentation = representation
+            found.append(self.record(ds, implicit=True).attributes.SmallestImagePixelValue)
+        self.assertEqual(found, [0xFFFF, -1])
+
+    def test_a_full_memo_starts_again(self) -> None:
+        self.patch(records, "MEMO_ENTRIES", 3)
+        item = index_data.build()[0]
+        record = record_from_head(AET, "k", "s", len(item.data), item.data, complete=True)
+        assert record is not None
+        self.assertLessEqual(len(records._memo), 3)
+        self.assertEqual(instance_row(record), _plain_row(item.data))
 
 
 class MatchingTests(Loaded):

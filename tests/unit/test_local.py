@@ -25,6 +25,7 @@ from dicomrst.backends.interfaces import IBackend, IInstanceIntake, IRangedReads
 from dicomrst.backends.local import LocalArchiveError, LocalBackend
 from dicomrst.backends.local.files import InvalidObject, list_objects
 from dicomrst.backends.local.retrieve import CHUNK
+from dicomrst.backends.local.store import DISK_CONCURRENCY
 from dicomrst.backends.values import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_CONFLICT,
@@ -267,6 +268,66 @@ class StoreRetrieveTests(_Base):
         failure = self.failureResultOf(self.backend.retrieve(study, None, None, sink=RecordingSink()))
         self.assertTrue(failure.check(UpstreamError))
         self.assertIn("not a DICOM file", failure.getErrorMessage())
+
+
+class DurableOrderTests(_Base):
+    """Several instances of one series, the backend's thread work held: how many are
+    written at once, and when each is reported stored."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.held = HeldPool()
+        self.backend = LocalBackend(AET, self.root, _Reactor(self.held), index=self.index)
+        started = self.backend.start()
+        self.held.run_next()  # the leftovers' removal
+        self.successResultOf(started)
+        self.ran: list[str] = []
+
+    def pending(self) -> list[str]:
+        return [getattr(f, "__name__", "?") for _, f, _, _ in self.held.calls]
+
+    def run_next(self) -> None:
+        self.ran.append(self.pending()[0])
+        self.held.run_next()
+
+    def test_writes_bounded_and_reported_only_after_a_later_directory_fsync(self) -> None:
+        study, series = generate_uid(), generate_uid()
+        datas = [part10_bytes(study=study, series=series) for _ in range(DISK_CONCURRENCY + 2)]
+        outcomes = [self.backend.store_instance(uploaded(self, data)) for data in datas]
+        self.assertEqual(self.pending(), ["_write_upload"] * DISK_CONCURRENCY)
+        for _ in range(DISK_CONCURRENCY):
+            self.run_next()
+        # Four placed under their names; their directory's fsync has not run: none is
+        # reported stored, none indexed.  The two others are being written meanwhile.
+        self.assertTrue(all(os.path.exists(self.path_of(data)) for data in datas[:DISK_CONCURRENCY]))
+        for outcome in outcomes:
+            self.assertNoResult(outcome)
+        self.assertEqual(self.indexed(), {})
+        self.assertEqual(sorted(self.pending()), ["_write_upload"] * 2 + ["fsync_directory"])
+        # The first placed is covered by the fsync that began after it; the three others
+        # by the next, which starts when it ends.
+        while self.pending()[0] != "fsync_directory":
+            self.run_next()
+        self.run_next()
+        self.assertEqual(self.successResultOf(outcomes[0]).status, SUCCESS)
+        self.assertEqual(list(self.indexed()), [expected_info(datas[0]).sop_instance_uid])
+        for outcome in outcomes[1:]:
+            self.assertNoResult(outcome)
+        while self.held.calls:
+            self.run_next()
+        self.assertEqual([self.successResultOf(o).status for o in outcomes[1:]], [SUCCESS] * (len(datas) - 1))
+        self.assertEqual(len(self.indexed()), len(datas))
+        self.assertLessEqual(self.ran.count("fsync_directory"), 3)
+
+    def test_an_unreadable_upload_is_refused_before_anything_is_written(self) -> None:
+        data = part10_bytes()
+        info = expected_info(data)
+        broken = data[: info.dataset_offset] + b"\x08\x00\x05\x00ZZ\x04\x00abcd"  # an unknown VR
+        outcome = self.backend.store_instance(uploaded(self, broken, info))
+        self.run_next()
+        self.assertEqual(self.successResultOf(outcome).status, FAILURE_CANNOT_UNDERSTAND)
+        self.assertEqual(_names(self.root), [])  # not even its study's directory
+        self.assertEqual(self.pending(), [])
 
 
 class LeftoverTests(_Base):

@@ -49,9 +49,11 @@ from dicomrst.logs import logger
 
 log = logger("dicomrst.local")
 
-#: Instances of one STOW-RS upload written at once: each holds a thread while it copies
-#: and fsyncs, and the disk gains little from more.
-STORE_CONCURRENCY = 4
+#: Instances of one STOW-RS upload in flight: written and fsynced (at most
+#: `dicomrst.backends.local.store.DISK_CONCURRENCY` of them at once, for the AET), or
+#: waiting for the index's commit, which groups them (each holds its part meanwhile, up
+#: to the spool threshold in memory).
+STORE_CONCURRENCY = 16
 
 
 class LocalArchiveError(Exception):

@@ -4,9 +4,9 @@
 Objects are ``{root}/{study}/{series}/{sop}.dcm`` Part-10 files, S3's layout.  A new
 object is written under a temporary name (``.{sop}.dcm.{token}{n}.tmp``: hidden, and
 not ending in ``.dcm``, so no listing ever serves it), fsynced, then given its final
-name with a hard link (which, unlike a rename, never replaces an object stored
-meanwhile under the same SOP Instance UID) and the directory fsynced: once `commit`
-returns, a crash loses neither the file nor its name.  Where the filesystem has no hard
+name with a hard link (`place`; a link, unlike a rename, never replaces an object
+stored meanwhile under the same SOP Instance UID) and the directory fsynced: once that
+fsync has ended, a crash loses neither the file nor its name.  Where the filesystem has no hard
 links, a rename after an existence check does the same within one process.
 
 Temporary files a crash left behind are removed at start (`remove_leftovers`); those of
@@ -184,6 +184,15 @@ def copy_into(temporary: TemporaryObject, source: BinaryIO) -> None:
             temporary.write(data)
 
 
+def read_upload_record(source: BinaryIO, size: int, aet: str) -> IndexRecord:
+    """Blocking: `read_head_record` of an object not yet written (`source`, `size` bytes)."""
+    with source:
+        try:
+            return record_from_stream(aet, source, size)[0]
+        except NotIndexable as e:
+            raise InvalidObject(f"not a readable DICOM data set: {e}") from None
+
+
 def read_record(path: str, aet: str) -> IndexRecord:
     """Blocking: `read_head_record` without the count."""
     return read_head_record(path, aet)[0]
@@ -216,7 +225,7 @@ def same_content(a: str, b: str) -> bool:
 
 @attrs.frozen
 class Placed:
-    """What `commit` did: stored (`stored`), or found an object already there (the same
+    """What `place` did: stored (`stored`), or found an object already there (the same
     content: `stored` too, nothing written; different: not stored)."""
 
     stored: bool
@@ -224,10 +233,11 @@ class Placed:
     stat: os.stat_result | None  # of the object under its final name, when stored
 
 
-def commit(temporary_path: str, directory: str, target: str) -> Placed:
-    """Blocking: give the (fsynced) temporary file its final name `target` in `directory`,
-    unless an object is there already; make the name durable.  The temporary file is
-    gone afterwards in every case."""
+def place(temporary_path: str, target: str) -> Placed:
+    """Blocking: give the (fsynced) temporary file its final name `target`, unless an
+    object is there already.  The temporary file is gone afterwards in every case.  The
+    name is durable only once its directory has been fsynced after this returns
+    (`fsync_directory`, or `dicomrst.backends.local.syncs.DirectorySyncs` for many)."""
     try:
         try:
             os.link(temporary_path, target)
@@ -239,7 +249,6 @@ def commit(temporary_path: str, directory: str, target: str) -> Placed:
             if os.path.exists(target):
                 return _existing(temporary_path, target)
             os.rename(temporary_path, target)
-        fsync_directory(directory)
         return Placed(True, False, os.stat(target))
     finally:
         try:

@@ -2,15 +2,19 @@
 """Storing into a LOCAL directory: STOW-RS uploads and C-STOREs pushed to a listener with
 ``store-to``, on one durable path.
 
-An instance is written under a temporary name (a STOW-RS upload: copied from its spooled
-part, in a thread; a C-STORE: its file meta, then each data set fragment as it comes off
-the association), fsynced, read back up to its pixel data as the reconcile scan reads files
+An instance is read up to its pixel data as the reconcile scan reads files
 (`dicomrst.index.records.record_from_head`: what the index keeps; an object it cannot
-read is refused, not stored), given its final name and the
-directory fsynced (`dicomrst.backends.local.files.commit`), and then added to the index.
-Only when the index has committed its row is the instance reported stored: a crash
-before leaves a file the index does not know (the reconcile scan finds it), never an
-index row without its file.
+read is refused, not stored), written under a temporary name (a STOW-RS upload: from
+its part, in a thread, read before it is written; a C-STORE: its file meta, then each
+data set fragment as it comes off the association, read back once written), fsynced,
+given its final name (`dicomrst.backends.local.files.place`), its directory fsynced (one
+fsync for the names placed meanwhile: `dicomrst.backends.local.syncs`), and then added to
+the index (whose writes group the rows of the instances waiting).  Only when the index
+has committed its row is the instance reported stored: a crash before leaves a file the
+index does not know (the reconcile scan finds it), never an index row without its file.
+
+At most `DISK_CONCURRENCY` instances of an AET are written and fsynced at once (each
+holds a thread); one waiting for its directory's fsync or its index commit holds none.
 
 An object already stored under the same SOP Instance UID is left alone: the same bytes
 are success (a client retrying), different ones `FAILURE_CONFLICT`, as on S3.
@@ -27,7 +31,7 @@ import errno
 import os
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,14 +39,16 @@ from dicomrst.backends.local.files import (
     InvalidObject,
     Placed,
     TemporaryObject,
-    commit,
     copy_into,
     make_directories,
     object_key,
+    place,
     read_record,
+    read_upload_record,
     safe_uid,
     stamp_of,
 )
+from dicomrst.backends.local.syncs import DirectorySyncs
 from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.values import (
     FAILURE_CANNOT_UNDERSTAND,
@@ -60,6 +66,11 @@ from dicomrst.logs import logger
 
 log = logger("dicomrst.local")
 
+#: Instances of an AET written and fsynced at once (each holds a thread meanwhile; the
+#: disk gained nothing from 8 in the index-stow bench).  An instance waiting for its
+#: directory's fsync or its index commit holds none.
+DISK_CONCURRENCY = 4
+
 #: OS errors that mean the disk (or the user's quota) is full: out of resources, which
 #: invites a retry later, rather than a processing failure.
 _FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
@@ -70,6 +81,7 @@ class Written:
     """What the blocking part of a store did."""
 
     placed: Placed
+    directory: str  # where it was placed (to be fsynced)
     study: str
     series: str
     # What the index gets (its key and stamp filled once the file has its name).
@@ -80,12 +92,23 @@ class LocalStore:
     """Stores instances under `root` for AET `aet`, recording each in `index` (None: no
     index configured, files only)."""
 
-    def __init__(self, aet: str, root: str, threads: Threads, index: IIndex | None, token: str) -> None:
+    def __init__(
+        self,
+        aet: str,
+        root: str,
+        threads: Threads,
+        index: IIndex | None,
+        token: str,
+        disk_concurrency: int = DISK_CONCURRENCY,
+    ) -> None:
         self.aet = aet
         self.root = root
         self.threads = threads
         self.index = index
         self.token = token
+        # Shared by every upload and association of the AET: what bounds its disk threads.
+        self.disk = DeferredSemaphore(disk_concurrency)
+        self.syncs = DirectorySyncs(threads)
 
     # -- STOW-RS -----------------------------------------------------------------------------
 
@@ -97,24 +120,28 @@ class LocalStore:
         if not (safe_uid(study) and safe_uid(series) and safe_uid(sop)):
             return StoreOutcome(sop_class, sop, FAILURE_CANNOT_UNDERSTAND, "a UID is not valid")
         try:
-            written = await self.threads.run(self._write_upload, instance, study, series)
+            written = await self.disk.run(self.threads.run, self._write_upload, instance, study, series)
         except Exception as e:
             return self.failed(sop_class, sop, e)
         return await self._stored(written, sop_class, sop, instance.transfer_syntax)
 
     def _write_upload(self, instance: UploadedInstance, study: str, series: str) -> Written:
-        """Blocking: the upload into a temporary file in its series directory, then commit."""
+        """Blocking: read the upload's record, write it into a temporary file in its series
+        directory, place it."""
+        record = read_upload_record(instance.open(), instance.size, self.aet)
         directory = make_directories(self.root, study, series)
         temporary = TemporaryObject(directory, instance.sop_instance_uid, self.token)
         try:
-            copy_into(temporary, instance.open())
+            if instance.data is not None:
+                temporary.write(instance.data)  # not copied through a stream first
+            else:
+                copy_into(temporary, instance.open())
             temporary.finish()
-            record = read_record(temporary.path, self.aet)
         except BaseException:
             temporary.discard()
             raise
         target = os.path.join(directory, f"{instance.sop_instance_uid}.dcm")
-        return Written(commit(temporary.path, directory, target), study, series, record)
+        return Written(place(temporary.path, target), directory, study, series, record)
 
     # -- C-STORE (IInstanceIntake) ---------------------------------------------------------
 
@@ -142,13 +169,13 @@ class LocalStore:
             temporary.discard()
             raise
         target = os.path.join(directory, f"{sop}.dcm")
-        return Written(commit(temporary.path, directory, target), study, series, record)
+        return Written(place(temporary.path, target), directory, study, series, record)
 
     async def finish_received(
         self, temporary: TemporaryObject, sop_class: str, sop: str, transfer_syntax: str
     ) -> StoreOutcome:
         try:
-            written = await self.threads.run(self._finish_received, temporary, sop)
+            written = await self.disk.run(self.threads.run, self._finish_received, temporary, sop)
         except Exception as e:
             return self.failed(sop_class, sop, e)
         return await self._stored(written, sop_class, sop, transfer_syntax)
@@ -170,7 +197,14 @@ class LocalStore:
     async def _stored(self, written: Written, sop_class: str, sop: str, transfer_syntax: str) -> StoreOutcome:
         key = object_key(written.study, written.series, sop)
         placed = written.placed
-        if not placed.stored:
+        if placed.stored:
+            # Its name is durable once its directory is fsynced (also when it was found
+            # there: another store's may be placed, and not yet durable).
+            try:
+                await self.syncs.sync(written.directory)
+            except Exception as e:
+                return self.failed(sop_class, sop, e)
+        else:
             log.warn("{aet}: {key} exists with different content; not overwritten", aet=self.aet, key=key)
             return StoreOutcome(
                 sop_class,
