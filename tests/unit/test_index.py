@@ -285,6 +285,43 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual(find(self, index, query(Target.all_series(), PatientID="P2")), [])
         self.assertEqual(len(find(self, index, query(Target.studies()))), 4)
 
+    def test_add_many_commits_together(self) -> None:
+        """The records of `add_many` go in one transaction (not the first one alone), each
+        with `add`'s result; a raw-path record's row is what is written."""
+        from dicomrst.index import database
+
+        index = make_index(self)
+        stored = index_data.build()
+        transactions: list[int] = []
+        write_batch = database.write_batch
+
+        def counted(session: Any, writes: list[Any]) -> list[object]:
+            transactions.append(len(writes))
+            return write_batch(session, writes)
+
+        self.patch(database, "write_batch", counted)
+        self.assertIsNone(self.successResultOf(index.add(stored[0].record)))
+        raw = [
+            record_from_head(AET, s.record.key, "2", len(s.data), s.data, complete=True, raw=True)
+            for s in stored
+        ]
+        self.assertTrue(all(r is not None and r.row is not None for r in raw))
+        results = self.successResultOf(index.add_many(raw))  # type: ignore[arg-type]
+        self.assertEqual(results, [stored[0].record.key] + [None] * (len(stored) - 1))
+        self.assertEqual(transactions, [1, len(stored)])
+        self.assertEqual(set(self.successResultOf(index.stamps(AET)).values()), {"2"})
+        self.assertEqual(self.successResultOf(index.add_many([])), [])
+
+    def test_add_many_fails_as_its_write_does(self) -> None:
+        """One bad record fails `add_many` with the index's own error (not FirstError);
+        the others are committed."""
+        index = make_index(self)
+        stored = index_data.build()
+        bad = IndexRecord(AET, "1.2", "1.2.3", None, "", "", "k", "s", 1, Dataset())  # type: ignore[arg-type]
+        failure = self.failureResultOf(index.add_many([stored[0].record, bad, stored[1].record]))
+        self.assertTrue(failure.check(IndexFailed), failure)
+        self.assertEqual(len(self.successResultOf(index.stamps(AET))), 2)
+
     def test_committed_when_acknowledged(self) -> None:
         index = make_index(self)
         path = index.database.path  # type: ignore[attr-defined]
