@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.index.interfaces import IndexRecord
@@ -167,7 +167,7 @@ def part10(draw: Callable[[st.SearchStrategy[Any]], Any], implicit: bool, clean:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = uids[0]
     meta.MediaStorageSOPInstanceUID = uids[1]
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.preamble = bytes(128)
