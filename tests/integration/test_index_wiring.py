@@ -263,8 +263,8 @@ class S3SearchTests(IndexTestCase):
         self.assertEqual(await self.sops(gw, S3AET), set())
         result = await self.scan_command(gw, S3AET)
         self.assertEqual(result.returncode, 0, result.describe())
-        self.assertIn(f"{S3AET}: 2 objects, 1 added, 0 changed, 0 removed, 1 unreadable, 1 outside the layout",
-                      result.stdout, result.describe())
+        line = f"{S3AET}: 2 objects, 1 added, 0 changed, 0 removed, 1 unreadable, 1 outside the layout"
+        self.assertIn(line, result.stdout, result.describe())
         self.assertIn("e.g. archive/notes.txt", result.stderr, result.describe())
         self.assertEqual(await self.sops(gw, S3AET), {ds.SOPInstanceUID})
         [served] = await self.retrieve(gw, instance_path(S3AET, ds.StudyInstanceUID))
