@@ -7,6 +7,10 @@ DICOM JSON object `dicomrst.wado.metadata` describes (BulkDataURIs, group length
 faster than parsing with pydicom and converting each element, which made a viewer's
 series metadata slow.
 
+`index_json` is the same walk for the index (issue 13): the object its rows keep (every
+value inline, a few top-level elements left out) and the raw values of its columns, for
+the reconcile scans, whose pydicom parse of each object's head was most of their time.
+
 The pydicom encoder stays the reference: the output is byte for byte what it writes, and
 its quirks are reproduced on purpose (pydicom's value types, which whitespace each VR
 strips, which values it keeps as written). Where that cannot be done cheaply and exactly,

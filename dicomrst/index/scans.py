@@ -88,9 +88,6 @@ class ScanBook:
         """Where this scan's records go (`Writes.add`), to be waited for (`Writes.done`)."""
         return Writes(self, report)
 
-    async def add(self, record: IndexRecord, key: str, stamp: str, known: bool, report: ScanReport) -> None:
-        await self.add_many([(record, key, stamp, known)], report)
-
     async def add_many(self, found: list[Found], report: ScanReport) -> None:
         """Index the records found (record, key, stamp, whether the key was indexed)."""
         # Two keys holding one instance in a batch: the later goes in a batch of its own,

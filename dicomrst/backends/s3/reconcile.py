@@ -170,8 +170,8 @@ class S3Reconciler:
         except NotIndexable as e:
             await self.book.not_indexable(item.key, item.etag, known, str(e), report)
             return
-        # Not awaited: the index commits the records of many reads at once; `writes`
-        # holds back the reads only when it is far behind.
+        # Returns at once (the index commits the records of many reads together), unless
+        # the index is far behind.
         await writes.add(record, item.key, item.etag, known)
 
     async def _record(self, item: ListedObject, report: ScanReport) -> IndexRecord:
