@@ -28,6 +28,9 @@ from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
 
+#: Keys named in a scan's log line about objects outside the layout or misplaced, at most.
+EXAMPLES = 3
+
 #: Records a scan hands the index at once (the index commits up to its own batch size,
 #: 256 for `SqlIndex`, per transaction).
 WRITE_BATCH = 256
@@ -45,6 +48,7 @@ class ScanReport:
     removed: int = 0
     unreadable: int = 0  # found not indexable (logged) in this scan
     strays: int = 0  # not in the archive's layout: not read, not indexed
+    misplaced: int = 0  # in the layout, but its UIDs put it at another key: not indexed
     duplicates: int = 0  # holding an instance another key holds too (logged)
     left: int = 0  # vanished or changed while read: for the next scan
     bytes_read: int = 0
@@ -66,9 +70,11 @@ class ScanBook:
     what: str
     skipped: dict[str, str] = attrs.Factory(dict)
     present: set[str] = attrs.Factory(set)
+    misplaced_examples: list[str] = attrs.Factory(list)
 
     def begin(self, present: set[str]) -> None:
         self.present = present
+        self.misplaced_examples = []
         self.skipped = {k: v for k, v in self.skipped.items() if k in present}
 
     def unchanged(self, key: str, stamp: str, known: dict[str, str]) -> bool:
@@ -82,6 +88,17 @@ class ScanBook:
             "index: skipping {what} {key} of {aet}: {why}", what=self.what, key=key, aet=self.aet, why=why
         )
         if known:  # it was an object and is not any more
+            await self.index.remove_key(self.aet, key)
+
+    async def misplaced(self, key: str, stamp: str, known: bool, expected: str, report: ScanReport) -> None:
+        """An object whose UIDs put it at `expected`, not `key`: WADO-RS, which finds an
+        object by its UIDs, could not retrieve it, so it is not indexed; not read again
+        until its stamp changes.  Counted, and named (a few) in one line at the end."""
+        self.skipped[key] = stamp
+        report.misplaced += 1
+        if len(self.misplaced_examples) < EXAMPLES:
+            self.misplaced_examples.append(f"{key} (its UIDs say {expected})")
+        if known:
             await self.index.remove_key(self.aet, key)
 
     def writes(self, report: ScanReport) -> Writes:
@@ -138,9 +155,19 @@ class ScanBook:
                 e.subFailure.raiseException()
             report.removed += sum(removed)
         report.seconds = seconds
+        if report.misplaced:
+            log.warn(
+                "index: {n} {what}(s) of {aet} are not where their UIDs put them: not indexed "
+                "(WADO-RS could not retrieve them by their UIDs), e.g. {examples}",
+                n=report.misplaced,
+                what=self.what,
+                aet=self.aet,
+                examples=", ".join(self.misplaced_examples),
+            )
         log.info(
             "index: scanned {aet}: {listed} {what}s, {added} added, {changed} changed, {removed} removed, "
-            "{unreadable} unreadable, {strays} outside the layout, {bytes} bytes read in {seconds:.1f} s",
+            "{unreadable} unreadable, {strays} outside the layout, {misplaced} misplaced, {bytes} bytes read "
+            "in {seconds:.1f} s",
             aet=self.aet,
             listed=report.listed,
             what="object" if self.what == "s3 object" else self.what,
@@ -149,6 +176,7 @@ class ScanBook:
             removed=report.removed,
             unreadable=report.unreadable,
             strays=report.strays,
+            misplaced=report.misplaced,
             bytes=report.bytes_read,
             seconds=report.seconds,
         )

@@ -112,8 +112,8 @@ class S3ReconcileTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         first = await scanner.scan()
         self.assertEqual(
-            (first.listed, first.added, first.unreadable, first.strays),
-            (len(stored) + 3, len(stored) + 1, 2, 5),
+            (first.listed, first.added, first.unreadable, first.misplaced, first.strays),
+            (len(stored) + 3, len(stored) + 1, 1, 1, 5),
         )
         small = sum(len(item.data) for item in stored[:-1])
         heads = SCAN_HEAD_BYTES + SCAN_HEAD_BYTES * GROWTH  # the big one's, the long one's
@@ -123,7 +123,8 @@ class S3ReconcileTests(TestCase):
         self.assertIn(f"{PREFIX}1.2//3.dcm", strays)  # keys in order: the first three named
         self.assertNotIn(f"{PREFIX}notes.txt", strays)
         (wrong,) = [w for w in warnings if misplaced in w]
-        self.assertIn("its UIDs put it at", wrong)
+        self.assertIn("1 s3 object(s) of S3AET are not where their UIDs put them", wrong)
+        self.assertIn(f"its UIDs say {keys[stored[0].record.sop_instance]}", wrong)
         self.assertEqual(len(await studies()), 4)  # e's only instance was not put
         (a,) = await studies(PatientID="P_1")
         self.assertEqual(a.NumberOfStudyRelatedInstances, 7)  # five, the big and the long one
@@ -137,7 +138,7 @@ class S3ReconcileTests(TestCase):
         self.assertEqual(
             (again.added, again.changed, again.removed, again.unreadable, again.bytes_read), (0,) * 5
         )
-        self.assertEqual((again.strays, warnings), (5, []))
+        self.assertEqual((again.strays, again.misplaced, warnings), (5, 0, []))
 
         # Added, replaced, deleted.
         await put(keys[stored[-1].record.sop_instance], stored[-1].data)

@@ -139,14 +139,19 @@ class LocalReconcileTests(SynchronousTestCase):
         self.put(good, "notes/readme.dcm")  # not the layout: a stray
         with _Logged() as logged:
             first = self.scan()
-        self.assertEqual((first.listed, first.added, first.unreadable, first.strays), (3, 1, 2, 1))
+        self.assertEqual(
+            (first.listed, first.added, first.unreadable, first.misplaced, first.strays), (3, 1, 1, 1, 1)
+        )
         self.assertEqual(self.patients(), ["GOOD^ONE"])
-        self.assertEqual(len([e for e in logged.events if "skipping file" in e]), 2)
+        self.assertEqual(len([e for e in logged.events if "skipping file" in e]), 1)
+        (misplaced,) = [e for e in logged.events if "not where their UIDs put them" in e]
+        self.assertIn(f"1 file(s) of {AET}", misplaced)
+        self.assertIn(f"its UIDs say {expected_info(other).study_instance_uid}/", misplaced)
         self.assertEqual(len([e for e in logged.events if "are not {study}" in e]), 1)
         with _Logged() as logged:
             again = self.scan()
         # Logged once: not read again until they change.
-        self.assertEqual((again.unreadable, again.bytes_read), (0, 0))
+        self.assertEqual((again.unreadable, again.misplaced, again.bytes_read), (0, 0, 0))
         self.assertEqual(logged.events, [])
 
     def test_a_missing_directory_fails_the_scan_and_keeps_the_records(self) -> None:

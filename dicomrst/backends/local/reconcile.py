@@ -10,12 +10,13 @@ the directory no longer has is removed from the index.  Unchanged files cost one
 ``stat`` each.
 
 Temporary files (hidden names: a store in progress, or a crash's leftover) are never
-looked at.  A file that is not DICOM, whose head does not parse, or whose UIDs are not
-the ones its path names (the backend serves files by that path, so it could be found
-and never retrieved) is logged once and skipped until its stamp changes.  A file that
-vanishes or changes while read is left for the next scan.  Files outside the layout are
-counted (`ScanReport.strays`) and never indexed; a scan that finds new ones logs one line
-with their number and one of them.
+looked at.  A file that is not DICOM, or whose head does not parse, is logged once and
+skipped until its stamp changes; so is one whose UIDs are not the ones its path names
+(the backend serves files by that path, so it could be found and never retrieved):
+counted (`ScanReport.misplaced`) and named, a few, in one line at the scan's end.  A
+file that vanishes or changes while read is left for the next scan.  Files outside the
+layout are counted (`ScanReport.strays`) and never indexed; a scan that finds new ones
+logs one line with their number and one of them.
 
 Heads are read `READERS` files at a time, each made into its record from its bytes
 (pydicom only where that declines), and the records go to the index in batches
@@ -47,6 +48,10 @@ log = logger("dicomrst.index")
 
 #: Files read at once: the reads overlap their waits for the disk (the parse holds the GIL).
 READERS = 4
+
+
+class Misplaced(Exception):
+    """A file whose UIDs put it at another key (the argument)."""
 
 
 @attrs.frozen
@@ -108,7 +113,7 @@ def walk(root: str) -> tuple[list[Found], list[str]]:
 def read_found(root: str, aet: str, found: Found) -> tuple[IndexRecord, int] | None:
     """Blocking: the record of a found file and the bytes read for it, or None when it
     changed or vanished since the walk (`InvalidObject` when it is not one the archive
-    can serve)."""
+    can serve, `Misplaced` when its UIDs put it elsewhere)."""
     path = os.path.join(root, *found.key.split("/"))
     try:
         record, read = read_head_record(path, aet, raw=True)
@@ -119,7 +124,7 @@ def read_found(root: str, aet: str, found: Found) -> tuple[IndexRecord, int] | N
         return None  # written to while read: the next scan reads the new content
     expected = object_key(record.study, record.series, record.sop_instance)
     if expected != found.key:
-        raise InvalidObject(f"its UIDs put it at {expected}, not where it is")
+        raise Misplaced(expected)
     return attrs.evolve(record, key=found.key, stamp=found.stamp, size=found.size), read
 
 
@@ -178,6 +183,9 @@ class LocalReconciler:
     async def _read_and_add(self, item: Found, known: bool, report: ScanReport, writes: Writes) -> None:
         try:
             found_record = await self.threads.run(read_found, self.root, self.aet, item)
+        except Misplaced as e:
+            await self.book.misplaced(item.key, item.stamp, known, str(e), report)
+            return
         except InvalidObject as e:
             await self.book.not_indexable(item.key, item.stamp, known, str(e), report)
             return

@@ -13,15 +13,16 @@ Only objects in the archive's layout are indexed: a key that is not
 ``{prefix}{study}/{series}/{sop}.dcm`` is not read at all, and an object whose head names
 other UIDs than its key is not indexed either.  WADO-RS finds an object by that path
 (a GET of its key, or a listing under its study or series), so either would be an
-instance a search finds and a retrieve then cannot; they are counted (`ScanReport.strays`,
-`ScanReport.unreadable`), and a scan that finds keys outside the layout not seen before
-logs one line with their number and a few of them.
+instance a search finds and a retrieve then cannot.  They are counted (`ScanReport.strays`,
+`ScanReport.misplaced`): a scan that finds keys outside the layout not seen before logs one
+line with their number and a few of them, and so does one that finds misplaced objects
+(which are read once, then skipped until their ETag changes).
 
-An object that is not DICOM, whose head does not parse or names other UIDs, is logged
-once and skipped, and not read again until its ETag changes; so is an object that holds
-the same instance (SOP Instance UID) as another key (the index keeps one record per
-instance).  An object that vanishes or changes between the listing and its read is left
-for the next scan.  Any other S3 error fails the scan (it is retried at the next one).
+An object that is not DICOM, or whose head does not parse, is logged once and skipped,
+and not read again until its ETag changes; so is an object that holds the same instance
+(SOP Instance UID) as another key (the index keeps one record per instance).  An object
+that vanishes or changes between the listing and its read is left for the next scan.
+Any other S3 error fails the scan (it is retried at the next one).
 
 Heads are read `concurrency` at a time; each is made into its record in the reactor's
 thread pool, from its bytes (`record_from_head` with ``raw``: pydicom only where that
@@ -45,7 +46,7 @@ from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.errors import NotFound
 from dicomrst.index.interfaces import IIndex, IndexRecord
 from dicomrst.index.records import NotIndexable, record_from_head
-from dicomrst.index.scans import ScanBook, ScanReport, Writes
+from dicomrst.index.scans import EXAMPLES, ScanBook, ScanReport, Writes
 from dicomrst.logs import logger
 
 T = TypeVar("T")
@@ -60,9 +61,6 @@ SCAN_HEAD_BYTES = 16 << 10
 
 #: How much more of an object each further read takes, when its head is longer.
 GROWTH = 4
-
-#: Keys outside the layout named in the scan's log line, at most.
-EXAMPLES = 3
 
 
 def in_layout(key: str, prefix: str) -> bool:
@@ -161,14 +159,15 @@ class S3Reconciler:
     ) -> None:
         try:
             record = await self._record(item, report)
-            expected = f"{self.prefix}{record.study}/{record.series}/{record.sop_instance}{SUFFIX}"
-            if expected != item.key:
-                raise NotIndexable(f"its UIDs put it at {expected}, not where it is")
         except (NotFound, ObjectChanged):
             report.left += 1
             return
         except NotIndexable as e:
             await self.book.not_indexable(item.key, item.etag, known, str(e), report)
+            return
+        expected = f"{self.prefix}{record.study}/{record.series}/{record.sop_instance}{SUFFIX}"
+        if expected != item.key:
+            await self.book.misplaced(item.key, item.etag, known, expected, report)
             return
         # Returns at once (the index commits the records of many reads together), unless
         # the index is far behind.
