@@ -34,6 +34,8 @@ SUITES: dict[str, Callable[[int], None]] = {
     # Only the index suite's STOW-RS of the CT study into LOCAL, against Orthanc's STOW-RS
     # and storescu, in about a minute (not in the default set).
     "index-stow": lambda runs: index.run_stow(runs=runs),
+    # Only the index suite's S3 reconcile scan (10,000 objects, ~5 GB in moto); a few minutes.
+    "index-scan": lambda runs: index.run_scan(runs=runs),
     "soak": lambda runs: None,  # run with its own options, below
 }
 DEFAULT = ("qido", "wado", "stow", "s3")
@@ -48,11 +50,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run (default 30)")
     parser.add_argument("--out", type=Path, help="soak: output directory (default ./soak-DATE-TIME)")
     parser.add_argument("--interval", type=float, help="soak: seconds between samples (default 10)")
+    parser.add_argument(
+        "--studies", type=int, help="index-scan: studies of ten instances in the bucket (default 1000)"
+    )
     args = parser.parse_args()
     for name in args.suites or DEFAULT:
         if name not in SUITES:
             parser.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
-        if name == "soak":
+        if name == "index-scan" and args.studies:
+            index.run_scan(
+                runs=args.runs, n_studies=args.studies, n_patients=min(index.N_PATIENTS, args.studies)
+            )
+        elif name == "soak":
             soak.run(minutes=args.minutes, out=args.out, interval=args.interval)
         else:
             SUITES[name](args.runs)

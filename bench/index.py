@@ -459,6 +459,25 @@ def run_stow(runs: int = 5, ct_slices: int = 200) -> None:
         shutil.rmtree(wd, ignore_errors=True)
 
 
+def run_scan(runs: int = 5, n_studies: int = N_STUDIES, n_patients: int = N_PATIENTS) -> None:
+    """Only the S3 reconcile scan (``python -m bench index-scan``): the same bucket and figures
+    as the end of `run`, without the ~20 minutes of Orthanc, LOCAL and STOW before it."""
+    began = time.monotonic()
+    wd = peers.workdir()
+    lines: list[str] = []
+    processes: list[peers.Process] = []
+    try:
+        lines += s3_scan(wd, data.archive(n_studies, n_patients), runs, processes)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        print("\n".join(lines))
+        print(f"  (index-scan suite: {time.monotonic() - began:.0f} s)")
+        import shutil
+
+        shutil.rmtree(wd, ignore_errors=True)
+
+
 def s3_scan(
     wd: Path, archive: list[data.ArchiveInstance], runs: int, processes: list[peers.Process]
 ) -> list[str]:

@@ -40,6 +40,10 @@ def summary(aet: str, report: ScanReport) -> str:
         f"{aet}: {report.listed} objects, {report.added} added, {report.changed} changed, "
         f"{report.removed} removed, {report.unreadable} unreadable"
     )
+    if report.misplaced:
+        line += f", {report.misplaced} misplaced"
+    if report.strays:
+        line += f", {report.strays} outside the layout"
     if report.duplicates:
         line += f", {report.duplicates} duplicates"
     if report.left:

@@ -7,6 +7,10 @@ DICOM JSON object `dicomrst.wado.metadata` describes (BulkDataURIs, group length
 faster than parsing with pydicom and converting each element, which made a viewer's
 series metadata slow.
 
+`index_json` is the same walk for the index (issue 13): the object its rows keep (every
+value inline, a few top-level elements left out) and the raw values of its columns, for
+the reconcile scans, whose pydicom parse of each object's head was most of their time.
+
 The pydicom encoder stays the reference: the output is byte for byte what it writes, and
 its quirks are reproduced on purpose (pydicom's value types, which whitespace each VR
 strips, which values it keeps as written). Where that cannot be done cheaply and exactly,
@@ -61,7 +65,7 @@ from dicomrst.common.tags import (
     UNDEFINED_LENGTH,
 )
 
-__all__ = ["clear_cache", "metadata_json"]
+__all__ = ["RawValue", "clear_cache", "index_json", "metadata_json"]
 
 _HEADER = struct.Struct("<HHL")  # tag and a 32-bit length (Implicit VR, items, delimiters)
 _EXPLICIT = struct.Struct("<HH2sH")
@@ -123,6 +127,37 @@ def metadata_json(data: bytes, *, implicit: bool, bulk_base: str, threshold: int
     except Exception:  # a case the walk does not know: pydicom knows better
         return None
     return text
+
+
+#: A top-level value `index_json` hands back: its VR (as pydicom gives it), its bytes,
+#: and the Python codec of the data set's text.
+RawValue = tuple[str, bytes, str]
+
+#: Binary values longer than this are left out of `index_json`'s object (the index's rule).
+INDEX_BINARY_LIMIT = 1024
+
+
+def index_json(
+    data: bytes, *, implicit: bool, wanted: frozenset[int]
+) -> tuple[str, dict[int, RawValue]] | None:
+    """The DICOM JSON object the index keeps for a data set (no File Meta, cut before its
+    Pixel Data) in Implicit or Explicit VR Little Endian, as `dicomrst.index.records`
+    writes it with pydicom: every value inline, except at the top level Specific Character
+    Set (values are decoded), group 0002 and binary values over `INDEX_BINARY_LIMIT`
+    bytes, which are left out.  With it, the raw values of the `wanted` top-level tags
+    present.  None when only pydicom can say exactly (as `metadata_json`; also data set
+    trailing padding and values of undefined length other than sequences)."""
+    n = len(data)
+    if n >= 6 and (data[4] in _LETTERS and data[5] in _LETTERS) == implicit:
+        return None
+    walk = _Walk(data, "", _SAFE_INTEGER, wanted=wanted)
+    try:
+        text, _ = walk.dataset(0, n, implicit, _DEFAULT_CODEC, "", top=True, undefined=False)
+    except _Decline:
+        return None
+    except Exception:
+        return None
+    return text, walk.found
 
 
 @lru_cache(maxsize=4096)
@@ -312,10 +347,17 @@ def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:
 class _Walk:
     """One data set's walk; `dataset` recurses into sequence items."""
 
-    def __init__(self, data: bytes, prefix: str, threshold: int) -> None:
+    def __init__(
+        self, data: bytes, prefix: str, threshold: int, wanted: frozenset[int] | None = None
+    ) -> None:
         self.data = data
         self.prefix = prefix
         self.threshold = threshold
+        # The index's object (`index_json`) when `wanted` is given: no bulk data, and the
+        # top-level values of `wanted` collected into `found`.
+        self.index = wanted is not None
+        self.wanted = wanted or frozenset()
+        self.found: dict[int, RawValue] = {}
 
     def dataset(
         self, pos: int, end: int, implicit: bool, codec: str, prefix: str, *, top: bool, undefined: bool
@@ -405,6 +447,8 @@ class _Walk:
                     if not (element == 0 or (top and group == 2) or tag == TRAILING_PADDING):
                         members.append(f'"{key}":{items}')
                     continue
+                if self.index:
+                    raise _Decline  # encapsulated data before Pixel Data: pydicom knows
                 pos = self.encapsulated(start, end)
                 if vr in _AMBIGUOUS:
                     if not (top and implicit and tag == _PIXEL_DATA):
@@ -435,12 +479,22 @@ class _Walk:
                     raise _Decline  # pydicom looks at the parents' Pixel Representation
                 vr = _resolve(tag, length, pixel_representation, tag > _PIXEL_REPRESENTATION)
                 lut_fix = False  # pydicom fixes LUT Descriptors only when it knows the VR
+            if self.index:
+                if tag == TRAILING_PADDING:
+                    raise _Decline  # pydicom keeps what the metadata leaves out
+                if top:
+                    if tag in self.wanted:
+                        self.found[tag] = (vr, data[start:pos], codec)
+                    if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS:
+                        continue
+                    if vr in _BINARY and length > INDEX_BINARY_LIMIT:
+                        continue
             if element == 0 or (top and group == 2) or tag == TRAILING_PADDING:
                 continue
             if length == 0:
                 members.append(f'"{key}":{{"vr":"{vr}"}}')
                 continue
-            if tag in PIXEL_DATA_TAGS or (vr in _BULK and length > threshold):
+            if not self.index and (tag in PIXEL_DATA_TAGS or (vr in _BULK and length > threshold)):
                 if vr not in _BULK:
                     raise _Decline
                 members.append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{json.dumps(prefix + key)}}}')

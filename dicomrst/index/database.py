@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from pydicom.dataset import Dataset
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -356,6 +356,15 @@ class PostgresDatabase(Database):
 # -- the index ----------------------------------------------------------------------------
 
 
+def _first_error(failure: Failure) -> Failure:
+    """gatherResults' FirstError unwrapped: the caller sees the write's own error."""
+    error = failure.value
+    if isinstance(error, FirstError):
+        inner: Failure = error.subFailure
+        return inner
+    return failure
+
+
 def _database_error(database: Database, failure: Failure) -> Failure:
     if failure.check(IndexFailed):
         return failure
@@ -444,6 +453,12 @@ class SqlIndex:
     def add(self, record: IndexRecord) -> Deferred[str | None]:
         return self._write(_Add(record))
 
+    def add_many(self, records: list[IndexRecord]) -> Deferred[list[str | None]]:
+        # Queued together before the drain starts: the first transaction takes them all
+        # (up to `max_batch`), not the first alone.
+        added = self._write_all([_Add(record) for record in records])
+        return gatherResults(added, consumeErrors=True).addErrback(_first_error)
+
     def remove(self, aet: str, sop_instance: str) -> Deferred[bool]:
         return self._write(_Remove(aet, "sop_uid", sop_instance))
 
@@ -451,14 +466,17 @@ class SqlIndex:
         return self._write(_Remove(aet, "object_key", key))
 
     def _write(self, write: _Write) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._pending.append((write, d))
-        if self._writing is None:
+        return self._write_all([write])[0]
+
+    def _write_all(self, writes: list[_Write]) -> list[Deferred[Any]]:
+        done: list[Deferred[Any]] = [Deferred() for _ in writes]
+        self._pending.extend(zip(writes, done, strict=True))
+        if self._writing is None and writes:
             # Set before draining starts: with a database that answers at once, the
             # drain has ended (and cleared it) by the time ensureDeferred returns.
             self._writing = Deferred()
             ensureDeferred(self._drain())
-        return d
+        return done
 
     async def _drain(self) -> None:
         try:

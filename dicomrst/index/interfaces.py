@@ -11,6 +11,16 @@ from zope.interface import Interface
 
 
 @attrs.frozen
+class InstanceRow:
+    """What the index writes for one record: column values per level, and the attributes."""
+
+    study: dict[str, object]
+    series: dict[str, object]
+    instance: dict[str, object]
+    attributes: str  # a DICOM JSON object
+
+
+@attrs.frozen
 class IndexRecord:
     """One stored object as the index keeps it.
 
@@ -21,10 +31,14 @@ class IndexRecord:
     :ivar attributes: the object's data set up to (not including) Pixel Data, bulk values
         included or not as the producer read them; the index keeps what QIDO-RS can ask
         for (``includefield=all`` answers from it).  Read it, never change it: the records
-        made by `dicomrst.index.records` share their decoded elements.
+        made by `dicomrst.index.records` share their decoded elements.  None when `row`
+        is given.
     :ivar attributes_json: what the index stores of `attributes` (a DICOM JSON object),
         when the producer made it while reading them (`dicomrst.index.records`); None: the
         index makes it.
+    :ivar row: what the index writes, when the producer made it from the object's bytes
+        (the reconcile scans: `dicomrst.index.records.record_from_head` with ``raw``),
+        the same as it would make from `attributes`.
     """
 
     aet: str
@@ -36,8 +50,9 @@ class IndexRecord:
     key: str
     stamp: str
     size: int
-    attributes: Dataset = attrs.field(eq=False, repr=False)
+    attributes: Dataset | None = attrs.field(eq=False, repr=False)
     attributes_json: str | None = attrs.field(default=None, eq=False, repr=False)
+    row: InstanceRow | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class IIndex(Interface):
@@ -59,6 +74,12 @@ class IIndex(Interface):
         it is committed (durable: a crash after it fires does not lose it), with the
         ``key`` of the record it replaced (None: there was none).  A reconcile scan
         finding one instance under two keys learns so from it."""
+
+    def add_many(records: list[IndexRecord]) -> Deferred[list[str | None]]:
+        """`add` for each record, in order, committed together (as many per transaction as
+        the index takes at once): what a reconcile scan uses.  Fire with each `add`'s
+        result; of two records of one instance the later wins, and neither learns of
+        the other."""
 
     def remove(aet: str, sop_instance: str) -> Deferred[bool]:
         """Delete one record; fire with whether there was one."""

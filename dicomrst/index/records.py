@@ -37,6 +37,7 @@ from dicomrst.common.part10 import (
     NotPart10,
     read_file_meta,
 )
+from dicomrst.common.rawjson import INDEX_BINARY_LIMIT, RawValue, index_json
 from dicomrst.common.tags import (
     BINARY_VRS,
     LONG_VRS,
@@ -50,7 +51,7 @@ from dicomrst.common.tags import (
 from dicomrst.common.transcode import DataSetError, parse_dataset
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from dicomrst.common.walker import ElementWalker
-from dicomrst.index.interfaces import IndexRecord
+from dicomrst.index.interfaces import IndexRecord, InstanceRow
 
 #: Bytes of an object's head read first; most data sets end well before.
 HEAD_BYTES = 64 << 10
@@ -59,7 +60,7 @@ HEAD_GROWTH = 4
 
 #: Binary values (OB, OW, UN, ...) longer than this are not kept: no search returns them
 #: usefully, and a LUT or an icon would make every row large.
-MAX_BINARY_VALUE = 1024
+MAX_BINARY_VALUE = INDEX_BINARY_LIMIT
 
 STUDY = "STUDY"
 SERIES = "SERIES"
@@ -183,7 +184,11 @@ def _texts(element: DataElement | None) -> list[str]:
 
 def column_values(column: Column, element: DataElement | None) -> tuple[object, ...]:
     """What `column` stores for `element` (None: absent or empty), in `Column.stored` order."""
-    texts = _texts(element)
+    return _column_texts(column, _texts(element))
+
+
+def _column_texts(column: Column, texts: list[str]) -> tuple[object, ...]:
+    """What `column` stores for an element's non-empty values as text."""
     if not texts:
         return (None,) * len(column.stored())
     text = "\\".join(texts)  # a VM 1 attribute holding several values stays one string
@@ -198,16 +203,6 @@ def column_values(column: Column, element: DataElement | None) -> tuple[object, 
         bare = texts[0].replace(":", "")
         return (text, pad_time(bare, False) if valid_time(bare) else None)
     return (text,)
-
-
-@attrs.frozen
-class InstanceRow:
-    """What the index writes for one record: column values per level, and the attributes."""
-
-    study: dict[str, object]
-    series: dict[str, object]
-    instance: dict[str, object]
-    attributes: str  # a DICOM JSON object
 
 
 def _member(element: DataElement) -> str | None:
@@ -232,8 +227,12 @@ def _kept(dataset: Dataset) -> Iterator[str]:
 
 
 def instance_row(record: IndexRecord) -> InstanceRow:
-    """The row of `record` (CPU work: runs in the index's thread)."""
+    """The row of `record` (CPU work: runs in the index's thread, unless the record
+    brings it)."""
+    if record.row is not None:
+        return record.row
     ds = record.attributes
+    assert ds is not None, "a record has its attributes or its row"
     levels: dict[str, dict[str, object]] = {}
     for level in LEVELS:
         values: dict[str, object] = {}
@@ -271,7 +270,7 @@ def record_from_dataset(
 ) -> IndexRecord:
     """The record of a parsed data set; the UIDs from the file meta when given, else from
     the data set.  Raises `NotIndexable` when a UID is missing."""
-    uids = {
+    uids: dict[str, str] = {
         "study": _uid(dataset, STUDY_INSTANCE_UID),
         "series": _uid(dataset, SERIES_INSTANCE_UID),
         "sop_instance": sop_instance or _uid(dataset, SOP_INSTANCE_UID),
@@ -288,12 +287,122 @@ def record_from_dataset(
         transfer_syntax=transfer_syntax,
         attributes=dataset,
         attributes_json=attributes_json,
-        **uids,
+        study=uids["study"],
+        series=uids["series"],
+        sop_instance=uids["sop_instance"],
+        sop_class=uids["sop_class"],
+    )
+
+
+class _NotRaw(Exception):
+    """A value the raw path does not read exactly as pydicom would: pydicom reads it."""
+
+
+_RAW_NUMBERS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("L", 4), "SL": ("l", 4)}
+_RAW_LATIN1 = frozenset("AE AS CS DA DT IS TM UI".split())
+_RAW_CODEC = frozenset("LO SH UC".split())
+#: The top-level values the raw path needs: every column's.
+_RAW_WANTED = frozenset(COLUMN_OF_TAG)
+
+
+def _raw_texts(value: RawValue | None) -> list[str]:
+    """`_texts` of an element, from its VR, bytes and codec (`index_json`'s)."""
+    if value is None:
+        return []
+    vr, raw, codec = value
+    if not raw:
+        return []
+    if vr in _RAW_NUMBERS:
+        code, width = _RAW_NUMBERS[vr]
+        count, rest = divmod(len(raw), width)
+        if rest:
+            raise _NotRaw
+        return [str(v) for v in struct.unpack(f"<{count}{code}", raw)]
+    if vr == "PN":
+        values = []
+        for value_text in raw.rstrip(b"\x00 ").decode(codec).split("\\"):
+            groups = value_text.split("=")
+            while groups and not groups[-1]:
+                groups.pop()  # as pydicom's PersonName: no trailing empty groups
+            values.append("=".join(groups))
+    elif vr in _RAW_CODEC:
+        values = raw.decode(codec).split("\\")
+    elif vr in _RAW_LATIN1:
+        values = raw.decode("latin-1").split("\\")
+    else:
+        raise _NotRaw
+    texts = [t for t in (v.strip(" \x00") for v in values) if t]
+    if vr == "IS":
+        for text in texts:
+            try:
+                int(text)
+            except ValueError:
+                raise _NotRaw from None  # pydicom may keep another text (a float, a warning)
+    return texts
+
+
+def _raw_record(
+    aet: str,
+    key: str,
+    stamp: str,
+    size: int,
+    data: bytes,
+    *,
+    implicit: bool,
+    sop_class: str,
+    sop_instance: str,
+    transfer_syntax: str,
+) -> IndexRecord | None:
+    """`record_from_dataset` of `data` (a little-endian data set cut before its Pixel Data)
+    with its row made from the bytes, without pydicom; None where pydicom must do it."""
+    found = index_json(data, implicit=implicit, wanted=_RAW_WANTED)
+    if found is None:
+        return None
+    attributes, values = found
+    try:
+        levels: dict[str, dict[str, object]] = {}
+        for level in LEVELS:
+            row: dict[str, object] = {}
+            for column in COLUMNS[level]:
+                texts = _raw_texts(values.get(column.tag))
+                row.update(zip(column.stored(), _column_texts(column, texts), strict=True))
+            levels[level] = row
+        first = {
+            tag: _raw_texts(values.get(tag))
+            for tag in (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)
+        }
+    except (_NotRaw, UnicodeDecodeError):
+        return None
+    uids = {
+        "study": first[STUDY_INSTANCE_UID][:1],
+        "series": first[SERIES_INSTANCE_UID][:1],
+        "sop_instance": [sop_instance] if sop_instance else first[SOP_INSTANCE_UID][:1],
+        "sop_class": [sop_class] if sop_class else first[SOP_CLASS_UID][:1],
+    }
+    if not all(uids.values()):
+        return None  # pydicom's path says which is missing
+    study, series, instance, sop = (v[0] for v in uids.values())
+    levels[STUDY]["study_uid"] = study
+    levels[SERIES]["series_uid"] = series
+    levels[IMAGE]["sop_uid"] = instance
+    levels[IMAGE]["sop_class"] = sop
+    return IndexRecord(
+        aet=aet,
+        key=key,
+        stamp=stamp,
+        size=size,
+        transfer_syntax=transfer_syntax,
+        attributes=None,
+        row=InstanceRow(levels[STUDY], levels[SERIES], levels[IMAGE], attributes),
+        study=study,
+        series=series,
+        sop_instance=instance,
+        sop_class=sop,
     )
 
 
 def record_from_head(
-    aet: str, key: str, stamp: str, size: int, head: bytes, *, complete: bool
+    aet: str, key: str, stamp: str, size: int, head: bytes, *, complete: bool, raw: bool = False
 ) -> IndexRecord | None:
     """The record of the object whose first bytes are `head` (`complete`: the whole object),
     or None when more bytes are needed to reach its Pixel Data (read more and call again).
@@ -301,6 +410,11 @@ def record_from_head(
     Raises `NotIndexable` for an object that is not Part 10 or whose data set does not
     parse.  A Deflated object needs all its bytes (None until `complete`).  CPU work:
     call it off the reactor.
+
+    `raw`: make the record's row from the bytes (`dicomrst.common.rawjson.index_json`),
+    several times cheaper, and equal to what the index makes with pydicom; pydicom reads
+    what that declines (big endian, ISO 2022 character sets, values pydicom would warn
+    about, ...).  The record then has a `row` and no `attributes`.
     """
     try:
         meta = read_file_meta(head, final=complete, trust_group_length=False)
@@ -332,6 +446,20 @@ def record_from_head(
         end = len(data)
     else:
         return None
+    if raw and little:
+        record = _raw_record(
+            aet,
+            key,
+            stamp,
+            size,
+            data[:end],
+            implicit=implicit,
+            sop_class=meta.text(MEDIA_STORAGE_SOP_CLASS),
+            sop_instance=meta.text(MEDIA_STORAGE_SOP_INSTANCE),
+            transfer_syntax=syntax,
+        )
+        if record is not None:
+            return record
     try:
         # Every element decoded now: a broken one fails here, not in the index's writer.
         dataset, attributes = _decoded(data[:end], implicit, little)
@@ -550,18 +678,21 @@ def _decoded(data: bytes, implicit: bool, little: bool) -> tuple[Dataset, str]:
     return dataset, "{" + ",".join(m for m in members if m is not None) + "}"
 
 
-def record_from_stream(aet: str, source: BinaryIO, size: int) -> tuple[IndexRecord, int]:
+def record_from_stream(
+    aet: str, source: BinaryIO, size: int, *, raw: bool = False
+) -> tuple[IndexRecord, int]:
     """Blocking: the record of the Part-10 object `source` reads (`size` bytes, from its
     start), read up to its Pixel Data a growing chunk at a time, with an empty ``key``
     and ``stamp`` for the caller to fill; and the bytes read.  `NotIndexable` as
-    `record_from_head` raises it, or when the object ends before its data set does."""
+    `record_from_head` raises it, or when the object ends before its data set does.
+    `raw` as for `record_from_head`."""
     data = b""
     want = HEAD_BYTES
     while True:
         chunk = source.read(max(0, want - len(data)))
         data += chunk
         complete = len(data) >= size or not chunk
-        record = record_from_head(aet, "", "", size, data, complete=complete)
+        record = record_from_head(aet, "", "", size, data, complete=complete, raw=raw)
         if record is not None:
             return record, len(data)
         if complete:

@@ -2,7 +2,7 @@
 SQLite in real threads: the same records give the same answers, in the same order, on
 both; two indexes on one PostgreSQL database (two gateways) see each other's writes at
 once; concurrent writes to one study from both are all kept; the schema is created once
-and left alone by the next start."""
+and left alone by the next start; a scan's batch is one transaction."""
 
 from __future__ import annotations
 
@@ -96,6 +96,37 @@ class IndexDatabaseTests(TestCase):
             await self.answers(postgres, limit=1, offset=1), await self.answers(sqlite, limit=1, offset=1)
         )
         self.assertEqual(await postgres.stamps(AET), await sqlite.stamps(AET))
+
+    async def test_scan_records_in_one_transaction(self) -> None:
+        """What a reconcile scan writes: records made from raw bytes, `add_many` (one
+        transaction on PostgreSQL too); the answers are those of pydicom's records."""
+        from dicomrst.index import database
+        from dicomrst.index.records import record_from_head
+
+        pg = await start_postgres(self)
+        stored = index_data.build(AET)
+        postgres = await self.postgres_index(pg.url())
+        sqlite = await self.sqlite_index()
+        for item in stored:
+            await sqlite.add(item.record)
+        transactions: list[int] = []
+        write_batch = database.write_batch
+
+        def counted(session: object, writes: list[object]) -> list[object]:
+            transactions.append(len(writes))
+            return write_batch(session, writes)  # type: ignore[arg-type]
+
+        self.patch(database, "write_batch", counted)
+        raw = [
+            record_from_head(
+                AET, s.record.key, s.record.stamp, s.record.size, s.data, complete=True, raw=True
+            )
+            for s in stored
+        ]
+        self.assertTrue(all(r is not None and r.row is not None for r in raw))
+        self.assertEqual(await postgres.add_many(raw), [None] * len(stored))  # type: ignore[arg-type]
+        self.assertEqual(transactions, [len(stored)])
+        self.assertEqual(await self.answers(postgres), await self.answers(sqlite))
 
     async def test_two_gateways_on_one_database(self) -> None:
         pg = await start_postgres(self)

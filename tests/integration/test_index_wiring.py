@@ -257,12 +257,15 @@ class S3SearchTests(IndexTestCase):
         key = f"{PREFIX}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
         s3 = moto.boto3()
         await deferToThread(s3.put_object, Bucket=BUCKET, Key=key, Body=part10(ds))
-        await deferToThread(s3.put_object, Bucket=BUCKET, Key=f"{PREFIX}notes.txt", Body=b"not DICOM")
+        await deferToThread(s3.put_object, Bucket=BUCKET, Key=f"{PREFIX}1.2/3.4/5.6.dcm", Body=b"not DICOM")
+        # Outside the layout: WADO-RS could not retrieve it, so it is not indexed (nor read).
+        await deferToThread(s3.put_object, Bucket=BUCKET, Key=f"{PREFIX}notes.txt", Body=part10(ds))
         self.assertEqual(await self.sops(gw, S3AET), set())
         result = await self.scan_command(gw, S3AET)
         self.assertEqual(result.returncode, 0, result.describe())
-        self.assertIn(f"{S3AET}: 2 objects, 1 added, 0 changed, 0 removed, 1 unreadable", result.stdout,
-                      result.describe())
+        line = f"{S3AET}: 2 objects, 1 added, 0 changed, 0 removed, 1 unreadable, 1 outside the layout"
+        self.assertIn(line, result.stdout, result.describe())
+        self.assertIn("e.g. archive/notes.txt", result.stderr, result.describe())
         self.assertEqual(await self.sops(gw, S3AET), {ds.SOPInstanceUID})
         [served] = await self.retrieve(gw, instance_path(S3AET, ds.StudyInstanceUID))
         self.assertEqual(_data_set(served), _data_set(part10(ds)))

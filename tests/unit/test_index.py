@@ -415,6 +415,43 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual(find(self, index, query(Target.all_series(), PatientID="P2")), [])
         self.assertEqual(len(find(self, index, query(Target.studies()))), 4)
 
+    def test_add_many_commits_together(self) -> None:
+        """The records of `add_many` go in one transaction (not the first one alone), each
+        with `add`'s result; a raw-path record's row is what is written."""
+        from dicomrst.index import database
+
+        index = make_index(self)
+        stored = index_data.build()
+        transactions: list[int] = []
+        write_batch = database.write_batch
+
+        def counted(session: Any, writes: list[Any]) -> list[object]:
+            transactions.append(len(writes))
+            return write_batch(session, writes)
+
+        self.patch(database, "write_batch", counted)
+        self.assertIsNone(self.successResultOf(index.add(stored[0].record)))
+        raw = [
+            record_from_head(AET, s.record.key, "2", len(s.data), s.data, complete=True, raw=True)
+            for s in stored
+        ]
+        self.assertTrue(all(r is not None and r.row is not None for r in raw))
+        results = self.successResultOf(index.add_many(raw))  # type: ignore[arg-type]
+        self.assertEqual(results, [stored[0].record.key] + [None] * (len(stored) - 1))
+        self.assertEqual(transactions, [1, len(stored)])
+        self.assertEqual(set(self.successResultOf(index.stamps(AET)).values()), {"2"})
+        self.assertEqual(self.successResultOf(index.add_many([])), [])
+
+    def test_add_many_fails_as_its_write_does(self) -> None:
+        """One bad record fails `add_many` with the index's own error (not FirstError);
+        the others are committed."""
+        index = make_index(self)
+        stored = index_data.build()
+        bad = IndexRecord(AET, "1.2", "1.2.3", None, "", "", "k", "s", 1, Dataset())  # type: ignore[arg-type]
+        failure = self.failureResultOf(index.add_many([stored[0].record, bad, stored[1].record]))
+        self.assertTrue(failure.check(IndexFailed), failure)
+        self.assertEqual(len(self.successResultOf(index.stamps(AET))), 2)
+
     def test_committed_when_acknowledged(self) -> None:
         index = make_index(self)
         path = index.database.path  # type: ignore[attr-defined]
@@ -661,3 +698,92 @@ class PeriodicScanTests(SynchronousTestCase):
         self.assertEqual(warned["why"], str(error))
         self.assertNotIn("log_failure", warned)
         self.assertEqual(service.failures, 1)
+
+
+class _HeldIndex:
+    """`add_many` answered only when the test says (`answer`); what each call was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[IndexRecord], Any]] = []
+
+    def add_many(self, records: list[IndexRecord]) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[list[str | None]] = Deferred()
+        self.calls.append((records, d))
+        return d
+
+    def answer(self, n: int, failure: Exception | None = None) -> None:
+        records, d = self.calls[n]
+        if failure is not None:
+            d.errback(failure)
+        else:
+            d.callback([None] * len(records))
+
+
+class WritesTests(SynchronousTestCase):
+    """`ScanBook.writes`: a scan's records go in batches, one after the other; the reads
+    wait only when `WRITES_AHEAD` batches are queued; a failed batch fails `done`."""
+
+    def setUp(self) -> None:
+        from dicomrst.index import scans
+
+        self.scans = scans
+        self.index = _HeldIndex()
+        self.book = scans.ScanBook(self.index, AET, "file")  # type: ignore[arg-type]
+        self.book.begin(set())
+        self.report = scans.ScanReport()
+        self.records = [item.record for item in index_data.build()]
+
+    def add(self, writes: Any, n: int) -> Any:
+        from twisted.internet.defer import Deferred
+
+        record = self.records[n % len(self.records)]
+        return Deferred.fromCoroutine(writes.add(record, f"k{n}", "s", False))
+
+    def test_batches_in_order_and_the_reads_wait_when_far_behind(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        writes = self.scans.Writes(self.book, self.report, batch=2)
+        added = [self.add(writes, n) for n in range(2 * (self.scans.WRITES_AHEAD + 1))]
+        # One batch sent; the others queued behind it; the last add waits.
+        self.assertEqual(len(self.index.calls), 1)
+        self.assertEqual([bool(d.called) for d in added].count(False), 1)
+        self.index.answer(0)
+        self.assertTrue(all(d.called for d in added))
+        self.assertEqual(len(self.index.calls), 2)  # the next batch, once the first is in
+        done = Deferred.fromCoroutine(writes.done())
+        for n in range(1, self.scans.WRITES_AHEAD + 1):
+            self.assertNoResult(done)
+            self.index.answer(n)
+        self.successResultOf(done)
+        self.assertEqual(self.report.added, 2 * (self.scans.WRITES_AHEAD + 1))
+
+    def test_a_failed_batch_fails_done_and_stops_the_writes(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        writes = self.scans.Writes(self.book, self.report, batch=2)
+        for n in range(5):
+            self.add(writes, n)
+        done = Deferred.fromCoroutine(writes.done())
+        self.index.answer(0, IndexFailed("down"))
+        self.failureResultOf(done, IndexFailed)
+        self.assertEqual(len(self.index.calls), 1)  # nothing written after the failure
+        self.assertEqual(self.report.added, 0)
+
+    def test_one_instance_twice_in_a_batch_learns_which_key_it_replaced(self) -> None:
+        """Two keys of one instance in one batch: the second goes after the first."""
+        from twisted.internet.defer import Deferred
+
+        self.book.begin({"a", "b"})
+        record = self.records[0]
+        d = Deferred.fromCoroutine(
+            self.book.add_many([(record, "a", "1", False), (record, "b", "1", False)], self.report)
+        )
+        self.assertEqual([len(r) for r, _ in self.index.calls], [1])
+        self.index.calls[0][1].callback([None])
+        self.assertEqual([len(r) for r, _ in self.index.calls], [1, 1])
+        self.index.calls[1][1].callback(["a"])
+        self.successResultOf(d)
+        self.assertEqual((self.report.added, self.report.duplicates), (2, 1))
+        self.assertEqual(self.book.skipped, {"b": "1"})

@@ -92,8 +92,13 @@ class LocalReconcileTests(SynchronousTestCase):
         self.assertEqual((again.added, again.changed, again.removed, again.bytes_read), (0, 0, 0, 0))
 
         info = expected_info(a)
-        changed = part10_bytes(study=study, series=info.series_instance_uid, sop=info.sop_instance_uid,
-                               extra=_patient("C^C"), pixel_bytes=1024)  # another size: another stamp
+        changed = part10_bytes(
+            study=study,
+            series=info.series_instance_uid,
+            sop=info.sop_instance_uid,
+            extra=_patient("C^C"),
+            pixel_bytes=1024,
+        )  # another size: another stamp
         self.put(changed, key_a)
         os.unlink(os.path.join(self.root, *key_b.split("/")))
         third = self.scan()
@@ -103,6 +108,23 @@ class LocalReconcileTests(SynchronousTestCase):
         shutil.rmtree(os.path.join(self.root, study))
         self.assertEqual(self.scan().removed, 1)
         self.assertEqual(self.patients(), [])
+
+    def test_records_are_committed_in_batches(self) -> None:
+        from dicomrst.index import database
+
+        transactions: list[int] = []
+        write_batch = database.write_batch
+
+        def counted(session: Any, writes: list[Any]) -> list[object]:
+            transactions.append(len(writes))
+            return write_batch(session, writes)
+
+        self.patch(database, "write_batch", counted)
+        for i in range(30):
+            self.put(part10_bytes(extra=_patient(f"P^{i:02d}")))
+        self.assertEqual(self.scan().added, 30)
+        self.assertEqual(transactions, [30])
+        self.assertEqual(len(self.patients()), 30)
 
     def test_temporary_unreadable_and_misplaced_files(self) -> None:
         good = part10_bytes(extra=_patient("GOOD^ONE"))
@@ -117,16 +139,20 @@ class LocalReconcileTests(SynchronousTestCase):
         self.put(good, "notes/readme.dcm")  # not the layout: a stray
         with _Logged() as logged:
             first = self.scan()
-        self.assertEqual((first.listed, first.added, first.unreadable), (3, 1, 2))
+        self.assertEqual(
+            (first.listed, first.added, first.unreadable, first.misplaced, first.strays), (3, 1, 1, 1, 1)
+        )
         self.assertEqual(self.patients(), ["GOOD^ONE"])
-        self.assertEqual(len([e for e in logged.events if "skipping file" in e]), 2)
+        self.assertEqual(len([e for e in logged.events if "skipping file" in e]), 1)
+        (misplaced,) = [e for e in logged.events if "not where their UIDs put them" in e]
+        self.assertIn(f"1 file(s) of {AET}", misplaced)
+        self.assertIn(f"its UIDs say {expected_info(other).study_instance_uid}/", misplaced)
         self.assertEqual(len([e for e in logged.events if "are not {study}" in e]), 1)
         with _Logged() as logged:
             again = self.scan()
         # Logged once: not read again until they change.
-        self.assertEqual((again.unreadable, again.bytes_read), (0, 0))
+        self.assertEqual((again.unreadable, again.misplaced, again.bytes_read), (0, 0, 0))
         self.assertEqual(logged.events, [])
-
 
     def test_a_missing_directory_fails_the_scan_and_keeps_the_records(self) -> None:
         key = self.put(part10_bytes(extra=_patient("KEPT^ONE")))
@@ -156,4 +182,3 @@ class _Logged:
 
     def __exit__(self, *exc: object) -> None:
         self._publisher.removeObserver(self._observer)
-

@@ -198,14 +198,15 @@ def read_record(path: str, aet: str) -> IndexRecord:
     return read_head_record(path, aet)[0]
 
 
-def read_head_record(path: str, aet: str) -> tuple[IndexRecord, int]:
+def read_head_record(path: str, aet: str, *, raw: bool = False) -> tuple[IndexRecord, int]:
     """Blocking: the index record of the Part-10 file at `path`, read from its head up to
     its pixel data (`record_from_stream`, as the reconcile scans read objects), with an
     empty ``key`` and ``stamp`` for the caller to fill, and the bytes read; `InvalidObject`
-    when it is not an object the index can read (it would be stored and never found)."""
+    when it is not an object the index can read (it would be stored and never found).
+    `raw`: the record's row made from the bytes, as the reconcile scans make it."""
     with open(path, "rb") as f:
         try:
-            return record_from_stream(aet, f, os.fstat(f.fileno()).st_size)
+            return record_from_stream(aet, f, os.fstat(f.fileno()).st_size, raw=raw)
         except NotIndexable as e:
             raise InvalidObject(f"not a readable DICOM data set: {e}") from None
 

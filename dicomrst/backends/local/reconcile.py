@@ -10,10 +10,17 @@ the directory no longer has is removed from the index.  Unchanged files cost one
 ``stat`` each.
 
 Temporary files (hidden names: a store in progress, or a crash's leftover) are never
-looked at.  A file that is not DICOM, whose head does not parse, or whose UIDs are not
-the ones its path names (the backend serves files by that path, so it could be found
-and never retrieved) is logged once and skipped until its stamp changes.  A file that
-vanishes or changes while read is left for the next scan.
+looked at.  A file that is not DICOM, or whose head does not parse, is logged once and
+skipped until its stamp changes; so is one whose UIDs are not the ones its path names
+(the backend serves files by that path, so it could be found and never retrieved):
+counted (`ScanReport.misplaced`) and named, a few, in one line at the scan's end.  A
+file that vanishes or changes while read is left for the next scan.  Files outside the
+layout are counted (`ScanReport.strays`) and never indexed; a scan that finds new ones
+logs one line with their number and one of them.
+
+Heads are read `READERS` files at a time, each made into its record from its bytes
+(pydicom only where that declines), and the records go to the index in batches
+(`dicomrst.index.scans.Writes`), many per transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from __future__ import annotations
 import os
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.python.failure import Failure
 
 from dicomrst.backends.local.files import (
     SUFFIX,
@@ -33,10 +41,17 @@ from dicomrst.backends.local.files import (
 )
 from dicomrst.backends.local.threads import Threads
 from dicomrst.index.interfaces import IIndex, IndexRecord
-from dicomrst.index.scans import ScanBook, ScanReport
+from dicomrst.index.scans import ScanBook, ScanReport, Writes
 from dicomrst.logs import logger
 
 log = logger("dicomrst.index")
+
+#: Files read at once: the reads overlap their waits for the disk (the parse holds the GIL).
+READERS = 4
+
+
+class Misplaced(Exception):
+    """A file whose UIDs put it at another key (the argument)."""
 
 
 @attrs.frozen
@@ -98,10 +113,10 @@ def walk(root: str) -> tuple[list[Found], list[str]]:
 def read_found(root: str, aet: str, found: Found) -> tuple[IndexRecord, int] | None:
     """Blocking: the record of a found file and the bytes read for it, or None when it
     changed or vanished since the walk (`InvalidObject` when it is not one the archive
-    can serve)."""
+    can serve, `Misplaced` when its UIDs put it elsewhere)."""
     path = os.path.join(root, *found.key.split("/"))
     try:
-        record, read = read_head_record(path, aet)
+        record, read = read_head_record(path, aet, raw=True)
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -109,7 +124,7 @@ def read_found(root: str, aet: str, found: Found) -> tuple[IndexRecord, int] | N
         return None  # written to while read: the next scan reads the new content
     expected = object_key(record.study, record.series, record.sop_instance)
     if expected != found.key:
-        raise InvalidObject(f"its UIDs put it at {expected}, not where it is")
+        raise Misplaced(expected)
     return attrs.evolve(record, key=found.key, stamp=found.stamp, size=found.size), read
 
 
@@ -136,37 +151,57 @@ class LocalReconciler:
         known = await self.index.stamps(self.aet)
         found, strays = await self.threads.run(walk, self.root)
         report.listed = len(found)
+        report.strays = len(strays)
         new_strays = [key for key in strays if key not in self._strays]
         self._strays = set(strays)
         if new_strays:
             log.warn(
                 "index: {n} file(s) in {root} are not {{study}}/{{series}}/{{sop}}.dcm and are not "
                 "served nor indexed, e.g. {first}",
-                n=len(new_strays),
+                n=len(strays),
                 root=self.root,
                 first=new_strays[0],
             )
         self.book.begin({f.key for f in found})
-        for item in found:
-            if not self.book.unchanged(item.key, item.stamp, known):
-                await self._read_and_add(item, item.key in known, report)
+        writes = self.book.writes(report)
+        semaphore = DeferredSemaphore(READERS)
+        reads = [
+            semaphore.run(self._index_file, item, item.key in known, report, writes)
+            for item in found
+            if not self.book.unchanged(item.key, item.stamp, known)
+        ]
+        results = await DeferredList(reads, consumeErrors=True)
+        await writes.done()
+        for _, outcome in results:
+            if isinstance(outcome, Failure):
+                outcome.raiseException()
         return await self.book.end(known, report, self.threads.reactor.seconds() - started)
 
-    async def _read_and_add(self, item: Found, known: bool, report: ScanReport) -> None:
+    def _index_file(self, item: Found, known: bool, report: ScanReport, writes: Writes) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._read_and_add(item, known, report, writes))
+
+    async def _read_and_add(self, item: Found, known: bool, report: ScanReport, writes: Writes) -> None:
         try:
             found_record = await self.threads.run(read_found, self.root, self.aet, item)
+        except Misplaced as e:
+            await self.book.misplaced(item.key, item.stamp, known, str(e), report)
+            return
         except InvalidObject as e:
             await self.book.not_indexable(item.key, item.stamp, known, str(e), report)
             return
         except OSError as e:
             # Unreadable now (permissions, I/O): not fatal to the scan; the next one retries.
             report.left += 1
-            log.warn("index: cannot read {key} of {aet}: {why}", key=item.key, aet=self.aet,
-                     why=e.strerror or str(e))
+            log.warn(
+                "index: cannot read {key} of {aet}: {why}",
+                key=item.key,
+                aet=self.aet,
+                why=e.strerror or str(e),
+            )
             return
         if found_record is None:
             report.left += 1
             return
         record, read = found_record
         report.bytes_read += read
-        await self.book.add(record, item.key, item.stamp, known, report)
+        await writes.add(record, item.key, item.stamp, known)

@@ -159,6 +159,7 @@ class LocalStore:
             record = read_record(temporary.path, self.aet)
             study, series = record.study, record.series
             # The file meta was written from the command; the data set says what it holds.
+            assert record.attributes is not None  # read_record reads with pydicom
             found = str(record.attributes.get("SOPInstanceUID", ""))
             if not (safe_uid(study) and safe_uid(series)):
                 raise InvalidObject(f"no valid Study/Series Instance UID ({study!r}, {series!r})")
