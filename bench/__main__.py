@@ -1,4 +1,4 @@
-"""``python -m bench [SUITE ...]`` (qido, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
+"""``python -m bench [SUITE ...]`` (qido, qido-cpu, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
 measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
 mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
 
@@ -18,6 +18,8 @@ def _wado_slow(runs: int) -> None:
 
 SUITES: dict[str, Callable[[int], None]] = {
     "qido": lambda runs: qido.run(runs=runs),
+    # The gateway's CPU time per query alone (about half a minute; not in the default set).
+    "qido-cpu": lambda runs: qido.run_cpu(runs=runs),
     "wado": lambda runs: wado.run(runs=runs),
     "wado-slow": _wado_slow,
     # The 105 MB study against storescu and Orthanc's STOW-RS, then a ~1 GB upload for peak RSS.
@@ -42,11 +44,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run (default 30)")
     parser.add_argument("--out", type=Path, help="soak: output directory (default ./soak-DATE-TIME)")
     parser.add_argument("--interval", type=float, help="soak: seconds between samples (default 10)")
+    parser.add_argument("--profile", help="qido-cpu: run the gateway under cProfile, stats to this file")
     args = parser.parse_args()
     for name in args.suites or DEFAULT:
         if name not in SUITES:
             parser.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
-        if name == "soak":
+        if name == "qido-cpu" and args.profile:
+            qido.run_cpu(runs=args.runs, profile=args.profile)
+        elif name == "soak":
             soak.run(minutes=args.minutes, out=args.out, interval=args.interval)
         else:
             SUITES[name](args.runs)

@@ -54,6 +54,42 @@ def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
     return ds
 
 
+class RawIdentifier:
+    """A C-FIND match as it arrived: its data set's bytes, decoded only if asked.
+
+    A QIDO-RS result is written as DICOM JSON straight from the bytes
+    (`dicomrst.common.rawjson.identifier_members`), which is several times cheaper than
+    decoding it with pydicom first; `dataset` is for whatever needs the values.
+    """
+
+    __slots__ = ("_dataset", "data", "transfer_syntax")
+
+    def __init__(self, data: bytes, transfer_syntax: str) -> None:
+        self.data = data
+        self.transfer_syntax = transfer_syntax
+        self._dataset: Dataset | None = None
+
+    @property
+    def implicit(self) -> bool:
+        return self.transfer_syntax == IMPLICIT_VR_LE
+
+    def dataset(self) -> Dataset:
+        """The match decoded (`decode_identifier`, once): `DataSetError` when malformed."""
+        if self._dataset is None:
+            self._dataset = decode_identifier(self.data, self.transfer_syntax)
+        return self._dataset
+
+
+Found = Dataset | RawIdentifier
+"""A match `IBackend.find` hands over: decoded (searches in the index) or as received
+(C-FIND on a PACS)."""
+
+
+def found_dataset(found: Found) -> Dataset:
+    """A match's data set, decoded if it came as received."""
+    return found if isinstance(found, Dataset) else found.dataset()
+
+
 def _convert(ds: Dataset) -> None:
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)

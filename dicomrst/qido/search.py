@@ -4,7 +4,9 @@
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and
 the offset (skipped by the backend itself when it searches a database, `ISkipsOffset`,
 and the gateway has no filter of its own); at most ``limit`` are held, so memory is
-bounded.  The caller writes the
+bounded.  A match a PACS sent is written from its bytes when the gateway has no filter of
+its own to run on it (`SearchTarget.raw_result`), and decoded only otherwise: results
+skipped or beyond the page are then never parsed.  The caller writes the
 response only once the find has ended: a failure status, a timeout or a full pool is
 then an error and never a 200 with part of the results.
 """
@@ -21,6 +23,8 @@ from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IBackend, ISkipsOffset
 from dicomrst.common.dicomjson import encode_dataset, json_array
+from dicomrst.common.identifiers import Found, RawIdentifier
+from dicomrst.common.transcode import DataSetError
 from dicomrst.qido.query import Query
 
 
@@ -52,12 +56,16 @@ class SearchResults:
         self.stopped_by_us = False
         self._stop_call: IDelayedCall | None = None
 
-    def __call__(self, dataset: Dataset) -> None:
+    def __call__(self, found: Found) -> None:
         if self.done:
             return
         try:
-            if not self.query.accepts(dataset):
-                return
+            raw = isinstance(found, RawIdentifier)
+            dataset: Dataset | None = None
+            if self.query.filters:
+                dataset = found.dataset() if isinstance(found, RawIdentifier) else found
+                if not self.query.accepts(dataset):
+                    return
             if self.skipped < self.query.offset:
                 self.skipped += 1
                 return
@@ -65,8 +73,17 @@ class SearchResults:
                 self.more = True
                 self._stop()
                 return
-            result = self.query.target.result(dataset, self.query.identifier, self._service)
-            self.encoded.append(encode_dataset(result))
+            encoded = None
+            if raw and dataset is None:
+                encoded = self.query.target.raw_result(cast(RawIdentifier, found), self._service)
+            if encoded is None:
+                if dataset is None:
+                    dataset = found.dataset() if isinstance(found, RawIdentifier) else found
+                result = self.query.target.result(dataset, self.query.identifier, self._service)
+                encoded = encode_dataset(result)
+            self.encoded.append(encoded)
+        except DataSetError:
+            raise  # a malformed match: the find fails with the PACS's protocol error
         except Exception:
             self.error = Failure()
             self._stop()
