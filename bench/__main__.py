@@ -1,6 +1,7 @@
-"""``python -m bench [SUITE ...]`` (qido, qido-cpu, wado, stow, s3, wado-slow, viewer, index, soak): start the peers,
-measure dicomrst and the anchors in the same run.  ``soak`` (not in the default set) runs
-mixed load for ``--minutes`` (default 30) and writes its figures to ``--out``."""
+"""``python -m bench [SUITE ...]`` (qido, qido-cpu, wado, stow, s3, wado-slow, viewer, index,
+soak): start the peers, measure dicomrst and the anchors in the same run.  ``soak`` (not in
+the default set) runs mixed load for ``--minutes`` (default 30) and writes its figures to
+``--out``."""
 
 from __future__ import annotations
 
