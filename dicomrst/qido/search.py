@@ -4,9 +4,9 @@
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and
 the offset (skipped by the backend itself when it searches a database, `ISkipsOffset`,
 and the gateway has no filter of its own); at most ``limit`` are held, so memory is
-bounded.  A match a PACS sent is written from its bytes when the gateway has no filter of
-its own to run on it (`SearchTarget.raw_result`), and decoded only otherwise: results
-skipped or beyond the page are then never parsed.  The caller writes the
+bounded.  A match a PACS sent is written from its bytes (`SearchTarget.raw_result`), and
+decoded only for the gateway's own filters (or when the walk declines it): without
+filters, results skipped or beyond the page are never parsed.  The caller writes the
 response only once the find has ended: a failure status, a timeout or a full pool is
 then an error and never a 200 with part of the results.
 """
@@ -74,7 +74,7 @@ class SearchResults:
                 self._stop()
                 return
             encoded = None
-            if raw and dataset is None:
+            if raw:  # decoded only for the gateway's filters, if at all: JSON from the bytes
                 encoded = self.query.target.raw_result(cast(RawIdentifier, found), self._service)
             if encoded is None:
                 if dataset is None:
