@@ -162,11 +162,13 @@ class Gateway(Process):
         cache: dict | None = None,
         http: dict | None = None,
         index: dict | None = None,
+        profile: str | None = None,
     ) -> None:
         """`dimse_port`: the listener's port when a C-MOVE source must know it beforehand;
         `name`: for the config and log file names, when several gateways run; `cache`:
         ``server.cache`` keys merged over the path (`cache_dir`); `http`: ``server.http``
-        keys merged over the defaults; `index`: the ``index`` section (for LOCAL and S3 AETs)."""
+        keys merged over the defaults; `index`: the ``index`` section (for LOCAL and S3 AETs);
+        `profile`: a file twistd writes cProfile stats to when the gateway stops."""
         import yaml
 
         self.http_port = free_port()
@@ -196,8 +198,9 @@ class Gateway(Process):
         path.write_text(yaml.safe_dump(config))
         twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
         env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
         super().__init__(
-            [twistd, "-n", "--pidfile=", "dicomrst", "--config", str(path)],
+            [twistd, "-n", "--pidfile=", *profiling, "dicomrst", "--config", str(path)],
             env=env,
             log=workdir / f"{name}.log",
         )

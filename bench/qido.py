@@ -1,9 +1,14 @@
 """QIDO-RS: study search by PatientID through dicomrst, against Orthanc's own QIDO and
-pynetdicom's C-FIND on a reused association (issue 3)."""
+pynetdicom's C-FIND on a reused association (issue 3), and the gateway's CPU time per
+query under concurrent load (issue 15).
+
+``python -m bench qido-cpu`` measures the CPU figure alone (about half a minute);
+``--profile FILE`` runs the gateway under cProfile for it and writes the stats there."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -111,6 +116,88 @@ def _throughput(make: Callable[[], Callable[[str], int]], clients: int, per_clie
     return clients * per_client / elapsed
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process `pid` so far (/proc/PID/stat utime, stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _gateway_load(
+    pid: int, make: Callable[[], Callable[[str], int]], clients: int, per_client: int
+) -> tuple[float, float, float]:
+    """One concurrent run: queries per second, and the gateway's CPU milliseconds per
+    query (user + system), and of them system."""
+    user, system = cpu_seconds(pid)
+    rate = _throughput(make, clients, per_client)
+    user_after, system_after = cpu_seconds(pid)
+    queries = clients * per_client
+    return (
+        rate,
+        (user_after - user + system_after - system) * 1000 / queries,
+        (system_after - system) * 1000 / queries,
+    )
+
+
+def _setup(
+    work: object, profile: str | None = None, pool: dict | None = None
+) -> tuple[peers.Orthanc, peers.Gateway]:
+    orthanc = peers.Orthanc(work)  # type: ignore[arg-type]
+    try:
+        for blob in data.small_studies(N_STUDIES, N_PATIENTS):
+            orthanc.upload(blob)
+        gateway = peers.Gateway(
+            work,  # type: ignore[arg-type]
+            [
+                {
+                    "aet": orthanc.aet,
+                    "host": "127.0.0.1",
+                    "port": orthanc.dicom_port,
+                    "pool": pool or {"size": 16},
+                }
+            ],
+            profile=profile,
+        )
+    except BaseException:
+        orthanc.stop()
+        raise
+    return orthanc, gateway
+
+
+def run_cpu(
+    runs: int = 5,
+    clients: int = 16,
+    per_client: int = 50,
+    profile: str | None = None,
+    pool: dict | None = None,
+) -> None:
+    """The gateway's CPU time per query over `runs` runs of `clients` concurrent clients
+    (`pool`: the AET's ``pool`` section, default size 16)."""
+    orthanc, gateway = _setup(peers.workdir(), profile, pool)
+    try:
+        make = lambda: (lambda s: lambda p: s(f"/aets/{orthanc.aet}/studies?PatientID={p}"))(  # noqa: E731
+            _http_session(gateway.http_port)
+        )
+        _throughput(make, clients, 10)  # warm up: the pool's associations, imports
+        rates, cpu, system = [], [], []
+        for _ in range(runs):
+            rate, ms, system_ms = _gateway_load(gateway.pid, make, clients, per_client)
+            rates.append(rate)
+            cpu.append(ms)
+            system.append(system_ms)
+        print(
+            f"\nQIDO-RS /studies?PatientID= through dicomrst ({N_STUDIES} studies, 5 per query; "
+            f"{clients} clients x {per_client} queries per run, {runs} runs)"
+        )
+        print(row(f"dicomrst QIDO, {clients} concurrent clients", rates, "q/s", fmt="{:.0f}"))
+        print(row("dicomrst CPU (utime+stime) per query", cpu, "ms", fmt="{:.3f}"))
+        print(row("  of which system (stime)", system, "ms", fmt="{:.3f}"))
+    finally:
+        gateway.stop()
+        orthanc.stop()
+
+
 def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
     work = peers.workdir()
     orthanc = peers.Orthanc(work)
@@ -143,8 +230,9 @@ def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
                 p95.append(pct(lat, 95))
             results[name] = {"median": med, "p95": p95}
         release()
-        tp_gw = [
-            _throughput(
+        gw_load = [
+            _gateway_load(
+                gateway.pid,
                 lambda: (lambda s: lambda p: s(f"/aets/{orthanc.aet}/studies?PatientID={p}"))(
                     _http_session(gateway.http_port)
                 ),
@@ -153,6 +241,7 @@ def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
             )
             for _ in range(runs)
         ]
+        tp_gw = [rate for rate, _, _ in gw_load]
         tp_or = [
             _throughput(
                 lambda: (lambda s: lambda p: s(f"/dicom-web/studies?PatientID={p}"))(
@@ -174,6 +263,7 @@ def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
             print(row(f"{name}: p95", figures["p95"], "ms"))
         print(row(f"dicomrst QIDO, {clients} concurrent clients", tp_gw, "q/s", fmt="{:.0f}"))
         print(row(f"Orthanc QIDO, {clients} concurrent clients", tp_or, "q/s", fmt="{:.0f}"))
+        print(row("dicomrst CPU (utime+stime) per query", [ms for _, ms, _ in gw_load], "ms", fmt="{:.3f}"))
         print(f"  dicomrst peak RSS {peers.peak_rss_mb(gateway.pid):.0f} MB")
     finally:
         if gateway is not None:

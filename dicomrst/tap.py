@@ -8,6 +8,7 @@ install the default reactor before twistd has read ``--reactor``.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -661,4 +662,14 @@ def makeService(options: Options) -> IService:
     top.log_output = output
     hangup = HangupService(cast(IReactorFromThreads, reactor), output, top.reloaders)
     hangup.setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    reactor.callWhenRunning(settle_heap)
     return top
+
+
+def settle_heap() -> None:
+    """Leave what start-up built (modules, pydicom's dictionaries, the config) out of the
+    cyclic garbage collector's scans: each full collection walked all of it, ~0.1 s every
+    few hundred requests under load (~0.2 ms a QIDO-RS search, a seventh of its CPU time).
+    Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred, fail
 
+from dicomrst.common.identifiers import Found
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND
 from dicomrst.errors import NotImplementedService, ServiceUnavailable
 from dicomrst.index.interfaces import IIndex
@@ -20,7 +21,7 @@ def find_in_index(
     *,
     limit: int | None,
     offset: int,
-    on_result: Callable[[Dataset], None],
+    on_result: Callable[[Found], None],
     model: str,
 ) -> Deferred[None]:
     """`IBackend.find` of an AET of `kind` (``"LOCAL"``, ``"S3"``) whose objects `index`

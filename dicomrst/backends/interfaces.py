@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
+from dicomrst.common.identifiers import Found
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import STUDY_ROOT_FIND
 
@@ -44,17 +45,19 @@ class IBackend(Interface):
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
         """Run a C-FIND of the information model `model` (the FIND SOP Class UID: Study
         Root for QIDO-RS, ``MODALITY_WORKLIST_FIND`` for MWL-RS) with `identifier` (it
         carries SpecificCharacterSet, match keys with values, return keys empty, and
-        QueryRetrieveLevel for Study Root).  Call
-        `on_result` with each match's identifier (a decoded pydicom Dataset) in PACS order, as
-        it arrives.  After `limit` results, stop pulling (C-CANCEL) and fire.  Fires None on
-        success; errbacks with `dicomrst.errors.UpstreamError` (the message names the PACS
-        status, e.g. 'C-FIND failed with status 0xA700 (Out of resources)'), `UpstreamTimeout`,
+        QueryRetrieveLevel for Study Root).  Call `on_result` with each match's identifier
+        in PACS order, as it arrives: a decoded pydicom Dataset, or a `RawIdentifier` (the
+        bytes as received; a `DataSetError` its decoding raises in `on_result` fails the
+        find as the PACS's protocol error).  After `limit` results, stop pulling (C-CANCEL)
+        and fire.  Fires None on success; errbacks with `dicomrst.errors.UpstreamError` (the
+        message names the PACS status, e.g. 'C-FIND failed with status 0xA700 (Out of
+        resources)'), `UpstreamTimeout`,
         `ServiceUnavailable(retry_after=…)` or `NotImplementedService` (a backend that cannot
         search; a backend that holds no worklist answers a worklist find with
         `ServiceUnavailable`).  Cancelling the Deferred cancels the find."""
@@ -117,7 +120,7 @@ class IIndexedSearch(Interface):
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
         offset: int = 0,
     ) -> Deferred[None]:

@@ -25,6 +25,13 @@ data (pydicom decides whether it is an error).
 Attributes of small values are kept in a process-wide table keyed by VR, character set
 and bytes (bounded; `clear_cache` empties it): the instances of a series share most values.
 
+`identifier_members` does the same for a C-FIND identifier (QIDO-RS and MWL-RS results),
+whose reference is `dicomrst.common.dicomjson.dataset_json` of the data set
+`dicomrst.common.identifiers.decode_identifier` reads: every value inline, nothing left out
+but group lengths.  It declines, besides the above, what that encoder writes differently
+from the metadata one (group 0002 and trailing padding at the top level, pixel data, values
+of undefined length that are not sequences, ambiguous VRs).
+
 It is a second walker beside `dicomrst.common.walker.ElementWalker` on purpose: that one is
 fed fragments, flattens nesting and skips values; this one needs the whole data set, item
 boundaries, defined-length sequences opened and every value.
@@ -65,7 +72,7 @@ from dicomrst.common.tags import (
     UNDEFINED_LENGTH,
 )
 
-__all__ = ["RawValue", "clear_cache", "index_json", "metadata_json"]
+__all__ = ["RawValue", "clear_cache", "identifier_members", "index_json", "metadata_json"]
 
 _HEADER = struct.Struct("<HHL")  # tag and a 32-bit length (Implicit VR, items, delimiters)
 _EXPLICIT = struct.Struct("<HH2sH")
@@ -150,7 +157,7 @@ def index_json(
     n = len(data)
     if n >= 6 and (data[4] in _LETTERS and data[5] in _LETTERS) == implicit:
         return None
-    walk = _Walk(data, "", _SAFE_INTEGER, wanted=wanted)
+    walk = _Walk(data, "", _SAFE_INTEGER, index=wanted)
     try:
         text, _ = walk.dataset(0, n, implicit, _DEFAULT_CODEC, "", top=True, undefined=False)
     except _Decline:
@@ -158,6 +165,32 @@ def index_json(
     except Exception:
         return None
     return text, walk.found
+
+
+Members = list[str]
+"""A data set's top-level attributes as JSON object members, ``"GGGGEEEE":{...}``, ascending."""
+
+
+def identifier_members(
+    data: bytes, *, implicit: bool, wanted: frozenset[int] = frozenset()
+) -> tuple[Members, dict[int, tuple[str, bytes]]] | None:
+    """A C-FIND identifier in Implicit (`implicit`) or Explicit VR Little Endian as the
+    members of its DICOM JSON object (``"{" + ",".join(members) + "}"`` is what
+    ``dataset_json(decode_identifier(data, ...))`` writes), and the VR and value bytes of
+    the top-level elements whose tags are in `wanted` (none that is a sequence).  None when
+    only pydicom can write it exactly (see the module docstring)."""
+    n = len(data)
+    if n >= 6 and (data[4] in _LETTERS and data[5] in _LETTERS) == implicit:
+        return None
+    walk = _Walk(data, "", _NO_BULK, strict=True, wanted=wanted)
+    try:
+        walk.dataset(0, n, implicit, _DEFAULT_CODEC, "", top=True, undefined=False)
+    except Exception:  # _Decline, or a case the walk does not know: pydicom knows better
+        return None
+    return walk.top_members, walk.values
+
+
+_NO_BULK = 2**62  # the identifier encoder writes every value inline
 
 
 @lru_cache(maxsize=4096)
@@ -348,15 +381,27 @@ class _Walk:
     """One data set's walk; `dataset` recurses into sequence items."""
 
     def __init__(
-        self, data: bytes, prefix: str, threshold: int, wanted: frozenset[int] | None = None
+        self,
+        data: bytes,
+        prefix: str,
+        threshold: int,
+        *,
+        strict: bool = False,
+        wanted: frozenset[int] = frozenset(),
+        index: frozenset[int] | None = None,
     ) -> None:
         self.data = data
         self.prefix = prefix
         self.threshold = threshold
-        # The index's object (`index_json`) when `wanted` is given: no bulk data, and the
-        # top-level values of `wanted` collected into `found`.
-        self.index = wanted is not None
-        self.wanted = wanted or frozenset()
+        # strict: decline what the identifier encoder (dataset_json) writes differently.
+        self.strict = strict
+        self.wanted = wanted
+        self.values: dict[int, tuple[str, bytes]] = {}
+        self.top_members: Members = []
+        # The index's object (`index_json`) when `index` is given: no bulk data, and the
+        # top-level values of the `index` tags collected into `found`.
+        self.index = index is not None
+        self.index_wanted = index or frozenset()
         self.found: dict[int, RawValue] = {}
 
     def dataset(
@@ -369,6 +414,8 @@ class _Walk:
         explicit = _EXPLICIT.unpack_from
         u32 = _U32.unpack_from
         threshold = self.threshold
+        strict = self.strict
+        wanted = self.wanted if top else frozenset()
         cache = _ATTRIBUTES
         members: list[str] = []
         last = -1
@@ -412,6 +459,8 @@ class _Walk:
             if tag <= last:
                 raise _Decline  # out of order or repeated: pydicom keeps the last
             last = tag
+            if strict and ((top and group == 2) or tag == TRAILING_PADDING or tag in PIXEL_DATA_TAGS):
+                raise _Decline
             key = f"{tag:08X}"
             private = group & 1
             # -- the VR pydicom gives the element
@@ -430,6 +479,8 @@ class _Walk:
                     vr = self.private_vr(tag, creators, codec)
                 elif length < 0xFFFF:
                     vr = _dictionary_vr(tag) or "UN"
+            if tag in wanted and (length == UNDEFINED_LENGTH or vr == "SQ"):
+                raise _Decline
             if length == UNDEFINED_LENGTH:
                 if implicit:
                     known = None if private else _dictionary_vr(tag)
@@ -447,7 +498,7 @@ class _Walk:
                     if not (element == 0 or (top and group == 2) or tag == TRAILING_PADDING):
                         members.append(f'"{key}":{items}')
                     continue
-                if self.index:
+                if self.index or strict:
                     raise _Decline  # encapsulated data before Pixel Data: pydicom knows
                 pos = self.encapsulated(start, end)
                 if vr in _AMBIGUOUS:
@@ -473,9 +524,11 @@ class _Walk:
                 creators[tag] = data[start:pos]
             elif tag == _PIXEL_REPRESENTATION and vr == "US":
                 pixel_representation = data[start:pos]
+            if tag in wanted:
+                self.values[tag] = (vr, data[start:pos])
             lut_fix = tag in _LUT_DESCRIPTORS
             if vr in _AMBIGUOUS:
-                if not (top and implicit):
+                if strict or not (top and implicit):
                     raise _Decline  # pydicom looks at the parents' Pixel Representation
                 vr = _resolve(tag, length, pixel_representation, tag > _PIXEL_REPRESENTATION)
                 lut_fix = False  # pydicom fixes LUT Descriptors only when it knows the VR
@@ -483,7 +536,7 @@ class _Walk:
                 if tag == TRAILING_PADDING:
                     raise _Decline  # pydicom keeps what the metadata leaves out
                 if top:
-                    if tag in self.wanted:
+                    if tag in self.index_wanted:
                         self.found[tag] = (vr, data[start:pos], codec)
                     if tag == SPECIFIC_CHARACTER_SET or tag in PIXEL_DATA_TAGS:
                         continue
@@ -520,6 +573,8 @@ class _Walk:
                     cache.clear()
                 cache[cache_key] = attribute
             members.append(f'"{key}":{attribute}')
+        if top:
+            self.top_members = members
         return "{" + ",".join(members) + "}", pos
 
     def sequence(

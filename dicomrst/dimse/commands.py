@@ -225,12 +225,29 @@ def _text(keyword: str, vr: str, raw: bytes) -> str:
     return value.decode("ascii")
 
 
+_DECODED: dict[bytes, dict[str, CommandValue]] = {}
+_DECODED_KEPT = 64
+
+
 def decode_command(data: bytes) -> Command:
     """A command set from its bytes, or `CommandError`: never anything else.
 
     Beyond the encoding, the elements the message's type requires must be present
     (`_REQUIRED`), and strings must be valid for their VR.
     """
+    # The Pending C-FIND-RSPs of one find are the same bytes (a search gets a few to
+    # hundreds): each is decoded once.  A Command owns its dict; the values are shared.
+    key = bytes(data)
+    values = _DECODED.get(key)
+    if values is None:
+        values = _decode_command(key)
+        if len(_DECODED) >= _DECODED_KEPT:
+            _DECODED.clear()
+        _DECODED[key] = values
+    return Command(values)
+
+
+def _decode_command(data: bytes) -> dict[str, CommandValue]:
     values: dict[str, CommandValue] = {}
     offset = 0
     end = len(data)
@@ -281,7 +298,7 @@ def decode_command(data: bytes) -> Command:
             raise CommandError(f"{name} without {keyword}")
     if field in _NEEDS_DATASET and values["CommandDataSetType"] == NO_DATASET:
         raise CommandError(f"{name} without a data set")
-    return Command(values)
+    return values
 
 
 def has_dataset(ds: Command) -> bool:

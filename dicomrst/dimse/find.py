@@ -4,8 +4,9 @@
 The information model is the caller's: Study Root Q/R (PS3.4 C.4.1) for QIDO-RS,
 Modality Worklist (PS3.4 K.4.1) for MWL-RS.  Both run the same exchange.
 
-Results are decoded one by one as their Pending responses arrive and handed to the
-caller; nothing accumulates here.  Once `limit` results are in we send C-CANCEL and
+Results are handed to the caller one by one as their Pending responses arrive, as
+received (`RawIdentifier`: the caller decodes what it needs, or writes JSON straight from
+the bytes); nothing accumulates here.  Once `limit` results are in we send C-CANCEL and
 drop whatever Pending responses were already on the wire.  A failure or an
 unexpected Cancel status is an error, never a short list that looks complete.
 """
@@ -20,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from dicomrst.common.deferreds import shielded
-from dicomrst.common.identifiers import decode_identifier, encode_identifier
+from dicomrst.common.identifiers import RawIdentifier, encode_identifier
 from dicomrst.common.interfaces import IDataSetConsumer
 from dicomrst.common.machine import Machine, transitions
 from dicomrst.common.transcode import DataSetError
@@ -111,7 +112,7 @@ class FindOperation(DimseOperation):
         aet: str,
         limit: int | None,
         timeout: float,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[RawIdentifier], None],
         sop_class: str = STUDY_ROOT_FIND,
     ) -> None:
         super().__init__(connection, clock, aet=aet, timeout=timeout)
@@ -162,14 +163,14 @@ class FindOperation(DimseOperation):
         if self.limit is not None and self.delivered >= self.limit:  # limit=0
             self._run.fire("limit")
             return
-        try:
-            ds = decode_identifier(data, self._transfer_syntax)
-        except DataSetError as e:
-            # The PACS broke the protocol, not the search: the association ends (one
-            # A-ABORT), and the find fails with the reason.
-            raise ProtocolError(f"C-FIND-RSP from {self.aet} with an {e}") from None
         self.delivered += 1
-        self.on_result(ds)
+        try:
+            self.on_result(RawIdentifier(data, self._transfer_syntax))
+        except DataSetError as e:
+            # The caller decoded a malformed match: the PACS broke the protocol, not the
+            # search: the association ends (one A-ABORT), and the find fails with the reason.
+            self.delivered -= 1
+            raise ProtocolError(f"C-FIND-RSP from {self.aet} with an {e}") from None
         if self.limit is not None and self.delivered >= self.limit:
             self._run.fire("limit")
 
@@ -192,7 +193,7 @@ async def c_find(
     aet: str,
     limit: int | None,
     timeout: float,
-    on_result: Callable[[Dataset], None],
+    on_result: Callable[[RawIdentifier], None],
     on_abandon: Callable[[Deferred[IncomingMessage]], None] | None = None,
     sop_class: str = STUDY_ROOT_FIND,
 ) -> int:

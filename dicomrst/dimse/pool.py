@@ -44,7 +44,7 @@ from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
-from dicomrst.logs import current_request_id, logger
+from dicomrst.logs import current_request_id, debug_enabled, logger
 from dicomrst.ul.errors import (
     AssociationAborted,
     AssociationClosed,
@@ -184,6 +184,8 @@ class AssociationPool:
 
     def _decided(self, decision: str, what: str, request_id: str | None = None) -> None:
         """A DEBUG line for each decision (reuse, open, wait, release, retire, end)."""
+        if not debug_enabled():
+            return  # two or three a request: the event's fields cost more than the filter
         extra = {} if request_id is None else {"request_id": request_id}
         log.debug(
             "pool {aet}: {decision}: {what} (busy={busy} idle={idle} opening={opening} waiting={waiting} "

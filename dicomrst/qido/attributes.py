@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
@@ -202,6 +203,7 @@ class Attribute:
         return self.path[-1]
 
 
+@lru_cache(maxsize=4096)  # every search asks for the VRs of its ~15 keys
 def vr_of(tag: int) -> str:
     vr = dictionary_VR(tag)
     # Ambiguous VRs ("US or SS", "OB or OW"): the first is the usual one and any

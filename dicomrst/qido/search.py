@@ -4,7 +4,10 @@
 Results are encoded one by one as the backend delivers them, after `Query.accepts` and
 the offset; a backend that searches a database (`IIndexedSearch`) matches every key and
 skips the offset itself, so there the gateway filters nothing.  At most ``limit`` are
-held, so memory is bounded.  The caller writes the
+held, so memory is bounded.  A match a PACS sent is written from its bytes
+(`SearchTarget.raw_result`), and decoded only for the gateway's own filters (or when the
+walk declines it): without filters, results skipped or beyond the page are never parsed.
+The caller writes the
 response only once the find has ended: a failure status, a timeout or a full pool is
 then an error and never a 200 with part of the results.
 """
@@ -21,6 +24,8 @@ from twisted.python.failure import Failure
 
 from dicomrst.backends.interfaces import IBackend, IIndexedSearch
 from dicomrst.common.dicomjson import encode_dataset, json_array
+from dicomrst.common.identifiers import Found, RawIdentifier
+from dicomrst.common.transcode import DataSetError
 from dicomrst.qido.query import Query
 
 
@@ -53,12 +58,16 @@ class SearchResults:
         self.stopped_by_us = False
         self._stop_call: IDelayedCall | None = None
 
-    def __call__(self, dataset: Dataset) -> None:
+    def __call__(self, found: Found) -> None:
         if self.done:
             return
         try:
-            if self._filtered and not self.query.accepts(dataset):
-                return
+            raw = isinstance(found, RawIdentifier)
+            dataset: Dataset | None = None
+            if self._filtered:
+                dataset = found.dataset() if isinstance(found, RawIdentifier) else found
+                if not self.query.accepts(dataset):
+                    return
             if self.skipped < self.query.offset:
                 self.skipped += 1
                 return
@@ -66,8 +75,17 @@ class SearchResults:
                 self.more = True
                 self._stop()
                 return
-            result = self.query.target.result(dataset, self.query.identifier, self._service)
-            self.encoded.append(encode_dataset(result))
+            encoded = None
+            if raw:  # decoded only for the gateway's filters, if at all: JSON from the bytes
+                encoded = self.query.target.raw_result(cast(RawIdentifier, found), self._service)
+            if encoded is None:
+                if dataset is None:
+                    dataset = found.dataset() if isinstance(found, RawIdentifier) else found
+                result = self.query.target.result(dataset, self.query.identifier, self._service)
+                encoded = encode_dataset(result)
+            self.encoded.append(encoded)
+        except DataSetError:
+            raise  # a malformed match: the find fails with the PACS's protocol error
         except Exception:
             self.error = Failure()
             self._stop()

@@ -6,6 +6,7 @@ the UIDs the path fixes, shape.  `dicomrst.qido.worklist` is the other target: M
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,9 @@ from urllib.parse import quote
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from dicomrst.common.dicomjson import json_string
+from dicomrst.common.identifiers import RawIdentifier
+from dicomrst.common.rawjson import Members, identifier_members
 from dicomrst.common.tags import (
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_URL,
@@ -81,6 +85,11 @@ class SearchTarget(Protocol):
     def result(self, dataset: Dataset, identifier: Dataset, service: str) -> Dataset:
         """What the client sees of a C-FIND result for `identifier` (Retrieve URLs start
         with `service`, ``{base}/aets/{aet}``)."""
+
+    def raw_result(self, found: RawIdentifier, service: str) -> bytes | None:
+        """`result` of a match as received, as the UTF-8 DICOM JSON object
+        ``encode_dataset(result(...))`` writes, made from its bytes; None when only the
+        decoded data set can be shaped exactly (the caller then uses `result`)."""
 
 
 def _path_uid(value: str | None, what: str) -> str | None:
@@ -205,6 +214,53 @@ class Target:
             dataset.add(DataElement(RETRIEVE_URL, "UR", url))
         return dataset
 
+    def raw_result(self, found: RawIdentifier, service: str) -> bytes | None:
+        # `result`, member by member: each is '"GGGGEEEE":{...}', in ascending tag order.
+        walked = identifier_members(found.data, implicit=found.implicit, wanted=_RAW_WANTED)
+        if walked is None:
+            return None
+        members, values = walked
+        tags = [int(member[1:9], 16) for member in members]
+        uids: dict[int, str | None] = {}
+        for tag in _URL_UIDS:
+            if tag in values:
+                vr, raw = values[tag]
+                if vr != "UI":
+                    return None  # what pydicom makes of it is its business
+                uids[tag] = _ui_value(raw)
+        _drop(members, tags, QUERY_RETRIEVE_LEVEL)
+        for tag, uid in self.path_keys().items():
+            if tag not in uids or uids[tag] == "":
+                _put(members, tags, tag, f'{{"vr":"UI","Value":[{json_string(uid)}]}}')
+                uids[tag] = uid
+        if SPECIFIC_CHARACTER_SET in values:
+            vr, raw = values[SPECIFIC_CHARACTER_SET]
+            if vr != "CS":
+                return None
+            # The value's truth as pydicom reads it: trailing padding off, then non-empty.
+            charset = raw.decode("latin-1").rstrip(" \x00")
+            _put(members, tags, SPECIFIC_CHARACTER_SET, _UTF8 if charset else '{"vr":"CS"}')
+        url = self._url(service, uids)
+        if url is not None:
+            _put(members, tags, RETRIEVE_URL, f'{{"vr":"UR","Value":[{json_string(url)}]}}')
+        return ("{" + ",".join(members) + "}").encode("utf-8")
+
+    def _url(self, service: str, uids: dict[int, str | None]) -> str | None:
+        """`_retrieve_url` on the UIDs as `_ui_value` gives them."""
+        keys = [(STUDY_INSTANCE_UID, "studies")]
+        if self.level in (SERIES, IMAGE):
+            keys.append((SERIES_INSTANCE_UID, "series"))
+        if self.level == IMAGE:
+            keys.append((SOP_INSTANCE_UID, "instances"))
+        parts = [service]
+        for tag, segment in keys:
+            uid = uids.get(tag)
+            uid = uid.strip(" \x00") if uid is not None else ""
+            if not uid or "/" in uid:
+                return None
+            parts.append(f"{segment}/{quote(uid, safe='.')}")
+        return "/".join(parts)
+
     def _retrieve_url(self, dataset: Dataset, service: str) -> str | None:
         keys = [(STUDY_INSTANCE_UID, "studies")]
         if self.level in (SERIES, IMAGE):
@@ -220,3 +276,32 @@ class Target:
                 return None
             parts.append(f"{segment}/{quote(uid, safe='.')}")
         return "/".join(parts)
+
+
+_URL_UIDS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID)
+_RAW_WANTED = frozenset((*_URL_UIDS, SPECIFIC_CHARACTER_SET))
+_UTF8 = '{"vr":"CS","Value":["ISO_IR 192"]}'
+
+
+def _ui_value(raw: bytes) -> str | None:
+    """A UI value as pydicom reads it, if it is one string ('' when empty); None when it
+    is several (a list, which `Target.result` treats as no UID)."""
+    values = raw.decode("latin-1").rstrip("\x00 ").split("\\")
+    return values[0].strip() if len(values) == 1 else None
+
+
+def _drop(members: Members, tags: list[int], tag: int) -> None:
+    i = bisect_left(tags, tag)
+    if i < len(tags) and tags[i] == tag:
+        del members[i], tags[i]
+
+
+def _put(members: Members, tags: list[int], tag: int, attribute: str) -> None:
+    """Set the member of `tag` (replacing the one there), keeping the tag order."""
+    member = f'"{tag:08X}":{attribute}'
+    i = bisect_left(tags, tag)
+    if i < len(tags) and tags[i] == tag:
+        members[i] = member
+    else:
+        members.insert(i, member)
+        tags.insert(i, tag)

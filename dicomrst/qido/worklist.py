@@ -45,6 +45,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from dicomrst.common.identifiers import RawIdentifier
 from dicomrst.common.tags import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND
 from dicomrst.errors import BadRequest
@@ -151,6 +152,9 @@ class WorklistTarget:
 
     def path_keys(self) -> dict[int, str]:
         return {}
+
+    def raw_result(self, found: RawIdentifier, service: str) -> bytes | None:
+        return None  # the keys a result lacks are added from the identifier: `result`
 
     def result(self, dataset: Dataset, identifier: Dataset, service: str) -> Dataset:
         if QUERY_RETRIEVE_LEVEL in dataset:

@@ -202,14 +202,11 @@ OUTCOMES_KEPT = 16
 
 def _answer_key(accept: A_ASSOCIATE) -> tuple[Any, ...]:
     """All of an A-ASSOCIATE-AC that negotiate_as_requestor reads."""
+    # UIDs as they are (a UID is a str: it compares and hashes as one); converting each
+    # of the ~130 contexts' UIDs cost ~0.2 ms an association.
     return (
         tuple(
-            (
-                cx.context_id,
-                cx.result,
-                None if cx.abstract_syntax is None else str(cx.abstract_syntax),
-                tuple(str(ts) for ts in cx.transfer_syntax),
-            )
+            (cx.context_id, cx.result, cx.abstract_syntax, *cx.transfer_syntax)
             for cx in accept.presentation_context_definition_results_list
         ),
         tuple(

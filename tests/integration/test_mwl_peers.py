@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 from pydicom.dataset import Dataset
 from twisted.trial.unittest import TestCase
 
+from dicomrst.common.identifiers import found_dataset
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND
 from dicomrst.dimse.find import FindFailed
 from dicomrst.web.errors import http_status
@@ -316,5 +317,5 @@ class WorklistFindTests(FindTestCase):
         step.Modality = "CT"
         good.ScheduledProcedureStepSequence = [step]
         await backend.find(good, limit=None, on_result=results.append, model=MODALITY_WORKLIST_FIND)
-        self.assertEqual(sorted(r.PatientID for r in results), ["P1", "P3", "P5"])
+        self.assertEqual(sorted(found_dataset(r).PatientID for r in results), ["P1", "P3", "P5"])
         self.assertEqual(backend.pool.stats()["idle"], 1)

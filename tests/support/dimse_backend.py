@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from dicomrst.backends.pacs import DimseBackend
+from dicomrst.common.identifiers import found_dataset
 from dicomrst.config import parse_config
 from tests.support import peers
 
@@ -89,8 +90,13 @@ class FindTestCase(TestCase):
     async def find(
         self, backend: DimseBackend, identifier: Dataset | None = None, limit: int | None = None
     ) -> list[Dataset]:
+        """The matches, decoded (`found_dataset`) as they arrive."""
         results: list[Dataset] = []
-        await backend.find(identifier or study_query(), limit=limit, on_result=results.append)
+        await backend.find(
+            identifier or study_query(),
+            limit=limit,
+            on_result=lambda found: results.append(found_dataset(found)),
+        )
         return results
 
     async def find_error(
@@ -100,7 +106,11 @@ class FindTestCase(TestCase):
         results: list[Dataset] = []
         start = global_reactor().seconds()
         try:
-            await backend.find(identifier or study_query(), limit=None, on_result=results.append)
+            await backend.find(
+                identifier or study_query(),
+                limit=None,
+                on_result=lambda found: results.append(found_dataset(found)),
+            )
         except Exception as e:
             return e, results, global_reactor().seconds() - start
         self.fail(f"the find succeeded with {len(results)} results")

@@ -33,9 +33,18 @@ from zope.interface import implementer
 from dicomrst.backends import values as model
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
+from dicomrst.common.identifiers import Found, RawIdentifier, encode_identifier
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE, STUDY_ROOT_FIND
 from dicomrst.errors import NotImplementedService
+
+
+def _as_received(ds: Dataset) -> Found:
+    """`ds` as a PACS's C-FIND-RSP brings it (Implicit VR bytes), when it can be written."""
+    try:
+        return RawIdentifier(encode_identifier(ds, IMPLICIT_VR_LE), IMPLICIT_VR_LE)
+    except Exception:  # a value pydicom cannot write: the test means the data set itself
+        return ds
 
 
 class FindCall:
@@ -45,10 +54,12 @@ class FindCall:
         self,
         identifier: Dataset,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
+        raw: bool = False,
     ) -> None:
         self.identifier = identifier
+        self.raw = raw
         self.limit = limit
         self.model = model
         self.on_result = on_result
@@ -64,7 +75,7 @@ class FindCall:
         for ds in datasets:
             if self.deferred.called:
                 return
-            self.on_result(ds)
+            self.on_result(_as_received(ds) if self.raw else ds)
             self.sent += 1
             if self.limit is not None and self.sent >= self.limit:
                 self.deferred.callback(None)
@@ -109,6 +120,8 @@ class FakeBackend:
         # find
         self.results: list[Dataset] = []
         self.hold = False
+        # True: results reach `on_result` as a PACS's do, as bytes (`RawIdentifier`).
+        self.raw = False
         self.finds: list[FindCall] = []
         # retrieve
         self.retrieves: list[RetrieveCall] = []
@@ -137,7 +150,7 @@ class FakeBackend:
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
         if self.unsupported:
@@ -147,7 +160,7 @@ class FakeBackend:
                     "has no index of instance attributes to search"
                 )
             )
-        call = FindCall(identifier, limit, on_result, model)
+        call = FindCall(identifier, limit, on_result, model, raw=self.raw)
         self.finds.append(call)
         if not self.hold:
             call.send(*self.results)

@@ -548,6 +548,17 @@ class CommandCodecTests(SynchronousTestCase):
             for keyword, value in fields.items():
                 self.assertEqual(getattr(decoded, keyword), value, keyword)
 
+    def test_decoded_again_is_its_own_command(self) -> None:
+        """The same bytes (a find's Pending responses) are decoded once; each message
+        still gets a Command of its own."""
+        data = self._pydicom(self.CASES[0])
+        first, second = commands.decode_command(data), commands.decode_command(bytearray(data))
+        self.assertIsNot(first, second)
+        self.assertEqual(list(first), list(second))
+        first.MessageID = 99
+        self.assertNotEqual(second.get("MessageID"), 99)
+        self.assertEqual(list(commands.decode_command(data)), list(second))
+
     def test_malformed(self) -> None:
         good = self._pydicom(self.CASES[0])
         for bad in (

@@ -206,8 +206,16 @@ class MalformedResponseTests(HostileTestCase):
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = ""
+        # The caller decodes each match (a QIDO-RS search does when it cannot write the
+        # JSON from the bytes): a malformed one is the PACS's protocol error.
         found = c_find(
-            connection, self.clock, identifier, aet=PACS, limit=None, timeout=30, on_result=lambda ds: None
+            connection,
+            self.clock,
+            identifier,
+            aet=PACS,
+            limit=None,
+            timeout=30,
+            on_result=lambda match: match.dataset() and None,
         )
         return proto, transport, found
 

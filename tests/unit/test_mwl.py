@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dicomrst.backends.pacs import POOL_CONTEXTS
 from dicomrst.backends.s3 import S3Backend
+from dicomrst.common.identifiers import found_dataset
 from dicomrst.common.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
 from dicomrst.config import parse_config
 from dicomrst.dimse import commands
@@ -587,7 +588,7 @@ class DimseWorklistTests(PoolTestCase):
         d, results = self.find(backend)
         link = self.connect()
         self.successResultOf(d)
-        self.assertEqual([r.PatientID for r in results], ["P1", "P2"])
+        self.assertEqual([found_dataset(r).PatientID for r in results], ["P1", "P2"])
         (request,) = self.scp.requests
         self.assertEqual((request.sop_class, request.abstract_syntax), (MODALITY_WORKLIST_FIND,) * 2)
         assert request.identifier is not None

@@ -17,6 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.backends.pacs.backend import CallerNotAccepted
+from dicomrst.common.identifiers import found_dataset
 from dicomrst.dimse import commands
 from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
@@ -612,7 +613,7 @@ class BackendFindTests(PoolTestCase):
         d, results = self.find(backend, level="SERIES")
         link = self.connect()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual([r.PatientID for r in results], ["PID0", "PID1", "PID2"])
+        self.assertEqual([found_dataset(r).PatientID for r in results], ["PID0", "PID1", "PID2"])
         (request,) = self.scp.requests
         assert request.identifier is not None
         self.assertEqual(request.identifier.QueryRetrieveLevel, "SERIES")

@@ -66,10 +66,12 @@ def study(n: int = 1, **extra: Any) -> Dataset:
 
 class QidoTestCase(AppRequests):
     base_path = "/"
+    raw = False  # results as bytes, as a PACS's arrive (JSON written from them)
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.pacs = FakeBackend("PACS")
+        self.pacs.raw = self.raw
         self.s3 = FakeBackend("BUCKET", "S3", unsupported=True)
         self.app = GatewayApp({"PACS": self.pacs, "BUCKET": self.s3}, self.clock, base_path=self.base_path)
         self.stub = StubTreq(self.app.resource())
@@ -619,3 +621,27 @@ class CancellationTests(SynchronousTestCase):
         self.assertEqual(
             result["00081190"]["Value"], [f"http://gateway.example/aets/PACS/studies/{STUDY}.1"]
         )
+
+
+# The same requests with results as a PACS delivers them (bytes, `RawIdentifier`): their
+# JSON is written from the bytes (`SearchTarget.raw_result`) unless the gateway filters.
+
+
+class RawResourceTests(ResourceTests):
+    raw = True
+
+
+class RawRetrieveURLTests(RetrieveURLTests):
+    raw = True
+
+
+class RawJSONModelTests(JSONModelTests):
+    raw = True
+
+
+class RawLimitOffsetTests(LimitOffsetTests):
+    raw = True
+
+
+class RawUpstreamErrorTests(UpstreamErrorTests):
+    raw = True

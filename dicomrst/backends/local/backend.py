@@ -41,6 +41,7 @@ from dicomrst.backends.local.retrieve import LocalRetrieval
 from dicomrst.backends.local.store import LocalStore
 from dicomrst.backends.local.threads import Threads
 from dicomrst.backends.values import ObjectChanged, ObjectRange, StoreOutcome, UploadedInstance
+from dicomrst.common.identifiers import Found
 from dicomrst.common.interfaces import IInstanceConsumer, IInstanceSink
 from dicomrst.common.uids import STUDY_ROOT_FIND
 from dicomrst.errors import NotFound, UpstreamError
@@ -120,7 +121,7 @@ class LocalBackend:
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
         offset: int = 0,
     ) -> Deferred[None]:

@@ -19,7 +19,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.backends.pacs.store import store_instance
 from dicomrst.backends.values import StoreOutcome, UploadedInstance
 from dicomrst.common.addresses import host_networks
-from dicomrst.common.identifiers import describe_target, retrieve_identifier
+from dicomrst.common.identifiers import Found, describe_target, retrieve_identifier
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
@@ -168,7 +168,7 @@ class DimseBackend:
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
     ) -> Deferred[None]:
         # Each service has its own per-response timeout in the config, as in DICOM-RST.
@@ -257,7 +257,7 @@ class DimseBackend:
         return result.received
 
     async def _exists(self, study: str, series: str | None, instance: str | None) -> bool:
-        found: list[Dataset] = []
+        found: list[Found] = []
         await self.find(retrieve_identifier(study, series, instance), limit=1, on_result=found.append)
         return bool(found)
 

@@ -29,6 +29,7 @@ from dicomrst.backends.s3.reconcile import S3Reconciler
 from dicomrst.backends.s3.retrieve import level_prefix, read_object_range, retrieve_objects
 from dicomrst.backends.s3.store import MULTIPART_THRESHOLD, PART_SIZE, Store
 from dicomrst.backends.values import ObjectRange, StoreOutcome, UploadedInstance
+from dicomrst.common.identifiers import Found
 from dicomrst.common.interfaces import IInstanceSink
 from dicomrst.common.metrics import Metrics
 from dicomrst.common.reactor import IGatewayReactor
@@ -101,7 +102,7 @@ class S3Backend:
         identifier: Dataset,
         *,
         limit: int | None,
-        on_result: Callable[[Dataset], None],
+        on_result: Callable[[Found], None],
         model: str = STUDY_ROOT_FIND,
         offset: int = 0,
     ) -> Deferred[None]:

@@ -1,0 +1,200 @@
+"""QIDO-RS results written from a C-FIND match's bytes (`SearchTarget.raw_result`, over
+`dicomrst.common.rawjson.identifier_members`) against the pydicom path they replace, the
+oracle: ``encode_dataset(target.result(decode_identifier(...)))``.  Byte for byte, on the
+QIDO test fixtures and on generated identifiers; where the walk declines, the search uses
+the oracle itself."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from io import BytesIO
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from twisted.trial.unittest import SynchronousTestCase
+
+from dicomrst.common.dicomjson import encode_dataset
+from dicomrst.common.identifiers import RawIdentifier, decode_identifier, encode_identifier
+from dicomrst.common.transcode import DataSetError
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicomrst.qido.target import Target
+from dicomrst.qido.worklist import WorklistTarget
+from tests.support import qido_data
+from tests.unit.test_rawjson import Builder, datasets
+
+SERVICE = "http://gw:8080/base/aets/PACS"
+STUDY = "1.2.840.113619.2.55.3"
+SERIES = "1.2.840.113619.2.55.3.1"
+TARGETS = (
+    Target.studies(),
+    Target.study_series(STUDY),
+    Target.study_series_instances(STUDY, SERIES),
+    Target.study_instances(STUDY),
+    Target.all_series(),
+    Target.all_instances(),
+)
+
+
+def oracle(data: bytes, syntax: str, target: Target) -> bytes | None:
+    """Today's pydicom path; None when decoding fails (the find's protocol error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dataset = decode_identifier(data, syntax)
+        except DataSetError:
+            return None
+        return encode_dataset(target.result(dataset, Dataset(), SERVICE))
+
+
+def fast(data: bytes, syntax: str, target: Target) -> bytes | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the walk never makes pydicom warn
+        return target.raw_result(RawIdentifier(data, syntax), SERVICE)
+
+
+class Compare(SynchronousTestCase):
+    def assert_same(self, data: bytes, syntax: str, *, served: bool = False) -> int:
+        """The fast path writes what the oracle writes, for every target; how many it served."""
+        count = 0
+        for target in TARGETS:
+            got = fast(data, syntax, target)
+            if got is None:
+                if served:
+                    self.fail(f"declined on {target.resource}")
+                continue
+            count += 1
+            want = oracle(data, syntax, target)
+            self.assertIsNotNone(want, "served a match pydicom cannot decode")
+            self.assertEqual(got.decode(), want.decode() if want else None, target.resource)
+        return count
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """An instance as a PACS would answer a C-FIND asking for all of it (no pixel data)."""
+    for tag in [t for t in ds.keys() if t.group in (0x7FE0, 0xFFFC) or t.group == 0x0002]:
+        del ds[tag]
+    ds.QueryRetrieveLevel = "IMAGE"
+    return ds
+
+
+class FixtureTests(Compare):
+    def test_qido_fixtures(self) -> None:
+        """The instances the QIDO-RS integration tests load into Orthanc (their every
+        attribute, character sets included), in both syntaxes."""
+        served = declined = 0
+        for instance in qido_data.build():
+            ds = _without_pixels(dcmread(BytesIO(instance.data)))
+            for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+                n = self.assert_same(encode_identifier(ds, syntax), syntax)
+                served += n
+                declined += len(TARGETS) - n
+        self.assertGreater(served, declined)  # the fast path is the common one
+
+    def test_typical_results_are_served(self) -> None:
+        """What a PACS answers a study search: every target writes it from the bytes."""
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyDate = "20200101"
+        ds.StudyTime = "101010.5"
+        ds.AccessionNumber = ""
+        ds.ModalitiesInStudy = ["CT", "MR"]
+        ds.PatientName = "Müller^Hans=ミュラー^ハンス"
+        ds.PatientID = "P1"
+        ds.StudyInstanceUID = STUDY + ".7"
+        ds.SeriesInstanceUID = SERIES
+        ds.SOPInstanceUID = SERIES + ".1"
+        ds.NumberOfStudyRelatedInstances = "12"
+        ds.InstanceAvailability = "ONLINE"
+        ds.RetrieveAETitle = "ORTHANC"
+        ds.PatientName = "Muller^Hans"
+        item = Dataset()
+        item.ScheduledProcedureStepID = "SPS1"
+        item.RequestedProcedureID = ""
+        ds.RequestAttributesSequence = [item, Dataset()]
+        for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+            self.assert_same(encode_identifier(ds, syntax), syntax, served=True)
+
+    def test_path_uids_charset_and_retrieve_url(self) -> None:
+        """The attributes `result` adds, replaces or drops, in each of their states."""
+        b = Builder(True)
+        cases = [
+            b"",
+            b.element(0x00080005, "CS", b"  "),
+            b.element(0x00080005, "CS", b"ISO_IR 192"),
+            b.element(0x00080005, "CS", b"\\ISO_IR 100"),
+            b.element(0x00080052, "CS", b"STUDY "),
+            b.element(0x00080018, "UI", b"1.2.3\x00"),
+            b.element(0x00081190, "UR", b"http://pacs/x "),
+            b.element(0x0020000D, "UI", b""),
+            b.element(0x0020000D, "UI", b" 1.2 \x00"),
+            b.element(0x0020000D, "UI", b"1.2\\1.3 "),
+            b.element(0x0020000D, "UI", b"1.2/3 "),
+            b.element(0x0020000E, "UI", b"9.8"),
+        ]
+        for i in range(1 << 7):
+            chosen = [c for bit, c in enumerate(cases[1:8]) if i >> bit & 1]
+            chosen += [cases[8 + i % 4]] + ([cases[-1]] if i & 1 else [])
+            elements = {struct.unpack("<HH", c[:4]): c for c in chosen}
+            data = b"".join(elements[k] for k in sorted(elements))
+            self.assert_same(data, IMPLICIT_VR_LE)
+
+    def test_declines(self) -> None:
+        """ISO 2022 and multi-byte character sets, pixel data, and the worklist (whose
+        results take keys from the query) go the pydicom way."""
+        b = Builder(True)
+        for data in (
+            b.element(0x00080005, "CS", b"ISO 2022 IR 87") + b.element(0x00100010, "PN", b"\x1b$B;3ED\x1b(B"),
+            b.element(0x00080005, "CS", b"\\ISO 2022 IR 100"),
+            b.element(0x00080005, "CS", b"GB18030 ") + b.element(0x00100010, "PN", "张三".encode("gb18030")),
+            b.element(0x7FE00010, "OW", b"\x00\x01"),
+            b.element(0xFFFCFFFC, "OB", b"\x00\x00"),
+            b.element(0x00020010, "UI", b"1.2\x00"),
+        ):
+            for target in TARGETS:
+                self.assertIsNone(fast(data, IMPLICIT_VR_LE, target))
+        self.assertIsNone(WorklistTarget().raw_result(RawIdentifier(b"", IMPLICIT_VR_LE), SERVICE))
+
+
+_CHARSETS = ["ISO_IR 100", "ISO_IR 192", "ISO_IR 144", "", "ISO 2022 IR 87", "\\ISO 2022 IR 100", "GB18030"]
+
+
+_settings = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+class GeneratedTests(Compare):
+    @_settings
+    @given(st.data())
+    def test_generated(self, data: st.DataObject) -> None:
+        """Every VR, empty and multi-valued values, nested sequences, in both syntaxes."""
+        implicit = data.draw(st.booleans())
+        raw = data.draw(datasets(implicit, data.draw(st.booleans())))
+        self.assert_same(raw, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
+
+    @_settings
+    @given(st.data())
+    def test_result_attributes(self, data: st.DataObject) -> None:
+        """The UIDs, level, character set and Retrieve URL `result` works on."""
+        implicit = data.draw(st.booleans())
+        b = Builder(implicit)
+        elements: dict[int, bytes] = {}
+        uids = st.sampled_from(["", "1.2.3", " 1.2.3\x00", "1.2\\3.4", "1/2", "\x00", "1.2.3 "])
+        for tag in (0x0020000D, 0x0020000E, 0x00080018):
+            if data.draw(st.booleans()):
+                elements[tag] = b.element(tag, "UI", data.draw(uids).encode())
+        if data.draw(st.booleans()):
+            level = data.draw(st.sampled_from([b"STUDY ", b"", b"IMAGE"]))
+            elements[0x00080052] = b.element(0x00080052, "CS", level)
+        if data.draw(st.booleans()):
+            elements[0x00081190] = b.element(0x00081190, "UR", b"http://elsewhere/ ")
+        if data.draw(st.booleans()):
+            charset = data.draw(st.sampled_from(_CHARSETS)).encode()
+            elements[0x00080005] = b.element(0x00080005, "CS", charset + b" " * (len(charset) % 2))
+        if data.draw(st.booleans()):
+            name = data.draw(st.sampled_from(["Doe^J", "Müller", "", "A\\B"])).encode("latin-1")
+            elements[0x00100010] = b.element(0x00100010, "PN", name + b" " * (len(name) % 2))
+        raw = b"".join(elements[t] for t in sorted(elements))
+        self.assert_same(raw, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
