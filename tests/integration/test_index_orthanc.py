@@ -27,8 +27,8 @@ from dicomrst.index.database import SqlIndex, SqliteDatabase
 from dicomrst.index.records import record_from_head
 from dicomrst.qido.query import parse_query
 from dicomrst.qido.target import Target
-from tests.integration.test_qido_orthanc import DEFAULTS, ORTHANC_RAW, query_string, resource, unique_keys
 from tests.support import peers, qido_data
+from tests.support.qido_orthanc import DEFAULTS, ORTHANC_RAW, query_string, resource, unique_keys
 
 AET = "INDEXED"
 

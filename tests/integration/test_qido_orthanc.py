@@ -32,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 import treq
@@ -45,6 +45,20 @@ from twisted.web.http_headers import Headers
 from tests.support import peers, qido_data
 from tests.support.gateway import Gateway, Response, pacs_aet, start_gateway
 from tests.support.qido_data import Instance, Manifest
+from tests.support.qido_orthanc import (
+    DEFAULTS,
+    ORTHANC_RAW,
+    SERIES_UID,
+    SOP_UID,
+    STUDY_UID,
+    UNIQUE,
+    Params,
+    query_string,
+    resource,
+    unique_keys,
+    value,
+    values,
+)
 
 TIMEOUT = 180
 AET = "ORTHANC"
@@ -53,55 +67,15 @@ DICOM_JSON = "application/dicom+json"
 MORE_RESULTS = "There are additional results that can be requested"
 FUZZY = "fuzzymatching parameter is not supported"
 
-STUDY_UID = "0020000D"
-SERIES_UID = "0020000E"
-SOP_UID = "00080018"
 RETRIEVE_URL = "00081190"
-UNIQUE = {"studies": STUDY_UID, "series": SERIES_UID, "instances": SOP_UID}
-
-#: Attributes a QIDO response carries at each level (PS3.18 T10.6.3-3…5), as tags.
-DEFAULTS = {
-    "studies": "00080020 00080030 00080050 00080061 00080090 00100010 00100020 00100030 00100040 "
-    "0020000D 00200010 00201206 00201208 00081190".split(),
-    "series": "00080060 0008103E 0020000E 00200011 00201209 00081190".split(),
-    "instances": "00080016 00080018 00200013 00280010 00280011 00280100 00081190".split(),
-}
 
 _TAG = re.compile(r"^[0-9A-F]{8}$")
 _NUMBER_VRS = frozenset("IS DS US SS UL SL FL FD SV UV".split())
 _PN_GROUPS = frozenset(("Alphabetic", "Ideographic", "Phonetic"))
 _STRING_VRS = frozenset("AE AS CS DA DT LO LT SH ST TM UC UI UR UT".split())
 
-Params = Sequence[tuple[str, str]] | Mapping[str, str]
-
-
-def query_string(params: Params, safe: str = "") -> str:
-    """``?a=b&…``, every character but letters, digits and `safe` percent-encoded as UTF-8."""
-    items = list(params.items()) if isinstance(params, Mapping) else list(params)
-    return "?" + urlencode(items, quote_via=quote, safe=safe) if items else ""
-
-
-#: What Orthanc's QIDO is sent as it is: it does not percent-decode query values.
-ORTHANC_RAW = "^*?,"
+#: A value Orthanc's QIDO can be sent: `ORTHANC_RAW` and what needs no percent-encoding.
 _ORTHANC_VALUE = re.compile(r"[A-Za-z0-9_.~^*?,-]*")
-
-
-def resource(path: str) -> str:
-    """``studies``, ``series`` or ``instances``: the level a QIDO path searches."""
-    return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def values(result: Mapping[str, Any], tag: str) -> list[Any]:
-    return list(result.get(tag, {}).get("Value", []))
-
-
-def value(result: Mapping[str, Any], tag: str) -> Any:
-    found = values(result, tag)
-    return found[0] if found else None
-
-
-def unique_keys(results: Sequence[Mapping[str, Any]], path: str) -> set[str]:
-    return {value(r, UNIQUE[resource(path)]) for r in results}
 
 
 def pn_groups(name: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -25,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from dicomrst.audit.dimse import audited_receive
-from dicomrst.audit.formats import BOM, JSON, XML, Source, encode, header_field, octet_counted
+from dicomrst.audit.formats import JSON, XML, Source, encode, header_field, octet_counted
 from dicomrst.audit.record import (
     MINOR_FAILURE,
     SERIOUS_FAILURE,
@@ -41,16 +40,13 @@ from dicomrst.audit.writers import FILE_RETRY, FileWriter, StreamWriter
 from dicomrst.config import ConfigError, config_warnings, parse_config
 from dicomrst.tap import build
 from dicomrst.web.urls import PublicUrls
+from tests.support.audit import SOURCE, MemoryWriter, split
 
-SOURCE = Source("gw-1.example.org", "dicomrst", "4242", "SITE-A")
 T0 = 1_764_900_000.25  # 2025-12-05T02:00:00.250000Z
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.2"
 SOP = "1.2.826.0.1.3680043.8.498.3"
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-# <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD SP MSG
-_HEADER = re.compile(rb"<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (-) ")
 
 
 def record(**changes: Any) -> AuditRecord:
@@ -73,14 +69,6 @@ def record(**changes: Any) -> AuditRecord:
     )
     fields.update(changes)
     return AuditRecord(**fields)
-
-
-def split(message: bytes) -> tuple[re.Match[bytes], bytes]:
-    match = _HEADER.match(message)
-    assert match is not None, message[:120]
-    body = message[match.end() :]
-    assert body.startswith(BOM), body[:10]
-    return match, body[len(BOM) :]
 
 
 def parse_xml(message: bytes) -> ET.Element:
@@ -341,30 +329,6 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(dimse_outcome(0), SUCCESS)
         self.assertEqual(dimse_outcome(0xB000), SUCCESS)
         self.assertEqual(dimse_outcome(0xA700), SERIOUS_FAILURE)
-
-
-class MemoryWriter:
-    """Takes nothing from the queue until told: a collector that stalls."""
-
-    description = "memory"
-
-    def __init__(self, queue: AuditQueue) -> None:
-        self.queue = queue
-        self.wakes = 0
-        self.taken: list[bytes] = []
-
-    def wake(self) -> None:
-        self.wakes += 1
-
-    def drain(self) -> None:
-        while (item := self.queue.take()) is not None:
-            self.taken.append(item)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 class LogCapture:

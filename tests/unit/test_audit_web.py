@@ -18,11 +18,11 @@ from dicomrst.audit.trail import AuditQueue, AuditTrail
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.audit import ROUTE_SERVICES, WebAudit
 from dicomrst.web.site import make_site
+from tests.support.access import BOUNDARY, STOW_TYPE, UID, GuardedApp
+from tests.support.audit import SOURCE, MemoryWriter, split
 from tests.support.auth import basic
 from tests.support.http import Connection
 from tests.support.stow import multipart_body, part10_bytes
-from tests.unit.test_audit import SOURCE, MemoryWriter, split
-from tests.unit.test_web_access import BOUNDARY, STOW_TYPE, UID, GuardedApp
 
 
 class AuditedApp(GuardedApp):

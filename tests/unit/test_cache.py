@@ -7,13 +7,10 @@ fragment, through the sink the cache gave it.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -23,60 +20,17 @@ from zope.interface import implementer
 
 from dicomrst.cache import CachedInstance, CacheDirectoryError, InstanceCache
 from dicomrst.cache.store import MARKER
-from dicomrst.common.interfaces import STORE_SUCCESS, IInstanceConsumer, IInstanceSink
+from dicomrst.common.interfaces import STORE_SUCCESS
 from dicomrst.errors import NotFound, ServiceUnavailable, UpstreamError
 from dicomrst.wado.metadata import instance_metadata_json
 from dicomrst.wado.negotiation import select_instance_media
 from dicomrst.wado.sinks import MultipartSink
-from tests.support.datasets import (
-    CT_IMAGE_STORAGE,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    assert_same_dataset,
-    encode,
-    instance,
-)
-from tests.support.fakes import FakeBackend, RetrieveCall
+from tests.support.cache import SERIES, STUDY, TTL, CacheTestCase, Item, send, sop_uid
+from tests.support.datasets import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from tests.support.fakes import FakeBackend
 from tests.support.sinks import StubRequest
 
-STUDY = "1.2.826.0.1.3680043.10.1"
-SERIES = "1.2.826.0.1.3680043.10.1.1"
 OTHER_SERIES = "1.2.826.0.1.3680043.10.1.2"
-TTL = 300.0
-
-
-def sop_uid(n: int, series: str = SERIES) -> str:
-    return f"{series}.{n}"
-
-
-class Item:
-    """One instance as a PACS sends it: UIDs, data set bytes, the syntax they are in."""
-
-    def __init__(
-        self, n: int, series: str = SERIES, syntax: str = EXPLICIT_VR_LE, pixels: int = 4096
-    ) -> None:
-        ds = instance(STUDY, series, pixels)
-        ds.SOPInstanceUID = sop_uid(n, series)
-        ds.InstanceNumber = n
-        self.ds = ds
-        self.sop = str(ds.SOPInstanceUID)
-        self.syntax = syntax
-        self.data = encode(ds, implicit=syntax == IMPLICIT_VR_LE)
-
-
-def send(
-    sink: IInstanceSink, item: Item, *, pieces: int = 3, finish: bool = True, upto: int | None = None
-) -> IInstanceConsumer:
-    """Hand `item` to `sink` as a retrieve does: `begin`, fragments, `dataFinished`
-    (`upto`: stop after that many bytes, unfinished)."""
-    consumer = sink.begin(CT_IMAGE_STORAGE, item.sop, item.syntax)
-    data = item.data if upto is None else item.data[:upto]
-    step = max(1, len(data) // pieces)
-    for start in range(0, len(data), step):
-        consumer.dataReceived(data[start : start + step])
-    if finish and upto is None:
-        consumer.dataFinished()
-    return consumer
 
 
 @implementer(IPushProducer)
@@ -92,59 +46,6 @@ class Producer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class CacheTestCase(SynchronousTestCase):
-    max_size = 10_000_000
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.directory = self.mktemp()
-        self.backend = FakeBackend("PACS")
-        self.asked: list[Deferred[CachedInstance]] = []
-        # Runs last: waits left pending were answered by the cache's stop.
-        self.addCleanup(lambda: [d.addErrback(lambda _: None) for d in self.asked])
-        self.cache = self.make_cache()
-        self.cache.start()
-        self.addCleanup(lambda: self.cache.stop())
-
-    def make_cache(self, **kwargs: Any) -> InstanceCache:
-        kwargs.setdefault("max_size", self.max_size)
-        kwargs.setdefault("ttl", TTL)
-        # The series retrieve alone, so most tests have one retrieve to feed;
-        # InstanceFirstTests cover the instance fetched ahead of it.
-        kwargs.setdefault("instance_first", False)
-        return InstanceCache(self.clock, self.directory, **kwargs)
-
-    def ask(
-        self, n: int, backend: FakeBackend | None = None, series: str = SERIES
-    ) -> Deferred[CachedInstance]:
-        d = self.cache.instance(backend or self.backend, STUDY, series, sop_uid(n, series))
-        self.asked.append(d)
-        return d
-
-    def got(self, d: Deferred[CachedInstance], item: Item) -> Dataset:
-        """`d` fired with `item`'s entry: a Part-10 file of its data set, as it arrived."""
-        found = self.successResultOf(d)
-        with found:
-            raw = found.file.read()
-        self.assertEqual(len(raw), found.size)
-        self.assertEqual((found.sop_instance_uid, found.transfer_syntax), (item.sop, item.syntax))
-        self.assertEqual(raw[found.dataset_offset :], item.data)
-        ds = dcmread(io.BytesIO(raw))
-        self.assertEqual(ds.file_meta.TransferSyntaxUID, item.syntax)
-        self.assertEqual(ds.file_meta.MediaStorageSOPInstanceUID, item.sop)
-        assert_same_dataset(self, ds, item.ds, item.sop)
-        return ds
-
-    def files(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.directory) if n != MARKER)
-
-    def disk_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.directory, n)) for n in self.files())
-
-    def the_retrieve(self, index: int = 0) -> RetrieveCall:
-        return self.backend.retrieves[index]
 
 
 class CoalescingTests(CacheTestCase):

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dicomrst.index.interfaces import IndexRecord
 from dicomrst.index.records import COLUMN_OF_TAG, NotIndexable, instance_row, record_from_head
 from tests.support import index_data
-from tests.unit.test_rawjson import Builder, datasets, value_bytes
+from tests.support.rawjson_data import Builder, datasets, value_bytes
 
 AET = "AET"
 

@@ -39,12 +39,12 @@ from dicomrst.web.access import AccessGate
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.metrics import MetricsResource
 from dicomrst.web.site import GatewaySite, make_site
+from tests.support.cache import CacheTestCase, Item, send
 from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 from tests.support.pool import CALLED, PoolTestCase, match
 from tests.support.stow import multipart_body, part10_bytes
 from tests.support.ul import associate_rq, verification_request
-from tests.unit.test_cache import CacheTestCase, Item, send
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"

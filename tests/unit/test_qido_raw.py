@@ -23,7 +23,7 @@ from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.qido.target import Target
 from dicomrst.qido.worklist import WorklistTarget
 from tests.support import qido_data
-from tests.unit.test_rawjson import Builder, datasets
+from tests.support.rawjson_data import Builder, datasets
 
 SERVICE = "http://gw:8080/base/aets/PACS"
 STUDY = "1.2.840.113619.2.55.3"

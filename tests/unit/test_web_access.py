@@ -15,39 +15,22 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 
 from dicomrst.auth.authenticator import Authenticator
-from dicomrst.auth.basic import BasicAuthenticator, UsersFile
-from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, OidcSettings
-from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
+from dicomrst.auth.principal import AccessPolicy
 from dicomrst.web import app as app_module
 from dicomrst.web.access import AccessGate, Need
 from dicomrst.web.app import ROUTE_ACCESS, STOW_ENDPOINTS, GatewayApp, unchecked_routes
 from dicomrst.web.responses import CorsPolicy
 from dicomrst.web.site import make_site
-from tests.support.auth import (
-    AUDIENCE,
-    ISSUER,
-    NOW,
-    ManualChecks,
-    Signer,
-    at_once,
-    basic,
-    bearer,
-    claims,
-    jwks,
-    users_file,
-)
+from tests.support.access import BOUNDARY, ROOT, STOW_TYPE, UID, GuardedApp
+from tests.support.auth import NOW, basic, bearer, claims
 from tests.support.fakes import FakeBackend
 from tests.support.http import Connection
 from tests.support.stow import multipart_body, part10_bytes
 
-ROOT = "http://gateway.example"
-UID = "1.2.826.0.1.3680043.8.498.7"
 #: Values for the path variables of every route.
 PATH_VALUES = {
     "aet": "PACS",
@@ -58,8 +41,6 @@ PATH_VALUES = {
     "frames": "1",
     "bulk": "7FE00010",
 }
-BOUNDARY = b"access-boundary"
-STOW_TYPE = b'multipart/related; type="application/dicom"; boundary=' + BOUNDARY
 
 
 def concrete(rule: str) -> str:
@@ -74,63 +55,6 @@ def every_route() -> list[tuple[str, str, str]]:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             out.append((str(rule.endpoint), method, concrete(rule.rule)))
     return out
-
-
-class GuardedApp(SynchronousTestCase):
-    """Two AETs: PACS readable by alice and the radiology role, writable by alice only;
-    ARCHIVE open to every authenticated caller."""
-
-    anonymous: bool | None = None
-    cors: CorsPolicy | None = None
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.pacs = FakeBackend("PACS")
-        self.pacs.echo_ms = 1.0
-        self.archive = FakeBackend("ARCHIVE")
-        self.checks = ManualChecks()
-        path = users_file(self.mktemp(), {"alice": "wonderland", "bob": "builder"})
-        self.basic = BasicAuthenticator(UsersFile(path, self.clock), self.checker(), self.clock, "gw")
-        self.signer = Signer("EC")
-        jwks_path = self.mktemp()
-        with open(jwks_path, "wb") as f:
-            f.write(jwks(self.signer.jwk()))
-        settings = OidcSettings(ISSUER, AUDIENCE, roles_claim="realm_access.roles", realm="gw")
-        self.bearer = BearerAuthenticator(settings, KeySet(FileKeys(jwks_path), self.clock), self.clock)
-        policy = AccessPolicy(
-            {
-                "PACS": AetAccess(
-                    read=AccessList.parse(["alice", "role:radiology"]), write=AccessList.parse(["alice"])
-                )
-            }
-        )
-        self.gate = AccessGate(Authenticator(self.basic, self.bearer, self.anonymous), policy)
-        self.app = GatewayApp(
-            {"PACS": self.pacs, "ARCHIVE": self.archive}, self.clock, access=self.gate, cors=self.cors
-        )
-        self.stub = StubTreq(self.app.resource())
-        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-
-    def checker(self) -> Any:
-        return at_once
-
-    def fetch(
-        self, path: str, method: str = "GET", auth: bytes | None = None, **kwargs: Any
-    ) -> tuple[Any, bytes]:
-        headers = dict(kwargs.pop("headers", {}))
-        if auth is not None:
-            headers[b"Authorization"] = [auth]
-        d = self.stub.request(method, ROOT + path, headers=headers, **kwargs)
-        self.stub.flush()
-        response = self.successResultOf(d)
-        return response, self.successResultOf(response.content())
-
-    def touched(self) -> bool:
-        return any(
-            (b.finds, b.retrieves, b.received, b.echoes) != ([], [], [], [])
-            for b in (self.pacs, self.archive)
-        )
 
 
 class RouteTableTests(SynchronousTestCase):
