@@ -246,7 +246,7 @@ class Target:
         return ("{" + ",".join(members) + "}").encode("utf-8")
 
     def _url(self, service: str, uids: dict[int, str | None]) -> str | None:
-        """`_retrieve_url` on the UIDs as `_ui_value` gives them."""
+        """The Retrieve URL of the UIDs (None: one is missing, empty or holds a "/")."""
         keys = [(STUDY_INSTANCE_UID, "studies")]
         if self.level in (SERIES, IMAGE):
             keys.append((SERIES_INSTANCE_UID, "series"))
@@ -262,20 +262,12 @@ class Target:
         return "/".join(parts)
 
     def _retrieve_url(self, dataset: Dataset, service: str) -> str | None:
-        keys = [(STUDY_INSTANCE_UID, "studies")]
-        if self.level in (SERIES, IMAGE):
-            keys.append((SERIES_INSTANCE_UID, "series"))
-        if self.level == IMAGE:
-            keys.append((SOP_INSTANCE_UID, "instances"))
-        parts = [service]
-        for tag, segment in keys:
+        uids: dict[int, str | None] = {}
+        for tag in _URL_UIDS:
             element = dataset.get(tag)
             value = element.value if element is not None else None
-            uid = value.strip(" \x00") if isinstance(value, str) else ""  # not absent, empty or a list
-            if not uid or "/" in uid:
-                return None
-            parts.append(f"{segment}/{quote(uid, safe='.')}")
-        return "/".join(parts)
+            uids[tag] = value if isinstance(value, str) else None  # not absent, empty or a list
+        return self._url(service, uids)
 
 
 _URL_UIDS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID)
