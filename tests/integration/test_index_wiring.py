@@ -30,6 +30,7 @@ from tests.support.gateway import (
     Gateway,
     Response,
     eventually,
+    failed_start,
     gateway_config,
     gateway_env,
     pacs_aet,
@@ -408,15 +409,7 @@ class StartupTests(IndexTestCase):
         aets = [{"aet": AET, "backend": "LOCAL", "path": self.archive()}]
         directory, path = write_config(self, gateway_config(*peers.free_ports(2), aets))
         env = {**gateway_env(), "DICOM_RST_INDEX_URL": f"sqlite:{blocker}/index.sqlite"}
-        child = peers._spawn(self, sys.executable, sys.executable, twistd_args(path), env, cwd=directory,
-                             keep_output=True, grace=2.0)
-        killer = reactor.callLater(30, child.stop, 2.0)
-        try:
-            returncode = await child.proto.when_ended()
-        finally:
-            if killer.active():
-                killer.cancel()
-        output = bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+        returncode, output = await failed_start(self, path, directory, env)
         self.assertGreater(returncode, 0, output)
         self.assertIn(f"dicomrst: config error: index.url: cannot open sqlite:{blocker}/index.sqlite", output)
         self.assertNotIn("Traceback", output)

@@ -251,19 +251,11 @@ class EnvironmentTests(LocalTestCase):
         self.assertFalse(os.path.exists(in_file))
 
     async def test_unknown_variable_stops_the_gateway_naming_it(self) -> None:
-        from tests.support.gateway import gateway_config, gateway_env, twistd_args, write_config
+        from tests.support.gateway import failed_start, gateway_config, gateway_env, write_config
 
         directory, path = write_config(self, gateway_config(*peers.free_ports(2)))
         env = {**gateway_env(), "DICOM_RST_SERVER_HTTP_PROT": "8080"}
-        child = peers._spawn(self, sys.executable, sys.executable, twistd_args(path), env, cwd=directory,
-                             keep_output=True, grace=2.0)
-        killer = reactor.callLater(30, child.stop, 2.0)
-        try:
-            returncode = await child.proto.when_ended()
-        finally:
-            if killer.active():
-                killer.cancel()
-        output = bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+        returncode, output = await failed_start(self, path, directory, env)
         self.assertGreater(returncode, 0, output)
         expected = "dicomrst: config error: DICOM_RST_SERVER_HTTP_PROT: names no configuration key"
         self.assertIn(expected, output)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from typing import Any
 
@@ -408,28 +407,12 @@ class DcmtkPacsTests(TlsTestCase):
 
 class StartupTests(TlsTestCase):
     async def test_a_missing_certificate_stops_the_gateway_naming_its_key(self) -> None:
-        from tests.support.gateway import gateway_config, gateway_env, twistd_args, write_config
+        from tests.support.gateway import failed_start, gateway_config, write_config
 
         missing = os.path.abspath(self.mktemp())
         config = gateway_config(*peers.free_ports(2), http={"tls": {"cert": missing, "key": self.server.key}})
         directory, path = write_config(self, config)
-        child = peers._spawn(
-            self,
-            sys.executable,
-            sys.executable,
-            twistd_args(path),
-            gateway_env(),
-            cwd=directory,
-            keep_output=True,
-            grace=2.0,
-        )
-        killer = reactor.callLater(30, child.stop, 2.0)
-        try:
-            returncode = await child.proto.when_ended()
-        finally:
-            if killer.active():
-                killer.cancel()
-        output = bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+        returncode, output = await failed_start(self, path, directory)
         self.assertGreater(returncode, 0, output)
         expected = f"dicomrst: config error: server.http.tls.cert: cannot read {missing!r}: No such file"
         self.assertIn(expected, output)

@@ -129,6 +129,30 @@ class Response:
         return json.loads(self.body)
 
 
+async def failed_start(
+    case: TestCase, config_path: str, directory: str, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """Run ``twistd dicomrst`` on `config_path` in `directory` until it exits (stopped after
+    30 s if it does not): its exit code and its output, for the tests of what stops it."""
+    child = peers._spawn(
+        case,
+        sys.executable,
+        sys.executable,
+        twistd_args(config_path),
+        dict(env) if env is not None else gateway_env(),
+        cwd=directory,
+        keep_output=True,
+        grace=2.0,
+    )
+    killer = reactor.callLater(30, child.stop, 2.0)
+    try:
+        returncode = await child.proto.when_ended()
+    finally:
+        if killer.active():
+            killer.cancel()
+    return returncode, bytes(child.proto.stderr + child.proto.stdout).decode("utf-8", "replace")
+
+
 async def read(response: IResponse) -> Response:
     body: bytes = await response.content()  # type: ignore[attr-defined]
     return Response(response.code, response.headers, body)
