@@ -204,19 +204,12 @@ class DimseListenerTests(TlsTestCase):
         ds = fresh_test_file("CT_small.dcm", study)
         path = os.path.join(peers._temp_dir(self, "storescu"), "ct.dcm")
         ds.save_as(path, enforce_file_format=True)
-        argv = [
-            "storescu",
-            "-v",
-            *self.tls_args(self.client),
-            "-aet",
-            "MODALITY",
-            "-aec",
-            LISTENER_AET,
-            peers.LOCALHOST,
-            str(gw.dimse_port),
-            path,
-        ]
-        result = await peers.run_tool(self, argv)
+        def storescu(client: Issued, file: str) -> list[str]:
+            where = [peers.LOCALHOST, str(gw.dimse_port)]
+            calling = ["-aet", "MODALITY", "-aec", LISTENER_AET]
+            return ["storescu", "-v", *self.tls_args(client), *calling, *where, file]
+
+        result = await peers.run_tool(self, storescu(self.client, path))
         self.assertEqual(result.returncode, 0, result.describe())
         self.assertIn("Received Store Response (Success)", result.stdout + result.stderr)
         stored = dcmread(os.path.join(root, study, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm"))
@@ -225,19 +218,7 @@ class DimseListenerTests(TlsTestCase):
         other = fresh_test_file("CT_small.dcm", generate_uid())
         other_path = os.path.join(os.path.dirname(path), "other.dcm")
         other.save_as(other_path, enforce_file_format=True)
-        argv = [
-            "storescu",
-            "-v",
-            *self.tls_args(self.intruder),
-            "-aet",
-            "MODALITY",
-            "-aec",
-            LISTENER_AET,
-            peers.LOCALHOST,
-            str(gw.dimse_port),
-            other_path,
-        ]
-        result = await peers.run_tool(self, argv)
+        result = await peers.run_tool(self, storescu(self.intruder, other_path))
         self.assertNotEqual(result.returncode, 0, result.describe())
         self.assertFalse(os.path.exists(os.path.join(root, other.StudyInstanceUID)))
 
