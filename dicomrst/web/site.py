@@ -319,6 +319,8 @@ class GatewayRequest(Request):
         self._run.fire("complete", command, path, version)
 
     def write(self, data: bytes) -> None:
+        if self.state == "aborting":
+            return  # see finish
         if not self.startedWriting:
             self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))  # type: ignore[no-untyped-call]  # unannotated in Twisted
             if self.keep_alive_10:
@@ -329,6 +331,11 @@ class GatewayRequest(Request):
         super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def finish(self) -> None:
+        if self.state == "aborting":
+            # Twisted's abortConnection drops the connection on the reactor's next turn: the
+            # final chunk written meanwhile could reach the client just before the reset and
+            # make a cut-off body look complete.  The loss ends the request (and logs it).
+            return
         unsized = not self.responseHeaders.hasHeader(b"Content-Length")
         if self.keep_alive_10 and not self.startedWriting and unsized:
             # Nothing was written: the length is known, and HTTP/1.0 needs it to keep going.

@@ -47,6 +47,7 @@ from dicomrst.web.site import (
     MAX_REQUEST_LINE,
     GatewaySite,
     RequestTimedOut,
+    abort_connection,
     make_site,
 )
 from tests.support.fakes import FakeBackend
@@ -455,6 +456,25 @@ class SiteTests(SynchronousTestCase):
         self.assertTrue(IResource.providedBy(result))
         self.assertTrue(conn.transport.disconnected)
         self.assertEqual(len(self.flushLoggedErrors(UpstreamError)), 1)
+        conn.lose(ConnectionAborted())
+        [line] = request_lines(self.logs)
+        self.assertEqual(line["outcome"], "error")
+
+
+    def test_nothing_is_written_after_an_abort_not_even_the_last_chunk(self) -> None:
+        """Twisted's abortConnection drops the connection on the reactor's next turn; a
+        write or the final chunk in between (the handler finishing its cut-off response)
+        would make the body look complete to the client just before the reset."""
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        request.write(b"--boundary\r\npartial")
+        abort_connection(request)
+        sent = conn.transport.value()
+        self.assertTrue(sent.endswith(b"partial\r\n"), sent[-40:])
+        request.write(b"more")
+        request.finish()
+        self.assertEqual(conn.transport.value(), sent)
         conn.lose(ConnectionAborted())
         [line] = request_lines(self.logs)
         self.assertEqual(line["outcome"], "error")
