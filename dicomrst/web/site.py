@@ -212,8 +212,6 @@ REQUEST = Machine(
             ("timing-out", "lost", "lost", "_lost"),
             ("aborting", "chunk", "aborting", None),
             ("aborting", "complete", "aborting", None),
-            ("aborting", "written", "aborting", None),
-            ("aborting", "finish", "finished", "_finished"),
             ("aborting", "deadline", "aborting", None),
             ("aborting", "abort", "aborting", None),
             ("aborting", "lost", "lost", "_lost"),
