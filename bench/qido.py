@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from bench import data, peers
+from bench import capture, data, peers
 from bench.stats import pct, row, summary
 
 N_STUDIES = 100
@@ -218,17 +218,31 @@ def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
         for call in (gw, oq, find):
             _latencies(call, 20)
         results: dict[str, dict[str, list[float]]] = {}
+        unavailable = capture.Capture.available()
+        wire: list[capture.Exchange] = []
+        tcpdump_says = ""
         for name, call in (
             ("dicomrst QIDO (warm pool)", gw),
             ("Orthanc QIDO (its DICOMweb plugin)", oq),
             ("pynetdicom C-FIND, reused association", find),
         ):
+            # The gateway's runs are captured on the wire (only they: pynetdicom's C-FIND
+            # goes to the same PACS port).
+            tap = None
+            if call is gw and unavailable is None:
+                tap = capture.Capture(work / "qido.pcap", [gateway.http_port, orthanc.dicom_port])
+                tap.start()
             med, p95 = [], []
             for _ in range(runs):
                 lat = _latencies(call, queries)
                 med.append(pct(lat, 50))
                 p95.append(pct(lat, 95))
             results[name] = {"median": med, "p95": p95}
+            if tap is not None:
+                tcpdump_says = tap.stop()
+                wire = capture.exchanges(
+                    list(capture.packets(work / "qido.pcap")), gateway.http_port, orthanc.dicom_port
+                )
         release()
         gw_load = [
             _gateway_load(
@@ -261,6 +275,21 @@ def run(runs: int = 5, queries: int = 200, clients: int = 16) -> None:
         for name, figures in results.items():
             print(row(f"{name}: median", figures["median"], "ms", anchor))
             print(row(f"{name}: p95", figures["p95"], "ms"))
+        if unavailable is not None:
+            print(f"  (no capture on the wire: {unavailable})")
+        elif len(wire) != runs * queries:
+            print(f"  (capture: {len(wire)} queries found of {runs * queries}; tcpdump: {tcpdump_says})")
+        else:
+            # Per run, the median over its queries, as for the client-side figures.
+            chunks = [wire[k * queries : (k + 1) * queries] for k in range(runs)]
+            for label, value in (
+                ("on the wire: gateway socket, request in to response out", lambda e: e.total),
+                ("on the wire: PACS socket, C-FIND-RQ to last C-FIND-RSP", lambda e: e.pacs),
+                ("on the wire: added by the gateway (first - second)", lambda e: e.added),
+            ):
+                print(row(label, [pct([value(e) * 1000 for e in c], 50) for c in chunks], "ms", fmt="{:.3f}"))
+            added = [e.added * 1000 for e in wire]
+            print(f"  added by the gateway over all {len(wire)} queries: p95 {pct(added, 95):.3f} ms")
         print(row(f"dicomrst QIDO, {clients} concurrent clients", tp_gw, "q/s", fmt="{:.0f}"))
         print(row(f"Orthanc QIDO, {clients} concurrent clients", tp_or, "q/s", fmt="{:.0f}"))
         print(row("dicomrst CPU (utime+stime) per query", [ms for _, ms, _ in gw_load], "ms", fmt="{:.3f}"))
