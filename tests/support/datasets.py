@@ -3,7 +3,8 @@
 `assert_same_dataset` compares two pydicom data sets element by element (VR and value,
 sequences recursively, File Meta and trailing padding aside); `part10` writes one as a Part-10
 file; `encode` and `instance` (small CT-like instances with chosen Study/Series UIDs) give raw
-data-set bytes as they come off an association. The generated instances the pynetdicom PACS
+data-set bytes as they come off an association; `bulk_paths_dataset` has bulk data at several
+depths, for metadata encoders. The generated instances the pynetdicom PACS
 serves are in `tests.support.pacs.datasets`; the WADO, metadata and STOW fixtures in
 `tests.support.wado`, `tests.support.metadata` and `tests.support.stow`.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -82,4 +84,28 @@ def instance(study: str | None, series: str | None, pixels: int = 4096) -> Datas
     ds.Columns = min(pixels // 2, 0xFFFF)
     ds.BitsAllocated = 16
     ds.PixelData = bytes(range(256)) * (pixels // 256)
+    return ds
+
+
+def bulk_paths_dataset() -> Dataset:
+    """Bulk data at several depths: a small inline OB, an OB over the thresholds in an item,
+    an icon's pixel data, a 1200-byte FL, an empty sequence, a UL of exactly 1024 bytes, and a
+    File Meta element left in the data set (dropped when served)."""
+    ds = Dataset()
+    ds.PatientName = "Doe^J"
+    ds.add_new(0x00091010, "OB", b"\x01\x02")  # small binary stays inline
+    first = Dataset()
+    first.add_new(0x00400009, "OB", b"\xab" * 3000)  # VR as in the example path
+    first.RequestedProcedureID = "RP1"
+    second = Dataset()
+    icon = Dataset()
+    icon.Rows = 1
+    icon.BitsAllocated = 16
+    icon.add_new(0x7FE00010, "OW", b"\x00\x01")  # pixel data: bulk whatever its size
+    second.IconImageSequence = DicomSequence([icon])
+    second.add_new(0x00700022, "FL", [7.0] * 300)  # Graphic Data, 1200 bytes
+    ds.RequestAttributesSequence = DicomSequence([first, second])
+    ds.add_new(0x00283010, "SQ", DicomSequence([]))
+    ds.add_new(0x00603020, "UL", [1] * 256)  # exactly 1024 bytes: inline
+    ds.add_new(0x00020010, "UI", EXPLICIT_VR_LE)  # meta left in the data set: dropped
     return ds

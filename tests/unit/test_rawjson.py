@@ -20,7 +20,7 @@ from dicomrst.common.rawjson import metadata_json
 from dicomrst.common.transcode import DataSetError
 from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from dicomrst.wado.metadata import instance_metadata_json, pydicom_metadata_json
-from tests.support.datasets import encode, instance
+from tests.support.datasets import bulk_paths_dataset, encode, instance
 from tests.support.rawjson_data import datasets
 
 BASE = "http://gw/aets/PACS/studies/1/series/2/instances/3/bulkdata"
@@ -93,10 +93,8 @@ class FixtureTests(Compare):
             self.assert_same(encode(ds), implicit=False, threshold=threshold)
 
     def test_wado_parts_fixtures(self) -> None:
-        """`tests.unit.test_wado_parts`'s nested data set: paths of bulk data in items."""
-        from tests.unit.test_wado_parts import MetadataTests
-
-        ds = MetadataTests.nested(MetadataTests())
+        """The nested data set of the metadata tests: paths of bulk data in items."""
+        ds = bulk_paths_dataset()
         for threshold in (0, 10, 1024):
             self.assert_same(encode(ds), implicit=False, threshold=threshold)
             self.assert_same(encode(ds, implicit=True), implicit=True, threshold=threshold, served=False)

@@ -50,6 +50,7 @@ from dicomrst.wado.negotiation import (
     select_metadata_media,
 )
 from dicomrst.web.errors import http_status
+from tests.support.datasets import bulk_paths_dataset
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
@@ -692,28 +693,8 @@ class MetadataTests(SynchronousTestCase):
         self.assertEqual(got["7FE00010"]["BulkDataURI"], f"{BASE}/7FE00010")
         self.assertEqual(got["00100010"], json.loads(dataset_json(read_file("image_dfl.dcm")))["00100010"])
 
-    def nested(self) -> Dataset:
-        ds = Dataset()
-        ds.PatientName = "Doe^J"
-        ds.add_new(0x00091010, "OB", b"\x01\x02")  # small binary stays inline
-        first = Dataset()
-        first.add_new(0x00400009, "OB", b"\xab" * 3000)  # VR as in the example path
-        first.RequestedProcedureID = "RP1"
-        second = Dataset()
-        icon = Dataset()
-        icon.Rows = 1
-        icon.BitsAllocated = 16
-        icon.add_new(0x7FE00010, "OW", b"\x00\x01")  # pixel data: bulk whatever its size
-        second.IconImageSequence = DicomSequence([icon])
-        second.add_new(0x00700022, "FL", [7.0] * 300)  # Graphic Data, 1200 bytes
-        ds.RequestAttributesSequence = DicomSequence([first, second])
-        ds.add_new(0x00283010, "SQ", DicomSequence([]))
-        ds.add_new(0x00603020, "UL", [1] * 256)  # exactly 1024 bytes: inline
-        ds.add_new(0x00020010, "UI", EXPLICIT_VR_LE)  # meta left in the data set: dropped
-        return ds
-
     def test_nested_paths(self) -> None:
-        got = metadata(encode(self.nested()))
+        got = metadata(encode(bulk_paths_dataset()))
         self.assertEqual(got["00100010"], {"vr": "PN", "Value": [{"Alphabetic": "Doe^J"}]})
         self.assertEqual(got["00091010"], {"vr": "OB", "InlineBinary": "AQI="})
         items = got["00400275"]["Value"]
@@ -731,7 +712,7 @@ class MetadataTests(SynchronousTestCase):
         self.assertEqual(list(got), sorted(got))
 
     def test_nested_implicit(self) -> None:
-        ds = self.nested()
+        ds = bulk_paths_dataset()
         del ds[0x00400275][0][0x00400009]  # SH by the dictionary: not binary in implicit VR
         explicit = metadata(encode(ds))
         implicit = metadata(encode(ds, implicit=True), IMPLICIT_VR_LE)
