@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -25,17 +25,11 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 import dicomrst
-from dicomrst.audit.dimse import audited_receive
-from dicomrst.audit.service import make_trail
-from dicomrst.audit.trail import AuditTrail
-from dicomrst.audit.writers import FileWriter
 from dicomrst.auth.authenticator import Authenticator
-from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
 from dicomrst.auth.principal import AccessList, AccessPolicy, AetAccess
 from dicomrst.backends.intake import SpoolingIntake
 from dicomrst.backends.interfaces import IBackend, IInstanceIntake
 from dicomrst.backends.local import LocalArchiveError, LocalBackend
-from dicomrst.backends.pacs import DimseBackend
 from dicomrst.cache import CacheDirectoryError, InstanceCache
 from dicomrst.common.cpu import CpuWorkers, IThreadsReactor
 from dicomrst.common.listening import ListeningService
@@ -64,6 +58,8 @@ from dicomrst.index.scans import PeriodicScans, ScanReport
 from dicomrst.logs import OutputLog, logger, set_format, set_level
 
 if TYPE_CHECKING:
+    from dicomrst.audit.trail import AuditTrail
+    from dicomrst.dimse.pool import AssociationPool
     from dicomrst.web.access import AccessGate
 
 log = logger("dicomrst")
@@ -332,14 +328,15 @@ def make_access(
 ) -> AccessGate:
     """``server.auth`` and ``aets[].access`` as the web layer's `AccessGate`; the users
     file's reload joins `reloaders` (SIGHUP)."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
     from dicomrst.web.access import AccessGate
 
     auth = config.server.auth
     basic = bearer = None
     if auth.basic is not None:
+        # Here and below, not at the top: only a configuration with Basic (or OIDC)
+        # authentication needs bcrypt (or treq and the JOSE library).
+        from dicomrst.auth.basic import BasicAuthenticator, UsersFile, check_password
+
         try:
             users = UsersFile(auth.basic.users_file, reactor)
         except OSError as e:
@@ -357,7 +354,9 @@ def make_access(
 
         basic = BasicAuthenticator(users, check, reactor, auth.realm)
     if auth.oidc is not None:
-        # Here, not at the top: only an OIDC configuration needs the JOSE library (~60 modules).
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
         from dicomrst.auth.oidc import BearerAuthenticator, FileKeys, KeySet, KeySource, OidcSettings, UrlKeys
 
         oidc = auth.oidc
@@ -413,6 +412,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     if index is not None:
         IndexService(index).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     backends: dict[str, IBackend] = {}
+    pools: list[AssociationPool] = []  # the DIMSE AETs', for the metrics
     # The C-MOVEs in flight, shared by the backends that start them and the listeners
     # their sub-operations arrive on.
     moves = MoveRegistry(config.server.aet)
@@ -420,6 +420,9 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     local_paths: dict[str, str] = {}
     for i, aet in enumerate(config.aets):
         if aet.backend == "DIMSE":
+            # The DIMSE client side: imported when a PACS is configured.
+            from dicomrst.backends.pacs import DimseBackend
+
             receiver = None
             if aet.wado_rs.retrieve == "move":
                 if aet.wado_rs.receivers:
@@ -436,7 +439,9 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
                         i=i,
                     )
             tls = pacs_tls(aet.tls, aet.host, f"aets[{i}].tls")
-            backends[aet.aet] = DimseBackend(aet, config.server.aet, reactor, receiver, metrics, tls)
+            pacs = DimseBackend(aet, config.server.aet, reactor, receiver, metrics, tls)
+            backends[aet.aet] = pacs
+            pools.append(pacs.pool)
         else:
             backends[aet.aet] = archive_backend(aet, reactor, index, metrics)
             if aet.backend == "LOCAL":
@@ -454,7 +459,7 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
     # associations they run on still exist.
     cache = make_cache(config, reactor)
     if metrics is not None:
-        watch(metrics, backends, cache)
+        watch(metrics, pools, cache)
     CacheService(cache).setServiceParent(top)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     for i, listener in enumerate(config.server.dimse):
@@ -466,6 +471,8 @@ def build(config: Config, reactor: IGatewayReactor, index: SqlIndex | None = Non
             intake = archive if IInstanceIntake.providedBy(archive) else SpoolingIntake(archive, reactor)
             receive: Callable[[str, str, str, str], Any] = cast(IInstanceIntake, intake).receive
             if trail is not None:
+                from dicomrst.audit.dimse import audited_receive  # the audit trail's, when configured
+
                 receive = audited_receive(trail, listener.aet, listener.store_to, receive)
             store_to = (listener.store_to, receive)
         factory = listener_factory(
@@ -534,9 +541,8 @@ def metrics_service(config: Config, reactor: IGatewayReactor, top: GatewayServic
     return metrics
 
 
-def watch(metrics: Metrics, backends: Mapping[str, IBackend], cache: InstanceCache) -> None:
+def watch(metrics: Metrics, pools: Sequence[AssociationPool], cache: InstanceCache) -> None:
     """What the metrics read at scrape time: the pools of the DIMSE AETs, the cache."""
-    pools = [backend.pool for backend in backends.values() if isinstance(backend, DimseBackend)]
 
     def pool_states() -> list[PoolState]:
         return [(pool.aet, pool.stats(), pool.size) for pool in pools]
@@ -552,6 +558,9 @@ def make_audit(config: Config, reactor: IGatewayReactor, top: GatewayService) ->
     settings = config.telemetry.audit
     if settings is None:
         return None
+    from dicomrst.audit.service import make_trail
+    from dicomrst.audit.writers import FileWriter
+
     try:
         trail, service = make_trail(
             reactor,

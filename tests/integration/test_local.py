@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from dicomrst.backends import values as model
 from tests.support import peers
@@ -322,6 +322,58 @@ class FirstRunTests(TestCase):
             self.assertEqual(found.code, 200, found.body[:300])
             self.assertEqual([r["0020000D"]["Value"][0] for r in found.json()], [stored.StudyInstanceUID])
         self.assertTrue(os.path.isfile(os.path.join(directory, "dicomrst-data", "index.sqlite")))
+        await pool.closeCachedConnections()
+        self.assertIn(await child.stop(grace=10.0), (0, -signal.SIGTERM))
+
+
+class IdleFootprintTests(TestCase):
+    """The first-run gateway has numpy imported but not run (``twistd dicomrst`` defers
+    it, `dicomrst.common.lazyimports`): seen from outside, its extension is not mapped
+    until a rendered frame needs it, and that request is answered."""
+
+    timeout = TIMEOUT
+
+    async def test_numpy_runs_at_the_first_rendered_frame(self) -> None:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from tests.support.gateway import TWISTD_MAIN, gateway_env, read
+
+        if not os.path.exists("/proc/self/maps"):
+            raise SkipTest("reads /proc/PID/maps")
+        directory = peers._temp_dir(self, "first-run")
+        http_port, dimse_port = peers.free_ports(2)
+        env = {**gateway_env(), "DICOM_RST_SERVER_HTTP_PORT": str(http_port),
+               "DICOM_RST_SERVER_DIMSE_0_PORT": str(dimse_port), "DICOM_RST_SERVER_CACHE_PATH": "cache"}
+        child = peers._spawn(self, sys.executable, sys.executable,
+                             ["-c", TWISTD_MAIN, "-n", "--pidfile=", "dicomrst"], env, cwd=directory,
+                             log_path=os.path.join(directory, "gateway.log"), grace=10.0)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        url = f"http://{peers.LOCALHOST}:{http_port}"
+
+        async def ready() -> bool:
+            return (await read(await http.get(url + "/aets", timeout=2))).code == 200
+
+        def numpy_mapped() -> bool:
+            with open(f"/proc/{child.pid}/maps") as f:
+                return "/numpy/_core/_multiarray_umath" in f.read()
+
+        await peers._wait_until(ready, "the first-run gateway", 30.0, child)
+        searched = await read(await http.get(url + "/aets/LOCAL/studies", timeout=30))
+        self.assertEqual(searched.code, 200, searched.body[:300])
+        self.assertFalse(numpy_mapped())
+        ds = fresh_test_file("CT_small.dcm")
+        body = multipart_body([([("Content-Type", "application/dicom")], part10(ds))], BOUNDARY)
+        stow = await read(await http.post(url + "/aets/LOCAL/studies", data=body,
+                                          headers={"Content-Type": STOW_CONTENT_TYPE}, timeout=30))
+        self.assertEqual(stow.code, 200, stow.body[:300])
+        rendered = await read(await http.get(
+            url + instance_path("LOCAL", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            + "/rendered", headers={"Accept": "image/jpeg"}, timeout=30))
+        self.assertEqual(rendered.code, 200, rendered.body[:300])
+        self.assertTrue(rendered.body.startswith(b"\xff\xd8"))
+        self.assertTrue(numpy_mapped())
         await pool.closeCachedConnections()
         self.assertIn(await child.stop(grace=10.0), (0, -signal.SIGTERM))
 

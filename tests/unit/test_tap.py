@@ -349,19 +349,58 @@ print(" ".join(sorted(m for m in {names} if m in sys.modules)))
 """
 
 
+# As twistd does it: the plugin's `options` first (it defers what pydicom only probes),
+# then its makeService; then which deferred libraries have run, before and after a
+# rendered frame (numpy's first use).
+_DEFERRED_AFTER_BUILD = """
+import sys
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted import plugins
+from dicomrst.common.lazyimports import GATEWAY_DEFERRED, is_deferred
+maker = next(p for p in getPlugins(IServiceMaker, plugins) if p.tapname == "dicomrst")
+options = maker.options()
+options.parseOptions(sys.argv[1:])
+maker.makeService(options)
+def executed():
+    return ",".join(m for m in GATEWAY_DEFERRED if m in sys.modules and not is_deferred(sys.modules[m]))
+print("built:", executed())
+from pydicom import examples
+from dicomrst.imaging.params import RenderOptions
+from dicomrst.imaging.render import render_dataset
+png = render_dataset(examples.ct, RenderOptions(media_type="image/png"))
+print("rendered:", png[:8] == b"\\x89PNG\\r\\n\\x1a\\n", executed())
+"""
+
+
 class FootprintTests(SynchronousTestCase):
     """Issue 15 item 4: what only some configurations use is imported only by them."""
 
-    OPTIONAL = ("joserfc", "imagecodecs", "prometheus_client", "psycopg", "botocore")
+    OPTIONAL = (
+        "joserfc",
+        "imagecodecs",
+        "prometheus_client",
+        "psycopg",
+        "botocore",
+        "treq",  # OIDC's key fetcher (and S3's client)
+        # The DIMSE client side, the audit trail's writers, Basic authentication.
+        "dicomrst.backends.pacs",
+        "dicomrst.dimse.pool",
+        "dicomrst.audit.service",
+        "dicomrst.auth.basic",
+    )
 
     def imported(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+        script = _IMPORTED_AFTER_BUILD.format(names=repr(self.OPTIONAL))
+        return self.run_script(script, *argv, env=env).split()
+
+    def run_script(self, script: str, *argv: str, env: dict[str, str] | None = None) -> str:
         import subprocess
         import sys
 
         directory = self.mktemp()
         os.makedirs(directory)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        script = _IMPORTED_AFTER_BUILD.format(names=repr(self.OPTIONAL))
         done = subprocess.run(
             [sys.executable, "-c", script, *argv],
             cwd=directory,
@@ -371,7 +410,7 @@ class FootprintTests(SynchronousTestCase):
             timeout=120,
         )
         self.assertEqual(done.returncode, 0, done.stderr[-2000:])
-        return done.stdout.split()
+        return done.stdout
 
     def test_the_default_configuration_imports_none_of_the_optional_libraries(self) -> None:
         self.assertEqual(self.imported(), [])
@@ -380,3 +419,10 @@ class FootprintTests(SynchronousTestCase):
         """The check above can see a library: metrics configured bring theirs in."""
         found = self.imported(env={"DICOM_RST_TELEMETRY_METRICS_ENDPOINT": "tcp:0:interface=127.0.0.1"})
         self.assertEqual(found, ["prometheus_client"])
+
+    def test_the_gateway_defers_what_pydicom_only_probes_until_pixels_need_it(self) -> None:
+        """Through the plugin, as twistd: numpy and requests are imported but not run by
+        the default configuration; a frame rendered afterwards runs numpy (requests
+        stays: only pydicom's data downloader uses it)."""
+        out = self.run_script(_DEFERRED_AFTER_BUILD)
+        self.assertEqual(out.splitlines(), ["built: ", "rendered: True numpy"])
