@@ -41,6 +41,7 @@ from dicomrst.common.twisted_internals import (
     close_after_response,
     current_request,
     fail_finish_waiters,
+    flush_now,
     request_disconnected,
     request_line,
     site_of,
@@ -112,6 +113,13 @@ def abort_connection(request: IRequest, why: str = ERROR) -> None:
 
 
 def _abort_transport(channel: HTTPChannel) -> None:
+    # abortConnection drops what Twisted still buffers: all that was written in this
+    # reactor turn, perhaps the status line too (a PACS's A-ABORT read together with an
+    # instance's first fragment).  The client then saw a reset before any response, and
+    # may send the GET again, instead of a body that is cut off.  So what the kernel takes
+    # now goes out first; the rest (a client not reading) is dropped, not waited for.
+    # Nothing written after this goes out (GatewayRequest.write, .finish).
+    flush_now(channel.transport)
     # An HTTPChannel runs over TCP (or TLS over TCP): its transport is an ITCPTransport,
     # which Protocol.transport's type (ITransport | None) does not say.
     cast(ITCPTransport, channel.transport).abortConnection()

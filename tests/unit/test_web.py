@@ -8,9 +8,12 @@ whose echo Deferreds the tests fire by hand.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionAborted
 from twisted.internet.task import Clock
@@ -51,7 +54,7 @@ from dicomrst.web.site import (
     make_site,
 )
 from tests.support.fakes import FakeBackend
-from tests.support.http import Connection
+from tests.support.http import CLIENT, Connection
 
 SERVER = f"dicomrst/{dicomrst.__version__}".encode()
 ROOT_URL = "http://gateway.example"
@@ -460,7 +463,6 @@ class SiteTests(SynchronousTestCase):
         [line] = request_lines(self.logs)
         self.assertEqual(line["outcome"], "error")
 
-
     def test_nothing_is_written_after_an_abort_not_even_the_last_chunk(self) -> None:
         """Twisted's abortConnection drops the connection on the reactor's next turn; a
         write or the final chunk in between (the handler finishing its cut-off response)
@@ -478,6 +480,94 @@ class SiteTests(SynchronousTestCase):
         conn.lose(ConnectionAborted())
         [line] = request_lines(self.logs)
         self.assertEqual(line["outcome"], "error")
+
+
+class _Socket:
+    """The kernel under a real `twisted.internet.tcp.Server`: takes whatever is sent, and
+    notes how the connection ends (a reset: SO_LINGER 0 before close)."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.linger: bytes | None = None
+        self.shut = False
+        self.closed = False
+
+    def send(self, data: bytes) -> int:
+        self.sent += bytes(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("192.0.2.1", 8080)
+
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER):
+            self.linger = value
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def reset(self) -> bool:
+        return self.closed and not self.shut and self.linger == struct.pack("ii", 1, 0)
+
+
+class AbortOverTcpTests(SynchronousTestCase):
+    """`abort_connection` on Twisted's own TCP transport, whose writes wait in its buffer
+    for the reactor's next turn and whose abortConnection drops that buffer."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resource = SlowResource()
+        site = make_site(self.resource, self.reactor, request_timeout=5.0)
+        self.socket = _Socket()
+        protocol = site.buildProtocol(CLIENT)
+        assert protocol is not None
+
+        class Port:
+            _realPortNumber = 8080
+
+        self.transport = tcp.Server(
+            self.socket, protocol, (CLIENT.host, CLIENT.port), Port(), 1, self.reactor
+        )
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(b"GET /slow HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+
+    def test_what_was_written_before_an_abort_goes_out_before_the_reset(self) -> None:
+        """A failure in the same reactor turn as the writes before it (a PACS's A-ABORT
+        read with the first fragment of an instance): the status line and the part's
+        start must reach the client before the reset.  Dropped with Twisted's buffer,
+        the client saw a reset before any response and, on a kept-alive connection,
+        sent the GET again (as Twisted's client and browsers do): the cut-off response
+        was never seen as one."""
+        [request] = self.resource.requests
+        request.write(b"--boundary\r\npartial")
+        self.assertEqual(self.socket.sent, b"")  # Twisted's buffer, until the reactor's turn
+        abort_connection(request)
+        request.finish()  # the handler ending its cut-off response (nothing more goes out)
+        self.reactor.advance(0)  # abortConnection drops the connection on the next turn
+        self.assertTrue(self.socket.reset)
+        self.assertTrue(self.socket.sent.startswith(b"HTTP/1.1 200 "), self.socket.sent[:40])
+        self.assertTrue(self.socket.sent.endswith(b"--boundary\r\npartial\r\n"), self.socket.sent[-40:])
+
+    def test_a_client_that_stopped_reading_does_not_hold_the_abort(self) -> None:
+        """What the kernel will not take now is dropped with the connection: the abort
+        does not wait for the client."""
+        [request] = self.resource.requests
+        self.socket.send = lambda data: 0  # type: ignore[method-assign]  # the client's window is full
+        request.write(b"x" * 1000)
+        abort_connection(request)
+        self.reactor.advance(0)
+        self.assertTrue(self.socket.reset)
+        self.assertEqual(self.socket.sent, b"")
 
 
 # -- service ---------------------------------------------------------------
