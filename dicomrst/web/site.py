@@ -70,6 +70,12 @@ MAX_HEADER_BLOCK = 16 * 1024
 MAX_HEADERS = 100
 """Header fields in one request; more is a 431."""
 
+#: Writes an abort makes before the reset, each of at most 128 KiB (Twisted's SEND_LIMIT):
+#: enough for what a response may have buffered (1 MiB from a multipart's second part,
+#: `dicomrst.wado.sinks.RESPONSE_BUFFER`); one with nothing to send, or that the kernel
+#: refuses, costs a send that takes nothing.
+_ABORT_WRITES = 8
+
 #: An incoming X-Request-ID taken as it is: a bounded token of characters no log reader
 #: or proxy trips on; anything else is replaced by a generated one.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
@@ -119,7 +125,8 @@ def _abort_transport(channel: HTTPChannel) -> None:
     # may send the GET again, instead of a body that is cut off.  So what the kernel takes
     # now goes out first; the rest (a client not reading) is dropped, not waited for.
     # Nothing written after this goes out (GatewayRequest.write, .finish).
-    flush_now(channel.transport)
+    for _ in range(_ABORT_WRITES):
+        flush_now(channel.transport)
     # An HTTPChannel runs over TCP (or TLS over TCP): its transport is an ITCPTransport,
     # which Protocol.transport's type (ITransport | None) does not say.
     cast(ITCPTransport, channel.transport).abortConnection()
