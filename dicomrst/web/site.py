@@ -132,7 +132,8 @@ def _abort_transport(channel: HTTPChannel) -> None:
     # reactor turn, perhaps the status line too (a PACS's A-ABORT read together with an
     # instance's first fragment).  The client then saw a reset before any response, and
     # may send the GET again, instead of a body that is cut off.  So what the kernel takes
-    # now goes out first; the rest (a client not reading) is dropped, not waited for.
+    # now is handed to it first (the reset still discards what it has not sent by then);
+    # the rest (a client not reading) is dropped, not waited for.
     # Nothing written after this goes out (GatewayRequest.write, .finish).
     for _ in range(_ABORT_WRITES):
         flush_now(channel.transport)
