@@ -16,13 +16,16 @@ from treq.testing import StubTreq
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionAborted
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactorClock,
     RaisingMemoryReactor,
+    StringTransport,
 )
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
@@ -32,6 +35,7 @@ from zope.interface.verify import verifyObject
 
 import dicomrst
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.common.tls import client_tls, server_tls
 from dicomrst.errors import (
     BadRequest,
     NotAcceptable,
@@ -55,6 +59,7 @@ from dicomrst.web.site import (
 )
 from tests.support.fakes import FakeBackend
 from tests.support.http import CLIENT, Connection
+from tests.support.tls import Authority
 
 SERVER = f"dicomrst/{dicomrst.__version__}".encode()
 ROOT_URL = "http://gateway.example"
@@ -571,6 +576,76 @@ class AbortOverTcpTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertTrue(self.socket.reset)
         self.assertEqual(self.socket.sent, b"")
+
+
+class AbortOverTlsTests(SynchronousTestCase):
+    """The same over HTTPS (``server.http.tls``): Twisted's TLS wrapper over its TCP
+    transport, a real handshake with a client in memory."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resource = SlowResource()
+        site = make_site(self.resource, self.reactor, request_timeout=5.0)
+        ca = Authority.create(self.mktemp())
+        issued = ca.issue("gateway", server=True)
+        server = TLSMemoryBIOFactory(server_tls(issued.cert, issued.key), False, site, self.reactor)
+        self.wrapper = server.buildProtocol(CLIENT)
+        self.socket = _Socket()
+
+        class Port:
+            _realPortNumber = 8443
+
+        self.tcp = tcp.Server(self.socket, self.wrapper, (CLIENT.host, CLIENT.port), Port(), 1, self.reactor)
+        self.wrapper.makeConnection(self.tcp)
+        self.received = bytearray()
+        received = self.received
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+
+        client = TLSMemoryBIOFactory(
+            client_tls("127.0.0.1", ca.ca), True, Factory.forProtocol(Client), self.reactor
+        )
+        self.client = client.buildProtocol(CLIENT)
+        self.client_transport = StringTransport()
+        self.client.makeConnection(self.client_transport)
+        self.delivered = 0
+        self.pump()
+        self.client.write(b"GET /slow HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+        self.pump()
+
+    def pump(self) -> None:
+        """Both ways until quiet, the gateway's side written as the reactor would."""
+        for _ in range(10):
+            self.reactor.advance(0)  # the TLS layers send what they gathered
+            data = self.client_transport.value()
+            self.client_transport.clear()
+            if data:
+                self.wrapper.dataReceived(data)
+            self.tcp.doWrite()
+            self.deliver()
+
+    def deliver(self) -> None:
+        new = self.socket.sent[self.delivered :]
+        self.delivered = len(self.socket.sent)
+        if new:
+            self.client.dataReceived(new)
+
+    def abort_after(self, written: bytes) -> bytes:
+        [request] = self.resource.requests
+        request.write(written)
+        abort_connection(request)
+        self.reactor.advance(0)
+        self.assertTrue(self.socket.reset)
+        self.deliver()
+        return bytes(self.received)
+
+    def test_a_large_write_goes_out_before_the_reset(self) -> None:
+        part = b"--boundary\r\n" + b"p" * 200_000
+        received = self.abort_after(part)
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:40])
+        self.assertTrue(received.endswith(b"%x\r\n%s\r\n" % (len(part), part)), len(received))
 
 
 # -- service ---------------------------------------------------------------
