@@ -42,6 +42,7 @@ from dicomrst.common.twisted_internals import (
     current_request,
     fail_finish_waiters,
     flush_now,
+    flush_tls_writes,
     request_disconnected,
     request_line,
     site_of,
@@ -135,8 +136,9 @@ def _abort_transport(channel: HTTPChannel) -> None:
     # now is handed to it first (the reset still discards what it has not sent by then);
     # the rest (a client not reading) is dropped, not waited for.
     # Nothing written after this goes out (GatewayRequest.write, .finish).
+    flush_tls_writes(channel.transport)  # TLS gathers small writes for the next turn
     for _ in range(_ABORT_WRITES):
-        flush_now(channel.transport)
+        flush_now(channel.transport)  # over TLS, the TCP transport's (the wrapper passes it on)
     # An HTTPChannel runs over TCP (or TLS over TCP): its transport is an ITCPTransport,
     # which Protocol.transport's type (ITransport | None) does not say.
     cast(ITCPTransport, channel.transport).abortConnection()

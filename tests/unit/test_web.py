@@ -647,6 +647,12 @@ class AbortOverTlsTests(SynchronousTestCase):
         self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:40])
         self.assertTrue(received.endswith(b"%x\r\n%s\r\n" % (len(part), part)), len(received))
 
+    def test_a_small_write_goes_out_before_the_reset(self) -> None:
+        """Twisted's TLS gathers small writes until the reactor's next turn."""
+        received = self.abort_after(b"--boundary\r\npartial")
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:40])
+        self.assertTrue(received.endswith(b"--boundary\r\npartial\r\n"), received[-40:])
+
 
 # -- service ---------------------------------------------------------------
 
