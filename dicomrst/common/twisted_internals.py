@@ -18,7 +18,10 @@ Items (Twisted 24.3 to 26.10):
    them so Klein cancels the handler before the 504 is written.
 4. ``transport.doWrite()``: hand a TCP transport's buffered bytes to the kernel now.  A
    C-STORE-RSP is on the critical path of every C-MOVE/C-GET sub-operation; the next
-   reactor turn would send it after the HTTP response's writes.
+   reactor turn would send it after the HTTP response's writes.  And an aborted HTTP
+   response's bytes must reach the client before the reset, which drops what is
+   buffered; over TLS that also needs ``BufferingTLSTransport._aggregator.flush()``: the
+   small writes TLS gathers for the reactor's next turn, encrypted into the TCP transport.
 5. ``transport.bufferSize``: how much a TCP transport buffers before pausing its producer
    (64 KiB).  A multipart response raises it to 1 MiB so a fragment of 128 KiB does not
    pause the PACS for every PDU.
@@ -102,6 +105,18 @@ def flush_now(transport: ITransport | None) -> None:
         return  # not a TCP transport (a test double, TLS): it writes on its own schedule
     if ready:
         do_write()
+
+
+def flush_tls_writes(transport: ITransport | None) -> None:
+    """Item 4: hand the writes a TLS transport gathered for the reactor's next turn to TLS
+    now (its ``loseConnection`` does so; ``abortConnection`` drops them), so they are in
+    the TCP transport under it for `flush_now`.  Nothing for any other transport."""
+    try:
+        # Only BufferingTLSTransport has it, hence the ignore.
+        flush = transport._aggregator.flush  # type: ignore[union-attr]  # BufferingTLSTransport's
+    except AttributeError:
+        return
+    flush()
 
 
 def set_write_buffer(transport: ITransport | None, size: int) -> int | None:

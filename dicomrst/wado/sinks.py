@@ -59,9 +59,10 @@ UNPEEKABLE = frozenset((EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))
 # it, a round trip through the reactor per PDU that kept C-MOVE retrieves well below
 # DCMTK's rate.  With this a 512x512 slice goes through unpaused when the client keeps
 # up.  It bounds each response, so memory still does not grow with the study.  The
-# first part goes out under the default: a failure inside it aborts the connection,
-# which drops what is still buffered, and the status line and the part's start must
-# have reached the client by then (or it sees no response, and retries a GET).
+# first part goes out under the connection's own size (`dicomrst.web.site.RECEIVE_BUFFER`
+# on TCP, Twisted's 64 KiB under TLS).  (That once was what got the status line out
+# before a failure inside the first instance, by pausing the PACS under a large
+# fragment; an abort now hands what is buffered to the kernel first, `abort_connection`.)
 RESPONSE_BUFFER = 1 << 20
 
 

@@ -193,7 +193,17 @@ class Partial:
 
 
 async def read_partial(gw: Gateway, path: str, **kwargs: Any) -> Partial:
-    response = await gw.http.get(gw.url + path, timeout=60, **kwargs)
+    """The response to one GET of `path`, as far as it went.
+
+    Without the pool's automatic retry: a kept-alive connection that closes before any
+    response byte gets an idempotent request sent again on a new one, and the response
+    read would be that second request's (complete, if the failure was a one-off), not
+    the cut-off one under test."""
+    retry, gw.pool.retryAutomatically = gw.pool.retryAutomatically, False
+    try:
+        response = await gw.http.get(gw.url + path, timeout=60, **kwargs)
+    finally:
+        gw.pool.retryAutomatically = retry
     chunks: list[bytes] = []
     error: BaseException | None = None
     try:

@@ -29,7 +29,7 @@ from dicomrst.backends.interfaces import IBackend
 from dicomrst.errors import ServiceUnavailable
 from dicomrst.stow.upload import SPOOL_PREFIX
 from dicomrst.web.app import GatewayApp
-from dicomrst.web.site import GatewaySite, make_site
+from dicomrst.web.site import RECEIVE_BUFFER, GatewaySite, make_site
 from tests.support.fakes import FakeBackend
 from tests.support.http import CLIENT
 from tests.support.stow import expected_info, multipart_body, part10_bytes
@@ -163,6 +163,16 @@ class StowTestCase(SynchronousTestCase):
 
 
 class SuccessTests(StowTestCase):
+    def test_a_tcp_connection_is_read_in_large_pieces(self) -> None:
+        class TcpLike(StringTransport):
+            bufferSize = 64 * 1024  # as Twisted's TCP transports have it
+
+        transport = TcpLike(peerAddress=CLIENT)
+        protocol = self.site.buildProtocol(CLIENT)
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.bufferSize, RECEIVE_BUFFER)
+
     def test_the_double_provides_ibackend(self) -> None:
         verifyObject(IBackend, self.pacs)
 

@@ -142,6 +142,33 @@ class FlushNowTests(SynchronousTestCase):
         self.assertTrue(callable(getattr(Connection, "doWrite", None)), changed(self.ITEM, "gone from tcp"))
 
 
+class FlushTlsWritesTests(SynchronousTestCase):
+    """What it is for (an abort over HTTPS) is tested in tests.unit.test_web (a real
+    handshake): here, that the gathered writes are where the item says."""
+
+    ITEM = "BufferingTLSTransport._aggregator"
+
+    def test_tls_transports_gather_small_writes_in_it(self) -> None:
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        clock = MemoryReactorClock()
+        factory = TLSMemoryBIOFactory(CertificateOptions(), True, Factory.forProtocol(Protocol), clock)
+        tls = factory.buildProtocol(None)
+        tls.makeConnection(StringTransport())
+        aggregator = getattr(tls, "_aggregator", None)
+        self.assertTrue(callable(getattr(aggregator, "flush", None)), changed(self.ITEM, "gone"))
+        tls.write(b"small")
+        self.assertEqual(getattr(aggregator, "_buffer", None), [b"small"], changed(self.ITEM, "not gathered"))
+        internals.flush_tls_writes(tls)
+        self.assertEqual(getattr(aggregator, "_buffer", None), [], changed(self.ITEM, "not flushed"))
+
+    def test_other_transports_are_left_alone(self) -> None:
+        internals.flush_tls_writes(StringTransport())
+        internals.flush_tls_writes(None)
+
+
 class WriteBufferTests(SynchronousTestCase):
     ITEM = "FileDescriptor.bufferSize"
 

@@ -61,8 +61,8 @@ class ResponseBufferTests(TestCase):
         self.assertLess(default, RESPONSE_BUFFER)
         request = Request(transport)
         self.send_one(request)
-        # The first part goes out under the default (a failure inside it must find the
-        # status line sent); the following ones get room for a whole CT slice.
+        # The first part goes out under the connection's own size; the following ones get
+        # room for a whole CT slice.
         self.assertEqual(request.buffer_when_registered, default)
         self.assertEqual(transport.bufferSize, RESPONSE_BUFFER)
         self.assertGreaterEqual(RESPONSE_BUFFER, 512 * 512 * 2 + 4096)

@@ -8,18 +8,24 @@ whose echo Deferreds the tests fire by hand.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionAborted
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactorClock,
     RaisingMemoryReactor,
+    StringTransport,
 )
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
@@ -29,6 +35,7 @@ from zope.interface.verify import verifyObject
 
 import dicomrst
 from dicomrst.backends.interfaces import IBackend
+from dicomrst.common.tls import client_tls, server_tls
 from dicomrst.errors import (
     BadRequest,
     NotAcceptable,
@@ -51,7 +58,8 @@ from dicomrst.web.site import (
     make_site,
 )
 from tests.support.fakes import FakeBackend
-from tests.support.http import Connection
+from tests.support.http import CLIENT, Connection
+from tests.support.tls import Authority
 
 SERVER = f"dicomrst/{dicomrst.__version__}".encode()
 ROOT_URL = "http://gateway.example"
@@ -460,7 +468,6 @@ class SiteTests(SynchronousTestCase):
         [line] = request_lines(self.logs)
         self.assertEqual(line["outcome"], "error")
 
-
     def test_nothing_is_written_after_an_abort_not_even_the_last_chunk(self) -> None:
         """Twisted's abortConnection drops the connection on the reactor's next turn; a
         write or the final chunk in between (the handler finishing its cut-off response)
@@ -478,6 +485,173 @@ class SiteTests(SynchronousTestCase):
         conn.lose(ConnectionAborted())
         [line] = request_lines(self.logs)
         self.assertEqual(line["outcome"], "error")
+
+
+class _Socket:
+    """The kernel under a real `twisted.internet.tcp.Server`: takes whatever is sent, and
+    notes how the connection ends (a reset: SO_LINGER 0 before close)."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.linger: bytes | None = None
+        self.shut = False
+        self.closed = False
+
+    def send(self, data: bytes) -> int:
+        self.sent += bytes(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("192.0.2.1", 8080)
+
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER):
+            self.linger = value
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def reset(self) -> bool:
+        return self.closed and not self.shut and self.linger == struct.pack("ii", 1, 0)
+
+
+class AbortOverTcpTests(SynchronousTestCase):
+    """`abort_connection` on Twisted's own TCP transport, whose writes wait in its buffer
+    for the reactor's next turn and whose abortConnection drops that buffer."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resource = SlowResource()
+        site = make_site(self.resource, self.reactor, request_timeout=5.0)
+        self.socket = _Socket()
+        protocol = site.buildProtocol(CLIENT)
+        assert protocol is not None
+
+        class Port:
+            _realPortNumber = 8080
+
+        self.transport = tcp.Server(
+            self.socket, protocol, (CLIENT.host, CLIENT.port), Port(), 1, self.reactor
+        )
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(b"GET /slow HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+
+    def test_what_was_written_before_an_abort_goes_out_before_the_reset(self) -> None:
+        """A failure in the same reactor turn as the writes before it (a PACS's A-ABORT
+        read with the first fragment of an instance): the status line and the part's
+        start must reach the client before the reset.  Dropped with Twisted's buffer,
+        the client saw a reset before any response and, on a kept-alive connection,
+        sent the GET again (as Twisted's client and browsers do): the cut-off response
+        was never seen as one."""
+        [request] = self.resource.requests
+        # More than Twisted hands the kernel in one write (128 KiB).
+        part = b"--boundary\r\n" + b"p" * 300_000
+        request.write(part)
+        self.assertEqual(self.socket.sent, b"")  # Twisted's buffer, until the reactor's turn
+        abort_connection(request)
+        request.finish()  # the handler ending its cut-off response (nothing more goes out)
+        self.reactor.advance(0)  # abortConnection drops the connection on the next turn
+        self.assertTrue(self.socket.reset)
+        sent = self.socket.sent
+        self.assertTrue(sent.startswith(b"HTTP/1.1 200 "), sent[:40])
+        self.assertTrue(sent.endswith(b"%x\r\n%s\r\n" % (len(part), part)), (len(sent), sent[-40:]))
+
+    def test_a_client_that_stopped_reading_does_not_hold_the_abort(self) -> None:
+        """What the kernel will not take now is dropped with the connection: the abort
+        does not wait for the client."""
+        [request] = self.resource.requests
+        self.socket.send = lambda data: 0  # type: ignore[method-assign]  # the client's window is full
+        request.write(b"x" * 1000)
+        abort_connection(request)
+        self.reactor.advance(0)
+        self.assertTrue(self.socket.reset)
+        self.assertEqual(self.socket.sent, b"")
+
+
+class AbortOverTlsTests(SynchronousTestCase):
+    """The same over HTTPS (``server.http.tls``): Twisted's TLS wrapper over its TCP
+    transport, a real handshake with a client in memory."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resource = SlowResource()
+        site = make_site(self.resource, self.reactor, request_timeout=5.0)
+        ca = Authority.create(self.mktemp())
+        issued = ca.issue("gateway", server=True)
+        server = TLSMemoryBIOFactory(server_tls(issued.cert, issued.key), False, site, self.reactor)
+        self.wrapper = server.buildProtocol(CLIENT)
+        self.socket = _Socket()
+
+        class Port:
+            _realPortNumber = 8443
+
+        self.tcp = tcp.Server(self.socket, self.wrapper, (CLIENT.host, CLIENT.port), Port(), 1, self.reactor)
+        self.wrapper.makeConnection(self.tcp)
+        self.received = bytearray()
+        received = self.received
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+
+        client = TLSMemoryBIOFactory(
+            client_tls("127.0.0.1", ca.ca), True, Factory.forProtocol(Client), self.reactor
+        )
+        self.client = client.buildProtocol(CLIENT)
+        self.client_transport = StringTransport()
+        self.client.makeConnection(self.client_transport)
+        self.delivered = 0
+        self.pump()
+        self.client.write(b"GET /slow HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+        self.pump()
+
+    def pump(self) -> None:
+        """Both ways until quiet, the gateway's side written as the reactor would."""
+        for _ in range(10):
+            self.reactor.advance(0)  # the TLS layers send what they gathered
+            data = self.client_transport.value()
+            self.client_transport.clear()
+            if data:
+                self.wrapper.dataReceived(data)
+            self.tcp.doWrite()
+            self.deliver()
+
+    def deliver(self) -> None:
+        new = self.socket.sent[self.delivered :]
+        self.delivered = len(self.socket.sent)
+        if new:
+            self.client.dataReceived(new)
+
+    def abort_after(self, written: bytes) -> bytes:
+        [request] = self.resource.requests
+        request.write(written)
+        abort_connection(request)
+        self.reactor.advance(0)
+        self.assertTrue(self.socket.reset)
+        self.deliver()
+        return bytes(self.received)
+
+    def test_a_large_write_goes_out_before_the_reset(self) -> None:
+        part = b"--boundary\r\n" + b"p" * 200_000
+        received = self.abort_after(part)
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:40])
+        self.assertTrue(received.endswith(b"%x\r\n%s\r\n" % (len(part), part)), len(received))
+
+    def test_a_small_write_goes_out_before_the_reset(self) -> None:
+        """Twisted's TLS gathers small writes until the reactor's next turn."""
+        received = self.abort_after(b"--boundary\r\npartial")
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:40])
+        self.assertTrue(received.endswith(b"--boundary\r\npartial\r\n"), received[-40:])
 
 
 # -- service ---------------------------------------------------------------
