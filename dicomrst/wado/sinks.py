@@ -3,10 +3,10 @@
 
 `MultipartSink` is the `IInstanceSink` a retrieve of instances writes into: each instance
 becomes a part (header, Part-10 file meta, then the data set's bytes as they come off the
-wire), so an instance is never held whole when its transfer syntax can pass through.  A
-part in Implicit VR or big endian is held and converted (off the reactor) to Explicit VR
-LE, which is all PS3.18 allows over HTTP.  It is also the request's push producer
-(`ResponseThrottle`).
+wire), written in pieces of `PART_HOLD` bytes at most, so an instance larger than that is
+never held whole when its transfer syntax can pass through.  A part in Implicit VR or big
+endian is held and converted (off the reactor) to Explicit VR LE, which is all PS3.18
+allows over HTTP.  It is also the request's push producer (`ResponseThrottle`).
 
 An instance that cannot be served as the client asked (its syntax has no decoder here,
 or decoding it failed, and the client did not accept the stored syntax) is refused with
@@ -40,9 +40,9 @@ from dicomrst.common.interfaces import STORE_OUT_OF_RESOURCES, STORE_SUCCESS, II
 from dicomrst.common.part10 import file_meta
 from dicomrst.common.reactor import IGatewayReactor
 from dicomrst.common.transcode import CannotTranscode, to_explicit_le
-from dicomrst.common.twisted_internals import set_write_buffer
+from dicomrst.common.twisted_internals import set_send_limit, set_write_buffer
 from dicomrst.common.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE, NOT_FOR_WEB
-from dicomrst.common.walker import PEEK_LIMIT, UIDPeeker
+from dicomrst.common.walker import UIDPeeker
 from dicomrst.logs import logger
 from dicomrst.wado.multipart import MultipartWriter, part_content_type
 from dicomrst.wado.negotiation import TransferSyntaxChoice, part_transfer_syntax
@@ -64,6 +64,19 @@ UNPEEKABLE = frozenset((EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE))
 # before a failure inside the first instance, by pausing the PACS under a large
 # fragment; an abort now hands what is buffered to the kernel first, `abort_connection`.)
 RESPONSE_BUFFER = 1 << 20
+# A part's bytes are written to the response when this many have arrived, or when its data
+# set ends.  A C-MOVE's PACS sends the next instance only after our C-STORE-RSP, and that
+# goes out once the data set is read: while a slice (~0.5 MB) arrives, writing each of its
+# fragments made the reactor send to the client between the reads of the next ones
+# (Twisted writes from its buffer on every turn), each send on the PACS's critical path.
+# Held, the slice's reads follow each other; the response is written in one go after the
+# C-STORE-RSP, while the PACS reads its next instance.  Captured per instance (Orthanc to
+# the listener, the CT study), last data byte to C-STORE-RSP: median 0.70-0.94 -> 0.45-0.57 ms.
+PART_HOLD = 1 << 20
+# How much of the response's buffer a turn of the reactor sends at most while a multipart
+# streams (Twisted's SEND_LIMIT, 128 KiB): a held slice then goes out in one send, not in
+# four turns, each a pass through the reactor between the PACS's reads.
+RESPONSE_SEND = 1 << 20
 
 
 @implementer(IInstanceSink)
@@ -94,6 +107,7 @@ class MultipartSink(ResponseThrottle):
         self.source_aet = source_aet
         self.writer = MultipartWriter()
         self._narrow: tuple[ITransport | None, int] | None = None  # the transport widened, its size before
+        self._send_limit: tuple[ITransport | None, int] | None = None  # the same for its send limit
 
     # -- IInstanceSink -----------------------------------------------------------
 
@@ -146,6 +160,9 @@ class MultipartSink(ResponseThrottle):
                 self._narrow = (transport, size)
             elif size is not None:
                 set_write_buffer(transport, size)  # already larger: leave it
+            limit = set_send_limit(transport, RESPONSE_SEND)
+            if limit is not None:
+                self._send_limit = (transport, limit)
 
     def finish(self) -> None:
         """After the last instance: the closing delimiter."""
@@ -167,6 +184,10 @@ class MultipartSink(ResponseThrottle):
             transport, size = self._narrow
             set_write_buffer(transport, size)
             self._narrow = None
+        if self._send_limit is not None:
+            transport, size = self._send_limit
+            set_send_limit(transport, size)
+            self._send_limit = None
 
     def part_location(self, series: str | None, sop_instance_uid: str) -> str:
         path = f"{self.location}/studies/{self.study}"
@@ -206,19 +227,19 @@ class PartConsumer:
         if self._refused_meanwhile():
             self._held = []
             return
-        if self.convert or not self._header_written:
-            if self._peeker is not None and not self._peeker.done:
-                if self._peeker.feed(fragment) and self._peeker.uids.series:
-                    self._series = self._peeker.uids.series
-            self._held.append(fragment)
-            self._held_bytes += len(fragment)
-            if self.convert:
-                return
-            if self._peeker is None or self._peeker.done or self._held_bytes > PEEK_LIMIT:
-                self._write_header()
-                self._flush()
-            return
-        self.sink.write(fragment)
+        peeker = self._peeker
+        if peeker is not None and not peeker.done and not self._header_written:
+            if peeker.feed(fragment) and peeker.uids.series:
+                self._series = peeker.uids.series
+        self._held.append(fragment)
+        self._held_bytes += len(fragment)
+        if self.convert or self._held_bytes < PART_HOLD:
+            return  # see PART_HOLD
+        if not self._header_written:
+            # The series (for the part's Content-Location) is looked for in the first
+            # PEEK_LIMIT bytes only, no more than PART_HOLD.
+            self._write_header()
+        self._flush()
 
     def _write_header(self) -> None:
         sink = self.sink
@@ -241,7 +262,7 @@ class PartConsumer:
         if not self.convert:
             if not self._header_written:
                 self._write_header()
-                self._flush()
+            self._flush()
             self.sink.part_written()
             self.done.callback(STORE_SUCCESS)
             return

@@ -184,6 +184,47 @@ class WriteBufferTests(SynchronousTestCase):
         self.assertEqual(producer.events, ["pause"], changed(self.ITEM, "no pause beyond the size set"))
 
 
+class _Socket:
+    """What a tcp.Connection calls on its socket to send; records each send's size."""
+
+    def __init__(self) -> None:
+        self.sends: list[int] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data: memoryview) -> int:
+        self.sends.append(len(data))
+        return len(data)
+
+
+class SendLimitTests(SynchronousTestCase):
+    ITEM = "FileDescriptor.SEND_LIMIT"
+
+    def test_a_larger_limit_sends_more_per_turn(self) -> None:
+        from twisted.internet.tcp import Connection
+
+        socket = _Socket()
+        transport = Connection(socket, None, MemoryReactor())
+        transport.connected = True
+        default = internals.set_send_limit(transport, 1 << 20)
+        self.assertEqual(default, 128 * 1024, changed(self.ITEM, "the default is no longer 128 KiB"))
+        transport.write(b"x" * 600_000)
+        transport.doWrite()
+        self.assertEqual(socket.sends, [600_000], changed(self.ITEM, "a turn sends less than the limit set"))
+        internals.set_send_limit(transport, default)
+        transport.write(b"x" * 600_000)
+        transport.doWrite()
+        self.assertEqual(socket.sends[1:], [default], changed(self.ITEM, "the restored limit is not kept"))
+
+    def test_a_transport_without_it_is_left_alone(self) -> None:
+        self.assertIsNone(internals.set_send_limit(StringTransport(), 1 << 20))
+        self.assertIsNone(internals.set_send_limit(None, 1 << 20))
+
+
 class BodyReadingTests(SynchronousTestCase):
     ITEM = "HTTPChannel._waitingForTransport"
 

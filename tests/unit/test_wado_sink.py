@@ -8,8 +8,9 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from dicomrst.common.walker import PEEK_LIMIT
 from dicomrst.wado.negotiation import select_instance_media
-from dicomrst.wado.sinks import RESPONSE_BUFFER, MultipartSink
+from dicomrst.wado.sinks import PART_HOLD, RESPONSE_BUFFER, RESPONSE_SEND, MultipartSink
 from tests.support.datasets import encode, instance
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -70,12 +71,61 @@ class ResponseBufferTests(TestCase):
         self.sink.finish()
         self.assertEqual(transport.bufferSize, default)
 
+    def test_from_the_second_part_a_turn_sends_a_whole_slice(self) -> None:
+        transport = FileDescriptor()
+        default = transport.SEND_LIMIT
+        self.assertLess(default, RESPONSE_SEND)
+        request = Request(transport)
+        self.send_one(request)
+        self.assertEqual(transport.SEND_LIMIT, RESPONSE_SEND)
+        self.assertGreaterEqual(RESPONSE_SEND, 512 * 512 * 2 + 4096)
+        self.sink.finish()
+        self.assertEqual(transport.SEND_LIMIT, default)
+
     def test_a_larger_buffer_is_left_alone(self) -> None:
         transport = FileDescriptor()
         transport.bufferSize = RESPONSE_BUFFER * 4
         request = Request(transport)
         self.send_one(request)
         self.assertEqual(transport.bufferSize, RESPONSE_BUFFER * 4)
+
+
+class HeldPartTests(TestCase):
+    def test_a_slice_goes_out_whole_before_its_store_is_answered(self) -> None:
+        data = encode(instance("1.2.3", "1.2.3.4"))
+        request = Request(FileDescriptor())
+        sink = sink_for(request)
+        part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
+        part.dataReceived(data[:100])
+        part.dataReceived(data[100:])
+        # Held: the reads of the rest of the data set are not interleaved with sends.
+        self.assertEqual((request.written, sink.started), ([], False))
+        answered: list[bytes] = []
+        part.done.addCallback(lambda _: answered.append(b"".join(request.written)))
+        part.dataFinished()
+        # Written (into the response's buffer) before the C-STORE-RSP is allowed out.
+        self.assertTrue(answered[0].endswith(data))
+        self.assertIn(b"Content-Location: http://gw/aets/PACS/studies/1.2.3/series/1.2.3.4/", answered[0])
+
+    def test_a_part_larger_than_the_hold_goes_out_as_it_arrives(self) -> None:
+        self.assertGreaterEqual(PART_HOLD, PEEK_LIMIT)  # the series is known by then
+        data = encode(instance("1.2.3", "1.2.3.4"))
+        request = Request(FileDescriptor())
+        sink = sink_for(request)
+        part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
+        part.dataReceived(data)
+        filler = b"\0" * (PART_HOLD // 2)
+        part.dataReceived(filler)
+        self.assertEqual(request.written, [])
+        part.dataReceived(filler)
+        body = b"".join(request.written)
+        self.assertIn(b"/series/1.2.3.4/", body)
+        self.assertTrue(body.endswith(data + filler + filler))
+        part.dataReceived(b"tail")
+        self.assertFalse(b"".join(request.written).endswith(b"tail"))  # held again
+        part.dataFinished()
+        self.assertTrue(b"".join(request.written).endswith(b"tail"))
+        self.assertEqual(self.successResultOf(part.done), 0)
 
 
 class BrokenPartTests(TestCase):
@@ -86,7 +136,8 @@ class BrokenPartTests(TestCase):
         request = Request(FileDescriptor())
         sink = sink_for(request)
         part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
-        part.dataReceived(data[: len(data) // 2])
+        part.dataReceived(data)
+        part.dataReceived(b"\0" * PART_HOLD)
         self.assertTrue(request.written)  # the part's header and first bytes are out
         part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
@@ -100,6 +151,19 @@ class BrokenPartTests(TestCase):
         part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
         part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
+        self.assertEqual((sink.dropped, request.written), (0, []))
+
+    def test_a_held_part_failing_midway_leaves_the_body_whole(self) -> None:
+        from twisted.python.failure import Failure
+
+        data = encode(instance("1.2.3", "1.2.3.4"))
+        request = Request(FileDescriptor())
+        sink = sink_for(request)
+        part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
+        part.dataReceived(data[: len(data) // 2])
+        part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
+        self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
+        # Nothing of it is in the body: the PACS's counts tell the instance is missing.
         self.assertEqual((sink.dropped, request.written), (0, []))
 
 
