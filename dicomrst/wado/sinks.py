@@ -314,10 +314,12 @@ class PartConsumer:
 
     def dataFailed(self, reason: Failure) -> None:
         self._held = []
-        if self._header_written and not self.done.called:
-            # Part of it is in the body already.  A C-MOVE goes on after its
-            # sub-operation association died (the PACS reports the instance failed,
-            # perhaps with a warning only): the body must not then end cleanly.
+        if not self.done.called:
+            # Lost on our side, whether part of it is in the body already or all of it was
+            # still held (`PART_HOLD`).  A C-MOVE goes on after its sub-operation
+            # association died (the PACS reports the instance failed, perhaps with a
+            # warning only, which ends the retrieve well): the body must not then end
+            # cleanly, as if the study were complete.
             self.sink.dropped += 1
         if not self.done.called:
             self.done.errback(reason)

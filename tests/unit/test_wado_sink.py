@@ -143,7 +143,7 @@ class BrokenPartTests(TestCase):
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
         self.assertEqual((sink.dropped, sink.parts), (1, 0))
 
-    def test_a_data_set_failing_before_anything_was_written_leaves_the_body_whole(self) -> None:
+    def test_a_data_set_failing_before_anything_was_written_is_counted_lost(self) -> None:
         from twisted.python.failure import Failure
 
         request = Request(FileDescriptor())
@@ -151,9 +151,11 @@ class BrokenPartTests(TestCase):
         part = sink.begin(CT_IMAGE_STORAGE, "1.2.3.4.5", EXPLICIT_VR_LE)
         part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
-        self.assertEqual((sink.dropped, request.written), (0, []))
+        # Nothing of it is in the body, but it is missing from the study: the retrieve
+        # must not end the body cleanly (a 502 if nothing was sent yet).
+        self.assertEqual((sink.dropped, request.written), (1, []))
 
-    def test_a_held_part_failing_midway_leaves_the_body_whole(self) -> None:
+    def test_a_held_part_failing_midway_writes_nothing_and_is_counted_lost(self) -> None:
         from twisted.python.failure import Failure
 
         data = encode(instance("1.2.3", "1.2.3.4"))
@@ -163,8 +165,9 @@ class BrokenPartTests(TestCase):
         part.dataReceived(data[: len(data) // 2])
         part.dataFailed(Failure(ConnectionError("sub-operation association aborted")))
         self.assertTrue(part.done.called)  # failed (the C-STORE-RSP says so)
-        # Nothing of it is in the body: the PACS's counts tell the instance is missing.
-        self.assertEqual((sink.dropped, request.written), (0, []))
+        # Nothing of it is in the body, and it is counted lost: a PACS that reports the
+        # failed sub-operation with a warning only must not get a body that ends cleanly.
+        self.assertEqual((sink.dropped, request.written), (1, []))
 
 
 # -- instances that cannot be served as asked: 406 before the response, never a silent cut ----
