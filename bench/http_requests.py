@@ -63,7 +63,9 @@ class _AtOnce:
     def __init__(self) -> None:
         self._match = _match()
 
-    def find(self, identifier: Any, *, limit: int | None, on_result: Callable[[Any], None], **kw: Any) -> Deferred[None]:
+    def find(
+        self, identifier: Any, *, limit: int | None, on_result: Callable[[Any], None], **kw: Any
+    ) -> Deferred[None]:
         on_result(self._match)
         return succeed(None)
 
