@@ -563,6 +563,10 @@ class GatewayRequest(Request):
             self._deadline.cancel()
         self._deadline = None
         self.gateway.request_over(self, outcome)
+        # The run refers back to this request: left so, every request was freed by the
+        # cyclic garbage collector rather than when its last reference went (issue 15).
+        # The events still possible from here (finished, lost) carry no action.
+        self._run.owner = None
 
 
 def _reading(channel: HTTPChannel, *states: str) -> GatewayRequest | None:

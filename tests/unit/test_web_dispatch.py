@@ -1,9 +1,11 @@
 """Tests for dicomrst.web.dispatch: Klein's routes matched once per (method, path) and
 dispatched without KleinResource, answering as Klein did (404, 405, HEAD, percent-encoded
-segments, query strings), with the cache bounded."""
+segments, query strings), with the cache bounded; and a request leaves no reference cycle
+behind (issue 15: it was freed only by the cyclic garbage collector)."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -13,8 +15,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from dicomrst.web import dispatch
 from dicomrst.web.app import GatewayApp
+from dicomrst.web.site import GatewayRequest, make_site
 from tests.support.fakes import FakeBackend
-from tests.support.http import AppRequests
+from tests.support.http import AppRequests, Connection
 
 
 class RouteCacheTests(AppRequests):
@@ -102,3 +105,35 @@ class RouteCacheTests(AppRequests):
         self.fetch("/aets/PACS/studies/1.2.3/series")
         endpoint, values = self.routes.match("GET", "/aets/PACS/studies/1.2.3/series")
         self.assertEqual((endpoint, dict(values)), ("search_study_series", {"aet": "PACS", "study": "1.2.3"}))
+
+
+class NoCycleTests(AppRequests):
+    """A finished request is freed when its last reference goes, not by the cyclic
+    garbage collector (which then ran every few dozen requests under load)."""
+
+    def test_a_finished_request_is_not_cyclic_garbage(self) -> None:
+        clock = Clock()
+        pacs = FakeBackend("PACS")
+        site = make_site(GatewayApp({"PACS": pacs}, clock).resource(), clock, request_timeout=30)
+        connection = Connection(site)
+        paths = ("/", "/aets/PACS/studies?PatientID=P1", "/aets/PACS/nothing")
+        for path in paths:  # imports and caches settle first
+            connection.send("GET", path)
+        connection.transport.clear()
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            for path in paths:
+                connection.send("GET", path)
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, GatewayRequest)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            if enabled:
+                gc.enable()
+        self.assertEqual(connection.transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(connection.transport.value().count(b"HTTP/1.1 404 Not Found"), 1)
+        self.assertEqual(left, [])
