@@ -1,18 +1,23 @@
 """Tests for dicomrst.web.dispatch: Klein's routes matched once per (method, path) and
 dispatched without KleinResource, answering as Klein did (404, 405, HEAD, percent-encoded
-segments, query strings), with the cache bounded; and a request leaves no reference cycle
-behind (issue 15: it was freed only by the cyclic garbage collector)."""
+segments, query strings), with the cache bounded; a request leaves no reference cycle
+behind (issue 15: it was freed only by the cyclic garbage collector); and what the site
+does for every request (request ID, access line) it still does."""
 
 from __future__ import annotations
 
 import gc
 import json
+import uuid
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from dicomrst.logs import set_level
 from dicomrst.web import dispatch
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewayRequest, make_site
@@ -137,3 +142,46 @@ class NoCycleTests(AppRequests):
         self.assertEqual(connection.transport.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertEqual(connection.transport.value().count(b"HTTP/1.1 404 Not Found"), 1)
         self.assertEqual(left, [])
+
+
+class RequestBookkeepingTests(AppRequests):
+    """What every request still gets, done more cheaply: a generated request ID, and the
+    access line only where it is shown (warnings always)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pacs = FakeBackend("PACS")
+        self.site = make_site(GatewayApp({"PACS": self.pacs}, self.clock).resource(), self.clock, 5)
+        self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.addCleanup(set_level, "INFO")
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [e for e in self.logs if e.get("log_namespace") == "dicomrst.web" and "outcome" in e]
+
+    def test_a_generated_request_id_is_a_random_uuid(self) -> None:
+        ids = set()
+        for _ in range(50):
+            connection = Connection(self.site)
+            connection.send("GET", "/")
+            head, _ = connection.head_and_body()
+            [line] = [h for h in head.split(b"\r\n") if h.lower().startswith(b"x-request-id:")]
+            text = line.split(b":", 1)[1].strip().decode()
+            self.assertEqual(uuid.UUID(hex=text).hex, text)
+            self.assertEqual(uuid.UUID(hex=text).version, 4)
+            self.assertEqual(uuid.UUID(hex=text).variant, uuid.RFC_4122)
+            ids.add(text)
+        self.assertEqual(len(ids), 50)
+
+    def test_the_access_line_follows_the_level(self) -> None:
+        set_level("WARN")
+        Connection(self.site).send("GET", "/")
+        self.assertEqual(self.lines(), [])
+        # A timed-out request is a warning: logged at WARN too.
+        self.pacs.hold = True
+        Connection(self.site).send("GET", "/aets/PACS/studies")
+        self.clock.advance(5)
+        [line] = self.lines()
+        self.assertEqual((line["status"], line["outcome"]), (504, "timeout"))
+        set_level("INFO")
+        Connection(self.site).send("GET", "/")
+        self.assertEqual([e["status"] for e in self.lines()], [504, 200])
