@@ -254,6 +254,14 @@ class GatewayRoot(Resource):
             requirement = ADMITTED if self._gate.unrestricted else self._requirement_of(route)
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
+            principal = self._gate.admitted_at_once(request)
+            if principal is not None:
+                # An open gate: what the Deferred below would do, without it.
+                try:
+                    self._route(principal, request, route)
+                except Exception:
+                    self._refused(Failure(), request, route)
+                return NOT_DONE_YET
             decision = self._gate.check(request, requirement)
             decision.addCallback(self._route, request, route)
             decision.addErrback(self._refused, request, route)
