@@ -632,6 +632,18 @@ class GatewayChannel(BadRequestHook):
         self._header_bytes = 0  # header field lines of the request being read
         self._header_count = 0
         self._closed = False  # answered (or given up on): the rest of the input is dropped
+        self._secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        # Asked for every URL a response carries (the service URL of each search); the
+        # transport (TCP, or TLS over it) is the connection's for its life, and asking
+        # it adapts it to ISSLTransport each time.
+        secure = self._secure
+        if secure is None:
+            secure = bool(super().isSecure())  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     @property
     def _site(self) -> GatewaySite:

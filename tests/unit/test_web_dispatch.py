@@ -12,10 +12,12 @@ import uuid
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from zope.interface import directlyProvides
 
 from dicomrst.logs import set_level
 from dicomrst.web import dispatch
@@ -185,3 +187,13 @@ class RequestBookkeepingTests(AppRequests):
         set_level("INFO")
         Connection(self.site).send("GET", "/")
         self.assertEqual([e["status"] for e in self.lines()], [504, 200])
+
+    def test_the_scheme_is_the_connections(self) -> None:
+        for secure in (False, True):
+            connection = Connection(self.site)
+            if secure:
+                directlyProvides(connection.transport, ISSLTransport)
+            for _ in range(2):  # asked once, remembered
+                connection.send("GET", "/aets/PACS/studies?PatientID=P1")
+                self.assertTrue(connection.protocol.isSecure() is secure)
+        self.assertEqual([find.identifier.PatientID for find in self.pacs.finds], ["P1"] * 4)
