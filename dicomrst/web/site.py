@@ -22,7 +22,7 @@ from io import BytesIO
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
@@ -633,6 +633,24 @@ class GatewayChannel(BadRequestHook):
         self._header_count = 0
         self._closed = False  # answered (or given up on): the rest of the input is dropped
         self._secure: bool | None = None
+        self._addresses: tuple[IAddress, IAddress] | None = None
+
+    def getHost(self) -> IAddress:
+        # Each request asks (twisted.web's Request.__init__), and a TCP transport answers
+        # with a getsockname() system call and a new address every time; the connection's
+        # addresses do not change.
+        return self._connection_addresses()[0]
+
+    def getPeer(self) -> IAddress:
+        return self._connection_addresses()[1]
+
+    def _connection_addresses(self) -> tuple[IAddress, IAddress]:
+        addresses = self._addresses
+        if addresses is None:
+            host: IAddress = super().getHost()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            peer: IAddress = super().getPeer()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            addresses = self._addresses = (host, peer)
+        return addresses
 
     def isSecure(self) -> bool:
         # Asked for every URL a response carries (the service URL of each search); the

@@ -24,7 +24,7 @@ from dicomrst.web import dispatch
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import GatewayRequest, make_site
 from tests.support.fakes import FakeBackend
-from tests.support.http import AppRequests, Connection
+from tests.support.http import CLIENT, AppRequests, Connection
 
 
 class RouteCacheTests(AppRequests):
@@ -197,3 +197,22 @@ class RequestBookkeepingTests(AppRequests):
                 connection.send("GET", "/aets/PACS/studies?PatientID=P1")
                 self.assertTrue(connection.protocol.isSecure() is secure)
         self.assertEqual([find.identifier.PatientID for find in self.pacs.finds], ["P1"] * 4)
+
+    def test_the_addresses_are_the_connections_asked_once(self) -> None:
+        connection = Connection(self.site)
+        asked: list[str] = []
+        transport = connection.transport
+        for name in ("getHost", "getPeer"):
+            method = getattr(transport, name)
+
+            def counted(method: Any = method, name: str = name) -> Any:
+                asked.append(name)
+                return method()
+
+            setattr(transport, name, counted)
+        for _ in range(3):
+            connection.send("GET", "/aets/PACS/studies?PatientID=P1")
+        self.assertEqual(sorted(asked), ["getHost", "getPeer"])
+        self.assertEqual(connection.protocol.getPeer(), CLIENT)
+        self.assertEqual(connection.protocol.getHost(), transport.getHost())
+        self.assertEqual([e["client"] for e in self.lines()], ["192.0.2.7:50123"] * 3)
