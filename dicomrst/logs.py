@@ -226,6 +226,16 @@ def debug_enabled() -> bool:
     return bool(current_level() <= _LEVELS["DEBUG"])
 
 
+_INFO_SHOWN = (_LEVELS["DEBUG"], _LEVELS["INFO"])
+
+
+def info_enabled() -> bool:
+    """INFO lines are shown (INFO, DEBUG or TRACE): worth gathering their fields (the
+    access line's, once per request).  A membership test: ordering LogLevels walks
+    their constants."""
+    return current_level() in _INFO_SHOWN
+
+
 def logger(namespace: str) -> Logger:
     """A Logger for `namespace` whose events pass the configured level filter, carry the
     request ID (`request_scope`) and are escaped (`escape_event`)."""

@@ -79,6 +79,14 @@ class AccessGate:
         auth = self.authenticator
         return not auth.configured and auth.anonymous and not self.policy.aets
 
+    def admitted_at_once(self, request: IRequest) -> Principal | None:
+        """The principal `check` would give `request` at once, whatever it asks, when the
+        gate is `unrestricted` (anonymous, everyone may do everything); None when `check`
+        must decide.  Lets the caller go on without a Deferred (issue 15)."""
+        if self.unrestricted and request not in self._early:
+            return ANONYMOUS
+        return None
+
     def check(self, request: IRequest, requirement: Requirement) -> Deferred[Principal]:
         """The request's principal, once it is known to meet `requirement`; fails with
         `Unauthorized` (401) or `Forbidden` (403), or `ServiceUnavailable` when the

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -42,6 +42,7 @@ from dicomrst.web import frames, qido, rendered, stow, wado
 from dicomrst.web.access import ADMITTED, AccessGate, Need, Requirement
 from dicomrst.web.audit import WebAudit
 from dicomrst.web.context import DEFAULT_SPOOL_THRESHOLD, WebContext
+from dicomrst.web.dispatch import Routes
 from dicomrst.web.errors import error_response, http_status, set_error_headers
 from dicomrst.web.requests import request_host
 from dicomrst.web.responses import (
@@ -161,7 +162,7 @@ class GatewayRoot(Resource):
         if unchecked:
             raise RuntimeError(f"routes missing from ROUTE_ACCESS: {', '.join(sorted(unchecked))}")
         self._app = app
-        self._routes = app.app.resource()
+        self._routes = app.routes
         self._base = _split_base(app.context.base_path)
         self._gate = app.context.access
         self._audit = app.context.audit
@@ -253,6 +254,14 @@ class GatewayRoot(Resource):
             requirement = ADMITTED if self._gate.unrestricted else self._requirement_of(route)
             request.prepath.extend(postpath[:n])
             request.postpath = rest or [b""]
+            principal = self._gate.admitted_at_once(request)
+            if principal is not None:
+                # An open gate: what the Deferred below would do, without it.
+                try:
+                    self._route(principal, request, route)
+                except Exception:
+                    self._refused(Failure(), request, route)
+                return NOT_DONE_YET
             decision = self._gate.check(request, requirement)
             decision.addCallback(self._route, request, route)
             decision.addErrback(self._refused, request, route)
@@ -265,11 +274,7 @@ class GatewayRoot(Resource):
             return
         if route is not None and isinstance(principal, Principal):
             self._audit.begin(request, route[0], route[1], principal)
-        # Klein annotates render as returning any KleinRenderable, but it returns the
-        # bytes of a URL decoding error or NOT_DONE_YET (as its own ignore there says).
-        result = cast(bytes | int, self._routes.render(request))
-        if isinstance(result, bytes):
-            self._respond(request, result)
+        self._routes.render(request)
 
     def _refused(self, failure: Failure, request: IRequest, route: _Route | None) -> None:
         if not _gone(request):
@@ -384,6 +389,8 @@ class GatewayApp:
             cache if cache is not None else InstanceCache.off(reactor),
             **optional,
         )
+        #: Klein's routes of this instance, matched and dispatched (`Routes`).
+        self.routes = Routes(self.app)
 
     def resource(self) -> IResource:
         """The root resource for a `Site`: base path, CORS, Server header, errors, routes."""
@@ -402,10 +409,9 @@ class GatewayApp:
             rest.pop()
         try:
             path_info = "/" + "/".join(s.decode("utf-8") for s in rest)
-            endpoint, values = self.app.url_map.bind("").match(path_info, method=method)
+            return self.routes.match(method, path_info)
         except (UnicodeDecodeError, HTTPException):
             return None
-        return str(endpoint), values
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | IResource:

@@ -929,6 +929,22 @@ class HeadDeadlineTests(HeadTestCase):
         self.assertClosedWith(conn, 408, since=since)
         self.assertEqual([line["status"] for line in self.lines()], [200, 200, 408])
 
+    def test_one_head_deadline_call_per_connection_moved_for_each_request(self) -> None:
+        conn = Connection(self.site)
+
+        def head_calls() -> list[Any]:
+            return [c for c in self.clock.getDelayedCalls() if c.func == conn.protocol._deadline_passed]
+
+        [first] = head_calls()
+        for _ in range(3):
+            conn.send()
+            self.resource.requests[-1].finish()
+            self.clock.advance(15)  # within the deadline each time: it starts again
+        self.assertEqual(head_calls(), [first])
+        self.assertFalse(conn.transport.disconnecting)
+        conn.lose()
+        self.assertEqual(head_calls(), [])
+
     def test_a_slow_body_is_not_cut_off_by_the_head_deadline(self) -> None:
         conn = Connection(self.site)
         conn.protocol.dataReceived(b"POST /slow HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\n")

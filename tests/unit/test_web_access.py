@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 
 from dicomrst.auth.authenticator import Authenticator
-from dicomrst.auth.principal import AccessPolicy
+from dicomrst.auth.principal import ANONYMOUS, AccessPolicy
 from dicomrst.web import app as app_module
 from dicomrst.web.access import AccessGate, Need
 from dicomrst.web.app import ROUTE_ACCESS, STOW_ENDPOINTS, GatewayApp, unchecked_routes
@@ -233,6 +233,14 @@ class UnrestrictedTests(GuardedApp):
         self.assertFalse(lists_only.unrestricted)
         methods_only = AccessGate(Authenticator(self.basic, None, True), AccessPolicy())
         self.assertFalse(methods_only.unrestricted)
+
+    def test_only_a_gate_with_nothing_to_check_admits_without_waiting(self) -> None:
+        request = object()
+        self.assertIs(AccessGate.open().admitted_at_once(request), ANONYMOUS)  # type: ignore[arg-type]
+        lists_only = AccessGate(Authenticator(None, None, True), self.gate.policy)
+        methods_only = AccessGate(Authenticator(self.basic, None, True), AccessPolicy())
+        for gate in (self.gate, lists_only, methods_only):
+            self.assertIsNone(gate.admitted_at_once(request))  # type: ignore[arg-type]
 
 
 class CorsListTests(GuardedApp):
