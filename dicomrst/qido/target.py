@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicomrst.common.dicomjson import json_string
 from dicomrst.common.identifiers import RawIdentifier
-from dicomrst.common.rawjson import Members, identifier_members
+from dicomrst.common.rawjson import Members, identifier_attributes
 from dicomrst.common.tags import (
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_URL,
@@ -216,11 +216,10 @@ class Target:
 
     def raw_result(self, found: RawIdentifier, service: str) -> bytes | None:
         # `result`, member by member: each is '"GGGGEEEE":{...}', in ascending tag order.
-        walked = identifier_members(found.data, implicit=found.implicit, wanted=_RAW_WANTED)
+        walked = identifier_attributes(found.data, implicit=found.implicit, wanted=_RAW_WANTED)
         if walked is None:
             return None
-        members, values = walked
-        tags = [int(member[1:9], 16) for member in members]
+        members, tags, values = walked
         uids: dict[int, str | None] = {}
         for tag in _URL_UIDS:
             if tag in values:
