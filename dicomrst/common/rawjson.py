@@ -213,7 +213,10 @@ def identifier_attributes(
 
 
 _NO_BULK = 2**62  # the identifier encoder writes every value inline
-_KEYS: dict[int, str] = {}  # tag -> '"GGGGEEEE":', for the identifiers' members
+#: Members of identifiers' elements seen before, by their bytes (header included), the
+#: data set's syntax and character set: the matches of a search share most values.
+_ELEMENTS: dict[tuple[bool, str, bytes], tuple[str, str]] = {}
+_LONG_BYTES = frozenset(vr.encode() for vr in _LONG)
 
 
 def _flat_identifier(
@@ -223,11 +226,11 @@ def _flat_identifier(
     elements of public groups with a plain VR and a defined length, no sequences; None as
     soon as anything else comes, and the full walk does the data set.  A C-FIND match is
     nearly always such a list, and this loop has a fraction of the walk's branches (a
-    quarter of a QIDO-RS search's CPU was the walk)."""
+    quarter of a QIDO-RS search's CPU was the walk).  An element whose bytes were seen
+    before (in the same syntax and character set) is its member again at once."""
     header = _HEADER.unpack_from
     explicit = _EXPLICIT.unpack_from
-    cache = _ATTRIBUTES
-    keys = _KEYS
+    elements = _ELEMENTS
     members: Members = []
     tags: list[int] = []
     values: dict[int, tuple[str, bytes]] = {}
@@ -236,46 +239,57 @@ def _flat_identifier(
     pos = 0
     end = len(data)
     last = -1
+    vr_bytes = b""
+    vr: str | None
     while pos < end:
         if end - pos < 8:
             return None
         if implicit:
             group, element, length = header(data, pos)
             start = pos + 8
-            tag = group << 16 | element
-            vr = None if group & 1 else _dictionary_vr(tag)
-            if vr is None:
-                return None
         else:
             group, element, vr_bytes, length = explicit(data, pos)
-            tag = group << 16 | element
-            vr = _VRS.get(vr_bytes)
-            if vr is None:
-                return None
-            if vr in _LONG:
+            if vr_bytes in _LONG_BYTES:
                 if end - pos < 12:
                     return None
                 (length,) = _U32.unpack_from(data, pos + 8)
                 start = pos + 12
             else:
                 start = pos + 8
+        tag = group << 16 | element
+        if tag <= last:
+            return None
+        last = tag
+        stop = start + length
+        if stop > end:
+            return None  # undefined length too
+        element_key = None
+        if length <= _CACHED_LENGTH and tag != SPECIFIC_CHARACTER_SET:
+            element_key = (implicit, codec, data[pos:stop])
+            known = elements.get(element_key)
+            if known is not None:
+                vr, member = known
+                if tag in wanted:
+                    values[tag] = (vr, data[start:stop])
+                if vr in _USES_CODEC:
+                    used_codec = True
+                members.append(member)
+                tags.append(tag)
+                pos = stop
+                continue
+        vr = (None if group & 1 else _dictionary_vr(tag)) if implicit else _VRS.get(vr_bytes)
         if (
-            tag <= last
+            vr is None
             or group & 1
             or group == 2
             or group >= 0x7FE0  # pixel data, padding, items and delimiters
             or element == 0
-            or length == UNDEFINED_LENGTH
             or vr == "SQ"
             or vr == "UN"
             or len(vr) != 2  # ambiguous (US or SS, ...)
         ):
             return None
-        last = tag
-        pos = start + length
-        if pos > end:
-            return None
-        raw = data[start:pos]
+        raw = data[start:stop]
         if tag == SPECIFIC_CHARACTER_SET:
             if used_codec:
                 return None
@@ -284,26 +298,18 @@ def _flat_identifier(
             values[tag] = (vr, raw)
         if vr in _USES_CODEC:
             used_codec = True
-        key = keys.get(tag)
-        if key is None:
-            if len(keys) >= _CACHE_SIZE:
-                keys.clear()
-            key = keys[tag] = f'"{tag:08X}":'
-        attribute: str | None
+        lut_fix = tag in _LUT_DESCRIPTORS
         if length == 0:
-            attribute = f'{{"vr":"{vr}"}}'
-        elif length > _CACHED_LENGTH or tag in _LUT_DESCRIPTORS:
-            attribute = _attribute(vr, raw, codec, tag in _LUT_DESCRIPTORS)
+            member = f'"{tag:08X}":{{"vr":"{vr}"}}'
         else:
-            cache_key = (vr, codec, raw)
-            attribute = cache.get(cache_key)
-            if attribute is None:
-                attribute = _attribute(vr, raw, codec, False)
-                if len(cache) >= _CACHE_SIZE:
-                    cache.clear()
-                cache[cache_key] = attribute
-        members.append(key + attribute)
+            member = f'"{tag:08X}":{_attribute(vr, raw, codec, lut_fix)}'
+        if element_key is not None and not lut_fix:
+            if len(elements) >= _CACHE_SIZE:
+                elements.clear()
+            elements[element_key] = (vr, member)
+        members.append(member)
         tags.append(tag)
+        pos = stop
     return members, tags, values
 
 
@@ -472,6 +478,7 @@ _ATTRIBUTES: dict[tuple[str, str, bytes], str] = {}
 def clear_cache() -> None:
     """Forget the attributes kept for values seen before (benchmarks measure without them)."""
     _ATTRIBUTES.clear()
+    _ELEMENTS.clear()
 
 
 def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:

@@ -149,6 +149,16 @@ class FixtureTests(Compare):
         for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
             self.assert_same(encode_identifier(ds, syntax), syntax, served=True)
 
+    def test_same_element_bytes_in_other_syntaxes_and_character_sets(self) -> None:
+        """An element's bytes seen before stand for the same member only in the same
+        syntax and character set: a name's Latin-1 bytes read as Cyrillic differ."""
+        name = b"M\xfcller^J"
+        for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            b = Builder(syntax == IMPLICIT_VR_LE)
+            for charset in (b"ISO_IR 100", b"ISO_IR 144", b"ISO_IR 100"):
+                data = b.element(0x00080005, "CS", charset) + b.element(0x00100010, "PN", name + b" ")
+                self.assertEqual(self.assert_same(data, syntax, served=True), len(TARGETS))
+
     def test_path_uids_charset_and_retrieve_url(self) -> None:
         """The attributes `result` adds, replaces or drops, in each of their states."""
         b = Builder(True)
