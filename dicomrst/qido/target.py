@@ -6,6 +6,7 @@ the UIDs the path fixes, shape.  `dicomrst.qido.worklist` is the other target: M
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -257,7 +258,9 @@ class Target:
             uid = uid.strip(" \x00") if uid is not None else ""
             if not uid or "/" in uid:
                 return None
-            parts.append(f"{segment}/{quote(uid, safe='.')}")
+            # A UID proper (digits and dots) is its own quoting: quote() costs more than
+            # the rest of the URL.
+            parts.append(f"{segment}/{uid if _UID_CHARS.fullmatch(uid) else quote(uid, safe='.')}")
         return "/".join(parts)
 
     def _retrieve_url(self, dataset: Dataset, service: str) -> str | None:
@@ -270,6 +273,7 @@ class Target:
 
 
 _URL_UIDS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID)
+_UID_CHARS = re.compile(r"[0-9.]+")
 _RAW_WANTED = frozenset((*_URL_UIDS, SPECIFIC_CHARACTER_SET))
 _UTF8 = '{"vr":"CS","Value":["ISO_IR 192"]}'
 

@@ -159,6 +159,13 @@ class FixtureTests(Compare):
                 data = b.element(0x00080005, "CS", charset) + b.element(0x00100010, "PN", name + b" ")
                 self.assertEqual(self.assert_same(data, syntax, served=True), len(TARGETS))
 
+    def test_retrieve_url_quotes_what_is_not_a_uid_proper(self) -> None:
+        b = Builder(True)
+        for uid, segment in ((b"1.2.840.5 ", "1.2.840.5"), (b"1.2 3%4 ", "1.2%203%254")):
+            got = fast(b.element(0x0020000D, "UI", uid), IMPLICIT_VR_LE, Target.studies())
+            assert got is not None
+            self.assertIn(f'"{SERVICE}/studies/{segment}"', got.decode())
+
     def test_path_uids_charset_and_retrieve_url(self) -> None:
         """The attributes `result` adds, replaces or drops, in each of their states."""
         b = Builder(True)
