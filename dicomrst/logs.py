@@ -223,7 +223,9 @@ def current_level() -> LogLevel:
 
 def debug_enabled() -> bool:
     """DEBUG (or TRACE) lines are shown: worth gathering their fields."""
-    return bool(current_level() <= _LEVELS["DEBUG"])
+    # DEBUG is Twisted's lowest level; an identity test, since ordering LogLevels walks
+    # their constants (and this is asked for every DIMSE message).
+    return current_level() is LogLevel.debug
 
 
 _INFO_SHOWN = (_LEVELS["DEBUG"], _LEVELS["INFO"])

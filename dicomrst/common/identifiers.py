@@ -59,6 +59,10 @@ _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2sHL")
 
 
+def _first(pair: tuple[int, object]) -> int:
+    return pair[0]
+
+
 def _write(ds: Dataset, implicit: bool) -> bytes:
     """What pydicom's `write_dataset` writes for `ds`, when every element is empty, a
     string of ASCII characters (or several) in a text VR, or a sequence of such items;
@@ -69,8 +73,9 @@ def _write(ds: Dataset, implicit: bool) -> bytes:
     ):
         raise _Unwritten
     out = []
-    for tag in sorted(ds.keys()):
-        element = ds.get_item(tag)
+    # In tag order, compared as plain ints: pydicom's BaseTag orders in Python, and
+    # get_item per tag cost more than the writing.
+    for tag, element in sorted([(int(tag), element) for tag, element in ds.items()], key=_first):
         if not isinstance(element, DataElement) or tag & 0xFFFF == 0 or element.is_undefined_length:
             raise _Unwritten
         vr = element.VR

@@ -153,17 +153,22 @@ class DimseConnection:
                 raise ProtocolError("command fragment while a data set is in progress")
             if self._command_context not in (None, pdv.context_id):
                 raise ProtocolError("command fragments on different presentation contexts")
-            self._command_context = pdv.context_id
-            self._command_parts.append(pdv.fragment)
-            if pdv.is_last:
+            if not pdv.is_last:
+                self._command_context = pdv.context_id
+                self._command_parts.append(pdv.fragment)
+                return
+            if self._command_parts:
+                self._command_parts.append(pdv.fragment)
                 data = b"".join(self._command_parts)
                 self._command_parts = []
                 self._command_context = None
-                try:
-                    ds = commands.decode_command(data)
-                except commands.CommandError as e:
-                    raise ProtocolError(str(e)) from e
-                self._message_received(IncomingMessage(pdv.context_id, ds))
+            else:
+                data = pdv.fragment  # a command set in one PDV, as nearly all are
+            try:
+                ds = commands.decode_command(data)
+            except commands.CommandError as e:
+                raise ProtocolError(str(e)) from e
+            self._message_received(IncomingMessage(pdv.context_id, ds))
             return
         if self._data_context is None:
             raise ProtocolError("data set fragment without a command announcing it")

@@ -6,6 +6,7 @@ the UIDs the path fixes, shape.  `dicomrst.qido.worklist` is the other target: M
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicomrst.common.dicomjson import json_string
 from dicomrst.common.identifiers import RawIdentifier
-from dicomrst.common.rawjson import Members, identifier_members
+from dicomrst.common.rawjson import Members, identifier_attributes
 from dicomrst.common.tags import (
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_URL,
@@ -216,11 +217,10 @@ class Target:
 
     def raw_result(self, found: RawIdentifier, service: str) -> bytes | None:
         # `result`, member by member: each is '"GGGGEEEE":{...}', in ascending tag order.
-        walked = identifier_members(found.data, implicit=found.implicit, wanted=_RAW_WANTED)
+        walked = identifier_attributes(found.data, implicit=found.implicit, wanted=_RAW_WANTED)
         if walked is None:
             return None
-        members, values = walked
-        tags = [int(member[1:9], 16) for member in members]
+        members, tags, values = walked
         uids: dict[int, str | None] = {}
         for tag in _URL_UIDS:
             if tag in values:
@@ -258,7 +258,9 @@ class Target:
             uid = uid.strip(" \x00") if uid is not None else ""
             if not uid or "/" in uid:
                 return None
-            parts.append(f"{segment}/{quote(uid, safe='.')}")
+            # A UID proper (digits and dots) is its own quoting: quote() costs more than
+            # the rest of the URL.
+            parts.append(f"{segment}/{uid if _UID_CHARS.fullmatch(uid) else quote(uid, safe='.')}")
         return "/".join(parts)
 
     def _retrieve_url(self, dataset: Dataset, service: str) -> str | None:
@@ -271,6 +273,7 @@ class Target:
 
 
 _URL_UIDS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID)
+_UID_CHARS = re.compile(r"[0-9.]+")
 _RAW_WANTED = frozenset((*_URL_UIDS, SPECIFIC_CHARACTER_SET))
 _UTF8 = '{"vr":"CS","Value":["ISO_IR 192"]}'
 

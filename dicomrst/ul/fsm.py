@@ -94,6 +94,13 @@ def action_for(event: str, state: str) -> str | None:
     return TRANSITIONS.get((event, state))
 
 
+#: The protocol's method carrying out each transition's action ("AE-6" -> "_AE_6"), named
+#: once here rather than for every PDU.
+METHODS: dict[tuple[str, str], str] = {
+    key: "_" + action.replace("-", "_") for key, action in TRANSITIONS.items()
+}
+
+
 # The state each action leads to (PS3.8 Tables 9-6 to 9-9): AE-6 to Sta3 when the
 # request is acceptable to the provider, else Sta13; AR-8 to Sta9 for the requestor,
 # Sta10 for the acceptor.  Only the diagram uses it: the actions set the state themselves.

@@ -127,6 +127,10 @@ class AssociationRequest:
     _outcomes: dict[tuple[Any, ...], dict[int, AcceptedContext]] = attrs.field(
         init=False, factory=dict, eq=False, repr=False, hash=False
     )
+    # The same outcomes by the identity of the answer's items (see `negotiated`).
+    _answers: dict[tuple[tuple[int, ...], tuple[int, ...]], _Answer] = attrs.field(
+        init=False, factory=dict, eq=False, repr=False, hash=False
+    )
 
     def encoded(self) -> bytes:
         """The A-ASSOCIATE-RQ PDU of `to_primitive()`."""
@@ -165,12 +169,26 @@ class AssociationRequest:
 
     def negotiated(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
         """The contexts the acceptor took, keyed by context ID, with our roles."""
+        # First by the answer's items themselves: a PACS answers every association alike,
+        # and `pdu.decode_associate` hands out the items decoded the first time (shared,
+        # never changed), so a repeated answer is found without reading its ~250 items
+        # (`_answer_key` was half of an association's CPU on our side).  The entry holds
+        # those items, so no other object can take their ids while it is kept.
+        items = accept.presentation_context_definition_results_list
+        users = accept.user_information
+        same = (tuple(map(id, items)), tuple(map(id, users)))
+        answer = self._answers.get(same)
+        if answer is not None:
+            return dict(answer.contexts)
         key = _answer_key(accept)
         outcome = self._outcomes.get(key)
         if outcome is None:
             if len(self._outcomes) >= OUTCOMES_KEPT:
                 self._outcomes.clear()
             outcome = self._outcomes[key] = self._negotiate(accept)
+        if len(self._answers) >= OUTCOMES_KEPT:
+            self._answers.clear()
+        self._answers[same] = _Answer(outcome, (*items, *users))
         return dict(outcome)
 
     def _negotiate(self, accept: A_ASSOCIATE) -> dict[int, AcceptedContext]:
@@ -198,6 +216,15 @@ class AssociationRequest:
 
 #: Distinct answers whose outcome an AssociationRequest keeps (it forgets all past that).
 OUTCOMES_KEPT = 16
+
+
+@attrs.frozen
+class _Answer:
+    """A negotiation's outcome, with the answer's items whose ids key it (held, so that
+    those ids stay theirs)."""
+
+    contexts: dict[int, AcceptedContext]
+    items: tuple[object, ...]
 
 
 def _answer_key(accept: A_ASSOCIATE) -> tuple[Any, ...]:

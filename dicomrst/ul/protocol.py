@@ -359,14 +359,14 @@ class ULProtocol(Protocol):
     def _pdu_received(self, pdu_type: int, body: bytes | memoryview) -> None:
         event = fsm.PDU_EVENTS[pdu_type]
         try:
-            if pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
-                payload: object = pdu.decode_associate(pdu_type, body)
+            if pdu_type == pdu.P_DATA_TF:  # nearly every PDU
+                payload: object = pdu.parse_pdvs(body)
+            elif pdu_type in (pdu.ASSOCIATE_RQ, pdu.ASSOCIATE_AC):
+                payload = pdu.decode_associate(pdu_type, body)
                 if pdu_type == pdu.ASSOCIATE_RQ:
                     self._request_version = pdu.protocol_version(body)
             elif pdu_type == pdu.ASSOCIATE_RJ:
                 payload = pdu.decode_reject(body)
-            elif pdu_type == pdu.P_DATA_TF:
-                payload = pdu.parse_pdvs(body)
             elif pdu_type == pdu.ABORT:
                 payload = pdu.decode_abort(body)
             else:
@@ -377,10 +377,10 @@ class ULProtocol(Protocol):
         self._event(event, payload=payload)
 
     def _event(self, event: str, **kw: Any) -> None:
-        action = fsm.action_for(event, self.state)
-        if action is None:
+        method = fsm.METHODS.get((event, self.state))
+        if method is None:
             raise AssociationClosed(f"{fsm.EVENTS[event]} is not possible in {self.state}")
-        getattr(self, "_" + action.replace("-", "_"))(**kw)
+        getattr(self, method)(**kw)
 
     # -- timers -------------------------------------------------------------------
 

@@ -597,3 +597,45 @@ class SequenceIdentifierTests(SynchronousTestCase):
         ident = q(Target.all_series(), includefield="ReferencedPerformedProcedureStepSequence").identifier
         self.assertIsInstance(ident.ReferencedPerformedProcedureStepSequence, DicomSequence)
         self.assertEqual(len(ident.ReferencedPerformedProcedureStepSequence), 0)
+
+
+class UnconvertedElementTests(SynchronousTestCase):
+    """Empty return keys are stored without pydicom's value conversion: each element is
+    what ``DataElement(tag, VR, value)`` (converting) makes of the same value."""
+
+    def assert_converted(self, ds: Dataset) -> None:
+        for element in ds:
+            fresh = DataElement(element.tag, element.VR, element.value)
+            self.assertIs(type(fresh.value), type(element.value), element)
+            if element.VR == "SQ":
+                for item in element.value:
+                    self.assert_converted(item)
+            else:
+                self.assertEqual(fresh.value, element.value, element)
+
+    def test_every_target_and_key_kind(self) -> None:
+        targets = (
+            Target.studies(),
+            Target.study_series(STUDY_UID),
+            Target.study_series_instances(STUDY_UID, SERIES_UID),
+            Target.study_instances(STUDY_UID),
+            Target.all_series(),
+            Target.all_instances(),
+        )
+        args: list[dict[str, list[str]]] = [
+            {},
+            {"includefield": ["all"]},
+            {"PatientName": ["Doe^J*"], "StudyDate": ["20200101-20201231"], "StudyTime": ["0800-1700"]},
+            {"StudyInstanceUID": [f"{STUDY_UID},{SERIES_UID}"], "ModalitiesInStudy": ["CT"]},
+            {"includefield": ["RequestAttributesSequence", "00100020", "NumberOfFrames"]},
+            {"RequestAttributesSequence.ScheduledProcedureStepID": ["SPS1"], "PatientID": ["Müller"]},
+        ]
+        for target in targets:
+            for arg in args:
+                try:
+                    query = qa(target, arg)
+                except BadRequest:
+                    continue
+                self.assert_converted(query.identifier)
+                if query.exact_identifier is not None:
+                    self.assert_converted(query.exact_identifier)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from twisted.trial.unittest import SynchronousTestCase
 
+from dicomrst.common import rawjson
 from dicomrst.common.dicomjson import encode_dataset
 from dicomrst.common.identifiers import RawIdentifier, decode_identifier, encode_identifier
 from dicomrst.common.transcode import DataSetError
@@ -118,6 +121,51 @@ class FixtureTests(Compare):
         for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
             self.assert_same(encode_identifier(ds, syntax), syntax, served=True)
 
+    def test_typical_results_take_the_flat_loop(self) -> None:
+        """A match without sequences is written by the flat loop alone: with the full walk
+        out of the way, every target still serves it, as the oracle writes it."""
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.RetrieveAETitle = "ORTHANC"
+        ds.StudyDate = "20200101"
+        ds.StudyTime = "101010.5"
+        ds.AccessionNumber = ""
+        ds.InstanceAvailability = "ONLINE"
+        ds.ModalitiesInStudy = ["CT", "MR"]
+        ds.ReferringPhysicianName = "Doe^John"
+        ds.PatientName = "Müller^Hans"
+        ds.PatientID = "P1"
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.StudyInstanceUID = STUDY + ".7"
+        ds.SeriesInstanceUID = SERIES
+        ds.SOPInstanceUID = SERIES + ".1"
+        ds.StudyID = "S1"
+        ds.NumberOfStudyRelatedSeries = "2"
+        ds.NumberOfStudyRelatedInstances = "12"
+        ds.Rows = 512
+        self.patch(rawjson, "_Walk", _NoWalk)
+        for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+            self.assert_same(encode_identifier(ds, syntax), syntax, served=True)
+
+    def test_same_element_bytes_in_other_syntaxes_and_character_sets(self) -> None:
+        """An element's bytes seen before stand for the same member only in the same
+        syntax and character set: a name's Latin-1 bytes read as Cyrillic differ."""
+        name = b"M\xfcller^J"
+        for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            b = Builder(syntax == IMPLICIT_VR_LE)
+            for charset in (b"ISO_IR 100", b"ISO_IR 144", b"ISO_IR 100"):
+                data = b.element(0x00080005, "CS", charset) + b.element(0x00100010, "PN", name + b" ")
+                self.assertEqual(self.assert_same(data, syntax, served=True), len(TARGETS))
+
+    def test_retrieve_url_quotes_what_is_not_a_uid_proper(self) -> None:
+        b = Builder(True)
+        for uid, segment in ((b"1.2.840.5 ", "1.2.840.5"), (b"1.2 3%4 ", "1.2%203%254")):
+            got = fast(b.element(0x0020000D, "UI", uid), IMPLICIT_VR_LE, Target.studies())
+            assert got is not None
+            self.assertIn(f'"{SERVICE}/studies/{segment}"', got.decode())
+
     def test_path_uids_charset_and_retrieve_url(self) -> None:
         """The attributes `result` adds, replaces or drops, in each of their states."""
         b = Builder(True)
@@ -159,10 +207,32 @@ class FixtureTests(Compare):
         self.assertIsNone(WorklistTarget().raw_result(RawIdentifier(b"", IMPLICIT_VR_LE), SERVICE))
 
 
+class _NoWalk:
+    """Stands in for the full walk: any data set that reaches it is declined."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def dataset(self, *args: object, **kwargs: object) -> tuple[str, int]:
+        raise ValueError("the full walk was asked")
+
+
 _CHARSETS = ["ISO_IR 100", "ISO_IR 192", "ISO_IR 144", "", "ISO 2022 IR 87", "\\ISO 2022 IR 100", "GB18030"]
 
 
 _settings = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@contextmanager
+def _walk_replaced() -> Iterator[None]:
+    """The full walk replaced by `_NoWalk` (hypothesis runs one test many times: no
+    trial ``patch``, which undoes itself only once the test is over)."""
+    walk = rawjson._Walk
+    rawjson._Walk = _NoWalk  # type: ignore[assignment,misc]
+    try:
+        yield
+    finally:
+        rawjson._Walk = walk  # type: ignore[misc]
 
 
 class GeneratedTests(Compare):
@@ -173,6 +243,18 @@ class GeneratedTests(Compare):
         implicit = data.draw(st.booleans())
         raw = data.draw(datasets(implicit, data.draw(st.booleans())))
         self.assert_same(raw, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
+
+    @_settings
+    @given(st.data())
+    def test_generated_flat(self, data: st.DataObject) -> None:
+        """Data sets without sequences (what the flat loop takes), with the full walk out of
+        the way: what the flat loop writes alone is what the oracle writes."""
+        implicit = data.draw(st.booleans())
+        raw = data.draw(datasets(implicit, data.draw(st.booleans()), depth=2))
+        syntax = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
+        self.assert_same(raw, syntax)
+        with _walk_replaced():
+            self.assert_same(raw, syntax)
 
     @_settings
     @given(st.data())

@@ -245,6 +245,8 @@ class RequestCacheTests(SynchronousTestCase):
             got.clear()  # the caller's own dict
             outcomes.append(request.negotiated(accept))
         self.assertEqual(len(request._outcomes), len(policies))
+        # The second decoding of each answer shares the first one's items: found by them.
+        self.assertEqual(len(request._answers), len(policies))
         self.assertEqual(outcomes[: len(policies)], outcomes[len(policies) :])
         self.assertEqual(len({tuple(sorted(o.items())) for o in outcomes}), len(policies))
         cx = outcomes[2][3]

@@ -1,0 +1,203 @@
+"""What the DIMSE side of a QIDO-RS study search costs (issue 15), in µs of CPU, without a
+socket, a PACS or HTTP.
+
+``python -m bench.qido_dimse [N] [--profile]``: N searches (default 3000), one after the
+other, on one association held by a `ULProtocol` on a `StringTransport`: ``parse_query``
+of the bench's ``/studies?PatientID=…``, the C-FIND-RQ out, then five Pending C-FIND-RSPs
+with a match each and the final one fed in as the PACS's PDUs, one ``dataReceived`` per
+PDU (command and data set in P-DATA-TFs of their own, as DCMTK and Orthanc send them),
+the matches written as the response's JSON array.  Every match is new (its UIDs,
+accession number and study ID unseen), the rest of its values are shared with others, as
+in a real archive.  Prints the median and the lowest of 5 blocks of process CPU time per
+search; with ``--profile`` a cProfile table instead.  An association's own cost (RQ out,
+AC in, release, close) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from dicomrst.backends.pacs import POOL_CONTEXTS
+from dicomrst.common.dicomjson import json_array
+from dicomrst.common.identifiers import encode_identifier
+from dicomrst.common.uids import STUDY_ROOT_FIND
+from dicomrst.dimse import commands
+from dicomrst.dimse.connection import DimseConnection
+from dicomrst.dimse.find import c_find
+from dicomrst.qido.query import parse_query
+from dicomrst.qido.search import SearchResults
+from dicomrst.qido.target import Target
+from dicomrst.ul import pdu
+from dicomrst.ul.negotiation import AcceptorPolicy, AssociationRequest
+from dicomrst.ul.protocol import ULProtocol
+
+SERVICE = "http://127.0.0.1:8080/aets/PACS"
+REQUEST = AssociationRequest("DICOMRST", "PACS", tuple(POOL_CONTEXTS))
+POLICY = AcceptorPolicy("PACS", tuple(POOL_CONTEXTS))
+MATCHES = 5
+
+
+def _match(i: int) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.RetrieveAETitle = "ORTHANC"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101010"
+    ds.AccessionNumber = f"ACC{i}"
+    ds.InstanceAvailability = "ONLINE"
+    ds.ModalitiesInStudy = ["CT", "SR"]
+    ds.ReferringPhysicianName = "Doe^John"
+    ds.PatientName = f"Bench^Patient{i % 20}"
+    ds.PatientID = f"BENCH{i % 20:03d}"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{i}"
+    ds.StudyID = f"S{i}"
+    ds.NumberOfStudyRelatedSeries = "2"
+    ds.NumberOfStudyRelatedInstances = "10"
+    return ds
+
+
+def _accept() -> bytes:
+    """The A-ASSOCIATE-AC our own acceptor answers `REQUEST` with."""
+    clock = Clock()
+    acceptor = ULProtocol(clock, DimseConnection(clock), policy=POLICY)
+    transport = StringTransport()
+    acceptor.makeConnection(transport)
+    acceptor.dataReceived(REQUEST.encoded())
+    return transport.value()
+
+
+def _pdata(context_id: int, control: int, fragment: bytes) -> bytes:
+    return b"".join(pdu.encode_pdata([(context_id, control, fragment)]))
+
+
+def _responses(context_id: int, syntax: str, message_id: int, first: int) -> list[bytes]:
+    out = []
+    for k in range(MATCHES):
+        rsp = commands.command(
+            commands.C_FIND_RSP,
+            MessageIDBeingRespondedTo=message_id,
+            AffectedSOPClassUID=STUDY_ROOT_FIND,
+            Status=0xFF00,
+        )
+        rsp.CommandDataSetType = commands.HAS_DATASET
+        out.append(_pdata(context_id, 3, commands.encode_command(rsp)))
+        out.append(_pdata(context_id, 2, encode_identifier(_match(first + k), syntax)))
+    final = commands.command(
+        commands.C_FIND_RSP,
+        MessageIDBeingRespondedTo=message_id,
+        AffectedSOPClassUID=STUDY_ROOT_FIND,
+        Status=0,
+    )
+    out.append(_pdata(context_id, 3, commands.encode_command(final)))
+    return out
+
+
+def searches(n: int) -> Callable[[int], bytes]:
+    """A function running search i (0 <= i < n, each once and in order: the message IDs
+    the responses carry are 1, 2, ...) and returning its JSON array."""
+    clock = Clock()
+    user = DimseConnection(clock)
+    protocol = ULProtocol(clock, user, request=REQUEST)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_accept())
+    context = protocol.context(STUDY_ROOT_FIND)
+    assert context is not None
+    streams = [
+        _responses(context.context_id, context.transfer_syntax, i % 0xFFFF + 1, i * MATCHES) for i in range(n)
+    ]
+    target = Target.studies()
+
+    def search(i: int) -> bytes:
+        query = parse_query(target, {"PatientID": [f"BENCH{i % 20:03d}"]})
+        results = SearchResults(query, SERVICE, clock)
+        done = Deferred.fromCoroutine(
+            c_find(
+                user,
+                clock,
+                query.identifier,
+                aet="PACS",
+                limit=query.backend_limit,
+                timeout=30.0,
+                on_result=results,
+            )
+        )
+        transport.clear()
+        for chunk in streams[i]:
+            protocol.dataReceived(chunk)
+        assert done.called and len(results.encoded) == MATCHES
+        return b"".join(json_array(results.encoded))
+
+    return search
+
+
+def association() -> None:
+    """One association of the pool's request, on our side: RQ out, AC in, release, close."""
+    clock = Clock()
+    protocol = ULProtocol(clock, DimseConnection(clock), request=REQUEST)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(_ACCEPT)
+    assert protocol.established
+    protocol.release()
+    protocol.dataReceived(pdu.encode_release_rp())
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+_ACCEPT = _accept()
+
+
+def _blocks(run: Callable[[int], object], n: int, first: int = 0) -> list[float]:
+    per = n // 5
+    out = []
+    i = first
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(per):
+            run(i)
+            i += 1
+        out.append((time.process_time() - started) * 1e6 / per)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    n = int(argv[0]) if argv and argv[0].isdigit() else 3000
+    search = searches(n + 1)
+    search(0)  # warm up: imports, the caches' first entries
+    if "--profile" in argv:
+        profile = cProfile.Profile()
+        profile.enable()
+        for i in range(1, n + 1):
+            search(i)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+        return
+    figures = _blocks(search, n, first=1)
+    print(
+        f"QIDO-RS study search, DIMSE side ({MATCHES} matches): "
+        f"median {statistics.median(figures):.1f} us CPU, lowest {min(figures):.1f} (5 blocks of {n // 5})"
+    )
+    association()
+    figures = _blocks(lambda _: association(), 2000)
+    print(
+        f"association (RQ, AC, release, close): median {statistics.median(figures):.1f} us CPU, "
+        f"lowest {min(figures):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
