@@ -89,7 +89,15 @@ class Capture:
     def stop(self) -> str:
         """Stop the capture; tcpdump's summary (received / dropped by kernel)."""
         assert self._process is not None
-        time.sleep(0.2)
+        # tcpdump stops reading at SIGINT, leaving what is still in the kernel's buffer:
+        # on two busy cores it lags the traffic, so wait until the file stops growing.
+        size, deadline = -1, time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = self.path.stat().st_size if self.path.exists() else 0
+            if now == size:
+                break
+            size = now
         self._process.send_signal(signal.SIGINT)
         _, err = self._process.communicate(timeout=10)
         return " ".join(err.decode(errors="replace").split())
