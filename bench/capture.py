@@ -73,9 +73,24 @@ class Capture:
         tcpdump = shutil.which("tcpdump") or "/usr/sbin/tcpdump"
         expression = " or ".join(f"tcp port {port}" for port in self.ports)
         self._process = subprocess.Popen(
-            # Headers only (-s 96), a large kernel buffer so nothing is dropped, and
-            # packets written as they come (-U) so stop() loses none.
-            [tcpdump, "-i", "lo", "-s", "96", "-B", "16384", "-U", "-n", "-w", str(self.path), expression],
+            # Headers only (-s 96), a large kernel buffer so nothing is dropped, packets
+            # handed over as they come (--immediate-mode: else libpcap's ring keeps a
+            # partly filled block, lost at SIGINT) and written so (-U).
+            [
+                tcpdump,
+                "-i",
+                "lo",
+                "-s",
+                "96",
+                "-B",
+                "16384",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-w",
+                str(self.path),
+                expression,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
