@@ -123,28 +123,26 @@ def flush_tls_writes(transport: ITransport | None) -> None:
     flush()
 
 
+def _swap(transport: ITransport | None, attribute: str, size: int) -> int | None:
+    """Set FileDescriptor's (TCP's) `attribute` on `transport`, not an ITransport one:
+    its previous value, or None if the transport (or None) has no such setting."""
+    previous = getattr(transport, attribute, None)
+    if previous is None:
+        return None
+    setattr(transport, attribute, size)
+    return int(previous)
+
+
 def set_write_buffer(transport: ITransport | None, size: int) -> int | None:
     """Item 5: let `transport` buffer up to `size` bytes before it pauses its producer;
     the previous size (None if the transport has no such setting)."""
-    try:
-        # A transport without it, or None, raises AttributeError: hence the ignores.
-        previous = transport.bufferSize  # type: ignore[union-attr]  # FileDescriptor's (TCP), not ITransport's
-    except AttributeError:
-        return None
-    transport.bufferSize = size  # type: ignore[union-attr]  # it has one: read just above
-    return int(previous)
+    return _swap(transport, "bufferSize", size)
 
 
 def set_send_limit(transport: ITransport | None, size: int) -> int | None:
     """Item 13: let `transport` send up to `size` bytes per turn of the reactor; the
     previous limit (None if the transport has no such setting)."""
-    try:
-        # A transport without it, or None, raises AttributeError: hence the ignores.
-        previous = transport.SEND_LIMIT  # type: ignore[union-attr]  # FileDescriptor's (TCP), not ITransport's
-    except AttributeError:
-        return None
-    transport.SEND_LIMIT = size  # type: ignore[union-attr]  # it has one: read just above
-    return int(previous)
+    return _swap(transport, "SEND_LIMIT", size)
 
 
 def closing_connections_pending(reactor: IReactorFDSet) -> bool:
