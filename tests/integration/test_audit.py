@@ -20,13 +20,19 @@ from xml.etree import ElementTree as ET
 from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.support import peers
 from tests.support.auth import bcrypt_2y
 from tests.support.datasets import part10
-from tests.support.gateway import INTEGRATION_TIMEOUT, LISTENER_AET, Gateway, eventually, start_gateway
+from tests.support.gateway import (
+    INTEGRATION_TIMEOUT,
+    LISTENER_AET,
+    Gateway,
+    c_store,
+    eventually,
+    start_gateway,
+)
 from tests.support.stow import fresh_test_file, multipart_body
 
 reactor: Any = _global_reactor
@@ -66,24 +72,6 @@ def summary(root: ET.Element) -> dict[str, Any]:
             base64.b64decode(q.text or "").decode() for q in root.iterfind(".//ParticipantObjectQuery")
         ],
     }
-
-
-def c_store(gw: Gateway, ds: Any) -> Any:
-    """One C-STORE as PYSCU from a pynetdicom SCU (in a thread); fires with the status."""
-    from pynetdicom import AE
-
-    def store() -> int:
-        ae = AE(ae_title="PYSCU")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(peers.LOCALHOST, gw.dimse_port, ae_title=LISTENER_AET)
-        if not assoc.is_established:
-            raise AssertionError("association not established")
-        try:
-            return int(assoc.send_c_store(ds).Status)
-        finally:
-            assoc.release()
-
-    return deferToThread(store)
 
 
 class Collector(Protocol):

@@ -17,13 +17,12 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from twisted.internet import reactor as _global_reactor
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from dicomrst.backends import values as model
 from tests.support import peers
 from tests.support.datasets import IMPLICIT_VR_LE, assert_same_dataset, part10
-from tests.support.gateway import LISTENER_AET, Gateway, Response, start_gateway
+from tests.support.gateway import LISTENER_AET, Gateway, Response, c_store, start_gateway
 from tests.support.stow import fresh_test_file, multipart_body
 from tests.support.wado import ANY_SYNTAX, instance_path, parse_multipart
 
@@ -213,10 +212,10 @@ class StoreToTests(LocalTestCase):
         root = self.archive()
         gw = await self.gateway(root, {"store-to": AET})
         ds = fresh_test_file("CT_small.dcm")
-        self.assertEqual(await _c_store(gw, ds), 0x0000)
-        self.assertEqual(await _c_store(gw, ds), 0x0000)  # the same again
+        self.assertEqual(await c_store(gw, ds), 0x0000)
+        self.assertEqual(await c_store(gw, ds), 0x0000)  # the same again
         ds.PatientName = "Other^Patient"
-        self.assertEqual(await _c_store(gw, ds), model.FAILURE_CONFLICT)
+        self.assertEqual(await c_store(gw, ds), model.FAILURE_CONFLICT)
         path = os.path.join(root, ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm")
         stored = dcmread(path)
         self.assertNotEqual(str(stored.PatientName), "Other^Patient")
@@ -391,24 +390,5 @@ def _bytes_io(data: bytes) -> Any:
     import io
 
     return io.BytesIO(data)
-
-
-def _c_store(gw: Gateway, ds: Any) -> Any:
-    """One C-STORE from a pynetdicom SCU (in a thread); fires with the status."""
-    from pynetdicom import AE
-
-    def store() -> int:
-        ae = AE(ae_title="PYSCU")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(peers.LOCALHOST, gw.dimse_port, ae_title=LISTENER_AET)
-        if not assoc.is_established:
-            raise AssertionError("association not established")
-        try:
-            status = assoc.send_c_store(ds)
-            return int(status.Status)
-        finally:
-            assoc.release()
-
-    return deferToThread(store)
 
 

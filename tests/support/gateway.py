@@ -7,7 +7,8 @@ treq client (`Gateway.get`, `Gateway.request` give a `Response`). At cleanup the
 stopped by its PID with SIGTERM (`stop_gateway`) and must exit cleanly within `STOP_TIMEOUT`
 (`assert_clean_exit`); its log (stdout and stderr) is kept in a temp dir and its tail is part of
 every failure message. Also: `eventually` (poll a condition on the reactor), the AE titles the
-gateway uses (`OUR_AET`, `LISTENER_AET`) and `INTEGRATION_TIMEOUT`.
+gateway uses (`OUR_AET`, `LISTENER_AET`), `INTEGRATION_TIMEOUT`, and `c_store` (one C-STORE
+into the gateway's listener from a pynetdicom SCU).
 """
 
 from __future__ import annotations
@@ -320,3 +321,23 @@ def assert_clean_exit(case: TestCase, gateway: Gateway, returncode: int) -> None
     case.assertEqual(len(ends), 1, gateway.log_tail())
     case.assertTrue(any(line.endswith("Server Shut Down.") for line in lines[ends[0] :]), gateway.log_tail())
     case.assertFalse([line for line in lines if "Traceback" in line], gateway.log_tail())
+
+
+def c_store(gw: Gateway, ds: Any) -> Deferred[int]:
+    """One C-STORE as PYSCU from a pynetdicom SCU to the gateway's listener (in a thread);
+    fires with the status."""
+    from pynetdicom import AE
+    from twisted.internet.threads import deferToThread
+
+    def store() -> int:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate(peers.LOCALHOST, gw.dimse_port, ae_title=LISTENER_AET)
+        if not assoc.is_established:
+            raise AssertionError("association not established")
+        try:
+            return int(assoc.send_c_store(ds).Status)
+        finally:
+            assoc.release()
+
+    return deferToThread(store)
