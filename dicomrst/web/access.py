@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from weakref import WeakKeyDictionary
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -162,8 +163,9 @@ class AccessGate:
 
 def _client(request: IRequest) -> str:
     address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    return str(host) if host is not None else str(address)
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return str(address)  # a UNIX socket's, or a test's
 
 
 class GatedBody:

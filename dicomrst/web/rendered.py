@@ -217,7 +217,7 @@ async def _multipart_of_instances(
             log.warn(
                 "rendered: leaving out instance {sop}: {why}",
                 sop=member.sop,
-                why=getattr(e, "message", str(e)),
+                why=e.message,
             )
             first_error = first_error or e
             continue
