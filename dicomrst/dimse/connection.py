@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from dicomrst.common import metrics as m
 from dicomrst.common.interfaces import IDataSetConsumer
+from dicomrst.common.twisted_internals import flush_now
 from dicomrst.dimse import commands
 from dicomrst.dimse.commands import Command
 from dicomrst.logs import debug_enabled, logger
@@ -305,6 +306,9 @@ class DimseConnection:
         self._logged("sent", command)
         try:
             association.send_message(context_id, commands.encode_command(command), dataset)
+            # To the PACS now, not on the reactor's next turn: the PACS's service time
+            # starts when it has the request (a C-FIND's answer waits on it).
+            flush_now(association.transport)
         except Exception:
             self._pending.pop(message_id, None)
             _cancel(pending.timer)

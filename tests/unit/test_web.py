@@ -566,6 +566,17 @@ class AbortOverTcpTests(SynchronousTestCase):
         self.assertTrue(sent.startswith(b"HTTP/1.1 200 "), sent[:40])
         self.assertTrue(sent.endswith(b"%x\r\n%s\r\n" % (len(part), part)), (len(sent), sent[-40:]))
 
+    def test_a_finished_response_reaches_the_socket_in_the_same_turn(self) -> None:
+        """A small answer (a QIDO search's) is handed to the kernel when it is finished, not
+        on the reactor's next turn: the client's latency does not wait for an epoll round."""
+        [request] = self.resource.requests
+        request.write(b"[]")
+        self.assertEqual(self.socket.sent, b"")  # Twisted's buffer, until the reactor's turn
+        request.finish()
+        sent = self.socket.sent
+        self.assertTrue(sent.startswith(b"HTTP/1.1 200 "), sent[:40])
+        self.assertTrue(sent.endswith(b"2\r\n[]\r\n0\r\n\r\n"), sent[-40:])
+
     def test_a_client_that_stopped_reading_does_not_hold_the_abort(self) -> None:
         """What the kernel will not take now is dropped with the connection: the abort
         does not wait for the client."""
