@@ -20,6 +20,9 @@ tests put this fake behind `GatewayApp` and drive each service by hand:
 * With ``unsupported=True`` every service answers 501 (`NotImplementedService`), as a kind
   of backend without them does (the messages are those of dicomrst's former
   ``UnsupportedBackend``).
+
+Also `KernelTransport`: Twisted's TCP write path (its buffer, ``doWrite``) over a recording
+"kernel", for what reaches the socket and when.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom.dataset import Dataset
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactor
 from zope.interface import implementer
 
 from dicomrst.backends import values as model
@@ -202,3 +207,18 @@ class FakeBackend:
 
     def stop(self) -> Deferred[None]:
         return succeed(None)
+
+
+class KernelTransport(FileDescriptor):
+    """A TCP-like transport: Twisted's own write buffer, written out on the reactor's turn
+    (or by ``doWrite``), recording what reaches the 'kernel' in `sent`."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)

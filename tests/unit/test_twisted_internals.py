@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from dicomrst.common import twisted_internals as internals
 from dicomrst.common.listening import ListeningService
+from tests.support.fakes import KernelTransport
 
 
 def changed(item: str, what: str) -> str:
@@ -101,32 +102,18 @@ class FinishWaitersTests(SynchronousTestCase):
         self.assertEqual(request.notifications, [], changed(self.ITEM, "not a list of Deferreds"))
 
 
-class _Kernel(FileDescriptor):
-    """A TCP-like transport that records what reaches the 'kernel'."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        super().__init__(MemoryReactor())
-        self.sent: list[bytes] = []
-
-    def writeSomeData(self, data: bytes) -> int:
-        self.sent.append(bytes(data))
-        return len(data)
-
-
 class FlushNowTests(SynchronousTestCase):
     ITEM = "FileDescriptor.doWrite"
 
     def test_buffered_bytes_reach_the_kernel_at_once(self) -> None:
-        transport = _Kernel()
+        transport = KernelTransport()
         transport.write(b"C-STORE-RSP")
         self.assertEqual(transport.sent, [])  # buffered until the reactor's next turn
         internals.flush_now(transport)
         self.assertEqual(transport.sent, [b"C-STORE-RSP"], changed(self.ITEM, "no longer writes the buffer"))
 
     def test_a_closing_transport_is_left_alone(self) -> None:
-        transport = _Kernel()
+        transport = KernelTransport()
         transport.write(b"late")
         transport.disconnecting = True
         internals.flush_now(transport)
@@ -173,7 +160,7 @@ class WriteBufferTests(SynchronousTestCase):
     ITEM = "FileDescriptor.bufferSize"
 
     def test_a_larger_buffer_pauses_the_producer_later(self) -> None:
-        transport = _Kernel()
+        transport = KernelTransport()
         producer = Producer()
         transport.registerProducer(producer, True)
         default = internals.set_write_buffer(transport, 1000)

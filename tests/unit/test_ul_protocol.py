@@ -9,9 +9,8 @@ from __future__ import annotations
 import struct
 
 from pynetdicom.tests import encoded_pdu_items as golden
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
@@ -36,6 +35,7 @@ from dicomrst.ul.errors import (
 )
 from dicomrst.ul.negotiation import AssociationRequest, ContextProposal
 from dicomrst.ul.protocol import ULProtocol
+from tests.support.fakes import KernelTransport
 from tests.support.ul import (
     ARTIM,
     CT_IMAGE_STORAGE,
@@ -587,27 +587,12 @@ class _TCPTransport(StringTransport):
         self.nodelay = enabled
 
 
-class _Kernel(FileDescriptor):
-    """A TCP-like transport (Twisted's write buffer, written on the reactor's turn) that
-    records what reaches the socket."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        super().__init__(MemoryReactor())
-        self.sent: list[bytes] = []
-
-    def writeSomeData(self, data: bytes) -> int:
-        self.sent.append(bytes(data))
-        return len(data)
-
-
 class SendTests(ULTestCase):
     def test_a_request_reaches_the_socket_without_waiting_for_the_reactor(self) -> None:
         """The PACS's service time starts when it has the request: a C-FIND-RQ is handed
         to the kernel in the turn it is made, not on the reactor's next one."""
         proto, _transport, connection = self.established_acceptor()
-        kernel = _Kernel()
+        kernel = KernelTransport()
         proto.transport = kernel
         connection.request(1, commands.command(commands.C_ECHO_RQ, AffectedSOPClassUID=VERIFICATION))
         [(kind, _body)] = split_pdus(b"".join(kernel.sent))
