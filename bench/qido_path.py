@@ -39,10 +39,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from twisted.internet import reactor as _installed
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IConnector, IProtocolFactory
 from twisted.internet.task import Clock
@@ -263,14 +263,17 @@ class Path:
 
     `search(i)` runs request i (i = 0, 1, ... in order) and returns the raw response."""
 
-    def __init__(self, n: int, level: str = "WARN", log_file: str | None = None) -> None:
+    def __init__(self, n: int, level: str = "WARN", log_file: str | None = None, reactor: Any = None) -> None:
+        """`reactor`: the installed one by default (a `MemoryReactorClock` in tests)."""
+        if reactor is None:
+            from twisted.internet import reactor
         self._cache_dir = tempfile.mkdtemp(prefix="dicomrst-qido-path-")
         self.config = config(level, self._cache_dir)
         set_level(self.config.telemetry.level)
         if log_file is not None:
             output = make_output(log_file, nodaemon=False, json_format=False)
             globalLogBeginner.beginLoggingTo([output], redirectStandardIO=False)
-        self.reactor = MemoryPacsReactor(_installed)
+        self.reactor = MemoryPacsReactor(reactor)
         top = build(self.config, cast(IGatewayReactor, self.reactor))
         self.site: GatewaySite = next(s for s in top if isinstance(s, HTTPService)).site
         backends = next(s for s in top if isinstance(s, BackendsService)).backends
@@ -287,7 +290,10 @@ class Path:
         self._message_ids: list[int] = []
         self._pacs: StringTransport | None = None
         self._ul: Any = None
-        self._run = _installed.runUntilCurrent  # type: ignore[attr-defined]  # ReactorBase's
+        # What a reactor turn does after the I/O: the timed calls (a Clock's due ones).
+        self._run: Callable[[], object] = getattr(reactor, "runUntilCurrent", None) or (
+            lambda: reactor.advance(0)
+        )
 
     def _associate(self) -> None:
         """Answer the association the first request opened; the streams for every search."""
