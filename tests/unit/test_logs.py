@@ -9,6 +9,7 @@ whose part-rejection line quotes a part's Content-Type header as the client sent
 
 from __future__ import annotations
 
+import json
 import re
 
 from twisted.internet.task import Clock
@@ -29,6 +30,7 @@ from dicomrst.logs import (
     debug_enabled,
     escape,
     info_enabled,
+    json_line,
     logger,
     request_scope,
     set_level,
@@ -162,7 +164,8 @@ class LevelTests(SynchronousTestCase):
 
 
 class ClassicTextTests(SynchronousTestCase):
-    """`classic_text` writes what Twisted's `formatEventAsClassicLogText` writes."""
+    """`classic_text` writes what Twisted's `formatEventAsClassicLogText` writes, and a
+    JSON line's message is what Twisted's `formatEvent` makes."""
 
     def events(self) -> list[dict[str, object]]:
         now = 1_733_390_000.25
@@ -208,3 +211,8 @@ class ClassicTextTests(SynchronousTestCase):
         for when in (1_733_390_000.0, 1_733_390_000.999, 1_733_390_001.0, 1_733_389_999.5, 1_733_390_000.5):
             event = dict(log_time=when, log_format="x", log_namespace="n", log_level=LogLevel.info)
             self.assertEqual(classic_text(event), formatEventAsClassicLogText(event), when)
+
+    def test_json_messages_as_twisted(self) -> None:
+        for event in self.events():
+            message = json.loads(json_line(dict(event)))["message"]
+            self.assertEqual(message, formatEvent(dict(event)), event)
