@@ -2,7 +2,7 @@
 response's bytes out (issue 15), in µs of CPU, without a socket, a PACS or a running
 reactor.
 
-``python -m bench.qido_path [N] [--profile] [--spin] [--info]``: N keep-alive GETs
+``python -m bench.qido_path [N] [--profile] [--spin] [--info] [--gc] [--windows [--cold]]``: N keep-alive GETs
 (default 3000) of the bench's ``/aets/PACS/studies?PatientID=…`` (as `bench.qido` sends
 them) into the `GatewaySite` that `dicomrst.tap.build` makes from a config like the
 bench's (one DIMSE AET, pool size 4, max-idle 4, ``telemetry.level`` WARN), on a
@@ -25,7 +25,13 @@ five matches' UIDs in its JSON, the search's C-FIND-RQ).
   ``py-spy record``);
 * ``--info``: ``telemetry.level`` INFO, the access lines written through the output
   twistd would use (`dicomrst.logs.make_output`) to a temporary file;
-* ``--gc``: the cyclic collector's share, timed with ``gc.callbacks``.
+* ``--gc``: the cyclic collector's share, timed with ``gc.callbacks``;
+* ``--windows``: instead, the two windows on a single client's critical path (request in
+  to C-FIND-RQ out, final C-FIND-RSP in to response out) and the work after each, in µs
+  of CPU; ``--cold``: with the caches evicted before each, as the real process wakes
+  after others ran (an upper bound: the gateway under `bench.qido`'s serial client
+  spent ~650 and ~260 µs there, from timestamps at its socket calls, against ~800 and
+  ~300 here cold and ~250 and ~55 warm).
 """
 
 from __future__ import annotations
@@ -350,10 +356,100 @@ class Path:
         self.transport.clear()
         check_response(raw, i * MATCHES)
 
+    def windows(self, i: int, evict: Callable[[], object] | None = None) -> tuple[float, float, float, float]:
+        """Request i (after `checked` ran once), timed as a single client's latency sees
+        it: µs of thread CPU from the request's bytes in to the C-FIND-RQ's out, from
+        there until the request's ``dataReceived`` returns, from the final C-FIND-RSP in
+        to the response's last bytes out, and from there until that ``dataReceived``
+        returns.  `evict` runs before each of the two (the real process wakes with cold
+        caches: other processes ran while it waited)."""
+        marks: dict[str, int] = {}
+        pacs, http = self._pacs, self.transport
+        assert pacs is not None
+
+        def first_write(*ignored: object) -> None:
+            marks.setdefault("rq", time.thread_time_ns())
+
+        def last_write(*ignored: object) -> None:
+            marks["response"] = time.thread_time_ns()
+
+        _observe_writes(pacs, first_write)
+        _observe_writes(http, last_write)
+        try:
+            if evict is not None:
+                evict()
+            started = time.thread_time_ns()
+            self._http.dataReceived(self._requests[i])
+            handled = time.thread_time_ns()
+            self._run()
+            pacs.clear()
+            stream = self._streams[i]
+            for chunk in stream[:-1]:
+                self._ul.dataReceived(chunk)
+            if evict is not None:
+                evict()
+            final = time.thread_time_ns()
+            self._ul.dataReceived(stream[-1])
+            answered = time.thread_time_ns()
+            self._run()
+            check_response(http.value(), i * MATCHES)
+            http.clear()
+        finally:
+            for transport in (pacs, http):
+                del transport.write, transport.writeSequence  # the class's again
+        return (
+            (marks["rq"] - started) / 1e3,
+            (handled - marks["rq"]) / 1e3,
+            (marks["response"] - final) / 1e3,
+            (answered - marks["response"]) / 1e3,
+        )
+
     def close(self) -> None:
         import shutil
 
         shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+
+def _observe_writes(transport: StringTransport, seen: Callable[[], object]) -> None:
+    """Call `seen` at every write to `transport` (instance attributes over its methods)."""
+    write, write_sequence = transport.write, transport.writeSequence
+
+    def observed_write(data: bytes) -> None:
+        seen()
+        write(data)
+
+    def observed_sequence(data: Any) -> None:
+        seen()
+        write_sequence(data)
+
+    transport.write = observed_write  # type: ignore[method-assign]
+    transport.writeSequence = observed_sequence  # type: ignore[method-assign]
+
+
+class _Evictor:
+    """Touches 32 MB and a large list: what the caches held is gone, as when the
+    gateway's process wakes up after others ran."""
+
+    def __init__(self) -> None:
+        self._bytes = bytearray(32 << 20)
+        self._zeros = bytes(len(self._bytes[::64]))
+        self._list = list(range(300_000))
+
+    def __call__(self) -> None:
+        self._bytes[::64] = self._zeros
+        sum(self._list)
+
+
+def _windows(path: Path, first: int, n: int, cold: bool) -> None:
+    evict = _Evictor() if cold else None
+    figures = [path.windows(i, evict) for i in range(first, first + n)]
+    medians = [statistics.median(f[k] for f in figures) for k in range(4)]
+    print(
+        f"single-client critical path, median us of CPU over {n} requests "
+        f"({'caches evicted before each' if cold else 'warm caches'}):\n"
+        f"  request in -> C-FIND-RQ out          {medians[0]:7.1f}   (then {medians[1]:.1f} until handled)\n"
+        f"  final C-FIND-RSP in -> response out  {medians[2]:7.1f}   (then {medians[3]:.1f} until handled)"
+    )
 
 
 class _GcTimer:
@@ -413,6 +509,9 @@ def main(argv: list[str]) -> None:
                 path.search(i)
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(45)
+            return
+        if "--windows" in argv:
+            _windows(path, warm, n, "--cold" in argv)
             return
         timer = _GcTimer() if "--gc" in argv else None
         if timer is not None:

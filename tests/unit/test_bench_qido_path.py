@@ -33,3 +33,8 @@ class PathTests(SynchronousTestCase):
             RuntimeError, check_response, raw.replace(b"200 OK", b"500 Internal Server Error"), 0
         )
         self.assertRaises(RuntimeError, check_response, raw[:-10], 1 * MATCHES)
+
+    def test_the_critical_windows_are_timed_on_a_checked_search(self) -> None:
+        self.path.checked(0)
+        self.assertEqual(len(self.path.windows(1)), 4)  # raises on a wrong response
+        self.path.checked(2)  # the transports write as before
