@@ -2,13 +2,14 @@
 response's bytes out (issue 15), in µs of CPU, without a socket, a PACS or a running
 reactor.
 
-``python -m bench.qido_path [N] [--profile] [--spin] [--info] [--gc] [--windows [--cold]]``: N keep-alive GETs
-(default 3000) of the bench's ``/aets/PACS/studies?PatientID=…`` (as `bench.qido` sends
-them) into the `GatewaySite` that `dicomrst.tap.build` makes from a config like the
-bench's (one DIMSE AET, pool size 4, max-idle 4, ``telemetry.level`` WARN), on a
-`StringTransport`.  The AET's real `DimseBackend` and pool open their association
-through the reactor's ``connectTCP``, which here puts the `ULProtocol` on a
-`StringTransport` and is answered with an A-ASSOCIATE-AC; it is reused by every search.
+``python -m bench.qido_path [N] [--profile] [--spin] [--info] [--gc] [--windows [--cold]]
+[--clients=K]``: N keep-alive GETs (default 3000) of the bench's
+``/aets/PACS/studies?PatientID=…`` (as `bench.qido` sends them) into the `GatewaySite`
+that `dicomrst.tap.build` makes from a config like the bench's (one DIMSE AET, pool size
+4, max-idle 4, ``telemetry.level`` WARN), on a `StringTransport`.  The AET's real
+`DimseBackend` and pool open their association through the reactor's ``connectTCP``,
+which here puts the `ULProtocol` on a `StringTransport` and is answered with an
+A-ASSOCIATE-AC; it is reused by every search.
 For each request, once its C-FIND-RQ is out, the PACS's five Pending C-FIND-RSPs
 (command and data set in P-DATA-TFs of their own, as DCMTK and Orthanc send them, one
 ``dataReceived`` each) and the final one are fed in, and the HTTP response is read.  The
@@ -17,8 +18,9 @@ reactor is the real one, not running: after the request and after the responses 
 
 Start-up is as under twistd, ``settle_heap`` included (``gc.freeze``), so the cyclic
 collector's share is in the figures as in the gateway.  Prints the median and the lowest
-of 5 blocks of process CPU time per request.  Every response is checked (status, the
-five matches' UIDs in its JSON, the search's C-FIND-RQ).
+of 5 blocks of process CPU time per request.  Every response's status line is checked,
+and the last of each block in full (its C-FIND-RQ, its headers, the five matches' UIDs
+in its JSON).
 
 * ``--profile``: a cProfile table instead of timings;
 * ``--spin``: only the N requests, untimed (for ``valgrind --tool=callgrind``,
@@ -26,6 +28,10 @@ five matches' UIDs in its JSON, the search's C-FIND-RQ).
 * ``--info``: ``telemetry.level`` INFO, the access lines written through the output
   twistd would use (`dicomrst.logs.make_output`) to a temporary file;
 * ``--gc``: the cyclic collector's share, timed with ``gc.callbacks``;
+* ``--clients=K``: K connections sending at once, round after round (as `bench.qido`'s
+  16-client run; N requests in all), over the pool's 4 associations: the requests that
+  wait for one and the hand-over at each release are in the figure (`Crowd`; with
+  ``--profile`` and ``--spin`` only);
 * ``--windows``: instead, the two windows on a single client's critical path (request in
   to C-FIND-RQ out, final C-FIND-RSP in to response out) and the work after each, in µs
   of CPU; ``--cold``: with the caches evicted before each, as the real process wakes
@@ -171,7 +177,7 @@ def match(i: int) -> Dataset:
     ds.PatientID = f"BENCH{i % N_PATIENTS:03d}"
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
-    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{i}"
+    ds.StudyInstanceUID = _study_uid(i)
     ds.StudyID = f"S{i}"
     ds.NumberOfStudyRelatedSeries = "2"
     ds.NumberOfStudyRelatedInstances = "10"
@@ -227,8 +233,9 @@ def _find_request(data: bytes) -> tuple[int, int]:
     return pdvs[0].context_id, cast(int, command.MessageID)
 
 
-def check_response(raw: bytes, first: int) -> None:
-    """`raw` is one complete 200 response whose JSON array holds matches `first`..+5."""
+def check_response(raw: bytes, first: int | None) -> list[str]:
+    """`raw` is one complete 200 response whose JSON array holds five matches: matches
+    `first`..+5 (None: any); returns their Study Instance UIDs."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep or not head.startswith(b"HTTP/1.1 200 "):
         raise RuntimeError(f"unexpected answer: {raw[:300]!r}")
@@ -244,9 +251,14 @@ def check_response(raw: bytes, first: int) -> None:
     else:
         raise RuntimeError("neither Content-Length nor chunked")
     studies = [m["0020000D"]["Value"][0] for m in json.loads(body)]
-    expected = [f"1.2.826.0.1.3680043.8.498.{first + k}" for k in range(MATCHES)]
-    if studies != expected:
-        raise RuntimeError(f"matches {studies}, expected {expected}")
+    expected = [_study_uid(first + k) for k in range(MATCHES)] if first is not None else None
+    if (expected is not None and studies != expected) or len(studies) != MATCHES:
+        raise RuntimeError(f"matches {studies}, expected {expected or MATCHES}")
+    return cast(list[str], studies)
+
+
+def _study_uid(i: int) -> str:
+    return f"1.2.826.0.1.3680043.8.498.{i}"
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -264,13 +276,11 @@ def _dechunk(body: bytes) -> bytes:
         body = rest[size + 2 :]
 
 
-class Path:
-    """The gateway, one keep-alive HTTP connection to it and its association to the PACS.
+class _Gateway:
+    """The gateway `dicomrst.tap.build` makes from the bench's config, on a reactor whose
+    ``connectTCP`` is answered in memory."""
 
-    `search(i)` runs request i (i = 0, 1, ... in order) and returns the raw response."""
-
-    def __init__(self, n: int, level: str = "WARN", log_file: str | None = None, reactor: Any = None) -> None:
-        """`reactor`: the installed one by default (a `MemoryReactorClock` in tests)."""
+    def __init__(self, level: str, log_file: str | None, reactor: Any) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._cache_dir = tempfile.mkdtemp(prefix="dicomrst-qido-path-")
@@ -285,21 +295,45 @@ class Path:
         backends = next(s for s in top if isinstance(s, BackendsService)).backends
         pacs = backends[PACS]
         assert isinstance(pacs, DimseBackend)
-        self._accept, self._context_id, self._syntax = _accept(pacs.pool.request)
-        self.transport = StringTransport(peerAddress=CLIENT)
-        protocol = self.site.buildProtocol(CLIENT)
+        self.pool_size = pacs.pool.size
+        self.accept, self.context_id, self.syntax = _accept(pacs.pool.request)
+        # What a reactor turn does after the I/O: the timed calls (a Clock's due ones).
+        self.run: Callable[[], object] = getattr(reactor, "runUntilCurrent", None) or (
+            lambda: reactor.advance(0)
+        )
+
+    def connect(self, transport: StringTransport) -> Any:
+        """A new HTTP connection on `transport`: its protocol."""
+        protocol = self.site.buildProtocol(transport.getPeer())
         assert protocol is not None
-        protocol.makeConnection(self.transport)
-        self._http = protocol
+        protocol.makeConnection(transport)
+        return protocol
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+
+class Path:
+    """The gateway, one keep-alive HTTP connection to it and its association to the PACS.
+
+    `search(i)` runs request i (i = 0, 1, ... in order) and returns the raw response."""
+
+    def __init__(self, n: int, level: str = "WARN", log_file: str | None = None, reactor: Any = None) -> None:
+        """`reactor`: the installed one by default (a `MemoryReactorClock` in tests)."""
+        gateway = _Gateway(level, log_file, reactor)
+        self._gateway = gateway
+        self.config, self.reactor, self.site = gateway.config, gateway.reactor, gateway.site
+        self._accept, self._context_id, self._syntax = gateway.accept, gateway.context_id, gateway.syntax
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self._http = gateway.connect(self.transport)
         self._requests = [request_bytes(i) for i in range(n)]
         self._streams: list[list[bytes]] = []
         self._message_ids: list[int] = []
         self._pacs: StringTransport | None = None
         self._ul: Any = None
-        # What a reactor turn does after the I/O: the timed calls (a Clock's due ones).
-        self._run: Callable[[], object] = getattr(reactor, "runUntilCurrent", None) or (
-            lambda: reactor.advance(0)
-        )
+        self._run = gateway.run
 
     def _associate(self) -> None:
         """Answer the association the first request opened; the streams for every search."""
@@ -405,9 +439,7 @@ class Path:
         )
 
     def close(self) -> None:
-        import shutil
-
-        shutil.rmtree(self._cache_dir, ignore_errors=True)
+        self._gateway.close()
 
 
 def _observe_writes(transport: StringTransport, seen: Callable[[], object]) -> None:
@@ -452,6 +484,119 @@ def _windows(path: Path, first: int, n: int, cold: bool) -> None:
     )
 
 
+class Crowd:
+    """`clients` keep-alive HTTP connections that send at once, as `bench.qido`'s
+    16-client run does: in each round every client sends one request; the pool's
+    associations (up to its size, 4) are answered as their C-FIND-RQs come, and the final
+    response of one search hands its association to a waiting request (the pool's
+    release) before the next round."""
+
+    def __init__(self, clients: int, rounds: int, reactor: Any = None) -> None:
+        gateway = _Gateway("WARN", None, reactor)
+        self._gateway = gateway
+        self.reactor = gateway.reactor
+        self._run = gateway.run
+        self._http = []
+        for c in range(clients):
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + c))
+            self._http.append((gateway.connect(transport), transport))
+        self._requests = [request_bytes(c) for c in range(clients)]
+        self._associations: list[tuple[StringTransport, Any]] = []
+        self._next_id: list[int] = []
+        # Searches per association, with room for an uneven share (more are made as needed).
+        self._per_association = rounds * -(-clients // gateway.pool_size) * 2 + 10
+        self._streams: dict[tuple[int, int], list[bytes]] = {}
+        self.made_late = 0  # streams made while timed (should stay 0)
+        self.fed: list[str] = []  # the Study Instance UIDs fed since the last `responses`
+
+    def _stream(self, association: int, message_id: int) -> list[bytes]:
+        key = (association, message_id)
+        stream = self._streams.get(key)
+        if stream is None:
+            self.made_late += 1
+            stream = self._streams[key] = self._make(association, message_id)
+        return stream
+
+    def _make(self, association: int, message_id: int) -> list[bytes]:
+        first = (association * 1_000_000 + message_id) * MATCHES
+        return responses(self._gateway.context_id, self._gateway.syntax, message_id, first)
+
+    def _open(self) -> None:
+        """Answer the associations opened since the last call."""
+        while len(self._associations) < len(self.reactor.connections):
+            a = len(self._associations)
+            transport, ul = self.reactor.connections[a], self.reactor.protocols[a]
+            if transport.value()[:1] != bytes([pdu.ASSOCIATE_RQ]):
+                raise RuntimeError(f"no A-ASSOCIATE-RQ: {transport.value()[:60]!r}")
+            transport.clear()
+            ul.dataReceived(self._gateway.accept)
+            self._run()
+            _, message_id = _find_request(transport.value())
+            self._associations.append((transport, ul))
+            self._next_id.append(message_id)
+
+    def prepare(self) -> None:
+        """Make the PACS's responses for the searches to come (once the associations are
+        open: done during a round, it would take long enough for the gateway's timeouts
+        to fire on the reactor's clock)."""
+        for a, first in enumerate(self._next_id):
+            for k in range(self._per_association):
+                message_id = (first - 1 + k) % 0xFFFF + 1
+                if (a, message_id) not in self._streams:
+                    self._streams[a, message_id] = self._make(a, message_id)
+        self.made_late = 0
+
+    def round(self, check: bool = False) -> None:
+        """Every client sends a request; every C-FIND is answered; every response read
+        (with `check`: each checked, and together they hold the matches fed)."""
+        for protocol, _ in self._http:
+            protocol.dataReceived(self._requests[0])
+        self._run()
+        self._open()
+        fed = []
+        pending = True
+        while pending:
+            pending = False
+            for a, (transport, ul) in enumerate(self._associations):
+                if transport.value():
+                    if check:
+                        _, message_id = _find_request(transport.value())
+                        if message_id != self._next_id[a]:
+                            raise RuntimeError(f"C-FIND-RQ {message_id}, expected {self._next_id[a]}")
+                    transport.clear()
+                    message_id = self._next_id[a]
+                    self._next_id[a] = message_id % 0xFFFF + 1
+                    for chunk in self._stream(a, message_id):
+                        ul.dataReceived(chunk)
+                    fed.append((a, message_id))
+                    pending = True
+            self._run()
+            if len(self._associations) < len(self.reactor.connections):
+                self._open()
+                pending = True
+        if len(fed) != len(self._http):
+            raise RuntimeError(f"{len(fed)} searches answered for {len(self._http)} requests")
+        studies = []
+        for _, transport in self._http:
+            raw = transport.value()
+            transport.clear()
+            if check:
+                studies.extend(check_response(raw, None))
+            elif not raw.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"unexpected answer: {raw[:300]!r}")
+        if check:
+            expected = [
+                _study_uid((a * 1_000_000 + message_id) * MATCHES + k)
+                for a, message_id in fed
+                for k in range(MATCHES)
+            ]
+            if sorted(studies) != sorted(expected):
+                raise RuntimeError("the responses do not hold the matches fed")
+
+    def close(self) -> None:
+        self._gateway.close()
+
+
 class _GcTimer:
     """Time spent in the cyclic collector, by generation (``gc.callbacks``)."""
 
@@ -485,6 +630,44 @@ def _blocks(path: Path, first: int, per: int, blocks: int = 5) -> list[float]:
     return out
 
 
+def _crowd(clients: int, n: int, argv: list[str]) -> None:
+    rounds = max(n // clients, 5)
+    warm = 5
+    crowd = Crowd(clients, warm + rounds)
+    try:
+        for _ in range(warm):
+            crowd.round(check=True)
+        crowd.prepare()
+        settle_heap()
+        if "--spin" in argv or "--profile" in argv:
+            profile = cProfile.Profile() if "--profile" in argv else None
+            if profile is not None:
+                profile.enable()
+            for _ in range(rounds):
+                crowd.round()
+            if profile is not None:
+                profile.disable()
+                pstats.Stats(profile).sort_stats("tottime").print_stats(45)
+            return
+        per = rounds // 5
+        figures = []
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(per - 1):
+                crowd.round()
+            crowd.round(check=True)
+            figures.append((time.process_time() - started) * 1e6 / (per * clients))
+        late = f"; {crowd.made_late} streams made while timed" if crowd.made_late else ""
+        print(
+            f"QIDO-RS study search, whole path, {clients} clients at once on a pool of "
+            f"{len(crowd.reactor.connections)} associations ({MATCHES} matches, level WARN): "
+            f"median {statistics.median(figures):.1f} us CPU per request, lowest {min(figures):.1f} "
+            f"(5 blocks of {per} rounds){late}"
+        )
+    finally:
+        crowd.close()
+
+
 def main(argv: list[str]) -> None:
     args = [a for a in argv if not a.startswith("--")]
     n = int(args[0]) if args else 3000
@@ -492,6 +675,10 @@ def main(argv: list[str]) -> None:
     log_file = None
     if "--info" in argv:
         log_file = os.path.join(tempfile.mkdtemp(prefix="dicomrst-qido-path-log-"), "twistd.log")
+    clients = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--clients=")), 1)
+    if clients > 1:
+        _crowd(clients, n, argv)
+        return
     path = Path(warm + n, "INFO" if log_file else "WARN", log_file)
     # The first request opens the association; a few more warm the caches.
     for i in range(warm):

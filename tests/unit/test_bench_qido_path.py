@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.qido_path import MATCHES, Path, check_response
+from bench.qido_path import MATCHES, Crowd, Path, check_response
 from dicomrst.logs import current_level, set_level
 
 
@@ -38,3 +38,16 @@ class PathTests(SynchronousTestCase):
         self.path.checked(0)
         self.assertEqual(len(self.path.windows(1)), 4)  # raises on a wrong response
         self.path.checked(2)  # the transports write as before
+
+
+class CrowdTests(SynchronousTestCase):
+    def test_concurrent_searches_share_the_pool(self) -> None:
+        self.addCleanup(set_level, current_level().name.upper())
+        crowd = Crowd(6, 3, reactor=MemoryReactorClock())
+        self.addCleanup(crowd.close)
+        crowd.round(check=True)  # raises unless each request got its own search's matches
+        crowd.prepare()
+        crowd.round(check=True)
+        crowd.round()
+        self.assertEqual(len(crowd.reactor.connections), 4)  # the pool's size: two requests waited
+        self.assertEqual(crowd.made_late, 0)
