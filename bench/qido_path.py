@@ -47,6 +47,7 @@ import gc
 import json
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -310,8 +311,6 @@ class _Gateway:
         return protocol
 
     def close(self) -> None:
-        import shutil
-
         shutil.rmtree(self._cache_dir, ignore_errors=True)
 
 
@@ -672,13 +671,21 @@ def main(argv: list[str]) -> None:
     args = [a for a in argv if not a.startswith("--")]
     n = int(args[0]) if args else 3000
     warm = 50
-    log_file = None
-    if "--info" in argv:
-        log_file = os.path.join(tempfile.mkdtemp(prefix="dicomrst-qido-path-log-"), "twistd.log")
     clients = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--clients=")), 1)
     if clients > 1:
         _crowd(clients, n, argv)
         return
+    log_file = None
+    if "--info" in argv:
+        log_file = os.path.join(tempfile.mkdtemp(prefix="dicomrst-qido-path-log-"), "twistd.log")
+    try:
+        _serial(n, warm, log_file, argv)
+    finally:
+        if log_file is not None:
+            shutil.rmtree(os.path.dirname(log_file), ignore_errors=True)
+
+
+def _serial(n: int, warm: int, log_file: str | None, argv: list[str]) -> None:
     path = Path(warm + n, "INFO" if log_file else "WARN", log_file)
     # The first request opens the association; a few more warm the caches.
     for i in range(warm):
