@@ -9,7 +9,7 @@ with a match each and the final one fed in as the PACS's PDUs, one ``dataReceive
 PDU (command and data set in P-DATA-TFs of their own, as DCMTK and Orthanc send them),
 the matches written as the response's JSON array.  Every match is new (its UIDs,
 accession number and study ID unseen), the rest of its values are shared with others, as
-in a real archive.  Each search is run two ways: ``find``, `c_find` on the association
+in a real archive.  Logs at WARN, as the gateway of ``python -m bench qido``.  Each search is run two ways: ``find``, `c_find` on the association
 itself; ``search``, what the QIDO-RS handler runs (`dicomrst.qido.search.search` →
 `DimseBackend.find` → `AssociationPool.run` → `c_find`) on a pool holding that one
 association, idle between searches.  ``--only`` runs one of them (for callgrind, whose
@@ -44,6 +44,7 @@ from dicomrst.config import parse_config
 from dicomrst.dimse import commands
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.find import c_find
+from dicomrst.logs import set_level
 from dicomrst.qido.query import parse_query
 from dicomrst.qido.search import SearchOutcome, SearchResults, search
 from dicomrst.qido.target import Target
@@ -236,6 +237,7 @@ TITLES = {
 
 def main(argv: list[str]) -> None:
     n = int(argv[0]) if argv and argv[0].isdigit() else 3000
+    set_level("WARN")  # as the benchmark's gateway logs (`python -m bench qido`)
     only = argv[argv.index("--only") + 1] if "--only" in argv else None
     for path in [only] if only else PATHS:
         run = PATHS[path](n + 1)
