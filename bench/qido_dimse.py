@@ -3,20 +3,26 @@ socket, a PACS or HTTP.
 
 ``python -m bench.qido_dimse [N] [--profile] [--only find|search]``: N searches (default
 3000), one after the other, on one association held by a `ULProtocol` on a
-`StringTransport`: ``parse_query``
-of the bench's ``/studies?PatientID=…``, the C-FIND-RQ out, then five Pending C-FIND-RSPs
-with a match each and the final one fed in as the PACS's PDUs, one ``dataReceived`` per
-PDU (command and data set in P-DATA-TFs of their own, as DCMTK and Orthanc send them),
-the matches written as the response's JSON array.  Every match is new (its UIDs,
-accession number and study ID unseen), the rest of its values are shared with others, as
-in a real archive.  Logs at WARN, as the gateway of ``python -m bench qido``.  Each search is run two ways: ``find``, `c_find` on the association
-itself; ``search``, what the QIDO-RS handler runs (`dicomrst.qido.search.search` →
-`DimseBackend.find` → `AssociationPool.run` → `c_find`) on a pool holding that one
-association, idle between searches.  ``--only`` runs one of them (for callgrind, whose
-figure is then the instructions of N searches plus a constant: take the difference of two
-Ns).  Prints the median and the lowest of 5 blocks of process CPU time per
-search; with ``--profile`` a cProfile table instead.  An association's own cost (RQ out,
-AC in, release, close) is printed beside it.
+`StringTransport`: ``parse_query`` of the bench's ``/studies?PatientID=…``, the C-FIND-RQ
+out, then five Pending C-FIND-RSPs with a match each and the final one fed in as the
+PACS's PDUs, one ``dataReceived`` per PDU (command and data set in P-DATA-TFs of their
+own, as DCMTK and Orthanc send them), the matches written as the response's JSON array.
+Every match is new (its UIDs, accession number and study ID unseen), the rest of its
+values are shared with others, as in a real archive.  Logs at WARN, as the gateway of
+``python -m bench qido``.
+
+Each search is run two ways: ``find``, `c_find` on the association itself; ``search``,
+what the QIDO-RS handler runs (`dicomrst.qido.search.search` → `DimseBackend.find` →
+`AssociationPool.run` → `c_find`) on a pool holding that one association, idle between
+searches.  Prints the median and the lowest of 5 blocks of process CPU time per search;
+with ``--profile`` a cProfile table instead.  An association's own cost (RQ out, AC in,
+release, close) is printed beside it.
+
+``--only find|search`` runs N searches of one way once, inside ``functools.reduce``, for
+instruction counts of the searches alone (imports and set-up left out)::
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        python -m bench.qido_dimse 200 --only search
 """
 
 from __future__ import annotations
@@ -259,7 +265,8 @@ def main(argv: list[str]) -> None:
         figures = _blocks(run, n, first=1)
         print(
             f"QIDO-RS study search, DIMSE side ({MATCHES} matches), {TITLES[path]}: "
-            f"median {statistics.median(figures):.1f} us CPU, lowest {min(figures):.1f} (5 blocks of {n // 5})"
+            f"median {statistics.median(figures):.1f} us CPU, lowest {min(figures):.1f} "
+            f"(5 blocks of {n // 5})"
         )
     if "--profile" in argv:
         return
