@@ -21,8 +21,8 @@ from dicomrst.backends.pacs import DimseBackend
 from dicomrst.backends.pacs.backend import CallerNotAccepted
 from dicomrst.common.identifiers import found_dataset
 from dicomrst.dimse import commands
-from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse import pool as pool_module
+from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.errors import ServiceUnavailable, UpstreamError
 from dicomrst.logs import request_scope, set_level
