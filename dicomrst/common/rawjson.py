@@ -213,10 +213,21 @@ def identifier_attributes(
 
 
 _NO_BULK = 2**62  # the identifier encoder writes every value inline
-#: Members of identifiers' elements seen before, by their bytes (header included), the
-#: data set's syntax and character set: the matches of a search share most values.
-_ELEMENTS: dict[tuple[bool, str, bytes], tuple[str, str]] = {}
+#: Members of identifiers' elements seen before, by the data set's syntax and character
+#: set, then by the element's bytes (header included): the matches of a search share
+#: most values.
+_ELEMENTS: dict[tuple[bool, str], dict[bytes, tuple[str, str]]] = {}
+_ELEMENT_KINDS = 8  # (syntax, character set) pairs kept; a gateway sees one or two
 _LONG_BYTES = frozenset(vr.encode() for vr in _LONG)
+
+
+def _seen(implicit: bool, codec: str) -> dict[bytes, tuple[str, str]]:
+    elements = _ELEMENTS.get((implicit, codec))
+    if elements is None:
+        if len(_ELEMENTS) >= _ELEMENT_KINDS:
+            _ELEMENTS.clear()
+        elements = _ELEMENTS[(implicit, codec)] = {}
+    return elements
 
 
 def _flat_identifier(
@@ -227,14 +238,20 @@ def _flat_identifier(
     soon as anything else comes, and the full walk does the data set.  A C-FIND match is
     nearly always such a list, and this loop has a fraction of the walk's branches (a
     quarter of a QIDO-RS search's CPU was the walk).  An element whose bytes were seen
-    before (in the same syntax and character set) is its member again at once."""
+    before (in the same syntax and character set) is its member again at once.
+
+    A header cut short raises `struct.error`: the caller then leaves the data set to the
+    full walk, as it does for None."""
     header = _HEADER.unpack_from
     explicit = _EXPLICIT.unpack_from
-    elements = _ELEMENTS
+    long_vrs = _LONG_BYTES
+    codec = _DEFAULT_CODEC
+    elements = _seen(implicit, codec)
     members: Members = []
     tags: list[int] = []
     values: dict[int, tuple[str, bytes]] = {}
-    codec = _DEFAULT_CODEC
+    # An element before Specific Character Set whose text it would decode otherwise.  Tags
+    # ascend, so only those below (0008,0005) are looked at.
     used_codec = False
     pos = 0
     end = len(data)
@@ -242,16 +259,12 @@ def _flat_identifier(
     vr_bytes = b""
     vr: str | None
     while pos < end:
-        if end - pos < 8:
-            return None
         if implicit:
             group, element, length = header(data, pos)
             start = pos + 8
         else:
             group, element, vr_bytes, length = explicit(data, pos)
-            if vr_bytes in _LONG_BYTES:
-                if end - pos < 12:
-                    return None
+            if vr_bytes in long_vrs:
                 (length,) = _U32.unpack_from(data, pos + 8)
                 start = pos + 12
             else:
@@ -263,18 +276,17 @@ def _flat_identifier(
         stop = start + length
         if stop > end:
             return None  # undefined length too
-        element_key = None
+        element_bytes = None
         if length <= _CACHED_LENGTH and tag != SPECIFIC_CHARACTER_SET:
-            element_key = (implicit, codec, data[pos:stop])
-            known = elements.get(element_key)
+            element_bytes = data[pos:stop]
+            known = elements.get(element_bytes)
             if known is not None:
-                vr, member = known
-                if tag in wanted:
-                    values[tag] = (vr, data[start:stop])
-                if vr in _USES_CODEC:
-                    used_codec = True
-                members.append(member)
+                members.append(known[1])
                 tags.append(tag)
+                if tag in wanted:
+                    values[tag] = (known[0], data[start:stop])
+                if tag < SPECIFIC_CHARACTER_SET and known[0] in _USES_CODEC:
+                    used_codec = True
                 pos = stop
                 continue
         vr = (None if group & 1 else _dictionary_vr(tag)) if implicit else _VRS.get(vr_bytes)
@@ -294,6 +306,7 @@ def _flat_identifier(
             if used_codec:
                 return None
             codec = _codec(raw)
+            elements = _seen(implicit, codec)
         if tag in wanted:
             values[tag] = (vr, raw)
         if vr in _USES_CODEC:
@@ -301,12 +314,14 @@ def _flat_identifier(
         lut_fix = tag in _LUT_DESCRIPTORS
         if length == 0:
             member = f'"{tag:08X}":{{"vr":"{vr}"}}'
+        elif tag == SPECIFIC_CHARACTER_SET and vr == "CS":
+            member = _charset_member(raw)  # in every match, and not in `elements`
         else:
             member = f'"{tag:08X}":{_attribute(vr, raw, codec, lut_fix)}'
-        if element_key is not None and not lut_fix:
+        if element_bytes is not None and not lut_fix:
             if len(elements) >= _CACHE_SIZE:
                 elements.clear()
-            elements[element_key] = (vr, member)
+            elements[element_bytes] = (vr, member)
         members.append(member)
         tags.append(tag)
         pos = stop
@@ -327,6 +342,13 @@ def _private_vr(tag: int, creator: str) -> str:
         return str(private_dictionary_VR(tag, creator))
     except KeyError:
         return "UN"
+
+
+@lru_cache(maxsize=64)
+def _charset_member(raw: bytes) -> str:
+    """The member of a (non-empty) Specific Character Set value: CS text is ASCII, so it
+    does not depend on the character set in force."""
+    return f'"{SPECIFIC_CHARACTER_SET:08X}":{_text("CS", raw, _DEFAULT_CODEC)}'
 
 
 @lru_cache(maxsize=64)
@@ -352,8 +374,12 @@ def _clean_right(text: str) -> str:
 
 def _strings(vr: str, values: list[str], clean: Callable[[str], str]) -> str:
     """A text attribute from pydicom's values (a single '' is an empty attribute)."""
-    if len(values) == 1 and not values[0]:
-        return f'{{"vr":"{vr}"}}'
+    if len(values) == 1:  # nearly every value of a match
+        value = values[0]
+        if not value:
+            return f'{{"vr":"{vr}"}}'
+        text = clean(value)
+        return f'{{"vr":"{vr}","Value":[{_quote(text) if text else "null"}]}}'
     out = []
     for value in values:
         text = clean(value) if value else ""

@@ -166,6 +166,23 @@ class FixtureTests(Compare):
             assert got is not None
             self.assertIn(f'"{SERVICE}/studies/{segment}"', got.decode())
 
+    def test_retrieve_url_of_a_service_url_json_escapes(self) -> None:
+        """The service URL is escaped once per service and put in front of the path: as
+        the oracle escapes the whole URL, for every target."""
+        b = Builder(True)
+        data = (
+            b.element(0x0008_0018, "UI", b"1.2.3.4")
+            + b.element(0x0020_000D, "UI", b"1.2 3")
+            + b.element(0x0020_000E, "UI", b"1.2.3")
+        )
+        # (Not a backslash: the oracle splits the UR value there, the raw path never did.)
+        for service in ('http://gw/a"b/aets/PACS', "http://gw/ü\u2028/aets/PACS", "http://gw/\ud800/x"):
+            for target in TARGETS:
+                got = target.raw_result(RawIdentifier(data, IMPLICIT_VR_LE), service)
+                dataset = decode_identifier(data, IMPLICIT_VR_LE)
+                want = encode_dataset(target.result(dataset, Dataset(), service))
+                self.assertEqual(got, want, (service, target.resource))
+
     def test_path_uids_charset_and_retrieve_url(self) -> None:
         """The attributes `result` adds, replaces or drops, in each of their states."""
         b = Builder(True)
@@ -189,6 +206,19 @@ class FixtureTests(Compare):
             elements = {struct.unpack("<HH", c[:4]): c for c in chosen}
             data = b"".join(elements[k] for k in sorted(elements))
             self.assert_same(data, IMPLICIT_VR_LE)
+
+    def test_cut_short_anywhere(self) -> None:
+        """A match cut anywhere (a header, a value) is what the oracle makes of it: the
+        flat loop's struct.error at a short header hands it to the full walk."""
+        b = Builder(False)
+        data = (
+            b.element(0x00080005, "CS", b"ISO_IR 100")
+            + b.element(0x00080020, "DA", b"20200101")
+            + b.element(0x00100010, "PN", b"Doe^J ")
+            + b.element(0x0020000D, "UI", b"1.2.3\x00")
+        )
+        for cut in range(1, len(data)):
+            self.assert_same(data[:cut], EXPLICIT_VR_LE)
 
     def test_declines(self) -> None:
         """ISO 2022 and multi-byte character sets, pixel data, and the worklist (whose
