@@ -352,7 +352,18 @@ class ULProtocol(Protocol):
                     break
                 # Progress is counted in whole PDUs: a peer trickling bytes makes none.
                 self._restart_idle()
-                self._pdu_received(*item)
+                pdu_type, body = item
+                if pdu_type == pdu.P_DATA_TF and self.state == "Sta6":
+                    # Nearly every PDU: Evt10 in Sta6 is DT-2, the PDVs to the user, without
+                    # the event table's dispatch (`_pdu_received`, `_event`, `_DT_2`).
+                    try:
+                        pdvs = pdu.parse_pdvs(body)
+                    except pdu.ProtocolError as e:
+                        self._event("Evt19", error=e)
+                        continue
+                    self._deliver(pdvs)
+                    continue
+                self._pdu_received(pdu_type, body)
         finally:
             self._processing = False
 
