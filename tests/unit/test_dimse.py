@@ -559,6 +559,36 @@ class CommandCodecTests(SynchronousTestCase):
         self.assertNotEqual(second.get("MessageID"), 99)
         self.assertEqual(list(commands.decode_command(data)), list(second))
 
+    def test_responses_that_differ_in_the_message_id_only(self) -> None:
+        """A response like one decoded before but for another request is read with its
+        own MessageIDBeingRespondedTo; anything else that differs is decoded anew."""
+        decoded_whole: list[bytes] = []
+        decode = commands._decode_command
+
+        def spy(data: bytes) -> dict[str, commands.CommandValue]:
+            decoded_whole.append(data)
+            return decode(data)
+
+        self.patch(commands, "_decode_command", spy)
+        fields: dict[str, object] = {
+            "CommandField": commands.C_FIND_RSP,
+            "AffectedSOPClassUID": "1.2.3.4.5.6.7.8.9.15",  # in no other test's responses
+            "CommandDataSetType": commands.HAS_DATASET,
+            "Status": 0xFF00,
+        }
+        for message_id in (7, 8, 0x0100, 0xFFFF, 7):
+            for status in (0xFF00, 0x0000):
+                data = self._pydicom({**fields, "MessageIDBeingRespondedTo": message_id, "Status": status})
+                decoded = commands.decode_command(data)
+                self.assertEqual(decoded.number("MessageIDBeingRespondedTo"), message_id)
+                self.assertEqual(decoded.number("Status"), status)
+                self.assertEqual(decoded.get("AffectedSOPClassUID"), fields["AffectedSOPClassUID"])
+        self.assertEqual(len(decoded_whole), 2)  # a Pending and a final response, once
+        # Still checked: without a Status it is no response, whatever was decoded before.
+        fields = {k: v for k, v in fields.items() if k != "Status"}
+        data = self._pydicom({**fields, "MessageIDBeingRespondedTo": 9})
+        self.assertRaises(commands.CommandError, commands.decode_command, data)
+
     def test_malformed(self) -> None:
         good = self._pydicom(self.CASES[0])
         for bad in (
