@@ -172,18 +172,37 @@ def _encode_value(vr: str, value: CommandValue) -> bytes:
     return raw
 
 
+_US_ELEMENT = struct.Struct("<HHLH")
+# Text values encoded before (SOP class UIDs, AE titles), by VR and value.
+_TEXTS: dict[tuple[str, str], bytes] = {}
+_TEXTS_KEPT = 256
+
+
 def encode_command(ds: Command | Dataset) -> bytes:
     """Encode a command set with its (0000,0000) group length in front."""
     if isinstance(ds, Dataset):  # callers may still build pydicom command sets
         ds = Command({elem.keyword: elem.value for elem in ds if elem.keyword in FIELDS})
     parts = []
-    for keyword in ds:
-        if keyword == "CommandGroupLength":
-            continue
+    values = ds._values
+    for keyword in sorted(values, key=_ORDER.__getitem__):
         tag, vr = FIELDS[keyword]
-        value = _encode_value(vr, getattr(ds, keyword))
-        parts.append(_ELEMENT.pack(0x0000, tag & 0xFFFF, len(value)))
-        parts.append(value)
+        if tag == 0x00000000:  # CommandGroupLength: written below
+            continue
+        value = values[keyword]
+        if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
+            parts.append(_US_ELEMENT.pack(0x0000, tag, 2, value))  # most of a command set
+            continue
+        if type(value) is str:
+            encoded = _TEXTS.get((vr, value))
+            if encoded is None:
+                encoded = _encode_value(vr, value)
+                if len(_TEXTS) >= _TEXTS_KEPT:
+                    _TEXTS.clear()
+                _TEXTS[(vr, value)] = encoded
+        else:
+            encoded = _encode_value(vr, value)
+        parts.append(_ELEMENT.pack(0x0000, tag, len(encoded)))
+        parts.append(encoded)
     rest = b"".join(parts)
     return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(rest)) + rest
 

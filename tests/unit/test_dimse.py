@@ -542,6 +542,25 @@ class CommandCodecTests(SynchronousTestCase):
             )
             self.assertEqual(commands.encode_command(built), self._pydicom(fields), fields)
 
+    def test_encode_same_text_under_other_vrs_and_numbers_out_of_range(self) -> None:
+        """Text values are kept encoded by VR and value: "123" as an AE title is padded
+        with a space, as a UID with a NUL.  A US value out of range is still refused."""
+        for _ in range(2):
+            fields = {
+                "CommandField": commands.C_MOVE_RQ,
+                "AffectedSOPClassUID": "123",
+                "MessageID": 0xFFFF,
+                "Priority": 0,
+                "MoveDestination": "123",
+                "CommandDataSetType": commands.HAS_DATASET,
+            }
+            rest = {k: v for k, v in fields.items() if k != "CommandField"}
+            built = commands.command(commands.C_MOVE_RQ, **rest)  # type: ignore[arg-type]
+            self.assertEqual(commands.encode_command(built), self._pydicom(fields))
+        for bad in (0x10000, -1, "7"):
+            built = commands.command(commands.C_ECHO_RQ, MessageID=bad)  # type: ignore[arg-type]
+            self.assertRaises(commands.CommandError, commands.encode_command, built)
+
     def test_decode_reads_pydicom(self) -> None:
         for fields in self.CASES:
             decoded = commands.decode_command(self._pydicom(fields))
