@@ -372,14 +372,18 @@ def _clean_right(text: str) -> str:
     return text.rstrip(" \x00")
 
 
+def _single(vr: str, value: str, clean: Callable[[str], str]) -> str:
+    """`_strings` of one value."""
+    if not value:
+        return f'{{"vr":"{vr}"}}'
+    text = clean(value)
+    return f'{{"vr":"{vr}","Value":[{_quote(text) if text else "null"}]}}'
+
+
 def _strings(vr: str, values: list[str], clean: Callable[[str], str]) -> str:
     """A text attribute from pydicom's values (a single '' is an empty attribute)."""
     if len(values) == 1:  # nearly every value of a match
-        value = values[0]
-        if not value:
-            return f'{{"vr":"{vr}"}}'
-        text = clean(value)
-        return f'{{"vr":"{vr}","Value":[{_quote(text) if text else "null"}]}}'
+        return _single(vr, values[0], clean)
     out = []
     for value in values:
         text = clean(value) if value else ""
@@ -394,11 +398,18 @@ _quote: Callable[[str], str] = json.encoder.encode_basestring
 
 def _text(vr: str, raw: bytes, codec: str) -> str:
     """AE AS CS DA DT TM UI UR LO SH UC LT ST UT: as pydicom converts and dicomjson writes."""
+    # One value (no backslash: the same byte in every codec the walk takes) is written
+    # without splitting: a match's new values are UIDs, accession numbers, IDs.
+    if vr == "UI" and b"\\" not in raw:
+        return _single(vr, raw.decode("latin-1").rstrip("\x00 ").strip(), _clean_right)
     if vr in ("LO", "SH", "UC"):
         if b"\x1b" in raw:
             raise _Decline
+        clean = _clean_right if vr == "UC" else _clean_both
+        if b"\\" not in raw:
+            return _single(vr, raw.decode(codec).rstrip("\x00 "), clean)
         values = [v.rstrip("\x00 ") for v in raw.decode(codec).split("\\")]
-        return _strings(vr, values, _clean_right if vr == "UC" else _clean_both)
+        return _strings(vr, values, clean)
     if vr in ("LT", "ST", "UT"):
         if b"\x1b" in raw:
             raise _Decline

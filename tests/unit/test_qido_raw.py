@@ -207,6 +207,17 @@ class FixtureTests(Compare):
             data = b"".join(elements[k] for k in sorted(elements))
             self.assert_same(data, IMPLICIT_VR_LE)
 
+    def test_one_value_or_several(self) -> None:
+        """One text value (written without splitting) and several, padded every way."""
+        tags = {"UI": 0x00081150, "LO": 0x00081030, "SH": 0x00080050, "UC": 0x00189367}
+        values = (b"", b"  ", b"A ", b" A", b" A B ", b"A\\B", b"\\", b"A\\", b"1.2\x00", b"A\x00 ", b"\x00A")
+        for implicit in (True, False):
+            b = Builder(implicit)
+            for vr, tag in tags.items():
+                for value in values:
+                    data = b.element(tag, vr, value + b" " * (len(value) % 2))
+                    self.assert_same(data, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE, served=True)
+
     def test_cut_short_anywhere(self) -> None:
         """A match cut anywhere (a header, a value) is what the oracle makes of it: the
         flat loop's struct.error at a short header hands it to the full walk."""
