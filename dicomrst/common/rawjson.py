@@ -230,6 +230,13 @@ def _seen(implicit: bool, codec: str) -> dict[bytes, tuple[str, str]]:
     return elements
 
 
+#: An element of the last identifier the flat loop wrote, per syntax: its bytes (header
+#: included), member, tag, VR, the header's size, and the character set in force before
+#: and after it (they differ at Specific Character Set only).
+_Entry = tuple[bytes, str, int, str, int, str, str]
+_LAYOUT: dict[bool, list[_Entry]] = {}
+
+
 def _flat_identifier(
     data: bytes, implicit: bool, wanted: frozenset[int]
 ) -> tuple[Members, list[int], dict[int, tuple[str, bytes]]] | None:
@@ -237,8 +244,13 @@ def _flat_identifier(
     elements of public groups with a plain VR and a defined length, no sequences; None as
     soon as anything else comes, and the full walk does the data set.  A C-FIND match is
     nearly always such a list, and this loop has a fraction of the walk's branches (a
-    quarter of a QIDO-RS search's CPU was the walk).  An element whose bytes were seen
-    before (in the same syntax and character set) is its member again at once.
+    quarter of a QIDO-RS search's CPU was the walk).
+
+    The matches of a search are alike: most of an element's bytes are those of the same
+    element of the match before.  So the loop first compares the bytes at hand with the
+    next element of the last identifier it wrote (`_LAYOUT`, one ``startswith``) and takes
+    its member; else an element whose bytes were seen before (in the same syntax and
+    character set) is its member again from `_ELEMENTS`; else it is written.
 
     A header cut short raises `struct.error`: the caller then leaves the data set to the
     full walk, as it does for None."""
@@ -247,6 +259,10 @@ def _flat_identifier(
     long_vrs = _LONG_BYTES
     codec = _DEFAULT_CODEC
     elements = _seen(implicit, codec)
+    previous = _LAYOUT.get(implicit) or []
+    known_count = len(previous)
+    k = 0  # the element of `previous` the next one may be
+    layout: list[_Entry] = []
     members: Members = []
     tags: list[int] = []
     values: dict[int, tuple[str, bytes]] = {}
@@ -259,6 +275,31 @@ def _flat_identifier(
     vr_bytes = b""
     vr: str | None
     while pos < end:
+        if k < known_count:
+            entry = previous[k]
+            if data.startswith(entry[0], pos) and entry[5] == codec:
+                # The same bytes as the last identifier's element here, under the same
+                # character set: the same element.  Its tag is above `last`: `previous`
+                # ascends, and `k` passes every tag up to the last one written.
+                tag = entry[2]
+                members.append(entry[1])
+                tags.append(tag)
+                stop = pos + len(entry[0])
+                if tag in wanted:
+                    values[tag] = (entry[3], data[pos + entry[4] : stop])
+                if tag <= SPECIFIC_CHARACTER_SET:
+                    if tag == SPECIFIC_CHARACTER_SET:
+                        if used_codec:
+                            return None
+                        codec = entry[6]
+                        elements = _seen(implicit, codec)
+                    elif entry[3] in _USES_CODEC:
+                        used_codec = True
+                layout.append(entry)
+                last = tag
+                pos = stop
+                k += 1
+                continue
         if implicit:
             group, element, length = header(data, pos)
             start = pos + 8
@@ -276,17 +317,22 @@ def _flat_identifier(
         stop = start + length
         if stop > end:
             return None  # undefined length too
+        while k < known_count and previous[k][2] <= tag:
+            k += 1
+        codec_before = codec
         element_bytes = None
         if length <= _CACHED_LENGTH and tag != SPECIFIC_CHARACTER_SET:
             element_bytes = data[pos:stop]
             known = elements.get(element_bytes)
             if known is not None:
-                members.append(known[1])
+                vr, member = known
+                members.append(member)
                 tags.append(tag)
                 if tag in wanted:
-                    values[tag] = (known[0], data[start:stop])
-                if tag < SPECIFIC_CHARACTER_SET and known[0] in _USES_CODEC:
+                    values[tag] = (vr, data[start:stop])
+                if tag < SPECIFIC_CHARACTER_SET and vr in _USES_CODEC:
                     used_codec = True
+                layout.append((element_bytes, member, tag, vr, start - pos, codec, codec))
                 pos = stop
                 continue
         vr = (None if group & 1 else _dictionary_vr(tag)) if implicit else _VRS.get(vr_bytes)
@@ -318,13 +364,18 @@ def _flat_identifier(
             member = _charset_member(raw)  # in every match, and not in `elements`
         else:
             member = f'"{tag:08X}":{_attribute(vr, raw, codec, lut_fix)}'
-        if element_bytes is not None and not lut_fix:
-            if len(elements) >= _CACHE_SIZE:
-                elements.clear()
-            elements[element_bytes] = (vr, member)
+        if not lut_fix:
+            if element_bytes is not None:
+                if len(elements) >= _CACHE_SIZE:
+                    elements.clear()
+                elements[element_bytes] = (vr, member)
+            else:
+                element_bytes = data[pos:stop]
+            layout.append((element_bytes, member, tag, vr, start - pos, codec_before, codec))
         members.append(member)
         tags.append(tag)
         pos = stop
+    _LAYOUT[implicit] = layout
     return members, tags, values
 
 
@@ -516,6 +567,7 @@ def clear_cache() -> None:
     """Forget the attributes kept for values seen before (benchmarks measure without them)."""
     _ATTRIBUTES.clear()
     _ELEMENTS.clear()
+    _LAYOUT.clear()
 
 
 def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:

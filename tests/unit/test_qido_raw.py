@@ -207,6 +207,36 @@ class FixtureTests(Compare):
             data = b"".join(elements[k] for k in sorted(elements))
             self.assert_same(data, IMPLICIT_VR_LE)
 
+    def test_matches_after_matches(self) -> None:
+        """Each match is compared with the last one's elements: elements missing, added,
+        changed, the character set changed (the same bytes read otherwise) or moved
+        later than an element that uses it: each is what the oracle writes."""
+        import random
+
+        rng = random.Random(15)
+        for implicit in (True, False):
+            b = Builder(implicit)
+            syntax = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
+            pool = [
+                [b.element(0x00080005, "CS", v) for v in (b"ISO_IR 100", b"ISO_IR 144", b"ISO_IR 192")],
+                [b.element(0x00080020, "DA", v) for v in (b"20200101", b"20210202")],
+                [b.element(0x00080050, "SH", v) for v in (b"A1", b"M\xfcl ", b"")],
+                [b.element(0x00080052, "CS", b"STUDY ")],
+                [b.element(0x00100010, "PN", v) for v in (b"M\xfcller^J ", b"Doe^J ", b"\xc3\xbc^A ")],
+                [b.element(0x00100020, "LO", v) for v in (b"P1", b"\xd0\xc1")],
+                [b.element(0x0020000D, "UI", v) for v in (b"1.2.3\x00", b"1.2.4\x00")],
+                [b.element(0x00201208, "IS", v) for v in (b"12", b"7 ")],
+            ]
+            for _ in range(300):
+                data = b"".join(rng.choice(choices) for choices in pool if rng.random() < 0.8)
+                self.assert_same(data, syntax)
+        # An element that uses the character set before it: the pydicom way, every time.
+        b = Builder(False)
+        early = b.element(0x00041130, "LO", b"\xd0\xc1") + b.element(0x00080005, "CS", b"ISO_IR 144")
+        for _ in range(2):
+            self.assert_same(early, EXPLICIT_VR_LE)
+            self.assertIsNone(rawjson.identifier_attributes(early, implicit=False))
+
     def test_one_value_or_several(self) -> None:
         """One text value (written without splitting) and several, padded every way."""
         tags = {"UI": 0x00081150, "LO": 0x00081030, "SH": 0x00080050, "UC": 0x00189367}
