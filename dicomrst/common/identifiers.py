@@ -59,8 +59,11 @@ _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2sHL")
 
 
-def _first(pair: tuple[int, object]) -> int:
-    return pair[0]
+_LISTS = (MultiValue, list)
+# The header of an empty element (a return key) by tag, VR and syntax: a search's
+# identifier is mostly those, the same ones request after request.
+_EMPTY: dict[tuple[int, str, bool], bytes] = {}
+_EMPTY_KEPT = 1024
 
 
 def _write(ds: Dataset, implicit: bool) -> bytes:
@@ -75,7 +78,8 @@ def _write(ds: Dataset, implicit: bool) -> bytes:
     out = []
     # In tag order, compared as plain ints: pydicom's BaseTag orders in Python, and
     # get_item per tag cost more than the writing.
-    for tag, element in sorted([(int(tag), element) for tag, element in ds.items()], key=_first):
+    # (The tags are unique: the pairs never compare their elements.)
+    for tag, element in sorted(zip(map(int, ds.keys()), ds.values(), strict=True)):
         if not isinstance(element, DataElement) or tag & 0xFFFF == 0 or element.is_undefined_length:
             raise _Unwritten
         vr = element.VR
@@ -90,10 +94,10 @@ def _write(ds: Dataset, implicit: bool) -> bytes:
                 data = _write(item, implicit)
                 items.append(_TAG_LENGTH.pack(0xFFFE, 0xE000, len(data)) + data)
             raw = b"".join(items)
-        elif value is None or value == "" or (isinstance(value, MultiValue | list) and not value):
-            raw = b""
+        elif value is None or value == "" or (isinstance(value, _LISTS) and not value):
+            raw = b""  # most of a query's elements: the return keys
         elif vr in _TEXT:
-            values = value if isinstance(value, MultiValue | list) else (value,)
+            values = value if isinstance(value, _LISTS) else (value,)
             if vr != "PN" and not all(isinstance(v, str) for v in values):
                 raise _Unwritten  # numbers, bytes, dates: pydicom formats those
             text = "\\".join(str(v) for v in values)
@@ -105,6 +109,11 @@ def _write(ds: Dataset, implicit: bool) -> bytes:
         else:
             raise _Unwritten
         length = len(raw)
+        if not length:
+            header = _EMPTY.get((tag, vr, implicit))
+            if header is not None:
+                out.append(header)
+                continue
         if implicit:
             out.append(_TAG_LENGTH.pack(tag >> 16, tag & 0xFFFF, length))
         elif vr in _LONG_LENGTH:
@@ -113,6 +122,8 @@ def _write(ds: Dataset, implicit: bool) -> bytes:
             out.append(_EXPLICIT_SHORT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length))
         else:
             raise _Unwritten
+        if not length and len(_EMPTY) < _EMPTY_KEPT:
+            _EMPTY[(tag, vr, implicit)] = out[-1]
         out.append(raw)
     return b"".join(out)
 

@@ -61,6 +61,11 @@ class Machine:
             table[(t.source, t.event)] = t
         object.__setattr__(self, "_table", table)
 
+    @property
+    def table(self) -> Mapping[tuple[str, str], Transition]:
+        """Each (state, event) the machine knows, with its transition."""
+        return self._table
+
     def transition(self, state: str, event: str) -> Transition:
         try:
             return self._table[(state, event)]
@@ -118,9 +123,14 @@ class Run:
         self.machine = machine
         self.owner = owner
         self.state = machine.initial
+        self._table = machine.table
 
     def fire(self, event: str, *args: object, **kwargs: object) -> None:
-        t = self.machine.transition(self.state, event)
+        # The table is read here rather than through `Machine.transition`: a DIMSE
+        # operation fires an event per response.
+        t = self._table.get((self.state, event))
+        if t is None:
+            t = self.machine.transition(self.state, event)  # raises InvalidTransition
         self.state = t.target
         if t.action is not None:
             getattr(self.owner, t.action)(*args, **kwargs)

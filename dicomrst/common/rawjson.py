@@ -213,10 +213,28 @@ def identifier_attributes(
 
 
 _NO_BULK = 2**62  # the identifier encoder writes every value inline
-#: Members of identifiers' elements seen before, by their bytes (header included), the
-#: data set's syntax and character set: the matches of a search share most values.
-_ELEMENTS: dict[tuple[bool, str, bytes], tuple[str, str]] = {}
+#: Members of identifiers' elements seen before, by the data set's syntax and character
+#: set, then by the element's bytes (header included): the matches of a search share
+#: most values.
+_ELEMENTS: dict[tuple[bool, str], dict[bytes, tuple[str, str]]] = {}
+_ELEMENT_KINDS = 8  # (syntax, character set) pairs kept; a gateway sees one or two
 _LONG_BYTES = frozenset(vr.encode() for vr in _LONG)
+
+
+def _seen(implicit: bool, codec: str) -> dict[bytes, tuple[str, str]]:
+    elements = _ELEMENTS.get((implicit, codec))
+    if elements is None:
+        if len(_ELEMENTS) >= _ELEMENT_KINDS:
+            _ELEMENTS.clear()
+        elements = _ELEMENTS[(implicit, codec)] = {}
+    return elements
+
+
+#: An element of the last identifier the flat loop wrote, per syntax: its bytes (header
+#: included), member, tag, VR, the header's size, and the character set in force before
+#: and after it (they differ at Specific Character Set only).
+_Entry = tuple[bytes, str, int, str, int, str, str]
+_LAYOUT: dict[bool, list[_Entry]] = {}
 
 
 def _flat_identifier(
@@ -226,15 +244,30 @@ def _flat_identifier(
     elements of public groups with a plain VR and a defined length, no sequences; None as
     soon as anything else comes, and the full walk does the data set.  A C-FIND match is
     nearly always such a list, and this loop has a fraction of the walk's branches (a
-    quarter of a QIDO-RS search's CPU was the walk).  An element whose bytes were seen
-    before (in the same syntax and character set) is its member again at once."""
+    quarter of a QIDO-RS search's CPU was the walk).
+
+    The matches of a search are alike: most of an element's bytes are those of the same
+    element of the match before.  So the loop first compares the bytes at hand with the
+    next element of the last identifier it wrote (`_LAYOUT`, one ``startswith``) and takes
+    its member; else an element whose bytes were seen before (in the same syntax and
+    character set) is its member again from `_ELEMENTS`; else it is written.
+
+    A header cut short raises `struct.error`: the caller then leaves the data set to the
+    full walk, as it does for None."""
     header = _HEADER.unpack_from
     explicit = _EXPLICIT.unpack_from
-    elements = _ELEMENTS
+    long_vrs = _LONG_BYTES
+    codec = _DEFAULT_CODEC
+    elements = _seen(implicit, codec)
+    previous = _LAYOUT.get(implicit) or []
+    known_count = len(previous)
+    k = 0  # the element of `previous` the next one may be
+    layout: list[_Entry] = []
     members: Members = []
     tags: list[int] = []
     values: dict[int, tuple[str, bytes]] = {}
-    codec = _DEFAULT_CODEC
+    # An element before Specific Character Set whose text it would decode otherwise.  Tags
+    # ascend, so only those below (0008,0005) are looked at.
     used_codec = False
     pos = 0
     end = len(data)
@@ -242,16 +275,37 @@ def _flat_identifier(
     vr_bytes = b""
     vr: str | None
     while pos < end:
-        if end - pos < 8:
-            return None
+        if k < known_count:
+            entry = previous[k]
+            if data.startswith(entry[0], pos) and entry[5] == codec:
+                # The same bytes as the last identifier's element here, under the same
+                # character set: the same element.  Its tag is above `last`: `previous`
+                # ascends, and `k` passes every tag up to the last one written.
+                tag = entry[2]
+                members.append(entry[1])
+                tags.append(tag)
+                stop = pos + len(entry[0])
+                if tag in wanted:
+                    values[tag] = (entry[3], data[pos + entry[4] : stop])
+                if tag <= SPECIFIC_CHARACTER_SET:
+                    if tag == SPECIFIC_CHARACTER_SET:
+                        if used_codec:
+                            return None
+                        codec = entry[6]
+                        elements = _seen(implicit, codec)
+                    elif entry[3] in _USES_CODEC:
+                        used_codec = True
+                layout.append(entry)
+                last = tag
+                pos = stop
+                k += 1
+                continue
         if implicit:
             group, element, length = header(data, pos)
             start = pos + 8
         else:
             group, element, vr_bytes, length = explicit(data, pos)
-            if vr_bytes in _LONG_BYTES:
-                if end - pos < 12:
-                    return None
+            if vr_bytes in long_vrs:
                 (length,) = _U32.unpack_from(data, pos + 8)
                 start = pos + 12
             else:
@@ -263,18 +317,22 @@ def _flat_identifier(
         stop = start + length
         if stop > end:
             return None  # undefined length too
-        element_key = None
+        while k < known_count and previous[k][2] <= tag:
+            k += 1
+        codec_before = codec
+        element_bytes = None
         if length <= _CACHED_LENGTH and tag != SPECIFIC_CHARACTER_SET:
-            element_key = (implicit, codec, data[pos:stop])
-            known = elements.get(element_key)
+            element_bytes = data[pos:stop]
+            known = elements.get(element_bytes)
             if known is not None:
                 vr, member = known
-                if tag in wanted:
-                    values[tag] = (vr, data[start:stop])
-                if vr in _USES_CODEC:
-                    used_codec = True
                 members.append(member)
                 tags.append(tag)
+                if tag in wanted:
+                    values[tag] = (vr, data[start:stop])
+                if tag < SPECIFIC_CHARACTER_SET and vr in _USES_CODEC:
+                    used_codec = True
+                layout.append((element_bytes, member, tag, vr, start - pos, codec, codec))
                 pos = stop
                 continue
         vr = (None if group & 1 else _dictionary_vr(tag)) if implicit else _VRS.get(vr_bytes)
@@ -294,6 +352,7 @@ def _flat_identifier(
             if used_codec:
                 return None
             codec = _codec(raw)
+            elements = _seen(implicit, codec)
         if tag in wanted:
             values[tag] = (vr, raw)
         if vr in _USES_CODEC:
@@ -301,15 +360,22 @@ def _flat_identifier(
         lut_fix = tag in _LUT_DESCRIPTORS
         if length == 0:
             member = f'"{tag:08X}":{{"vr":"{vr}"}}'
+        elif tag == SPECIFIC_CHARACTER_SET and vr == "CS":
+            member = _charset_member(raw)  # in every match, and not in `elements`
         else:
             member = f'"{tag:08X}":{_attribute(vr, raw, codec, lut_fix)}'
-        if element_key is not None and not lut_fix:
-            if len(elements) >= _CACHE_SIZE:
-                elements.clear()
-            elements[element_key] = (vr, member)
+        if not lut_fix:
+            if element_bytes is not None:
+                if len(elements) >= _CACHE_SIZE:
+                    elements.clear()
+                elements[element_bytes] = (vr, member)
+            else:
+                element_bytes = data[pos:stop]
+            layout.append((element_bytes, member, tag, vr, start - pos, codec_before, codec))
         members.append(member)
         tags.append(tag)
         pos = stop
+    _LAYOUT[implicit] = layout
     return members, tags, values
 
 
@@ -327,6 +393,13 @@ def _private_vr(tag: int, creator: str) -> str:
         return str(private_dictionary_VR(tag, creator))
     except KeyError:
         return "UN"
+
+
+@lru_cache(maxsize=64)
+def _charset_member(raw: bytes) -> str:
+    """The member of a (non-empty) Specific Character Set value: CS text is ASCII, so it
+    does not depend on the character set in force."""
+    return f'"{SPECIFIC_CHARACTER_SET:08X}":{_text("CS", raw, _DEFAULT_CODEC)}'
 
 
 @lru_cache(maxsize=64)
@@ -350,10 +423,18 @@ def _clean_right(text: str) -> str:
     return text.rstrip(" \x00")
 
 
+def _single(vr: str, value: str, clean: Callable[[str], str]) -> str:
+    """`_strings` of one value."""
+    if not value:
+        return f'{{"vr":"{vr}"}}'
+    text = clean(value)
+    return f'{{"vr":"{vr}","Value":[{_quote(text) if text else "null"}]}}'
+
+
 def _strings(vr: str, values: list[str], clean: Callable[[str], str]) -> str:
     """A text attribute from pydicom's values (a single '' is an empty attribute)."""
-    if len(values) == 1 and not values[0]:
-        return f'{{"vr":"{vr}"}}'
+    if len(values) == 1:  # nearly every value of a match
+        return _single(vr, values[0], clean)
     out = []
     for value in values:
         text = clean(value) if value else ""
@@ -368,11 +449,18 @@ _quote: Callable[[str], str] = json.encoder.encode_basestring
 
 def _text(vr: str, raw: bytes, codec: str) -> str:
     """AE AS CS DA DT TM UI UR LO SH UC LT ST UT: as pydicom converts and dicomjson writes."""
+    # One value (no backslash: the same byte in every codec the walk takes) is written
+    # without splitting: a match's new values are UIDs, accession numbers, IDs.
+    if vr == "UI" and b"\\" not in raw:
+        return _single(vr, raw.decode("latin-1").rstrip("\x00 ").strip(), _clean_right)
     if vr in ("LO", "SH", "UC"):
         if b"\x1b" in raw:
             raise _Decline
+        clean = _clean_right if vr == "UC" else _clean_both
+        if b"\\" not in raw:
+            return _single(vr, raw.decode(codec).rstrip("\x00 "), clean)
         values = [v.rstrip("\x00 ") for v in raw.decode(codec).split("\\")]
-        return _strings(vr, values, _clean_right if vr == "UC" else _clean_both)
+        return _strings(vr, values, clean)
     if vr in ("LT", "ST", "UT"):
         if b"\x1b" in raw:
             raise _Decline
@@ -479,6 +567,7 @@ def clear_cache() -> None:
     """Forget the attributes kept for values seen before (benchmarks measure without them)."""
     _ATTRIBUTES.clear()
     _ELEMENTS.clear()
+    _LAYOUT.clear()
 
 
 def _attribute(vr: str, raw: bytes, codec: str, lut_fix: bool) -> str:

@@ -172,18 +172,37 @@ def _encode_value(vr: str, value: CommandValue) -> bytes:
     return raw
 
 
+_US_ELEMENT = struct.Struct("<HHLH")
+# Text values encoded before (SOP class UIDs, AE titles), by VR and value.
+_TEXTS: dict[tuple[str, str], bytes] = {}
+_TEXTS_KEPT = 256
+
+
 def encode_command(ds: Command | Dataset) -> bytes:
     """Encode a command set with its (0000,0000) group length in front."""
     if isinstance(ds, Dataset):  # callers may still build pydicom command sets
         ds = Command({elem.keyword: elem.value for elem in ds if elem.keyword in FIELDS})
     parts = []
-    for keyword in ds:
-        if keyword == "CommandGroupLength":
-            continue
+    values = ds._values
+    for keyword in sorted(values, key=_ORDER.__getitem__):
         tag, vr = FIELDS[keyword]
-        value = _encode_value(vr, getattr(ds, keyword))
-        parts.append(_ELEMENT.pack(0x0000, tag & 0xFFFF, len(value)))
-        parts.append(value)
+        if tag == 0x00000000:  # CommandGroupLength: written below
+            continue
+        value = values[keyword]
+        if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
+            parts.append(_US_ELEMENT.pack(0x0000, tag, 2, value))  # most of a command set
+            continue
+        if type(value) is str:
+            encoded = _TEXTS.get((vr, value))
+            if encoded is None:
+                encoded = _encode_value(vr, value)
+                if len(_TEXTS) >= _TEXTS_KEPT:
+                    _TEXTS.clear()
+                _TEXTS[(vr, value)] = encoded
+        else:
+            encoded = _encode_value(vr, value)
+        parts.append(_ELEMENT.pack(0x0000, tag, len(encoded)))
+        parts.append(encoded)
     rest = b"".join(parts)
     return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(rest)) + rest
 
@@ -240,11 +259,51 @@ def decode_command(data: bytes) -> Command:
     key = bytes(data)
     values = _DECODED.get(key)
     if values is None:
-        values = _decode_command(key)
+        values = _decode_new(key)
         if len(_DECODED) >= _DECODED_KEPT:
             _DECODED.clear()
         _DECODED[key] = values
     return Command(values)
+
+
+def _decode_new(data: bytes) -> dict[str, CommandValue]:
+    """A command set not seen in these bytes: the next find's responses differ from the
+    last one's only in MessageIDBeingRespondedTo, so a response is looked up without it,
+    and decoded whole only when that misses too."""
+    where = _responded_to(data)
+    if where is None:
+        return _decode_command(data)
+    rest = data[:where] + data[where + 2 :]
+    values = _RESPONSES.get(rest)
+    if values is None:
+        values = _decode_command(data)
+        if len(_RESPONSES) >= _DECODED_KEPT:
+            _RESPONSES.clear()
+        _RESPONSES[rest] = values
+        return values
+    values = dict(values)
+    values["MessageIDBeingRespondedTo"] = data[where] | data[where + 1] << 8
+    return values
+
+
+def _responded_to(data: bytes) -> int | None:
+    """Where the value of a (0000,0120) of length 2 starts, walking element headers;
+    None when there is none or the walk meets anything odd (the full decode decides)."""
+    offset = 0
+    end = len(data) - 8
+    while offset <= end:
+        group, element, length = _ELEMENT.unpack_from(data, offset)
+        if group != 0x0000 or element > 0x0120:
+            return None
+        offset += 8
+        if element == 0x0120:
+            return offset if length == 2 and offset + 2 <= len(data) else None
+        offset += length
+    return None
+
+
+# Responses decoded before, without their MessageIDBeingRespondedTo (`_decode_new`).
+_RESPONSES: dict[bytes, dict[str, CommandValue]] = {}
 
 
 def _decode_command(data: bytes) -> dict[str, CommandValue]:

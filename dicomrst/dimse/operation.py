@@ -62,7 +62,9 @@ class DimseOperation:
         self.timed_out = False
         self._context_id = 0
         self._message_id = 0
+        # None, or active: `_timer_expired` clears it, `_stop_timer` cancels and clears it.
         self._timer: IDelayedCall | None = None
+        self._last_activity = 0.0
         self._run = Run(self.machine, self)
 
     @property
@@ -92,10 +94,11 @@ class DimseOperation:
     # -- actions the operations share ---------------------------------------------------
 
     def _arm_timer(self, *ignored: object) -> None:
-        # Moved, not replaced: a retrieve restarts it for every PDU of every instance.
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.timeout)
-        else:
+        # A lazy deadline: the activity is noted, and the timer, set once, looks when it
+        # fires whether the silence has lasted `timeout` since, else waits for the rest.
+        # A C-FIND-RSP, or each PDU of a retrieve, costs a clock read, not a reschedule.
+        self._last_activity = self.clock.seconds()
+        if self._timer is None:
             self._timer = self.clock.callLater(self.timeout, self._timer_expired)
 
     def _stop_timer(self, *ignored: object) -> None:
@@ -104,6 +107,10 @@ class DimseOperation:
         self._timer = None
 
     def _timer_expired(self) -> None:
+        left = self._last_activity + self.timeout - self.clock.seconds()
+        if left > 0:  # a float sum a hair short of it costs one more (tiny) wait, no more
+            self._timer = self.clock.callLater(left, self._timer_expired)
+            return
         self._timer = None
         self._run.fire("quiet-ours" if self.silence_is_ours() else "timeout")
 

@@ -44,7 +44,7 @@ from dicomrst.dimse.client import associate
 from dicomrst.dimse.connection import DimseConnection
 from dicomrst.dimse.errors import AssociationIntact
 from dicomrst.errors import ServiceUnavailable
-from dicomrst.logs import current_request_id, debug_enabled, logger
+from dicomrst.logs import current_request_id, debug_enabled, info_enabled, logger
 from dicomrst.ul.errors import (
     AssociationAborted,
     AssociationClosed,
@@ -433,6 +433,8 @@ class AssociationPool:
         it ends); the connection remembers the request for its DIMSE lines."""
         connection = lease.connection
         connection.request_id = current_request_id()
+        if not info_enabled():
+            return  # one a search: at WARN the event's fields cost more than the filter
         association = connection.association
         log.info(
             "association to {aet} taken ({how}) peer={peer} calling={calling} busy={busy}/{size}",

@@ -10,6 +10,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import quote
 
@@ -229,10 +230,11 @@ class Target:
                     return None  # what pydicom makes of it is its business
                 uids[tag] = _ui_value(raw)
         _drop(members, tags, QUERY_RETRIEVE_LEVEL)
-        for tag, uid in self.path_keys().items():
-            if tag not in uids or uids[tag] == "":
-                _put(members, tags, tag, f'{{"vr":"UI","Value":[{json_string(uid)}]}}')
-                uids[tag] = uid
+        if self.study is not None or self.series is not None:  # else no path keys
+            for tag, uid in self.path_keys().items():
+                if tag not in uids or uids[tag] == "":
+                    _put(members, tags, tag, f'{{"vr":"UI","Value":[{json_string(uid)}]}}')
+                    uids[tag] = uid
         if SPECIFIC_CHARACTER_SET in values:
             vr, raw = values[SPECIFIC_CHARACTER_SET]
             if vr != "CS":
@@ -240,20 +242,22 @@ class Target:
             # The value's truth as pydicom reads it: trailing padding off, then non-empty.
             charset = raw.decode("latin-1").rstrip(" \x00")
             _put(members, tags, SPECIFIC_CHARACTER_SET, _UTF8 if charset else '{"vr":"CS"}')
-        url = self._url(service, uids)
-        if url is not None:
-            _put(members, tags, RETRIEVE_URL, f'{{"vr":"UR","Value":[{json_string(url)}]}}')
+        path = self._url_path(uids)
+        if path is not None:
+            # The path is JSON as it is (digits, dots, percent escapes): only the service
+            # URL needs escaping, once per service.
+            _put(members, tags, RETRIEVE_URL, f'{{"vr":"UR","Value":[{_json_prefix(service)}/{path}"]}}')
         return ("{" + ",".join(members) + "}").encode("utf-8")
 
     def _url(self, service: str, uids: dict[int, str | None]) -> str | None:
         """The Retrieve URL of the UIDs (None: one is missing, empty or holds a "/")."""
-        keys = [(STUDY_INSTANCE_UID, "studies")]
-        if self.level in (SERIES, IMAGE):
-            keys.append((SERIES_INSTANCE_UID, "series"))
-        if self.level == IMAGE:
-            keys.append((SOP_INSTANCE_UID, "instances"))
-        parts = [service]
-        for tag, segment in keys:
+        path = self._url_path(uids)
+        return None if path is None else f"{service}/{path}"
+
+    def _url_path(self, uids: dict[int, str | None]) -> str | None:
+        """The Retrieve URL below the service: ASCII letters, digits, ``./-_~%``."""
+        parts = []
+        for tag, segment in _URL_KEYS[self.level]:
             uid = uids.get(tag)
             uid = uid.strip(" \x00") if uid is not None else ""
             if not uid or "/" in uid:
@@ -273,9 +277,23 @@ class Target:
 
 
 _URL_UIDS = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID)
+# The Retrieve URL's segments at each level, and the UIDs they name.
+_STUDIES = (STUDY_INSTANCE_UID, "studies")
+_SERIES = (SERIES_INSTANCE_UID, "series")
+_URL_KEYS = {
+    STUDY: (_STUDIES,),
+    SERIES: (_STUDIES, _SERIES),
+    IMAGE: (_STUDIES, _SERIES, (SOP_INSTANCE_UID, "instances")),
+}
 _UID_CHARS = re.compile(r"[0-9.]+")
 _RAW_WANTED = frozenset((*_URL_UIDS, SPECIFIC_CHARACTER_SET))
 _UTF8 = '{"vr":"CS","Value":["ISO_IR 192"]}'
+
+
+@lru_cache(maxsize=16)
+def _json_prefix(service: str) -> str:
+    """`service` as the start of a JSON string (its closing quote left off)."""
+    return json_string(service)[:-1]
 
 
 def _ui_value(raw: bytes) -> str | None:

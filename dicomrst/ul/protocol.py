@@ -229,12 +229,23 @@ class ULProtocol(Protocol):
         limit = self.peer_max_pdu or UNLIMITED_PDU_CHUNK
         # Fragments must have even length (PS3.8 E.1); each PDV costs 6 header bytes.
         size = max(2, (limit - 6) & ~1)
-        pdvs: list[tuple[int, int, bytes]] = []
-        for fragments, bit in ((_fragments(command, size), 1), (_fragments(dataset, size), 0)):
-            for i, fragment in enumerate(fragments):
-                last = 2 if i == len(fragments) - 1 else 0
-                pdvs.append((context_id, bit | last, fragment))
-        self._event("Evt9", pdus=_pack(pdvs, limit))
+        pdvs: list[tuple[int, int, bytes]]
+        if 0 < len(command) <= size and (dataset is None or len(dataset) <= size):
+            # A command set and a data set of one fragment each: every request and
+            # response but a C-STORE's (or a large identifier's).
+            pdvs = [(context_id, 3, bytes(command))]
+            if dataset:
+                pdvs.append((context_id, 2, bytes(dataset)))
+        else:
+            pdvs = []
+            for fragments, bit in ((_fragments(command, size), 1), (_fragments(dataset, size), 0)):
+                for i, fragment in enumerate(fragments):
+                    last = 2 if i == len(fragments) - 1 else 0
+                    pdvs.append((context_id, bit | last, fragment))
+        if self.state == "Sta6":
+            self._DT_1(_pack(pdvs, limit))  # Evt9 in Sta6, without the table's dispatch
+        else:
+            self._event("Evt9", pdus=_pack(pdvs, limit))
 
     def send_data(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
         """Send the next piece of a data set whose command went out with `send_message`
@@ -352,7 +363,18 @@ class ULProtocol(Protocol):
                     break
                 # Progress is counted in whole PDUs: a peer trickling bytes makes none.
                 self._restart_idle()
-                self._pdu_received(*item)
+                pdu_type, body = item
+                if pdu_type == pdu.P_DATA_TF and self.state == "Sta6":
+                    # Nearly every PDU: Evt10 in Sta6 is DT-2, the PDVs to the user, without
+                    # the event table's dispatch (`_pdu_received`, `_event`, `_DT_2`).
+                    try:
+                        pdvs = pdu.parse_pdvs(body)
+                    except pdu.ProtocolError as e:
+                        self._event("Evt19", error=e)
+                        continue
+                    self._deliver(pdvs)
+                    continue
+                self._pdu_received(pdu_type, body)
         finally:
             self._processing = False
 

@@ -542,6 +542,25 @@ class CommandCodecTests(SynchronousTestCase):
             )
             self.assertEqual(commands.encode_command(built), self._pydicom(fields), fields)
 
+    def test_encode_same_text_under_other_vrs_and_numbers_out_of_range(self) -> None:
+        """Text values are kept encoded by VR and value: "123" as an AE title is padded
+        with a space, as a UID with a NUL.  A US value out of range is still refused."""
+        for _ in range(2):
+            fields = {
+                "CommandField": commands.C_MOVE_RQ,
+                "AffectedSOPClassUID": "123",
+                "MessageID": 0xFFFF,
+                "Priority": 0,
+                "MoveDestination": "123",
+                "CommandDataSetType": commands.HAS_DATASET,
+            }
+            rest = {k: v for k, v in fields.items() if k != "CommandField"}
+            built = commands.command(commands.C_MOVE_RQ, **rest)  # type: ignore[arg-type]
+            self.assertEqual(commands.encode_command(built), self._pydicom(fields))
+        for bad in (0x10000, -1, "7"):
+            built = commands.command(commands.C_ECHO_RQ, MessageID=bad)  # type: ignore[arg-type]
+            self.assertRaises(commands.CommandError, commands.encode_command, built)
+
     def test_decode_reads_pydicom(self) -> None:
         for fields in self.CASES:
             decoded = commands.decode_command(self._pydicom(fields))
@@ -558,6 +577,36 @@ class CommandCodecTests(SynchronousTestCase):
         first.MessageID = 99
         self.assertNotEqual(second.get("MessageID"), 99)
         self.assertEqual(list(commands.decode_command(data)), list(second))
+
+    def test_responses_that_differ_in_the_message_id_only(self) -> None:
+        """A response like one decoded before but for another request is read with its
+        own MessageIDBeingRespondedTo; anything else that differs is decoded anew."""
+        decoded_whole: list[bytes] = []
+        decode = commands._decode_command
+
+        def spy(data: bytes) -> dict[str, commands.CommandValue]:
+            decoded_whole.append(data)
+            return decode(data)
+
+        self.patch(commands, "_decode_command", spy)
+        fields: dict[str, object] = {
+            "CommandField": commands.C_FIND_RSP,
+            "AffectedSOPClassUID": "1.2.3.4.5.6.7.8.9.15",  # in no other test's responses
+            "CommandDataSetType": commands.HAS_DATASET,
+            "Status": 0xFF00,
+        }
+        for message_id in (7, 8, 0x0100, 0xFFFF, 7):
+            for status in (0xFF00, 0x0000):
+                data = self._pydicom({**fields, "MessageIDBeingRespondedTo": message_id, "Status": status})
+                decoded = commands.decode_command(data)
+                self.assertEqual(decoded.number("MessageIDBeingRespondedTo"), message_id)
+                self.assertEqual(decoded.number("Status"), status)
+                self.assertEqual(decoded.get("AffectedSOPClassUID"), fields["AffectedSOPClassUID"])
+        self.assertEqual(len(decoded_whole), 2)  # a Pending and a final response, once
+        # Still checked: without a Status it is no response, whatever was decoded before.
+        fields = {k: v for k, v in fields.items() if k != "Status"}
+        data = self._pydicom({**fields, "MessageIDBeingRespondedTo": 9})
+        self.assertRaises(commands.CommandError, commands.decode_command, data)
 
     def test_malformed(self) -> None:
         good = self._pydicom(self.CASES[0])

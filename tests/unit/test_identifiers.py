@@ -80,6 +80,17 @@ class QueryIdentifierTests(SynchronousTestCase):
                     self.assertEqual(len(calls), 0 if served else 1, args)
                     calls.clear()
 
+    def test_empty_elements_per_vr_and_syntax(self) -> None:
+        """An empty element's header is kept per tag, VR and syntax: the same tag with
+        another VR (a long one in Explicit VR) or in the other syntax is not mistaken."""
+        for vr in ("LO", "UT", "LO"):
+            for implicit in (True, False, True):
+                ds = Dataset()
+                ds.add(DataElement(0x00100020, vr, ""))
+                ds.add(DataElement(0x00100021, vr, None))
+                got = encode_identifier(ds, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
+                self.assertEqual(got, pydicom_bytes(ds, implicit), (vr, implicit))
+
     def test_worklist_and_retrieve_identifiers(self) -> None:
         for ds in (
             parse_query(WorklistTarget(), {"PatientID": ["P1"]}).identifier,

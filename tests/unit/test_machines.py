@@ -589,6 +589,53 @@ class FindTransitions(OperationTransitions):
             self.assertIsNone(op._timer, "the operation's timer outlived it")
 
 
+class InactivityDeadlineTests(SynchronousTestCase):
+    """The timeout counts from the last response; a response moves no timer."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pacs = PacsSide(self.clock)
+        self.op = FindOperation(
+            self.pacs.connection, self.clock, aet="PACS", limit=None, timeout=TIMEOUT, on_result=list().append
+        )
+        self.request = self.op.start(retrieve_identifier("1.2.3"))
+        self.request.addErrback(lambda _: None)
+
+    def pending(self) -> None:
+        self.pacs.respond(STUDY_ROOT_FIND, commands.C_FIND_RSP, self.op._message_id, 0xFF00)
+
+    def test_the_silence_after_the_last_response_times_out(self) -> None:
+        for _ in range(3):
+            self.clock.advance(TIMEOUT / 2)
+            self.pending()
+        self.clock.advance(TIMEOUT - 0.5)
+        self.assertEqual(self.op.state, "finding")
+        self.assertFalse(self.op.timed_out)
+        self.clock.advance(0.5)
+        self.assertEqual(self.op.state, "ended")  # timed out, aborted, the request failed
+        self.assertTrue(self.op.timed_out)
+        self.assertTrue(self.pacs.transport.disconnecting)
+
+    def test_responses_leave_the_timer_where_it_is(self) -> None:
+        (timer,) = self.clock.getDelayedCalls()
+        due = timer.getTime()
+        for _ in range(5):
+            self.clock.advance(0.5)
+            self.pending()
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.assertEqual(timer.getTime(), due)
+        self.clock.advance(due - self.clock.seconds())  # it fires, and waits for the rest
+        self.assertFalse(self.op.timed_out)
+        (again,) = self.clock.getDelayedCalls()
+        self.assertEqual(again.getTime(), 2.5 + TIMEOUT)
+
+    def test_the_final_response_stops_it(self) -> None:
+        self.pending()
+        self.pacs.respond(STUDY_ROOT_FIND, commands.C_FIND_RSP, self.op._message_id, commands.SUCCESS)
+        self.assertEqual(self.op.state, "ended")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 @per_transition(GET)
 class GetTransitions(OperationTransitions):
     machine = GET

@@ -14,14 +14,18 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import Logger, formatEvent
 
 from dicomrst.backends.pacs import DimseBackend
 from dicomrst.backends.pacs.backend import CallerNotAccepted
 from dicomrst.common.identifiers import found_dataset
 from dicomrst.dimse import commands
+from dicomrst.dimse import pool as pool_module
 from dicomrst.dimse.find import FindFailed
 from dicomrst.dimse.pool import STALE_ERRORS, AssociationPool, Lease
 from dicomrst.errors import ServiceUnavailable, UpstreamError
+from dicomrst.logs import request_scope, set_level
 from dicomrst.ul import pdu
 from dicomrst.ul.errors import (
     AssociationAborted,
@@ -904,3 +908,50 @@ class BackendFindTests(PoolTestCase):
         self.flush()
         self.successResultOf(stopped)
         self.assertQuiet()
+
+
+class TakenLineTests(PoolTestCase):
+    """The INFO line for the association a request takes: built only when INFO shows."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Every event the pool emits, before any level filter: one built and then filtered
+        # out is an event here.
+        self.logs = EventLoggingObserver()
+        self.patch(pool_module, "log", Logger(namespace="dicomrst.pool", observer=self.logs))
+        self.addCleanup(set_level, "INFO")
+
+    def taken(self) -> list[str]:
+        return [formatEvent(e) for e in self.logs if "taken" in (e.get("log_format") or "")]
+
+    def run_one(self, pool: AssociationPool, request_id: str = "r1") -> str | None:
+        """The request the association names while the operation runs."""
+        named: list[str | None] = []
+
+        async def op(lease: Lease) -> None:
+            named.append(lease.connection.request_id)
+
+        with request_scope(request_id):
+            d = Deferred.fromCoroutine(pool.run(op))
+        if self.pending_connects():
+            self.connect()
+        self.successResultOf(d)
+        return named[0]
+
+    def test_info_shows_the_association_taken(self) -> None:
+        set_level("INFO")
+        pool = self.make_pool(size=1)
+        self.run_one(pool)
+        self.run_one(pool)
+        lines = self.taken()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith("association to PACS taken (new) peer="), lines)
+        self.assertTrue(lines[1].startswith("association to PACS taken (reused) peer="), lines)
+
+    def test_warn_builds_no_event_but_names_the_request(self) -> None:
+        set_level("WARN")
+        pool = self.make_pool(size=1)
+        # The DIMSE lines of the request still name it.
+        self.assertEqual(self.run_one(pool, "r1"), "r1")
+        self.assertEqual(self.run_one(pool, "r2"), "r2")
+        self.assertEqual(self.taken(), [])

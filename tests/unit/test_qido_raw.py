@@ -166,6 +166,23 @@ class FixtureTests(Compare):
             assert got is not None
             self.assertIn(f'"{SERVICE}/studies/{segment}"', got.decode())
 
+    def test_retrieve_url_of_a_service_url_json_escapes(self) -> None:
+        """The service URL is escaped once per service and put in front of the path: as
+        the oracle escapes the whole URL, for every target."""
+        b = Builder(True)
+        data = (
+            b.element(0x0008_0018, "UI", b"1.2.3.4")
+            + b.element(0x0020_000D, "UI", b"1.2 3")
+            + b.element(0x0020_000E, "UI", b"1.2.3")
+        )
+        # (Not a backslash: the oracle splits the UR value there, the raw path never did.)
+        for service in ('http://gw/a"b/aets/PACS', "http://gw/ü\u2028/aets/PACS", "http://gw/\ud800/x"):
+            for target in TARGETS:
+                got = target.raw_result(RawIdentifier(data, IMPLICIT_VR_LE), service)
+                dataset = decode_identifier(data, IMPLICIT_VR_LE)
+                want = encode_dataset(target.result(dataset, Dataset(), service))
+                self.assertEqual(got, want, (service, target.resource))
+
     def test_path_uids_charset_and_retrieve_url(self) -> None:
         """The attributes `result` adds, replaces or drops, in each of their states."""
         b = Builder(True)
@@ -189,6 +206,60 @@ class FixtureTests(Compare):
             elements = {struct.unpack("<HH", c[:4]): c for c in chosen}
             data = b"".join(elements[k] for k in sorted(elements))
             self.assert_same(data, IMPLICIT_VR_LE)
+
+    def test_matches_after_matches(self) -> None:
+        """Each match is compared with the last one's elements: elements missing, added,
+        changed, the character set changed (the same bytes read otherwise) or moved
+        later than an element that uses it: each is what the oracle writes."""
+        import random
+
+        rng = random.Random(15)
+        for implicit in (True, False):
+            b = Builder(implicit)
+            syntax = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
+            pool = [
+                [b.element(0x00080005, "CS", v) for v in (b"ISO_IR 100", b"ISO_IR 144", b"ISO_IR 192")],
+                [b.element(0x00080020, "DA", v) for v in (b"20200101", b"20210202")],
+                [b.element(0x00080050, "SH", v) for v in (b"A1", b"M\xfcl ", b"")],
+                [b.element(0x00080052, "CS", b"STUDY ")],
+                [b.element(0x00100010, "PN", v) for v in (b"M\xfcller^J ", b"Doe^J ", b"\xc3\xbc^A ")],
+                [b.element(0x00100020, "LO", v) for v in (b"P1", b"\xd0\xc1")],
+                [b.element(0x0020000D, "UI", v) for v in (b"1.2.3\x00", b"1.2.4\x00")],
+                [b.element(0x00201208, "IS", v) for v in (b"12", b"7 ")],
+            ]
+            for _ in range(300):
+                data = b"".join(rng.choice(choices) for choices in pool if rng.random() < 0.8)
+                self.assert_same(data, syntax)
+        # An element that uses the character set before it: the pydicom way, every time.
+        b = Builder(False)
+        early = b.element(0x00041130, "LO", b"\xd0\xc1") + b.element(0x00080005, "CS", b"ISO_IR 144")
+        for _ in range(2):
+            self.assert_same(early, EXPLICIT_VR_LE)
+            self.assertIsNone(rawjson.identifier_attributes(early, implicit=False))
+
+    def test_one_value_or_several(self) -> None:
+        """One text value (written without splitting) and several, padded every way."""
+        tags = {"UI": 0x00081150, "LO": 0x00081030, "SH": 0x00080050, "UC": 0x00189367}
+        values = (b"", b"  ", b"A ", b" A", b" A B ", b"A\\B", b"\\", b"A\\", b"1.2\x00", b"A\x00 ", b"\x00A")
+        for implicit in (True, False):
+            b = Builder(implicit)
+            for vr, tag in tags.items():
+                for value in values:
+                    data = b.element(tag, vr, value + b" " * (len(value) % 2))
+                    self.assert_same(data, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE, served=True)
+
+    def test_cut_short_anywhere(self) -> None:
+        """A match cut anywhere (a header, a value) is what the oracle makes of it: the
+        flat loop's struct.error at a short header hands it to the full walk."""
+        b = Builder(False)
+        data = (
+            b.element(0x00080005, "CS", b"ISO_IR 100")
+            + b.element(0x00080020, "DA", b"20200101")
+            + b.element(0x00100010, "PN", b"Doe^J ")
+            + b.element(0x0020000D, "UI", b"1.2.3\x00")
+        )
+        for cut in range(1, len(data)):
+            self.assert_same(data[:cut], EXPLICIT_VR_LE)
 
     def test_declines(self) -> None:
         """ISO 2022 and multi-byte character sets, pixel data, and the worklist (whose

@@ -639,6 +639,25 @@ class SendTests(ULTestCase):
             [(True, True), (False, True)],
         )
 
+    def test_one_fragment_each_or_several(self) -> None:
+        """Up to the fragment size a message is a PDV each (none for an empty data set,
+        a memoryview written as its bytes); one byte more and it is fragmented."""
+        proto, transport, _ = self.established_acceptor(verification_request(max_pdu=500))
+        command = echo_rq()
+        size = 500 - 6
+        for data, fragments in (
+            (None, [(True, True)]),
+            (b"", [(True, True)]),
+            (memoryview(b"\x01" * size), [(True, True), (False, True)]),
+            (b"\x01" * (size + 2), [(True, True), (False, False), (False, True)]),
+        ):
+            transport.clear()
+            proto.send_message(1, command, data)
+            written = pdvs_written(transport.value())
+            self.assertEqual([(p.is_command, p.is_last) for p in written], fragments, data)
+            self.assertEqual(written[0].fragment, command)
+            self.assertEqual(b"".join(p.fragment for p in written[1:]), bytes(data or b""))
+
 
 class AbortBeforeAssociationTests(SynchronousTestCase):
     """abort() on an acceptor that never got an A-ASSOCIATE-RQ closes at once."""
