@@ -46,6 +46,7 @@ class Machine:
     events: Mapping[str, str]
     transitions: tuple[Transition, ...]
     _table: dict[tuple[str, str], Transition] = attrs.field(init=False, repr=False, eq=False)
+    _terminal: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         table: dict[tuple[str, str], Transition] = {}
@@ -60,6 +61,12 @@ class Machine:
                 raise ValueError(f"{self.name}: two transitions for {t.event} in {t.source}")
             table[(t.source, t.event)] = t
         object.__setattr__(self, "_table", table)
+        object.__setattr__(self, "_terminal", frozenset(self.states) - {t.source for t in self.transitions})
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        """The states no event leaves."""
+        return self._terminal
 
     @property
     def table(self) -> Mapping[tuple[str, str], Transition]:
@@ -116,14 +123,18 @@ class Run:
     """One owner's position in a machine.
 
     `fire` moves to the transition's target first and then calls the action, so an action
-    may itself fire the next event (the state it sees is its transition's target).
+    may itself fire the next event (the state it sees is its transition's target).  Once
+    the run is in a terminal state it lets go of its owner: the owner holds the run, and
+    that cycle would otherwise keep both (and all the owner holds: a search's query,
+    identifier and results) for the cyclic collector, once per DIMSE operation.
     """
 
     def __init__(self, machine: Machine, owner: object) -> None:
         self.machine = machine
-        self.owner = owner
+        self.owner: object | None = owner
         self.state = machine.initial
         self._table = machine.table
+        self._terminal = machine.terminal
 
     def fire(self, event: str, *args: object, **kwargs: object) -> None:
         # The table is read here rather than through `Machine.transition`: a DIMSE
@@ -134,3 +145,5 @@ class Run:
         self.state = t.target
         if t.action is not None:
             getattr(self.owner, t.action)(*args, **kwargs)
+        if self.state in self._terminal:
+            self.owner = None

@@ -13,7 +13,9 @@ test.  Also: the diagrams in docs/state-machines are the ones the tables draw.
 
 from __future__ import annotations
 
+import gc
 import io
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from zope.interface import implementer
 
 from dicomrst import diagrams
 from dicomrst.common.identifiers import encode_identifier, retrieve_identifier
-from dicomrst.common.machine import Machine, Run, Transition
+from dicomrst.common.machine import InvalidTransition, Machine, Run, Transition
 from dicomrst.common.uids import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
@@ -634,6 +636,54 @@ class InactivityDeadlineTests(SynchronousTestCase):
         self.pacs.respond(STUDY_ROOT_FIND, commands.C_FIND_RSP, self.op._message_id, commands.SUCCESS)
         self.assertEqual(self.op.state, "ended")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_an_ended_operation_is_freed_without_the_cyclic_collector(self) -> None:
+        """Its run lets go of it at the end: no operation (and all a search holds) per
+        request is left for the garbage collector."""
+        self.pacs.respond(STUDY_ROOT_FIND, commands.C_FIND_RSP, self.op._message_id, commands.SUCCESS)
+        self.assertEqual(self.op.state, "ended")
+        gone = weakref.ref(self.op)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            del self.op, self.request
+            self.assertIsNone(gone())
+        finally:
+            if enabled:
+                gc.enable()
+
+
+class RunTests(SynchronousTestCase):
+    """A run and its owner."""
+
+    machine = Machine(
+        name="m",
+        initial="a",
+        states={"a": "first", "b": "second", "end": "over"},
+        events={"go": "on", "stop": "off"},
+        transitions=(Transition("a", "go", "b", "went"), Transition("b", "stop", "end", "stopped")),
+    )
+
+    def test_the_owner_is_let_go_in_a_terminal_state_after_its_action(self) -> None:
+        calls: list[str] = []
+
+        class Owner:
+            def went(self) -> None:
+                calls.append("went")
+
+            def stopped(self) -> None:
+                calls.append("stopped")
+
+        owner = Owner()
+        run = Run(self.machine, owner)
+        self.assertEqual(self.machine.terminal, frozenset({"end"}))
+        run.fire("go")
+        self.assertIs(run.owner, owner)
+        run.fire("stop")
+        self.assertEqual(calls, ["went", "stopped"])
+        self.assertIsNone(run.owner)
+        with self.assertRaises(InvalidTransition):
+            run.fire("go")
 
 
 @per_transition(GET)
