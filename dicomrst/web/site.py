@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IT
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -46,6 +47,7 @@ from dicomrst.common.twisted_internals import (
     request_disconnected,
     request_line,
     site_of,
+    write_now,
 )
 from dicomrst.logs import REQUEST_ID, info_enabled, logger
 from dicomrst.web.responses import ANY_ORIGIN, CorsPolicy, error_body, set_common_headers
@@ -353,6 +355,14 @@ class GatewayRequest(Request):
             if self._draining():
                 self._close_after_response()
             self._run.fire("written")
+            super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            # The head waits in the channel for the body's first bytes (GatewayChannel.
+            # writeHeaders); with none in this write (HEAD, an empty body, a stream that
+            # sends its head first), it goes out alone, now.
+            channel = self.channel
+            if isinstance(channel, GatewayChannel):
+                channel.write_head()
+            return
         super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def finish(self) -> None:
@@ -666,6 +676,7 @@ class GatewayChannel(BadRequestHook):
         self._closed = False  # answered (or given up on): the rest of the input is dropped
         self._secure: bool | None = None
         self._addresses: tuple[IAddress, IAddress] | None = None
+        self._head: bytes | None = None  # a response's head, until its body's first bytes
 
     def getHost(self) -> IAddress:
         # Each request asks (twisted.web's Request.__init__), and a TCP transport answers
@@ -683,6 +694,43 @@ class GatewayChannel(BadRequestHook):
             peer: IAddress = super().getPeer()  # type: ignore[no-untyped-call]  # unannotated in Twisted
             addresses = self._addresses = (host, peer)
         return addresses
+
+    # -- writing --------------------------------------------------------------------------
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """The status line and headers, as Twisted writes them, kept for the body's first
+        bytes: one send for a whole small response, not two writes into Twisted's buffer
+        (`write_now`).  `GatewayRequest.write` sends the head alone when no body follows."""
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            return
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = b"".join(head)
+
+    def write_head(self) -> None:
+        """Send the head `writeHeaders` kept, if it is still here."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            write_now(self.transport, head)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        write_now(self.transport, data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            iovec = [head, *iovec]
+        write_now(self.transport, b"".join(iovec))
 
     def isSecure(self) -> bool:
         # Asked for every URL a response carries (the service URL of each search); the
