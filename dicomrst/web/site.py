@@ -16,9 +16,9 @@ this needs are in `dicomrst.common.twisted_internals`.
 
 from __future__ import annotations
 
-import os
 import re
 from io import BytesIO
+from random import getrandbits
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -653,13 +653,18 @@ class GatewayRequest(Request):
         self._run.owner = None
 
 
+#: A version 4 UUID as an integer: the version and variant bits (RFC 4122 §4.4) cleared,
+#: then set.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
 def _new_request_id() -> str:
     """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex`` writes them, at
-    a third of its cost: no UUID object, no integer round trip."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return b.hex()
+    a fraction of its cost: no UUID object, and Python's generator rather than the
+    kernel's (a getrandom system call per request): an ID tells requests apart in the
+    logs, it guards nothing."""
+    return f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 def _reading(channel: HTTPChannel, *states: str) -> GatewayRequest | None:
