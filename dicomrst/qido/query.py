@@ -257,8 +257,43 @@ class _Keys:
             _put(element.value[0], path[1:], vr, value)
         for element in extra:
             top[element.tag] = element
-        elements: MutableMapping[BaseTag, DataElement | RawDataElement] = dict(top)
+        return _new_dataset(dict(top))
+
+
+def _dataset_state() -> tuple[dict[str, object], dict[str, dict[object, object]]] | None:
+    """What ``Dataset()`` sets on itself: its attributes of plain values, and those that
+    are dicts of plain values (each identifier gets copies); None when it sets anything
+    else."""
+    plain: dict[str, object] = {}
+    dicts: dict[str, dict[object, object]] = {}
+    for name, value in vars(Dataset()).items():
+        if type(value) is dict and all(v is None or type(v) in (bool, int, str) for v in value.values()):
+            dicts[name] = value
+        elif value is None or type(value) in (bool, int, str):
+            plain[name] = value
+        else:
+            return None
+    return (plain, dicts) if "_dict" in dicts else None
+
+
+_DATASET_STATE = _dataset_state()
+
+
+def _new_dataset(elements: MutableMapping[BaseTag, DataElement | RawDataElement]) -> Dataset:
+    """``Dataset(elements)``, made as its ``__init__`` leaves it without running it: each of
+    its dozen attributes went through Dataset.__setattr__'s keyword checks, a quarter of
+    building an identifier (issue 15).  Through ``__init__`` when this pydicom's Dataset
+    holds more than plain values and dicts of them."""
+    if _DATASET_STATE is None:
         return Dataset(elements)
+    plain, dicts = _DATASET_STATE
+    dataset: Dataset = object.__new__(Dataset)
+    attributes = dataset.__dict__
+    attributes.update(plain)
+    for name, template in dicts.items():
+        attributes[name] = template.copy()
+    attributes["_dict"] = elements
+    return dataset
 
 
 def _path_length(item: tuple[Path, tuple[str, object]]) -> int:

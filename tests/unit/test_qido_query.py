@@ -9,7 +9,7 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -711,6 +711,20 @@ class UnconvertedElementTests(SynchronousTestCase):
         self.assertIsInstance(ident["StudyTime"].value, TM)
         self.assertIs(type(ident["PatientAge"].value), str)
         self.assert_same_identifier(ident)
+
+    def test_the_identifier_is_a_dataset_as_its_constructor_makes_it(self) -> None:
+        first, second = q().identifier, q().identifier
+        for ident in (first, second):
+            fresh = Dataset(dict(ident))
+            self.assertEqual(vars(ident), vars(fresh))
+            self.assertIs(type(ident), Dataset)
+        for name, value in vars(first).items():
+            if isinstance(value, dict):
+                self.assertIsNot(value, vars(second)[name], name)  # each its own
+        first.PatientID = "changed"
+        first.file_meta = FileMetaDataset()
+        self.assertEqual(second.PatientID, None)
+        self.assertFalse(hasattr(second, "file_meta"))
 
     def test_sequence_return_keys_are_not_shared(self) -> None:
         first = q(Target.all_series(), includefield="ReferencedPerformedProcedureStepSequence").identifier
