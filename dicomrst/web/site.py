@@ -325,7 +325,9 @@ class GatewayRequest(Request):
         # Ten per response, each three more Python calls in Headers: one of the names above
         # with a value of one line (what Headers' sanitizing would leave as it is) is stored
         # as Headers stores it.
-        if isinstance(name, bytes) and type(value) is bytes and b"\n" not in value and b"\r" not in value:
+        # (``10 not in value``: a byte value is a C membership test; ``b"\n"`` goes through
+        # the buffer protocol and costs more than what this saves.)
+        if isinstance(name, bytes) and type(value) is bytes and 10 not in value and 13 not in value:
             canonical = _RESPONSE_HEADERS.get(name)
             headers, raw = self._raw_response_headers
             if canonical is not None and raw is not None and headers is self.responseHeaders:
