@@ -86,10 +86,12 @@ def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes] | None:
     """Item 1: (method, URI, version) of the request whose headers just arrived, or None
     if this Twisted keeps them elsewhere."""
     try:
-        line = (channel._command, channel._path, channel._version)
+        command, path, version = channel._command, channel._path, channel._version
     except AttributeError:
         return None
-    return line if all(isinstance(part, bytes) for part in line) else None
+    if isinstance(command, bytes) and isinstance(path, bytes) and isinstance(version, bytes):
+        return command, path, version
+    return None
 
 
 def request_disconnected(request: Request) -> bool:

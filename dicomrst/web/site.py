@@ -884,7 +884,10 @@ class GatewayChannel(BadRequestHook):
     def lineReceived(self, line: bytes) -> None:
         if self._closed:
             return
-        request = _reading(self, "head")
+        # `_reading(self, "head")` inline, for every line of every head (issue 15).
+        request = current_request(self)
+        if not isinstance(request, GatewayRequest) or request._run.state != "head":
+            request = None
         if request is None:  # a request line (or the blank line some clients send first)
             self._header_bytes = self._header_count = 0
         else:
@@ -893,7 +896,7 @@ class GatewayChannel(BadRequestHook):
                 self._reject(431, f"request header fields larger than {MAX_HEADER_BLOCK} bytes in all")
                 return
         super().lineReceived(line)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        if request is not None and request.state != "head":
+        if request is not None and request._run.state != "head":
             self._disarm()  # the head is in
 
     def headerReceived(self, line: bytes) -> bool:
