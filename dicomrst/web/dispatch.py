@@ -120,18 +120,17 @@ class _Rendering:
         try:
             result = self._execute()
         except BaseException:
-            d: Deferred[Any] = fail(Failure())
-        else:
-            if isinstance(result, Deferred):
-                d = result
-            elif isinstance(result, Failure):
-                d = fail(result)
-            else:
-                d = succeed(result)
+            # Not kept in a local: its traceback holds this frame (a reference cycle).
+            self._settle(Failure())
+            return
         # One callback for the usual ending (a result, rendered and written); a failure
         # takes Klein's chain of steps (`_recover`).  Four callbacks on every request's
-        # Deferred were a few µs of a search's CPU (issue 15).
-        d.addBoth(self._settle)
+        # Deferred were a few µs of a search's CPU (issue 15); a result that is already
+        # here (not a Deferred) needs none.
+        if isinstance(result, Deferred):
+            result.addBoth(self._settle)
+        else:
+            self._settle(result)
 
     def _settle(self, result: object) -> None:
         if isinstance(result, Failure):
