@@ -271,6 +271,14 @@ class ResultStepTests(SynchronousTestCase):
         def unwritable(request: Any) -> bytes:
             return b"unwritable"
 
+        self.pending: list[Deferred[bytes]] = []
+
+        @app.route("/pending")
+        def pending(request: Any) -> Deferred[bytes]:
+            d: Deferred[bytes] = Deferred()
+            self.pending.append(d)
+            return d
+
         @app.handle_errors(ValueError)
         def value_error(request: Any, failure: Failure) -> bytes:
             self.handled.append("value")
@@ -312,3 +320,31 @@ class ResultStepTests(SynchronousTestCase):
         request = self.get("/unwritable")
         self.assertEqual((request.written, request.finished), ([], 0))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_failure_after_the_response_ended_is_logged_not_answered(self) -> None:
+        for end in ("finished", "client left", "deadline"):
+            request = self.get("/pending")
+            if end == "finished":
+                request.finish()
+            elif end == "client left":
+                request._disconnected = True
+            else:
+                request.timed_out = True  # GatewayRequest's deadline, before the response began
+            self.pending.pop().errback(ValueError(end))
+            self.assertEqual(request.written, [], end)
+            self.assertEqual(self.handled, [], end)
+            self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1, end)
+
+    def test_a_handler_cancelled_after_the_response_ended_is_not_logged(self) -> None:
+        request = self.get("/pending")
+        request.finish()
+        self.pending.pop().cancel()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_late_deadline_after_the_response_began_leaves_it_to_the_handlers(self) -> None:
+        request = self.get("/pending")
+        request.write(b"partial")  # the status line is out
+        request.startedWriting = True
+        request.timed_out = True  # the site aborts the connection
+        self.pending.pop().errback(ValueError("late"))
+        self.assertEqual(self.handled, ["value"])
