@@ -57,6 +57,17 @@ Items (Twisted 24.3 to 26.10):
     of the reactor (128 KiB, a class attribute read from the instance).  A multipart
     response raises it to 1 MiB so a held CT slice goes out in one turn, not four.
     Without the item: 128 KiB per turn.
+14. ``FileDescriptor.writeSomeData`` and its write buffer (``dataBuffer``, ``offset``,
+    ``_tempDataLen``): send bytes on a TCP transport whose buffer is empty now, rather than
+    buffer them and register the socket for writing (an ``epoll_ctl``) for ``doWrite`` to
+    send and unregister it (another): two system calls and Twisted's write bookkeeping per
+    response or request, on every QIDO search's path twice.  Without the item:
+    ``transport.write``, as before.
+15. ``Headers._rawHeaders``: a `Headers` object's dict of canonical name → values.  A
+    response header the gateway sets with a known name and a value of plain bytes is
+    stored there directly: ``setRawHeaders`` canonicalizes the name and sanitizes each
+    value in three more Python calls, for the ten headers of every response.  Without
+    the item: ``setRawHeaders``.
 """
 
 from __future__ import annotations
@@ -65,18 +76,22 @@ from typing import cast
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, IReactorFDSet, ITransport
 from twisted.web.http import HTTPChannel, Request
+from twisted.web.http_headers import Headers
 
 
 def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes] | None:
     """Item 1: (method, URI, version) of the request whose headers just arrived, or None
     if this Twisted keeps them elsewhere."""
     try:
-        line = (channel._command, channel._path, channel._version)
+        command, path, version = channel._command, channel._path, channel._version
     except AttributeError:
         return None
-    return line if all(isinstance(part, bytes) for part in line) else None
+    if isinstance(command, bytes) and isinstance(path, bytes) and isinstance(version, bytes):
+        return command, path, version
+    return None
 
 
 def request_disconnected(request: Request) -> bool:
@@ -107,8 +122,64 @@ def flush_now(transport: ITransport | None) -> None:
         do_write = transport.doWrite  # type: ignore[union-attr]  # FileDescriptor's (TCP), not ITransport's
     except AttributeError:
         return  # not a TCP transport (a test double, TLS): it writes on its own schedule
-    if ready:
-        do_write()
+    if ready and _buffered(transport):
+        do_write()  # (with nothing buffered, it would cost a send that takes nothing)
+
+
+def _buffered(transport: object) -> int | None:
+    """Item 14: the bytes a TCP transport (a FileDescriptor) holds unsent; None for another."""
+    try:
+        unsent: int = transport._tempDataLen + len(transport.dataBuffer) - transport.offset  # type: ignore[attr-defined]  # FileDescriptor's
+    except (AttributeError, TypeError):
+        return None
+    return unsent
+
+
+def write_now(transport: ITransport | None, data: bytes) -> None:
+    """Item 14: ``transport.write(data)``, sending what the kernel takes of it now when
+    `transport` is a connected TCP transport with nothing buffered (the usual case for a
+    response or a request on a connection that keeps up); the rest, and everything on any
+    other transport (TLS, a test double) or state (closing, data already waiting, an
+    error), goes through ``transport.write`` as before.  At most the transport's send
+    limit goes out here, as in one turn of the reactor."""
+    # A FileDescriptor itself: Twisted's TLS wrapper answers for the TCP transport under it
+    # (attribute lookups fall through to it), whose socket must not see the plaintext; nor
+    # may a TCP connection that started TLS itself.
+    if isinstance(transport, FileDescriptor) and data and not getattr(transport, "TLS", False):
+        try:
+            ready = (
+                transport.connected
+                and not transport.disconnecting
+                and not transport._writeDisconnected
+                and _buffered(transport) == 0
+            )
+            send = transport.writeSomeData
+        except AttributeError:
+            ready = False
+        if ready:
+            # An int (bytes taken; 0 when the kernel's buffer is full) or the connection's
+            # loss as an exception, which transport.write's turn will find and report.
+            sent = send(data)
+            if isinstance(sent, int) and sent > 0:
+                if sent >= len(data):
+                    return
+                data = data[sent:]
+    transport.write(data)  # type: ignore[union-attr]  # None: AttributeError, as HTTPChannel.write's
+
+
+def raw_headers(headers: Headers) -> dict[bytes, list[bytes]] | None:
+    """Item 15: `headers`' own dict of canonical name (as `canonical_header_name` says)
+    → values, None if this Twisted keeps them elsewhere."""
+    raw = getattr(headers, "_rawHeaders", None)
+    return raw if isinstance(raw, dict) else None
+
+
+def canonical_header_name(name: bytes) -> bytes:
+    """`name` as `Headers` stores it (``X-Request-ID`` → ``X-Request-Id``): public API."""
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    [(stored, _)] = headers.getAllRawHeaders()
+    return stored
 
 
 def flush_tls_writes(transport: ITransport | None) -> None:

@@ -60,6 +60,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
+from pydicom.valuerep import ALLOW_BACKSLASH
 
 from dicomrst.common.matching import combined_bounds, split_range
 from dicomrst.common.tags import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
@@ -156,57 +157,151 @@ def _boolean(name: str, values: Sequence[str]) -> bool:
     return value == "true"
 
 
-def _empty_value(vr: str) -> object:
-    return DicomSequence() if vr == "SQ" else None
+#: VRs whose single text value `DataElement` stores as it is given: the others become a
+#: value type (IS, DS, UI as UID, PN as PersonName, AT as a tag; DA, DT and TM too when
+#: pydicom's ``datetime_conversion`` is on).
+_VERBATIM_VRS = frozenset("AE AS CS LO LT SH ST UC UR UT".split())
+_DATE_TIME_VRS = frozenset("DA DT TM".split())
 
 
-def _element(tag: int, vr: str, value: object) -> DataElement:
+_IGNORE = pydicom_config.IGNORE
+
+
+def _verbatim(vr: str, value: object) -> bool:
+    """Whether ``DataElement(tag, vr, value)`` stores `value` itself: it is empty (None, an
+    empty return key), or one string its VR keeps as text (a backslash would split it)."""
+    if value is None:
+        return True
+    if type(value) is not str:
+        return False
+    if "\\" in value and vr not in ALLOW_BACKSLASH:
+        return False
+    return vr in _VERBATIM_VRS or (vr in _DATE_TIME_VRS and not pydicom_config.datetime_conversion)
+
+
+def _element(tag: int, vr: str, value: object, validation_mode: int | None = _IGNORE) -> DataElement:
     """The identifier's element, as ``DataElement(tag, vr, value)`` makes it.  An empty
-    return key (most of an identifier) is stored as it is: pydicom's conversion leaves
-    None and a Sequence unchanged, and skipping it halves the cost of building a search's
-    identifier; a match value is converted as always (split, UIDs, person names)."""
-    converted = value is None or (vr == "SQ" and isinstance(value, DicomSequence))
-    return DataElement(tag, vr, value, already_converted=converted, validation_mode=pydicom_config.IGNORE)
+    return key (most of an identifier) and a value pydicom would keep as it is (`_verbatim`:
+    a text match value the gateway checked, the level, the character set) are stored
+    without pydicom's conversion and validation, which was a third of a search's query
+    parsing (issue 15); a match value of another VR is converted as always (UIDs, person
+    names, numbers, lists).  An empty sequence (a return key) is a new `Sequence`."""
+    if vr == "SQ":
+        if value is None:
+            value = DicomSequence()
+        return DataElement(tag, vr, value, None, False, isinstance(value, DicomSequence), validation_mode)
+    if _verbatim(vr, value):
+        # Positional: keyword arguments cost as much again as the rest of the call.
+        return DataElement(tag, vr, value, None, False, True, validation_mode)
+    return DataElement(tag, vr, value, validation_mode=validation_mode)
+
+
+#: The return keys of `SearchTarget.default_keys` (by the keys), with their VRs: the same
+#: dozen or so for every search of a resource.  A handful of resources, so it stays small.
+_DEFAULT_KEYS: dict[tuple[Path, ...], dict[Path, tuple[str, object]]] = {}
 
 
 class _Keys:
-    """The identifier's keys by tag path, built up before becoming a Dataset."""
+    """The identifier's keys by tag path, built up before becoming a Dataset; an empty
+    return key's value is None (an empty sequence for SQ, made by `_element`)."""
 
-    def __init__(self) -> None:
-        self.values: dict[Path, tuple[str, object]] = {}
+    def __init__(self, values: dict[Path, tuple[str, object]] | None = None) -> None:
+        self.values: dict[Path, tuple[str, object]] = {} if values is None else values
+
+    @classmethod
+    def defaults(cls, target: SearchTarget) -> _Keys:
+        """The return keys every search of `target` asks for."""
+        paths = tuple(target.default_keys())
+        values = _DEFAULT_KEYS.get(paths)
+        if values is None:
+            values = {}
+            for path in paths:
+                values.setdefault(path, (vr_of(path[-1]), None))
+            _DEFAULT_KEYS[paths] = values
+        return cls(dict(values))
 
     def add_return(self, path: Path, vr: str | None = None) -> None:
         if path not in self.values:
-            self.values[path] = (vr or vr_of(path[-1]), _empty_value(vr or vr_of(path[-1])))
+            self.values[path] = (vr or vr_of(path[-1]), None)
 
     def set(self, path: Path, vr: str, value: object) -> None:
         self.values[path] = (vr, value)
 
-    def dataset(self) -> Dataset:
+    def dataset(self, extra: Sequence[DataElement] = ()) -> Dataset:
+        """The identifier; `extra` elements (level, character set) replace any key of
+        their tag."""
         # The top level is gathered as a dict and handed to Dataset whole: adding the ~15
         # elements one by one (Dataset.__setitem__'s checks) was a tenth of a search's CPU.
         top: dict[BaseTag, DataElement] = {}
-        # Shorter paths first, so a sequence's element exists before its item keys.
-        for path, (vr, value) in sorted(self.values.items(), key=lambda kv: len(kv[0])):
-            tag = BaseTag(path[0])
+        nested: list[tuple[Path, tuple[str, object]]] = []
+        for path, vr_value in self.values.items():
             if len(path) == 1:
-                existing = top.get(tag)
-                if existing is None or existing.VR != "SQ" or vr != "SQ":
+                tag = BaseTag(path[0])
+                vr, value = vr_value
+                if value is None and vr != "SQ":  # most keys: `_element`'s first case, inline
+                    top[tag] = DataElement(tag, vr, None, None, False, True, _IGNORE)
+                else:
                     top[tag] = _element(tag, vr, value)
-                continue
+            else:
+                nested.append((path, vr_value))
+        # Shorter paths first, so a sequence's element exists before its item keys.
+        nested.sort(key=_path_length)
+        for path, (vr, value) in nested:
+            tag = BaseTag(path[0])
             element = top.get(tag)
             if element is None or element.VR != "SQ":
-                element = _element(tag, "SQ", DicomSequence())
+                element = _element(tag, "SQ", None)
                 top[tag] = element
             if len(element.value) == 0:
                 element.value.append(Dataset())
             _put(element.value[0], path[1:], vr, value)
-        elements: MutableMapping[BaseTag, DataElement | RawDataElement] = dict(top)
+        for element in extra:
+            top[element.tag] = element
+        return _new_dataset(dict(top))
+
+
+def _dataset_state() -> tuple[dict[str, object], dict[str, dict[object, object]]] | None:
+    """What ``Dataset()`` sets on itself: its attributes of plain values, and those that
+    are dicts of plain values (each identifier gets copies); None when it sets anything
+    else."""
+    plain: dict[str, object] = {}
+    dicts: dict[str, dict[object, object]] = {}
+    for name, value in vars(Dataset()).items():
+        if type(value) is dict and all(v is None or type(v) in (bool, int, str) for v in value.values()):
+            dicts[name] = value
+        elif value is None or type(value) in (bool, int, str):
+            plain[name] = value
+        else:
+            return None
+    return (plain, dicts) if "_dict" in dicts else None
+
+
+_DATASET_STATE = _dataset_state()
+
+
+def _new_dataset(elements: MutableMapping[BaseTag, DataElement | RawDataElement]) -> Dataset:
+    """``Dataset(elements)``, made as its ``__init__`` leaves it without running it: each of
+    its dozen attributes went through Dataset.__setattr__'s keyword checks, a quarter of
+    building an identifier (issue 15).  Through ``__init__`` when this pydicom's Dataset
+    holds more than plain values and dicts of them."""
+    if _DATASET_STATE is None:
         return Dataset(elements)
+    plain, dicts = _DATASET_STATE
+    dataset: Dataset = object.__new__(Dataset)
+    attributes = dataset.__dict__
+    attributes.update(plain)
+    for name, template in dicts.items():
+        attributes[name] = template.copy()
+    attributes["_dict"] = elements
+    return dataset
+
+
+def _path_length(item: tuple[Path, tuple[str, object]]) -> int:
+    return len(item[0])
 
 
 def _put(ds: Dataset, path: Path, vr: str, value: object) -> None:
-    tag = path[0]
+    tag = BaseTag(path[0])
     if len(path) == 1:
         existing = ds.get(tag)
         if existing is not None and existing.VR == "SQ" and vr == "SQ":
@@ -215,7 +310,7 @@ def _put(ds: Dataset, path: Path, vr: str, value: object) -> None:
         return
     element = ds.get(tag)
     if element is None or element.VR != "SQ":
-        element = _element(tag, "SQ", DicomSequence())
+        element = _element(tag, "SQ", None)
         ds.add(element)
     if len(element.value) == 0:
         element.value.append(Dataset())
@@ -266,9 +361,7 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
     if "all" in includes and len(set(includes)) > 1:
         raise BadRequest("includefield=all cannot be combined with other includefield values")
 
-    keys = _Keys()
-    for path in target.default_keys():
-        keys.add_return(path)
+    keys = _Keys.defaults(target)
     if "all" in includes:
         for path in target.all_keys():
             keys.add_return(path)
@@ -337,15 +430,15 @@ def parse_query(target: SearchTarget, args: Mapping[str, Sequence[str]]) -> Quer
     identifier = _identifier(keys, target, non_ascii)
     exact_identifier = None
     if exact_times:
-        exact_keys = _Keys()
-        exact_keys.values = {**keys.values, **{path: ("TM", value) for path, value in exact_times.items()}}
+        exact_keys = _Keys({**keys.values, **{path: ("TM", value) for path, value in exact_times.items()}})
         exact_identifier = _identifier(exact_keys, target, non_ascii)
     return Query(target, identifier, limit, offset, warnings, filters, exact_identifier)
 
 
 def _identifier(keys: _Keys, target: SearchTarget, non_ascii: bool) -> Dataset:
-    identifier = keys.dataset()
+    # Both in the reading validation mode, as ``DataElement(tag, "CS", value)`` makes them
+    # (the values are the gateway's own: valid, so not checked again).
+    extra = [_element(SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192" if non_ascii else None, None)]
     if target.query_level is not None:
-        identifier.add(DataElement(QUERY_RETRIEVE_LEVEL, "CS", target.query_level))
-    identifier.add(DataElement(SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192" if non_ascii else None))
-    return identifier
+        extra.append(_element(QUERY_RETRIEVE_LEVEL, "CS", target.query_level, None))
+    return keys.dataset(extra)

@@ -16,9 +16,9 @@ this needs are in `dicomrst.common.twisted_internals`.
 
 from __future__ import annotations
 
-import os
 import re
 from io import BytesIO
+from random import getrandbits
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IT
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -38,14 +39,17 @@ from dicomrst.common.tls import tls_failure
 from dicomrst.common.twisted_internals import (
     BadRequestHook,
     BodyReading,
+    canonical_header_name,
     close_after_response,
     current_request,
     fail_finish_waiters,
     flush_now,
     flush_tls_writes,
+    raw_headers,
     request_disconnected,
     request_line,
     site_of,
+    write_now,
 )
 from dicomrst.logs import REQUEST_ID, info_enabled, logger
 from dicomrst.web.responses import ANY_ORIGIN, CorsPolicy, error_body, set_common_headers
@@ -91,6 +95,23 @@ the TCP transport's: no effect there."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
 
 REQUEST_ID_HEADER = b"X-Request-ID"
+
+#: The response headers the gateway sets, by the name it writes → the name `Headers` stores
+#: (`GatewayRequest.setHeader`).
+_RESPONSE_HEADERS = {
+    name: canonical_header_name(name)
+    for name in (
+        b"Access-Control-Allow-Origin",
+        b"Access-Control-Expose-Headers",
+        b"Connection",
+        b"Content-Length",
+        b"Content-Type",
+        b"Server",
+        b"Vary",
+        b"X-Content-Type-Options",
+        REQUEST_ID_HEADER,
+    )
+}
 
 #: Reason phrases Twisted's table lacks or words differently (RFC 9110 §15).
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
@@ -297,7 +318,22 @@ class GatewayRequest(Request):
         #: An HTTP/1.0 request that asked for ``Connection: keep-alive`` (the channel's
         #: `GatewayChannel.checkPersistence`): kept when its response has a length.
         self.keep_alive_10 = False
+        self._raw_response_headers = (self.responseHeaders, raw_headers(self.responseHeaders))
         site.request_started(self)
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        # Ten per response, each three more Python calls in Headers: one of the names above
+        # with a value of one line (what Headers' sanitizing would leave as it is) is stored
+        # as Headers stores it.
+        # (``10 not in value``: a byte value is a C membership test; ``b"\n"`` goes through
+        # the buffer protocol and costs more than what this saves.)
+        if isinstance(name, bytes) and type(value) is bytes and 10 not in value and 13 not in value:
+            canonical = _RESPONSE_HEADERS.get(name)
+            headers, raw = self._raw_response_headers
+            if canonical is not None and raw is not None and headers is self.responseHeaders:
+                raw[canonical] = [value]
+                return
+        super().setHeader(name, value)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     @property
     def request_id(self) -> str:
@@ -347,12 +383,20 @@ class GatewayRequest(Request):
         if self.state == "aborting":
             return  # see finish
         if not self.startedWriting:
-            self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
             if self.keep_alive_10:
                 self._head_of_a_kept_http10_response()
             if self._draining():
                 self._close_after_response()
             self._run.fire("written")
+            super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            # The head waits in the channel for the body's first bytes (GatewayChannel.
+            # writeHeaders); with none in this write (HEAD, an empty body, a stream that
+            # sends its head first), it goes out alone, now.
+            channel = self.channel
+            if isinstance(channel, GatewayChannel):
+                channel.write_head()
+            return
         super().write(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def finish(self) -> None:
@@ -364,7 +408,7 @@ class GatewayRequest(Request):
         unsized = not self.responseHeaders.hasHeader(b"Content-Length")
         if self.keep_alive_10 and not self.startedWriting and unsized:
             # Nothing was written: the length is known, and HTTP/1.0 needs it to keep going.
-            self.setHeader(b"Content-Length", b"0")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.setHeader(b"Content-Length", b"0")
         if self._draining():
             self._close_after_response()
         transport = self.channel.transport if self.channel is not None else None
@@ -474,7 +518,7 @@ class GatewayRequest(Request):
             return
         set_common_headers(self, self.gateway.cors)
         # The rest of the body is not read: the connection cannot carry another request.
-        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.setHeader(b"Connection", b"close")
         close_after_response(self.channel)
         if self._reporting:
             self._rendering = True
@@ -516,7 +560,7 @@ class GatewayRequest(Request):
             self.clientproto = b"HTTP/1.1"  # the version of the line we could not read
         self.content = BytesIO()
         set_common_headers(self, self.gateway.cors)
-        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.setHeader(b"Connection", b"close")
         close_after_response(self.channel)
         body = error_body(self, status, message)
         self.setResponseCode(status, _REASONS.get(status))
@@ -585,7 +629,7 @@ class GatewayRequest(Request):
             or self.code in http.NO_BODY_CODES
         )
         if sized:
-            self.setHeader(b"Connection", b"keep-alive")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.setHeader(b"Connection", b"keep-alive")
         else:
             close_after_response(self.channel)
 
@@ -596,7 +640,7 @@ class GatewayRequest(Request):
         # During a graceful stop, keep-alive connections must not outlive their
         # last response or the stop would wait on idle browsers.
         if not self.startedWriting:
-            self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            self.setHeader(b"Connection", b"close")
         close_after_response(self.channel)
 
     def _over(self, outcome: str) -> None:
@@ -611,13 +655,18 @@ class GatewayRequest(Request):
         self._run.owner = None
 
 
+#: A version 4 UUID as an integer: the version and variant bits (RFC 4122 §4.4) cleared,
+#: then set.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
 def _new_request_id() -> str:
     """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex`` writes them, at
-    a third of its cost: no UUID object, no integer round trip."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return b.hex()
+    a fraction of its cost: no UUID object, and Python's generator rather than the
+    kernel's (a getrandom system call per request): an ID tells requests apart in the
+    logs, it guards nothing."""
+    return f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 def _reading(channel: HTTPChannel, *states: str) -> GatewayRequest | None:
@@ -666,6 +715,7 @@ class GatewayChannel(BadRequestHook):
         self._closed = False  # answered (or given up on): the rest of the input is dropped
         self._secure: bool | None = None
         self._addresses: tuple[IAddress, IAddress] | None = None
+        self._head: bytes | None = None  # a response's head, until its body's first bytes
 
     def getHost(self) -> IAddress:
         # Each request asks (twisted.web's Request.__init__), and a TCP transport answers
@@ -683,6 +733,43 @@ class GatewayChannel(BadRequestHook):
             peer: IAddress = super().getPeer()  # type: ignore[no-untyped-call]  # unannotated in Twisted
             addresses = self._addresses = (host, peer)
         return addresses
+
+    # -- writing --------------------------------------------------------------------------
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """The status line and headers, as Twisted writes them, kept for the body's first
+        bytes: one send for a whole small response, not two writes into Twisted's buffer
+        (`write_now`).  `GatewayRequest.write` sends the head alone when no body follows."""
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            return
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = b"".join(head)
+
+    def write_head(self) -> None:
+        """Send the head `writeHeaders` kept, if it is still here."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            write_now(self.transport, head)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        write_now(self.transport, data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            iovec = [head, *iovec]
+        write_now(self.transport, b"".join(iovec))
 
     def isSecure(self) -> bool:
         # Asked for every URL a response carries (the service URL of each search); the
@@ -797,7 +884,10 @@ class GatewayChannel(BadRequestHook):
     def lineReceived(self, line: bytes) -> None:
         if self._closed:
             return
-        request = _reading(self, "head")
+        # `_reading(self, "head")` inline, for every line of every head (issue 15).
+        request = current_request(self)
+        if not isinstance(request, GatewayRequest) or request._run.state != "head":
+            request = None
         if request is None:  # a request line (or the blank line some clients send first)
             self._header_bytes = self._header_count = 0
         else:
@@ -806,7 +896,7 @@ class GatewayChannel(BadRequestHook):
                 self._reject(431, f"request header fields larger than {MAX_HEADER_BLOCK} bytes in all")
                 return
         super().lineReceived(line)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        if request is not None and request.state != "head":
+        if request is not None and request._run.state != "head":
             self._disarm()  # the head is in
 
     def headerReceived(self, line: bytes) -> bool:

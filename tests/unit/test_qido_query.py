@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.valuerep import DA, TM
 from twisted.trial.unittest import SynchronousTestCase
 
-from dicomrst.common.uids import is_uid
+from dicomrst.common.identifiers import encode_identifier
+from dicomrst.common.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE, is_uid
 from dicomrst.errors import BadRequest
 from dicomrst.qido import attributes
 from dicomrst.qido.attributes import IMAGE, SERIES, STUDY, looks_like_attribute, resolve_attribute
@@ -25,6 +31,7 @@ from dicomrst.qido.query import (
     parse_query,
 )
 from dicomrst.qido.target import Target
+from dicomrst.qido.worklist import WorklistTarget
 
 STUDY_UID = "1.2.840.113619.2.1"
 SERIES_UID = "1.2.840.113619.2.1.2"
@@ -576,7 +583,6 @@ class CombinedDateTimeTests(SynchronousTestCase):
             q(StudyDate="20200101-20200102", StudyTime="2300-2500")
         self.assertIn("StudyTime", e.exception.message)
 
-
     def test_datetime_months_at_the_ends_of_the_calendar(self) -> None:
         # Found by the qido-query fuzz harness: a DT range ending in a month of year 0000
         # or 9999 asked Python's dates for the next month, outside their range: an
@@ -599,9 +605,55 @@ class SequenceIdentifierTests(SynchronousTestCase):
         self.assertEqual(len(ident.ReferencedPerformedProcedureStepSequence), 0)
 
 
+def converted(ds: Dataset) -> Dataset:
+    """`ds` rebuilt with ``DataElement(tag, VR, value)`` per element: pydicom's conversion
+    and validation of every value, as the identifier was built before issue 15."""
+    copy = Dataset()
+    for element in ds:
+        if element.VR == "SQ":
+            copy.add(
+                DataElement(element.tag, "SQ", DicomSequence([converted(item) for item in element.value]))
+            )
+        else:
+            copy.add(DataElement(element.tag, element.VR, element.value))
+    return copy
+
+
+def written(ds: Dataset, transfer_syntax: str) -> bytes:
+    """`ds` as pydicom's writer encodes it."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+#: Parameters and values for random queries: every VR a key can have, ranges, lists,
+#: wildcards, non-ASCII, item keys, and values that are 400s.
+RANDOM_NAMES = (
+    "PatientName PatientID StudyDate StudyTime AccessionNumber ModalitiesInStudy StudyInstanceUID "
+    "SeriesInstanceUID SOPInstanceUID SeriesNumber InstanceNumber NumberOfStudyRelatedSeries PatientAge "
+    "PatientWeight 00100020 00100010 Modality SeriesDescription StudyDescription ReferringPhysicianName "
+    "PatientBirthDate PatientSex StudyID SeriesDate AcquisitionDateTime ImageComments PatientComments "
+    "AdditionalPatientHistory NumberOfFrames Rows StationName OtherPatientIDs 00080060 "
+    "RequestAttributesSequence.ScheduledProcedureStepID RequestAttributesSequence.RequestedProcedureID "
+    "ScheduledProcedureStepSequence.Modality ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate "
+    "ScheduledProcedureStepSequence.ScheduledProcedureStepStartTime includefield includefield limit offset"
+).split()
+RANDOM_VALUES = (
+    "", "P1", "Doe^J*", "Doe^John=ドウ^ジョン", "Müller", "20200101", "20200101-20201231", "-20201231",
+    "0800-1700", "101530.5", "CT", "CT,MR", f"{STUDY_UID},{SERIES_UID}", STUDY_UID, "12", "+12", "045Y",
+    "70.5", "1e3", "a\\b", "x?y", "*", "all", "PatientAge,StudyDescription", "00100020",
+    "RequestAttributesSequence", "NumberOfFrames", "20", "abc", "20200101101530-20200102", "tab\there",
+    "A" * 70,
+)  # fmt: skip
+
+
 class UnconvertedElementTests(SynchronousTestCase):
-    """Empty return keys are stored without pydicom's value conversion: each element is
-    what ``DataElement(tag, VR, value)`` (converting) makes of the same value."""
+    """Return keys, text match values, the level and the character set are stored without
+    pydicom's value conversion and validation: each element is what ``DataElement(tag, VR,
+    value)`` (converting) makes of the same value, and the identifier encodes to the same
+    bytes."""
 
     def assert_converted(self, ds: Dataset) -> None:
         for element in ds:
@@ -612,6 +664,73 @@ class UnconvertedElementTests(SynchronousTestCase):
                     self.assert_converted(item)
             else:
                 self.assertEqual(fresh.value, element.value, element)
+
+    def assert_same_identifier(self, ds: Dataset) -> None:
+        self.assert_converted(ds)
+        reference = converted(ds)
+        for syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+            self.assertEqual(encode_identifier(ds, syntax), encode_identifier(reference, syntax))
+            self.assertEqual(written(ds, syntax), written(reference, syntax))
+
+    def test_random_queries(self) -> None:
+        rng = random.Random(15)
+        targets = (
+            Target.studies(),
+            Target.study_series(STUDY_UID),
+            Target.study_series_instances(STUDY_UID, SERIES_UID),
+            Target.study_instances(STUDY_UID),
+            Target.all_series(),
+            Target.all_instances(),
+            WorklistTarget(),
+        )
+        parsed = 0
+        for _ in range(1500):
+            args: dict[str, list[str]] = {}
+            for _ in range(rng.randint(0, 4)):
+                args.setdefault(rng.choice(RANDOM_NAMES), []).append(rng.choice(RANDOM_VALUES))
+            try:
+                query = qa(rng.choice(targets), args)
+            except BadRequest:
+                continue
+            parsed += 1
+            self.assert_same_identifier(query.identifier)
+            if query.exact_identifier is not None:
+                self.assert_same_identifier(query.exact_identifier)
+        self.assertGreater(parsed, 500)
+
+    def test_level_and_character_set_are_in_the_reading_validation_mode(self) -> None:
+        ident = q(PatientName="Müller").identifier
+        for keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            self.assertEqual(ident[keyword].validation_mode, pydicom_config.settings.reading_validation_mode)
+        self.assertEqual(ident.SpecificCharacterSet, "ISO_IR 192")
+
+    def test_dates_and_times_follow_pydicom_datetime_conversion(self) -> None:
+        self.patch(pydicom_config, "datetime_conversion", True)
+        ident = q(StudyDate="20200101", StudyTime="101530", PatientAge="045Y").identifier
+        self.assertIsInstance(ident["StudyDate"].value, DA)
+        self.assertIsInstance(ident["StudyTime"].value, TM)
+        self.assertIs(type(ident["PatientAge"].value), str)
+        self.assert_same_identifier(ident)
+
+    def test_the_identifier_is_a_dataset_as_its_constructor_makes_it(self) -> None:
+        first, second = q().identifier, q().identifier
+        for ident in (first, second):
+            fresh = Dataset(dict(ident))
+            self.assertEqual(vars(ident), vars(fresh))
+            self.assertIs(type(ident), Dataset)
+        for name, value in vars(first).items():
+            if isinstance(value, dict):
+                self.assertIsNot(value, vars(second)[name], name)  # each its own
+        first.PatientID = "changed"
+        first.file_meta = FileMetaDataset()
+        self.assertEqual(second.PatientID, None)
+        self.assertFalse(hasattr(second, "file_meta"))
+
+    def test_sequence_return_keys_are_not_shared(self) -> None:
+        first = q(Target.all_series(), includefield="ReferencedPerformedProcedureStepSequence").identifier
+        second = q(Target.all_series(), includefield="ReferencedPerformedProcedureStepSequence").identifier
+        first.ReferencedPerformedProcedureStepSequence.append(Dataset())
+        self.assertEqual(len(second.ReferencedPerformedProcedureStepSequence), 0)
 
     def test_every_target_and_key_kind(self) -> None:
         targets = (

@@ -24,7 +24,8 @@ from zope.interface.verify import verifyObject
 
 from dicomrst.backends.interfaces import IBackend
 from dicomrst.common.dicomjson import dataset_json
-from dicomrst.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
+from dicomrst.errors import NotAcceptable, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from dicomrst.qido.negotiation import select_search_media
 from dicomrst.qido.query import DEFAULT_LIMIT, FUZZY_WARNING, MORE_RESULTS_WARNING
 from dicomrst.web.app import GatewayApp
 from dicomrst.web.site import make_site
@@ -378,6 +379,36 @@ class NegotiationTests(QidoTestCase):
             response, body = self.fetch("/aets/PACS/studies", headers={"Accept": accept})
             self.assertError(response, body, 406, "application/dicom+json", "dicom+xml")
         self.assertEqual(self.pacs.finds, [])
+
+
+class SearchMediaTests(SynchronousTestCase):
+    """`select_search_media` keeps its answers by Accept (and ``accept=``): the same
+    answer the second time, per pair of values, and never a refusal kept as an answer."""
+
+    def test_answers_are_per_header_and_parameter(self) -> None:
+        cases = [
+            ("application/json", None, "application/json"),
+            ("application/dicom+json", None, "application/dicom+json"),
+            ("application/dicom+json", "application/json", "application/json"),
+            ("application/json", "*/*", "application/json"),  # no wildcards in accept=
+            (None, None, "application/dicom+json"),
+            ("*/*", "", "application/dicom+json"),
+        ]
+        for _ in range(2):  # the second round from what the first kept
+            for header, param, expected in cases:
+                self.assertEqual(select_search_media(header, param), expected, (header, param))
+
+    def test_refusals_are_raised_every_time(self) -> None:
+        for _ in range(2):
+            self.assertRaises(NotAcceptable, select_search_media, "application/dicom+xml", None)
+            self.assertRaises(NotAcceptable, select_search_media, "image/jpeg", "application/dicom+xml")
+
+    def test_long_and_many_values_are_answered_alike(self) -> None:
+        long = ", ".join(f"text/x-{i}" for i in range(100)) + ", application/json"
+        self.assertEqual(select_search_media(long, None), "application/json")
+        for i in range(200):
+            self.assertEqual(select_search_media(f"application/json, text/x-{i}", None), "application/json")
+        self.assertEqual(select_search_media("application/dicom+json", None), "application/dicom+json")
 
 
 class BadRequestTests(QidoTestCase):

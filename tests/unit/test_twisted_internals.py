@@ -11,13 +11,14 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, RaisingMemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel, Request
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from dicomrst.common import twisted_internals as internals
@@ -119,6 +120,11 @@ class FlushNowTests(SynchronousTestCase):
         internals.flush_now(transport)
         self.assertEqual(transport.sent, [])
 
+    def test_nothing_buffered_costs_no_send(self) -> None:
+        transport = KernelTransport()
+        internals.flush_now(transport)
+        self.assertEqual(transport.sent, [])
+
     def test_a_transport_without_a_kernel_is_left_alone(self) -> None:
         internals.flush_now(StringTransport())  # a test double, TLS: it writes on its own schedule
         internals.flush_now(None)
@@ -127,6 +133,111 @@ class FlushNowTests(SynchronousTestCase):
         from twisted.internet.tcp import Connection
 
         self.assertTrue(callable(getattr(Connection, "doWrite", None)), changed(self.ITEM, "gone from tcp"))
+
+
+class _Refusing(KernelTransport):
+    """A kernel that takes `take` bytes of the next send (0: its buffer is full), or
+    reports the connection lost."""
+
+    def __init__(self, take: int | None) -> None:
+        super().__init__()
+        self.take = take
+
+    def writeSomeData(self, data: bytes) -> int | Exception:  # type: ignore[override]  # Twisted's may return the loss
+        if self.take is None:
+            return ConnectionLost()
+        taken = bytes(data[: self.take])
+        self.sent.append(taken)
+        return len(taken)
+
+
+class WriteNowTests(SynchronousTestCase):
+    ITEM = "FileDescriptor.writeSomeData and its write buffer"
+
+    def writing(self, transport: FileDescriptor) -> bool:
+        return transport in transport.reactor.getWriters()  # type: ignore[attr-defined]  # a MemoryReactor
+
+    def test_an_idle_transport_sends_at_once_without_registering_for_writing(self) -> None:
+        transport = KernelTransport()
+        internals.write_now(transport, b"HTTP/1.1 200 OK")
+        self.assertEqual(transport.sent, [b"HTTP/1.1 200 OK"], changed(self.ITEM, "not sent"))
+        self.assertFalse(self.writing(transport), changed(self.ITEM, "registered for writing"))
+        self.assertEqual(internals._buffered(transport), 0, changed(self.ITEM, "the buffer is elsewhere"))
+
+    def test_bytes_already_waiting_go_first(self) -> None:
+        transport = KernelTransport()
+        transport.write(b"first")
+        self.assertEqual(internals._buffered(transport), 5, changed(self.ITEM, "the buffer is elsewhere"))
+        internals.write_now(transport, b"second")
+        self.assertEqual(transport.sent, [])
+        transport.doWrite()
+        self.assertEqual(transport.sent, [b"firstsecond"])
+        self.assertFalse(self.writing(transport))
+
+    def test_what_the_kernel_does_not_take_is_buffered(self) -> None:
+        transport = _Refusing(take=4)
+        internals.write_now(transport, b"C-FIND-RQ")
+        self.assertEqual(transport.sent, [b"C-FI"])
+        self.assertTrue(self.writing(transport))
+        transport.take = 100
+        transport.doWrite()
+        self.assertEqual(transport.sent, [b"C-FI", b"ND-RQ"])
+        self.assertFalse(self.writing(transport))
+
+    def test_a_full_kernel_buffer_leaves_it_all_to_the_reactor(self) -> None:
+        transport = _Refusing(take=0)
+        internals.write_now(transport, b"C-FIND-RQ")
+        self.assertEqual(internals._buffered(transport), 9)
+        self.assertTrue(self.writing(transport))
+
+    def test_a_lost_connection_is_found_by_the_reactor_s_write(self) -> None:
+        transport = _Refusing(take=None)
+        internals.write_now(transport, b"C-FIND-RQ")
+        self.assertEqual(internals._buffered(transport), 9)
+        self.assertIsInstance(transport.doWrite(), ConnectionLost)
+
+    def test_a_closing_transport_buffers(self) -> None:
+        transport = KernelTransport()
+        transport.disconnecting = True
+        internals.write_now(transport, b"late")
+        self.assertEqual(transport.sent, [])
+        self.assertEqual(internals._buffered(transport), 4)
+
+    def test_a_transport_without_a_kernel_writes_as_usual(self) -> None:
+        transport = StringTransport()
+        internals.write_now(transport, b"x")
+        self.assertEqual(transport.value(), b"x")
+
+    def test_tls_writes_go_through_tls(self) -> None:
+        """Twisted's TLS wrapper passes attribute lookups to the TCP transport under it:
+        its socket must not get the plaintext."""
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(
+            CertificateOptions(), False, Factory.forProtocol(Protocol), MemoryReactorClock()
+        )
+        tls = factory.buildProtocol(None)
+        tcp = KernelTransport()
+        tls.makeConnection(tcp)
+        self.assertEqual(internals._buffered(tls), internals._buffered(tcp))  # what the item says
+        internals.write_now(tls, b"plaintext")
+        internals.flush_tls_writes(tls)
+        tcp.doWrite()
+        self.assertNotIn(b"plaintext", b"".join(tcp.sent))
+
+    def test_tcp_connections_have_it(self) -> None:
+        from twisted.internet.tcp import Connection
+
+        socket = _Socket()
+        transport = Connection(socket, None, MemoryReactor())
+        transport.connected = True
+        self.assertIsInstance(transport, FileDescriptor, changed(self.ITEM, "tcp is no FileDescriptor"))
+        self.assertEqual(internals._buffered(transport), 0, changed(self.ITEM, "the buffer is elsewhere"))
+        internals.write_now(transport, b"x" * 10)
+        self.assertEqual(socket.sends, [10], changed(self.ITEM, "not sent"))
+        self.assertFalse(self.writing(transport), changed(self.ITEM, "registered for writing"))
 
 
 class FlushTlsWritesTests(SynchronousTestCase):
@@ -358,3 +469,23 @@ class CurrentRequestTests(SynchronousTestCase):
         request.finish()
         self.assertIsNone(internals.current_request(channel), changed(self.ITEM, "kept after it finished"))
         self.assertIsNone(internals.current_request(HTTPChannel()))
+
+
+class RawHeadersTests(SynchronousTestCase):
+    ITEM = "Headers._rawHeaders"
+
+    def test_values_stored_there_are_the_headers(self) -> None:
+        headers = Headers()
+        raw = internals.raw_headers(headers)
+        self.assertIsInstance(raw, dict, changed(self.ITEM, "gone"))
+        assert raw is not None
+        name = internals.canonical_header_name(b"x-request-id")
+        self.assertEqual(name, b"X-Request-Id")
+        raw[name] = [b"abc"]
+        self.assertEqual(
+            headers.getRawHeaders(b"X-Request-ID"), [b"abc"], changed(self.ITEM, "not the headers")
+        )
+        self.assertEqual(list(headers.getAllRawHeaders()), [(b"X-Request-Id", [b"abc"])])
+
+    def test_headers_kept_elsewhere_are_none(self) -> None:
+        self.assertIsNone(internals.raw_headers(object()))  # type: ignore[arg-type]  # what a future Headers may be

@@ -28,6 +28,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -352,6 +353,39 @@ class SiteTests(SynchronousTestCase):
         self.site = make_site(self.resource, self.clock, request_timeout=5.0)
         self.logs = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
+    def test_response_headers_are_stored_as_twisted_stores_them(self) -> None:
+        conn = Connection(self.site)
+        conn.send()
+        [request] = self.resource.requests
+        reference = request.responseHeaders.copy()  # Date and Twisted's Server, so far
+        for name, value in [
+            (b"Content-Type", b"application/dicom+json"),
+            (b"Content-Length", b"12"),
+            (b"X-Request-ID", b"r1"),
+            (b"Vary", b"Accept"),
+            (b"Server", b"dicomrst"),
+            (b"Connection", b"close"),
+            (b"Access-Control-Allow-Origin", b"*"),
+            (b"Access-Control-Expose-Headers", b"Warning"),
+            (b"X-Content-Type-Options", b"nosniff"),
+            (b"Content-Type", b"application/json"),  # replaces
+            (b"content-length", b"3"),  # another spelling: Twisted's own way
+            (b"Warning", b"299 x: y"),  # another name
+            (b"Vary", b"a\r\nInjected: 1"),  # sanitized by Twisted
+            (b"Server", "dicomrst-str"),  # a str value
+            ("Allow", b"GET"),  # a str name
+        ]:
+            request.setHeader(name, value)
+            reference.setRawHeaders(name, [value])
+            self.assertEqual(
+                sorted(request.responseHeaders.getAllRawHeaders()), sorted(reference.getAllRawHeaders()), name
+            )
+        request.responseHeaders = Headers()  # replaced: set through it
+        request.setHeader(b"Content-Type", b"text/plain")
+        self.assertEqual(
+            list(request.responseHeaders.getAllRawHeaders()), [(b"Content-Type", [b"text/plain"])]
+        )
+
     def test_site_settings(self) -> None:
         self.assertIsInstance(self.site, GatewaySite)
         self.assertFalse(self.site.noisy)
@@ -493,11 +527,13 @@ class _Socket:
 
     def __init__(self) -> None:
         self.sent = b""
+        self.sends = 0
         self.linger: bytes | None = None
         self.shut = False
         self.closed = False
 
     def send(self, data: bytes) -> int:
+        self.sends += 1
         self.sent += bytes(data)
         return len(data)
 
@@ -526,8 +562,9 @@ class _Socket:
 
 
 class AbortOverTcpTests(SynchronousTestCase):
-    """`abort_connection` on Twisted's own TCP transport, whose writes wait in its buffer
-    for the reactor's next turn and whose abortConnection drops that buffer."""
+    """`abort_connection` on Twisted's own TCP transport, whose writes beyond what the
+    kernel takes at once wait in its buffer for the reactor's next turn and whose
+    abortConnection drops that buffer."""
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -557,7 +594,8 @@ class AbortOverTcpTests(SynchronousTestCase):
         # More than Twisted hands the kernel in one write (128 KiB).
         part = b"--boundary\r\n" + b"p" * 300_000
         request.write(part)
-        self.assertEqual(self.socket.sent, b"")  # Twisted's buffer, until the reactor's turn
+        # One send's worth now; the rest in Twisted's buffer, until the reactor's turn.
+        self.assertEqual(len(self.socket.sent), 128 * 1024)
         abort_connection(request)
         request.finish()  # the handler ending its cut-off response (nothing more goes out)
         self.reactor.advance(0)  # abortConnection drops the connection on the next turn
@@ -571,11 +609,71 @@ class AbortOverTcpTests(SynchronousTestCase):
         on the reactor's next turn: the client's latency does not wait for an epoll round."""
         [request] = self.resource.requests
         request.write(b"[]")
-        self.assertEqual(self.socket.sent, b"")  # Twisted's buffer, until the reactor's turn
         request.finish()
         sent = self.socket.sent
         self.assertTrue(sent.startswith(b"HTTP/1.1 200 "), sent[:40])
         self.assertTrue(sent.endswith(b"2\r\n[]\r\n0\r\n\r\n"), sent[-40:])
+        # Straight to the socket: the head with the body's first bytes, then the last
+        # chunk; never through Twisted's buffer and the reactor's write registration.
+        self.assertEqual(self.socket.sends, 2)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_a_sized_response_is_one_send(self) -> None:
+        [request] = self.resource.requests
+        request.setHeader(b"Content-Length", b"2")
+        request.write(b"[]")
+        request.finish()
+        self.assertEqual(self.socket.sends, 1)
+        head, body = self.socket.sent.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+        self.assertIn(b"\r\nContent-Length: 2\r\n", head + b"\r\n")
+        self.assertEqual(body, b"[]")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_a_head_without_a_body_goes_out_at_once(self) -> None:
+        """A stream that writes nothing yet (a WADO-RS response waiting for the PACS's first
+        instance) shows its status line and headers to the client now."""
+        [request] = self.resource.requests
+        request.write(b"")
+        self.assertTrue(self.socket.sent.startswith(b"HTTP/1.1 200 OK\r\n"), self.socket.sent[:40])
+        self.assertTrue(self.socket.sent.endswith(b"\r\n\r\n"), self.socket.sent[-40:])
+        request.write(b"part")
+        self.assertTrue(self.socket.sent.endswith(b"\r\n\r\n4\r\npart\r\n"), self.socket.sent[-40:])
+
+    def test_what_the_kernel_does_not_take_waits_in_twisted_s_buffer(self) -> None:
+        [request] = self.resource.requests
+        sends: list[bytes] = []
+
+        def partly(data: bytes) -> int:
+            sends.append(bytes(data))
+            return 10 if len(sends) == 1 else 0
+
+        self.socket.send = partly  # type: ignore[method-assign]  # the client's window fills up
+        request.setHeader(b"Content-Length", b"4")
+        request.write(b"body")
+        request.finish()
+        self.assertEqual(self.reactor.getWriters(), [self.transport])  # the rest, on the next turn
+        self.socket.send = _Socket.send.__get__(self.socket)  # type: ignore[method-assign]  # the window opens
+        self.transport.doWrite()
+        self.assertEqual(sends[0][:10] + self.socket.sent, sends[0])
+        self.assertTrue(self.socket.sent.endswith(b"\r\n\r\nbody"), self.socket.sent[-20:])
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_pipelined_requests_are_answered_in_order(self) -> None:
+        self.transport.protocol.dataReceived(b"GET /two HTTP/1.1\r\nHost: gateway.example\r\n\r\n")
+        first, *later = self.resource.requests
+        self.assertEqual(later, [])  # waits for the first's response
+        first.setHeader(b"Content-Length", b"3")
+        first.write(b"one")
+        first.finish()
+        [_, second] = self.resource.requests
+        second.setHeader(b"Content-Length", b"3")
+        second.write(b"two")
+        second.finish()
+        sent = self.socket.sent
+        self.assertEqual(sent.count(b"HTTP/1.1 200 OK\r\n"), 2)
+        self.assertTrue(sent.index(b"\r\n\r\none") < sent.index(b"\r\n\r\ntwo"), sent)
+        self.assertEqual(self.socket.sends, 2)
 
     def test_a_client_that_stopped_reading_does_not_hold_the_abort(self) -> None:
         """What the kernel will not take now is dropped with the connection: the abort

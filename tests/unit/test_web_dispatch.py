@@ -11,11 +11,17 @@ import json
 import uuid
 from typing import Any
 
+from klein import Klein
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import directlyProvides
 
@@ -216,3 +222,129 @@ class RequestBookkeepingTests(AppRequests):
         self.assertEqual(connection.protocol.getPeer(), CLIENT)
         self.assertEqual(connection.protocol.getHost(), transport.getHost())
         self.assertEqual([e["client"] for e in self.lines()], ["192.0.2.7:50123"] * 3)
+
+
+class _Broken(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        raise ValueError("cannot render")
+
+
+class _Request(DummyRequest):
+    def write(self, data: bytes) -> None:
+        if data == b"unwritable":
+            raise RuntimeError("the connection cannot take it")
+        super().write(data)
+
+
+class ResultStepTests(SynchronousTestCase):
+    """`Routes.render`'s steps after the handler: a result is rendered and written; a
+    failure, raised by the handler or by rendering its result, goes to the app's error
+    handlers in order, whose answer is written; a failure to write is logged."""
+
+    def setUp(self) -> None:
+        app = Klein()
+        self.handled: list[str] = []
+
+        @app.route("/bytes")
+        def as_bytes(request: Any) -> bytes:
+            return b"body"
+
+        @app.route("/text")
+        def as_text(request: Any) -> str:
+            return "tëxt"
+
+        @app.route("/raises")
+        def raises(request: Any) -> bytes:
+            raise KeyError("missing")
+
+        @app.route("/later")
+        def later(request: Any) -> Deferred[bytes]:
+            return fail(KeyError("missing later"))
+
+        @app.route("/broken-resource")
+        def broken(request: Any) -> Resource:
+            return _Broken()
+
+        @app.route("/unwritable")
+        def unwritable(request: Any) -> bytes:
+            return b"unwritable"
+
+        self.pending: list[Deferred[bytes]] = []
+
+        @app.route("/pending")
+        def pending(request: Any) -> Deferred[bytes]:
+            d: Deferred[bytes] = Deferred()
+            self.pending.append(d)
+            return d
+
+        @app.handle_errors(ValueError)
+        def value_error(request: Any, failure: Failure) -> bytes:
+            self.handled.append("value")
+            request.setResponseCode(500)
+            return b"value error"
+
+        @app.handle_errors(KeyError)
+        def key_error(request: Any, failure: Failure) -> bytes:
+            self.handled.append("key")
+            request.setResponseCode(404)
+            return b"key error"
+
+        self.routes = dispatch.Routes(app)
+
+    def get(self, path: str) -> DummyRequest:
+        request = _Request(path.encode().split(b"/")[1:])
+        request.prepath = []
+        self.routes.render(request)
+        return request
+
+    def test_results_are_written_and_finished(self) -> None:
+        for path, body in (("/bytes", b"body"), ("/text", "tëxt".encode())):
+            request = self.get(path)
+            self.assertEqual((request.written, request.finished), ([body], 1))
+
+    def test_failures_go_to_the_error_handlers(self) -> None:
+        for path, code, body in (
+            ("/raises", 404, b"key error"),
+            ("/later", 404, b"key error"),
+            ("/broken-resource", 500, b"value error"),
+        ):
+            request = self.get(path)
+            self.assertEqual(
+                (request.responseCode, request.written, request.finished), (code, [body], 1), path
+            )
+        self.assertEqual(self.handled, ["key", "key", "value"])
+
+    def test_a_failed_write_is_logged(self) -> None:
+        request = self.get("/unwritable")
+        self.assertEqual((request.written, request.finished), ([], 0))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_failure_after_the_response_ended_is_logged_not_answered(self) -> None:
+        for end in ("finished", "client left", "deadline"):
+            request = self.get("/pending")
+            if end == "finished":
+                request.finish()
+            elif end == "client left":
+                request._disconnected = True
+            else:
+                request.timed_out = True  # GatewayRequest's deadline, before the response began
+            self.pending.pop().errback(ValueError(end))
+            self.assertEqual(request.written, [], end)
+            self.assertEqual(self.handled, [], end)
+            self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1, end)
+
+    def test_a_handler_cancelled_after_the_response_ended_is_not_logged(self) -> None:
+        request = self.get("/pending")
+        request.finish()
+        self.pending.pop().cancel()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_late_deadline_after_the_response_began_leaves_it_to_the_handlers(self) -> None:
+        request = self.get("/pending")
+        request.write(b"partial")  # the status line is out
+        request.startedWriting = True
+        request.timed_out = True  # the site aborts the connection
+        self.pending.pop().errback(ValueError("late"))
+        self.assertEqual(self.handled, ["value"])
