@@ -63,11 +63,6 @@ Items (Twisted 24.3 to 26.10):
     send and unregister it (another): two system calls and Twisted's write bookkeeping per
     response or request, on every QIDO search's path twice.  Without the item:
     ``transport.write``, as before.
-15. ``Headers._rawHeaders``: a `Headers` object's dict of canonical name → values.  A
-    response header the gateway sets with a known name and a value of plain bytes is
-    stored there directly: ``setRawHeaders`` canonicalizes the name and sanitizes each
-    value in three more Python calls, for the ten headers of every response.  Without
-    the item: ``setRawHeaders``.
 """
 
 from __future__ import annotations
@@ -79,7 +74,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, IReactorFDSet, ITransport
 from twisted.web.http import HTTPChannel, Request
-from twisted.web.http_headers import Headers
 
 
 def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes] | None:
@@ -165,21 +159,6 @@ def write_now(transport: ITransport | None, data: bytes) -> None:
                     return
                 data = data[sent:]
     transport.write(data)  # type: ignore[union-attr]  # None: AttributeError, as HTTPChannel.write's
-
-
-def raw_headers(headers: Headers) -> dict[bytes, list[bytes]] | None:
-    """Item 15: `headers`' own dict of canonical name (as `canonical_header_name` says)
-    → values, None if this Twisted keeps them elsewhere."""
-    raw = getattr(headers, "_rawHeaders", None)
-    return raw if isinstance(raw, dict) else None
-
-
-def canonical_header_name(name: bytes) -> bytes:
-    """`name` as `Headers` stores it (``X-Request-ID`` → ``X-Request-Id``): public API."""
-    headers = Headers()
-    headers.setRawHeaders(name, [b""])
-    [(stored, _)] = headers.getAllRawHeaders()
-    return stored
 
 
 def flush_tls_writes(transport: ITransport | None) -> None:

@@ -39,13 +39,11 @@ from dicomrst.common.tls import tls_failure
 from dicomrst.common.twisted_internals import (
     BadRequestHook,
     BodyReading,
-    canonical_header_name,
     close_after_response,
     current_request,
     fail_finish_waiters,
     flush_now,
     flush_tls_writes,
-    raw_headers,
     request_disconnected,
     request_line,
     site_of,
@@ -95,23 +93,6 @@ the TCP transport's: no effect there."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
 
 REQUEST_ID_HEADER = b"X-Request-ID"
-
-#: The response headers the gateway sets, by the name it writes → the name `Headers` stores
-#: (`GatewayRequest.setHeader`).
-_RESPONSE_HEADERS = {
-    name: canonical_header_name(name)
-    for name in (
-        b"Access-Control-Allow-Origin",
-        b"Access-Control-Expose-Headers",
-        b"Connection",
-        b"Content-Length",
-        b"Content-Type",
-        b"Server",
-        b"Vary",
-        b"X-Content-Type-Options",
-        REQUEST_ID_HEADER,
-    )
-}
 
 #: Reason phrases Twisted's table lacks or words differently (RFC 9110 §15).
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
@@ -318,22 +299,7 @@ class GatewayRequest(Request):
         #: An HTTP/1.0 request that asked for ``Connection: keep-alive`` (the channel's
         #: `GatewayChannel.checkPersistence`): kept when its response has a length.
         self.keep_alive_10 = False
-        self._raw_response_headers = (self.responseHeaders, raw_headers(self.responseHeaders))
         site.request_started(self)
-
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        # Ten per response, each three more Python calls in Headers: one of the names above
-        # with a value of one line (what Headers' sanitizing would leave as it is) is stored
-        # as Headers stores it.
-        # (``10 not in value``: a byte value is a C membership test; ``b"\n"`` goes through
-        # the buffer protocol and costs more than what this saves.)
-        if isinstance(name, bytes) and type(value) is bytes and 10 not in value and 13 not in value:
-            canonical = _RESPONSE_HEADERS.get(name)
-            headers, raw = self._raw_response_headers
-            if canonical is not None and raw is not None and headers is self.responseHeaders:
-                raw[canonical] = [value]
-                return
-        super().setHeader(name, value)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     @property
     def request_id(self) -> str:
@@ -383,7 +349,7 @@ class GatewayRequest(Request):
         if self.state == "aborting":
             return  # see finish
         if not self.startedWriting:
-            self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+            self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))  # type: ignore[no-untyped-call]  # unannotated in Twisted
             if self.keep_alive_10:
                 self._head_of_a_kept_http10_response()
             if self._draining():
@@ -408,7 +374,7 @@ class GatewayRequest(Request):
         unsized = not self.responseHeaders.hasHeader(b"Content-Length")
         if self.keep_alive_10 and not self.startedWriting and unsized:
             # Nothing was written: the length is known, and HTTP/1.0 needs it to keep going.
-            self.setHeader(b"Content-Length", b"0")
+            self.setHeader(b"Content-Length", b"0")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self._draining():
             self._close_after_response()
         transport = self.channel.transport if self.channel is not None else None
@@ -518,7 +484,7 @@ class GatewayRequest(Request):
             return
         set_common_headers(self, self.gateway.cors)
         # The rest of the body is not read: the connection cannot carry another request.
-        self.setHeader(b"Connection", b"close")
+        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
         if self._reporting:
             self._rendering = True
@@ -560,7 +526,7 @@ class GatewayRequest(Request):
             self.clientproto = b"HTTP/1.1"  # the version of the line we could not read
         self.content = BytesIO()
         set_common_headers(self, self.gateway.cors)
-        self.setHeader(b"Connection", b"close")
+        self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
         body = error_body(self, status, message)
         self.setResponseCode(status, _REASONS.get(status))
@@ -629,7 +595,7 @@ class GatewayRequest(Request):
             or self.code in http.NO_BODY_CODES
         )
         if sized:
-            self.setHeader(b"Connection", b"keep-alive")
+            self.setHeader(b"Connection", b"keep-alive")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         else:
             close_after_response(self.channel)
 
@@ -640,7 +606,7 @@ class GatewayRequest(Request):
         # During a graceful stop, keep-alive connections must not outlive their
         # last response or the stop would wait on idle browsers.
         if not self.startedWriting:
-            self.setHeader(b"Connection", b"close")
+            self.setHeader(b"Connection", b"close")  # type: ignore[no-untyped-call]  # unannotated in Twisted
         close_after_response(self.channel)
 
     def _over(self, outcome: str) -> None:

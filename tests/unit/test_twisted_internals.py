@@ -18,7 +18,6 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock, RaisingM
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel, Request
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from dicomrst.common import twisted_internals as internals
@@ -469,23 +468,3 @@ class CurrentRequestTests(SynchronousTestCase):
         request.finish()
         self.assertIsNone(internals.current_request(channel), changed(self.ITEM, "kept after it finished"))
         self.assertIsNone(internals.current_request(HTTPChannel()))
-
-
-class RawHeadersTests(SynchronousTestCase):
-    ITEM = "Headers._rawHeaders"
-
-    def test_values_stored_there_are_the_headers(self) -> None:
-        headers = Headers()
-        raw = internals.raw_headers(headers)
-        self.assertIsInstance(raw, dict, changed(self.ITEM, "gone"))
-        assert raw is not None
-        name = internals.canonical_header_name(b"x-request-id")
-        self.assertEqual(name, b"X-Request-Id")
-        raw[name] = [b"abc"]
-        self.assertEqual(
-            headers.getRawHeaders(b"X-Request-ID"), [b"abc"], changed(self.ITEM, "not the headers")
-        )
-        self.assertEqual(list(headers.getAllRawHeaders()), [(b"X-Request-Id", [b"abc"])])
-
-    def test_headers_kept_elsewhere_are_none(self) -> None:
-        self.assertIsNone(internals.raw_headers(object()))  # type: ignore[arg-type]  # what a future Headers may be
