@@ -598,6 +598,18 @@ class SendTests(ULTestCase):
         [(kind, _body)] = split_pdus(b"".join(kernel.sent))
         self.assertEqual(kind, pdu.P_DATA_TF)
 
+    def test_a_request_on_an_idle_socket_is_sent_without_registering_for_writing(self) -> None:
+        """Nothing waits before it: the PDU goes to the socket at once, without the two
+        epoll_ctl calls of registering the socket for writing and unregistering it."""
+        proto, _transport, connection = self.established_acceptor()
+        kernel = KernelTransport()
+        registered: list[bool] = []
+        kernel.startWriting = lambda: registered.append(True)  # type: ignore[method-assign]
+        proto.transport = kernel
+        connection.request(1, commands.command(commands.C_ECHO_RQ, AffectedSOPClassUID=VERIFICATION))
+        self.assertEqual(len(split_pdus(b"".join(kernel.sent))), 1)
+        self.assertEqual(registered, [])
+
     def test_nagle_is_switched_off_on_tcp(self) -> None:
         transport = _TCPTransport()
         directlyProvides(transport, ITCPTransport)
