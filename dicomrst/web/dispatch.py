@@ -189,6 +189,10 @@ class _Rendering:
     # -- the result ----------------------------------------------------------------------
 
     def _process(self, result: object) -> object:
+        if type(result) is bytes:
+            # What most handlers return: asking zope.interface whether bytes provide an
+            # interface goes through its builtin-type lookup, twice per request.
+            return result
         request = self._request
         if IResource.providedBy(result):
             request.render(getChildForRequest(result, request))  # type: ignore[attr-defined]  # twisted.web's Request
