@@ -94,6 +94,10 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/+=@-]{1,128}")
 
 REQUEST_ID_HEADER = b"X-Request-ID"
 
+#: The largest write `GatewayChannel` hands the socket at once (`write_now`): a whole
+#: search response, say; a larger one waits for the reactor's turn (`_write_later`).
+_SEND_AT_ONCE = 64 * 1024
+
 #: Reason phrases Twisted's table lacks or words differently (RFC 9110 §15).
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
@@ -725,6 +729,9 @@ class GatewayChannel(BadRequestHook):
 
     def write(self, data: bytes) -> None:
         head = self._head
+        if len(data) > _SEND_AT_ONCE:
+            self._write_later(head, [data])
+            return
         if head is not None:
             self._head = None
             data = head + data
@@ -732,10 +739,23 @@ class GatewayChannel(BadRequestHook):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         head = self._head
+        if sum(map(len, iovec)) > _SEND_AT_ONCE:
+            self._write_later(head, iovec)
+            return
         if head is not None:
             self._head = None
             iovec = [head, *iovec]
         write_now(self.transport, b"".join(iovec))
+
+    def _write_later(self, head: bytes | None, iovec: list[bytes]) -> None:
+        """A large write (a part of a streamed retrieve) goes into Twisted's buffer, sent
+        on the reactor's turn: sent here, it would hold up what the caller does next (the
+        C-STORE-RSP that lets the PACS send its next instance) while the kernel copies
+        it.  Nor is it joined to the head, a copy of the whole part."""
+        if head is not None:
+            self._head = None
+            iovec = [head, *iovec]
+        self.transport.writeSequence(iovec)  # type: ignore[union-attr]  # connected while writing
 
     def isSecure(self) -> bool:
         # Asked for every URL a response carries (the service URL of each search); the

@@ -560,8 +560,9 @@ class AbortOverTcpTests(SynchronousTestCase):
         # More than Twisted hands the kernel in one write (128 KiB).
         part = b"--boundary\r\n" + b"p" * 300_000
         request.write(part)
-        # One send's worth now; the rest in Twisted's buffer, until the reactor's turn.
-        self.assertEqual(len(self.socket.sent), 128 * 1024)
+        # A part this large waits in Twisted's buffer for the reactor's turn.
+        self.assertEqual(self.socket.sent, b"")
+        self.assertEqual(self.reactor.getWriters(), [self.transport])
         abort_connection(request)
         request.finish()  # the handler ending its cut-off response (nothing more goes out)
         self.reactor.advance(0)  # abortConnection drops the connection on the next turn
@@ -595,6 +596,22 @@ class AbortOverTcpTests(SynchronousTestCase):
         self.assertIn(b"\r\nContent-Length: 2\r\n", head + b"\r\n")
         self.assertEqual(body, b"[]")
         self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_a_large_part_waits_for_the_reactor_s_turn(self) -> None:
+        """A streamed retrieve's part (up to 1 MiB) is not copied into the kernel inside
+        the write: its caller sends the C-STORE-RSP next, and the PACS's next instance
+        waits for that.  It goes out, after the head, on the reactor's turn."""
+        [request] = self.resource.requests
+        request.setHeader(b"Content-Length", b"%d" % (70_000 + 3))
+        request.write(b"p" * 70_000)
+        self.assertEqual(self.socket.sends, 0)
+        self.assertEqual(self.reactor.getWriters(), [self.transport])
+        request.write(b"end")  # behind it, not before it
+        self.assertEqual(self.socket.sends, 0)
+        self.transport.doWrite()
+        head, body = self.socket.sent.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head[:40])
+        self.assertEqual(body, b"p" * 70_000 + b"end")
 
     def test_a_head_without_a_body_goes_out_at_once(self) -> None:
         """A stream that writes nothing yet (a WADO-RS response waiting for the PACS's first
