@@ -178,6 +178,27 @@ class ULProtocol(Protocol):
             self.metrics.dimse_received(len(data))
         if self._desynchronized:
             return
+        if self.state == "Sta6" and not (self._paused or self._processing or self._held):
+            # Nearly every chunk in Sta6: one whole P-DATA-TF, or the body of one whose
+            # header came alone, its PDVs to the user without the framer's buffer or
+            # `_process`'s loop (what they would do, in the order they would do it).
+            body = self._framer.whole_pdata(data)
+            if body is not None:
+                self._restart_idle()
+                try:
+                    pdvs = pdu.parse_pdvs(body)
+                except pdu.ProtocolError as e:
+                    self._event("Evt19", error=e)
+                    return
+                self._processing = True
+                try:
+                    self._deliver(pdvs)
+                finally:
+                    self._processing = False
+                if self._framer.buffered():
+                    # Bytes the user's callbacks fed us re-entrantly, after these.
+                    self._process()
+                return
         self._framer.feed(data)
         self._process()
 
