@@ -154,6 +154,20 @@ class PDUFramer:
         self._size = 0
         return memoryview(data)
 
+    def pdata_header(self, data: bytes) -> bool:
+        """Keep `data` and say True when it is the header of a P-DATA-TF alone, within our
+        limit, with nothing buffered (Orthanc sends a PDU's header and body apart): what
+        `feed` and `next_pdu` would conclude, without their work.  False, and nothing
+        kept, otherwise."""
+        if self._size or len(data) != 6:
+            return False
+        pdu_type, _, length = _HEADER.unpack(data)
+        if pdu_type != P_DATA_TF or length > (self.max_pdata or length):
+            return False
+        self._chunks.append(data)
+        self._size = 6
+        return True
+
     def next_pdu(self) -> tuple[int, bytes | memoryview] | None:
         """The next whole PDU as (type, body), or None until more bytes arrive.
 

@@ -186,7 +186,8 @@ class ULProtocol(Protocol):
             # `_process`'s loop (what they would do, in the order they would do it).
             body = self._framer.whole_pdata(data)
             if body is not None:
-                self._restart_idle()
+                if self.idle_timeout is not None:
+                    self._restart_idle()
                 try:
                     pdvs = pdu.parse_pdvs(body)
                 except pdu.ProtocolError as e:
@@ -201,6 +202,8 @@ class ULProtocol(Protocol):
                     # Bytes the user's callbacks fed us re-entrantly, after these.
                     self._process()
                 return
+            if self._framer.pdata_header(data):
+                return  # its body comes next (a header alone is no progress)
         self._framer.feed(data)
         self._process()
 

@@ -156,6 +156,27 @@ class WholePDataTests(SynchronousTestCase):
         message = pdata((1, 2, b"\x00" * 70000))
         self.assertEqual(pdu.PDUFramer(0).whole_pdata(message), message[6:])
 
+    def test_a_pdata_header_alone_is_kept(self) -> None:
+        framer = pdu.PDUFramer(1000)
+        message = pdata((1, 2, b"data"))
+        self.assertTrue(framer.pdata_header(message[:6]))
+        self.assertEqual(framer.buffered(), 6)
+        self.assertIsNone(framer.next_pdu())
+        self.assertEqual(framer.whole_pdata(message[6:]), message[6:])
+
+    def test_other_headers_are_left_to_feed(self) -> None:
+        for buffered, chunk in [
+            (b"", header(pdu.P_DATA_TF, 1001)),  # over our maximum: next_pdu reports it
+            (b"", header(0x08, 4)),  # unknown type: likewise
+            (b"", golden.a_release_rq[:6]),  # not a P-DATA-TF
+            (b"", header(pdu.P_DATA_TF, 10)[:5]),  # not a whole header
+            (b"\x04", header(pdu.P_DATA_TF, 10)),  # something buffered before it
+        ]:
+            framer = pdu.PDUFramer(1000)
+            framer.feed(buffered)
+            self.assertFalse(framer.pdata_header(chunk), (buffered, chunk))
+            self.assertEqual(framer.buffered(), len(buffered))
+
 
 class PDVTests(SynchronousTestCase):
     def test_golden_pdata(self) -> None:
