@@ -37,17 +37,25 @@ class BufferConsumer:
     """Collects a (small) data set whole: identifiers, C-FIND results."""
 
     def __init__(self, done: Callable[[bytes], None]) -> None:
-        self._parts: list[bytes] = []
+        # A C-FIND match comes in one fragment: a list only once there is a second.
+        self._first = b""
+        self._parts: list[bytes] | None = None
         self._done = done
 
     def dataReceived(self, fragment: bytes) -> None:
-        self._parts.append(fragment)
+        if self._parts is not None:
+            self._parts.append(fragment)
+        elif self._first:
+            self._parts = [self._first, fragment]
+        else:
+            self._first = fragment
 
     def dataFinished(self) -> None:
-        self._done(b"".join(self._parts))
+        self._done(self._first if self._parts is None else b"".join(self._parts))
 
     def dataFailed(self, reason: Failure) -> None:
-        self._parts = []
+        self._first = b""
+        self._parts = None
 
 
 @attrs.define

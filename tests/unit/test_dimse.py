@@ -660,3 +660,14 @@ class CommandCodecTests(SynchronousTestCase):
             b"\x00\x00\x00\x01\x02\x00\x00\x00\x01",
         ):
             self.assertRaises(commands.CommandError, commands.decode_command, bad)
+
+
+class BufferConsumerTests(SynchronousTestCase):
+    def test_one_fragment_or_several_or_none(self) -> None:
+        for fragments in ([b"ab"], [b"ab", b"cd", b"ef"], [b"", b"ab", b"", b"cd"], []):
+            done: list[bytes] = []
+            consumer = BufferConsumer(done.append)
+            for fragment in fragments:
+                consumer.dataReceived(fragment)
+            consumer.dataFinished()
+            self.assertEqual(done, [b"".join(fragments)], fragments)
