@@ -256,7 +256,7 @@ def decode_command(data: bytes) -> Command:
     """
     # The Pending C-FIND-RSPs of one find are the same bytes (a search gets a few to
     # hundreds): each is decoded once.  A Command owns its dict; the values are shared.
-    key = bytes(data)
+    key = data if type(data) is bytes else bytes(data)  # a key: hashable, immutable
     values = _DECODED.get(key)
     if values is None:
         values = _decode_new(key)

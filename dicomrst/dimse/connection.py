@@ -37,17 +37,25 @@ class BufferConsumer:
     """Collects a (small) data set whole: identifiers, C-FIND results."""
 
     def __init__(self, done: Callable[[bytes], None]) -> None:
-        self._parts: list[bytes] = []
+        # A C-FIND match comes in one fragment: a list only once there is a second.
+        self._first = b""
+        self._parts: list[bytes] | None = None
         self._done = done
 
     def dataReceived(self, fragment: bytes) -> None:
-        self._parts.append(fragment)
+        if self._parts is not None:
+            self._parts.append(fragment)
+        elif self._first:
+            self._parts = [self._first, fragment]
+        else:
+            self._first = fragment
 
     def dataFinished(self) -> None:
-        self._done(b"".join(self._parts))
+        self._done(self._first if self._parts is None else b"".join(self._parts))
 
     def dataFailed(self, reason: Failure) -> None:
-        self._parts = []
+        self._first = b""
+        self._parts = None
 
 
 @attrs.define
@@ -147,38 +155,40 @@ class DimseConnection:
             self.whenEnded.callback(None)
 
     def pdv_received(self, pdv: PDV) -> None:
-        if pdv.is_command:
+        context_id, is_command, is_last, fragment = pdv
+        if is_command:
             # A data set nobody consumes (no consumer) is still in progress: PS3.8 E.1
             # forbids interleaving another message with it.
             if self._data_context is not None:
                 raise ProtocolError("command fragment while a data set is in progress")
-            if self._command_context not in (None, pdv.context_id):
+            if self._command_context not in (None, context_id):
                 raise ProtocolError("command fragments on different presentation contexts")
-            if not pdv.is_last:
-                self._command_context = pdv.context_id
-                self._command_parts.append(pdv.fragment)
+            if not is_last:
+                self._command_context = context_id
+                self._command_parts.append(fragment)
                 return
             if self._command_parts:
-                self._command_parts.append(pdv.fragment)
+                self._command_parts.append(fragment)
                 data = b"".join(self._command_parts)
                 self._command_parts = []
                 self._command_context = None
             else:
-                data = pdv.fragment  # a command set in one PDV, as nearly all are
+                data = fragment  # a command set in one PDV, as nearly all are
             try:
                 ds = commands.decode_command(data)
             except commands.CommandError as e:
                 raise ProtocolError(str(e)) from e
-            self._message_received(IncomingMessage(pdv.context_id, ds))
+            self._message_received(IncomingMessage(context_id, ds))
             return
-        if self._data_context is None:
+        data_context = self._data_context
+        if data_context is None:
             raise ProtocolError("data set fragment without a command announcing it")
-        if pdv.context_id != self._data_context:
+        if context_id != data_context:
             raise ProtocolError("data set fragments on a different presentation context than their command")
         consumer = self._consumer
-        if pdv.fragment and consumer is not None:
-            consumer.dataReceived(pdv.fragment)
-        if pdv.is_last:
+        if fragment and consumer is not None:
+            consumer.dataReceived(fragment)
+        if is_last:
             self._consumer = None
             self._data_context = None
             if consumer is not None:
@@ -209,8 +219,10 @@ class DimseConnection:
         )
 
     def _message_received(self, message: IncomingMessage) -> None:
-        self._logged("received", message.command)
-        field = message.command_field
+        command = message.command
+        if debug_enabled():
+            self._logged("received", command)
+        field = command.number("CommandField")
         consumer: IDataSetConsumer | None
         if commands.is_response(field):
             consumer = self._response_received(message)
@@ -221,7 +233,7 @@ class DimseConnection:
             if field != commands.C_CANCEL_RQ:
                 self._unanswered.add(message.command.number("MessageID"))
             consumer = handler.request_received(self, message)
-        if commands.has_dataset(message.command):
+        if commands.has_dataset(command):
             self._data_context = message.context_id
             # No consumer means nobody wants the bytes: they are read and dropped.
             self._consumer = consumer
@@ -240,7 +252,8 @@ class DimseConnection:
             raise ProtocolError(f"response to message {message_id}, which we did not send")
         consumer = pending.on_response(message) if pending.on_response else None
         if commands.is_pending(status):
-            self._arm(pending)
+            if pending.timeout is not None:
+                self._arm(pending)
             return consumer
         del self._pending[message_id]
         _cancel(pending.timer)

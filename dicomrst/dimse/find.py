@@ -149,11 +149,12 @@ class FindOperation(DimseOperation):
         self._run.fire("abandon")
 
     def _response(self, message: IncomingMessage) -> IDataSetConsumer | None:
-        self._run.fire("activity")
-        status = message.command.number("Status", 0)
-        if not commands.is_pending(status) or not commands.has_dataset(message.command):
+        run = self._run
+        run.fire("activity")
+        command = message.command
+        if not commands.is_pending(command.number("Status", 0)) or not commands.has_dataset(command):
             return None
-        if self.state != "finding":
+        if run.state != "finding":
             return None  # past the limit, or nobody wants it: read and drop
         return BufferConsumer(self._identifier)
 

@@ -146,7 +146,9 @@ class ULProtocol(Protocol):
         self._release_waiters: list[Deferred[None]] = []
         self._end_reason: Failure | None = None
         self._artim: IDelayedCall | None = None
+        # None, or active: `_idle_expired` clears it, `_stop_idle` cancels and clears it.
         self._idle: IDelayedCall | None = None
+        self._idle_since = 0.0  # when the peer last made progress (a whole PDU), or we answered
         self._paused = False
         # PDVs of a P-DATA the user paused us in the middle of; delivered on resume.
         self._held: list[pdu.PDV] = []
@@ -178,6 +180,30 @@ class ULProtocol(Protocol):
             self.metrics.dimse_received(len(data))
         if self._desynchronized:
             return
+        if self.state == "Sta6" and not (self._paused or self._processing or self._held):
+            # Nearly every chunk in Sta6: one whole P-DATA-TF, or the body of one whose
+            # header came alone, its PDVs to the user without the framer's buffer or
+            # `_process`'s loop (what they would do, in the order they would do it).
+            body = self._framer.whole_pdata(data)
+            if body is not None:
+                if self.idle_timeout is not None:
+                    self._restart_idle()
+                try:
+                    pdvs = pdu.parse_pdvs(body)
+                except pdu.ProtocolError as e:
+                    self._event("Evt19", error=e)
+                    return
+                self._processing = True
+                try:
+                    self._deliver(pdvs)
+                finally:
+                    self._processing = False
+                if self._framer.buffered():
+                    # Bytes the user's callbacks fed us re-entrantly, after these.
+                    self._process()
+                return
+            if self._framer.pdata_header(data):
+                return  # its body comes next (a header alone is no progress)
         self._framer.feed(data)
         self._process()
 
@@ -420,9 +446,11 @@ class ULProtocol(Protocol):
         """(Re)start the idle timer, in Sta6 when one is configured and we are reading."""
         if self.idle_timeout is None or self.state != "Sta6" or self._paused:
             return
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.idle_timeout)
-        else:
+        # A lazy deadline (as `DimseOperation`'s): the progress is noted, and the timer, set
+        # once, looks when it fires whether the silence has lasted since; a PDU of a C-STORE
+        # stream costs a clock read, not a reschedule.
+        self._idle_since = self.clock.seconds()
+        if self._idle is None:
             self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
 
     def _stop_idle(self) -> None:
@@ -433,6 +461,11 @@ class ULProtocol(Protocol):
     def _idle_expired(self) -> None:
         self._idle = None
         if self.state != "Sta6" or self._paused:
+            return
+        assert self.idle_timeout is not None  # the timer runs only with one
+        left = self._idle_since + self.idle_timeout - self.clock.seconds()
+        if left > 0:  # progress since it was set: wait for the rest
+            self._idle = self.clock.callLater(left, self._idle_expired)
             return
         if self.user.awaiting_us():
             # We owe the peer an answer (the HTTP side is still taking an instance):

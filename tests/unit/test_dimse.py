@@ -169,6 +169,50 @@ class AssemblyTests(ULTestCase):
         self.assertEqual(transport.value(), RELEASE_RP)
         self.assertEqual(proto.state, "Sta13")
 
+    def test_pause_mid_pdu_with_each_pdu_in_a_chunk_of_its_own(self) -> None:
+        # Each PDU a chunk, or its header and its body apart (as Orthanc sends them): the
+        # PDVs after the one the consumer paused on, and the PDUs read meanwhile, wait
+        # for resume, in order.
+        for header_apart in (False, True):
+            store = RecordingHandler(pause_on_first=True)
+            proto, transport, _ = self.established_acceptor(
+                STORE_REQUEST, STORE_POLICY, {commands.C_STORE_RQ: store}
+            )
+            first, second = even_chunks(self.fragments[0], 2)
+            chunks = [
+                *self.pdus[:2],
+                pdata((1, 0x03, even_chunks(self.command, 3)[2]), (1, 0x00, first), (1, 0x00, second)),
+                *self.pdus[3:],
+                RELEASE_RQ,
+            ]
+            for chunk in chunks:
+                if header_apart:
+                    proto.dataReceived(chunk[:6])
+                    proto.dataReceived(chunk[6:])
+                else:
+                    proto.dataReceived(chunk)
+            (consumer,) = store.consumers
+            self.assertEqual(consumer.calls, [("data", first)])
+            self.assertEqual(transport.producerState, "paused")
+            self.assertEqual(transport.value(), b"")
+            proto.resumeProducing()
+            self.assertEqual(consumer.fragments, [first, second, *self.fragments[1:]])
+            self.assertEqual(consumer.calls[-1], ("finished", None))
+            self.assertEqual(transport.value(), RELEASE_RP)
+            self.assertEqual(proto.state, "Sta13")
+
+    def test_pause_at_a_pdu_boundary_holds_the_next_pdu_chunk(self) -> None:
+        self.store.pause_on_first = True
+        proto, transport, _ = self.established_acceptor(
+            STORE_REQUEST, STORE_POLICY, {commands.C_STORE_RQ: self.store}
+        )
+        proto.dataReceived(pdata((1, 0x03, self.command), (1, 0x02, self.data)))
+        self.assertEqual(transport.producerState, "paused")
+        proto.dataReceived(pdata((1, 0x03, store_rq(8))))  # read before the pause took
+        self.assertEqual(len(self.store.messages), 1)
+        proto.resumeProducing()
+        self.assertEqual(len(self.store.messages), 2)
+
     def test_pause_at_a_pdu_boundary_stops_parsing(self) -> None:
         self.store.pause_on_first = True
         proto, transport, _ = self.established_acceptor(
@@ -616,3 +660,14 @@ class CommandCodecTests(SynchronousTestCase):
             b"\x00\x00\x00\x01\x02\x00\x00\x00\x01",
         ):
             self.assertRaises(commands.CommandError, commands.decode_command, bad)
+
+
+class BufferConsumerTests(SynchronousTestCase):
+    def test_one_fragment_or_several_or_none(self) -> None:
+        for fragments in ([b"ab"], [b"ab", b"cd", b"ef"], [b"", b"ab", b"", b"cd"], []):
+            done: list[bytes] = []
+            consumer = BufferConsumer(done.append)
+            for fragment in fragments:
+                consumer.dataReceived(fragment)
+            consumer.dataFinished()
+            self.assertEqual(done, [b"".join(fragments)], fragments)

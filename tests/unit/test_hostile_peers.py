@@ -339,6 +339,17 @@ class SilentPeerTests(HostileTestCase):
         self.assertEqual(self.clock.seconds(), IDLE)
         self.assertAbortedAsIdle(proto, transport)
 
+    def test_each_whole_pdu_gives_the_peer_the_whole_timeout_again(self) -> None:
+        proto, transport = self.associated()
+        for _ in range(3):
+            self.clock.advance(IDLE * 0.75)
+            proto.dataReceived(pdata((3, 1, b"\x00" * 16)))  # a command's first fragment
+        self.clock.advance(IDLE - TICK)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # one timer, however many PDUs
+        self.clock.advance(TICK)
+        self.assertAbortedAsIdle(proto, transport)
+
     def test_paused_for_a_slow_client_is_not_idle(self) -> None:
         proto, transport = self.associated()
         proto.pauseProducing()

@@ -103,6 +103,81 @@ class FramerTests(SynchronousTestCase):
         self.assertEqual(self.feed_in([bytes(message)]), [(pdu.RELEASE_RQ, golden.a_release_rq[6:])])
 
 
+class WholePDataTests(SynchronousTestCase):
+    """`PDUFramer.whole_pdata`: a chunk that completes exactly one P-DATA-TF is handed
+    back without being buffered; anything else is left for `feed`, unbuffered."""
+
+    def test_a_whole_pdata_with_nothing_buffered(self) -> None:
+        framer = pdu.PDUFramer(16382)
+        message = pdata((1, 3, b"CMD!"))
+        self.assertEqual(framer.whole_pdata(message), message[6:])
+        self.assertEqual(framer.buffered(), 0)
+
+    def test_the_body_of_a_pdata_whose_header_came_alone(self) -> None:
+        framer = pdu.PDUFramer(16382)
+        message = pdata((1, 2, b"data"))
+        self.assertIsNone(framer.whole_pdata(message[:6]))
+        framer.feed(message[:6])
+        self.assertIsNone(framer.next_pdu())  # the header is checked as it comes
+        self.assertEqual(framer.whole_pdata(message[6:]), message[6:])
+        self.assertEqual(framer.buffered(), 0)
+        self.assertIsNone(framer.next_pdu())
+
+    def test_anything_else_is_left_to_feed(self) -> None:
+        message = pdata((1, 2, b"data"))
+        for buffered, chunk in [
+            (b"", message[:-1]),  # short
+            (b"", message + message),  # more than one PDU
+            (b"", golden.a_release_rq),  # not a P-DATA-TF
+            (b"", pdata((1, 2, b"\x00" * 1000))),  # over our maximum: feed reports it
+            (message[:5], message[5:]),  # a header not buffered whole
+            (message[:7], message[7:]),  # more than a header buffered
+            (message[:6], message[6:-1]),  # a body short of its length
+            (message[:6], message[6:] + message),  # a body and more
+        ]:
+            framer = pdu.PDUFramer(1000)
+            framer.feed(buffered)
+            self.assertIsNone(framer.whole_pdata(chunk), (buffered, chunk))
+            self.assertEqual(framer.buffered(), len(buffered))
+
+    def test_a_header_spread_over_two_chunks_is_left_to_feed(self) -> None:
+        framer = pdu.PDUFramer(0)
+        big = pdata((1, 2, b"\x00" * 5000))
+        message = pdata((1, 2, b"data"))
+        framer.feed(big + message[:3])
+        self.assertEqual(framer.next_pdu(), (pdu.P_DATA_TF, big[6:]))
+        framer.feed(message[3:6])
+        self.assertEqual(framer.buffered(), 6)
+        self.assertIsNone(framer.whole_pdata(message[6:]))
+        framer.feed(message[6:])
+        self.assertEqual(framer.next_pdu(), (pdu.P_DATA_TF, message[6:]))
+
+    def test_zero_maximum_means_no_limit(self) -> None:
+        message = pdata((1, 2, b"\x00" * 70000))
+        self.assertEqual(pdu.PDUFramer(0).whole_pdata(message), message[6:])
+
+    def test_a_pdata_header_alone_is_kept(self) -> None:
+        framer = pdu.PDUFramer(1000)
+        message = pdata((1, 2, b"data"))
+        self.assertTrue(framer.pdata_header(message[:6]))
+        self.assertEqual(framer.buffered(), 6)
+        self.assertIsNone(framer.next_pdu())
+        self.assertEqual(framer.whole_pdata(message[6:]), message[6:])
+
+    def test_other_headers_are_left_to_feed(self) -> None:
+        for buffered, chunk in [
+            (b"", header(pdu.P_DATA_TF, 1001)),  # over our maximum: next_pdu reports it
+            (b"", header(0x08, 4)),  # unknown type: likewise
+            (b"", golden.a_release_rq[:6]),  # not a P-DATA-TF
+            (b"", header(pdu.P_DATA_TF, 10)[:5]),  # not a whole header
+            (b"\x04", header(pdu.P_DATA_TF, 10)),  # something buffered before it
+        ]:
+            framer = pdu.PDUFramer(1000)
+            framer.feed(buffered)
+            self.assertFalse(framer.pdata_header(chunk), (buffered, chunk))
+            self.assertEqual(framer.buffered(), len(buffered))
+
+
 class PDVTests(SynchronousTestCase):
     def test_golden_pdata(self) -> None:
         (item,) = pdu.parse_pdvs(golden.p_data_tf[6:])

@@ -415,6 +415,15 @@ class MalformedInputTests(ULTestCase):
         proto.dataReceived(message[600:])
         self.assertAbortedThenClosed(proto, transport, PROVIDER, pdu.REASON_INVALID_PARAMETER)
 
+    def test_pdu_over_our_maximum_with_its_header_alone(self) -> None:
+        # The header is judged as it arrives, before any body.
+        proto, transport, _ = self.established_acceptor(acceptor_policy=policy(max_pdu=1000))
+        message = pdata((1, 2, b"\x00" * 1000))
+        proto.dataReceived(message[:6])
+        self.assertEqual(aborts(transport.value()), [(PROVIDER, pdu.REASON_INVALID_PARAMETER)])
+        proto.dataReceived(message[6:])
+        self.assertAbortedThenClosed(proto, transport, PROVIDER, pdu.REASON_INVALID_PARAMETER)
+
     def test_associate_request_on_established_association(self) -> None:
         proto, transport, _ = self.established_acceptor()
         proto.dataReceived(associate_rq())
